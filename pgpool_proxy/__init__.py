@@ -1,0 +1,3 @@
+"""pgpool-proxy: a PostgreSQL connection pooling proxy."""
+
+__version__ = "0.1.0"

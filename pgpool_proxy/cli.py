@@ -1,0 +1,163 @@
+"""Command line: `run`, `demo` and `check-config`; sets up logging and the event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, build_config, load_config
+from .config_check import check_config_main
+
+log = logging.getLogger("pgpool_proxy")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def run_loop(main: Callable[[], Awaitable[int]]) -> int:
+    """Run main on uvloop where available (the asyncio loop otherwise)."""
+
+    async def wrapper() -> int:
+        return await main()
+
+    try:
+        import uvloop
+
+        result: int = uvloop.run(wrapper())
+        return result
+    except ImportError:
+        return asyncio.run(wrapper())
+
+
+async def serve(config: Config, on_ready: Callable[[Any], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit status."""
+    from .server import ProxyServer
+
+    server = ProxyServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await server.close()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    setup_logging(config.proxy.log_level, config.proxy.log_format)
+    log.info("pgpool-proxy %s starting with %s", __version__, config.source)
+    return run_loop(lambda: serve(config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    return check_config_main(args.config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .pgserver import LocalPostgres, PgServerError
+
+    setup_logging(args.log_level, "text")
+    pg = LocalPostgres()
+    print("Starting a local PostgreSQL server for the demo...", flush=True)
+    try:
+        pg.start()
+    except PgServerError as exc:
+        print(f"could not start PostgreSQL: {exc}", file=sys.stderr)
+        pg.cleanup()
+        return 1
+    try:
+        pg.create_role("demo", "demo")
+        pg.create_database("demo", owner="demo")
+        config = build_config(
+            {
+                "proxy": {"listen": f"127.0.0.1:{args.port}", "pool_mode": args.pool_mode},
+                "pool": {"default_pool_size": 10},
+                "auth": {"type": "scram-sha-256"},
+                "databases": [{"name": "demo", "host": pg.host, "port": pg.port}],
+                "users": [{"name": "demo", "password": "demo"}],
+            },
+            source="<demo>",
+        )
+
+        def ready(server: Any) -> None:
+            url = f"postgresql://demo:demo@{server.host}:{server.port}/demo"
+            print(
+                f"\npgpool-proxy {__version__} is serving PostgreSQL {pg.version()} "
+                f"({args.pool_mode} pooling)\n"
+                f"  connect:  psql '{url}'\n"
+                f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
+                "Press Ctrl-C to stop (the demo server and its data are removed).\n",
+                flush=True,
+            )
+
+        return run_loop(lambda: serve(config, ready))
+    finally:
+        pg.cleanup()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgpool-proxy", description="PostgreSQL pooling proxy")
+    p.add_argument("--version", action="version", version=f"pgpool-proxy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="serve with a configuration file")
+    r.add_argument("--config", "-c", required=True, help="path to the TOML configuration")
+    r.set_defaults(func=cmd_run)
+    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c.add_argument("config", help="path to the TOML configuration")
+    c.set_defaults(func=cmd_check_config)
+    d = sub.add_parser("demo", help="start a local PostgreSQL and serve it through the proxy")
+    d.add_argument("--port", type=int, default=6432, help="proxy port (0 = any free port)")
+    d.add_argument("--pool-mode", choices=["transaction", "session"], default="transaction")
+    d.add_argument("--log-level", default="info")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Errors the proxy reports to clients (SQLSTATE + message) and typed disconnect reasons."""
+
+from __future__ import annotations
+
+import enum
+
+
+class SqlState:
+    """The SQLSTATE codes the proxy itself emits; names follow PostgreSQL's errcodes.txt."""
+
+    PROTOCOL_VIOLATION = "08P01"
+    CONNECTION_FAILURE = "08006"
+    CONNECTION_EXCEPTION = "08000"
+    SQLCLIENT_UNABLE_TO_ESTABLISH = "08001"
+    FEATURE_NOT_SUPPORTED = "0A000"
+    INVALID_AUTHORIZATION = "28000"
+    INVALID_PASSWORD = "28P01"
+    INVALID_CATALOG_NAME = "3D000"
+    TOO_MANY_CONNECTIONS = "53300"
+    PROGRAM_LIMIT_EXCEEDED = "54000"
+    ADMIN_SHUTDOWN = "57P01"
+    CANNOT_CONNECT_NOW = "57P03"
+    QUERY_CANCELED = "57014"
+    INTERNAL_ERROR = "XX000"
+
+
+class ProxyError(Exception):
+    """An error that ends up as exactly one ErrorResponse to the client."""
+
+    def __init__(
+        self,
+        sqlstate: str,
+        message: str,
+        *,
+        severity: str = "FATAL",
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.severity = severity
+        self.detail = detail
+        self.hint = hint
+
+
+class DisconnectReason(enum.Enum):
+    """Why a client or backend connection was closed; reaches logs (and later metrics/admin)."""
+
+    CLIENT_TERMINATE = "client_terminate"
+    CLIENT_EOF = "client_eof"
+    CLIENT_ERROR = "client_io_error"
+    PROTOCOL_ERROR = "protocol_error"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    LOGIN_TIMEOUT = "login_timeout"
+    AUTH_FAILED = "auth_failed"
+    UNKNOWN_DATABASE = "unknown_database"
+    TOO_MANY_CLIENTS = "too_many_clients"
+    UNSUPPORTED = "unsupported_request"
+    POOL_TIMEOUT = "query_wait_timeout"
+    BACKEND_FAILED = "backend_failed"
+    BACKEND_CONNECT_FAILED = "backend_connect_failed"
+    CANCEL_REQUEST = "cancel_request"
+    SSL_REQUEST_REFUSED = "ssl_refused"
+    SHUTDOWN = "shutdown"
+    # Backend-only reasons.
+    IDLE_TIMEOUT = "server_idle_timeout"
+    LIFETIME = "server_lifetime"
+    CLIENT_LEFT_MID_TRANSACTION = "client_left_mid_transaction"
+    RESET_FAILED = "reset_failed"
+    POOL_CLOSED = "pool_closed"

@@ -1,0 +1,1 @@
+"""Backend connections and pools."""

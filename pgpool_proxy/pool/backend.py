@@ -1,0 +1,481 @@
+"""One server connection: login as a PostgreSQL client, then the backend -> client hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from ..auth.md5 import md5_response
+from ..auth.scram import MECHANISM, ScramClient, ScramError
+from ..errors import DisconnectReason, ProxyError, SqlState
+from ..protocol import messages as m
+from ..protocol.constants import (
+    AUTH_CLEARTEXT,
+    AUTH_MD5,
+    AUTH_OK,
+    AUTH_SASL,
+    AUTH_SASL_CONTINUE,
+    AUTH_SASL_FINAL,
+    B_AUTH,
+    B_BACKEND_KEY_DATA,
+    B_ERROR,
+    B_NEGOTIATE_PROTOCOL,
+    B_NOTICE,
+    B_PARAMETER_STATUS,
+    B_READY_FOR_QUERY,
+    INT32,
+    TX_IDLE,
+)
+from ..protocol.framing import (
+    EV_ERROR,
+    EV_NEED,
+    EV_NONE,
+    EV_PARAM,
+    EV_READY,
+    BackendScanner,
+    FrameError,
+    RecvBuffer,
+)
+
+if TYPE_CHECKING:
+    from ..session.client import ClientConnection
+    from .pool import Pool
+
+log = logging.getLogger("pgpool_proxy.backend")
+
+BACKEND_BUFFER = 64 * 1024
+# Login replies are small; a server that sends more before ReadyForQuery is not PostgreSQL.
+MAX_LOGIN_MESSAGE = 1024 * 1024
+
+
+class BackendState(enum.IntEnum):
+    CONNECTING = 0
+    LOGIN = 1
+    IDLE = 2  # in the pool
+    ACTIVE = 3  # linked to a client
+    RESETTING = 4  # running the proxy's own queries with no client attached
+    CLOSED = 5
+
+
+_ALLOWED: dict[BackendState, frozenset[BackendState]] = {
+    BackendState.CONNECTING: frozenset({BackendState.LOGIN, BackendState.CLOSED}),
+    BackendState.LOGIN: frozenset({BackendState.IDLE, BackendState.CLOSED}),
+    BackendState.IDLE: frozenset(
+        {BackendState.ACTIVE, BackendState.RESETTING, BackendState.CLOSED}
+    ),
+    BackendState.ACTIVE: frozenset(
+        {BackendState.IDLE, BackendState.RESETTING, BackendState.CLOSED}
+    ),
+    BackendState.RESETTING: frozenset(
+        {BackendState.IDLE, BackendState.ACTIVE, BackendState.CLOSED}
+    ),
+    BackendState.CLOSED: frozenset(),
+}
+
+
+class BackendLoginError(ProxyError):
+    """The server refused the proxy's login; carries the server's SQLSTATE and message."""
+
+
+class BackendConnection(asyncio.BufferedProtocol):
+    """A pooled server connection.
+
+    While linked to a client, `buffer_updated` streams the server's frames to the client and
+    stops only at ReadyForQuery (to decide whether the backend can go back to the pool) and at
+    ParameterStatus (to keep the client's and this backend's view of reported settings exact).
+    """
+
+    def __init__(self, pool: Pool, generation: int) -> None:
+        self.pool = pool
+        self.generation = generation
+        self.state = BackendState.CONNECTING
+        self.rbuf = RecvBuffer(BACKEND_BUFFER, BACKEND_BUFFER)
+        self.scanner = BackendScanner()
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientConnection | None = None
+        self.params: dict[str, str] = {}
+        # Non-reported settings the proxy replayed here for a client (reset for the next one).
+        self.extra_keys: set[str] = set()
+        self.pid = 0
+        self.secret = 0
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.created_at = loop.time()
+        self.idle_since = self.created_at
+        self.tx_status = TX_IDLE
+        # Proxy-issued queries (SET replay, reset) whose replies must not reach a client.
+        self.internal_pending = 0
+        self.internal_errors: list[dict[str, str]] = []
+        self.on_internal_done: Callable[[BackendConnection], None] | None = None
+        self.cancels_in_flight = 0
+        self.release_when_cancelled = False
+        self.write_paused = False
+        self.reading_paused = False
+        self.close_reason: DisconnectReason | None = None
+        self._login_wakeup: asyncio.Future[None] | None = None
+        self._eof = False
+
+    # --- state -------------------------------------------------------------------------------
+
+    def to(self, new: BackendState) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"illegal backend transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    def __repr__(self) -> str:
+        return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
+
+    # --- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.rbuf.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        rb = self.rbuf
+        rb.end += nbytes
+        state = self.state
+        if state == BackendState.ACTIVE or state == BackendState.RESETTING:
+            try:
+                self._pump()
+            except FrameError as exc:
+                log.error("backend %s sent a malformed frame: %s", self.pid, exc)
+                self.fail(DisconnectReason.BACKEND_FAILED, "server sent an invalid message")
+        elif state == BackendState.LOGIN:
+            self._wake()
+        elif state == BackendState.IDLE:
+            # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
+            self.close(DisconnectReason.BACKEND_FAILED)
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._wake()
+        if self.state != BackendState.CLOSED:
+            self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
+
+    def pause_writing(self) -> None:
+        # The server is not draining what clients send: stop reading from the linked client.
+        self.write_paused = True
+        client = self.client
+        if client is not None:
+            client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        client = self.client
+        if client is not None:
+            client.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # --- hot path ----------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        rb = self.rbuf
+        buf = rb.buf
+        start = pos = rb.start
+        end = rb.end
+        scanner = self.scanner
+        while True:
+            pos = scanner.scan(buf, pos, end)
+            ev = scanner.event
+            if ev == EV_NONE:
+                break
+            if ev == EV_READY:
+                self.tx_status = scanner.status
+                if self.internal_pending:
+                    # Everything up to here answered the proxy's own query: drop it.
+                    start = pos
+                    self.internal_pending -= 1
+                    if not self.internal_pending:
+                        self._internal_finished()
+                        if self.state != BackendState.ACTIVE:
+                            rb.consumed(pos)
+                            if pos != end:
+                                self.close(DisconnectReason.BACKEND_FAILED)
+                            return
+                    continue
+                client = self.client
+                if client is None:
+                    break
+                cs = client.scanner
+                cs.pending -= 1
+                if (
+                    cs.pending <= 0
+                    and not cs.unsynced
+                    and not cs.skip
+                    and scanner.status == TX_IDLE
+                    and client.release_on_idle
+                ):
+                    self._flush(start, pos)
+                    if rb.start != rb.end:
+                        # Bytes after the last reply belong to no one; never pass them on.
+                        self.close(DisconnectReason.BACKEND_FAILED)
+                        client.backend_released(None)
+                        return
+                    client.backend_released(self)
+                    return
+                continue
+            if ev == EV_PARAM:
+                n = INT32.unpack_from(buf, pos + 1)[0] + 1
+                name, value = m.parse_parameter_status(memoryview(buf)[pos + 5 : pos + n])
+                self.params[name] = value
+                if self.client is not None:
+                    # Keep the client's expectation equal to what the server reports, including
+                    # the server's spelling of values the proxy replayed (utf8 -> UTF8).
+                    self.client.params[name] = value
+                pos += n
+                if self.internal_pending:
+                    start = pos
+                continue
+            if ev == EV_ERROR:
+                n = INT32.unpack_from(buf, pos + 1)[0] + 1
+                if self.internal_pending:
+                    self.internal_errors.append(
+                        m.parse_error_fields(memoryview(buf)[pos + 5 : pos + n])
+                    )
+                pos += n
+                if self.internal_pending:
+                    start = pos
+                continue
+            if ev == EV_NEED:
+                # A frame the proxy must read whole is incomplete: flush what precedes it and
+                # make room for the rest.
+                self._flush(pos if self.internal_pending else start, pos)
+                rb.ensure_capacity(scanner.need)
+                return
+        self._flush(pos if self.internal_pending else start, pos)
+
+    def _flush(self, start: int, pos: int) -> None:
+        """Forward buf[start:pos] to the linked client in one write and consume up to pos."""
+        rb = self.rbuf
+        client = self.client
+        t = client.transport if client is not None else None
+        if pos > start and t is not None:
+            t.write(memoryview(rb.buf)[start:pos])
+            rb.consumed(pos)
+            if t.get_write_buffer_size():
+                # The client transport keeps a view of these bytes until it has sent them.
+                rb.detach()
+        else:
+            rb.consumed(pos)
+
+    # --- proxy-issued queries ----------------------------------------------------------------
+
+    def send_internal(self, sql: str) -> None:
+        """Send a simple query whose reply the proxy swallows (the client never sees it)."""
+        assert self.transport is not None
+        self.internal_pending += 1
+        self.scanner.stop_on_error = True
+        self.transport.write(m.query(sql))
+
+    def _internal_finished(self) -> None:
+        self.scanner.stop_on_error = False
+        errors = self.internal_errors
+        if errors:
+            self.internal_errors = []
+            for fields in errors:
+                log.warning(
+                    "backend %s: proxy-issued statement failed: %s %s",
+                    self.pid,
+                    fields.get("C", "?"),
+                    fields.get("M", "?"),
+                )
+        cb = self.on_internal_done
+        self.on_internal_done = None
+        if cb is not None:
+            cb(self)
+
+    # --- cancel ------------------------------------------------------------------------------
+
+    def send_cancel(self) -> None:
+        """Forward a client's cancel; the backend is not reused until the cancel has landed."""
+        if self.cancels_in_flight or self.transport is None:
+            return  # one cancel at a time: a flood of them must not outlive this transaction
+        self.cancels_in_flight += 1
+        self.pool.spawn(self._cancel(), "cancel")
+
+    async def _cancel(self) -> None:
+        try:
+            host, port = self.pool.backend_address
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), self.pool.connect_timeout_s
+            )
+            writer.write(m.cancel_request(self.pid, self.secret))
+            # The postmaster signals the backend before it closes this socket.
+            await asyncio.wait_for(reader.read(), self.pool.connect_timeout_s)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel for backend %s failed: %s", self.pid, exc)
+        finally:
+            self.cancels_in_flight -= 1
+            if self.release_when_cancelled:
+                self.release_when_cancelled = False
+                self.pool.release(self)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def fail(self, reason: DisconnectReason, message: str) -> None:
+        """The server connection broke: tell the linked client (08006) and discard it."""
+        client = self.client
+        self.close(reason)
+        if client is not None:
+            client.backend_failed(
+                ProxyError(SqlState.CONNECTION_FAILURE, f"server connection lost: {message}")
+            )
+
+    def close(self, reason: DisconnectReason) -> None:
+        if self.state == BackendState.CLOSED:
+            return
+        prev = self.state
+        self.state = BackendState.CLOSED
+        self.close_reason = reason
+        self.client = None
+        transport = self.transport
+        if transport is not None:
+            if prev in (BackendState.IDLE, BackendState.ACTIVE, BackendState.RESETTING):
+                transport.write(m.TERMINATE)
+            transport.close()
+        self._wake()
+        self.pool.backend_closed(self, prev)
+        log.info("server closed: pool=%s pid=%s reason=%s", self.pool.name, self.pid, reason.value)
+
+    # --- login (slow path) -------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._login_wakeup
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _read_message(self) -> tuple[int, bytes]:
+        rb = self.rbuf
+        while True:
+            avail = rb.end - rb.start
+            if avail >= 5:
+                t = rb.buf[rb.start]
+                length = INT32.unpack_from(rb.buf, rb.start + 1)[0]
+                if length < 4 or length > MAX_LOGIN_MESSAGE:
+                    raise ProxyError(
+                        SqlState.PROTOCOL_VIOLATION, "server sent an invalid message during login"
+                    )
+                if avail >= length + 1:
+                    body = bytes(rb.buf[rb.start + 5 : rb.start + 1 + length])
+                    rb.consumed(rb.start + 1 + length)
+                    return t, body
+                rb.ensure_capacity(length + 1)
+            if self.transport is None or self.state == BackendState.CLOSED:
+                raise ProxyError(
+                    SqlState.CONNECTION_FAILURE, "server closed the connection during login"
+                )
+            self._login_wakeup = self.loop.create_future()
+            await self._login_wakeup
+            self._login_wakeup = None
+
+    async def login(
+        self,
+        user: str,
+        dbname: str,
+        secret: str | None,
+        *,
+        client_key: bytes | None = None,
+        server_key: bytes | None = None,
+    ) -> None:
+        """Run the startup and authentication exchange; leaves the backend ready for queries."""
+        assert self.transport is not None
+        self.to(BackendState.LOGIN)
+        self.transport.write(m.startup_message({"user": user, "database": dbname}))
+        scram: ScramClient | None = None
+        while True:
+            t, body = await self._read_message()
+            if t == B_AUTH:
+                code = INT32.unpack_from(body, 0)[0]
+                if code == AUTH_OK:
+                    continue
+                if code == AUTH_CLEARTEXT:
+                    if secret is None or secret.startswith(("md5", "SCRAM-SHA-256$")):
+                        raise self._no_password(user, "a cleartext password")
+                    self.transport.write(m.password_message(secret))
+                elif code == AUTH_MD5:
+                    if secret is None or secret.startswith("SCRAM-SHA-256$"):
+                        raise self._no_password(user, "md5 authentication")
+                    self.transport.write(m.password_message(md5_response(secret, user, body[4:8])))
+                elif code == AUTH_SASL:
+                    if MECHANISM not in m.parse_sasl_mechanisms(body[4:]):
+                        raise BackendLoginError(
+                            SqlState.FEATURE_NOT_SUPPORTED,
+                            "server offered no SASL mechanism the proxy supports",
+                        )
+                    if client_key is not None:
+                        scram = ScramClient(client_key=client_key, server_key=server_key)
+                    elif secret is not None and not secret.startswith(("md5", "SCRAM-SHA-256$")):
+                        scram = ScramClient(secret)
+                    else:
+                        raise self._no_password(user, "SCRAM-SHA-256 authentication")
+                    self.transport.write(m.sasl_initial_response(MECHANISM, scram.client_first()))
+                elif code == AUTH_SASL_CONTINUE and scram is not None:
+                    try:
+                        self.transport.write(m.sasl_response(scram.handle_server_first(body[4:])))
+                    except ScramError as exc:
+                        raise BackendLoginError(SqlState.INVALID_PASSWORD, str(exc)) from exc
+                elif code == AUTH_SASL_FINAL and scram is not None:
+                    try:
+                        scram.handle_server_final(body[4:])
+                    except ScramError as exc:
+                        raise BackendLoginError(SqlState.INVALID_PASSWORD, str(exc)) from exc
+                else:
+                    raise BackendLoginError(
+                        SqlState.FEATURE_NOT_SUPPORTED,
+                        f"server requested an authentication method the proxy lacks ({code})",
+                    )
+            elif t == B_PARAMETER_STATUS:
+                name, value = m.parse_parameter_status(body)
+                self.params[name] = value
+            elif t == B_BACKEND_KEY_DATA:
+                self.pid, self.secret = INT32.unpack_from(body, 0)[0], INT32.unpack_from(body, 4)[0]
+            elif t == B_ERROR:
+                fields = m.parse_error_fields(body)
+                raise BackendLoginError(
+                    fields.get("C", SqlState.CONNECTION_FAILURE),
+                    fields.get("M", "server refused the login"),
+                    detail=fields.get("D"),
+                    hint=fields.get("H"),
+                )
+            elif t == B_READY_FOR_QUERY:
+                self.tx_status = body[0] if body else TX_IDLE
+                self.to(BackendState.IDLE)
+                self.idle_since = self.loop.time()
+                return
+            elif t in (B_NOTICE, B_NEGOTIATE_PROTOCOL):
+                continue
+            else:
+                raise ProxyError(
+                    SqlState.PROTOCOL_VIOLATION,
+                    f"unexpected message {chr(t)!r} from server during login",
+                )
+
+    def _no_password(self, user: str, what: str) -> BackendLoginError:
+        return BackendLoginError(
+            SqlState.INVALID_PASSWORD,
+            f'the server requires {what} for user "{user}" and the proxy has no usable password '
+            "for it",
+            hint="Give the user a plaintext password in the proxy configuration, or log in once "
+            "with SCRAM so the proxy can reuse the client key.",
+        )

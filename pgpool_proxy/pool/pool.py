@@ -1,0 +1,285 @@
+"""A pool of server connections for one (database, server user): FIFO waiters, LIFO idle list."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DisconnectReason, ProxyError, SqlState
+from .backend import BackendConnection, BackendLoginError, BackendState
+
+if TYPE_CHECKING:
+    from ..config import PoolMode
+    from ..session.client import ClientConnection
+
+log = logging.getLogger("pgpool_proxy.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """Everything a pool needs to open server connections, resolved from the config."""
+
+    name: str  # "<database>/<server user>", for logs
+    host: str
+    port: int
+    dbname: str
+    user: str
+    secret: str | None  # plaintext, md5 hash or SCRAM verifier
+    size: int
+    min_size: int
+    mode: PoolMode
+    query_wait_timeout_s: float
+    idle_timeout_s: float
+    lifetime_s: float
+    connect_timeout_s: float
+    reset_query: str
+
+
+class Pool:
+    """Owns the server connections of one pool and hands them to clients.
+
+    Acquire and release run synchronously on the hot path: a free backend is linked at once and a
+    released one goes straight to the oldest waiter, with no task switch in between.
+    """
+
+    def __init__(self, spec: PoolSpec, spawn: Any) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.backend_address = (spec.host, spec.port)
+        self.connect_timeout_s = spec.connect_timeout_s
+        self._spawn = spawn
+        self.loop = asyncio.get_running_loop()
+        self.idle: list[BackendConnection] = []
+        self.waiters: deque[ClientConnection] = deque()
+        self.total = 0  # connecting + idle + linked + resetting
+        self.connecting = 0
+        self.generation = 0
+        self.server_params: dict[str, str] | None = None
+        self._params_waiters: list[asyncio.Future[None]] = []
+        self.last_connect_error: ProxyError | None = None
+        self.last_connect_failure_at = -1e9
+        # SCRAM pass-through: a ClientKey recovered from a client's login, reused for the server.
+        self.client_key: bytes | None = None
+        self.server_key: bytes | None = None
+        self.closed = False
+        # Plain counters, read at scrape time (never labelled per message).
+        self.clients = 0
+        self.total_xacts = 0
+        self.total_wait_s = 0.0
+        self.wait_count = 0
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._spawn(coro, f"{self.name}:{name}")
+
+    # --- hot path ----------------------------------------------------------------------------
+
+    def acquire(self, client: ClientConnection) -> BackendConnection | None:
+        """A backend for client now, or None after queueing client (FIFO) for the next one."""
+        idle = self.idle
+        if idle:
+            return idle.pop()
+        if self.total < self.spec.size:
+            self._launch()
+        client.wait_since = self.loop.time()
+        self.waiters.append(client)
+        return None
+
+    def release(self, backend: BackendConnection) -> None:
+        """Take a backend back; the oldest live waiter gets it immediately."""
+        if backend.state == BackendState.CLOSED:
+            return
+        if backend.cancels_in_flight:
+            # Reuse only after the cancel has reached the server, so it cannot hit the next client.
+            backend.release_when_cancelled = True
+            return
+        self.total_xacts += 1
+        if backend.generation != self.generation or self.closed:
+            backend.close(DisconnectReason.POOL_CLOSED)
+            return
+        lifetime = self.spec.lifetime_s
+        if lifetime and self.loop.time() - backend.created_at > lifetime:
+            backend.close(DisconnectReason.LIFETIME)
+            return
+        waiters = self.waiters
+        while waiters:
+            client = waiters.popleft()
+            if client.is_waiting():
+                self.total_wait_s += self.loop.time() - client.wait_since
+                self.wait_count += 1
+                if backend.state != BackendState.IDLE:
+                    backend.to(BackendState.IDLE)
+                client.backend_assigned(backend)
+                return
+        if backend.state != BackendState.IDLE:
+            backend.to(BackendState.IDLE)
+        backend.idle_since = self.loop.time()
+        self.idle.append(backend)
+
+    def forget_waiter(self, client: ClientConnection) -> None:
+        """Drop a departed waiter now rather than when it reaches the head of the queue."""
+        with contextlib.suppress(ValueError):
+            self.waiters.remove(client)
+
+    # --- connections -------------------------------------------------------------------------
+
+    def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
+        self.total -= 1
+        if prev == BackendState.IDLE:
+            with contextlib.suppress(ValueError):
+                self.idle.remove(backend)
+        if self.waiters and not self.closed and self.total < self.spec.size:
+            self._launch()
+
+    def _launch(self) -> None:
+        self.total += 1
+        self.connecting += 1
+        self.spawn(self._connect(), "connect")
+
+    async def _connect(self) -> None:
+        spec = self.spec
+        backend = BackendConnection(self, self.generation)
+        try:
+            try:
+                async with asyncio.timeout(spec.connect_timeout_s):
+                    await self.loop.create_connection(lambda: backend, spec.host, spec.port)
+                    await backend.login(
+                        spec.user,
+                        spec.dbname,
+                        spec.secret,
+                        client_key=self.client_key,
+                        server_key=self.server_key,
+                    )
+            except TimeoutError:
+                raise ProxyError(
+                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                    f"timed out connecting to the server at {spec.host}:{spec.port} "
+                    f"after {spec.connect_timeout_s:g}s",
+                ) from None
+            except OSError as exc:
+                raise ProxyError(
+                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                    f"could not connect to the server at {spec.host}:{spec.port}: "
+                    f"{exc.strerror or exc}",
+                ) from None
+        except ProxyError as exc:
+            self.connecting -= 1
+            self._connect_failed(exc)
+            if backend.state != BackendState.CLOSED:
+                backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
+            else:
+                # connection_lost already closed it and released its slot.
+                pass
+            return
+        except BaseException:
+            self.connecting -= 1
+            if backend.state != BackendState.CLOSED:
+                backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
+            raise
+        self.connecting -= 1
+        if backend.state == BackendState.CLOSED:
+            return
+        self.last_connect_error = None
+        log.info("server connected: pool=%s pid=%s", self.name, backend.pid)
+        if self.server_params is None:
+            self.server_params = dict(backend.params)
+        self._wake_params_waiters(None)
+        self.release(backend)
+
+    def _connect_failed(self, exc: ProxyError) -> None:
+        log.warning("server login failed: pool=%s: %s %s", self.name, exc.sqlstate, exc.message)
+        self.last_connect_error = exc
+        self.last_connect_failure_at = self.loop.time()
+        self._wake_params_waiters(exc)
+        # With no other server connection alive, nobody in the queue can be served soon: tell
+        # them why now instead of letting them wait for query_wait_timeout.
+        if self.total - 1 <= 0 or isinstance(exc, BackendLoginError):
+            waiters = self.waiters
+            self.waiters = deque()
+            for client in waiters:
+                if client.is_waiting():
+                    client.pool_failed(exc)
+
+    async def ensure_server_params(self) -> dict[str, str]:
+        """The server's reported settings, connecting a first backend if none is known yet."""
+        while self.server_params is None:
+            fut: asyncio.Future[None] = self.loop.create_future()
+            self._params_waiters.append(fut)
+            if self.connecting == 0:
+                if self.total >= self.spec.size:
+                    raise ProxyError(SqlState.CONNECTION_FAILURE, "pool has no usable server")
+                self._launch()
+            await fut
+        return self.server_params
+
+    def _wake_params_waiters(self, exc: ProxyError | None) -> None:
+        waiters, self._params_waiters = self._params_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(
+                        ProxyError(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
+                    )
+
+    # --- janitor -----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Periodic upkeep: waiter timeouts, idle timeout, lifetime and the minimum size."""
+        spec = self.spec
+        timeout = spec.query_wait_timeout_s
+        waiters = self.waiters
+        while waiters:
+            head = waiters[0]
+            if not head.is_waiting():
+                waiters.popleft()
+                continue
+            if timeout and now - head.wait_since >= timeout:
+                waiters.popleft()
+                head.pool_failed(
+                    ProxyError(
+                        SqlState.QUERY_CANCELED,
+                        f"query_wait_timeout: no server connection became free within "
+                        f"{timeout:g}s (pool {self.name}, size {spec.size})",
+                        hint="Raise pool.default_pool_size or pool.query_wait_timeout_s, or "
+                        "shorten transactions.",
+                    ),
+                    reason=DisconnectReason.POOL_TIMEOUT,
+                )
+                continue
+            break
+        for backend in list(self.idle):
+            if spec.lifetime_s and now - backend.created_at > spec.lifetime_s:
+                backend.close(DisconnectReason.LIFETIME)
+            elif (
+                spec.idle_timeout_s
+                and now - backend.idle_since > spec.idle_timeout_s
+                and self.total > spec.min_size
+            ):
+                backend.close(DisconnectReason.IDLE_TIMEOUT)
+        # Refill to the minimum, backing off for a few seconds after a failed login.
+        if not self.closed and now - self.last_connect_failure_at > 5.0:
+            while self.total < spec.min_size:
+                self._launch()
+
+    def close(self) -> None:
+        self.closed = True
+        self.generation += 1
+        for backend in list(self.idle):
+            backend.close(DisconnectReason.POOL_CLOSED)
+
+    def stats(self) -> dict[str, int]:
+        active = self.total - len(self.idle) - self.connecting
+        return {
+            "total": self.total,
+            "idle": len(self.idle),
+            "active": active,
+            "connecting": self.connecting,
+            "waiting": sum(1 for c in self.waiters if c.is_waiting()),
+            "clients": self.clients,
+        }

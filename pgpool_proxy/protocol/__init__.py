@@ -1,0 +1,1 @@
+"""Sans-IO PostgreSQL wire protocol: constants, framing, message codecs, transaction state."""

@@ -1,0 +1,252 @@
+"""The hot path: receive buffers and header-only frame scanners for both directions.
+
+Nothing here copies message bodies or allocates per message. A scanner walks frame headers in a
+receive buffer, streams frames whose contents the proxy does not need (a 100 MB DataRow passes
+through in buffer-sized pieces), and stops only at the few frames the proxy must act on.
+"""
+
+from __future__ import annotations
+
+from .constants import (
+    B_ERROR,
+    B_PARAMETER_STATUS,
+    B_READY_FOR_QUERY,
+    F_COPY_DATA,
+    F_COPY_DONE,
+    F_COPY_FAIL,
+    F_FUNCTION_CALL,
+    F_QUERY,
+    F_SYNC,
+    F_TERMINATE,
+    INT32,
+)
+
+_unpack_len = INT32.unpack_from
+
+# A backend frame longer than this means the stream is corrupt (PostgreSQL caps messages at 1 GB).
+MAX_BACKEND_FRAME = 0x40000000
+
+
+class FrameError(Exception):
+    """A frame header that cannot be valid: a length below 4 or above the configured bound."""
+
+    def __init__(self, type_byte: int, length: int, limit: int) -> None:
+        super().__init__(f"invalid message length {length} for message type {type_byte!r}")
+        self.type_byte = type_byte
+        self.length = length
+        self.limit = limit
+
+    @property
+    def too_large(self) -> bool:
+        return self.length > self.limit
+
+
+class RecvBuffer:
+    """A growable receive buffer that a BufferedProtocol reads into without copying.
+
+    Bytes [start, end) are received and not yet consumed. Once a slice has been handed to a
+    transport that could not send it at once, the transport holds a view of it; `detach` then
+    moves the unconsumed tail to a fresh buffer so the held bytes are never overwritten.
+    """
+
+    __slots__ = ("buf", "end", "initial", "limit", "start")
+
+    def __init__(self, initial: int, limit: int) -> None:
+        self.buf = bytearray(initial)
+        self.start = 0
+        self.end = 0
+        self.initial = initial
+        self.limit = limit
+
+    def get_buffer(self) -> memoryview:
+        buf = self.buf
+        if self.end == len(buf):
+            if self.start:
+                self._compact()
+            else:
+                self._grow()
+            buf = self.buf
+        return memoryview(buf)[self.end :]
+
+    def consumed(self, pos: int) -> None:
+        """Mark everything before pos as consumed; rewinds to offset 0 when nothing is left."""
+        if pos == self.end:
+            self.start = self.end = 0
+        else:
+            self.start = pos
+
+    def ensure_capacity(self, nbytes: int) -> None:
+        """Make room for a frame of nbytes starting at start (an inspected frame must fit)."""
+        if len(self.buf) - self.start >= nbytes:
+            return
+        if nbytes <= len(self.buf):
+            self._compact()
+            return
+        size = len(self.buf)
+        while size < nbytes:
+            size *= 2
+        self._replace(min(max(size, nbytes), max(self.limit, nbytes)))
+
+    def detach(self) -> None:
+        """Give up the current bytearray (a transport holds a view of it) for a fresh one."""
+        self._replace(max(self.initial, self.end - self.start))
+
+    def shrink(self) -> None:
+        """Return to the initial size when empty, so an idle connection holds little memory."""
+        if self.start == self.end and len(self.buf) > self.initial:
+            self.buf = bytearray(self.initial)
+            self.start = self.end = 0
+
+    def pending(self) -> int:
+        return self.end - self.start
+
+    def _compact(self) -> None:
+        start, end = self.start, self.end
+        try:
+            self.buf[: end - start] = self.buf[start:end]
+        except BufferError:
+            self._replace(len(self.buf))
+            return
+        self.start, self.end = 0, end - start
+
+    def _grow(self) -> None:
+        self._replace(min(len(self.buf) * 2, max(self.limit, len(self.buf) + 1)))
+
+    def _replace(self, size: int) -> None:
+        start, end = self.start, self.end
+        new = bytearray(max(size, end - start, 1))
+        new[: end - start] = self.buf[start:end]
+        self.buf = new
+        self.start, self.end = 0, end - start
+
+
+class ClientScanner:
+    """Client -> backend accounting: how many ReadyForQuery replies the backend still owes.
+
+    Every Query, Sync and FunctionCall earns exactly one ReadyForQuery. `unsynced` is true while
+    extended-protocol messages have been sent after the last Sync: the backend then holds state
+    (an unnamed portal, a half-built pipeline) that belongs to this client.
+    """
+
+    __slots__ = ("max_len", "pending", "skip", "terminated", "unsynced")
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.skip = 0
+        self.pending = 0
+        self.unsynced = False
+        self.terminated = False
+
+    def reset(self) -> None:
+        self.pending = 0
+        self.unsynced = False
+
+    def scan(self, buf: bytearray, pos: int, end: int) -> int:
+        """Advance over frames in buf[pos:end]; return the position reached.
+
+        Stops before a Terminate (setting `terminated`): the caller decides what a leaving client
+        means for its backend, and a Terminate is never forwarded in transaction mode.
+        """
+        skip = self.skip
+        if skip:
+            if end - pos <= skip:
+                self.skip = skip - (end - pos)
+                return end
+            pos += skip
+            self.skip = 0
+        max_len = self.max_len
+        while end - pos >= 5:
+            t = buf[pos]
+            length: int = _unpack_len(buf, pos + 1)[0]
+            if length < 4 or length > max_len:
+                raise FrameError(t, length, max_len)
+            if t in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
+                self.pending += 1
+                if t == F_SYNC:
+                    self.unsynced = False
+            elif t == F_TERMINATE:
+                self.terminated = True
+                return pos
+            elif t != F_COPY_DATA and t != F_COPY_DONE and t != F_COPY_FAIL:
+                self.unsynced = True
+            n = length + 1
+            if end - pos < n:
+                self.skip = n - (end - pos)
+                return end
+            pos += n
+        return pos
+
+
+def peek_type(buf: bytearray, pos: int, end: int, max_len: int) -> int:
+    """Type byte of the frame at pos once its header is complete, else -1 (validates length)."""
+    if end - pos < 5:
+        return -1
+    t = buf[pos]
+    length: int = _unpack_len(buf, pos + 1)[0]
+    if length < 4 or length > max_len:
+        raise FrameError(t, length, max_len)
+    return t
+
+
+# BackendScanner.event values.
+EV_NONE = 0  # consumed everything available (possibly mid-frame)
+EV_READY = 1  # stopped just after a ReadyForQuery; `status` holds its transaction status
+EV_PARAM = 2  # stopped at a complete ParameterStatus frame starting at the returned position
+EV_ERROR = 3  # stopped at a complete ErrorResponse frame starting at the returned position
+EV_NEED = 4  # stopped at an inspected frame that is not complete yet; `need` is its size
+
+
+class BackendScanner:
+    """Backend -> client: streams frames through, stopping at ReadyForQuery and ParameterStatus.
+
+    ErrorResponse frames are stopped at only when `stop_on_error` is set (during login and the
+    proxy's own queries), keeping the common path to two comparisons per frame.
+    """
+
+    __slots__ = ("event", "need", "skip", "status", "stop_on_error")
+
+    def __init__(self) -> None:
+        self.skip = 0
+        self.event = EV_NONE
+        self.status = 0
+        self.need = 0
+        self.stop_on_error = False
+
+    def scan(self, buf: bytearray, pos: int, end: int) -> int:
+        skip = self.skip
+        if skip:
+            if end - pos <= skip:
+                self.skip = skip - (end - pos)
+                self.event = EV_NONE
+                return end
+            pos += skip
+            self.skip = 0
+        while end - pos >= 5:
+            t = buf[pos]
+            length: int = _unpack_len(buf, pos + 1)[0]
+            if length < 4 or length > MAX_BACKEND_FRAME:
+                raise FrameError(t, length, MAX_BACKEND_FRAME)
+            n = length + 1
+            if t == B_READY_FOR_QUERY:
+                if end - pos < n:
+                    self.need = n
+                    self.event = EV_NEED
+                    return pos
+                self.status = buf[pos + 5]
+                self.event = EV_READY
+                return pos + n
+            if t == B_PARAMETER_STATUS or (t == B_ERROR and self.stop_on_error):
+                if end - pos < n:
+                    self.need = n
+                    self.event = EV_NEED
+                    return pos
+                self.event = EV_PARAM if t == B_PARAMETER_STATUS else EV_ERROR
+                return pos
+            if end - pos < n:
+                self.skip = n - (end - pos)
+                self.event = EV_NONE
+                return end
+            pos += n
+        self.event = EV_NEED if pos < end else EV_NONE
+        self.need = 5
+        return pos

@@ -1,0 +1,263 @@
+"""Encoders and decoders for the messages the proxy itself must build or read (the slow path)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .constants import (
+    AUTH_MD5,
+    AUTH_OK,
+    AUTH_SASL,
+    AUTH_SASL_CONTINUE,
+    AUTH_SASL_FINAL,
+    CANCEL_REQUEST_CODE,
+    GSSENC_REQUEST_CODE,
+    INT32,
+    PROTOCOL_3_0,
+    SSL_REQUEST_CODE,
+    TX_IDLE,
+)
+
+
+class ProtocolViolation(Exception):
+    """A peer sent bytes that do not form a valid message."""
+
+
+def frame(type_byte: bytes, body: bytes = b"") -> bytes:
+    return type_byte + INT32.pack(len(body) + 4) + body
+
+
+def cstr(s: str) -> bytes:
+    return s.encode() + b"\0"
+
+
+# --- startup ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartupMessage:
+    protocol: int
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    pid: int
+    secret: int
+
+
+@dataclass(frozen=True, slots=True)
+class SSLRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class GSSENCRequest:
+    pass
+
+
+StartupPacket = StartupMessage | CancelRequest | SSLRequest | GSSENCRequest
+
+
+def parse_startup_packet(body: bytes | memoryview) -> StartupPacket:
+    """Decode the body of an untyped startup packet (everything after the int32 length)."""
+    if len(body) < 4:
+        raise ProtocolViolation("invalid length of startup packet")
+    code = INT32.unpack_from(body, 0)[0]
+    if code == SSL_REQUEST_CODE:
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE:
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST_CODE:
+        if len(body) != 12:
+            raise ProtocolViolation("invalid length of cancel request packet")
+        pid, secret = struct.unpack_from("!II", body, 4)
+        return CancelRequest(pid, secret)
+    raw = bytes(body[4:])
+    if not raw.endswith(b"\0"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    parts = raw[:-1].split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    if len(parts) % 2:
+        raise ProtocolViolation("invalid startup packet layout: parameter without a value")
+    params: dict[str, str] = {}
+    try:
+        for i in range(0, len(parts), 2):
+            params[parts[i].decode()] = parts[i + 1].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("startup packet is not valid UTF-8") from exc
+    return StartupMessage(code, params)
+
+
+def startup_message(params: Mapping[str, str]) -> bytes:
+    body = INT32.pack(PROTOCOL_3_0) + b"".join(cstr(k) + cstr(v) for k, v in params.items()) + b"\0"
+    return INT32.pack(len(body) + 4) + body
+
+
+def cancel_request(pid: int, secret: int) -> bytes:
+    return struct.pack("!IIII", 16, CANCEL_REQUEST_CODE, pid, secret)
+
+
+def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) -> bytes:
+    names = list(unsupported)
+    body = INT32.pack(newest_minor) + INT32.pack(len(names)) + b"".join(cstr(n) for n in names)
+    return frame(b"v", body)
+
+
+# --- server -> client messages the proxy originates ------------------------------------------
+
+
+def error_response(
+    severity: str,
+    sqlstate: str,
+    message: str,
+    *,
+    detail: str | None = None,
+    hint: str | None = None,
+) -> bytes:
+    fields = [b"S" + cstr(severity), b"V" + cstr(severity), b"C" + cstr(sqlstate)]
+    fields.append(b"M" + cstr(message))
+    if detail:
+        fields.append(b"D" + cstr(detail))
+    if hint:
+        fields.append(b"H" + cstr(hint))
+    return frame(b"E", b"".join(fields) + b"\0")
+
+
+def notice_response(message: str, sqlstate: str = "00000") -> bytes:
+    return frame(b"N", b"SNOTICE\0VNOTICE\0C" + cstr(sqlstate) + b"M" + cstr(message) + b"\0")
+
+
+def auth_ok() -> bytes:
+    return frame(b"R", INT32.pack(AUTH_OK))
+
+
+def auth_md5(salt: bytes) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_MD5) + salt)
+
+
+def auth_sasl(mechanisms: Iterable[str]) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_SASL) + b"".join(cstr(m) for m in mechanisms) + b"\0")
+
+
+def auth_sasl_continue(data: bytes) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_SASL_CONTINUE) + data)
+
+
+def auth_sasl_final(data: bytes) -> bytes:
+    return frame(b"R", INT32.pack(AUTH_SASL_FINAL) + data)
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return frame(b"S", cstr(name) + cstr(value))
+
+
+def backend_key_data(pid: int, secret: int) -> bytes:
+    return frame(b"K", struct.pack("!II", pid, secret))
+
+
+def ready_for_query(status: int = TX_IDLE) -> bytes:
+    return frame(b"Z", bytes((status,)))
+
+
+# --- client -> server messages the proxy originates ------------------------------------------
+
+
+def query(sql: str) -> bytes:
+    return frame(b"Q", cstr(sql))
+
+
+def password_message(password: str) -> bytes:
+    return frame(b"p", cstr(password))
+
+
+def sasl_initial_response(mechanism: str, data: bytes) -> bytes:
+    return frame(b"p", cstr(mechanism) + INT32.pack(len(data)) + data)
+
+
+def sasl_response(data: bytes) -> bytes:
+    return frame(b"p", data)
+
+
+TERMINATE = frame(b"X")
+
+
+# --- decoders --------------------------------------------------------------------------------
+
+
+def read_cstr(body: bytes | memoryview, pos: int) -> tuple[str, int]:
+    """Return the NUL-terminated string at pos and the offset after its terminator."""
+    data = bytes(body) if isinstance(body, memoryview) else body
+    end = data.find(b"\0", pos)
+    if end < 0:
+        raise ProtocolViolation("missing string terminator")
+    try:
+        return data[pos:end].decode(), end + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("string is not valid UTF-8") from exc
+
+
+def parse_parameter_status(body: bytes | memoryview) -> tuple[str, str]:
+    name, pos = read_cstr(body, 0)
+    value, _ = read_cstr(body, pos)
+    return name, value
+
+
+def parse_error_fields(body: bytes | memoryview) -> dict[str, str]:
+    """Fields of an ErrorResponse/NoticeResponse body keyed by their one-letter code."""
+    data = bytes(body)
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(data) and data[pos] != 0:
+        code = chr(data[pos])
+        end = data.find(b"\0", pos + 1)
+        if end < 0:
+            raise ProtocolViolation("unterminated error field")
+        fields[code] = data[pos + 1 : end].decode(errors="replace")
+        pos = end + 1
+    return fields
+
+
+def parse_sasl_initial_response(body: bytes | memoryview) -> tuple[str, bytes]:
+    mechanism, pos = read_cstr(body, 0)
+    if len(body) < pos + 4:
+        raise ProtocolViolation("SASLInitialResponse too short")
+    n = INT32.unpack_from(body, pos)[0]
+    pos += 4
+    if n == 0xFFFFFFFF:
+        return mechanism, b""
+    if pos + n != len(body):
+        raise ProtocolViolation("SASLInitialResponse length mismatch")
+    return mechanism, bytes(body[pos : pos + n])
+
+
+def parse_sasl_mechanisms(body: bytes | memoryview) -> list[str]:
+    """Mechanism list of AuthenticationSASL (body after the int32 code)."""
+    names: list[str] = []
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        name, pos = read_cstr(body, pos)
+        names.append(name)
+    return names
+
+
+def parse_password(body: bytes | memoryview) -> str:
+    value, pos = read_cstr(body, 0)
+    if pos != len(body):
+        raise ProtocolViolation("trailing bytes after password")
+    return value
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal; E'' form only when a backslash forces it."""
+    escaped = value.replace("'", "''")
+    if "\\" in escaped:
+        return "E'" + escaped.replace("\\", "\\\\") + "'"
+    return "'" + escaped + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

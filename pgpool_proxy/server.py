@@ -1,0 +1,214 @@
+"""The proxy process: listener, pools, cancel keys, janitor, and the owner of every task."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import socket
+from collections.abc import Coroutine
+from typing import Any
+
+from .auth.scram import ScramVerifier
+from .config import Config, DatabaseConfig, UserConfig
+from .errors import DisconnectReason
+from .pool.pool import Pool, PoolSpec
+from .protocol.constants import TRACKED_PARAMS
+from .session.client import ClientConnection, ClientState
+from .session.login import run_login
+
+log = logging.getLogger("pgpool_proxy.server")
+
+JANITOR_INTERVAL_S = 0.25
+
+
+class ProxyServer:
+    """One proxy instance. `start()` binds the listener; `close()` stops everything it started."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.clients: dict[int, ClientConnection] = {}  # by proxy-issued cancel pid
+        self.client_count = 0
+        self.tracked_params = TRACKED_PARAMS
+        self.tracked_lower = {p.lower(): p for p in TRACKED_PARAMS}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
+        self._dummy_verifier = ScramVerifier.from_password(secrets.token_urlsafe(24))
+        self._all_clients: set[ClientConnection] = set()
+        self._client_keys: dict[tuple[str, str], bytes] = {}
+        self.host = config.proxy.listen_host
+        self.port = config.proxy.listen_port
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self),
+            self.config.proxy.listen_host,
+            self.config.proxy.listen_port,
+            reuse_address=True,
+            backlog=4096,
+        )
+        sock = self._server.sockets[0]
+        self.host, self.port = sock.getsockname()[:2]
+        for s in self._server.sockets:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
+        log.info("listening on %s:%s", self.host, self.port)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for client in list(self._all_clients):
+            client.close(DisconnectReason.SHUTDOWN)
+        for pool in self.pools.values():
+            pool.close()
+            for waiter in list(pool.waiters):
+                waiter.close(DisconnectReason.SHUTDOWN)
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a task owned by this server: kept referenced, logged if it fails, cancelled on
+        close."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _janitor_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(JANITOR_INTERVAL_S)
+            now = loop.time()
+            for pool in list(self.pools.values()):
+                try:
+                    pool.tick(now)
+                except Exception:
+                    log.exception("janitor failed on pool %s", pool.name)
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def client_connected(self, client: ClientConnection) -> None:
+        self.client_count += 1
+        self._all_clients.add(client)
+        self.spawn(run_login(client), "login")
+
+    def client_closed(self, client: ClientConnection, prev: ClientState) -> None:
+        self.client_count -= 1
+        self._all_clients.discard(client)
+        if client.key_pid:
+            self.clients.pop(client.key_pid, None)
+        if prev != ClientState.LOGIN and client.pool is not None:
+            client.pool.clients -= 1
+        reason = client.close_reason.value if client.close_reason else "?"
+        if prev == ClientState.LOGIN:
+            log.debug("client closed during login: %s reason=%s", client.peer, reason)
+        else:
+            log.info(
+                "client closed: %s user=%s db=%s reason=%s",
+                client.peer,
+                client.user,
+                client.database,
+                reason,
+            )
+
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self.clients:
+                break
+        self.clients[pid] = client
+        return pid, secrets.randbits(32)
+
+    def cancel_request(self, pid: int, secret: int) -> None:
+        client = self.clients.get(pid)
+        if client is None or not secrets.compare_digest(
+            client.key_secret.to_bytes(4, "big"), secret.to_bytes(4, "big")
+        ):
+            log.info("cancel request with an unknown key ignored")
+            return
+        backend = client.backend
+        # Only the backend serving this client right now may be cancelled.
+        if backend is not None and client.state == ClientState.ACTIVE:
+            backend.send_cancel()
+
+    # --- pools and credentials ---------------------------------------------------------------
+
+    def get_pool(self, db: DatabaseConfig, user_cfg: UserConfig | None, user: str) -> Pool:
+        server_user = db.user or user
+        key = (db.name, server_user)
+        pool = self.pools.get(key)
+        if pool is None:
+            if db.user:
+                forced = self.config.user(db.user)
+                secret = db.password or (forced.password if forced else None)
+            else:
+                secret = db.password or (user_cfg.password if user_cfg else None)
+            cfg = self.config
+            spec = PoolSpec(
+                name=f"{db.name}/{server_user}",
+                host=db.host,
+                port=db.port,
+                dbname=db.dbname or db.name,
+                user=server_user,
+                secret=secret,
+                size=cfg.pool_size_for(db),
+                min_size=min(cfg.pool.min_pool_size, cfg.pool_size_for(db)),
+                mode=cfg.pool_mode_for(db, user_cfg),
+                query_wait_timeout_s=cfg.pool.query_wait_timeout_s,
+                idle_timeout_s=cfg.pool.server_idle_timeout_s,
+                lifetime_s=cfg.pool.server_lifetime_s,
+                connect_timeout_s=cfg.pool.server_connect_timeout_s,
+                reset_query=cfg.pool.server_reset_query,
+            )
+            pool = Pool(spec, self.spawn)
+            if secret is not None:
+                verifier = ScramVerifier.parse(secret)
+                if verifier is not None:
+                    pool.server_key = verifier.server_key
+                    pool.client_key = self._client_keys.get((server_user, secret))
+            self.pools[key] = pool
+        return pool
+
+    def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
+        """The verifier to check a client against; computed once per password, not per login."""
+        if secret is None:
+            return self._dummy_verifier
+        key = (user, hashlib.sha256(secret.encode()).hexdigest())
+        v = self._verifiers.get(key)
+        if v is None:
+            v = ScramVerifier.parse(secret) or ScramVerifier.from_password(secret)
+            self._verifiers[key] = v
+        return v
+
+    def remember_client_key(self, user: str, verifier: ScramVerifier, client_key: bytes) -> None:
+        """Keep a ClientKey so the proxy can log into servers that store the same verifier."""
+        cfg = self.config.user(user)
+        if cfg is None or cfg.password is None or ScramVerifier.parse(cfg.password) is None:
+            return
+        self._client_keys[(user, cfg.password)] = client_key
+        for (_db, server_user), pool in self.pools.items():
+            if server_user == user and pool.spec.secret == cfg.password:
+                pool.client_key = client_key

@@ -1,0 +1,1 @@
+"""Client connections: protocol, login, state machine, cancel routing."""

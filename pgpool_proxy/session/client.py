@@ -1,0 +1,358 @@
+"""One client connection: its state machine and the client -> backend hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import TYPE_CHECKING, cast
+
+from ..errors import DisconnectReason, ProxyError, SqlState
+from ..pool.backend import BackendConnection, BackendState
+from ..protocol import messages as m
+from ..protocol.constants import F_TERMINATE, TX_IDLE
+from ..protocol.framing import ClientScanner, FrameError, RecvBuffer, peek_type
+
+if TYPE_CHECKING:
+    from ..pool.pool import Pool
+    from ..server import ProxyServer
+
+log = logging.getLogger("pgpool_proxy.client")
+
+# Small: most clients sit idle, and memory per idle client is what limits how many we hold.
+CLIENT_BUFFER = 4096
+
+
+class ClientState(enum.IntEnum):
+    LOGIN = 0
+    IDLE = 1  # logged in, no backend
+    WAITING = 2  # queued for a backend
+    ACTIVE = 3  # linked to a backend
+    CLOSED = 4
+
+
+_ALLOWED: dict[ClientState, frozenset[ClientState]] = {
+    ClientState.LOGIN: frozenset({ClientState.IDLE, ClientState.CLOSED}),
+    ClientState.IDLE: frozenset({ClientState.WAITING, ClientState.ACTIVE, ClientState.CLOSED}),
+    ClientState.WAITING: frozenset({ClientState.ACTIVE, ClientState.CLOSED}),
+    ClientState.ACTIVE: frozenset({ClientState.IDLE, ClientState.CLOSED}),
+    ClientState.CLOSED: frozenset(),
+}
+
+
+class ClientConnection(asyncio.BufferedProtocol):
+    """A client of the proxy.
+
+    Login runs as a coroutine (`session.login`); after it, every byte is handled in
+    `buffer_updated` without a task switch: frames are scanned by header and forwarded to the
+    linked backend in one write per read.
+    """
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.state = ClientState.LOGIN
+        self.rbuf = RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5)
+        self.scanner = ClientScanner(server.config.proxy.max_message_size_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.backend: BackendConnection | None = None
+        self.pool: Pool | None = None
+        self.release_on_idle = True  # transaction mode; session mode keeps the backend
+        self.user = ""
+        self.database = ""
+        self.peer = ""
+        # Settings this client expects on any backend that serves it (reported ones + startup).
+        self.params: dict[str, str] = {}
+        self.extra_settings: dict[str, str] = {}
+        self.key_pid = 0
+        self.key_secret = 0
+        self.wait_since = 0.0
+        self.reading_paused = False
+        self.write_paused = False
+        self.close_reason: DisconnectReason | None = None
+        self.login_wakeup: asyncio.Future[None] | None = None
+        self.eof = False
+
+    # --- state -------------------------------------------------------------------------------
+
+    def to(self, new: ClientState) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"illegal client transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    def is_open(self) -> bool:
+        return self.state != ClientState.CLOSED and self.transport is not None
+
+    def is_waiting(self) -> bool:
+        return self.state == ClientState.WAITING
+
+    # --- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        self.server.client_connected(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.rbuf.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.rbuf.end += nbytes
+        state = self.state
+        try:
+            if state == ClientState.ACTIVE:
+                self._pump()
+            elif state == ClientState.IDLE:
+                self._on_idle_data()
+            elif state == ClientState.LOGIN:
+                self._wake()
+            # WAITING: reading is paused; bytes already read wait for the backend.
+        except FrameError as exc:
+            self._frame_error(exc)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._wake()
+        if self.state != ClientState.CLOSED:
+            reason = DisconnectReason.CLIENT_ERROR if exc else DisconnectReason.CLIENT_EOF
+            self.close(reason)
+
+    def pause_writing(self) -> None:
+        # The client is slow to read: stop reading from its backend until it catches up.
+        self.write_paused = True
+        backend = self.backend
+        if backend is not None:
+            backend.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        backend = self.backend
+        if backend is not None:
+            backend.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _wake(self) -> None:
+        w = self.login_wakeup
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # --- hot path ----------------------------------------------------------------------------
+
+    def _on_idle_data(self) -> None:
+        rb = self.rbuf
+        t = peek_type(rb.buf, rb.start, rb.end, self.scanner.max_len)
+        if t < 0:
+            return
+        if t == F_TERMINATE:
+            self.close(DisconnectReason.CLIENT_TERMINATE)
+            return
+        pool = self.pool
+        assert pool is not None
+        backend = pool.acquire(self)
+        if backend is None:
+            self.to(ClientState.WAITING)
+            self.pause_reading()
+            return
+        self._link(backend)
+
+    def backend_assigned(self, backend: BackendConnection) -> None:
+        """Called by the pool when this waiting client reaches the head of the queue."""
+        self._link(backend)
+        self.resume_reading()
+
+    def _link(self, backend: BackendConnection) -> None:
+        self.to(ClientState.ACTIVE)
+        backend.to(BackendState.ACTIVE)
+        backend.client = self
+        self.backend = backend
+        # Backpressure flags belong to the link: carry them across.
+        if self.write_paused:
+            backend.pause_reading()
+        else:
+            backend.resume_reading()
+        if backend.write_paused:
+            self.pause_reading()
+        sql = self._settings_diff(backend)
+        if sql:
+            backend.send_internal(sql)
+        try:
+            self._pump()
+        except FrameError as exc:
+            self._frame_error(exc)
+
+    def _pump(self) -> None:
+        rb = self.rbuf
+        start = rb.start
+        scanner = self.scanner
+        pos = scanner.scan(rb.buf, start, rb.end)
+        if pos > start:
+            backend = self.backend
+            assert backend is not None
+            t = backend.transport
+            if t is None:
+                return  # connection_lost will report it
+            t.write(memoryview(rb.buf)[start:pos])
+            rb.consumed(pos)
+            if t.get_write_buffer_size():
+                # The backend transport keeps a view of these bytes until it has sent them.
+                rb.detach()
+        if scanner.terminated:
+            self.close(DisconnectReason.CLIENT_TERMINATE)
+
+    def backend_released(self, backend: BackendConnection | None) -> None:
+        """The linked backend finished the transaction (transaction mode)."""
+        self.backend = None
+        self.to(ClientState.IDLE)
+        self.scanner.reset()
+        if backend is not None:
+            backend.client = None
+            pool = self.pool
+            assert pool is not None
+            pool.release(backend)
+        if self.reading_paused and not self.write_paused:
+            self.resume_reading()
+        if self.rbuf.end > self.rbuf.start and self.state == ClientState.IDLE:
+            # The next transaction's first bytes arrived while the last one finished.
+            try:
+                self._on_idle_data()
+            except FrameError as exc:
+                self._frame_error(exc)
+        else:
+            self.rbuf.shrink()
+
+    # --- settings replay ---------------------------------------------------------------------
+
+    def _settings_diff(self, backend: BackendConnection) -> str:
+        """SET/RESET statements that make backend match what this client expects."""
+        bp = backend.params
+        params = self.params
+        parts = [
+            f"SET {m.quote_ident(k)} TO {m.quote_literal(params[k])}"
+            for k in self.server.tracked_params
+            if k in params and bp.get(k) != params[k]
+        ]
+        extra = self.extra_settings
+        for k, v in extra.items():
+            if bp.get(k) != v:
+                parts.append(f"SET {m.quote_ident(k)} TO {m.quote_literal(v)}")
+                bp[k] = v
+                backend.extra_keys.add(k)
+        if backend.extra_keys:
+            # Settings an earlier client had replayed here go back to the server default.
+            for k in [k for k in backend.extra_keys if k not in extra]:
+                parts.append(f"RESET {m.quote_ident(k)}")
+                bp.pop(k, None)
+                backend.extra_keys.discard(k)
+        return "; ".join(parts)
+
+    # --- failures and closing ----------------------------------------------------------------
+
+    def _frame_error(self, exc: FrameError) -> None:
+        if exc.too_large:
+            err = ProxyError(
+                SqlState.PROGRAM_LIMIT_EXCEEDED,
+                f"message of {exc.length} bytes exceeds the proxy's limit of {exc.limit} bytes",
+                hint="Raise proxy.max_message_size_bytes if such messages are expected.",
+            )
+            self.fail(err, DisconnectReason.MESSAGE_TOO_LARGE)
+        else:
+            err = ProxyError(
+                SqlState.PROTOCOL_VIOLATION,
+                f"invalid message length {exc.length} (message type {exc.type_byte})",
+            )
+            self.fail(err, DisconnectReason.PROTOCOL_ERROR)
+
+    def send_error(self, err: ProxyError) -> None:
+        if self.transport is not None:
+            self.transport.write(
+                m.error_response(
+                    err.severity, err.sqlstate, err.message, detail=err.detail, hint=err.hint
+                )
+            )
+
+    def fail(self, err: ProxyError, reason: DisconnectReason) -> None:
+        """Send one ErrorResponse and close."""
+        if self.state == ClientState.CLOSED:
+            return
+        self.send_error(err)
+        log.info(
+            "client error: %s user=%s db=%s %s %s",
+            self.peer,
+            self.user,
+            self.database,
+            err.sqlstate,
+            err.message,
+        )
+        self.close(reason)
+
+    def pool_failed(self, err: ProxyError, reason: DisconnectReason | None = None) -> None:
+        """No backend could be had (timeout or the server refuses logins)."""
+        self.fail(err, reason or DisconnectReason.BACKEND_CONNECT_FAILED)
+
+    def backend_failed(self, err: ProxyError) -> None:
+        """The linked backend died; the backend already discarded itself."""
+        self.backend = None
+        self.fail(err, DisconnectReason.BACKEND_FAILED)
+
+    def close(self, reason: DisconnectReason) -> None:
+        if self.state == ClientState.CLOSED:
+            return
+        prev = self.state
+        self.state = ClientState.CLOSED
+        self.close_reason = reason
+        backend = self.backend
+        self.backend = None
+        pool = self.pool
+        if prev == ClientState.WAITING and pool is not None:
+            pool.forget_waiter(self)
+        if backend is not None and pool is not None:
+            backend.client = None
+            self._return_backend(backend, pool)
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+        self._wake()
+        self.server.client_closed(self, prev)
+
+    def _return_backend(self, backend: BackendConnection, pool: Pool) -> None:
+        """A client left while holding a backend: reuse it only if provably clean."""
+        sc = self.scanner
+        clean = (
+            sc.pending <= 0
+            and not sc.unsynced
+            and not sc.skip
+            and backend.tx_status == TX_IDLE
+            and not backend.internal_pending
+            and backend.state == BackendState.ACTIVE
+        )
+        if not clean:
+            backend.close(DisconnectReason.CLIENT_LEFT_MID_TRANSACTION)
+            return
+        reset = pool.spec.reset_query if not self.release_on_idle else ""
+        if reset:
+            backend.to(BackendState.RESETTING)
+            backend.on_internal_done = _after_reset
+            backend.send_internal(reset)
+        else:
+            pool.release(backend)
+
+
+def _after_reset(backend: BackendConnection) -> None:
+    if backend.tx_status != TX_IDLE:
+        backend.close(DisconnectReason.RESET_FAILED)
+    else:
+        backend.pool.release(backend)

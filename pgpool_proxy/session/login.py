@@ -1,0 +1,329 @@
+"""The client's startup phase: SSL/GSS negotiation, StartupMessage, authentication, welcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING
+
+from ..auth.md5 import verify_md5_response
+from ..auth.scram import MECHANISM, ScramError, ScramServer
+from ..config import AuthType, PoolMode
+from ..errors import DisconnectReason, ProxyError, SqlState
+from ..protocol import messages as m
+from ..protocol.constants import F_PASSWORD, INT32, MAX_STARTUP_PACKET
+from .client import ClientConnection, ClientState
+
+if TYPE_CHECKING:
+    from ..config import UserConfig
+
+log = logging.getLogger("pgpool_proxy.login")
+
+# Startup keys that are not settings.
+_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+# Largest password/SASL message accepted from a client (IAM tokens later need several KB).
+MAX_AUTH_MESSAGE = 16 * 1024
+
+_ENCODING_ALIASES = {"utf8": "UTF8", "unicode": "UTF8", "utf-8": "UTF8"}
+
+
+class _Closed(Exception):
+    """The client went away during login."""
+
+
+async def _wait(client: ClientConnection) -> None:
+    if not client.is_open():
+        raise _Closed
+    client.login_wakeup = asyncio.get_running_loop().create_future()
+    try:
+        await client.login_wakeup
+    finally:
+        client.login_wakeup = None
+    if not client.is_open():
+        raise _Closed
+
+
+async def read_startup_packet(client: ClientConnection) -> bytes:
+    rb = client.rbuf
+    while True:
+        if rb.end - rb.start >= 4:
+            length = INT32.unpack_from(rb.buf, rb.start)[0]
+            if length < 8 or length > MAX_STARTUP_PACKET:
+                raise ProxyError(SqlState.PROTOCOL_VIOLATION, "invalid length of startup packet")
+            if rb.end - rb.start >= length:
+                body = bytes(rb.buf[rb.start + 4 : rb.start + length])
+                rb.consumed(rb.start + length)
+                return body
+            rb.ensure_capacity(length)
+        if client.eof:
+            raise _Closed
+        await _wait(client)
+
+
+async def read_message(client: ClientConnection, expect: int) -> bytes:
+    rb = client.rbuf
+    while True:
+        if rb.end - rb.start >= 5:
+            t = rb.buf[rb.start]
+            length = INT32.unpack_from(rb.buf, rb.start + 1)[0]
+            if t != expect:
+                raise ProxyError(
+                    SqlState.PROTOCOL_VIOLATION,
+                    f"expected password response, got message type {chr(t)!r}",
+                )
+            if length < 4 or length > MAX_AUTH_MESSAGE:
+                raise ProxyError(SqlState.PROTOCOL_VIOLATION, "invalid password packet size")
+            if rb.end - rb.start >= length + 1:
+                body = bytes(rb.buf[rb.start + 5 : rb.start + 1 + length])
+                rb.consumed(rb.start + 1 + length)
+                return body
+            rb.ensure_capacity(length + 1)
+        if client.eof:
+            raise _Closed
+        await _wait(client)
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """Settings from the startup `options` string (`-c name=value` and `--name=value`)."""
+    words: list[str] = []
+    cur: list[str] = []
+    escape = False
+    for ch in options:
+        if escape:
+            cur.append(ch)
+            escape = False
+        elif ch == "\\":
+            escape = True
+        elif ch.isspace():
+            if cur:
+                words.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        words.append("".join(cur))
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(words):
+        w = words[i]
+        item = None
+        if w == "-c" and i + 1 < len(words):
+            item = words[i + 1]
+            i += 1
+        elif w.startswith("-c") or w.startswith("--"):
+            item = w[2:]
+        else:
+            raise ProxyError(
+                SqlState.FEATURE_NOT_SUPPORTED,
+                f"unsupported startup option {w!r}: only -c name=value settings are supported",
+                severity="FATAL",
+            )
+        if "=" not in item:
+            raise ProxyError(
+                SqlState.PROTOCOL_VIOLATION, f"invalid startup option {item!r}: expected name=value"
+            )
+        k, v = item.split("=", 1)
+        out[k.replace("-", "_")] = v
+        i += 1
+    return out
+
+
+async def run_login(client: ClientConnection) -> None:
+    """Drive one client from its first byte to ReadyForQuery; closes it on any failure."""
+    server = client.server
+    timeout = server.config.proxy.client_login_timeout_s
+    try:
+        async with asyncio.timeout(timeout or None):
+            await _login(client)
+    except _Closed:
+        client.close(DisconnectReason.CLIENT_EOF)
+    except TimeoutError:
+        client.fail(
+            ProxyError(
+                SqlState.PROTOCOL_VIOLATION,
+                f"client did not complete login within {timeout:g}s (client_login_timeout_s)",
+            ),
+            DisconnectReason.LOGIN_TIMEOUT,
+        )
+    except ProxyError as exc:
+        if client.close_reason is None:
+            reason = (
+                DisconnectReason.AUTH_FAILED
+                if exc.sqlstate in (SqlState.INVALID_PASSWORD, SqlState.INVALID_AUTHORIZATION)
+                else DisconnectReason.PROTOCOL_ERROR
+                if exc.sqlstate == SqlState.PROTOCOL_VIOLATION
+                else DisconnectReason.BACKEND_CONNECT_FAILED
+            )
+            client.fail(exc, getattr(exc, "reason", None) or reason)
+    except m.ProtocolViolation as exc:
+        client.fail(
+            ProxyError(SqlState.PROTOCOL_VIOLATION, str(exc)), DisconnectReason.PROTOCOL_ERROR
+        )
+
+
+class _Refusal(ProxyError):
+    def __init__(self, sqlstate: str, message: str, reason: DisconnectReason) -> None:
+        super().__init__(sqlstate, message)
+        self.reason = reason
+
+
+async def _login(client: ClientConnection) -> None:
+    server = client.server
+    config = server.config
+    while True:
+        packet = m.parse_startup_packet(await read_startup_packet(client))
+        if isinstance(packet, m.SSLRequest | m.GSSENCRequest):
+            # TLS arrives in a later release; 'N' tells the client to continue in the clear.
+            # Bytes pipelined behind the request would have been sent before our answer: refuse
+            # them (the CVE-2021-23222 class of injection).
+            if client.rbuf.pending():
+                raise ProxyError(
+                    SqlState.PROTOCOL_VIOLATION,
+                    "received unencrypted data after SSL/GSS request",
+                )
+            assert client.transport is not None
+            client.transport.write(b"N")
+            continue
+        if isinstance(packet, m.CancelRequest):
+            server.cancel_request(packet.pid, packet.secret)
+            client.close(DisconnectReason.CANCEL_REQUEST)
+            return
+        break
+    major, minor = packet.protocol >> 16, packet.protocol & 0xFFFF
+    if major != 3:
+        raise _Refusal(
+            SqlState.FEATURE_NOT_SUPPORTED,
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
+            DisconnectReason.UNSUPPORTED,
+        )
+    params = packet.params
+    unsupported = [k for k in params if k.startswith("_pq_.")]
+    if minor > 0 or unsupported:
+        assert client.transport is not None
+        client.transport.write(m.negotiate_protocol_version(0, unsupported))
+    user = params.get("user", "")
+    if not user:
+        raise _Refusal(
+            SqlState.INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+            DisconnectReason.PROTOCOL_ERROR,
+        )
+    database = params.get("database") or user
+    client.user, client.database = user, database
+    if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
+        raise _Refusal(
+            SqlState.FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by the proxy",
+            DisconnectReason.UNSUPPORTED,
+        )
+    if server.client_count > config.proxy.max_client_conn:
+        raise _Refusal(
+            SqlState.TOO_MANY_CONNECTIONS,
+            f"no more connections allowed (max_client_conn={config.proxy.max_client_conn})",
+            DisconnectReason.TOO_MANY_CLIENTS,
+        )
+    db = config.database(database)
+    user_cfg = config.user(user)
+    await _authenticate(client, user, user_cfg)
+    if db is None:
+        raise _Refusal(
+            SqlState.INVALID_CATALOG_NAME,
+            f'database "{database}" does not exist',
+            DisconnectReason.UNKNOWN_DATABASE,
+        )
+    settings: dict[str, str] = {}
+    if "options" in params:
+        settings.update(parse_options(params["options"]))
+    for k, v in params.items():
+        if k not in _NOT_SETTINGS and not k.startswith("_pq_."):
+            settings[k] = v
+    pool = server.get_pool(db, user_cfg, user)
+    client.pool = pool
+    client.release_on_idle = pool.spec.mode == PoolMode.TRANSACTION
+    server_params = await pool.ensure_server_params()
+    if not client.is_open():
+        raise _Closed
+    tracked = server.tracked_lower
+    client.params = {k: server_params[k] for k in server.tracked_params if k in server_params}
+    for k, v in settings.items():
+        canonical = tracked.get(k.lower())
+        if canonical is not None:
+            if canonical == "client_encoding":
+                v = _ENCODING_ALIASES.get(v.lower(), v.upper())
+            client.params[canonical] = v
+        else:
+            client.extra_settings[k] = v
+    pool.clients += 1
+    welcome = [m.auth_ok()]
+    shown = dict(server_params)
+    shown.update(client.params)
+    welcome.extend(m.parameter_status(k, v) for k, v in shown.items())
+    client.key_pid, client.key_secret = server.register_cancel_key(client)
+    welcome.append(m.backend_key_data(client.key_pid, client.key_secret))
+    welcome.append(m.ready_for_query())
+    assert client.transport is not None
+    client.transport.write(b"".join(welcome))
+    client.to(ClientState.IDLE)
+    log.info(
+        "client login: %s user=%s db=%s mode=%s",
+        client.peer,
+        user,
+        database,
+        pool.spec.mode.value,
+    )
+    if client.rbuf.pending():
+        client.buffer_updated(0)
+
+
+def _auth_failed(user: str) -> _Refusal:
+    return _Refusal(
+        SqlState.INVALID_PASSWORD,
+        f'password authentication failed for user "{user}"',
+        DisconnectReason.AUTH_FAILED,
+    )
+
+
+async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfig | None) -> None:
+    server = client.server
+    auth_type = server.config.auth.type
+    if auth_type == AuthType.TRUST:
+        if user_cfg is None:
+            raise _Refusal(
+                SqlState.INVALID_AUTHORIZATION,
+                f'no such user: "{user}" is not configured in the proxy',
+                DisconnectReason.AUTH_FAILED,
+            )
+        return
+    secret = user_cfg.password if user_cfg is not None else None
+    assert client.transport is not None
+    # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
+    # no SCRAM verifier under md5), so there is no silent downgrade here.
+    if auth_type == AuthType.MD5:
+        salt = secrets.token_bytes(4)
+        client.transport.write(m.auth_md5(salt))
+        response = m.parse_password(await read_message(client, F_PASSWORD))
+        if secret is None or not verify_md5_response(response, secret, user, salt):
+            raise _auth_failed(user)
+        return
+    # Unknown users run the same exchange against a random verifier, so probing reveals nothing.
+    verifier = server.scram_verifier(user, secret)
+    scram = ScramServer(verifier)
+    client.transport.write(m.auth_sasl([MECHANISM]))
+    mechanism, first = m.parse_sasl_initial_response(await read_message(client, F_PASSWORD))
+    if mechanism != MECHANISM:
+        raise _Refusal(
+            SqlState.PROTOCOL_VIOLATION,
+            f"client selected an invalid SASL authentication mechanism ({mechanism})",
+            DisconnectReason.AUTH_FAILED,
+        )
+    try:
+        client.transport.write(m.auth_sasl_continue(scram.handle_client_first(first)))
+        final = await read_message(client, F_PASSWORD)
+        server_final = scram.handle_client_final(final)
+    except ScramError:
+        raise _auth_failed(user) from None
+    if secret is None:
+        raise _auth_failed(user)
+    client.transport.write(m.auth_sasl_final(server_final))
+    server.remember_client_key(user, verifier, scram.client_key)
