@@ -473,6 +473,14 @@ class LocalPostgres:
         settings: Mapping[str, str] | None = None,
         run_as: str | None = None,
     ) -> None:
+        """Configure (but do not start) a server.
+
+        bindir: server binaries (default find_pg_bindir()). base_dir: parent of the temporary
+        work directory (default the system temp dir). port 0 picks a free ephemeral port.
+        host_auth: the initial pg_hba method for TCP. settings: extra postgresql.conf entries.
+        run_as: OS user running the server; None means the current user, or when root
+        "postgres" if that user exists, else "nobody".
+        """
         if "\n" in superuser_password or "\r" in superuser_password:
             raise ValueError("superuser_password must be a single line (initdb --pwfile)")
         for name in settings or {}:
@@ -543,7 +551,11 @@ class LocalPostgres:
             candidate = directory / name
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
-        raise PgServerError(f"no executable {name!r} in {self._source_bindir}")
+        # A server-only bindir (e.g. a custom PGPOOL_PG_BINDIR) may leave clients to the PATH.
+        on_path = shutil.which(name)
+        if on_path is not None:
+            return on_path
+        raise PgServerError(f"no executable {name!r} in {self._source_bindir} or on PATH")
 
     def log_tail(self, lines: int = 40) -> str:
         """The last `lines` lines of the server log ('' when there is none)."""

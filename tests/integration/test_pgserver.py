@@ -98,7 +98,7 @@ def test_roles_and_hba_methods(pg: LocalPostgres) -> None:
         with pytest.raises(PgServerError, match="password authentication failed"):
             pg.psql("SELECT 1", user="md5 user", password="wrong")
         # admin2 has no line of its own, so only the superuser fallback line could match: none.
-        with pytest.raises(PgServerError, match="no pg_hba.conf entry"):
+        with pytest.raises(PgServerError, match=r"no pg_hba\.conf entry"):
             pg.psql("SELECT 1", user="admin2", password="adminpw")
         with open(pg.log_file, encoding="utf-8") as f:
             f.seek(log_start)
