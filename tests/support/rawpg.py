@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 
 from pgpool_proxy.auth.md5 import md5_response
@@ -120,12 +121,8 @@ class RawClient:
         writer.close()
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.send(m.TERMINATE)
-        except Exception:
-            pass
         self.writer.close()
-        try:
+        with contextlib.suppress(Exception):
             await self.writer.wait_closed()
-        except Exception:
-            pass
