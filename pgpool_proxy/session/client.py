@@ -172,7 +172,6 @@ class ClientConnection(asyncio.BufferedProtocol):
     def backend_assigned(self, backend: BackendConnection) -> None:
         """Called by the pool when this waiting client reaches the head of the queue."""
         self._link(backend)
-        self.resume_reading()
 
     def _link(self, backend: BackendConnection) -> None:
         self.to(ClientState.ACTIVE)
@@ -186,6 +185,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             backend.resume_reading()
         if backend.write_paused:
             self.pause_reading()
+        else:
+            self.resume_reading()
         sql = self._settings_diff(backend)
         if sql:
             backend.send_internal(sql)
