@@ -125,6 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"\npgpool-proxy {__version__} is serving PostgreSQL {pg.version()} "
                 f"({args.pool_mode} pooling)\n"
                 f"  connect:  psql '{url}'\n"
+                f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
                 f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
                 "Press Ctrl-C to stop (the demo server and its data are removed).\n",
                 flush=True,
