@@ -84,8 +84,21 @@ def test_run_serves_and_stops_on_sigterm(pg: LocalPostgres, tmp_path: Path) -> N
     try:
         port = int(_read_until(proc, r"listening on 127\.0\.0\.1:(\d+)", 30).group(1))
         out = subprocess.run(
-            [pg.bin("psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "alice"]
-            + ["-d", "app", "-c", "select 'through the proxy'"],
+            [
+                pg.bin("psql"),
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "alice",
+                "-d",
+                "app",
+                "-c",
+                "select 'through the proxy'",
+            ],
             capture_output=True,
             text=True,
             timeout=30,
