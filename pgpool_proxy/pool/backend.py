@@ -299,6 +299,13 @@ class BackendConnection(asyncio.BufferedProtocol):
                     fields.get("C", "?"),
                     fields.get("M", "?"),
                 )
+            client = self.client
+            if client is not None:
+                # A setting the server refuses (say TimeZone=Mars) would otherwise be replayed,
+                # and fail, on every transaction: accept what the server has instead.
+                for k in client.server.tracked_params:
+                    if k in self.params:
+                        client.params[k] = self.params[k]
         cb = self.on_internal_done
         self.on_internal_done = None
         if cb is not None:
