@@ -78,6 +78,7 @@ class PoolSettings:
     server_idle_timeout_s: float = 600.0
     server_lifetime_s: float = 3600.0
     server_connect_timeout_s: float = 15.0
+    server_login_retry_s: float = 1.0
     server_reset_query: str = "DISCARD ALL"
 
 
@@ -221,6 +222,7 @@ _POOL_KEYS: Final[dict[str, _Key]] = {
     "server_idle_timeout_s": _Key(_Kind.FLOAT, lo=0),
     "server_lifetime_s": _Key(_Kind.FLOAT, lo=0),
     "server_connect_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "server_login_retry_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
     "server_reset_query": _Key(_Kind.STR),
 }
 

@@ -62,6 +62,7 @@ class DisconnectReason(enum.Enum):
     BACKEND_CONNECT_FAILED = "backend_connect_failed"
     CANCEL_REQUEST = "cancel_request"
     SSL_REQUEST_REFUSED = "ssl_refused"
+    SETTINGS_REJECTED = "startup_settings_rejected"
     SHUTDOWN = "shutdown"
     # Backend-only reasons.
     IDLE_TIMEOUT = "server_idle_timeout"

@@ -181,6 +181,7 @@ class ProxyServer:
                 idle_timeout_s=cfg.pool.server_idle_timeout_s,
                 lifetime_s=cfg.pool.server_lifetime_s,
                 connect_timeout_s=cfg.pool.server_connect_timeout_s,
+                login_retry_s=cfg.pool.server_login_retry_s,
                 reset_query=cfg.pool.server_reset_query,
             )
             pool = Pool(spec, self.spawn)

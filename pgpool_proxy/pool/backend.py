@@ -109,7 +109,10 @@ class BackendConnection(asyncio.BufferedProtocol):
         # Proxy-issued queries (SET replay, reset) whose replies must not reach a client.
         self.internal_pending = 0
         self.internal_errors: list[dict[str, str]] = []
-        self.on_internal_done: Callable[[BackendConnection], None] | None = None
+        # Called with the ErrorResponse fields (if any) once the proxy's queries have finished.
+        self.on_internal_done: Callable[[BackendConnection, list[dict[str, str]]], None] | None = (
+            None
+        )
         self.cancels_in_flight = 0
         self.release_when_cancelled = False
         self.write_paused = False
@@ -289,9 +292,12 @@ class BackendConnection(asyncio.BufferedProtocol):
 
     def _internal_finished(self) -> None:
         self.scanner.stop_on_error = False
-        errors = self.internal_errors
-        if errors:
-            self.internal_errors = []
+        errors, self.internal_errors = self.internal_errors, []
+        cb = self.on_internal_done
+        self.on_internal_done = None
+        if cb is not None:
+            cb(self, errors)
+        else:
             for fields in errors:
                 log.warning(
                     "backend %s: proxy-issued statement failed: %s %s",
@@ -299,17 +305,6 @@ class BackendConnection(asyncio.BufferedProtocol):
                     fields.get("C", "?"),
                     fields.get("M", "?"),
                 )
-            client = self.client
-            if client is not None:
-                # A setting the server refuses (say TimeZone=Mars) would otherwise be replayed,
-                # and fail, on every transaction: accept what the server has instead.
-                for k in client.server.tracked_params:
-                    if k in self.params:
-                        client.params[k] = self.params[k]
-        cb = self.on_internal_done
-        self.on_internal_done = None
-        if cb is not None:
-            cb(self)
 
     # --- cancel ------------------------------------------------------------------------------
 

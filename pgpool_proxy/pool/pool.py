@@ -37,6 +37,7 @@ class PoolSpec:
     idle_timeout_s: float
     lifetime_s: float
     connect_timeout_s: float
+    login_retry_s: float
     reset_query: str
 
 
@@ -83,10 +84,9 @@ class Pool:
         idle = self.idle
         if idle:
             return idle.pop()
-        if self.total < self.spec.size:
-            self._launch()
         client.wait_since = self.loop.time()
         self.waiters.append(client)
+        self._maybe_grow()
         return None
 
     def release(self, backend: BackendConnection) -> None:
@@ -132,7 +132,16 @@ class Pool:
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
-        if self.waiters and not self.closed and self.total < self.spec.size:
+        self._maybe_grow()
+
+    def _maybe_grow(self) -> None:
+        """Open a connection for queued clients, unless the server just refused one."""
+        if (
+            self.waiters
+            and not self.closed
+            and self.total < self.spec.size
+            and self.loop.time() - self.last_connect_failure_at >= self.spec.login_retry_s
+        ):
             self._launch()
 
     def _launch(self) -> None:
@@ -262,8 +271,10 @@ class Pool:
                 and self.total > spec.min_size
             ):
                 backend.close(DisconnectReason.IDLE_TIMEOUT)
-        # Refill to the minimum, backing off for a few seconds after a failed login.
-        if not self.closed and now - self.last_connect_failure_at > 5.0:
+        # Retry for queued clients and refill to the minimum, pacing attempts after a failure.
+        if not self.closed and now - self.last_connect_failure_at >= spec.login_retry_s:
+            if self.connecting == 0:
+                self._maybe_grow()
             while self.total < spec.min_size:
                 self._launch()
 

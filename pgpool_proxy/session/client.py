@@ -23,18 +23,29 @@ log = logging.getLogger("pgpool_proxy.client")
 CLIENT_BUFFER = 4096
 
 
+_UNKNOWN = "\0unknown"  # a value no setting can have (PostgreSQL strings cannot hold NUL)
+_NO_REPLAY: tuple[dict[str, str], list[str]] = ({}, [])
+
+# While a client waits, bytes it sends pile up here; past this much, stop reading it.
+WAIT_BUFFER_LIMIT = 64 * 1024
+
+
 class ClientState(enum.IntEnum):
     LOGIN = 0
     IDLE = 1  # logged in, no backend
     WAITING = 2  # queued for a backend
-    ACTIVE = 3  # linked to a backend
-    CLOSED = 4
+    REPLAYING = 3  # linked; the backend is being given this client's settings first
+    ACTIVE = 4  # linked to a backend
+    CLOSED = 5
 
 
 _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
     ClientState.LOGIN: frozenset({ClientState.IDLE, ClientState.CLOSED}),
-    ClientState.IDLE: frozenset({ClientState.WAITING, ClientState.ACTIVE, ClientState.CLOSED}),
-    ClientState.WAITING: frozenset({ClientState.ACTIVE, ClientState.CLOSED}),
+    ClientState.IDLE: frozenset(
+        {ClientState.WAITING, ClientState.REPLAYING, ClientState.ACTIVE, ClientState.CLOSED}
+    ),
+    ClientState.WAITING: frozenset({ClientState.REPLAYING, ClientState.ACTIVE, ClientState.CLOSED}),
+    ClientState.REPLAYING: frozenset({ClientState.ACTIVE, ClientState.IDLE, ClientState.CLOSED}),
     ClientState.ACTIVE: frozenset({ClientState.IDLE, ClientState.CLOSED}),
     ClientState.CLOSED: frozenset(),
 }
@@ -66,6 +77,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.key_pid = 0
         self.key_secret = 0
         self.wait_since = 0.0
+        self._replay: tuple[dict[str, str], list[str]] = _NO_REPLAY
         self.reading_paused = False
         self.write_paused = False
         self.close_reason: DisconnectReason | None = None
@@ -107,7 +119,9 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self._on_idle_data()
             elif state == ClientState.LOGIN:
                 self._wake()
-            # WAITING: reading is paused; bytes already read wait for the backend.
+            elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
+                # WAITING or REPLAYING: keep reading (so a departure is noticed) up to a bound.
+                self.pause_reading()
         except FrameError as exc:
             self._frame_error(exc)
 
@@ -165,7 +179,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         backend = pool.acquire(self)
         if backend is None:
             self.to(ClientState.WAITING)
-            self.pause_reading()
             return
         self._link(backend)
 
@@ -174,7 +187,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._link(backend)
 
     def _link(self, backend: BackendConnection) -> None:
-        self.to(ClientState.ACTIVE)
         backend.to(BackendState.ACTIVE)
         backend.client = self
         self.backend = backend
@@ -187,13 +199,61 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.pause_reading()
         else:
             self.resume_reading()
-        sql = self._settings_diff(backend)
+        sql, set_extra, reset = self._settings_diff(backend)
         if sql:
+            # Nothing of the client's goes out before the server has accepted its settings: a
+            # statement must never run under another client's search_path or timeouts.
+            self.to(ClientState.REPLAYING)
+            self._replay = (set_extra, reset)
+            backend.on_internal_done = self._replay_done
             backend.send_internal(sql)
+            return
+        self.to(ClientState.ACTIVE)
         try:
             self._pump()
         except FrameError as exc:
             self._frame_error(exc)
+
+    def _replay_done(self, backend: BackendConnection, errors: list[dict[str, str]]) -> None:
+        if self.state != ClientState.REPLAYING or self.backend is not backend:
+            return
+        set_extra, reset = self._replay
+        self._replay = _NO_REPLAY
+        if errors:
+            # PostgreSQL refuses a login with an invalid setting; the proxy learns of it only
+            # now, so it refuses the session here, with the server's own error.
+            fields = errors[0]
+            self.backend = None
+            backend.client = None
+            self.to(ClientState.IDLE)
+            self.pool_release(backend)
+            self.fail(
+                ProxyError(
+                    fields.get("C", SqlState.PROTOCOL_VIOLATION),
+                    fields.get("M", "the server rejected a startup setting"),
+                    detail="The proxy applies the client's startup settings to each server "
+                    "connection it uses; the server rejected them.",
+                ),
+                DisconnectReason.SETTINGS_REJECTED,
+            )
+            return
+        bp = backend.params
+        for k, v in set_extra.items():
+            bp[k] = v
+            backend.extra_keys.add(k)
+        for k in reset:
+            bp.pop(k, None)
+            backend.extra_keys.discard(k)
+        self.to(ClientState.ACTIVE)
+        try:
+            self._pump()
+        except FrameError as exc:
+            self._frame_error(exc)
+
+    def pool_release(self, backend: BackendConnection) -> None:
+        pool = self.pool
+        assert pool is not None
+        pool.release(backend)
 
     def _pump(self) -> None:
         rb = self.rbuf
@@ -237,8 +297,9 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # --- settings replay ---------------------------------------------------------------------
 
-    def _settings_diff(self, backend: BackendConnection) -> str:
-        """SET/RESET statements that make backend match what this client expects."""
+    def _settings_diff(self, backend: BackendConnection) -> tuple[str, dict[str, str], list[str]]:
+        """SET/RESET statements that make backend match what this client expects, plus the
+        non-reported settings to record on the backend once the server has accepted them."""
         bp = backend.params
         params = self.params
         parts = [
@@ -247,18 +308,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             if k in params and bp.get(k) != params[k]
         ]
         extra = self.extra_settings
-        for k, v in extra.items():
-            if bp.get(k) != v:
-                parts.append(f"SET {m.quote_ident(k)} TO {m.quote_literal(v)}")
-                bp[k] = v
-                backend.extra_keys.add(k)
-        if backend.extra_keys:
-            # Settings an earlier client had replayed here go back to the server default.
-            for k in [k for k in backend.extra_keys if k not in extra]:
-                parts.append(f"RESET {m.quote_ident(k)}")
-                bp.pop(k, None)
-                backend.extra_keys.discard(k)
-        return "; ".join(parts)
+        set_extra = {k: v for k, v in extra.items() if bp.get(k) != v}
+        parts.extend(
+            f"SET {m.quote_ident(k)} TO {m.quote_literal(v)}" for k, v in set_extra.items()
+        )
+        # Settings an earlier client had replayed here go back to the server default.
+        reset = [k for k in backend.extra_keys if k not in extra]
+        parts.extend(f"RESET {m.quote_ident(k)}" for k in reset)
+        return "; ".join(parts), set_extra, reset
 
     # --- failures and closing ----------------------------------------------------------------
 
@@ -352,8 +409,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             pool.release(backend)
 
 
-def _after_reset(backend: BackendConnection) -> None:
-    if backend.tx_status != TX_IDLE:
+def _after_reset(backend: BackendConnection, errors: list[dict[str, str]]) -> None:
+    if errors or backend.tx_status != TX_IDLE:
         backend.close(DisconnectReason.RESET_FAILED)
-    else:
-        backend.pool.release(backend)
+        return
+    # The reset query may have undone settings the proxy replayed (DISCARD ALL does): mark
+    # them unknown, so the next client gets an explicit SET or RESET for each.
+    for k in backend.extra_keys:
+        backend.params[k] = _UNKNOWN
+    backend.pool.release(backend)

@@ -387,11 +387,6 @@ async def test_max_client_conn(start_proxy: StartProxy) -> None:
             await c.close()
 
 
-@pytest.mark.xfail(
-    reason="BUG: a client that disconnects while queued for a backend is not noticed (its socket "
-    "is not read while WAITING): it stays queued and counted until a backend is handed to it",
-    strict=True,
-)
 async def test_waiting_client_that_leaves_is_forgotten(start_proxy: StartProxy) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 10})
     a = await login(proxy)
@@ -802,11 +797,6 @@ async def test_server_that_never_answers(pg: LocalPostgres, start_proxy: StartPr
         await relay.cut()
 
 
-@pytest.mark.xfail(
-    reason="BUG: no backoff between failed server connects while another backend of the pool "
-    "is alive and a client waits: the pool reconnects in a tight loop (thousands per second)",
-    strict=True,
-)
 async def test_failed_server_connects_are_paced(pg: LocalPostgres, start_proxy: StartProxy) -> None:
     relay = await Relay(pg.host, pg.port).start()
     proxy = start_proxy(

@@ -108,6 +108,8 @@ class RawClient:
                 rows.append(row)
             elif t == b"E":
                 error = m.parse_error_fields(body)
+                if error.get("S") == "FATAL":
+                    raise RawError(error)  # the server closes after FATAL: no Z follows
             elif t == b"Z":
                 if error is not None:
                     raise RawError(error)
