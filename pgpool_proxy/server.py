@@ -122,17 +122,16 @@ class ProxyServer:
             self.clients.pop(client.key_pid, None)
         if prev != ClientState.LOGIN and client.pool is not None:
             client.pool.clients -= 1
-        reason = client.close_reason.value if client.close_reason else "?"
-        if prev == ClientState.LOGIN:
-            log.debug("client closed during login: %s reason=%s", client.peer, reason)
-        else:
-            log.info(
-                "client closed: %s user=%s db=%s reason=%s",
-                client.peer,
-                client.user,
-                client.database,
-                reason,
-            )
+        reason = client.close_reason or DisconnectReason.CLIENT_EOF
+        # A cancel request is a connection of its own; logging each would drown the log.
+        log.log(
+            logging.DEBUG if reason == DisconnectReason.CANCEL_REQUEST else logging.INFO,
+            "client closed: %s user=%s db=%s reason=%s",
+            client.addr,
+            client.user or "-",
+            client.database or "-",
+            reason.value,
+        )
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         while True:

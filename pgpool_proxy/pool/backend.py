@@ -6,10 +6,11 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from ..auth.md5 import md5_response
 from ..auth.scram import MECHANISM, ScramClient, ScramError
+from ..endpoint import Endpoint, EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..protocol import messages as m
 from ..protocol.constants import (
@@ -80,7 +81,7 @@ class BackendLoginError(ProxyError):
     """The server refused the proxy's login; carries the server's SQLSTATE and message."""
 
 
-class BackendConnection(asyncio.BufferedProtocol):
+class BackendConnection(Endpoint):
     """A pooled server connection.
 
     While linked to a client, `buffer_updated` streams the server's frames to the client and
@@ -89,12 +90,11 @@ class BackendConnection(asyncio.BufferedProtocol):
     """
 
     def __init__(self, pool: Pool, generation: int) -> None:
+        super().__init__(RecvBuffer(BACKEND_BUFFER, BACKEND_BUFFER))
         self.pool = pool
         self.generation = generation
         self.state = BackendState.CONNECTING
-        self.rbuf = RecvBuffer(BACKEND_BUFFER, BACKEND_BUFFER)
         self.scanner = BackendScanner()
-        self.transport: asyncio.Transport | None = None
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
         # Non-reported settings the proxy replayed here for a client (reset for the next one).
@@ -115,11 +115,7 @@ class BackendConnection(asyncio.BufferedProtocol):
         )
         self.cancels_in_flight = 0
         self.release_when_cancelled = False
-        self.write_paused = False
-        self.reading_paused = False
         self.close_reason: DisconnectReason | None = None
-        self._login_wakeup: asyncio.Future[None] | None = None
-        self._eof = False
 
     # --- state -------------------------------------------------------------------------------
 
@@ -133,12 +129,11 @@ class BackendConnection(asyncio.BufferedProtocol):
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
+    def peer(self) -> Endpoint | None:
+        return self.client
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.rbuf.get_buffer()
+    def is_closed(self) -> bool:
+        return self.state == BackendState.CLOSED
 
     def buffer_updated(self, nbytes: int) -> None:
         rb = self.rbuf
@@ -151,43 +146,16 @@ class BackendConnection(asyncio.BufferedProtocol):
                 log.error("backend %s sent a malformed frame: %s", self.pid, exc)
                 self.fail(DisconnectReason.BACKEND_FAILED, "server sent an invalid message")
         elif state == BackendState.LOGIN:
-            self._wake()
+            self.wake()
         elif state == BackendState.IDLE:
             # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
             self.close(DisconnectReason.BACKEND_FAILED)
 
-    def eof_received(self) -> bool | None:
-        self._eof = True
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._wake()
+        self.wake()
         if self.state != BackendState.CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
-
-    def pause_writing(self) -> None:
-        # The server is not draining what clients send: stop reading from the linked client.
-        self.write_paused = True
-        client = self.client
-        if client is not None:
-            client.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        client = self.client
-        if client is not None:
-            client.resume_reading()
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
 
     # --- hot path ----------------------------------------------------------------------------
 
@@ -356,40 +324,19 @@ class BackendConnection(asyncio.BufferedProtocol):
             if prev in (BackendState.IDLE, BackendState.ACTIVE, BackendState.RESETTING):
                 transport.write(m.TERMINATE)
             transport.close()
-        self._wake()
+        self.wake()
         self.pool.backend_closed(self, prev)
         log.info("server closed: pool=%s pid=%s reason=%s", self.pool.name, self.pid, reason.value)
 
     # --- login (slow path) -------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        w = self._login_wakeup
-        if w is not None and not w.done():
-            w.set_result(None)
-
     async def _read_message(self) -> tuple[int, bytes]:
-        rb = self.rbuf
-        while True:
-            avail = rb.end - rb.start
-            if avail >= 5:
-                t = rb.buf[rb.start]
-                length = INT32.unpack_from(rb.buf, rb.start + 1)[0]
-                if length < 4 or length > MAX_LOGIN_MESSAGE:
-                    raise ProxyError(
-                        SqlState.PROTOCOL_VIOLATION, "server sent an invalid message during login"
-                    )
-                if avail >= length + 1:
-                    body = bytes(rb.buf[rb.start + 5 : rb.start + 1 + length])
-                    rb.consumed(rb.start + 1 + length)
-                    return t, body
-                rb.ensure_capacity(length + 1)
-            if self.transport is None or self.state == BackendState.CLOSED:
-                raise ProxyError(
-                    SqlState.CONNECTION_FAILURE, "server closed the connection during login"
-                )
-            self._login_wakeup = self.loop.create_future()
-            await self._login_wakeup
-            self._login_wakeup = None
+        try:
+            return await self.read_frame(MAX_LOGIN_MESSAGE, "server login")
+        except EndpointClosed:
+            raise ProxyError(
+                SqlState.CONNECTION_FAILURE, "server closed the connection during login"
+            ) from None
 
     async def login(
         self,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
+from ..endpoint import Endpoint
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..pool.backend import BackendConnection, BackendState
 from ..protocol import messages as m
@@ -51,7 +52,7 @@ _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
 }
 
 
-class ClientConnection(asyncio.BufferedProtocol):
+class ClientConnection(Endpoint):
     """A client of the proxy.
 
     Login runs as a coroutine (`session.login`); after it, every byte is handled in
@@ -60,17 +61,16 @@ class ClientConnection(asyncio.BufferedProtocol):
     """
 
     def __init__(self, server: ProxyServer) -> None:
+        super().__init__(RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5))
         self.server = server
         self.state = ClientState.LOGIN
-        self.rbuf = RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5)
         self.scanner = ClientScanner(server.config.proxy.max_message_size_bytes)
-        self.transport: asyncio.Transport | None = None
         self.backend: BackendConnection | None = None
         self.pool: Pool | None = None
         self.release_on_idle = True  # transaction mode; session mode keeps the backend
         self.user = ""
         self.database = ""
-        self.peer = ""
+        self.addr = ""
         # Settings this client expects on any backend that serves it (reported ones + startup).
         self.params: dict[str, str] = {}
         self.extra_settings: dict[str, str] = {}
@@ -78,11 +78,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.key_secret = 0
         self.wait_since = 0.0
         self._replay: tuple[dict[str, str], list[str]] = _NO_REPLAY
-        self.reading_paused = False
-        self.write_paused = False
         self.close_reason: DisconnectReason | None = None
-        self.login_wakeup: asyncio.Future[None] | None = None
-        self.eof = False
 
     # --- state -------------------------------------------------------------------------------
 
@@ -99,15 +95,17 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
-        self.server.client_connected(self)
+    def peer(self) -> Endpoint | None:
+        return self.backend
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.rbuf.get_buffer()
+    def is_closed(self) -> bool:
+        return self.state == ClientState.CLOSED
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unix")
+        self.server.client_connected(self)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.rbuf.end += nbytes
@@ -118,51 +116,19 @@ class ClientConnection(asyncio.BufferedProtocol):
             elif state == ClientState.IDLE:
                 self._on_idle_data()
             elif state == ClientState.LOGIN:
-                self._wake()
+                self.wake()
             elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
                 # WAITING or REPLAYING: keep reading (so a departure is noticed) up to a bound.
                 self.pause_reading()
         except FrameError as exc:
             self._frame_error(exc)
 
-    def eof_received(self) -> bool | None:
-        self.eof = True
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._wake()
+        self.wake()
         if self.state != ClientState.CLOSED:
             reason = DisconnectReason.CLIENT_ERROR if exc else DisconnectReason.CLIENT_EOF
             self.close(reason)
-
-    def pause_writing(self) -> None:
-        # The client is slow to read: stop reading from its backend until it catches up.
-        self.write_paused = True
-        backend = self.backend
-        if backend is not None:
-            backend.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        backend = self.backend
-        if backend is not None:
-            backend.resume_reading()
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def _wake(self) -> None:
-        w = self.login_wakeup
-        if w is not None and not w.done():
-            w.set_result(None)
 
     # --- hot path ----------------------------------------------------------------------------
 
@@ -349,7 +315,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.send_error(err)
         log.info(
             "client error: %s user=%s db=%s %s %s",
-            self.peer,
+            self.addr,
             self.user,
             self.database,
             err.sqlstate,
@@ -383,7 +349,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is not None:
             transport.close()
-        self._wake()
+        self.wake()
         self.server.client_closed(self, prev)
 
     def _return_backend(self, backend: BackendConnection, pool: Pool) -> None:

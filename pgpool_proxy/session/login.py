@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from ..auth.md5 import verify_md5_response
 from ..auth.scram import MECHANISM, ScramError, ScramServer
 from ..config import AuthType, PoolMode
+from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..protocol import messages as m
 from ..protocol.constants import F_PASSWORD, INT32, MAX_STARTUP_PACKET
@@ -28,23 +29,8 @@ MAX_AUTH_MESSAGE = 16 * 1024
 _ENCODING_ALIASES = {"utf8": "UTF8", "unicode": "UTF8", "utf-8": "UTF8"}
 
 
-class _Closed(Exception):
-    """The client went away during login."""
-
-
-async def _wait(client: ClientConnection) -> None:
-    if not client.is_open():
-        raise _Closed
-    client.login_wakeup = asyncio.get_running_loop().create_future()
-    try:
-        await client.login_wakeup
-    finally:
-        client.login_wakeup = None
-    if not client.is_open():
-        raise _Closed
-
-
 async def read_startup_packet(client: ClientConnection) -> bytes:
+    """The body of the untyped startup packet (after its length word)."""
     rb = client.rbuf
     while True:
         if rb.end - rb.start >= 4:
@@ -56,32 +42,16 @@ async def read_startup_packet(client: ClientConnection) -> bytes:
                 rb.consumed(rb.start + length)
                 return body
             rb.ensure_capacity(length)
-        if client.eof:
-            raise _Closed
-        await _wait(client)
+        await client.wait_for_bytes()
 
 
-async def read_message(client: ClientConnection, expect: int) -> bytes:
-    rb = client.rbuf
-    while True:
-        if rb.end - rb.start >= 5:
-            t = rb.buf[rb.start]
-            length = INT32.unpack_from(rb.buf, rb.start + 1)[0]
-            if t != expect:
-                raise ProxyError(
-                    SqlState.PROTOCOL_VIOLATION,
-                    f"expected password response, got message type {chr(t)!r}",
-                )
-            if length < 4 or length > MAX_AUTH_MESSAGE:
-                raise ProxyError(SqlState.PROTOCOL_VIOLATION, "invalid password packet size")
-            if rb.end - rb.start >= length + 1:
-                body = bytes(rb.buf[rb.start + 5 : rb.start + 1 + length])
-                rb.consumed(rb.start + 1 + length)
-                return body
-            rb.ensure_capacity(length + 1)
-        if client.eof:
-            raise _Closed
-        await _wait(client)
+async def read_password_message(client: ClientConnection) -> bytes:
+    t, body = await client.read_frame(MAX_AUTH_MESSAGE, "authentication")
+    if t != F_PASSWORD:
+        raise ProxyError(
+            SqlState.PROTOCOL_VIOLATION, f"expected password response, got message type {chr(t)!r}"
+        )
+    return body
 
 
 def parse_options(options: str) -> dict[str, str]:
@@ -136,7 +106,7 @@ async def run_login(client: ClientConnection) -> None:
     try:
         async with asyncio.timeout(timeout or None):
             await _login(client)
-    except _Closed:
+    except EndpointClosed:
         client.close(DisconnectReason.CLIENT_EOF)
     except TimeoutError:
         client.fail(
@@ -243,7 +213,7 @@ async def _login(client: ClientConnection) -> None:
     client.release_on_idle = pool.spec.mode == PoolMode.TRANSACTION
     server_params = await pool.ensure_server_params()
     if not client.is_open():
-        raise _Closed
+        raise EndpointClosed
     tracked = server.tracked_lower
     client.params = {k: server_params[k] for k in server.tracked_params if k in server_params}
     for k, v in settings.items():
@@ -267,7 +237,7 @@ async def _login(client: ClientConnection) -> None:
     client.to(ClientState.IDLE)
     log.info(
         "client login: %s user=%s db=%s mode=%s",
-        client.peer,
+        client.addr,
         user,
         database,
         pool.spec.mode.value,
@@ -302,7 +272,7 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
     if auth_type == AuthType.MD5:
         salt = secrets.token_bytes(4)
         client.transport.write(m.auth_md5(salt))
-        response = m.parse_password(await read_message(client, F_PASSWORD))
+        response = m.parse_password(await read_password_message(client))
         if secret is None or not verify_md5_response(response, secret, user, salt):
             raise _auth_failed(user)
         return
@@ -310,7 +280,7 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
     verifier = server.scram_verifier(user, secret)
     scram = ScramServer(verifier)
     client.transport.write(m.auth_sasl([MECHANISM]))
-    mechanism, first = m.parse_sasl_initial_response(await read_message(client, F_PASSWORD))
+    mechanism, first = m.parse_sasl_initial_response(await read_password_message(client))
     if mechanism != MECHANISM:
         raise _Refusal(
             SqlState.PROTOCOL_VIOLATION,
@@ -319,7 +289,7 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
         )
     try:
         client.transport.write(m.auth_sasl_continue(scram.handle_client_first(first)))
-        final = await read_message(client, F_PASSWORD)
+        final = await read_password_message(client)
         server_final = scram.handle_client_final(final)
     except ScramError:
         raise _auth_failed(user) from None
