@@ -33,6 +33,8 @@ class ProxyServer:
         self.client_count = 0
         self.tracked_params = TRACKED_PARAMS
         self.tracked_lower = {p.lower(): p for p in TRACKED_PARAMS}
+        # Interned client settings signatures, so equal settings compare by identity.
+        self.settings_sigs: dict[tuple[object, ...], tuple[object, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._janitor: asyncio.Task[None] | None = None

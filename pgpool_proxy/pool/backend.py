@@ -99,6 +99,9 @@ class BackendConnection(Endpoint):
         self.params: dict[str, str] = {}
         # Non-reported settings the proxy replayed here for a client (reset for the next one).
         self.extra_keys: set[str] = set()
+        # The settings signature of the client this backend's settings last matched (see
+        # ClientConnection._compute_sig); None when unknown.
+        self.applied_sig: tuple[object, ...] | None = None
         self.pid = 0
         self.secret = 0
         loop = asyncio.get_running_loop()
@@ -209,10 +212,13 @@ class BackendConnection(Endpoint):
                 n = INT32.unpack_from(buf, pos + 1)[0] + 1
                 name, value = m.parse_parameter_status(memoryview(buf)[pos + 5 : pos + n])
                 self.params[name] = value
-                if self.client is not None:
+                self.applied_sig = None
+                client = self.client
+                if client is not None:
                     # Keep the client's expectation equal to what the server reports, including
                     # the server's spelling of values the proxy replayed (utf8 -> UTF8).
-                    self.client.params[name] = value
+                    client.params[name] = value
+                    client.settings_sig = None
                 pos += n
                 if self.internal_pending:
                     start = pos
@@ -241,7 +247,7 @@ class BackendConnection(Endpoint):
         client = self.client
         t = client.transport if client is not None else None
         if pos > start and t is not None:
-            t.write(memoryview(rb.buf)[start:pos])
+            t.write(rb.view[start:pos])
             rb.consumed(pos)
             if t.get_write_buffer_size():
                 # The client transport keeps a view of these bytes until it has sent them.

@@ -24,6 +24,7 @@ log = logging.getLogger("pgpool_proxy.client")
 CLIENT_BUFFER = 4096
 
 
+_MAX_INTERNED_SIGS = 10_000
 _UNKNOWN = "\0unknown"  # a value no setting can have (PostgreSQL strings cannot hold NUL)
 _NO_REPLAY: tuple[dict[str, str], list[str]] = ({}, [])
 
@@ -74,6 +75,8 @@ class ClientConnection(Endpoint):
         # Settings this client expects on any backend that serves it (reported ones + startup).
         self.params: dict[str, str] = {}
         self.extra_settings: dict[str, str] = {}
+        # Interned summary of params + extra_settings; None when either changed since.
+        self.settings_sig: tuple[object, ...] | None = None
         self.key_pid = 0
         self.key_secret = 0
         self.wait_since = 0.0
@@ -165,6 +168,15 @@ class ClientConnection(Endpoint):
             self.pause_reading()
         else:
             self.resume_reading()
+        sig = self.settings_sig or self._compute_sig()
+        if backend.applied_sig is sig:
+            # The common case: this backend last served settings identical to ours.
+            self.to(ClientState.ACTIVE)
+            try:
+                self._pump()
+            except FrameError as exc:
+                self._frame_error(exc)
+            return
         sql, set_extra, reset = self._settings_diff(backend)
         if sql:
             # Nothing of the client's goes out before the server has accepted its settings: a
@@ -174,11 +186,28 @@ class ClientConnection(Endpoint):
             backend.on_internal_done = self._replay_done
             backend.send_internal(sql)
             return
+        backend.applied_sig = sig
         self.to(ClientState.ACTIVE)
         try:
             self._pump()
         except FrameError as exc:
             self._frame_error(exc)
+
+    def _compute_sig(self) -> tuple[object, ...]:
+        """This client's settings as one interned tuple: equal settings, identical object."""
+        params = self.params
+        key = (
+            *(params.get(k) for k in self.server.tracked_params),
+            *sorted(self.extra_settings.items()),
+        )
+        sigs = self.server.settings_sigs
+        if len(sigs) > _MAX_INTERNED_SIGS:
+            # Unique settings per client (say, application_name=<uuid>) must not grow this
+            # forever; equal-but-distinct signatures only cost a diff, never correctness.
+            sigs.clear()
+        sig = sigs.setdefault(key, key)
+        self.settings_sig = sig
+        return sig
 
     def _replay_done(self, backend: BackendConnection, errors: list[dict[str, str]]) -> None:
         if self.state != ClientState.REPLAYING or self.backend is not backend:
@@ -210,6 +239,7 @@ class ClientConnection(Endpoint):
         for k in reset:
             bp.pop(k, None)
             backend.extra_keys.discard(k)
+        backend.applied_sig = self.settings_sig or self._compute_sig()
         self.to(ClientState.ACTIVE)
         try:
             self._pump()
@@ -232,7 +262,7 @@ class ClientConnection(Endpoint):
             t = backend.transport
             if t is None:
                 return  # connection_lost will report it
-            t.write(memoryview(rb.buf)[start:pos])
+            t.write(rb.view[start:pos])
             rb.consumed(pos)
             if t.get_write_buffer_size():
                 # The backend transport keeps a view of these bytes until it has sent them.
@@ -383,4 +413,5 @@ def _after_reset(backend: BackendConnection, errors: list[dict[str, str]]) -> No
     # them unknown, so the next client gets an explicit SET or RESET for each.
     for k in backend.extra_keys:
         backend.params[k] = _UNKNOWN
+    backend.applied_sig = None
     backend.pool.release(backend)

@@ -1,14 +1,19 @@
-"""Run real client programs (psql, pgbench) against a proxy and read their results."""
+"""Real clients (psql, pgbench, asyncpg, psycopg) against a test proxy: run, connect, read back."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import psycopg
 
 from .pg import LocalPostgres
-from .proxy import PASSWORDS, ProxyThread
+from .proxy import PASSWORDS, ProxyThread, StartProxy
 
 
 def client_env(password: str | None) -> dict[str, str]:
@@ -111,3 +116,49 @@ def parse_pgbench(proc: subprocess.CompletedProcess[str]) -> BenchResult:
         tps=float(tps.group(1)),
         output=out,
     )
+
+
+MODES = ("transaction", "session")
+
+
+class Boom(Exception):
+    """Raised by a test inside a transaction block to make the client roll back."""
+
+
+def start(start_proxy: StartProxy, mode: str, size: int = 3, **sections: Any) -> ProxyThread:
+    proxy_section = {"pool_mode": mode, **sections.pop("proxy", {})}
+    pool_section = {"default_pool_size": size, **sections.pop("pool", {})}
+    proxy = start_proxy(proxy=proxy_section, pool=pool_section, **sections)
+    assert proxy.config.proxy.pool_mode.value == mode
+    return proxy
+
+
+def table(prefix: str) -> str:
+    """A fresh table name, so tests never see each other's rows."""
+    return f"tc_{prefix}_{secrets.token_hex(4)}"
+
+
+async def apg(proxy: ProxyThread, **kwargs: Any) -> asyncpg.Connection:
+    user = kwargs.pop("user", "alice")
+    password = kwargs.pop("password", None)
+    dbname = kwargs.pop("dbname", "app")
+    kwargs.setdefault("statement_cache_size", 0)
+    return await asyncpg.connect(proxy.dsn(user, dbname, password), **kwargs)
+
+
+async def direct(pg: LocalPostgres) -> asyncpg.Connection:
+    """A superuser connection straight to the server (no proxy) to check what was committed."""
+    return await asyncpg.connect(pg.dsn(dbname="app"))
+
+
+def pconnect(proxy: ProxyThread, mode: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    # Transaction mode: no server-side prepared statements. Session mode keeps psycopg's default
+    # (prepare after 5 executions), which must work because the client owns its backend.
+    if mode == "transaction":
+        kwargs.setdefault("prepare_threshold", None)
+    return psycopg.connect(proxy.dsn(), sslmode="disable", connect_timeout=10, **kwargs)
+
+
+def direct_rows(pg: LocalPostgres, sql: str) -> list[str]:
+    out = pg.psql(sql, dbname="app")
+    return out.splitlines() if out else []

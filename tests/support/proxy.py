@@ -127,3 +127,7 @@ class ProxyThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# The type of the `start_proxy` fixture (tests/conftest.py).
+StartProxy = Callable[..., ProxyThread]

@@ -215,6 +215,43 @@ def test_listen_forms(listen: str, host: str, port: int) -> None:
     assert (config.proxy.listen_host, config.proxy.listen_port) == (host, port)
 
 
+# -- [proxy] workers ---------------------------------------------------------------------------
+
+
+def test_workers_defaults_to_one() -> None:
+    assert ProxySettings().workers == 1
+    assert parse_config(MINIMAL, env={}).proxy.workers == 1
+
+
+@pytest.mark.parametrize("workers", [1, 8, 64])
+def test_workers_valid(workers: int) -> None:
+    config = parse_config(f"[proxy]\nworkers = {workers}\n" + MINIMAL, env={})
+    assert config.proxy.workers == workers
+    from_env = parse_config(MINIMAL, env={"PGPOOL_PROXY_WORKERS": str(workers)})
+    assert from_env.proxy.workers == workers
+
+
+@pytest.mark.parametrize("workers", [0, 65, -1])
+def test_workers_out_of_range_names_file_and_key(tmp_path: Path, workers: int) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text(f"[proxy]\nworkers = {workers}\n" + MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.problems == [
+        f"{path}: proxy.workers: must be between 1 and 64, got {workers}"
+    ]
+
+
+def test_workers_bad_env_value_names_the_variable() -> None:
+    problem = only_problem(MINIMAL, env={"PGPOOL_PROXY_WORKERS": "65"})
+    assert problem == (
+        "t.toml: proxy.workers (from environment variable PGPOOL_PROXY_WORKERS): "
+        "must be between 1 and 64, got 65"
+    )
+    problem = only_problem("[proxy]\nworkers = 2.0\n" + MINIMAL)
+    assert problem == "t.toml: proxy.workers: expected an integer, got float"
+
+
 # -- one class of problem at a time ------------------------------------------------------------
 
 

@@ -1,0 +1,473 @@
+"""Owns the configuration schema: every key's type and range, and the checks that apply them.
+
+`pgpool_proxy.config` is the public face (settings dataclasses, `ConfigError`, the loaders);
+this module holds the machinery `build_config` drives: the per-section key tables, the
+`_Checker` that converts raw TOML/environment values while collecting every problem, and the
+password-form checks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import enum
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import Any, Final
+
+from .config import AuthType, ConfigError, PoolMode
+
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+_LOG_FORMATS: Final = ("text", "json")
+_MIB: Final = 1024 * 1024
+_GIB: Final = 1024 * _MIB
+
+
+class _Kind(enum.Enum):
+    INT = "int"
+    FLOAT = "float"
+    STR = "str"
+    CHOICE = "choice"
+    ENUM = "enum"
+    LISTEN = "listen"
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    kind: _Kind
+    lo: float | None = None
+    hi: float | None = None
+    # True where zero would be meaningless (a zero login timeout would reject every client).
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()
+    enum_type: type[enum.Enum] | None = None
+    nonempty: bool = False
+
+
+_PROXY_KEYS: Final[dict[str, _Key]] = {
+    "listen": _Key(_Kind.LISTEN),
+    "pool_mode": _Key(_Kind.ENUM, enum_type=PoolMode),
+    "max_client_conn": _Key(_Kind.INT, lo=1),
+    "client_login_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "max_message_size_bytes": _Key(_Kind.INT, lo=_MIB, hi=_GIB),
+    "log_level": _Key(_Kind.CHOICE, choices=_LOG_LEVELS),
+    "log_format": _Key(_Kind.CHOICE, choices=_LOG_FORMATS),
+    "workers": _Key(_Kind.INT, lo=1, hi=64),
+}
+
+_POOL_KEYS: Final[dict[str, _Key]] = {
+    "default_pool_size": _Key(_Kind.INT, lo=1),
+    "min_pool_size": _Key(_Kind.INT, lo=0),
+    "query_wait_timeout_s": _Key(_Kind.FLOAT, lo=0),
+    "server_idle_timeout_s": _Key(_Kind.FLOAT, lo=0),
+    "server_lifetime_s": _Key(_Kind.FLOAT, lo=0),
+    "server_connect_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "server_login_retry_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "server_reset_query": _Key(_Kind.STR),
+}
+
+_AUTH_KEYS: Final[dict[str, _Key]] = {
+    "type": _Key(_Kind.ENUM, enum_type=AuthType),
+}
+
+_DATABASE_KEYS: Final[dict[str, _Key]] = {
+    "name": _Key(_Kind.STR, nonempty=True),
+    "host": _Key(_Kind.STR, nonempty=True),
+    "port": _Key(_Kind.INT, lo=1, hi=65535),
+    "dbname": _Key(_Kind.STR, nonempty=True),
+    "user": _Key(_Kind.STR, nonempty=True),
+    "password": _Key(_Kind.STR, nonempty=True),
+    "password_env": _Key(_Kind.STR, nonempty=True),
+    "pool_size": _Key(_Kind.INT, lo=1),
+    "pool_mode": _Key(_Kind.ENUM, enum_type=PoolMode),
+}
+
+_USER_KEYS: Final[dict[str, _Key]] = {
+    "name": _Key(_Kind.STR, nonempty=True),
+    "password": _Key(_Kind.STR, nonempty=True),
+    "password_env": _Key(_Kind.STR, nonempty=True),
+    "pool_mode": _Key(_Kind.ENUM, enum_type=PoolMode),
+}
+
+_SECTIONS: Final[dict[str, dict[str, _Key]]] = {
+    "proxy": _PROXY_KEYS,
+    "pool": _POOL_KEYS,
+    "auth": _AUTH_KEYS,
+}
+_ARRAYS: Final[dict[str, dict[str, _Key]]] = {
+    "databases": _DATABASE_KEYS,
+    "users": _USER_KEYS,
+}
+
+# People arriving from PgBouncer (or guessing from the dataclass) type these; a plain "unknown
+# key" would leave them searching the docs for where the setting moved.
+_KEY_HINTS: Final[dict[tuple[str, str], str]] = {
+    ("proxy", "listen_addr"): 'use listen = "host:port"',
+    ("proxy", "listen_host"): 'use listen = "host:port"',
+    ("proxy", "listen_port"): 'use listen = "host:port"',
+    ("proxy", "auth_type"): "set type in the [auth] section",
+    ("proxy", "default_pool_size"): "it belongs in the [pool] section",
+    ("proxy", "min_pool_size"): "it belongs in the [pool] section",
+    ("pool", "pool_mode"): "it belongs in the [proxy] section",
+    ("auth", "auth_type"): "the key is called type",
+}
+
+_MD5_HASH_RE: Final = re.compile(r"md5[0-9a-f]{32}")
+_SCRAM_PREFIX: Final = "SCRAM-SHA-256$"
+_SCRAM_RE: Final = re.compile(
+    r"SCRAM-SHA-256\$(?P<iterations>[0-9]+):(?P<salt>[A-Za-z0-9+/=]+)"
+    r"\$(?P<stored_key>[A-Za-z0-9+/=]+):(?P<server_key>[A-Za-z0-9+/=]+)"
+)
+_HOSTNAME_RE: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+# Marks a value that failed validation; the problem has already been recorded.
+_BAD: Final = object()
+
+
+def _type_name(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "table"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, datetime | date | time):
+        return "date/time"
+    return type(value).__name__
+
+
+def _quote(value: str) -> str:
+    # Double quotes match how the value is written in TOML, which is what the reader typed.
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _env_name(section: str, key: str) -> str:
+    return f"PGPOOL_{section.upper()}_{key.upper()}"
+
+
+class _Checker:
+    """Collects problems while converting raw values; never raises until `finish`."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.problems: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {path}: {message}")
+
+    def unknown_key(self, section: str, path: str, key: str, known: Iterable[str]) -> None:
+        hint = _KEY_HINTS.get((section, key))
+        if hint is None:
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+            hint = f"did you mean {_quote(close[0])}?" if close else None
+        message = "unknown key"
+        if hint:
+            message += f"; {hint}"
+        self.add(path, message)
+
+    # -- scalar conversion ----------------------------------------------------------------
+
+    def convert(self, spec: _Key, value: object, path: str) -> Any:
+        """Validate one value against ``spec``; returns the typed value or `_BAD`."""
+        if spec.kind is _Kind.INT:
+            return self._int(spec, value, path)
+        if spec.kind is _Kind.FLOAT:
+            return self._float(spec, value, path)
+        if spec.kind is _Kind.ENUM:
+            return self._enum(spec, value, path)
+        if not isinstance(value, str):
+            self.add(path, f"expected a string, got {_type_name(value)}")
+            return _BAD
+        if "\x00" in value:
+            # The wire protocol NUL-terminates strings, so such a value could never be sent.
+            self.add(path, "must not contain a NUL character")
+            return _BAD
+        if spec.kind is _Kind.LISTEN:
+            return self._listen(value, path)
+        if spec.kind is _Kind.CHOICE:
+            lowered = value.lower()
+            if lowered not in spec.choices:
+                self._bad_choice(path, value, spec.choices)
+                return _BAD
+            return lowered
+        if spec.nonempty and not value:
+            self.add(path, "must not be empty")
+            return _BAD
+        return value
+
+    def _int(self, spec: _Key, value: object, path: str) -> Any:
+        # bool is an int subclass in Python, but `port = true` is never what anyone meant.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(path, f"expected an integer, got {_type_name(value)}")
+            return _BAD
+        return value if self._in_range(spec, value, path) else _BAD
+
+    def _float(self, spec: _Key, value: object, path: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.add(path, f"expected a number, got {_type_name(value)}")
+            return _BAD
+        number = float(value)
+        if not math.isfinite(number):
+            self.add(path, f"must be a finite number, got {number}")
+            return _BAD
+        return number if self._in_range(spec, number, path) else _BAD
+
+    def _in_range(self, spec: _Key, value: float, path: str) -> bool:
+        lo, hi = spec.lo, spec.hi
+        below = lo is not None and (value <= lo if spec.lo_open else value < lo)
+        above = hi is not None and value > hi
+        if not (below or above):
+            return True
+        got = _format_number(value)
+        if lo is not None and hi is not None:
+            self.add(
+                path, f"must be between {_format_number(lo)} and {_format_number(hi)}, got {got}"
+            )
+        elif lo is not None:
+            op = ">" if spec.lo_open else ">="
+            self.add(path, f"must be {op} {_format_number(lo)}, got {got}")
+        else:
+            assert hi is not None
+            self.add(path, f"must be <= {_format_number(hi)}, got {got}")
+        return False
+
+    def _enum(self, spec: _Key, value: object, path: str) -> Any:
+        enum_type = spec.enum_type
+        assert enum_type is not None
+        # Programmatic configs (tests, the demo) may pass the enum member itself.
+        if isinstance(value, enum_type):
+            return value
+        allowed = tuple(str(member.value) for member in enum_type)
+        if not isinstance(value, str):
+            self.add(path, f"expected a string, got {_type_name(value)}")
+            return _BAD
+        lowered = value.lower()
+        for member in enum_type:
+            if member.value == lowered:
+                return member
+        self._bad_choice(path, value, allowed)
+        return _BAD
+
+    def _bad_choice(self, path: str, value: str, allowed: tuple[str, ...]) -> None:
+        options = ", ".join(_quote(choice) for choice in allowed)
+        self.add(path, f"must be one of {options}; got {_quote(value)}")
+
+    def _listen(self, value: str, path: str) -> Any:
+        example = 'expected "host:port", e.g. "127.0.0.1:6432" or "[::1]:6432"'
+        if value.startswith("["):
+            host, sep, port_text = value[1:].partition("]:")
+            if not sep:
+                self.add(path, f"{example}; got {_quote(value)}")
+                return _BAD
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                self.add(path, f"{_quote(host)} in brackets is not an IPv6 address")
+                return _BAD
+        else:
+            host, sep, port_text = value.rpartition(":")
+            if not sep:
+                self.add(path, f"{example}; got {_quote(value)}")
+                return _BAD
+            if ":" in host:
+                self.add(
+                    path,
+                    f'IPv6 addresses must be bracketed, e.g. "[::1]:6432"; got {_quote(value)}',
+                )
+                return _BAD
+            if not host:
+                self.add(
+                    path,
+                    f'host is empty (use "0.0.0.0:PORT" for all interfaces); got {_quote(value)}',
+                )
+                return _BAD
+            if not self._valid_host(host):
+                self.add(path, f"{_quote(host)} is not a valid IP address or host name")
+                return _BAD
+        if not port_text.isascii() or not port_text.isdigit():
+            self.add(path, f"port must be a number; got {_quote(value)}")
+            return _BAD
+        port = int(port_text)
+        if port > 65535:
+            self.add(path, f"port must be between 0 and 65535, got {port}")
+            return _BAD
+        return (host, port)
+
+    @staticmethod
+    def _valid_host(host: str) -> bool:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return True
+        # "300.1.1.1" would otherwise pass as a host name and fail much later, at bind time.
+        if re.fullmatch(r"[0-9.]+", host):
+            return False
+        return _HOSTNAME_RE.fullmatch(host) is not None
+
+    def env_value(self, spec: _Key, raw: str, path: str) -> Any:
+        """Turn an environment string into the type the TOML would have had."""
+        if spec.kind is _Kind.INT:
+            try:
+                return int(raw.strip(), 10)
+            except ValueError:
+                self.add(path, f"expected an integer, got {_quote(raw)}")
+                return _BAD
+        if spec.kind is _Kind.FLOAT:
+            try:
+                return float(raw.strip())
+            except ValueError:
+                self.add(path, f"expected a number, got {_quote(raw)}")
+                return _BAD
+        return raw
+
+    # -- sections -------------------------------------------------------------------------
+
+    def table(self, value: object, path: str, form: str) -> Mapping[str, Any] | None:
+        if isinstance(value, Mapping):
+            return value
+        self.add(path, f"expected a table ({form}), got {_type_name(value)}")
+        return None
+
+    def section(self, name: str, raw: object) -> dict[str, Any]:
+        """Convert a [proxy]/[pool]/[auth] section, applying environment overrides."""
+        specs = _SECTIONS[name]
+        table: Mapping[str, Any] = {}
+        if raw is not None:
+            table = self.table(raw, name, f"[{name}]") or {}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in specs:
+                self.unknown_key(name, f"{name}.{key}", key, specs)
+            elif value is not None:
+                values[key] = self.convert(specs[key], value, f"{name}.{key}")
+        for key, spec in specs.items():
+            var = _env_name(name, key)
+            raw_env = self.env.get(var)
+            if raw_env is None:
+                continue
+            path = f"{name}.{key} (from environment variable {var})"
+            value = self.env_value(spec, raw_env, path)
+            values[key] = value if value is _BAD else self.convert(spec, value, path)
+        return values
+
+    def entries(self, name: str, raw: object) -> list[tuple[str, dict[str, Any]]]:
+        """Convert a [[databases]]/[[users]] array; returns (path, values) per table."""
+        if raw is None:
+            return []
+        if isinstance(raw, Mapping) or not isinstance(raw, list | tuple):
+            self.add(name, f"expected an array of tables ([[{name}]]), got {_type_name(raw)}")
+            return []
+        specs = _ARRAYS[name]
+        result: list[tuple[str, dict[str, Any]]] = []
+        for index, item in enumerate(raw):
+            path = f"{name}[{index}]"
+            table = self.table(item, path, f"[[{name}]]")
+            if table is None:
+                continue
+            values: dict[str, Any] = {}
+            for key, value in table.items():
+                if key not in specs:
+                    self.unknown_key(name, f"{path}.{key}", key, specs)
+                elif value is not None:
+                    values[key] = self.convert(specs[key], value, f"{path}.{key}")
+            if "name" not in table or table["name"] is None:
+                self.add(f"{path}.name", "required")
+                values["name"] = _BAD
+            self.resolve_password(path, table, values)
+            result.append((path, values))
+        return result
+
+    def resolve_password(self, path: str, table: Mapping[str, Any], values: dict[str, Any]) -> None:
+        """Replace ``password_env`` with the password it points at."""
+        var = values.pop("password_env", None)
+        if var is None:
+            return
+        if table.get("password") is not None:
+            self.add(f"{path}.password_env", "give either password or password_env, not both")
+            values["password"] = _BAD
+            return
+        if var is _BAD:
+            values["password"] = _BAD
+            return
+        secret = self.env.get(var)
+        if secret is None:
+            self.add(f"{path}.password_env", f"environment variable {var} is not set")
+            values["password"] = _BAD
+        elif not secret:
+            self.add(f"{path}.password_env", f"environment variable {var} is set but empty")
+            values["password"] = _BAD
+        else:
+            values["password"] = secret
+
+    def finish(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+
+def _valid(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not _BAD}
+
+
+def _check_user_password(
+    checker: _Checker, path: str, password: str | None, auth_type: AuthType | None
+) -> None:
+    if password is None:
+        if auth_type is not None and auth_type is not AuthType.TRUST:
+            checker.add(
+                f"{path}.password",
+                f"required when auth.type is {_quote(auth_type.value)} "
+                "(set password or password_env)",
+            )
+        return
+    if password.startswith(_SCRAM_PREFIX):
+        if not _valid_scram_verifier(password):
+            checker.add(
+                f"{path}.password",
+                "looks like a SCRAM verifier but is malformed; expected "
+                "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>",
+            )
+        elif auth_type is AuthType.MD5:
+            checker.add(
+                f"{path}.password",
+                'a SCRAM verifier cannot answer an md5 challenge with auth.type = "md5"; '
+                "store the plaintext password or an md5 hash",
+            )
+    elif _MD5_HASH_RE.fullmatch(password) and auth_type is AuthType.SCRAM_SHA_256:
+        checker.add(
+            f"{path}.password",
+            'an md5 hash cannot be used with auth.type = "scram-sha-256"; '
+            "store the plaintext password or a SCRAM verifier",
+        )
+
+
+def _valid_scram_verifier(text: str) -> bool:
+    match = _SCRAM_RE.fullmatch(text)
+    if match is None or int(match["iterations"]) < 1:
+        return False
+    try:
+        salt = base64.b64decode(match["salt"], validate=True)
+        stored_key = base64.b64decode(match["stored_key"], validate=True)
+        server_key = base64.b64decode(match["server_key"], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    # SHA-256 digests: anything else can never match a client proof.
+    return bool(salt) and len(stored_key) == 32 and len(server_key) == 32

@@ -1,0 +1,174 @@
+"""Robustness against a real PostgreSQL: pool limits (query wait timeout, max_client_conn,
+waiting clients that leave) and server connection lifetimes.
+
+Every check that counts server connections asks PostgreSQL itself (pg_stat_activity over a direct
+superuser connection), never the proxy's own bookkeeping alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from pgpool_proxy.protocol import messages as m
+from tests.support.proxy import PASSWORDS, StartProxy
+from tests.support.rawpg import RawClient, RawError
+from tests.support.robustness import (
+    backends,
+    eventually,
+    login,
+    one_value,
+    proxy_client_count,
+    settle,
+)
+
+# --- 5. pool limits --------------------------------------------------------------------------
+
+
+async def test_query_wait_timeout(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 1})
+    a = await login(proxy)
+    b = await login(proxy)
+    try:
+        assert await a.simple_query("BEGIN") == []
+        assert await one_value(a, "SELECT 1") == "1"
+        t0 = time.monotonic()
+        b.send(m.query("SELECT 'b'"))
+        err = await b.read_error(5)
+        elapsed = time.monotonic() - t0
+        assert err["C"] == "57014", err
+        assert "query_wait_timeout" in err["M"]
+        assert 0.8 <= elapsed <= 3, elapsed
+        assert await b.closed(3)
+        # A's transaction is untouched; after it commits new clients are served.
+        assert await one_value(a, "SELECT 2") == "2"
+        assert await a.simple_query("COMMIT") == []
+        c = await login(proxy)
+        assert await one_value(c, "SELECT 'c'") == "c"
+        await c.close()
+        assert await one_value(a, "SELECT 3") == "3"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_max_client_conn(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(proxy={"max_client_conn": 3})
+    clients = [await login(proxy) for _ in range(3)]
+    try:
+        extra = await RawClient.connect(proxy.host, proxy.port)
+        with pytest.raises(RawError) as err:
+            await extra.login("alice", PASSWORDS["alice"], "app")
+        assert err.value.sqlstate == "53300"
+        assert await extra.closed(3)
+        # A burst of refused clients leaves nothing behind.
+        burst = [await RawClient.connect(proxy.host, proxy.port) for _ in range(30)]
+        for b in burst:
+            b.send(m.startup_message({"user": "alice", "database": "app"}))
+        for b in burst:
+            assert (await b.read_error(5))["C"] == "53300"
+            assert await b.closed(3)
+        assert await proxy_client_count(proxy, 3) == 3
+        for c in clients:
+            assert await one_value(c, "select 1") == "1"
+        await clients.pop().close()
+        assert await proxy_client_count(proxy, 2) == 2
+        again = await login(proxy)
+        clients.append(again)
+        assert await one_value(again, "select 'again'") == "again"
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_waiting_client_that_leaves_is_forgotten(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 10})
+    a = await login(proxy)
+    waiters = [await login(proxy) for _ in range(3)]
+    try:
+        assert await a.simple_query("BEGIN") == []
+        for w in waiters:
+            w.send(m.query("select 'queued'"))
+
+        async def waiting() -> int:
+            return proxy.pool_stats()["waiting"]
+
+        n, _ = await eventually(waiting, lambda n: n == 3, 3)
+        assert n == 3
+        # Two of the queued clients vanish; one stays.
+        waiters[0].writer.transport.abort()
+        waiters[1].writer.transport.abort()
+        n, _ = await eventually(waiting, lambda n: n == 1, 1.5)
+        assert n == 1, "departed clients are still queued for a backend"
+        assert await proxy_client_count(proxy, 2, 1) == 2
+        assert await a.simple_query("COMMIT") == []
+        # The backend goes to the one live waiter.
+        assert [(await waiters[2].read_message(5))[0] for _ in range(4)] == [b"T", b"D", b"C", b"Z"]
+        assert await one_value(a, "select 'a'") == "a"
+        assert proxy.pool_stats()["waiting"] == 0
+    finally:
+        await a.close()
+        for w in waiters:
+            await w.close()
+
+
+# --- 8. server connection lifetimes ----------------------------------------------------------
+
+
+async def test_server_idle_timeout(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
+    user = "carol"
+    await settle(admin, user)
+    proxy = start_proxy(pool={"default_pool_size": 3, "server_idle_timeout_s": 0.5})
+    clients = [await login(proxy, user) for _ in range(3)]
+    try:
+        for c in clients:
+            assert await c.simple_query("BEGIN") == []
+        for c in clients:
+            assert await c.simple_query("COMMIT") == []
+        assert await backends(admin, user) == 3
+        n, elapsed = await eventually(lambda: backends(admin, user), lambda n: n == 0, 5)
+        assert n == 0 and elapsed <= 1.5, (n, elapsed)
+        assert proxy.pool_stats(user=user)["total"] == 0
+        # Clients stay connected and get a fresh backend on demand.
+        assert await one_value(clients[0], "select 'still here'") == "still here"
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_min_pool_size(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
+    user = "carol"
+    await settle(admin, user)
+    proxy = start_proxy(pool={"min_pool_size": 2})
+    c = await login(proxy, user)
+    try:
+        n, _ = await eventually(lambda: backends(admin, user), lambda n: n >= 2, 3)
+        assert n == 2
+        await asyncio.sleep(0.6)  # a few janitor ticks: no more than the minimum is opened
+        assert await backends(admin, user) == 2
+        assert proxy.pool_stats(user=user)["total"] == 2
+    finally:
+        await c.close()
+
+
+async def test_server_lifetime(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
+    proxy = start_proxy(pool={"default_pool_size": 1, "server_lifetime_s": 0.5})
+    c = await login(proxy)
+    try:
+        first = await one_value(c, "select pg_backend_pid()")
+        await asyncio.sleep(1.0)
+        second = await one_value(c, "select pg_backend_pid()")
+        assert first != second
+        gone, _ = await eventually(
+            lambda: admin.fetchval(
+                "select count(*) from pg_stat_activity where pid = $1", int(first or 0)
+            ),
+            lambda n: n == 0,
+            3,
+        )
+        assert gone == 0
+    finally:
+        await c.close()
