@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, build_config, load_config
 from .config_check import check_config_main
+from .workers import WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -31,12 +32,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        who = "%(name)s" if worker is None else f"%(name)s[w{worker}]"
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -57,12 +59,17 @@ def run_loop(main: Callable[[], Awaitable[int]]) -> int:
         return asyncio.run(wrapper())
 
 
-async def serve(config: Config, on_ready: Callable[[Any], None] | None = None) -> int:
+async def serve(
+    config: Config,
+    on_ready: Callable[[Any], None] | None = None,
+    identity: WorkerIdentity | None = None,
+    port: int | None = None,
+) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status."""
     from .server import ProxyServer
 
-    server = ProxyServer(config)
-    await server.start()
+    server = ProxyServer(config, identity)
+    await server.start(port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,7 +93,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     setup_logging(config.proxy.log_level, config.proxy.log_format)
     log.info("pgpool-proxy %s starting with %s", __version__, config.source)
-    return run_loop(lambda: serve(config))
+    workers = config.proxy.workers
+    if workers == 1:
+        return run_loop(lambda: serve(config))
+
+    def run_worker(identity: WorkerIdentity, port: int) -> int:
+        setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
+        return run_loop(lambda: serve(config, identity=identity, port=port))
+
+    return supervise(workers, config.proxy.listen_host, config.proxy.listen_port, run_worker)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ from .config import Config, DatabaseConfig, UserConfig
 from .errors import DisconnectReason
 from .pool.pool import Pool, PoolSpec
 from .protocol.constants import TRACKED_PARAMS
+from .protocol.messages import cancel_request as cancel_request_packet
 from .session.client import ClientConnection, ClientState
 from .session.login import run_login
+from .workers import WORKER_SHIFT, WorkerIdentity
 
 log = logging.getLogger("pgpool_proxy.server")
 
@@ -26,8 +28,9 @@ JANITOR_INTERVAL_S = 0.25
 class ProxyServer:
     """One proxy instance. `start()` binds the listener; `close()` stops everything it started."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, identity: WorkerIdentity | None = None) -> None:
         self.config = config
+        self.identity = identity or WorkerIdentity()
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: dict[int, ClientConnection] = {}  # by proxy-issued cancel pid
         self.client_count = 0
@@ -37,6 +40,7 @@ class ProxyServer:
         self.settings_sigs: dict[tuple[object, ...], tuple[object, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._peer_server: asyncio.base_events.Server | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._dummy_verifier = ScramVerifier.from_password(secrets.token_urlsafe(24))
@@ -47,21 +51,33 @@ class ProxyServer:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, port: int | None = None) -> None:
+        """Listen; `port` overrides the configured one (workers share a resolved port)."""
         loop = asyncio.get_running_loop()
+        ident = self.identity
         self._server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.proxy.listen_host,
-            self.config.proxy.listen_port,
+            self.config.proxy.listen_port if port is None else port,
             reuse_address=True,
+            reuse_port=ident.count > 1,
             backlog=4096,
         )
+        if ident.count > 1:
+            # Sibling workers relay cancel requests for this worker's clients here.
+            self._peer_server = await loop.create_unix_server(
+                lambda: ClientConnection(self, peer_channel=True),
+                ident.peer_socket(ident.index),
+            )
         sock = self._server.sockets[0]
         self.host, self.port = sock.getsockname()[:2]
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
-        log.info("listening on %s:%s", self.host, self.port)
+        if ident.count > 1:
+            log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
+        else:
+            log.info("listening on %s:%s", self.host, self.port)
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -70,6 +86,8 @@ class ProxyServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._peer_server is not None:
+            self._peer_server.close()
         if self._janitor is not None:
             self._janitor.cancel()
         for client in list(self._all_clients):
@@ -136,14 +154,21 @@ class ProxyServer:
         )
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        prefix = self.identity.index << WORKER_SHIFT
         while True:
-            pid = secrets.randbits(31) or 1
+            pid = prefix | (secrets.randbits(WORKER_SHIFT) or 1)
             if pid not in self.clients:
                 break
         self.clients[pid] = client
         return pid, secrets.randbits(32)
 
     def cancel_request(self, pid: int, secret: int) -> None:
+        ident = self.identity
+        owner = pid >> WORKER_SHIFT
+        if owner != ident.index:
+            if ident.count > 1 and owner < ident.count:
+                self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
+            return
         client = self.clients.get(pid)
         if client is None or not secrets.compare_digest(
             client.key_secret.to_bytes(4, "big"), secret.to_bytes(4, "big")
@@ -154,6 +179,17 @@ class ProxyServer:
         # Only the backend serving this client right now may be cancelled.
         if backend is not None and client.state == ClientState.ACTIVE:
             backend.send_cancel()
+
+    async def _relay_cancel(self, owner: int, pid: int, secret: int) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.identity.peer_socket(owner)), 5
+            )
+            writer.write(cancel_request_packet(pid, secret))
+            await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not relay a cancel request to worker %d: %s", owner, exc)
 
     # --- pools and credentials ---------------------------------------------------------------
 

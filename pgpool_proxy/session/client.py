@@ -61,9 +61,11 @@ class ClientConnection(Endpoint):
     linked backend in one write per read.
     """
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: ProxyServer, *, peer_channel: bool = False) -> None:
         super().__init__(RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5))
         self.server = server
+        # A connection from a sibling worker, allowed to deliver cancel requests only.
+        self.peer_channel = peer_channel
         self.state = ClientState.LOGIN
         self.scanner = ClientScanner(server.config.proxy.max_message_size_bytes)
         self.backend: BackendConnection | None = None

@@ -160,6 +160,12 @@ async def _login(client: ClientConnection) -> None:
             client.close(DisconnectReason.CANCEL_REQUEST)
             return
         break
+    if client.peer_channel:
+        raise _Refusal(
+            SqlState.PROTOCOL_VIOLATION,
+            "the worker relay socket accepts cancel requests only",
+            DisconnectReason.UNSUPPORTED,
+        )
     major, minor = packet.protocol >> 16, packet.protocol & 0xFFFF
     if major != 3:
         raise _Refusal(

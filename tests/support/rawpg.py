@@ -47,6 +47,13 @@ class RawClient:
             if t == b"E":
                 return m.parse_error_fields(body)
 
+    async def read_until_ready(self, timeout: float = 10) -> int:
+        """Discard messages up to and including the next ReadyForQuery; return its status."""
+        while True:
+            t, body = await self.read_message(timeout)
+            if t == b"Z":
+                return body[0]
+
     async def closed(self, timeout: float = 10) -> bool:
         """True once the peer has closed (reads EOF), discarding anything before it."""
         try:

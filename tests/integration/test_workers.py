@@ -1,0 +1,142 @@
+"""`workers = N`: several processes on one port, cancel requests relayed to the right one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgpool_proxy.protocol import messages as m
+from tests.support.pg import LocalPostgres
+from tests.support.proxy import PASSWORDS
+from tests.support.rawpg import RawClient
+
+WORKERS = 2
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.update(int(x) for x in text)
+    return found
+
+
+class Supervised:
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+
+@pytest.fixture
+def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[Supervised]:
+    cfg = tmp_path / "proxy.toml"
+    cfg.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = {WORKERS}\n'
+        "[pool]\ndefault_pool_size = 8\n"
+        '[auth]\ntype = "md5"\n'
+        f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
+        f'[[users]]\nname = "alice"\npassword = "{PASSWORDS["alice"]}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = 0
+        deadline = time.monotonic() + 30
+        ready = 0
+        while time.monotonic() < deadline and ready < WORKERS:
+            line = proc.stderr.readline()
+            if "with 2 workers" in line:
+                port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
+            if "listening on" in line and "[w" in line:
+                ready += 1
+        assert port and ready == WORKERS, "workers did not start"
+        yield Supervised(proc, port)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _query(port: int, sql: str) -> list[list[str | None]]:
+    c = await RawClient.connect("127.0.0.1", port)
+    try:
+        await c.login("alice", PASSWORDS["alice"], "app")
+        return await c.simple_query(sql)
+    finally:
+        await c.close()
+
+
+async def test_cancels_reach_the_worker_that_owns_the_client(supervised: Supervised) -> None:
+    port = supervised.port
+    clients = [await RawClient.connect("127.0.0.1", port) for _ in range(12)]
+    try:
+        for c in clients:
+            await c.login("alice", PASSWORDS["alice"], "app")
+        # Keys carry the worker number in their top bits: both workers issued some.
+        assert len({c.pid >> 24 for c in clients}) == WORKERS
+        started = time.monotonic()
+        # pool_size 8 per worker: all 8 run at once, however the kernel spread the clients.
+        for c in clients[:8]:
+            c.send(m.query("select pg_sleep(20)"))
+        await asyncio.sleep(0.5)
+        # Each cancel is a new connection the kernel may hand to either worker.
+        await asyncio.gather(*(c.cancel("127.0.0.1", port) for c in clients[:8]))
+        codes = [(await c.read_error(15))["C"] for c in clients[:8]]
+        assert codes == ["57014"] * 8
+        for c in clients[:8]:
+            await c.read_until_ready()
+        assert time.monotonic() - started < 10
+        for c in clients:
+            assert await c.simple_query("select 1") == [["1"]]
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_workers_share_the_port_and_survive_a_crash(supervised: Supervised) -> None:
+    port = supervised.port
+    pids = {int(row[0]) for _ in range(20) for row in await _query(port, "select pg_backend_pid()")}
+    assert pids  # served
+    workers = _children(supervised.proc.pid)
+    assert len(workers) == WORKERS
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = _children(supervised.proc.pid)
+        if len(now) == WORKERS and victim not in now:
+            break
+        await asyncio.sleep(0.1)
+    now = _children(supervised.proc.pid)
+    assert len(now) == WORKERS and victim not in now, "the supervisor did not restart the worker"
+    await asyncio.sleep(1.0)
+    for _ in range(20):
+        assert await _query(port, "select 42") == [["42"]]
+
+
+def test_sigterm_stops_every_worker(supervised: Supervised) -> None:
+    workers = _children(supervised.proc.pid)
+    supervised.proc.send_signal(signal.SIGTERM)
+    assert supervised.proc.wait(20) == 0
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
