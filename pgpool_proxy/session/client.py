@@ -173,11 +173,7 @@ class ClientConnection(Endpoint):
         sig = self.settings_sig or self._compute_sig()
         if backend.applied_sig is sig:
             # The common case: this backend last served settings identical to ours.
-            self.to(ClientState.ACTIVE)
-            try:
-                self._pump()
-            except FrameError as exc:
-                self._frame_error(exc)
+            self._activate()
             return
         sql, set_extra, reset = self._settings_diff(backend)
         if sql:
@@ -189,6 +185,10 @@ class ClientConnection(Endpoint):
             backend.send_internal(sql)
             return
         backend.applied_sig = sig
+        self._activate()
+
+    def _activate(self) -> None:
+        """The backend is ready for this client: forward what the client has sent so far."""
         self.to(ClientState.ACTIVE)
         try:
             self._pump()
@@ -223,7 +223,7 @@ class ClientConnection(Endpoint):
             self.backend = None
             backend.client = None
             self.to(ClientState.IDLE)
-            self.pool_release(backend)
+            backend.pool.release(backend)
             self.fail(
                 ProxyError(
                     fields.get("C", SqlState.PROTOCOL_VIOLATION),
@@ -242,16 +242,7 @@ class ClientConnection(Endpoint):
             bp.pop(k, None)
             backend.extra_keys.discard(k)
         backend.applied_sig = self.settings_sig or self._compute_sig()
-        self.to(ClientState.ACTIVE)
-        try:
-            self._pump()
-        except FrameError as exc:
-            self._frame_error(exc)
-
-    def pool_release(self, backend: BackendConnection) -> None:
-        pool = self.pool
-        assert pool is not None
-        pool.release(backend)
+        self._activate()
 
     def _pump(self) -> None:
         rb = self.rbuf
