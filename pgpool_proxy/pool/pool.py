@@ -101,23 +101,22 @@ class Pool:
         if backend.generation != self.generation or self.closed:
             backend.close(DisconnectReason.POOL_CLOSED)
             return
+        now = self.loop.time()
         lifetime = self.spec.lifetime_s
-        if lifetime and self.loop.time() - backend.created_at > lifetime:
+        if lifetime and now - backend.created_at > lifetime:
             backend.close(DisconnectReason.LIFETIME)
             return
+        if backend.state != BackendState.IDLE:
+            backend.to(BackendState.IDLE)
         waiters = self.waiters
         while waiters:
             client = waiters.popleft()
             if client.is_waiting():
-                self.total_wait_s += self.loop.time() - client.wait_since
+                self.total_wait_s += now - client.wait_since
                 self.wait_count += 1
-                if backend.state != BackendState.IDLE:
-                    backend.to(BackendState.IDLE)
                 client.backend_assigned(backend)
                 return
-        if backend.state != BackendState.IDLE:
-            backend.to(BackendState.IDLE)
-        backend.idle_since = self.loop.time()
+        backend.idle_since = now
         self.idle.append(backend)
 
     def forget_waiter(self, client: ClientConnection) -> None:

@@ -139,6 +139,7 @@ class ClientConnection(Endpoint):
 
     def _on_idle_data(self) -> None:
         rb = self.rbuf
+        # Checked before taking a backend, so a bogus length never costs anyone a server slot.
         t = peek_type(rb.buf, rb.start, rb.end, self.scanner.max_len)
         if t < 0:
             return
@@ -147,6 +148,10 @@ class ClientConnection(Endpoint):
             return
         pool = self.pool
         assert pool is not None
+        idle = pool.idle
+        if idle:
+            self._link(idle.pop())
+            return
         backend = pool.acquire(self)
         if backend is None:
             self.to(ClientState.WAITING)
@@ -164,11 +169,11 @@ class ClientConnection(Endpoint):
         # Backpressure flags belong to the link: carry them across.
         if self.write_paused:
             backend.pause_reading()
-        else:
+        elif backend.reading_paused:
             backend.resume_reading()
         if backend.write_paused:
             self.pause_reading()
-        else:
+        elif self.reading_paused:
             self.resume_reading()
         sig = self.settings_sig or self._compute_sig()
         if backend.applied_sig is sig:
@@ -270,19 +275,19 @@ class ClientConnection(Endpoint):
         self.scanner.reset()
         if backend is not None:
             backend.client = None
-            pool = self.pool
-            assert pool is not None
-            pool.release(backend)
+            backend.pool.release(backend)
         if self.reading_paused and not self.write_paused:
             self.resume_reading()
-        if self.rbuf.end > self.rbuf.start and self.state == ClientState.IDLE:
-            # The next transaction's first bytes arrived while the last one finished.
-            try:
-                self._on_idle_data()
-            except FrameError as exc:
-                self._frame_error(exc)
-        else:
-            self.rbuf.shrink()
+        rb = self.rbuf
+        if rb.end > rb.start:
+            if self.state == ClientState.IDLE:
+                # The next transaction's first bytes arrived while the last one finished.
+                try:
+                    self._on_idle_data()
+                except FrameError as exc:
+                    self._frame_error(exc)
+        elif len(rb.buf) > rb.initial:
+            rb.shrink()
 
     # --- settings replay ---------------------------------------------------------------------
 
