@@ -1,0 +1,142 @@
+"""Smoke test of the benchmark harness (bench/): its pieces work and its JSON has the expected
+shape. Tiny durations, PostgreSQL direct and the proxy only (PgBouncer is never needed); the
+figures themselves are not checked: benchmarks are never part of the suite's pass/fail."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import build_parser, options_from_args
+from bench.pgbench import latency_log_percentiles, parse_output
+from bench.report import render_results_md
+from bench.run import Options, run_benchmark
+from tests.support.pg import pg_available
+
+PGBENCH_OUTPUT = """\
+pgbench (15.18 (Debian 15.18-0+deb12u1))
+transaction type: <builtin: select only>
+scaling factor: 1
+query mode: simple
+number of clients: 8
+number of threads: 2
+maximum number of tries: 1
+duration: 1 s
+number of transactions actually processed: 15557
+number of failed transactions: 3 (0.019%)
+latency average = 0.512 ms
+initial connection time = 6.609 ms
+tps = 15557.362384 (without initial connection time)
+"""
+
+
+def test_parse_pgbench_output() -> None:
+    figures = parse_output(PGBENCH_OUTPUT)
+    assert figures == {
+        "transactions": 15557,
+        "failed": 3,
+        "latency_avg_ms": 0.512,
+        "connection_time_ms": 6.609,
+        "tps": 15557.362384,
+    }
+    assert parse_output("pgbench: error: connection refused")["tps"] is None
+
+
+def test_latency_log_percentiles(tmp_path: Path) -> None:
+    # client_id transaction_no time_us script_no epoch epoch_us
+    lines = [f"0 {i} {100 + i} 0 1700000000 {i}" for i in range(100)]
+    lines.append("0 100 failed 0 1700000000 100")
+    (tmp_path / "txlog.123").write_text("\n".join(lines) + "\n")
+    (tmp_path / "txlog.123.1").write_text("1 0 1000 0 1700000000 0\n")
+    p50, p99 = latency_log_percentiles(tmp_path, "txlog")
+    assert p50 == pytest.approx(0.150)
+    assert p99 == pytest.approx(0.199)
+
+
+def test_cli_options() -> None:
+    argv = ["--quick", "--targets", "direct,proxy", "--proxy-set", "pool.min_pool_size=2"]
+    opts = options_from_args(build_parser().parse_args(argv), argv)
+    assert opts.rounds == 1 and opts.client_counts == [10, 100]
+    assert opts.targets == ["direct", "proxy"]
+    assert opts.proxy_settings == {"pool": {"min_pool_size": 2}}
+    assert opts.command == "python -m bench --quick --targets direct,proxy --proxy-set " + (
+        "pool.min_pool_size=2"
+    )
+
+
+@pytest.mark.skipif(not pg_available(), reason="no PostgreSQL server binaries")
+@pytest.mark.timeout(120)
+def test_harness_smoke(tmp_path: Path) -> None:
+    lines: list[str] = []
+    opts = Options(
+        client_counts=[2, 4],
+        kinds=["select-simple", "select-extended", "tpcb"],
+        churn_clients=4,
+        latency=True,
+        duration_s=1,
+        rounds=1,
+        pool_size=2,
+        scale=1,
+        targets=["direct", "proxy"],
+        install_pgbouncer=False,
+        memory_clients=20,
+        out_dir=tmp_path,
+        warm_up=False,
+        command="python -m bench (smoke)",
+    )
+    run_benchmark(opts, log=lines.append)
+
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert {"version", "started", "elapsed_s", "command", "machine", "settings"} <= set(data)
+    assert {"summary", "runs", "memory", "notes", "load_average"} <= set(data)
+    assert {"nproc", "cpu_model", "memory_gib", "postgresql", "pgbouncer"} <= set(data["machine"])
+    assert data["settings"]["targets_run"] == ["direct", "proxy"]
+
+    expected = {
+        f"{kind}@{c}" for kind in ("select-simple", "select-extended", "tpcb") for c in (2, 4)
+    } | {"churn@4", "latency@1"}
+    assert [s["scenario"] for s in data["summary"]] == [
+        *(f"{k}@{c}" for k in ("select-simple", "select-extended", "tpcb") for c in (2, 4)),
+        "churn@4",
+        "latency@1",
+    ]
+    assert {r["scenario"] for r in data["runs"]} == expected
+    assert len(data["runs"]) == len(expected) * 2  # one round, two targets
+    for run in data["runs"]:
+        assert run["target"] in ("direct", "proxy")
+        assert isinstance(run["tps"], float) and isinstance(run["transactions"], int)
+        assert isinstance(run["failed"], int) and isinstance(run["error"], str)
+        assert run["command"].startswith("pgbench ")
+        if run["target"] == "proxy":
+            assert isinstance(run["cpu_s"], float)
+        else:
+            assert run["cpu_s"] is None
+    for entry in data["summary"]:
+        assert set(entry["targets"]) == {"direct", "proxy"}
+        assert set(entry["ratios"]) == {"proxy/pgbouncer", "proxy/direct"}
+        assert entry["ratios"]["proxy/pgbouncer"] is None  # PgBouncer not run
+        for figures in entry["targets"].values():
+            assert {"tps_median", "tps_runs", "failed", "errors", "cpu_s_per_1k_tx_median"} <= set(
+                figures
+            )
+    # The harness works end to end: select-only through both targets completed transactions.
+    simple = next(s for s in data["summary"] if s["scenario"] == "select-simple@2")
+    assert simple["targets"]["direct"]["tps_median"] > 0
+    assert simple["targets"]["proxy"]["tps_median"] > 0
+    latency = next(s for s in data["summary"] if s["kind"] == "latency")
+    assert latency["targets"]["direct"]["p50_ms_median"] > 0
+    assert set(latency["added_p50_us_over_direct"]) == {"pgbouncer", "proxy"}
+
+    assert [m["target"] for m in data["memory"]] == ["proxy"]
+    memory = data["memory"][0]
+    assert memory["clients_used"] == 20 and memory["clients_open"] == 20
+    assert memory["rss_after_bytes"] > 0
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "tps.png").stat().st_size > 0
+    md = render_results_md(data)
+    assert "## Throughput" in md and "python -m bench (smoke)" in md
+    assert any("select-simple" in line for line in lines)
