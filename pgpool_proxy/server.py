@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import secrets
 import socket
 from collections.abc import Coroutine
@@ -156,11 +157,13 @@ class ProxyServer:
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         prefix = self.identity.index << WORKER_SHIFT
         while True:
-            pid = prefix | (secrets.randbits(WORKER_SHIFT) or 1)
+            # One urandom call per key: logins under churn are counted in syscalls.
+            raw = int.from_bytes(os.urandom(7), "big")
+            pid = prefix | ((raw & ((1 << WORKER_SHIFT) - 1)) or 1)
             if pid not in self.clients:
                 break
         self.clients[pid] = client
-        return pid, secrets.randbits(32)
+        return pid, raw >> WORKER_SHIFT
 
     def cancel_request(self, pid: int, secret: int) -> None:
         ident = self.identity

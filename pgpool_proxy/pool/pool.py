@@ -61,6 +61,8 @@ class Pool:
         self.connecting = 0
         self.generation = 0
         self.server_params: dict[str, str] | None = None
+        # Login ParameterStatus blocks by client settings signature (see session.login).
+        self.welcome_cache: dict[tuple[object, ...], bytes] = {}
         self._params_waiters: list[asyncio.Future[None]] = []
         self.last_connect_error: ProxyError | None = None
         self.last_connect_failure_at = -1e9

@@ -175,7 +175,7 @@ class ClientConnection(Endpoint):
             self.pause_reading()
         elif self.reading_paused:
             self.resume_reading()
-        sig = self.settings_sig or self._compute_sig()
+        sig = self.settings_sig or self.compute_sig()
         if backend.applied_sig is sig:
             # The common case: this backend last served settings identical to ours.
             self._activate()
@@ -200,7 +200,7 @@ class ClientConnection(Endpoint):
         except FrameError as exc:
             self._frame_error(exc)
 
-    def _compute_sig(self) -> tuple[object, ...]:
+    def compute_sig(self) -> tuple[object, ...]:
         """This client's settings as one interned tuple: equal settings, identical object."""
         params = self.params
         key = (
@@ -246,7 +246,7 @@ class ClientConnection(Endpoint):
         for k in reset:
             bp.pop(k, None)
             backend.extra_keys.discard(k)
-        backend.applied_sig = self.settings_sig or self._compute_sig()
+        backend.applied_sig = self.settings_sig or self.compute_sig()
         self._activate()
 
     def _pump(self) -> None:

@@ -18,6 +18,7 @@ from .client import ClientConnection, ClientState
 
 if TYPE_CHECKING:
     from ..config import UserConfig
+    from ..pool.pool import Pool
 
 log = logging.getLogger("pgpool_proxy.login")
 
@@ -25,6 +26,8 @@ log = logging.getLogger("pgpool_proxy.login")
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 # Largest password/SASL message accepted from a client (IAM tokens later need several KB).
 MAX_AUTH_MESSAGE = 16 * 1024
+
+_MAX_WELCOME_CACHE = 1000
 
 _ENCODING_ALIASES = {"utf8": "UTF8", "unicode": "UTF8", "utf-8": "UTF8"}
 
@@ -231,15 +234,18 @@ async def _login(client: ClientConnection) -> None:
         else:
             client.extra_settings[k] = v
     pool.clients += 1
-    welcome = [m.auth_ok()]
-    shown = dict(server_params)
-    shown.update(client.params)
-    welcome.extend(m.parameter_status(k, v) for k, v in shown.items())
     client.key_pid, client.key_secret = server.register_cancel_key(client)
-    welcome.append(m.backend_key_data(client.key_pid, client.key_secret))
-    welcome.append(m.ready_for_query())
     assert client.transport is not None
-    client.transport.write(b"".join(welcome))
+    client.transport.write(
+        b"".join(
+            (
+                _AUTH_OK,
+                _parameter_statuses(pool, client, server_params),
+                m.backend_key_data(client.key_pid, client.key_secret),
+                _READY,
+            )
+        )
+    )
     client.to(ClientState.IDLE)
     log.info(
         "client login: %s user=%s db=%s mode=%s",
@@ -250,6 +256,27 @@ async def _login(client: ClientConnection) -> None:
     )
     if client.rbuf.pending():
         client.buffer_updated(0)
+
+
+_AUTH_OK = m.auth_ok()
+_READY = m.ready_for_query()
+
+
+def _parameter_statuses(
+    pool: Pool, client: ClientConnection, server_params: dict[str, str]
+) -> bytes:
+    """The ParameterStatus block a client sees at login, built once per distinct settings."""
+    sig = client.settings_sig or client.compute_sig()
+    cache = pool.welcome_cache
+    block = cache.get(sig)
+    if block is None:
+        shown = dict(server_params)
+        shown.update(client.params)
+        block = b"".join(m.parameter_status(k, v) for k, v in shown.items())
+        if len(cache) >= _MAX_WELCOME_CACHE:
+            cache.clear()
+        cache[sig] = block
+    return block
 
 
 def _auth_failed(user: str) -> _Refusal:
