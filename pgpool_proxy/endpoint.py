@@ -18,6 +18,15 @@ class Endpoint(asyncio.BufferedProtocol):
     """One side of a link. Backpressure crosses the link: when this side's transport cannot
     send, the peer stops reading, and resumes when the transport has drained."""
 
+    __slots__ = (
+        "_wakeup",
+        "eof",
+        "rbuf",
+        "reading_paused",
+        "transport",
+        "write_paused",
+    )
+
     def __init__(self, rbuf: RecvBuffer) -> None:
         self.rbuf = rbuf
         self.transport: asyncio.Transport | None = None

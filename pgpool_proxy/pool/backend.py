@@ -89,6 +89,29 @@ class BackendConnection(Endpoint):
     ParameterStatus (to keep the client's and this backend's view of reported settings exact).
     """
 
+    __slots__ = (
+        "applied_sig",
+        "cancels_in_flight",
+        "client",
+        "close_reason",
+        "created_at",
+        "extra_keys",
+        "generation",
+        "idle_since",
+        "internal_errors",
+        "internal_pending",
+        "loop",
+        "on_internal_done",
+        "params",
+        "pid",
+        "pool",
+        "release_when_cancelled",
+        "scanner",
+        "secret",
+        "state",
+        "tx_status",
+    )
+
     def __init__(self, pool: Pool, generation: int) -> None:
         super().__init__(RecvBuffer(BACKEND_BUFFER, BACKEND_BUFFER))
         self.pool = pool

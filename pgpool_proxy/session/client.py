@@ -61,6 +61,27 @@ class ClientConnection(Endpoint):
     linked backend in one write per read.
     """
 
+    __slots__ = (
+        "_replay",
+        "addr",
+        "backend",
+        "close_reason",
+        "database",
+        "extra_settings",
+        "key_pid",
+        "key_secret",
+        "params",
+        "peer_channel",
+        "pool",
+        "release_on_idle",
+        "scanner",
+        "server",
+        "settings_sig",
+        "state",
+        "user",
+        "wait_since",
+    )
+
     def __init__(self, server: ProxyServer, *, peer_channel: bool = False) -> None:
         super().__init__(RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5))
         self.server = server
