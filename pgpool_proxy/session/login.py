@@ -133,6 +133,13 @@ async def run_login(client: ClientConnection) -> None:
         client.fail(
             ProxyError(SqlState.PROTOCOL_VIOLATION, str(exc)), DisconnectReason.PROTOCOL_ERROR
         )
+    except Exception:
+        # A bug must not leave the client hanging in login with no timeout left to end it.
+        log.exception("login failed unexpectedly for %s", client.addr)
+        client.fail(
+            ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy during login"),
+            DisconnectReason.PROTOCOL_ERROR,
+        )
 
 
 class _Refusal(ProxyError):
