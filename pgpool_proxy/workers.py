@@ -26,6 +26,7 @@ WORKER_SHIFT = 24
 MAX_WORKERS = 1 << (31 - WORKER_SHIFT)
 # A worker that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 1.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +68,21 @@ def supervise(
 
     def start(index: int) -> None:
         ident = WorkerIdentity(index, count, peer_dir)
-        pid = os.fork()
+        # Signals wait until the child is recorded (parent) or its handlers reset (child):
+        # otherwise a SIGTERM in between would never reach this worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+            else:
+                children[pid] = index
+                last_start[index] = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if pid == 0:
-            # The child must not run the parent's handlers or keep its reservation open.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # The child must not keep the parent's reservation open.
             reservation.close()
             code = 1
             try:
@@ -80,8 +91,6 @@ def supervise(
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        children[pid] = index
-        last_start[index] = time.monotonic()
 
     def on_signal(signum: int, _frame: object) -> None:
         stopping.append(signum)

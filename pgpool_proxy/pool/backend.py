@@ -193,6 +193,11 @@ class BackendConnection(Endpoint):
         scanner = self.scanner
         while True:
             pos = scanner.scan(buf, pos, end)
+            if scanner.copy_in:
+                # Tell the client's side before the client can see CopyInResponse and answer.
+                scanner.copy_in = False
+                if self.client is not None:
+                    self.client.scanner.copy_in = True
             ev = scanner.event
             if ev == EV_NONE:
                 break

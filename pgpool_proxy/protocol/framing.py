@@ -8,12 +8,14 @@ through in buffer-sized pieces), and stops only at the few frames the proxy must
 from __future__ import annotations
 
 from .constants import (
+    B_COPY_IN,
     B_ERROR,
     B_PARAMETER_STATUS,
     B_READY_FOR_QUERY,
     F_COPY_DATA,
     F_COPY_DONE,
     F_COPY_FAIL,
+    F_EXECUTE,
     F_FUNCTION_CALL,
     F_QUERY,
     F_SYNC,
@@ -131,7 +133,15 @@ class ClientScanner:
     (an unnamed portal, a half-built pipeline) that belongs to this client.
     """
 
-    __slots__ = ("max_len", "pending", "skip", "terminated", "unsynced")
+    __slots__ = (
+        "copy_in",
+        "max_len",
+        "pending",
+        "skip",
+        "syncs_since_execute",
+        "terminated",
+        "unsynced",
+    )
 
     def __init__(self, max_len: int) -> None:
         self.max_len = max_len
@@ -139,10 +149,16 @@ class ClientScanner:
         self.pending = 0
         self.unsynced = False
         self.terminated = False
+        # Set (from the server's CopyInResponse) while the server is in copy-in mode, where it
+        # ignores Sync: the Syncs sent since the COPY's Execute earn no ReadyForQuery.
+        self.copy_in = False
+        self.syncs_since_execute = 0
 
     def reset(self) -> None:
         self.pending = 0
         self.unsynced = False
+        self.copy_in = False
+        self.syncs_since_execute = 0
 
     def scan(self, buf: bytearray, pos: int, end: int) -> int:
         """Advance over frames in buf[pos:end]; return the position reached.
@@ -167,11 +183,21 @@ class ClientScanner:
                 self.pending += 1
                 if t == F_SYNC:
                     self.unsynced = False
+                    self.syncs_since_execute += 1
+                else:
+                    self.syncs_since_execute = 0
             elif t == F_TERMINATE:
                 self.terminated = True
                 return pos
-            elif t != F_COPY_DATA and t != F_COPY_DONE and t != F_COPY_FAIL:
+            elif t in (F_COPY_DONE, F_COPY_FAIL):
+                if self.copy_in:
+                    self.copy_in = False
+                    self.pending -= self.syncs_since_execute
+                    self.syncs_since_execute = 0
+            elif t != F_COPY_DATA:
                 self.unsynced = True
+                if t == F_EXECUTE:
+                    self.syncs_since_execute = 0
             n = length + 1
             if end - pos < n:
                 self.skip = n - (end - pos)
@@ -206,9 +232,10 @@ class BackendScanner:
     proxy's own queries), keeping the common path to two comparisons per frame.
     """
 
-    __slots__ = ("event", "need", "skip", "status", "stop_on_error")
+    __slots__ = ("copy_in", "event", "need", "skip", "status", "stop_on_error")
 
     def __init__(self) -> None:
+        self.copy_in = False  # a CopyInResponse passed; the caller tells the client's scanner
         self.skip = 0
         self.event = EV_NONE
         self.status = 0
@@ -245,6 +272,8 @@ class BackendScanner:
                     return pos
                 self.event = EV_PARAM if t == B_PARAMETER_STATUS else EV_ERROR
                 return pos
+            if t == B_COPY_IN:
+                self.copy_in = True
             if end - pos < n:
                 self.skip = n - (end - pos)
                 self.event = EV_NONE

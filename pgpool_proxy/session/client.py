@@ -187,15 +187,7 @@ class ClientConnection(Endpoint):
         backend.to(BackendState.ACTIVE)
         backend.client = self
         self.backend = backend
-        # Backpressure flags belong to the link: carry them across.
-        if self.write_paused:
-            backend.pause_reading()
-        elif backend.reading_paused:
-            backend.resume_reading()
-        if backend.write_paused:
-            self.pause_reading()
-        elif self.reading_paused:
-            self.resume_reading()
+        self._sync_flow(backend)
         sig = self.settings_sig or self.compute_sig()
         if backend.applied_sig is sig:
             # The common case: this backend last served settings identical to ours.
@@ -213,8 +205,23 @@ class ClientConnection(Endpoint):
         backend.applied_sig = sig
         self._activate()
 
+    def _sync_flow(self, backend: BackendConnection) -> None:
+        """Backpressure belongs to the link: each side reads only while the other can write."""
+        if self.write_paused:
+            backend.pause_reading()
+        elif backend.reading_paused:
+            backend.resume_reading()
+        if backend.write_paused:
+            self.pause_reading()
+        elif self.reading_paused:
+            self.resume_reading()
+
     def _activate(self) -> None:
         """The backend is ready for this client: forward what the client has sent so far."""
+        backend = self.backend
+        assert backend is not None
+        # Reading may have been paused while the settings replay held the client's bytes.
+        self._sync_flow(backend)
         self.to(ClientState.ACTIVE)
         try:
             self._pump()
@@ -297,8 +304,8 @@ class ClientConnection(Endpoint):
         if backend is not None:
             backend.client = None
             backend.pool.release(backend)
-        if self.reading_paused and not self.write_paused:
-            self.resume_reading()
+        # Unlinked, nothing limits this client's reading; the next link re-applies its peer's.
+        self.resume_reading()
         rb = self.rbuf
         if rb.end > rb.start:
             if self.state == ClientState.IDLE:
@@ -421,7 +428,15 @@ class ClientConnection(Endpoint):
             backend.on_internal_done = _after_reset
             backend.send_internal(reset)
         else:
-            pool.release(backend)
+            # Not pool.release() inline: a chain of waiters that each take the backend and leave
+            # at once would otherwise recurse one frame deeper per client.
+            backend.to(BackendState.RESETTING)
+            pool.loop.call_soon(_release_later, backend)
+
+
+def _release_later(backend: BackendConnection) -> None:
+    if backend.state == BackendState.RESETTING:
+        backend.pool.release(backend)
 
 
 def _after_reset(backend: BackendConnection, errors: list[dict[str, str]]) -> None:

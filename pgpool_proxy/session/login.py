@@ -48,6 +48,13 @@ async def read_startup_packet(client: ClientConnection) -> bytes:
         await client.wait_for_bytes()
 
 
+def _send(client: ClientConnection, data: bytes) -> None:
+    transport = client.transport
+    if transport is None:
+        raise EndpointClosed  # the client left while the login task was suspended
+    transport.write(data)
+
+
 async def read_password_message(client: ClientConnection) -> bytes:
     t, body = await client.read_frame(MAX_AUTH_MESSAGE, "authentication")
     if t != F_PASSWORD:
@@ -162,8 +169,7 @@ async def _login(client: ClientConnection) -> None:
                     SqlState.PROTOCOL_VIOLATION,
                     "received unencrypted data after SSL/GSS request",
                 )
-            assert client.transport is not None
-            client.transport.write(b"N")
+            _send(client, b"N")
             continue
         if isinstance(packet, m.CancelRequest):
             server.cancel_request(packet.pid, packet.secret)
@@ -186,8 +192,7 @@ async def _login(client: ClientConnection) -> None:
     params = packet.params
     unsupported = [k for k in params if k.startswith("_pq_.")]
     if minor > 0 or unsupported:
-        assert client.transport is not None
-        client.transport.write(m.negotiate_protocol_version(0, unsupported))
+        _send(client, m.negotiate_protocol_version(0, unsupported))
     user = params.get("user", "")
     if not user:
         raise _Refusal(
@@ -226,7 +231,8 @@ async def _login(client: ClientConnection) -> None:
             settings[k] = v
     pool = server.get_pool(db, user_cfg, user)
     client.pool = pool
-    client.release_on_idle = pool.spec.mode == PoolMode.TRANSACTION
+    # Per client, not per pool: users sharing a forced server user may differ in mode.
+    client.release_on_idle = config.pool_mode_for(db, user_cfg) == PoolMode.TRANSACTION
     server_params = await pool.ensure_server_params()
     if not client.is_open():
         raise EndpointClosed
@@ -242,8 +248,8 @@ async def _login(client: ClientConnection) -> None:
             client.extra_settings[k] = v
     pool.clients += 1
     client.key_pid, client.key_secret = server.register_cancel_key(client)
-    assert client.transport is not None
-    client.transport.write(
+    _send(
+        client,
         b"".join(
             (
                 _AUTH_OK,
@@ -251,7 +257,7 @@ async def _login(client: ClientConnection) -> None:
                 m.backend_key_data(client.key_pid, client.key_secret),
                 _READY,
             )
-        )
+        ),
     )
     client.to(ClientState.IDLE)
     log.info(
@@ -259,7 +265,7 @@ async def _login(client: ClientConnection) -> None:
         client.addr,
         user,
         database,
-        pool.spec.mode.value,
+        "transaction" if client.release_on_idle else "session",
     )
     if client.rbuf.pending():
         client.buffer_updated(0)
@@ -306,12 +312,11 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
             )
         return
     secret = user_cfg.password if user_cfg is not None else None
-    assert client.transport is not None
     # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
     # no SCRAM verifier under md5), so there is no silent downgrade here.
     if auth_type == AuthType.MD5:
         salt = secrets.token_bytes(4)
-        client.transport.write(m.auth_md5(salt))
+        _send(client, m.auth_md5(salt))
         response = m.parse_password(await read_password_message(client))
         if secret is None or not verify_md5_response(response, secret, user, salt):
             raise _auth_failed(user)
@@ -319,7 +324,7 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
     # Unknown users run the same exchange against a random verifier, so probing reveals nothing.
     verifier = server.scram_verifier(user, secret)
     scram = ScramServer(verifier)
-    client.transport.write(m.auth_sasl([MECHANISM]))
+    _send(client, m.auth_sasl([MECHANISM]))
     mechanism, first = m.parse_sasl_initial_response(await read_password_message(client))
     if mechanism != MECHANISM:
         raise _Refusal(
@@ -328,12 +333,12 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
             DisconnectReason.AUTH_FAILED,
         )
     try:
-        client.transport.write(m.auth_sasl_continue(scram.handle_client_first(first)))
+        _send(client, m.auth_sasl_continue(scram.handle_client_first(first)))
         final = await read_password_message(client)
         server_final = scram.handle_client_final(final)
     except ScramError:
         raise _auth_failed(user) from None
     if secret is None:
         raise _auth_failed(user)
-    client.transport.write(m.auth_sasl_final(server_final))
+    _send(client, m.auth_sasl_final(server_final))
     server.remember_client_key(user, verifier, scram.client_key)

@@ -8,6 +8,7 @@ superuser connection), never the proxy's own bookkeeping alone.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import asyncpg
@@ -172,3 +173,38 @@ async def test_server_lifetime(start_proxy: StartProxy, admin: asyncpg.Connectio
         assert gone == 0
     finally:
         await c.close()
+
+
+async def test_extended_protocol_copy_releases_the_backend(start_proxy: StartProxy) -> None:
+    """libpq's PQexecParams("COPY ... FROM STDIN") sends Parse/Bind/Describe/Execute/Sync, then
+    the data, CopyDone and another Sync. The server ignores the first Sync (it arrives in
+    copy-in mode) and answers once; the proxy must still see the transaction end and hand the
+    single backend to the next client."""
+    proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 3})
+    a = await RawClient.connect(proxy.host, proxy.port)
+    b = await RawClient.connect(proxy.host, proxy.port)
+    try:
+        await a.login("alice", PASSWORDS["alice"], "app")
+        await b.login("alice", PASSWORDS["alice"], "app")
+        table = f"ext_copy_{secrets.token_hex(4)}"
+        await a.simple_query(f"create table {table} (x int)")
+        a.send(
+            m.frame(b"P", f"\0copy {table} from stdin\0\0\0".encode())
+            + m.frame(b"B", b"\0\0\0\0\0\0\0\0")
+            + m.frame(b"D", b"P\0")
+            + m.frame(b"E", b"\0\0\0\0\0")
+            + m.frame(b"S")
+        )
+        seen = []
+        while not seen or seen[-1] != b"G":
+            seen.append((await a.read_message(5))[0])
+        assert seen == [b"1", b"2", b"n", b"G"]
+        a.send(m.frame(b"d", b"1\n2\n3\n") + m.frame(b"c") + m.frame(b"S"))
+        assert (await a.read_message(5))[0] == b"C"
+        assert await a.read_until_ready(5) == ord("I")
+        # a stays connected and idle: b must get the only backend.
+        assert await b.simple_query(f"select count(*) from {table}") == [["3"]]
+        assert (await a.simple_query(f"drop table {table}")) == []
+    finally:
+        await a.close()
+        await b.close()

@@ -238,3 +238,17 @@ async def test_asyncpg_pool_reset_keeps_startup_settings(
                 assert tuple(row) == ("pooled", "Asia/Tokyo", "5MB"), f"acquire {i}: {tuple(row)}"
     finally:
         await pool.close()
+
+
+def test_large_first_statement_after_settings_replay(start_proxy: StartProxy) -> None:
+    """A client with startup options whose first statement is large: its bytes pile up while
+    the settings are replayed (reading pauses past 64 KiB) and must flow again afterwards."""
+    proxy = start_proxy(pool={"default_pool_size": 2})
+    big = "x" * (3 * 1024 * 1024)
+    for _ in range(3):
+        with psycopg.connect(
+            proxy.dsn(), options="-c work_mem=8MB", prepare_threshold=None, connect_timeout=10
+        ) as conn:
+            conn.execute("set statement_timeout = '20s'")
+            row = conn.execute("select length(%s), current_setting('work_mem')", (big,)).fetchone()
+            assert row == (len(big), "8MB")
