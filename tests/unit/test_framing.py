@@ -241,3 +241,23 @@ def test_recv_buffer_compacts_instead_of_growing() -> None:
     rb.consumed(6)
     view = rb.get_buffer()
     assert len(rb.buf) == 8 and bytes(rb.buf[:2]) == b"gh" and len(view) == 6
+
+
+def test_client_scanner_ignores_syncs_the_server_drops_in_copy_in() -> None:
+    """Extended-protocol COPY FROM STDIN: the Sync after Execute reaches the server in copy-in
+    mode and earns no ReadyForQuery; only the Sync after CopyDone does."""
+    sc = ClientScanner(LIMIT)
+    first = bytearray(EXTENDED)  # Parse/Bind/Describe/Execute/Sync
+    sc.scan(first, 0, len(first))
+    assert sc.pending == 1
+    sc.copy_in = True  # what the backend side sets on CopyInResponse
+    rest = bytearray(m.frame(b"d", b"1\n") + m.frame(b"c") + m.frame(b"S"))
+    sc.scan(rest, 0, len(rest))
+    assert sc.pending == 1 and not sc.copy_in and not sc.unsynced
+
+
+def test_backend_scanner_reports_copy_in_response() -> None:
+    sc = BackendScanner()
+    data = bytearray(m.frame(b"G", b"\0\0\0"))
+    assert sc.scan(data, 0, len(data)) == len(data)
+    assert sc.copy_in
