@@ -61,7 +61,6 @@ class DisconnectReason(enum.Enum):
     BACKEND_FAILED = "backend_failed"
     BACKEND_CONNECT_FAILED = "backend_connect_failed"
     CANCEL_REQUEST = "cancel_request"
-    SSL_REQUEST_REFUSED = "ssl_refused"
     SETTINGS_REJECTED = "startup_settings_rejected"
     SHUTDOWN = "shutdown"
     # Backend-only reasons.

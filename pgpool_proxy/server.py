@@ -80,10 +80,6 @@ class ProxyServer:
         else:
             log.info("listening on %s:%s", self.host, self.port)
 
-    async def serve_forever(self) -> None:
-        assert self._server is not None
-        await self._server.serve_forever()
-
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

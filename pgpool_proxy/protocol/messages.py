@@ -127,10 +127,6 @@ def error_response(
     return frame(b"E", b"".join(fields) + b"\0")
 
 
-def notice_response(message: str, sqlstate: str = "00000") -> bytes:
-    return frame(b"N", b"SNOTICE\0VNOTICE\0C" + cstr(sqlstate) + b"M" + cstr(message) + b"\0")
-
-
 def auth_ok() -> bytes:
     return frame(b"R", INT32.pack(AUTH_OK))
 
