@@ -19,7 +19,7 @@ from typing import Any
 
 from .report import main as report_main
 from .run import ALL_TARGETS, Options, run_benchmark
-from .scenarios import THROUGHPUT_KINDS
+from .scenarios import OPTIONAL_KINDS, THROUGHPUT_KINDS
 
 
 def _int_list(text: str) -> list[int]:
@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=_int_list, help="client counts (default 10,100,1000,5000)")
     p.add_argument(
         "--scenarios",
-        type=_name_list(THROUGHPUT_KINDS),
-        help=f"throughput workloads (default {','.join(THROUGHPUT_KINDS)})",
+        type=_name_list(THROUGHPUT_KINDS + OPTIONAL_KINDS),
+        help=f"throughput workloads (default {','.join(THROUGHPUT_KINDS)}; also "
+        f"{','.join(OPTIONAL_KINDS)})",
     )
     p.add_argument("--duration", type=float, help="seconds per pgbench run (default 10)")
     p.add_argument("--rounds", type=int, help="rounds over all targets (default 2)")

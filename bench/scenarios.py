@@ -36,11 +36,17 @@ KINDS: dict[str, Kind] = {
     "select-extended": Kind(
         "select-only", "extended", False, False, "select-only (-S), -M extended"
     ),
+    # PgBouncer before 1.21 cannot run this in transaction mode (named statements).
+    "select-prepared": Kind(
+        "select-only", "prepared", False, False, "select-only (-S), -M prepared"
+    ),
     "tpcb": Kind("tpcb-like", "simple", False, False, "TPC-B-like (default script), -M simple"),
     "churn": Kind("select-only", "simple", True, False, "connection churn (-C), select-only"),
     "latency": Kind("select-only", "simple", False, True, "latency at 1 client, select-only"),
 }
 THROUGHPUT_KINDS = ("select-simple", "select-extended", "tpcb")
+# Selectable with --scenarios, not run by default.
+OPTIONAL_KINDS = ("select-prepared",)
 
 
 @dataclass(frozen=True)

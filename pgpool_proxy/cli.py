@@ -1,4 +1,4 @@
-"""Command line: `run`, `demo` and `check-config`; sets up logging and the event loop."""
+"""Command line: `run`, `demo`, `check-config` and `token`; sets up logging and the event loop."""
 
 from __future__ import annotations
 
@@ -67,9 +67,14 @@ async def serve(
 ) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status."""
     from .server import ProxyServer
+    from .services import StartupError
 
-    server = ProxyServer(config, identity)
-    await server.start(port)
+    try:
+        server = ProxyServer(config, identity)
+        await server.start(port)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,11 +126,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pg.cleanup()
         return 1
     try:
+        from .tls_material import ThrowawayCA
+
         pg.create_role("demo", "demo")
         pg.create_database("demo", owner="demo")
+        # Clients may use TLS (sslmode=prefer does); the CA lives and dies with the demo.
+        tls = ThrowawayCA().issue(pg.work_dir / "tls", "proxy", ["127.0.0.1", "localhost"])
         config = build_config(
             {
                 "proxy": {"listen": f"127.0.0.1:{args.port}", "pool_mode": args.pool_mode},
+                "client_tls": {
+                    "mode": "allow",
+                    "cert_file": str(tls.cert_file),
+                    "key_file": str(tls.key_file),
+                },
                 "pool": {"default_pool_size": 10},
                 "auth": {"type": "scram-sha-256"},
                 "databases": [{"name": "demo", "host": pg.host, "port": pg.port}],
@@ -140,6 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"\npgpool-proxy {__version__} is serving PostgreSQL {pg.version()} "
                 f"({args.pool_mode} pooling)\n"
                 f"  connect:  psql '{url}'\n"
+                f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={tls.ca_file}'\n"
                 f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
                 f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
                 "Press Ctrl-C to stop (the demo server and its data are removed).\n",
@@ -149,6 +164,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return run_loop(lambda: serve(config, ready))
     finally:
         pg.cleanup()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .aws.token import TokenError, generate_proxy_auth_token
+
+    try:
+        token = generate_proxy_auth_token(
+            args.host,
+            args.port,
+            args.user,
+            args.region,
+            sts_endpoint=args.sts_endpoint,
+            kind=args.kind,
+        )
+    except TokenError as exc:
+        print(f"pgpool-proxy token: {exc}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pool-mode", choices=["transaction", "session"], default="transaction")
     d.add_argument("--log-level", default="info")
     d.set_defaults(func=cmd_demo)
+    t = sub.add_parser(
+        "token", help="print an IAM auth token to use as the password (AWS credentials chain)"
+    )
+    t.add_argument("--host", required=True, help="the proxy's host name, as in iam.endpoint")
+    t.add_argument("--port", type=int, default=6432, help="the proxy's port (default 6432)")
+    t.add_argument("--user", required=True, help="database user to log in as")
+    t.add_argument("--region", required=True, help="AWS region (iam.region)")
+    t.add_argument(
+        "--sts-endpoint", default=None, help="STS URL (default https://sts.REGION.amazonaws.com)"
+    )
+    t.add_argument(
+        "--kind",
+        choices=["sts", "rds"],
+        default="sts",
+        help='"sts" for the sts verifier (default), "rds" for keyring/passthrough',
+    )
+    t.set_defaults(func=cmd_token)
     return p
 
 

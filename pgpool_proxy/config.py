@@ -18,15 +18,34 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .config_security import (
+    ClientTlsMode,
+    ClientTlsSettings,
+    IamRule,
+    IamSettings,
+    IamVerifierKind,
+    SecretsSettings,
+    ServerTlsMode,
+    ServerTlsSettings,
+)
+
 __all__ = [
     "AuthSettings",
     "AuthType",
+    "ClientTlsMode",
+    "ClientTlsSettings",
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "IamRule",
+    "IamSettings",
+    "IamVerifierKind",
     "PoolMode",
     "PoolSettings",
     "ProxySettings",
+    "SecretsSettings",
+    "ServerTlsMode",
+    "ServerTlsSettings",
     "UserConfig",
     "build_config",
     "load_config",
@@ -76,6 +95,9 @@ class PoolSettings:
     server_connect_timeout_s: float = 15.0
     server_login_retry_s: float = 1.0
     server_reset_query: str = "DISCARD ALL"
+    # Shared prepared statements each server connection keeps (transaction mode); 0 turns the
+    # renaming of named statements off.
+    max_prepared_statements: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +120,10 @@ class DatabaseConfig:
     password: str | None = field(default=None, repr=False)
     pool_size: int | None = None
     pool_mode: PoolMode | None = None
+    # Server credentials from AWS Secrets Manager (instead of user/password).
+    secret_arn: str | None = None
+    secret_region: str | None = None  # default: the ARN's region
+    secret_endpoint_url: str | None = None  # moto, a VPC endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +133,9 @@ class UserConfig:
     name: str
     password: str | None = field(default=None, repr=False)
     pool_mode: PoolMode | None = None
+    # Authenticate this user with an AWS IAM token (see [iam]); password is then only what the
+    # proxy uses to log into the server.
+    iam: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +148,11 @@ class Config:
     databases: tuple[DatabaseConfig, ...]
     users: tuple[UserConfig, ...]
     source: str = "<defaults>"
+    client_tls: ClientTlsSettings = field(default_factory=ClientTlsSettings)
+    server_tls: ServerTlsSettings = field(default_factory=ServerTlsSettings)
+    iam: IamSettings = field(default_factory=IamSettings)
+    iam_rules: tuple[IamRule, ...] = ()
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
     # Lookups happen on every client login, so they are indexed once here rather than scanned.
     _databases_by_name: Mapping[str, DatabaseConfig] = field(init=False, repr=False, compare=False)
     _users_by_name: Mapping[str, UserConfig] = field(init=False, repr=False, compare=False)
@@ -188,6 +222,7 @@ def build_config(
         _ARRAYS,
         _BAD,
         _SECTIONS,
+        _build_security,
         _check_user_password,
         _Checker,
         _quote,
@@ -275,12 +310,13 @@ def build_config(
             else:
                 seen_users[name] = path
         password = values.get("password")
-        if password is not _BAD:
+        if password is not _BAD and not values.get("iam"):
             _check_user_password(checker, path, password, auth_type)
         if any(value is _BAD for value in values.values()):
             continue
         users.append(UserConfig(**values))
 
+    security = _build_security(checker, data, database_entries, users)
     checker.finish()
     return Config(
         proxy=proxy,
@@ -289,6 +325,7 @@ def build_config(
         databases=tuple(databases),
         users=tuple(users),
         source=source,
+        **security,
     )
 
 

@@ -21,6 +21,7 @@ from datetime import date, datetime, time
 from typing import Any, Final
 
 from .config import AuthType, ConfigError, PoolMode
+from .config_security import ClientTlsMode, IamVerifierKind, ServerTlsMode
 
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
@@ -35,6 +36,8 @@ class _Kind(enum.Enum):
     CHOICE = "choice"
     ENUM = "enum"
     LISTEN = "listen"
+    BOOL = "bool"
+    STRLIST = "strlist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ _POOL_KEYS: Final[dict[str, _Key]] = {
     "server_connect_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
     "server_login_retry_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
     "server_reset_query": _Key(_Kind.STR),
+    "max_prepared_statements": _Key(_Kind.INT, lo=0, hi=100_000),
 }
 
 _AUTH_KEYS: Final[dict[str, _Key]] = {
@@ -85,6 +89,9 @@ _DATABASE_KEYS: Final[dict[str, _Key]] = {
     "password_env": _Key(_Kind.STR, nonempty=True),
     "pool_size": _Key(_Kind.INT, lo=1),
     "pool_mode": _Key(_Kind.ENUM, enum_type=PoolMode),
+    "secret_arn": _Key(_Kind.STR, nonempty=True),
+    "secret_region": _Key(_Kind.STR, nonempty=True),
+    "secret_endpoint_url": _Key(_Kind.STR, nonempty=True),
 }
 
 _USER_KEYS: Final[dict[str, _Key]] = {
@@ -92,17 +99,62 @@ _USER_KEYS: Final[dict[str, _Key]] = {
     "password": _Key(_Kind.STR, nonempty=True),
     "password_env": _Key(_Kind.STR, nonempty=True),
     "pool_mode": _Key(_Kind.ENUM, enum_type=PoolMode),
+    "iam": _Key(_Kind.BOOL),
+}
+
+# TLS, IAM and Secrets Manager (dataclasses and cross-key checks in config_security).
+_CLIENT_TLS_KEYS: Final[dict[str, _Key]] = {
+    "mode": _Key(_Kind.ENUM, enum_type=ClientTlsMode),
+    "cert_file": _Key(_Kind.STR),
+    "key_file": _Key(_Kind.STR),
+    "min_version": _Key(_Kind.STR),
+}
+
+_SERVER_TLS_KEYS: Final[dict[str, _Key]] = {
+    "mode": _Key(_Kind.ENUM, enum_type=ServerTlsMode),
+    "ca_file": _Key(_Kind.STR),
+    "min_version": _Key(_Kind.STR),
+}
+
+_IAM_KEYS: Final[dict[str, _Key]] = {
+    "verifier": _Key(_Kind.ENUM, enum_type=IamVerifierKind),
+    "endpoint": _Key(_Kind.STR),
+    "region": _Key(_Kind.STR),
+    "max_clock_skew_s": _Key(_Kind.FLOAT, lo=0, hi=900),
+    "sts_endpoints": _Key(_Kind.STRLIST, nonempty=True),
+    "sts_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "keyring_file": _Key(_Kind.STR),
+    "cache_size": _Key(_Kind.INT, lo=0),
+}
+
+_SECRETS_KEYS: Final[dict[str, _Key]] = {
+    "refresh_interval_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "refresh_jitter": _Key(_Kind.FLOAT, lo=0, hi=0.9),
+    "retry_interval_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "request_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+}
+
+_IAM_RULE_KEYS: Final[dict[str, _Key]] = {
+    "arn": _Key(_Kind.STR, nonempty=True),
+    "users": _Key(_Kind.STRLIST, nonempty=True),
 }
 
 _SECTIONS: Final[dict[str, dict[str, _Key]]] = {
     "proxy": _PROXY_KEYS,
     "pool": _POOL_KEYS,
     "auth": _AUTH_KEYS,
+    "client_tls": _CLIENT_TLS_KEYS,
+    "server_tls": _SERVER_TLS_KEYS,
+    "iam": _IAM_KEYS,
+    "secrets": _SECRETS_KEYS,
 }
 _ARRAYS: Final[dict[str, dict[str, _Key]]] = {
     "databases": _DATABASE_KEYS,
     "users": _USER_KEYS,
+    "iam_rules": _IAM_RULE_KEYS,
 }
+# Arrays whose entries are not named (no required "name" key).
+_UNNAMED_ARRAYS: Final = frozenset({"iam_rules"})
 
 # People arriving from PgBouncer (or guessing from the dataclass) type these; a plain "unknown
 # key" would leave them searching the docs for where the setting moved.
@@ -192,6 +244,13 @@ class _Checker:
             return self._float(spec, value, path)
         if spec.kind is _Kind.ENUM:
             return self._enum(spec, value, path)
+        if spec.kind is _Kind.BOOL:
+            if not isinstance(value, bool):
+                self.add(path, f"expected true or false, got {_type_name(value)}")
+                return _BAD
+            return value
+        if spec.kind is _Kind.STRLIST:
+            return self._strlist(spec, value, path)
         if not isinstance(value, str):
             self.add(path, f"expected a string, got {_type_name(value)}")
             return _BAD
@@ -211,6 +270,15 @@ class _Checker:
             self.add(path, "must not be empty")
             return _BAD
         return value
+
+    def _strlist(self, spec: _Key, value: object, path: str) -> Any:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            self.add(path, f"expected an array of strings, got {_type_name(value)}")
+            return _BAD
+        if spec.nonempty and (not value or not all(value)):
+            self.add(path, "must be a non-empty array of non-empty strings")
+            return _BAD
+        return tuple(value)
 
     def _int(self, spec: _Key, value: object, path: str) -> Any:
         # bool is an int subclass in Python, but `port = true` is never what anyone meant.
@@ -337,6 +405,14 @@ class _Checker:
             except ValueError:
                 self.add(path, f"expected a number, got {_quote(raw)}")
                 return _BAD
+        if spec.kind is _Kind.BOOL:
+            word = raw.strip().lower()
+            if word not in ("true", "false"):
+                self.add(path, f"expected true or false, got {_quote(raw)}")
+                return _BAD
+            return word == "true"
+        if spec.kind is _Kind.STRLIST:
+            return [item.strip() for item in raw.split(",") if item.strip()]
         return raw
 
     # -- sections -------------------------------------------------------------------------
@@ -389,7 +465,7 @@ class _Checker:
                     self.unknown_key(name, f"{path}.{key}", key, specs)
                 elif value is not None:
                     values[key] = self.convert(specs[key], value, f"{path}.{key}")
-            if "name" not in table or table["name"] is None:
+            if name not in _UNNAMED_ARRAYS and table.get("name") is None:
                 self.add(f"{path}.name", "required")
                 values["name"] = _BAD
             self.resolve_password(path, table, values)
@@ -425,6 +501,72 @@ class _Checker:
 
 def _valid(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not _BAD}
+
+
+def _build_security(
+    checker: _Checker,
+    data: Mapping[str, Any],
+    database_entries: list[tuple[str, dict[str, Any]]],
+    users: Iterable[Any],
+) -> dict[str, Any]:
+    """The [client_tls], [server_tls], [iam], [secrets] and [[iam_rules]] parts of a Config,
+    with their cross-key checks (see config_security)."""
+    from .config_security import (
+        ClientTlsSettings,
+        IamRule,
+        IamSettings,
+        SecretsSettings,
+        ServerTlsSettings,
+        check_client_tls,
+        check_iam,
+        check_secret_ref,
+        check_server_tls,
+    )
+
+    client_values = checker.section("client_tls", data.get("client_tls"))
+    server_values = checker.section("server_tls", data.get("server_tls"))
+    iam_values = checker.section("iam", data.get("iam"))
+    secrets_values = checker.section("secrets", data.get("secrets"))
+    rules: list[IamRule] = []
+    for _path, values in checker.entries("iam_rules", data.get("iam_rules")):
+        if "arn" not in values:
+            checker.add(f"{_path}.arn", "required")
+        elif "users" not in values:
+            checker.add(f"{_path}.users", "required")
+        elif all(v is not _BAD for v in values.values()):
+            rules.append(IamRule(**values))
+    client_tls = ClientTlsSettings(**_valid(client_values))
+    server_tls = ServerTlsSettings(**_valid(server_values))
+    iam = IamSettings(**_valid(iam_values))
+    iam_users = [u.name for u in users if u.iam]
+    add = checker.add
+    if all(v is not _BAD for v in client_values.values()):
+        check_client_tls(add, client_tls, iam_users)
+    if all(v is not _BAD for v in server_values.values()):
+        check_server_tls(add, server_tls)
+    if all(v is not _BAD for v in iam_values.values()):
+        check_iam(add, iam, iam_users, len(rules))
+    for path, values in database_entries:
+        arn = values.get("secret_arn")
+        if isinstance(arn, str):
+            region = values.get("secret_region")
+            check_secret_ref(
+                add,
+                path,
+                arn,
+                region if isinstance(region, str) else None,
+                "user" in values,
+                "password" in values,
+            )
+        elif "secret_region" in values or "secret_endpoint_url" in values:
+            add(f"{path}.secret_arn", "required with secret_region / secret_endpoint_url")
+    return {
+        "client_tls": client_tls,
+        "server_tls": server_tls,
+        "iam": iam,
+        "iam_rules": tuple(rules),
+        "secrets": SecretsSettings(**_valid(secrets_values)),
+    }
 
 
 def _check_user_password(

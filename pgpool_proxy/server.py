@@ -17,6 +17,7 @@ from .errors import DisconnectReason
 from .pool.pool import Pool, PoolSpec
 from .protocol.constants import TRACKED_PARAMS
 from .protocol.messages import cancel_request as cancel_request_packet
+from .services import Services
 from .session.client import ClientConnection, ClientState
 from .session.login import run_login
 from .workers import WORKER_SHIFT, WorkerIdentity
@@ -47,6 +48,8 @@ class ProxyServer:
         self._dummy_verifier = ScramVerifier.from_password(secrets.token_urlsafe(24))
         self._all_clients: set[ClientConnection] = set()
         self._client_keys: dict[tuple[str, str], bytes] = {}
+        # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
+        self.services = Services(config, self.spawn)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
 
@@ -56,6 +59,7 @@ class ProxyServer:
         """Listen; `port` overrides the configured one (workers share a resolved port)."""
         loop = asyncio.get_running_loop()
         ident = self.identity
+        await self.services.start()
         self._server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.proxy.listen_host,
@@ -193,7 +197,7 @@ class ProxyServer:
     # --- pools and credentials ---------------------------------------------------------------
 
     def get_pool(self, db: DatabaseConfig, user_cfg: UserConfig | None, user: str) -> Pool:
-        server_user = db.user or user
+        server_user = self.services.server_user(db, user)
         key = (db.name, server_user)
         pool = self.pools.get(key)
         if pool is None:
@@ -219,6 +223,9 @@ class ProxyServer:
                 connect_timeout_s=cfg.pool.server_connect_timeout_s,
                 login_retry_s=cfg.pool.server_login_retry_s,
                 reset_query=cfg.pool.server_reset_query,
+                max_prepared_statements=cfg.pool.max_prepared_statements,
+                tls=self.services.server_tls,
+                credentials=self.services.credentials_for(db),
             )
             pool = Pool(spec, self.spawn)
             if secret is not None:

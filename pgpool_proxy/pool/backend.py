@@ -31,15 +31,20 @@ from ..protocol.constants import (
     TX_IDLE,
 )
 from ..protocol.framing import (
+    EV_AFTER,
     EV_ERROR,
     EV_NEED,
     EV_NONE,
     EV_PARAM,
     EV_READY,
+    EV_ROW,
+    EV_UNIT,
     BackendScanner,
     FrameError,
     RecvBuffer,
 )
+from ..session import replies
+from ..session.prepared import ServerStatements
 
 if TYPE_CHECKING:
     from ..session.client import ClientConnection
@@ -77,6 +82,9 @@ _ALLOWED: dict[BackendState, frozenset[BackendState]] = {
 }
 
 
+InternalDone = Callable[["BackendConnection", list[dict[str, str]], list[list[str | None]]], None]
+
+
 class BackendLoginError(ProxyError):
     """The server refused the proxy's login; carries the server's SQLSTATE and message."""
 
@@ -100,6 +108,7 @@ class BackendConnection(Endpoint):
         "idle_since",
         "internal_errors",
         "internal_pending",
+        "internal_rows",
         "loop",
         "on_internal_done",
         "params",
@@ -109,6 +118,7 @@ class BackendConnection(Endpoint):
         "scanner",
         "secret",
         "state",
+        "stmts",
         "tx_status",
     )
 
@@ -135,10 +145,11 @@ class BackendConnection(Endpoint):
         # Proxy-issued queries (SET replay, reset) whose replies must not reach a client.
         self.internal_pending = 0
         self.internal_errors: list[dict[str, str]] = []
-        # Called with the ErrorResponse fields (if any) once the proxy's queries have finished.
-        self.on_internal_done: Callable[[BackendConnection, list[dict[str, str]]], None] | None = (
-            None
-        )
+        self.internal_rows: list[list[str | None]] = []
+        # Called with the ErrorResponse fields and the rows once the proxy's queries finished.
+        self.on_internal_done: InternalDone | None = None
+        # Shared prepared statements this server connection holds (transaction mode).
+        self.stmts = ServerStatements(pool.spec.max_prepared_statements)
         self.cancels_in_flight = 0
         self.release_when_cancelled = False
         self.close_reason: DisconnectReason | None = None
@@ -220,21 +231,51 @@ class BackendConnection(Endpoint):
                     break
                 cs = client.scanner
                 cs.pending -= 1
+                if cs.units:
+                    self._write(start, pos)
+                    start = pos
+                    replies.ready(client, self)
                 if (
                     cs.pending <= 0
                     and not cs.unsynced
                     and not cs.skip
                     and scanner.status == TX_IDLE
-                    and client.release_on_idle
+                    and self._idle_point(client, start, pos)
                 ):
-                    self._flush(start, pos)
-                    if rb.start != rb.end:
-                        # Bytes after the last reply belong to no one; never pass them on.
-                        self.close(DisconnectReason.BACKEND_FAILED)
-                        client.backend_released(None)
-                        return
-                    client.backend_released(self)
                     return
+                continue
+            if ev == EV_UNIT:
+                client = self.client
+                assert client is not None
+                units = client.scanner.units
+                n = INT32.unpack_from(buf, pos + 1)[0] + 1
+                if replies.synth_at_head(units):
+                    self._write(start, pos)
+                    start = pos
+                    if replies.emit_synths(client, self) and self.release_if_done(client, pos):
+                        return
+                    continue  # the frame is matched against the next unit
+                keep = replies.on_unit(client, self, buf, pos, n)
+                if keep is not True:
+                    self._write(start, pos)
+                    start = pos + n
+                    if keep and client.transport is not None:
+                        client.transport.write(keep)
+                pos += n
+                if replies.synth_at_head(units):
+                    self._write(start, pos)
+                    start = pos
+                    if replies.emit_synths(client, self) and self.release_if_done(client, pos):
+                        return
+                continue
+            if ev == EV_AFTER:
+                client = self.client
+                assert client is not None
+                if replies.synth_at_head(client.scanner.units):
+                    self._write(start, pos)
+                    start = pos
+                    if replies.emit_synths(client, self) and self.release_if_done(client, pos):
+                        return
                 continue
             if ev == EV_PARAM:
                 n = INT32.unpack_from(buf, pos + 1)[0] + 1
@@ -247,19 +288,23 @@ class BackendConnection(Endpoint):
                     # the server's spelling of values the proxy replayed (utf8 -> UTF8).
                     client.params[name] = value
                     client.settings_sig = None
+                    if self.internal_pending and client.wants_internal_params():
+                        # A startup setting the proxy restored after the client reset it.
+                        self._write(pos, pos + n)
                 pos += n
                 if self.internal_pending:
                     start = pos
                 continue
-            if ev == EV_ERROR:
+            if ev == EV_ERROR or ev == EV_ROW:
+                # Only while the proxy's own queries run (scanner.internal).
                 n = INT32.unpack_from(buf, pos + 1)[0] + 1
-                if self.internal_pending:
-                    self.internal_errors.append(
-                        m.parse_error_fields(memoryview(buf)[pos + 5 : pos + n])
-                    )
+                body = memoryview(buf)[pos + 5 : pos + n]
+                if ev == EV_ERROR:
+                    self.internal_errors.append(m.parse_error_fields(body))
+                else:
+                    self.internal_rows.append(m.parse_data_row(body))
                 pos += n
-                if self.internal_pending:
-                    start = pos
+                start = pos
                 continue
             if ev == EV_NEED:
                 # A frame the proxy must read whole is incomplete: flush what precedes it and
@@ -268,17 +313,59 @@ class BackendConnection(Endpoint):
                 rb.ensure_capacity(scanner.need)
                 return
         self._flush(pos if self.internal_pending else start, pos)
+        client = self.client
+        if (
+            client is not None
+            and not scanner.skip
+            and replies.synth_at_head(client.scanner.units)
+            # A reply the proxy answers itself, queued behind a frame that just completed.
+            and replies.emit_synths(client, self)
+        ):
+            self.release_if_done(client, rb.start)
+
+    def _idle_point(self, client: ClientConnection, start: int, pos: int) -> bool:
+        """The client owes nothing and the server is idle: release the backend, or first ask the
+        server what state the client's statements left in the session. True when handed off."""
+        if client.scanner.dirty:
+            self._flush(start, pos)
+            client.check_session(self)
+            return True
+        if not client.release_on_idle or client.pinned:
+            return False
+        self._flush(start, pos)
+        rb = self.rbuf
+        if rb.start != rb.end:
+            # Bytes after the last reply belong to no one; never pass them on.
+            self.close(DisconnectReason.BACKEND_FAILED)
+            client.backend_released(None)
+            return True
+        client.backend_released(self)
+        return True
+
+    def release_if_done(self, client: ClientConnection, pos: int) -> bool:
+        """After the proxy answered a Query itself: release if that was the last reply owed."""
+        cs = client.scanner
+        if cs.pending <= 0 and not cs.unsynced and not cs.skip and self.tx_status == TX_IDLE:
+            return self._idle_point(client, pos, pos)
+        return False
+
+    def _write(self, start: int, pos: int) -> None:
+        """Forward buf[start:pos] to the linked client without consuming it (see _flush)."""
+        client = self.client
+        if pos > start and client is not None and client.transport is not None:
+            client.transport.write(self.rbuf.view[start:pos])
 
     def _flush(self, start: int, pos: int) -> None:
         """Forward buf[start:pos] to the linked client in one write and consume up to pos."""
         rb = self.rbuf
         client = self.client
         t = client.transport if client is not None else None
-        if pos > start and t is not None:
-            t.write(rb.view[start:pos])
+        if t is not None:
+            if pos > start:
+                t.write(rb.view[start:pos])
             rb.consumed(pos)
             if t.get_write_buffer_size():
-                # The client transport keeps a view of these bytes until it has sent them.
+                # The client transport keeps views of these bytes until it has sent them.
                 rb.detach()
         else:
             rb.consumed(pos)
@@ -289,16 +376,17 @@ class BackendConnection(Endpoint):
         """Send a simple query whose reply the proxy swallows (the client never sees it)."""
         assert self.transport is not None
         self.internal_pending += 1
-        self.scanner.stop_on_error = True
+        self.scanner.internal = True
         self.transport.write(m.query(sql))
 
     def _internal_finished(self) -> None:
-        self.scanner.stop_on_error = False
+        self.scanner.internal = False
         errors, self.internal_errors = self.internal_errors, []
+        rows, self.internal_rows = self.internal_rows, []
         cb = self.on_internal_done
         self.on_internal_done = None
         if cb is not None:
-            cb(self, errors)
+            cb(self, errors, rows)
         else:
             for fields in errors:
                 log.warning(

@@ -5,19 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..session.prepared import StatementRegistry
 from .backend import BackendConnection, BackendLoginError, BackendState
+from .connect import NO_TLS, ServerTls, open_server_transport
 
 if TYPE_CHECKING:
     from ..config import PoolMode
     from ..session.client import ClientConnection
 
 log = logging.getLogger("pgpool_proxy.pool")
+
+
+class CredentialSource(Protocol):
+    """Server credentials that can change while the proxy runs (Secrets Manager rotation)."""
+
+    async def current(self) -> tuple[str, str]:
+        """(user, password) to log in with now; raises ProxyError when none is known."""
+        ...
+
+    async def after_auth_failure(self, failed_password: str) -> list[tuple[str, str]]:
+        """Credentials to try after the server refused `failed_password` (refreshed)."""
+        ...
+
+    def note_success(self, user: str, password: str) -> None:
+        """Credentials from after_auth_failure worked: use them until the secret moves on."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +58,9 @@ class PoolSpec:
     connect_timeout_s: float
     login_retry_s: float
     reset_query: str
+    max_prepared_statements: int
+    tls: ServerTls = NO_TLS
+    credentials: CredentialSource | None = None  # replaces user/secret when set
 
 
 class Pool:
@@ -70,6 +92,9 @@ class Pool:
         self.client_key: bytes | None = None
         self.server_key: bytes | None = None
         self.closed = False
+        # Named prepared statements shared by this pool's clients (transaction mode).
+        self.registry = StatementRegistry(max(1000, 10 * spec.max_prepared_statements))
+        self.pinned = 0  # clients holding a backend between transactions (session state)
         # Plain counters, read at scrape time (never labelled per message).
         self.clients = 0
         self.total_xacts = 0
@@ -152,43 +177,47 @@ class Pool:
 
     async def _connect(self) -> None:
         spec = self.spec
-        backend = BackendConnection(self, self.generation)
+        creds = spec.credentials
+        slot_held = True  # the slot _launch took; a failed attempt's backend gives it back
         try:
-            try:
-                async with asyncio.timeout(spec.connect_timeout_s):
-                    await self.loop.create_connection(lambda: backend, spec.host, spec.port)
-                    await backend.login(
-                        spec.user,
-                        spec.dbname,
-                        spec.secret,
-                        client_key=self.client_key,
-                        server_key=self.server_key,
-                    )
-            except TimeoutError:
-                raise ProxyError(
-                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"timed out connecting to the server at {spec.host}:{spec.port} "
-                    f"after {spec.connect_timeout_s:g}s",
-                ) from None
-            except OSError as exc:
-                raise ProxyError(
-                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"could not connect to the server at {spec.host}:{spec.port}: "
-                    f"{exc.strerror or exc}",
-                ) from None
-        except ProxyError as exc:
+            attempts = [(spec.user, spec.secret) if creds is None else await creds.current()]
+            i = 0
+            while True:
+                user, secret = attempts[i]
+                slot_held = False
+                try:
+                    backend = await self._attempt(user, secret)
+                    if i and creds is not None and secret is not None:
+                        creds.note_success(user, secret)
+                    break
+                except BackendLoginError as exc:
+                    if creds is None or exc.sqlstate != SqlState.INVALID_PASSWORD:
+                        raise
+                    if i == 0:
+                        # Rotation: the password changed on the server before (AWSPENDING) or
+                        # after (AWSCURRENT) our cached copy; refresh and try those.
+                        assert secret is not None
+                        attempts += await creds.after_auth_failure(secret)
+                    i += 1
+                    if i >= len(attempts):
+                        raise
+                    self.total += 1
+                    slot_held = True
+                    log.info("server login: pool=%s: retrying with fresh credentials", self.name)
+        except (ProxyError, Exception) as exc:
             self.connecting -= 1
+            if slot_held:
+                self.total -= 1
+            if not isinstance(exc, ProxyError):
+                # A bug must not leave queued clients waiting for query_wait_timeout.
+                log.exception("server connect failed unexpectedly: pool=%s", self.name)
+                exc = ProxyError(SqlState.INTERNAL_ERROR, "internal error connecting to server")
             self._connect_failed(exc)
-            if backend.state != BackendState.CLOSED:
-                backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
-            else:
-                # connection_lost already closed it and released its slot.
-                pass
             return
         except BaseException:
             self.connecting -= 1
-            if backend.state != BackendState.CLOSED:
-                backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
+            if slot_held:
+                self.total -= 1
             raise
         self.connecting -= 1
         if backend.state == BackendState.CLOSED:
@@ -199,6 +228,51 @@ class Pool:
             self.server_params = dict(backend.params)
         self._wake_params_waiters(None)
         self.release(backend)
+
+    async def _attempt(self, user: str, secret: str | None) -> BackendConnection:
+        """Connect and log in one backend; on failure it is closed (giving its slot back)."""
+        spec = self.spec
+        backend = BackendConnection(self, self.generation)
+        try:
+            try:
+                async with asyncio.timeout(spec.connect_timeout_s):
+                    await open_server_transport(lambda: backend, spec.host, spec.port, spec.tls)
+                    await backend.login(
+                        user,
+                        spec.dbname,
+                        secret,
+                        client_key=self.client_key,
+                        server_key=self.server_key,
+                    )
+            except TimeoutError:
+                raise ProxyError(
+                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                    f"timed out connecting to the server at {spec.host}:{spec.port} "
+                    f"after {spec.connect_timeout_s:g}s",
+                ) from None
+            except ssl.SSLError as exc:
+                why = (
+                    f"certificate verify failed: {exc.verify_message}"
+                    if isinstance(exc, ssl.SSLCertVerificationError)
+                    else exc.reason or str(exc)
+                )
+                raise ProxyError(
+                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                    f"TLS to the server at {spec.host}:{spec.port} failed "
+                    f"(server_tls.mode = {spec.tls.mode.value}): {why}",
+                ) from None
+            except OSError as exc:
+                raise ProxyError(
+                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                    f"could not connect to the server at {spec.host}:{spec.port}: "
+                    f"{exc.strerror or exc}",
+                ) from None
+        except BaseException:
+            # connection_lost may already have closed it and released its slot.
+            if backend.state != BackendState.CLOSED:
+                backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
+            raise
+        return backend
 
     def _connect_failed(self, exc: ProxyError) -> None:
         log.warning("server login failed: pool=%s: %s %s", self.name, exc.sqlstate, exc.message)
@@ -294,4 +368,6 @@ class Pool:
             "connecting": self.connecting,
             "waiting": sum(1 for c in self.waiters if c.is_waiting()),
             "clients": self.clients,
+            "pinned": self.pinned,
+            "prepared_statements": len(self.registry.by_key),
         }

@@ -7,26 +7,45 @@ through in buffer-sized pieces), and stops only at the few frames the proxy must
 
 from __future__ import annotations
 
+from collections import deque
+from typing import Any
+
 from .constants import (
     B_COPY_IN,
+    B_DATA_ROW,
     B_ERROR,
     B_PARAMETER_STATUS,
     B_READY_FOR_QUERY,
+    F_BIND,
+    F_CLOSE,
     F_COPY_DATA,
     F_COPY_DONE,
     F_COPY_FAIL,
+    F_DESCRIBE,
     F_EXECUTE,
     F_FUNCTION_CALL,
+    F_PARSE,
     F_QUERY,
     F_SYNC,
     F_TERMINATE,
     INT32,
 )
+from .sqlscan import SQL_DEALLOCATE, classify
+from .units import TERMINATES, U_BIND, U_CLOSE, U_DESCRIBE, U_EXECUTE, U_PARSE, U_Z, UNIT_STOP
 
 _unpack_len = INT32.unpack_from
 
 # A backend frame longer than this means the stream is corrupt (PostgreSQL caps messages at 1 GB).
 MAX_BACKEND_FRAME = 0x40000000
+# How much of a client message is buffered to look into it (query text, statement names); a
+# longer Query is classified by its first part only.
+INSPECT_LIMIT = 1024 * 1024
+
+# ClientScanner.event values.
+CEV_NONE = 0  # consumed everything available (possibly mid-frame)
+CEV_INSPECT = 1  # stopped at a frame the caller must handle (rename, answer locally)
+CEV_NEED = 2  # stopped at a frame that must be looked into and is incomplete; `need` is its size
+_S = ord("S")
 
 
 class FrameError(Exception):
@@ -135,11 +154,16 @@ class ClientScanner:
 
     __slots__ = (
         "copy_in",
+        "dirty",
+        "event",
         "max_len",
+        "need",
         "pending",
+        "rename",
         "skip",
         "syncs_since_execute",
         "terminated",
+        "units",
         "unsynced",
     )
 
@@ -149,6 +173,15 @@ class ClientScanner:
         self.pending = 0
         self.unsynced = False
         self.terminated = False
+        self.event = CEV_NONE
+        self.need = 0
+        # Transaction mode: rename named statements (stop at named Parse/Bind/Describe/Close).
+        self.rename = False
+        # sqlscan flags of the statements sent since the last check of the session's state.
+        self.dirty = 0
+        # Reply units owed by the server (see session.prepared). Empty while only Query/Sync
+        # replies are owed: those are counted by `pending` alone.
+        self.units: deque[Any] = deque()
         # Set (from the server's CopyInResponse) while the server is in copy-in mode, where it
         # ignores Sync: the Syncs sent since the COPY's Execute earn no ReadyForQuery.
         self.copy_in = False
@@ -159,13 +192,18 @@ class ClientScanner:
         self.unsynced = False
         self.copy_in = False
         self.syncs_since_execute = 0
+        self.units.clear()
 
     def scan(self, buf: bytearray, pos: int, end: int) -> int:
         """Advance over frames in buf[pos:end]; return the position reached.
 
-        Stops before a Terminate (setting `terminated`): the caller decides what a leaving client
-        means for its backend, and a Terminate is never forwarded in transaction mode.
+        Records reply units, notes statements that may change session state, and stops
+        (CEV_INSPECT) at named-statement messages when `rename` is set and at DEALLOCATE/DISCARD
+        queries; CEV_NEED when such a message is incomplete. Stops before a Terminate (setting
+        `terminated`): the caller decides what a leaving client means for its backend, and a
+        Terminate is never forwarded in transaction mode.
         """
+        self.event = CEV_NONE
         skip = self.skip
         if skip:
             if end - pos <= skip:
@@ -174,35 +212,105 @@ class ClientScanner:
             pos += skip
             self.skip = 0
         max_len = self.max_len
+        units = self.units
         while end - pos >= 5:
             t = buf[pos]
             length: int = _unpack_len(buf, pos + 1)[0]
             if length < 4 or length > max_len:
                 raise FrameError(t, length, max_len)
-            if t in (F_QUERY, F_SYNC, F_FUNCTION_CALL):
-                self.pending += 1
-                if t == F_SYNC:
-                    self.unsynced = False
-                    self.syncs_since_execute += 1
-                else:
+            n = length + 1
+            if t == F_QUERY or t == F_PARSE:
+                avail = end - pos
+                if avail < n and avail < INSPECT_LIMIT:
+                    return self._need(pos, n)
+                if t == F_QUERY:
+                    flags = classify(buf, pos + 5, pos + n - 1 if avail >= n else end)
+                    if flags & SQL_DEALLOCATE and avail >= n:
+                        self.event = CEV_INSPECT
+                        return pos
+                    self.dirty |= flags
+                    self.pending += 1
                     self.syncs_since_execute = 0
+                    if units:
+                        units.append(U_Z)
+                else:
+                    if not units and self.pending:
+                        units.extend([U_Z] * self.pending)
+                    self.unsynced = True
+                    if self.rename and n > 5 and buf[pos + 5]:
+                        if avail < n:  # a named statement is kept whole, however long
+                            self.event = CEV_NEED
+                            self.need = n
+                            return pos
+                        self.event = CEV_INSPECT
+                        return pos
+                    stop = min(pos + n, end)
+                    q = buf.find(0, pos + 5, stop) + 1  # the query text follows the name
+                    qend = buf.find(0, q, stop) if q else -1
+                    if q:
+                        self.dirty |= classify(buf, q, qend if qend >= 0 else stop)
+                    units.append(U_PARSE)
+            elif t == F_SYNC:
+                self.pending += 1
+                self.unsynced = False
+                self.syncs_since_execute += 1
+                if units:
+                    units.append(U_Z)
+            elif t == F_BIND or t == F_DESCRIBE or t == F_CLOSE:
+                if self.rename and n > 6:  # shorter ones are malformed: the server refuses them
+                    avail = end - pos
+                    if avail < n and avail < INSPECT_LIMIT:
+                        return self._need(pos, n)
+                    stop = min(pos + n, end)
+                    if t == F_BIND:
+                        p1 = pos + 5 if buf[pos + 5] == 0 else buf.find(0, pos + 5, stop)
+                        named = p1 < 0 or (p1 + 1 < stop and buf[p1 + 1] != 0)
+                    else:
+                        named = buf[pos + 5] == _S and buf[pos + 6] != 0
+                    if named:
+                        if not units and self.pending:
+                            units.extend([U_Z] * self.pending)
+                        self.unsynced = True
+                        self.event = CEV_INSPECT
+                        return pos
+                if not units and self.pending:
+                    units.extend([U_Z] * self.pending)
+                self.unsynced = True
+                units.append(U_BIND if t == F_BIND else U_DESCRIBE if t == F_DESCRIBE else U_CLOSE)
+            elif t == F_EXECUTE:
+                if not units and self.pending:
+                    units.extend([U_Z] * self.pending)
+                self.unsynced = True
+                self.syncs_since_execute = 0
+                units.append(U_EXECUTE)
+            elif t == F_FUNCTION_CALL:
+                self.pending += 1
+                self.syncs_since_execute = 0
+                if units:
+                    units.append(U_Z)
             elif t == F_TERMINATE:
                 self.terminated = True
                 return pos
-            elif t in (F_COPY_DONE, F_COPY_FAIL):
+            elif t == F_COPY_DONE or t == F_COPY_FAIL:
                 if self.copy_in:
                     self.copy_in = False
-                    self.pending -= self.syncs_since_execute
+                    ignored = self.syncs_since_execute
+                    self.pending -= ignored
                     self.syncs_since_execute = 0
+                    # Those Syncs earn no ReadyForQuery: they are the newest units.
+                    for _ in range(min(ignored, len(units))):
+                        units.pop()
             elif t != F_COPY_DATA:
-                self.unsynced = True
-                if t == F_EXECUTE:
-                    self.syncs_since_execute = 0
-            n = length + 1
+                self.unsynced = True  # Flush, or a type PostgreSQL will refuse
             if end - pos < n:
                 self.skip = n - (end - pos)
                 return end
             pos += n
+        return pos
+
+    def _need(self, pos: int, n: int) -> int:
+        self.event = CEV_NEED
+        self.need = min(n, INSPECT_LIMIT)
         return pos
 
 
@@ -223,16 +331,20 @@ EV_READY = 1  # stopped just after a ReadyForQuery; `status` holds its transacti
 EV_PARAM = 2  # stopped at a complete ParameterStatus frame starting at the returned position
 EV_ERROR = 3  # stopped at a complete ErrorResponse frame starting at the returned position
 EV_NEED = 4  # stopped at an inspected frame that is not complete yet; `need` is its size
+EV_ROW = 5  # stopped at a complete DataRow of the proxy's own query (`internal` set)
+EV_UNIT = 6  # stopped at a complete frame that ends a reply unit the caller must act on
+EV_AFTER = 7  # stopped just after a frame that ended a unit: the next unit needs the caller
 
 
 class BackendScanner:
     """Backend -> client: streams frames through, stopping at ReadyForQuery and ParameterStatus.
 
-    ErrorResponse frames are stopped at only when `stop_on_error` is set (during login and the
-    proxy's own queries), keeping the common path to two comparisons per frame.
+    ErrorResponse and DataRow frames are stopped at only when `internal` is set (the proxy's own
+    queries). When `units` holds reply units (see session.prepared), frames that end a unit are
+    matched against it inline, and the scan stops where a unit needs the caller.
     """
 
-    __slots__ = ("copy_in", "event", "need", "skip", "status", "stop_on_error")
+    __slots__ = ("copy_in", "event", "internal", "need", "skip", "status", "units")
 
     def __init__(self) -> None:
         self.copy_in = False  # a CopyInResponse passed; the caller tells the client's scanner
@@ -240,7 +352,8 @@ class BackendScanner:
         self.event = EV_NONE
         self.status = 0
         self.need = 0
-        self.stop_on_error = False
+        self.internal = False
+        self.units: deque[Any] | None = None
 
     def scan(self, buf: bytearray, pos: int, end: int) -> int:
         skip = self.skip
@@ -251,6 +364,7 @@ class BackendScanner:
                 return end
             pos += skip
             self.skip = 0
+        units = self.units
         while end - pos >= 5:
             t = buf[pos]
             length: int = _unpack_len(buf, pos + 1)[0]
@@ -265,13 +379,30 @@ class BackendScanner:
                 self.status = buf[pos + 5]
                 self.event = EV_READY
                 return pos + n
-            if t == B_PARAMETER_STATUS or (t == B_ERROR and self.stop_on_error):
+            if t == B_PARAMETER_STATUS or (self.internal and (t == B_ERROR or t == B_DATA_ROW)):
                 if end - pos < n:
                     self.need = n
                     self.event = EV_NEED
                     return pos
-                self.event = EV_PARAM if t == B_PARAMETER_STATUS else EV_ERROR
+                self.event = (
+                    EV_PARAM if t == B_PARAMETER_STATUS else EV_ERROR if t == B_ERROR else EV_ROW
+                )
                 return pos
+            if units and UNIT_STOP[t]:
+                u = units[0]
+                if u.__class__ is not int or u:  # an action, or an extended-protocol unit
+                    if end - pos < n:
+                        self.need = n
+                        self.event = EV_NEED
+                        return pos
+                    if u.__class__ is not int or t == B_ERROR:
+                        self.event = EV_UNIT
+                        return pos
+                    if TERMINATES[u][t]:
+                        units.popleft()
+                        if units and units[0].__class__ is not int:
+                            self.event = EV_AFTER
+                            return pos + n
             if t == B_COPY_IN:
                 self.copy_in = True
             if end - pos < n:

@@ -14,6 +14,7 @@ from .constants import (
     AUTH_SASL_FINAL,
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
+    INT16,
     INT32,
     PROTOCOL_3_0,
     SSL_REQUEST_CODE,
@@ -257,3 +258,19 @@ def quote_literal(value: str) -> str:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def parse_data_row(body: bytes | memoryview) -> list[str | None]:
+    """Columns of a DataRow (text format) as strings; None for SQL NULL."""
+    ncols = INT16.unpack_from(body, 0)[0]
+    pos = 2
+    row: list[str | None] = []
+    for _ in range(ncols):
+        size = struct.unpack_from("!i", body, pos)[0]
+        pos += 4
+        if size < 0:
+            row.append(None)
+        else:
+            row.append(bytes(body[pos : pos + size]).decode("utf-8", "replace"))
+            pos += size
+    return row

@@ -5,14 +5,45 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..endpoint import Endpoint
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..pool.backend import BackendConnection, BackendState
 from ..protocol import messages as m
-from ..protocol.constants import F_TERMINATE, TX_IDLE
-from ..protocol.framing import ClientScanner, FrameError, RecvBuffer, peek_type
+from ..protocol.constants import F_BIND, F_CLOSE, F_DESCRIBE, F_PARSE, F_QUERY, F_TERMINATE, TX_IDLE
+from ..protocol.framing import (
+    CEV_INSPECT,
+    CEV_NEED,
+    ClientScanner,
+    FrameError,
+    RecvBuffer,
+    peek_type,
+)
+from ..protocol.sqlscan import (
+    SQL_DEALLOCATE,
+    classify,
+    drops_all_statements,
+    parse_deallocate,
+)
+from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_Z
+from .prepared import (
+    A_DUPLICATE,
+    A_INJECTED_CLOSE,
+    A_INJECTED_PARSE,
+    A_PARSE,
+    A_SYNTH,
+    A_USE,
+    CLOSE_COMPLETE,
+    PARSE_COMPLETE,
+    Action,
+    Stmt,
+    command_complete,
+    describe_statement,
+    duplicate_parse,
+    rebuilt_bind_head,
+)
+from .state import probe_sql, read_probe, set_sql
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
@@ -38,7 +69,8 @@ class ClientState(enum.IntEnum):
     WAITING = 2  # queued for a backend
     REPLAYING = 3  # linked; the backend is being given this client's settings first
     ACTIVE = 4  # linked to a backend
-    CLOSED = 5
+    PROBING = 5  # linked; the proxy asks the server what the last transaction left behind
+    CLOSED = 6
 
 
 _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
@@ -48,7 +80,8 @@ _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
     ),
     ClientState.WAITING: frozenset({ClientState.REPLAYING, ClientState.ACTIVE, ClientState.CLOSED}),
     ClientState.REPLAYING: frozenset({ClientState.ACTIVE, ClientState.IDLE, ClientState.CLOSED}),
-    ClientState.ACTIVE: frozenset({ClientState.IDLE, ClientState.CLOSED}),
+    ClientState.ACTIVE: frozenset({ClientState.IDLE, ClientState.PROBING, ClientState.CLOSED}),
+    ClientState.PROBING: frozenset({ClientState.ACTIVE, ClientState.IDLE, ClientState.CLOSED}),
     ClientState.CLOSED: frozenset(),
 }
 
@@ -72,12 +105,16 @@ class ClientConnection(Endpoint):
         "key_secret",
         "params",
         "peer_channel",
+        "pinned",
         "pool",
+        "probe_statements",
         "release_on_idle",
         "scanner",
         "server",
         "settings_sig",
+        "startup_settings",
         "state",
+        "stmts",
         "user",
         "wait_since",
     )
@@ -98,6 +135,14 @@ class ClientConnection(Endpoint):
         # Settings this client expects on any backend that serves it (reported ones + startup).
         self.params: dict[str, str] = {}
         self.extra_settings: dict[str, str] = {}
+        # What the client asked for at startup (lower-case names): RESET returns here.
+        self.startup_settings: dict[str, str] = {}
+        # The client's named prepared statements (transaction mode), by the client's name.
+        self.stmts: dict[bytes, Stmt] = {}
+        # Holding session state that cannot move (advisory lock, temp table, ...): the backend
+        # stays linked between transactions until the state is gone.
+        self.pinned = False
+        self.probe_statements = False
         # Interned summary of params + extra_settings; None when either changed since.
         self.settings_sig: tuple[object, ...] | None = None
         self.key_pid = 0
@@ -186,6 +231,7 @@ class ClientConnection(Endpoint):
     def _link(self, backend: BackendConnection) -> None:
         backend.to(BackendState.ACTIVE)
         backend.client = self
+        backend.scanner.units = self.scanner.units
         self.backend = backend
         self._sync_flow(backend)
         sig = self.settings_sig or self.compute_sig()
@@ -244,7 +290,9 @@ class ClientConnection(Endpoint):
         self.settings_sig = sig
         return sig
 
-    def _replay_done(self, backend: BackendConnection, errors: list[dict[str, str]]) -> None:
+    def _replay_done(
+        self, backend: BackendConnection, errors: list[dict[str, str]], rows: Any = None
+    ) -> None:
         if self.state != ClientState.REPLAYING or self.backend is not backend:
             return
         set_extra, reset = self._replay
@@ -255,6 +303,7 @@ class ClientConnection(Endpoint):
             fields = errors[0]
             self.backend = None
             backend.client = None
+            backend.scanner.units = None
             self.to(ClientState.IDLE)
             backend.pool.release(backend)
             self.fail(
@@ -279,22 +328,323 @@ class ClientConnection(Endpoint):
 
     def _pump(self) -> None:
         rb = self.rbuf
-        start = rb.start
         scanner = self.scanner
-        pos = scanner.scan(rb.buf, start, rb.end)
-        if pos > start:
-            backend = self.backend
-            assert backend is not None
-            t = backend.transport
-            if t is None:
-                return  # connection_lost will report it
-            t.write(rb.view[start:pos])
-            rb.consumed(pos)
-            if t.get_write_buffer_size():
-                # The backend transport keeps a view of these bytes until it has sent them.
-                rb.detach()
+        backend = self.backend
+        assert backend is not None
+        t = backend.transport
+        if t is None:
+            return  # connection_lost will report it
+        buf = rb.buf
+        end = rb.end
+        run = pos = rb.start
+        # Pieces to send when the proxy rewrites messages: one writelines, one system call.
+        out: list[Any] | None = None
+        while True:
+            pos = scanner.scan(buf, pos, end)
+            ev = scanner.event
+            if ev != CEV_INSPECT:
+                break
+            if out is None:
+                out = []
+            if pos > run:
+                out.append(rb.view[run:pos])
+            pos, run = self._inspect(buf, pos, end, out, backend)
+            if self.state != ClientState.ACTIVE:
+                return
+        if pos > run:
+            if out is None:
+                t.write(rb.view[run:pos])
+            else:
+                out.append(rb.view[run:pos])
+        if out:
+            t.writelines(out)
+        rb.consumed(pos)
+        if t.get_write_buffer_size():
+            # The backend transport keeps views of these bytes until it has sent them.
+            rb.detach()
+        if ev == CEV_NEED:
+            rb.ensure_capacity(scanner.need)
         if scanner.terminated:
             self.close(DisconnectReason.CLIENT_TERMINATE)
+        elif out is not None and not scanner.pending and not scanner.unsynced and not scanner.units:
+            # Everything the client sent was answered by the proxy: nothing holds the backend.
+            backend.release_if_done(self, backend.rbuf.start)
+
+    # --- named prepared statements (transaction mode) ----------------------------------------
+
+    def _inspect(
+        self, buf: bytearray, pos: int, end: int, out: list[Any], backend: BackendConnection
+    ) -> tuple[int, int]:
+        """Handle the message at pos; returns (where scanning resumes, where the next run of
+        bytes to forward as they are starts)."""
+        t = buf[pos]
+        frame_end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5], "big")
+        units = self.scanner.units
+        if t == F_QUERY:
+            return self._inspect_query(buf, pos, frame_end, out, backend)
+        if t == F_PARSE:
+            nul = buf.find(0, pos + 5, frame_end)
+            qend = buf.find(0, nul + 1, frame_end)
+            if nul < 0 or qend < 0:
+                return self._malformed(pos)
+            name = bytes(buf[pos + 5 : nul])
+            key = bytes(buf[nul + 1 : frame_end])
+            registry = backend.pool.registry
+            stmt = registry.by_key.get(key) or registry.add(key, classify(buf, nul + 1, qend))
+            prev = self.stmts.get(name)
+            if prev is not None:
+                # PostgreSQL refuses to redefine a name; so does the server, in its own order of
+                # checks, when asked to reuse the name of a statement it holds.
+                self._prepare(backend, prev, out, None)
+                out.append(duplicate_parse(prev, key))
+                units.append(Action(A_DUPLICATE, U_PARSE, prev, client_name=name))
+                return frame_end, frame_end
+            self.stmts[name] = stmt
+            if stmt in backend.stmts:
+                backend.stmts.touch(stmt)
+                done = Action(
+                    A_SYNTH, U_PARSE, stmt, reply=PARSE_COMPLETE, client_name=name, prev=prev
+                )
+                self._push(done, backend)
+            else:
+                parse = Action(A_PARSE, U_PARSE, stmt, client_name=name, prev=prev)
+                self._prepare(backend, stmt, out, parse)
+            return frame_end, frame_end
+        if t == F_BIND:
+            stop = min(frame_end, end)
+            p1 = pos + 5 if buf[pos + 5] == 0 else buf.find(0, pos + 5, stop)
+            p2 = buf.find(0, p1 + 1, stop) if p1 >= 0 else -1
+            if p2 < 0:
+                return self._malformed(pos)
+            bound = self.stmts.get(bytes(buf[p1 + 1 : p2]))
+            if bound is None:
+                # Unknown to the proxy: the server answers "does not exist" in its own words.
+                units.append(U_BIND)
+                return self._through(frame_end, end), pos
+            self._prepare(backend, bound, out, None)
+            out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
+            units.append(Action(A_USE, U_BIND, bound))
+            self.scanner.dirty |= bound.flags
+            return self._through(frame_end, end), p2 + 1
+        if frame_end > end:
+            return self._malformed(pos)
+        name = bytes(buf[pos + 6 : frame_end - 1])
+        if t == F_DESCRIBE:
+            described = self.stmts.get(name)
+            if described is None:
+                units.append(U_DESCRIBE)
+                return frame_end, pos
+            self._prepare(backend, described, out, None)
+            out.append(describe_statement(described.name))
+            units.append(Action(A_USE, U_DESCRIBE, described))
+            return frame_end, frame_end
+        assert t == F_CLOSE
+        # Other clients may use the shared statement: closing it is the LRU's business.
+        closed = self.stmts.pop(name) if name in self.stmts else None
+        self._push(
+            Action(A_SYNTH, U_CLOSE, closed, reply=CLOSE_COMPLETE, client_name=name), backend
+        )
+        return frame_end, frame_end
+
+    def _inspect_query(
+        self, buf: bytearray, pos: int, frame_end: int, out: list[Any], backend: BackendConnection
+    ) -> tuple[int, int]:
+        """A Query with DEALLOCATE or DISCARD in it (complete in buf)."""
+        sc = self.scanner
+        if sc.rename:
+            text = bytes(buf[pos + 5 : frame_end - 1]).decode("utf-8", "replace")
+            dealloc = parse_deallocate(text)
+            if dealloc is not None and not dealloc[0]:
+                name = dealloc[1].encode()
+                stmt = self.stmts.pop(name, None)
+                if stmt is not None:
+                    if stmt in backend.stmts:
+                        # The server's own DEALLOCATE gives the right reply in every state.
+                        backend.stmts.discard(stmt)
+                        out.append(m.query(f'DEALLOCATE "{stmt.name.decode()}"'))
+                        self._count_query()
+                    else:
+                        self._push(
+                            Action(
+                                A_SYNTH,
+                                U_Z,
+                                stmt,
+                                reply=command_complete(b"DEALLOCATE"),
+                                client_name=name,
+                                z=True,
+                            ),
+                            backend,
+                        )
+                    return frame_end, frame_end
+            if drops_all_statements(text):
+                # Corrected from the server's own list once the transaction is over.
+                self.stmts.clear()
+                backend.stmts.clear()
+        sc.dirty |= classify(buf, pos + 5, frame_end - 1)
+        self._count_query()
+        return frame_end, pos
+
+    def _count_query(self) -> None:
+        sc = self.scanner
+        sc.pending += 1
+        sc.syncs_since_execute = 0
+        if sc.units:
+            sc.units.append(U_Z)
+
+    def _prepare(
+        self, backend: BackendConnection, stmt: Stmt, out: list[Any], parse: Action | None
+    ) -> None:
+        """Make sure the server has stmt before the message being handled: send its Parse (the
+        client's, when `parse` is given, else the proxy's own), first closing the least recently
+        used statement if the server's cache is full."""
+        bs = backend.stmts
+        units = self.scanner.units
+        if stmt in bs:
+            bs.touch(stmt)
+            return
+        victim = bs.add(stmt)
+        if victim is not None:
+            out.append(victim.close_frame)
+            units.append(Action(A_INJECTED_CLOSE, U_CLOSE, victim))
+        out.append(stmt.parse_frame)
+        units.append(parse or Action(A_INJECTED_PARSE, U_PARSE, stmt))
+
+    def _push(self, action: Action, backend: BackendConnection) -> None:
+        """Queue a reply the proxy gives itself; with nothing owed ahead of it, give it now."""
+        sc = self.scanner
+        if (
+            not sc.units
+            and not sc.pending
+            and not backend.scanner.skip
+            and not backend.rbuf.pending()
+            and self.transport is not None
+        ):
+            reply = action.reply
+            if action.z:
+                reply += m.ready_for_query(backend.tx_status)
+            self.transport.write(reply)
+            return
+        if action.z:
+            sc.pending += 1
+        sc.units.append(action)
+
+    def _through(self, frame_end: int, end: int) -> int:
+        """Forward the rest of a frame as it is, streaming what has not arrived yet."""
+        if frame_end <= end:
+            return frame_end
+        self.scanner.skip = frame_end - end
+        return end
+
+    def _malformed(self, pos: int) -> tuple[int, int]:
+        self.fail(
+            ProxyError(SqlState.PROTOCOL_VIOLATION, "malformed message: missing string terminator"),
+            DisconnectReason.PROTOCOL_ERROR,
+        )
+        return pos, pos
+
+    # --- session state -----------------------------------------------------------------------
+
+    def wants_internal_params(self) -> bool:
+        """ParameterStatus from the proxy's own queries reaches the client only while the proxy
+        restores settings the client itself reset."""
+        return self.state == ClientState.PROBING
+
+    def check_session(self, backend: BackendConnection) -> None:
+        """The client's transaction is over and its statements may have changed the session: ask
+        the server what the session now holds before the backend serves anyone else."""
+        sc = self.scanner
+        asked = bool(sc.dirty & SQL_DEALLOCATE) and sc.rename
+        sc.dirty = 0
+        self.to(ClientState.PROBING)
+        self.probe_statements = asked
+        backend.on_internal_done = self._session_checked
+        backend.send_internal(probe_sql(statements=asked))
+
+    def _session_checked(
+        self,
+        backend: BackendConnection,
+        errors: list[dict[str, str]],
+        rows: list[list[str | None]],
+    ) -> None:
+        if self.state != ClientState.PROBING or self.backend is not backend:
+            return
+        asked = self.probe_statements
+        if errors:
+            log.warning(
+                "backend %s: session check failed: %s %s",
+                backend.pid,
+                errors[0].get("C", "?"),
+                errors[0].get("M", "?"),
+            )
+            backend.close(DisconnectReason.RESET_FAILED)
+            self.backend_released(None)
+            return
+        found = read_probe(rows, statements_asked=asked)
+        if found.statements is not None:
+            names = found.statements
+            for stmt in [s for s in backend.stmts.lru if s.name.decode() not in names]:
+                backend.stmts.discard(stmt)
+        restore = self._adopt_settings(backend, found.settings)
+        pinned = found.pins > 0 and self.release_on_idle
+        if pinned != self.pinned:
+            self.pinned = pinned
+            assert self.pool is not None
+            self.pool.pinned += 1 if pinned else -1
+        if restore:
+            # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
+            # them to the startup values.
+            backend.on_internal_done = self._settings_restored
+            backend.send_internal(set_sql(restore))
+            return
+        self._session_known(backend)
+
+    def _settings_restored(
+        self,
+        backend: BackendConnection,
+        errors: list[dict[str, str]],
+        rows: list[list[str | None]],
+    ) -> None:
+        if self.state != ClientState.PROBING or self.backend is not backend:
+            return
+        if errors:
+            backend.close(DisconnectReason.RESET_FAILED)
+            self.backend_released(None)
+            return
+        self._session_known(backend)
+
+    def _session_known(self, backend: BackendConnection) -> None:
+        self.settings_sig = None
+        backend.applied_sig = self.compute_sig()
+        if self.release_on_idle and not self.pinned:
+            self.backend_released(backend)
+        else:
+            self._activate()
+
+    def _adopt_settings(
+        self, backend: BackendConnection, session: dict[str, str]
+    ) -> dict[str, str]:
+        """Take the server's word for the client's settings; returns the startup settings the
+        client has reset, to be given their startup values again."""
+        tracked = self.server.tracked_lower
+        bp = backend.params
+        restore = {
+            k: v
+            for k, v in self.startup_settings.items()
+            # A reported setting not changed in the session may still equal the startup value
+            # (the server's default): the server's last ParameterStatus tells.
+            if k not in session and (k not in tracked or bp.get(tracked[k]) != v)
+        }
+        extra = {k: v for k, v in session.items() if k not in tracked}
+        for k, v in restore.items():
+            if k not in tracked:
+                extra[k] = v
+        self.extra_settings = extra
+        for k in backend.extra_keys:
+            if k not in extra:
+                bp.pop(k, None)
+        backend.extra_keys = set(extra)
+        bp.update(extra)
+        return restore
 
     def backend_released(self, backend: BackendConnection | None) -> None:
         """The linked backend finished the transaction (transaction mode)."""
@@ -303,6 +653,7 @@ class ClientConnection(Endpoint):
         self.scanner.reset()
         if backend is not None:
             backend.client = None
+            backend.scanner.units = None
             backend.pool.release(backend)
         # Unlinked, nothing limits this client's reading; the next link re-applies its peer's.
         self.resume_reading()
@@ -324,16 +675,15 @@ class ClientConnection(Endpoint):
         non-reported settings to record on the backend once the server has accepted them."""
         bp = backend.params
         params = self.params
-        parts = [
-            f"SET {m.quote_ident(k)} TO {m.quote_literal(params[k])}"
+        values = {
+            k: params[k]
             for k in self.server.tracked_params
             if k in params and bp.get(k) != params[k]
-        ]
+        }
         extra = self.extra_settings
         set_extra = {k: v for k, v in extra.items() if bp.get(k) != v}
-        parts.extend(
-            f"SET {m.quote_ident(k)} TO {m.quote_literal(v)}" for k, v in set_extra.items()
-        )
+        values.update(set_extra)
+        parts = [set_sql(values)] if values else []
         # Settings an earlier client had replayed here go back to the server default.
         reset = [k for k in backend.extra_keys if k not in extra]
         parts.extend(f"RESET {m.quote_ident(k)}" for k in reset)
@@ -399,16 +749,21 @@ class ClientConnection(Endpoint):
         pool = self.pool
         if prev == ClientState.WAITING and pool is not None:
             pool.forget_waiter(self)
+        was_pinned = self.pinned
+        if was_pinned and pool is not None:
+            self.pinned = False
+            pool.pinned -= 1
         if backend is not None and pool is not None:
             backend.client = None
-            self._return_backend(backend, pool)
+            backend.scanner.units = None
+            self._return_backend(backend, pool, was_pinned)
         transport = self.transport
         if transport is not None:
             transport.close()
         self.wake()
         self.server.client_closed(self, prev)
 
-    def _return_backend(self, backend: BackendConnection, pool: Pool) -> None:
+    def _return_backend(self, backend: BackendConnection, pool: Pool, pinned: bool) -> None:
         """A client left while holding a backend: reuse it only if provably clean."""
         sc = self.scanner
         clean = (
@@ -422,7 +777,15 @@ class ClientConnection(Endpoint):
         if not clean:
             backend.close(DisconnectReason.CLIENT_LEFT_MID_TRANSACTION)
             return
-        reset = pool.spec.reset_query if not self.release_on_idle else ""
+        if self.release_on_idle:
+            # A session that still holds state (or may: statements since the last check) is
+            # wiped before anyone else gets it.
+            reset = "DISCARD ALL" if pinned or sc.dirty else ""
+        else:
+            reset = pool.spec.reset_query
+            if len(backend.stmts) and not drops_all_statements(reset):
+                # A session-mode client may have dropped the shared statements: start afresh.
+                reset = f"{reset}; DEALLOCATE ALL" if reset else "DEALLOCATE ALL"
         if reset:
             backend.to(BackendState.RESETTING)
             backend.on_internal_done = _after_reset
@@ -439,10 +802,15 @@ def _release_later(backend: BackendConnection) -> None:
         backend.pool.release(backend)
 
 
-def _after_reset(backend: BackendConnection, errors: list[dict[str, str]]) -> None:
+def _after_reset(
+    backend: BackendConnection, errors: list[dict[str, str]], rows: Any = None
+) -> None:
     if errors or backend.tx_status != TX_IDLE:
         backend.close(DisconnectReason.RESET_FAILED)
         return
+    # Every reset the proxy sends ends with DISCARD ALL or DEALLOCATE ALL, unless an operator's
+    # reset_query is used on a backend without shared statements.
+    backend.stmts.clear()
     # The reset query may have undone settings the proxy replayed (DISCARD ALL does): mark
     # them unknown, so the next client gets an explicit SET or RESET for each.
     for k in backend.extra_keys:

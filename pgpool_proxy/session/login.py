@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 from typing import TYPE_CHECKING
 
+from ..auth.iam import IamError
 from ..auth.md5 import verify_md5_response
 from ..auth.scram import MECHANISM, ScramError, ScramServer
 from ..config import AuthType, PoolMode
 from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..protocol import messages as m
-from ..protocol.constants import F_PASSWORD, INT32, MAX_STARTUP_PACKET
+from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
 from .client import ClientConnection, ClientState
 
 if TYPE_CHECKING:
@@ -161,15 +163,23 @@ async def _login(client: ClientConnection) -> None:
     while True:
         packet = m.parse_startup_packet(await read_startup_packet(client))
         if isinstance(packet, m.SSLRequest | m.GSSENCRequest):
-            # TLS arrives in a later release; 'N' tells the client to continue in the clear.
-            # Bytes pipelined behind the request would have been sent before our answer: refuse
-            # them (the CVE-2021-23222 class of injection).
+            # Bytes pipelined behind the request were sent before our answer, so they were not
+            # encrypted whatever we answer: refuse them (CVE-2021-23214 / CVE-2021-3935 class).
             if client.rbuf.pending():
                 raise ProxyError(
                     SqlState.PROTOCOL_VIOLATION,
                     "received unencrypted data after SSL/GSS request",
                 )
-            _send(client, b"N")
+            tls = server.services.client_tls
+            if isinstance(packet, m.SSLRequest) and tls is not None:
+                if is_tls(client):
+                    raise ProxyError(
+                        SqlState.PROTOCOL_VIOLATION, "SSLRequest on an already encrypted connection"
+                    )
+                _send(client, b"S")
+                await _start_tls(client, tls)
+                continue
+            _send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
             continue
         if isinstance(packet, m.CancelRequest):
             server.cancel_request(packet.pid, packet.secret)
@@ -188,6 +198,13 @@ async def _login(client: ClientConnection) -> None:
             SqlState.FEATURE_NOT_SUPPORTED,
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             DisconnectReason.UNSUPPORTED,
+        )
+    if server.services.tls_required and not is_tls(client):
+        raise _Refusal(
+            SqlState.INVALID_AUTHORIZATION,
+            "SSL/TLS is required to connect to this proxy (client_tls.mode = require); "
+            "connect with sslmode=require",
+            DisconnectReason.AUTH_FAILED,
         )
     params = packet.params
     unsupported = [k for k in params if k.startswith("_pq_.")]
@@ -233,6 +250,7 @@ async def _login(client: ClientConnection) -> None:
     client.pool = pool
     # Per client, not per pool: users sharing a forced server user may differ in mode.
     client.release_on_idle = config.pool_mode_for(db, user_cfg) == PoolMode.TRANSACTION
+    client.scanner.rename = client.release_on_idle and pool.spec.max_prepared_statements > 0
     server_params = await pool.ensure_server_params()
     if not client.is_open():
         raise EndpointClosed
@@ -244,8 +262,11 @@ async def _login(client: ClientConnection) -> None:
             if canonical == "client_encoding":
                 v = _ENCODING_ALIASES.get(v.lower(), v.upper())
             client.params[canonical] = v
+            client.startup_settings[canonical.lower()] = v
         else:
-            client.extra_settings[k] = v
+            # GUC names are case-insensitive; the server reports them in lower case.
+            client.extra_settings[k.lower()] = v
+            client.startup_settings[k.lower()] = v
     pool.clients += 1
     client.key_pid, client.key_secret = server.register_cancel_key(client)
     _send(
@@ -300,8 +321,64 @@ def _auth_failed(user: str) -> _Refusal:
     )
 
 
+def is_tls(client: ClientConnection) -> bool:
+    t = client.transport
+    return t is not None and t.get_extra_info("ssl_object") is not None
+
+
+async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
+    """Upgrade the client to TLS in place; on failure the client is closed (no ErrorResponse
+    can be sent on a connection whose handshake failed)."""
+    transport = client.transport
+    if transport is None:
+        raise EndpointClosed
+    try:
+        upgraded = await asyncio.get_running_loop().start_tls(
+            transport, client, context, server_side=True
+        )
+    except (OSError, ssl.SSLError) as exc:
+        log.info("TLS handshake with %s failed: %s", client.addr, exc)
+        client.close(DisconnectReason.PROTOCOL_ERROR)
+        raise EndpointClosed from None
+    if upgraded is None or client.is_closed():
+        raise EndpointClosed
+    # uvloop's transports do not subclass asyncio.Transport (see Endpoint.connection_made).
+    client.transport = upgraded  # type: ignore[assignment]
+
+
+_AUTH_CLEARTEXT = b"R" + INT32.pack(8) + INT32.pack(AUTH_CLEARTEXT)
+
+
+async def _authenticate_iam(client: ClientConnection, user: str) -> None:
+    """The client's password is an IAM token: local checks, then the configured verifier."""
+    iam = client.server.services.iam
+    if not is_tls(client):
+        raise _Refusal(
+            SqlState.INVALID_AUTHORIZATION,
+            f'IAM authentication for user "{user}" requires an SSL connection (sslmode=require)',
+            DisconnectReason.AUTH_FAILED,
+        )
+    _send(client, _AUTH_CLEARTEXT)
+    token = m.parse_password(await read_password_message(client))
+    if iam is None:  # the config loader makes this unreachable
+        raise _auth_failed(user)
+    try:
+        identity = await iam.authenticate(token, user, client.database)
+    except IamError as exc:
+        log.info("IAM login refused: %s user=%s: %s", client.addr, user, exc.message)
+        raise _Refusal(
+            exc.sqlstate,
+            f'IAM authentication failed for user "{user}": {exc.message}',
+            DisconnectReason.AUTH_FAILED,
+        ) from None
+    log.info("IAM login: %s user=%s principal=%s", client.addr, user, identity.principal)
+
+
 async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfig | None) -> None:
     server = client.server
+    if user_cfg is not None and user_cfg.iam:
+        await _authenticate_iam(client, user)
+        return
     auth_type = server.config.auth.type
     if auth_type == AuthType.TRUST:
         if user_cfg is None:

@@ -210,12 +210,6 @@ def test_rejected_startup_setting_does_not_leak(pg: LocalPostgres, start_proxy: 
             assert plain.execute("show work_mem").fetchone() == (default,)
 
 
-@pytest.mark.xfail(
-    reason="Known limitation until SET/RESET tracking lands (issue 4, session state): RESET ALL "
-    "(asyncpg's pool reset query) returns the client's startup settings to the server defaults "
-    "instead of the values given at connect, as with PgBouncer",
-    strict=True,
-)
 @pytest.mark.parametrize("mode", MODES)
 async def test_asyncpg_pool_reset_keeps_startup_settings(
     start_proxy: StartProxy, mode: str

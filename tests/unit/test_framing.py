@@ -8,6 +8,7 @@ import pytest
 from pgpool_proxy.protocol import messages as m
 from pgpool_proxy.protocol.constants import TX_FAILED, TX_IDLE, TX_IN_BLOCK
 from pgpool_proxy.protocol.framing import (
+    CEV_NEED,
     EV_ERROR,
     EV_NEED,
     EV_PARAM,
@@ -18,6 +19,7 @@ from pgpool_proxy.protocol.framing import (
     RecvBuffer,
     peek_type,
 )
+from pgpool_proxy.protocol.sqlscan import SQL_SESSION
 
 LIMIT = 1 << 20
 
@@ -87,7 +89,10 @@ def test_client_scanner_stops_before_terminate(chunk: int) -> None:
 
 
 def test_client_scanner_streams_large_frames_without_buffering_them() -> None:
-    big = m.query("x" * 100_000)
+    # An Execute-free Bind of the unnamed statement: parameters are never looked into.
+    big = m.frame(
+        b"B", b"\0\0" + b"\0\0" + b"\0\1" + (100_000).to_bytes(4, "big") + b"x" * 100_000 + b"\0\0"
+    ) + m.frame(b"S")
     rb = RecvBuffer(4096, LIMIT)
     sc = ClientScanner(LIMIT)
     forwarded = 0
@@ -103,6 +108,16 @@ def test_client_scanner_streams_large_frames_without_buffering_them() -> None:
     # The buffer never grew: the frame was passed through in pieces.
     assert len(rb.buf) == 4096
     assert sc.pending == 1 and sc.skip == 0
+
+
+def test_client_scanner_waits_for_a_whole_query_to_look_into_it() -> None:
+    q = m.query("SELECT 1; SET work_mem = '8MB'")
+    sc = ClientScanner(LIMIT)
+    buf = bytearray(q)
+    assert sc.scan(buf, 0, len(q) - 3) == 0
+    assert sc.event == CEV_NEED and sc.need == len(q) and sc.pending == 0
+    assert sc.scan(buf, 0, len(q)) == len(q)
+    assert sc.pending == 1 and sc.dirty & SQL_SESSION
 
 
 def test_client_scanner_rejects_huge_length_before_allocating() -> None:
@@ -190,7 +205,7 @@ def test_backend_scanner_errors_only_when_asked() -> None:
     buf = bytearray(err + m.ready_for_query())
     pos = sc.scan(buf, 0, len(buf))
     assert sc.event == EV_READY and pos == len(buf)
-    sc.stop_on_error = True
+    sc.internal = True
     pos = sc.scan(buf, 0, len(buf))
     assert sc.event == EV_ERROR and pos == 0
 

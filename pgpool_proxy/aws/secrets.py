@@ -1,0 +1,276 @@
+"""Owns database credentials from AWS Secrets Manager: fetch, shape check, cache and rotation.
+
+Each secret is cached (AWSCURRENT) and refreshed in the background after a jittered interval,
+one refresh per secret at a time. boto3 runs in worker threads, never on the event loop. When
+Secrets Manager is unreachable the last good credentials keep being served. When the server
+refuses them (28P01) the pool asks for a forced refresh and tries AWSCURRENT, then AWSPENDING:
+between a rotation's password change and its label move only AWSPENDING works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import DatabaseConfig, SecretsSettings
+from ..config_security import region_of_secret_arn
+from ..errors import ProxyError, SqlState
+
+log = logging.getLogger("pgpool_proxy.secrets")
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], None]
+
+
+class SecretError(Exception):
+    """A secret could not be fetched or does not have the RDS secret shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class DbCredentials:
+    """The parts of a standard RDS secret the proxy uses (host/port/dbname are informative)."""
+
+    username: str
+    password: str = field(repr=False)
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    version_id: str = ""
+
+
+def parse_db_secret(text: str, arn: str, version_id: str = "") -> DbCredentials:
+    """Validate a secret string of the RDS shape {username, password, host, port, ...}."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise SecretError(f"secret {arn} is not JSON (expected the RDS secret format)") from None
+    if not isinstance(doc, dict):
+        raise SecretError(f"secret {arn} must be a JSON object with username and password")
+    username, password = doc.get("username"), doc.get("password")
+    if not isinstance(username, str) or not username:
+        raise SecretError(f'secret {arn} has no "username" string')
+    if not isinstance(password, str) or not password:
+        raise SecretError(f'secret {arn} has no "password" string')
+    port = doc.get("port")
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+        raise SecretError(f'secret {arn}: "port" must be a number or a numeric string')
+    host, dbname = doc.get("host"), doc.get("dbname")
+    if host is not None and not isinstance(host, str):
+        raise SecretError(f'secret {arn}: "host" must be a string')
+    if dbname is not None and not isinstance(dbname, str):
+        raise SecretError(f'secret {arn}: "dbname" must be a string')
+    return DbCredentials(username, password, host, port, dbname, version_id)
+
+
+class SecretsClient:
+    """A boto3 Secrets Manager client for one (region, endpoint); every call blocks (threads)."""
+
+    def __init__(self, region: str, endpoint_url: str | None, timeout_s: float) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.timeout_s = timeout_s
+        self._client: Any = None
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config as BotoConfig
+
+            self._client = boto3.session.Session().client(
+                "secretsmanager",
+                region_name=self.region,
+                endpoint_url=self.endpoint_url,
+                config=BotoConfig(
+                    connect_timeout=self.timeout_s,
+                    read_timeout=self.timeout_s,
+                    retries={"total_max_attempts": 2, "mode": "standard"},
+                ),
+            )
+        return self._client
+
+    def fetch(self, arn: str, stage: str) -> tuple[str, str] | None:
+        """(version id, secret string) of `stage`, None if no version has it; raises
+        SecretError for anything else."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            # moto (and some endpoints) need the stage spelled out explicitly.
+            resp = self._get_client().get_secret_value(SecretId=arn, VersionStage=stage)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException" and stage != "AWSCURRENT":
+                return None
+            raise SecretError(f"Secrets Manager refused {arn} ({stage}): {code}") from None
+        except BotoCoreError as exc:
+            raise SecretError(f"Secrets Manager unreachable for {arn}: {exc}") from None
+        text = resp.get("SecretString")
+        if not isinstance(text, str):
+            raise SecretError(f"secret {arn} has no SecretString (binary secrets are not used)")
+        return str(resp.get("VersionId", "")), text
+
+
+class CachedSecret:
+    """One secret's credentials for the pools of one database (a CredentialSource)."""
+
+    def __init__(
+        self, arn: str, client: SecretsClient, settings: SecretsSettings, spawn: Spawn
+    ) -> None:
+        self.arn = arn
+        self.client = client
+        self.settings = settings
+        self.spawn = spawn
+        self.value: DbCredentials | None = None
+        self.pending: DbCredentials | None = None
+        # AWSPENDING proven to work while AWSCURRENT does not (mid-rotation), used until the
+        # labels move.
+        self.preferred: DbCredentials | None = None
+        self.fetched_at = 0.0
+        self.next_refresh = 0.0
+        self.fetches = 0
+        self._refreshing: asyncio.Future[None] | None = None
+        self._last_attempt = (-1.0, False)  # (when, with AWSPENDING) of the latest fetch
+        self.last_error = "not fetched yet"
+
+    # --- CredentialSource ----------------------------------------------------------------
+
+    async def current(self) -> tuple[str, str]:
+        value = self.preferred or self.value
+        if value is None:
+            await self.refresh()
+            value = self.value
+            if value is None:
+                raise self._unavailable()
+        elif time.monotonic() >= self.next_refresh and self._refreshing is None:
+            self.spawn(self._background_refresh(), f"secret-refresh {self.arn}")
+        return value.username, value.password
+
+    async def after_auth_failure(self, failed_password: str) -> list[tuple[str, str]]:
+        await self.refresh(with_pending=True)
+        out: list[tuple[str, str]] = []
+        for cred in (self.value, self.pending):
+            if cred is not None and cred.password != failed_password:
+                pair = (cred.username, cred.password)
+                if pair not in out:
+                    out.append(pair)
+        return out
+
+    def note_success(self, user: str, password: str) -> None:
+        pending = self.pending
+        if pending is not None and (pending.username, pending.password) == (user, password):
+            if self.preferred is None:
+                log.info(
+                    "secret %s: AWSPENDING works and AWSCURRENT does not (rotation in "
+                    "progress); using AWSPENDING",
+                    self.arn,
+                )
+            self.preferred = pending
+        else:
+            self.preferred = None
+
+    # --- refresh -------------------------------------------------------------------------
+
+    async def refresh(self, with_pending: bool = False) -> None:
+        """Fetch now, or join a fetch already running that started after this call (one
+        fetch per secret at a time); keeps the old value when Secrets Manager fails."""
+        asked = time.monotonic()
+        while self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+            started, had_pending = self._last_attempt
+            if started >= asked and (had_pending or not with_pending):
+                if self.value is None:
+                    raise self._unavailable()
+                return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refreshing = fut
+        self._last_attempt = (time.monotonic(), with_pending)
+        try:
+            await self._fetch(with_pending)
+        except SecretError as exc:
+            self.last_error = str(exc)
+            self.next_refresh = time.monotonic() + self.settings.retry_interval_s
+            if self.value is None:
+                raise self._unavailable() from None
+            log.warning("keeping the last good credentials of %s: %s", self.arn, exc)
+        finally:
+            self._refreshing = None
+            fut.set_result(None)
+
+    def _unavailable(self) -> ProxyError:
+        return ProxyError(
+            SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+            f"cannot get server credentials: {self.last_error}",
+        )
+
+    async def _background_refresh(self) -> None:
+        try:
+            await self.refresh()
+        except ProxyError as exc:
+            log.warning("%s", exc.message)
+
+    async def _fetch(self, with_pending: bool) -> None:
+        self.fetches += 1
+        got = await asyncio.to_thread(self.client.fetch, self.arn, "AWSCURRENT")
+        assert got is not None
+        value = parse_db_secret(got[1], self.arn, got[0])
+        pending: DbCredentials | None = None
+        if with_pending:
+            p = await asyncio.to_thread(self.client.fetch, self.arn, "AWSPENDING")
+            if p is not None and p[0] != got[0]:
+                try:
+                    pending = parse_db_secret(p[1], self.arn, p[0])
+                except SecretError as exc:
+                    log.warning("ignoring AWSPENDING of %s: %s", self.arn, exc)
+        if self.value is not None and self.value.version_id != value.version_id:
+            log.info("secret %s: new AWSCURRENT version %s", self.arn, value.version_id)
+        preferred = self.preferred
+        if preferred is not None and (
+            value.version_id == preferred.version_id  # the labels moved: rotation finished
+            or (with_pending and (pending is None or pending.version_id != preferred.version_id))
+        ):
+            self.preferred = None
+        self.value = value
+        if with_pending:
+            self.pending = pending
+        self.fetched_at = time.monotonic()
+        s = self.settings
+        jitter = 1.0 - s.refresh_jitter * random.random()
+        self.next_refresh = self.fetched_at + s.refresh_interval_s * jitter
+
+
+class SecretStore:
+    """The secrets of every database that names one; primed at startup."""
+
+    def __init__(
+        self, settings: SecretsSettings, databases: tuple[DatabaseConfig, ...], spawn: Spawn
+    ) -> None:
+        self.secrets: dict[str, CachedSecret] = {}
+        clients: dict[tuple[str, str | None], SecretsClient] = {}
+        for db in databases:
+            arn = db.secret_arn
+            if arn is None or arn in self.secrets:
+                continue
+            region = db.secret_region or region_of_secret_arn(arn) or ""
+            key = (region, db.secret_endpoint_url)
+            client = clients.get(key)
+            if client is None:
+                client = SecretsClient(region, db.secret_endpoint_url, settings.request_timeout_s)
+                clients[key] = client
+            self.secrets[arn] = CachedSecret(arn, client, settings, spawn)
+
+    def for_database(self, db: DatabaseConfig) -> CachedSecret | None:
+        return self.secrets.get(db.secret_arn) if db.secret_arn else None
+
+    async def start(self) -> None:
+        """Fetch every secret once; a missing or malformed secret stops the startup."""
+        for secret in self.secrets.values():
+            try:
+                await secret._fetch(with_pending=False)
+            except SecretError as exc:
+                raise SecretError(f"databases: {exc}") from None
