@@ -244,34 +244,22 @@ class BackendConnection(Endpoint):
                 ):
                     return
                 continue
-            if ev == EV_UNIT:
+            if ev == EV_UNIT or ev == EV_AFTER:
                 client = self.client
                 assert client is not None
                 units = client.scanner.units
-                n = INT32.unpack_from(buf, pos + 1)[0] + 1
+                if ev == EV_UNIT and not replies.synth_at_head(units):
+                    n = INT32.unpack_from(buf, pos + 1)[0] + 1
+                    keep = replies.on_unit(client, self, buf, pos, n)
+                    if keep is not True:
+                        self._write(start, pos)
+                        start = pos + n
+                        if keep and client.transport is not None:
+                            client.transport.write(keep)
+                    pos += n
+                # A reply the proxy gives itself is due: write what precedes it, then it. A frame
+                # not consumed yet (EV_UNIT) is matched against the next unit afterwards.
                 if replies.synth_at_head(units):
-                    self._write(start, pos)
-                    start = pos
-                    if replies.emit_synths(client, self) and self.release_if_done(client, pos):
-                        return
-                    continue  # the frame is matched against the next unit
-                keep = replies.on_unit(client, self, buf, pos, n)
-                if keep is not True:
-                    self._write(start, pos)
-                    start = pos + n
-                    if keep and client.transport is not None:
-                        client.transport.write(keep)
-                pos += n
-                if replies.synth_at_head(units):
-                    self._write(start, pos)
-                    start = pos
-                    if replies.emit_synths(client, self) and self.release_if_done(client, pos):
-                        return
-                continue
-            if ev == EV_AFTER:
-                client = self.client
-                assert client is not None
-                if replies.synth_at_head(client.scanner.units):
                     self._write(start, pos)
                     start = pos
                     if replies.emit_synths(client, self) and self.release_if_done(client, pos):

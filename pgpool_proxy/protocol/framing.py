@@ -235,7 +235,7 @@ class ClientScanner:
                         units.append(U_Z)
                 else:
                     if not units and self.pending:
-                        units.extend([U_Z] * self.pending)
+                        self._track_pending()
                     self.unsynced = True
                     if self.rename and n > 5 and buf[pos + 5]:
                         if avail < n:  # a named statement is kept whole, however long
@@ -269,17 +269,17 @@ class ClientScanner:
                         named = buf[pos + 5] == _S and buf[pos + 6] != 0
                     if named:
                         if not units and self.pending:
-                            units.extend([U_Z] * self.pending)
+                            self._track_pending()
                         self.unsynced = True
                         self.event = CEV_INSPECT
                         return pos
                 if not units and self.pending:
-                    units.extend([U_Z] * self.pending)
+                    self._track_pending()
                 self.unsynced = True
                 units.append(U_BIND if t == F_BIND else U_DESCRIBE if t == F_DESCRIBE else U_CLOSE)
             elif t == F_EXECUTE:
                 if not units and self.pending:
-                    units.extend([U_Z] * self.pending)
+                    self._track_pending()
                 self.unsynced = True
                 self.syncs_since_execute = 0
                 units.append(U_EXECUTE)
@@ -307,6 +307,10 @@ class ClientScanner:
                 return end
             pos += n
         return pos
+
+    def _track_pending(self) -> None:
+        """Start tracking units: the replies owed so far are all Query/Sync ones."""
+        self.units.extend([U_Z] * self.pending)
 
     def _need(self, pos: int, n: int) -> int:
         self.event = CEV_NEED

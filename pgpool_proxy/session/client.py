@@ -11,7 +11,16 @@ from ..endpoint import Endpoint
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..pool.backend import BackendConnection, BackendState
 from ..protocol import messages as m
-from ..protocol.constants import F_BIND, F_CLOSE, F_DESCRIBE, F_PARSE, F_QUERY, F_TERMINATE, TX_IDLE
+from ..protocol.constants import (
+    F_BIND,
+    F_CLOSE,
+    F_DESCRIBE,
+    F_PARSE,
+    F_QUERY,
+    F_TERMINATE,
+    INT32,
+    TX_IDLE,
+)
 from ..protocol.framing import (
     CEV_INSPECT,
     CEV_NEED,
@@ -33,7 +42,6 @@ from .prepared import (
     A_INJECTED_PARSE,
     A_PARSE,
     A_SYNTH,
-    A_USE,
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     Action,
@@ -378,7 +386,7 @@ class ClientConnection(Endpoint):
         """Handle the message at pos; returns (where scanning resumes, where the next run of
         bytes to forward as they are starts)."""
         t = buf[pos]
-        frame_end = pos + 1 + int.from_bytes(buf[pos + 1 : pos + 5], "big")
+        frame_end = pos + 1 + INT32.unpack_from(buf, pos + 1)[0]
         units = self.scanner.units
         if t == F_QUERY:
             return self._inspect_query(buf, pos, frame_end, out, backend)
@@ -423,7 +431,7 @@ class ClientConnection(Endpoint):
                 return self._through(frame_end, end), pos
             self._prepare(backend, bound, out, None)
             out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
-            units.append(Action(A_USE, U_BIND, bound))
+            units.append(bound.use_bind)
             self.scanner.dirty |= bound.flags
             return self._through(frame_end, end), p2 + 1
         if frame_end > end:
@@ -436,7 +444,7 @@ class ClientConnection(Endpoint):
                 return frame_end, pos
             self._prepare(backend, described, out, None)
             out.append(describe_statement(described.name))
-            units.append(Action(A_USE, U_DESCRIBE, described))
+            units.append(described.use_describe)
             return frame_end, frame_end
         assert t == F_CLOSE
         # Other clients may use the shared statement: closing it is the LRU's business.

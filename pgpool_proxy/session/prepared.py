@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 
+from ..protocol.units import U_BIND, U_DESCRIBE
+
 _HDR = struct.Struct("!cI")
 
 # Action kinds.
@@ -37,7 +39,7 @@ CLOSE_COMPLETE = _HDR.pack(b"3", 4)
 class Stmt:
     """One pool-wide prepared statement."""
 
-    __slots__ = ("close_frame", "flags", "key", "name", "parse_frame")
+    __slots__ = ("close_frame", "flags", "key", "name", "parse_frame", "use_bind", "use_describe")
 
     def __init__(self, name: bytes, key: bytes, flags: int) -> None:
         self.name = name
@@ -45,6 +47,9 @@ class Stmt:
         self.flags = flags  # sqlscan flags of the query text
         self.parse_frame = _HDR.pack(b"P", 4 + len(name) + 1 + len(key)) + name + b"\0" + key
         self.close_frame = _HDR.pack(b"C", 4 + 1 + len(name) + 1) + b"S" + name + b"\0"
+        # A Bind or Describe unit carries no per-use state: one object each, made once.
+        self.use_bind = Action(A_USE, U_BIND, self)
+        self.use_describe = Action(A_USE, U_DESCRIBE, self)
 
 
 class Action:
