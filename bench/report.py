@@ -430,6 +430,32 @@ def render_results_md(results: dict[str, Any], chart: str | None = "results/tps.
     return "\n".join(out) + "\n"
 
 
+# Sections of RESULTS.md written by hand (other harnesses, one-off runs): kept on rewrite.
+HAND_WRITTEN = ("## Prepared statements", "## Failover")
+
+
+def keep_hand_written(new: str, old: str) -> str:
+    """``new`` with the hand-written sections of ``old`` put back before its Notes."""
+    kept: list[str] = []
+    section: list[str] | None = None
+    for line in old.splitlines():
+        if line.startswith("## "):
+            if section is not None:
+                kept.append("\n".join(section).rstrip() + "\n")
+            section = [line] if line.startswith(HAND_WRITTEN) else None
+        elif section is not None:
+            section.append(line)
+    if section is not None:
+        kept.append("\n".join(section).rstrip() + "\n")
+    if not kept:
+        return new
+    block = "\n".join(kept) + "\n"
+    at = new.find("\n## Notes")
+    if at < 0:
+        return new.rstrip() + "\n\n" + block
+    return new[: at + 1] + block + new[at + 1 :]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.report", description="Write bench/RESULTS.md from a results file"
@@ -443,7 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rel: str | None = None
     if chart.exists():
         rel = os.path.relpath(chart, args.out.resolve().parent)
-    args.out.write_text(render_results_md(results, rel))
+    text = render_results_md(results, rel)
+    if args.out.exists():
+        text = keep_hand_written(text, args.out.read_text())
+    args.out.write_text(text)
     if args.print:
         print(format_report(results))
     print(f"wrote {args.out}")

@@ -1,4 +1,4 @@
-"""Command line: `run`, `demo`, `check-config` and `token`; sets up logging and the event loop."""
+"""Command line: run, demo, check-config, token, healthcheck; sets up logging and the loop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -19,23 +18,39 @@ from .workers import WorkerIdentity, supervise
 log = logging.getLogger("pgpool_proxy")
 
 
+# Attributes every LogRecord has; anything else came from `extra=` and is a structured field.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields (event, addr, user, db, reason, ...) become
+    keys of their own."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            out["worker"] = self.worker
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in out:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
 def setup_logging(level: str, fmt: str, worker: int | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
         who = "%(name)s" if worker is None else f"%(name)s[w{worker}]"
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {who}: %(message)s"))
@@ -52,11 +67,11 @@ def run_loop(main: Callable[[], Awaitable[int]]) -> int:
 
     try:
         import uvloop
-
-        result: int = uvloop.run(wrapper())
-        return result
     except ImportError:
         return asyncio.run(wrapper())
+    # Outside the try: an ImportError raised while serving must not start the server again.
+    result: int = uvloop.run(wrapper())
+    return result
 
 
 async def serve(
@@ -65,7 +80,8 @@ async def serve(
     identity: WorkerIdentity | None = None,
     port: int | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM; returns the exit status."""
+    """Serve until SIGINT/SIGTERM (SIGHUP reloads); returns the exit status."""
+    from .lifecycle import run_until_stopped
     from .server import ProxyServer
     from .services import StartupError
 
@@ -75,18 +91,10 @@ async def serve(
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     if on_ready is not None:
         on_ready(server)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await server.close()
-    return 0
+    # SIGTERM drains within proxy.shutdown_timeout_s, SIGINT stops now, SIGHUP reloads.
+    return await run_until_stopped(server)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,12 +109,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = config.proxy.workers
     if workers == 1:
         return run_loop(lambda: serve(config))
+    from .admin.http import reserve_metrics_port
+
+    # Every worker serves the metrics port too; port 0 is resolved once, here.
+    config, metrics_reservation = reserve_metrics_port(config)
 
     def run_worker(identity: WorkerIdentity, port: int) -> int:
         setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
         return run_loop(lambda: serve(config, identity=identity, port=port))
 
-    return supervise(workers, config.proxy.listen_host, config.proxy.listen_port, run_worker)
+    try:
+        return supervise(workers, config.proxy.listen_host, config.proxy.listen_port, run_worker)
+    finally:
+        if metrics_reservation is not None:
+            metrics_reservation.close()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -185,6 +201,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    from .healthcheck import DEFAULT_CONFIG, healthcheck_main
+
+    return healthcheck_main(args.config or DEFAULT_CONFIG, args.path, args.timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgpool-proxy", description="PostgreSQL pooling proxy")
     p.add_argument("--version", action="version", version=f"pgpool-proxy {__version__}")
@@ -217,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='"sts" for the sts verifier (default), "rds" for keyring/passthrough',
     )
     t.set_defaults(func=cmd_token)
+    h = sub.add_parser("healthcheck", help="probe the metrics endpoint (container health check)")
+    h.add_argument("--config", "-c", default=None, help="configuration file (for [metrics])")
+    h.add_argument("--path", default="/healthz", help="endpoint path (default /healthz)")
+    h.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    h.set_defaults(func=cmd_healthcheck)
     return p
 
 

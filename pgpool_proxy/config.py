@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .config_admin import AdminSettings, build_admin
+from .config_metrics import MetricsSettings
 from .config_security import (
     ClientTlsMode,
     ClientTlsSettings,
@@ -28,8 +30,10 @@ from .config_security import (
     ServerTlsMode,
     ServerTlsSettings,
 )
+from .config_topology import DatabaseRole, TopologySettings
 
 __all__ = [
+    "AdminSettings",
     "AuthSettings",
     "AuthType",
     "ClientTlsMode",
@@ -37,6 +41,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseConfig",
+    "DatabaseRole",
     "IamRule",
     "IamSettings",
     "IamVerifierKind",
@@ -46,6 +51,7 @@ __all__ = [
     "SecretsSettings",
     "ServerTlsMode",
     "ServerTlsSettings",
+    "TopologySettings",
     "UserConfig",
     "build_config",
     "load_config",
@@ -81,6 +87,11 @@ class ProxySettings:
     log_level: str = "info"
     log_format: str = "text"
     workers: int = 1
+    # SIGTERM waits this long for transactions to finish before closing what is left.
+    shutdown_timeout_s: float = 30.0
+    # SO_REUSEPORT on a single-worker listener: lets a new proxy bind the port while this one
+    # drains (rolling restarts).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,9 @@ class PoolSettings:
     # Shared prepared statements each server connection keeps (transaction mode); 0 turns the
     # renaming of named statements off.
     max_prepared_statements: int = 200
+    # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
+    # with N proxies, N x this must fit the database's max_connections.
+    max_server_connections: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,30 @@ class DatabaseConfig:
     secret_arn: str | None = None
     secret_region: str | None = None  # default: the ARN's region
     secret_endpoint_url: str | None = None  # moto, a VPC endpoint
+    # Several servers (a primary and its replicas): the proxy tracks which one is the writer.
+    hosts: tuple[tuple[str, int], ...] = ()
+    role: DatabaseRole = DatabaseRole.WRITER
+    reader_fallback: bool = True  # a reader database uses the writer when no replica is usable
+    max_replica_lag_bytes: int = 0  # 0: no bound
+    # Hosts from an Aurora cluster's members instead of host/hosts.
+    aurora_cluster: str | None = None
+    aurora_region: str | None = None
+    aurora_endpoint_url: str | None = None
+    # The [[users]] entry the topology monitor logs in as when the database has no user.
+    monitor_user: str | None = None
+
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """The configured servers, in order (discovery may add more at run time)."""
+        return self.hosts or ((self.host, self.port),)
+
+    @property
+    def tracked(self) -> bool:
+        """Whether a topology monitor decides where this database's connections go."""
+        return (
+            len(self.hosts) > 1
+            or self.aurora_cluster is not None
+            or (self.role is DatabaseRole.READER)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +191,9 @@ class Config:
     iam: IamSettings = field(default_factory=IamSettings)
     iam_rules: tuple[IamRule, ...] = ()
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    topology: TopologySettings = field(default_factory=TopologySettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Lookups happen on every client login, so they are indexed once here rather than scanned.
     _databases_by_name: Mapping[str, DatabaseConfig] = field(init=False, repr=False, compare=False)
     _users_by_name: Mapping[str, UserConfig] = field(init=False, repr=False, compare=False)
@@ -223,6 +264,8 @@ def build_config(
         _BAD,
         _SECTIONS,
         _build_security,
+        _build_topology,
+        _check_hosts,
         _check_user_password,
         _Checker,
         _quote,
@@ -292,6 +335,7 @@ def build_config(
                 f"{path}.pool_size",
                 f"must be at least pool.min_pool_size ({pool.min_pool_size}), got {pool_size}",
             )
+        _check_hosts(checker, path, values)
         if any(value is _BAD for value in values.values()):
             continue
         values.setdefault("dbname", name)
@@ -317,6 +361,11 @@ def build_config(
         users.append(UserConfig(**values))
 
     security = _build_security(checker, data, database_entries, users)
+    topology = _build_topology(checker, data, databases, users)
+    admin = build_admin(checker, data.get("admin"), databases, users)
+    from .config_metrics import build_metrics
+
+    metrics = build_metrics(checker, data)
     checker.finish()
     return Config(
         proxy=proxy,
@@ -325,6 +374,9 @@ def build_config(
         databases=tuple(databases),
         users=tuple(users),
         source=source,
+        topology=topology,
+        admin=admin,
+        metrics=metrics,
         **security,
     )
 

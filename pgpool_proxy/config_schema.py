@@ -21,7 +21,9 @@ from datetime import date, datetime, time
 from typing import Any, Final
 
 from .config import AuthType, ConfigError, PoolMode
+from .config_envrefs import resolve_env_refs
 from .config_security import ClientTlsMode, IamVerifierKind, ServerTlsMode
+from .config_topology import DatabaseRole
 
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
@@ -61,6 +63,16 @@ _PROXY_KEYS: Final[dict[str, _Key]] = {
     "log_level": _Key(_Kind.CHOICE, choices=_LOG_LEVELS),
     "log_format": _Key(_Kind.CHOICE, choices=_LOG_FORMATS),
     "workers": _Key(_Kind.INT, lo=1, hi=64),
+    # Lifecycle (pgpool_proxy.lifecycle): SIGTERM drain bound; SO_REUSEPORT for rolling restarts.
+    "shutdown_timeout_s": _Key(_Kind.FLOAT, lo=0),
+    "reuse_port": _Key(_Kind.BOOL),
+}
+
+# The admin console (dataclass and cross-key checks in config_admin).
+_ADMIN_KEYS: Final[dict[str, _Key]] = {
+    "database": _Key(_Kind.STR, nonempty=True),
+    "admin_users": _Key(_Kind.STRLIST),
+    "stats_users": _Key(_Kind.STRLIST),
 }
 
 _POOL_KEYS: Final[dict[str, _Key]] = {
@@ -73,6 +85,7 @@ _POOL_KEYS: Final[dict[str, _Key]] = {
     "server_login_retry_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
     "server_reset_query": _Key(_Kind.STR),
     "max_prepared_statements": _Key(_Kind.INT, lo=0, hi=100_000),
+    "max_server_connections": _Key(_Kind.INT, lo=0),
 }
 
 _AUTH_KEYS: Final[dict[str, _Key]] = {
@@ -92,6 +105,20 @@ _DATABASE_KEYS: Final[dict[str, _Key]] = {
     "secret_arn": _Key(_Kind.STR, nonempty=True),
     "secret_region": _Key(_Kind.STR, nonempty=True),
     "secret_endpoint_url": _Key(_Kind.STR, nonempty=True),
+    # Multi-host databases (dataclass and cross-key checks in config_topology).
+    "hosts": _Key(_Kind.STRLIST, nonempty=True),
+    "role": _Key(_Kind.ENUM, enum_type=DatabaseRole),
+    "reader_fallback": _Key(_Kind.BOOL),
+    "max_replica_lag_bytes": _Key(_Kind.INT, lo=0),
+    "aurora_cluster": _Key(_Kind.STR, nonempty=True),
+    "aurora_region": _Key(_Kind.STR, nonempty=True),
+    "aurora_endpoint_url": _Key(_Kind.STR, nonempty=True),
+    "monitor_user": _Key(_Kind.STR, nonempty=True),
+    # Read host/port/hosts/secret_arn from a named environment variable (config_envrefs).
+    "host_env": _Key(_Kind.STR, nonempty=True),
+    "port_env": _Key(_Kind.STR, nonempty=True),
+    "hosts_env": _Key(_Kind.STR, nonempty=True),
+    "secret_arn_env": _Key(_Kind.STR, nonempty=True),
 }
 
 _USER_KEYS: Final[dict[str, _Key]] = {
@@ -134,6 +161,20 @@ _SECRETS_KEYS: Final[dict[str, _Key]] = {
     "request_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
 }
 
+_TOPOLOGY_KEYS: Final[dict[str, _Key]] = {
+    "poll_interval_s": _Key(_Kind.FLOAT, lo=0.05, hi=60),
+    "fast_poll_interval_s": _Key(_Kind.FLOAT, lo=0.02, hi=60),
+    "probe_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True, hi=60),
+    "failover_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "discovery_interval_s": _Key(_Kind.FLOAT, lo=1),
+}
+
+# [metrics] (dataclass and builder in config_metrics); an empty listen turns the endpoint off.
+_METRICS_KEYS: Final[dict[str, _Key]] = {
+    "listen": _Key(_Kind.STR),
+    "request_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True, hi=300),
+}
+
 _IAM_RULE_KEYS: Final[dict[str, _Key]] = {
     "arn": _Key(_Kind.STR, nonempty=True),
     "users": _Key(_Kind.STRLIST, nonempty=True),
@@ -147,6 +188,9 @@ _SECTIONS: Final[dict[str, dict[str, _Key]]] = {
     "server_tls": _SERVER_TLS_KEYS,
     "iam": _IAM_KEYS,
     "secrets": _SECRETS_KEYS,
+    "topology": _TOPOLOGY_KEYS,
+    "metrics": _METRICS_KEYS,
+    "admin": _ADMIN_KEYS,
 }
 _ARRAYS: Final[dict[str, dict[str, _Key]]] = {
     "databases": _DATABASE_KEYS,
@@ -469,6 +513,7 @@ class _Checker:
                 self.add(f"{path}.name", "required")
                 values["name"] = _BAD
             self.resolve_password(path, table, values)
+            resolve_env_refs(self, name, specs, path, table, values)
             result.append((path, values))
         return result
 
@@ -567,6 +612,58 @@ def _build_security(
         "iam_rules": tuple(rules),
         "secrets": SecretsSettings(**_valid(secrets_values)),
     }
+
+
+def _check_hosts(checker: _Checker, path: str, values: dict[str, Any]) -> None:
+    """Parse a database's ``hosts`` into (host, port) pairs, or mark it invalid."""
+    from .config_topology import check_database_hosts
+
+    if values.get("hosts") is _BAD:
+        return
+    hosts = check_database_hosts(checker.add, path, values)
+    if "hosts" in values:
+        values["hosts"] = _BAD if hosts is None else hosts
+
+
+def _build_topology(
+    checker: _Checker, data: Mapping[str, Any], databases: Iterable[Any], users: Iterable[Any]
+) -> Any:
+    """The [topology] section, and each tracked database's monitor login."""
+    from .config_topology import TopologySettings, check_topology
+
+    values = checker.section("topology", data.get("topology"))
+    settings = TopologySettings(**_valid(values))
+    if all(v is not _BAD for v in values.values()):
+        check_topology(checker.add, settings)
+    by_name = {u.name: u for u in users}
+    for db in databases:
+        if db.monitor_user is not None:
+            user = by_name.get(db.monitor_user)
+            if (
+                user is None
+                or not user.password
+                or user.password.startswith(("md5", _SCRAM_PREFIX))
+            ):
+                checker.add(
+                    f"databases.{db.name}.monitor_user",
+                    f'"{db.monitor_user}" must be a [[users]] entry with a plaintext password',
+                )
+        elif db.tracked and db.user is None and db.secret_arn is None:
+            checker.add(
+                f"databases.{db.name}.monitor_user",
+                "a multi-host database needs credentials for its topology monitor: set user "
+                "(with a password) or secret_arn on the database, or monitor_user",
+            )
+        elif db.tracked and db.secret_arn is None:
+            user = by_name.get(db.user or "")
+            password = db.password or (user.password if user is not None else None)
+            if password and password.startswith(_SCRAM_PREFIX):
+                checker.add(
+                    f"databases.{db.name}.monitor_user",
+                    "the topology monitor cannot log in with a SCRAM verifier: give the "
+                    "database user a plaintext password, or set monitor_user",
+                )
+    return settings
 
 
 def _check_user_password(

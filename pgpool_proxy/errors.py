@@ -22,6 +22,13 @@ class SqlState:
     CANNOT_CONNECT_NOW = "57P03"
     QUERY_CANCELED = "57014"
     INTERNAL_ERROR = "XX000"
+    # Admin console (pgpool_proxy.admin).
+    SYNTAX_ERROR = "42601"
+    INSUFFICIENT_PRIVILEGE = "42501"
+    UNDEFINED_OBJECT = "42704"
+    INVALID_PARAMETER_VALUE = "22023"
+    CANT_CHANGE_RUNTIME_PARAM = "55P02"
+    CONFIG_FILE_ERROR = "F0000"
 
 
 class ProxyError(Exception):
@@ -69,3 +76,6 @@ class DisconnectReason(enum.Enum):
     CLIENT_LEFT_MID_TRANSACTION = "client_left_mid_transaction"
     RESET_FAILED = "reset_failed"
     POOL_CLOSED = "pool_closed"
+    FAILOVER = "failover"  # the writer moved, or a replica left the usable set
+    BUDGET_EVICTED = "max_server_connections"  # closed to make room for another pool
+    ADMIN_KILL = "admin_kill"  # KILL db on the admin console

@@ -8,19 +8,26 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth.scram import ScramVerifier
-from .config import Config, DatabaseConfig, UserConfig
+from .config import Config, DatabaseConfig, DatabaseRole, UserConfig
+from .counters import ProxyCounters
 from .errors import DisconnectReason
+from .pool.budget import ServerBudget
 from .pool.pool import Pool, PoolSpec
+from .pool.tracking import Tracking
 from .protocol.constants import TRACKED_PARAMS
 from .protocol.messages import cancel_request as cancel_request_packet
 from .services import Services
 from .session.client import ClientConnection, ClientState
 from .session.login import run_login
 from .workers import WORKER_SHIFT, WorkerIdentity
+
+if TYPE_CHECKING:
+    from .aws.discovery import AddressMap
 
 log = logging.getLogger("pgpool_proxy.server")
 
@@ -29,6 +36,9 @@ JANITOR_INTERVAL_S = 0.25
 
 class ProxyServer:
     """One proxy instance. `start()` binds the listener; `close()` stops everything it started."""
+
+    # Rewrites server endpoints found by Aurora discovery (tests point them at local servers).
+    address_map: AddressMap | None = None
 
     def __init__(self, config: Config, identity: WorkerIdentity | None = None) -> None:
         self.config = config
@@ -48,8 +58,23 @@ class ProxyServer:
         self._dummy_verifier = ScramVerifier.from_password(secrets.token_urlsafe(24))
         self._all_clients: set[ClientConnection] = set()
         self._client_keys: dict[tuple[str, str], bytes] = {}
+        # Plain ints read by the metrics collector at scrape time (see counters).
+        self.counters = ProxyCounters()
+        self.metrics_endpoint: Any = None  # admin.http.MetricsEndpoint when [metrics] listen
+        # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
+        self.draining = False  # SIGTERM/SHUTDOWN: listener closed, clients leaving
+        self.paused = False  # PAUSE without a database: every pool holds new transactions
+        self.paused_dbs: set[str] = set()  # PAUSE db / KILL db, until RESUME
+        self.admin_sessions: set[ClientConnection] = set()  # clients of the admin console
+        self.stop_requested = asyncio.Event()  # set by the admin SHUTDOWN command
+        self.started_at = time.time()
         # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
         self.services = Services(config, self.spawn)
+        # Writer tracking for multi-host databases (pool.tracking); tests may map addresses.
+        self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
+        self.topologies = self.tracking.topologies
+        limit = config.pool.max_server_connections
+        self.budget = ServerBudget(limit, self.pools.values()) if limit else None
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
 
@@ -60,12 +85,13 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         ident = self.identity
         await self.services.start()
+        await self.tracking.start()
         self._server = await loop.create_server(
             lambda: ClientConnection(self),
             self.config.proxy.listen_host,
             self.config.proxy.listen_port if port is None else port,
             reuse_address=True,
-            reuse_port=ident.count > 1,
+            reuse_port=ident.count > 1 or self.config.proxy.reuse_port,
             backlog=4096,
         )
         if ident.count > 1:
@@ -79,6 +105,9 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
+        from .admin.http import start_metrics_endpoint
+
+        self.metrics_endpoint = await start_metrics_endpoint(self)
         if ident.count > 1:
             log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
         else:
@@ -91,6 +120,9 @@ class ProxyServer:
             self._peer_server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        self.tracking.stop()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.close()
         for client in list(self._all_clients):
             client.close(DisconnectReason.SHUTDOWN)
         for pool in self.pools.values():
@@ -133,6 +165,7 @@ class ProxyServer:
 
     def client_connected(self, client: ClientConnection) -> None:
         self.client_count += 1
+        self.counters.accepted += 1
         self._all_clients.add(client)
         self.spawn(run_login(client), "login")
 
@@ -144,6 +177,7 @@ class ProxyServer:
         if prev != ClientState.LOGIN and client.pool is not None:
             client.pool.clients -= 1
         reason = client.close_reason or DisconnectReason.CLIENT_EOF
+        self.counters.client_disconnects[reason] += 1
         # A cancel request is a connection of its own; logging each would drown the log.
         log.log(
             logging.DEBUG if reason == DisconnectReason.CANCEL_REQUEST else logging.INFO,
@@ -152,6 +186,13 @@ class ProxyServer:
             client.user or "-",
             client.database or "-",
             reason.value,
+            extra={
+                "event": "client_disconnect",
+                "addr": client.addr,
+                "user": client.user or None,
+                "db": client.database or None,
+                "reason": reason.value,
+            },
         )
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
@@ -226,13 +267,23 @@ class ProxyServer:
                 max_prepared_statements=cfg.pool.max_prepared_statements,
                 tls=self.services.server_tls,
                 credentials=self.services.credentials_for(db),
+                reader=db.role is DatabaseRole.READER,
+                reader_fallback=db.reader_fallback,
+                max_replica_lag_bytes=db.max_replica_lag_bytes,
+                failover_timeout_s=cfg.topology.failover_timeout_s,
             )
             pool = Pool(spec, self.spawn)
+            pool.budget = self.budget
+            topology = self.tracking.for_database(db)
+            if topology is not None:
+                pool.attach_topology(topology)
             if secret is not None:
                 verifier = ScramVerifier.parse(secret)
                 if verifier is not None:
                     pool.server_key = verifier.server_key
                     pool.client_key = self._client_keys.get((server_user, secret))
+            if self.paused or db.name in self.paused_dbs:
+                pool.pause()
             self.pools[key] = pool
         return pool
 

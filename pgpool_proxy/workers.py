@@ -27,6 +27,8 @@ MAX_WORKERS = 1 << (31 - WORKER_SHIFT)
 # A worker that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 1.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Passed on to every worker: the stop signals, and SIGHUP (each worker reloads its config).
+_FORWARDED = _STOP_SIGNALS | {signal.SIGHUP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,8 @@ def supervise(
 ) -> int:
     """Fork `count` workers running `run_worker(identity, port)` and wait for a stop signal.
 
-    SIGTERM and SIGINT are passed on to every worker (each drains and exits by itself); a worker
+    SIGTERM, SIGINT and SIGHUP are passed on to every worker (each drains and exits, or reloads,
+    by itself); a worker
     that dies on its own is restarted.
     """
     reservation, port = reserve_port(host, port)
@@ -70,17 +73,19 @@ def supervise(
         ident = WorkerIdentity(index, count, peer_dir)
         # Signals wait until the child is recorded (parent) or its handlers reset (child):
         # otherwise a SIGTERM in between would never reach this worker.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
             pid = os.fork()
             if pid == 0:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                # Ignored until the worker's loop installs its reload handler.
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             else:
                 children[pid] = index
                 last_start[index] = time.monotonic()
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         if pid == 0:
             # The child must not keep the parent's reservation open.
             reservation.close()
@@ -93,13 +98,15 @@ def supervise(
                 os._exit(code)
 
     def on_signal(signum: int, _frame: object) -> None:
-        stopping.append(signum)
+        if signum != signal.SIGHUP:
+            stopping.append(signum)
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
     old_term = signal.signal(signal.SIGTERM, on_signal)
     old_int = signal.signal(signal.SIGINT, on_signal)
+    old_hup = signal.signal(signal.SIGHUP, on_signal)
     try:
         for i in range(count):
             start(i)
@@ -130,5 +137,6 @@ def supervise(
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGHUP, old_hup)
         reservation.close()
         shutil.rmtree(peer_dir, ignore_errors=True)

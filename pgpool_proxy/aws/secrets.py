@@ -134,6 +134,7 @@ class CachedSecret:
         self.fetched_at = 0.0
         self.next_refresh = 0.0
         self.fetches = 0
+        self.failures = 0  # fetches that failed (the last good value was kept, if any)
         self._refreshing: asyncio.Future[None] | None = None
         self._last_attempt = (-1.0, False)  # (when, with AWSPENDING) of the latest fetch
         self.last_error = "not fetched yet"
@@ -193,6 +194,7 @@ class CachedSecret:
         try:
             await self._fetch(with_pending)
         except SecretError as exc:
+            self.failures += 1
             self.last_error = str(exc)
             self.next_refresh = time.monotonic() + self.settings.retry_interval_s
             if self.value is None:

@@ -13,14 +13,17 @@ from ._util import HOST, PgServerError, quote_ident, quote_literal
 from .binaries import BINDIR_ENV as BINDIR_ENV
 from .binaries import embedded_pg_bindir, find_pg_bindir, shared_install_copy
 from .cluster import LocalPostgres
+from .replica import ReplicatedCluster, start_replica
 
 __all__ = [
     "HOST",
     "LocalPostgres",
     "PgServerError",
+    "ReplicatedCluster",
     "embedded_pg_bindir",
     "find_pg_bindir",
     "quote_ident",
     "quote_literal",
     "shared_install_copy",
+    "start_replica",
 ]

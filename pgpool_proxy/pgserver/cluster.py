@@ -172,6 +172,12 @@ class LocalPostgres:
             self._kill_postmaster()
         self._running = False
 
+    def promote(self) -> None:
+        """Promote a standby (see pgserver.replica) to a primary, returning once it is one."""
+        result = self._pg_ctl("promote", "-w", "-t", str(_START_TIMEOUT_S))
+        if result.returncode != 0:
+            raise PgServerError(f"pg_ctl promote failed: {result.output}")
+
     def restart(self) -> None:
         self.stop("fast")
         self.start()
@@ -300,6 +306,7 @@ class LocalPostgres:
         body = [
             "# Written by pgpool_proxy.pgserver.LocalPostgres.set_hba",
             "local all all trust",
+            "local replication all trust",
             *lines,
             f"host all {_hba_word(self.superuser)} {self.host}/32 {self.host_auth}",
         ]

@@ -98,6 +98,7 @@ class BackendConnection(Endpoint):
     """
 
     __slots__ = (
+        "address",
         "applied_sig",
         "cancels_in_flight",
         "client",
@@ -109,6 +110,7 @@ class BackendConnection(Endpoint):
         "internal_errors",
         "internal_pending",
         "internal_rows",
+        "linked_at",
         "loop",
         "on_internal_done",
         "params",
@@ -126,6 +128,8 @@ class BackendConnection(Endpoint):
         super().__init__(RecvBuffer(BACKEND_BUFFER, BACKEND_BUFFER))
         self.pool = pool
         self.generation = generation
+        # The server this connection goes to (pools with several hosts choose per connection).
+        self.address: tuple[str, int] = pool.backend_address
         self.state = BackendState.CONNECTING
         self.scanner = BackendScanner()
         self.client: ClientConnection | None = None
@@ -140,6 +144,7 @@ class BackendConnection(Endpoint):
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.created_at = loop.time()
+        self.linked_at = self.created_at  # when a client last took it (transaction time)
         self.idle_since = self.created_at
         self.tx_status = TX_IDLE
         # Proxy-issued queries (SET replay, reset) whose replies must not reach a client.
@@ -231,6 +236,7 @@ class BackendConnection(Endpoint):
                     break
                 cs = client.scanner
                 cs.pending -= 1
+                self.pool.total_queries += 1
                 if cs.units:
                     self._write(start, pos)
                     start = pos
@@ -395,7 +401,7 @@ class BackendConnection(Endpoint):
 
     async def _cancel(self) -> None:
         try:
-            host, port = self.pool.backend_address
+            host, port = self.address
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port), self.pool.connect_timeout_s
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import ssl
@@ -11,6 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..session.prepared import StatementRegistry
 from .backend import BackendConnection, BackendLoginError, BackendState
@@ -19,6 +21,8 @@ from .connect import NO_TLS, ServerTls, open_server_transport
 if TYPE_CHECKING:
     from ..config import PoolMode
     from ..session.client import ClientConnection
+    from .budget import ServerBudget
+    from .topology import HostState, Topology
 
 log = logging.getLogger("pgpool_proxy.pool")
 
@@ -61,6 +65,11 @@ class PoolSpec:
     max_prepared_statements: int
     tls: ServerTls = NO_TLS
     credentials: CredentialSource | None = None  # replaces user/secret when set
+    # Multi-host databases (a Topology decides the server): see attach_topology.
+    reader: bool = False  # replicas, balanced, instead of the writer
+    reader_fallback: bool = True
+    max_replica_lag_bytes: int = 0
+    failover_timeout_s: float = 30.0
 
 
 class Pool:
@@ -95,11 +104,27 @@ class Pool:
         # Named prepared statements shared by this pool's clients (transaction mode).
         self.registry = StatementRegistry(max(1000, 10 * spec.max_prepared_statements))
         self.pinned = 0  # clients holding a backend between transactions (session state)
+        # Writer tracking: None for a single-host database (always spec.host:spec.port).
+        self.topology: Topology | None = None
+        self.target: tuple[str, int] | None = (spec.host, spec.port)
+        self.by_address: dict[tuple[str, int], int] = {}  # live connections per server
+        self._lagging: set[tuple[str, int]] = set()  # replicas over max_replica_lag_bytes
+        self._retired: set[tuple[str, int]] = set()  # servers a reader pool stopped using
+        self._usable_last: set[tuple[str, int]] = set()
+        # The proxy-wide cap on server connections (pool.max_server_connections), if any.
+        self.budget: ServerBudget | None = None
         # Plain counters, read at scrape time (never labelled per message).
         self.clients = 0
         self.total_xacts = 0
+        self.total_xact_s = 0.0  # time backends spent linked to clients, summed at release
+        self.total_queries = 0  # ReadyForQuery replies forwarded to clients
         self.total_wait_s = 0.0
         self.wait_count = 0
+        # Waits of queued clients by WAIT_BOUNDS_S bucket; acquires that found an idle backend
+        # are only counted (they belong in the lowest bucket, added at scrape time).
+        self.wait_buckets = wait_buckets()
+        self.instant_acquires = 0
+        self.server_disconnects = disconnect_counts()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._spawn(coro, f"{self.name}:{name}")
@@ -110,6 +135,7 @@ class Pool:
         """A backend for client now, or None after queueing client (FIFO) for the next one."""
         idle = self.idle
         if idle:
+            self.instant_acquires += 1
             return idle.pop()
         client.wait_since = self.loop.time()
         self.waiters.append(client)
@@ -124,11 +150,16 @@ class Pool:
             # Reuse only after the cancel has reached the server, so it cannot hit the next client.
             backend.release_when_cancelled = True
             return
-        self.total_xacts += 1
-        if backend.generation != self.generation or self.closed:
-            backend.close(DisconnectReason.POOL_CLOSED)
-            return
         now = self.loop.time()
+        if backend.state != BackendState.IDLE:
+            # A client's transaction (or session) ends here; a fresh connection is no transaction.
+            self.total_xacts += 1
+            self.total_xact_s += now - backend.linked_at
+        if backend.generation != self.generation or self.closed:
+            backend.close(
+                DisconnectReason.POOL_CLOSED if self.closed else DisconnectReason.FAILOVER
+            )
+            return
         lifetime = self.spec.lifetime_s
         if lifetime and now - backend.created_at > lifetime:
             backend.close(DisconnectReason.LIFETIME)
@@ -139,8 +170,10 @@ class Pool:
         while waiters:
             client = waiters.popleft()
             if client.is_waiting():
-                self.total_wait_s += now - client.wait_since
+                waited = now - client.wait_since
+                self.total_wait_s += waited
                 self.wait_count += 1
+                self.wait_buckets[bisect.bisect_left(WAIT_BOUNDS_S, waited)] += 1
                 client.backend_assigned(backend)
                 return
         backend.idle_since = now
@@ -155,6 +188,19 @@ class Pool:
 
     def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
         self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self)
+        if self.topology is not None:
+            by_address = self.by_address
+            left = by_address.get(backend.address, 0) - 1
+            if left > 0:
+                by_address[backend.address] = left
+            else:
+                by_address.pop(backend.address, None)
+            if backend.close_reason == DisconnectReason.BACKEND_FAILED:
+                # A server connection died: maybe its server did; look now, not in a second.
+                self.topology.suspect()
+        self.server_disconnects[backend.close_reason or DisconnectReason.BACKEND_FAILED] += 1
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
@@ -167,6 +213,8 @@ class Pool:
             and not self.closed
             and self.total < self.spec.size
             and self.loop.time() - self.last_connect_failure_at >= self.spec.login_retry_s
+            and (self.topology is None or self._pick_address() is not None)
+            and (self.budget is None or self.budget.allows(self))
         ):
             self._launch()
 
@@ -233,10 +281,21 @@ class Pool:
         """Connect and log in one backend; on failure it is closed (giving its slot back)."""
         spec = self.spec
         backend = BackendConnection(self, self.generation)
+        if self.topology is not None:
+            address = self._pick_address()
+            if address is None:
+                self.total -= 1  # no backend took the slot
+                raise ProxyError(
+                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                    f"no usable server for pool {self.name}: {self.topology.describe()}",
+                )
+            backend.address = address
+            self.by_address[address] = self.by_address.get(address, 0) + 1
+        host, port = backend.address
         try:
             try:
                 async with asyncio.timeout(spec.connect_timeout_s):
-                    await open_server_transport(lambda: backend, spec.host, spec.port, spec.tls)
+                    await open_server_transport(lambda: backend, host, port, spec.tls)
                     await backend.login(
                         user,
                         spec.dbname,
@@ -247,7 +306,7 @@ class Pool:
             except TimeoutError:
                 raise ProxyError(
                     SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"timed out connecting to the server at {spec.host}:{spec.port} "
+                    f"timed out connecting to the server at {host}:{port} "
                     f"after {spec.connect_timeout_s:g}s",
                 ) from None
             except ssl.SSLError as exc:
@@ -258,14 +317,13 @@ class Pool:
                 )
                 raise ProxyError(
                     SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"TLS to the server at {spec.host}:{spec.port} failed "
+                    f"TLS to the server at {host}:{port} failed "
                     f"(server_tls.mode = {spec.tls.mode.value}): {why}",
                 ) from None
             except OSError as exc:
                 raise ProxyError(
                     SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"could not connect to the server at {spec.host}:{spec.port}: "
-                    f"{exc.strerror or exc}",
+                    f"could not connect to the server at {host}:{port}: {exc.strerror or exc}",
                 ) from None
         except BaseException:
             # connection_lost may already have closed it and released its slot.
@@ -275,10 +333,21 @@ class Pool:
         return backend
 
     def _connect_failed(self, exc: ProxyError) -> None:
-        log.warning("server login failed: pool=%s: %s %s", self.name, exc.sqlstate, exc.message)
+        log.warning(
+            "server login failed: pool=%s: %s %s",
+            self.name,
+            exc.sqlstate,
+            exc.message,
+            extra={"event": "pool_error", "pool": self.name, "sqlstate": exc.sqlstate},
+        )
         self.last_connect_error = exc
         self.last_connect_failure_at = self.loop.time()
         self._wake_params_waiters(exc)
+        if self.topology is not None and not isinstance(exc, BackendLoginError):
+            # The server may be failing over: queued clients wait for the monitor to confirm a
+            # writer (bounded by failover_timeout_s in tick) rather than failing now.
+            self.topology.suspect()
+            return
         # With no other server connection alive, nobody in the queue can be served soon: tell
         # them why now instead of letting them wait for query_wait_timeout.
         if self.total - 1 <= 0 or isinstance(exc, BackendLoginError):
@@ -290,7 +359,39 @@ class Pool:
 
     async def ensure_server_params(self) -> dict[str, str]:
         """The server's reported settings, connecting a first backend if none is known yet."""
+        waited_s = 0.0
         while self.server_params is None:
+            topo = self.topology
+            if topo is not None and self.connecting == 0 and self._pick_address() is None:
+                # No server to ask yet (the first probes, or a failover): wait like a queued
+                # transaction would, then say which servers were tried.
+                if waited_s >= self.spec.failover_timeout_s:
+                    raise ProxyError(
+                        SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                        f"no usable server for pool {self.name} within "
+                        f"{self.spec.failover_timeout_s:g}s (topology.failover_timeout_s); "
+                        f"servers: {topo.describe()}",
+                    )
+                await asyncio.sleep(0.02)
+                waited_s += 0.02
+                continue
+            budget = self.budget
+            if self.connecting == 0 and budget is not None and not budget.allows(self):
+                # No room for a first connection. Another pool of the same server already
+                # knows what it reports (per-role settings aside): use that so the login
+                # completes; the client's first query then queues like any other.
+                sibling = budget.params_for(self)
+                if sibling is not None:
+                    self.server_params = dict(sibling)
+                    break
+                if waited_s >= self.spec.query_wait_timeout_s:
+                    raise ProxyError(
+                        SqlState.TOO_MANY_CONNECTIONS,
+                        f"pool.max_server_connections ({budget.limit}) are all in use",
+                    )
+                await asyncio.sleep(0.05)
+                waited_s += 0.05
+                continue
             fut: asyncio.Future[None] = self.loop.create_future()
             self._params_waiters.append(fut)
             if self.connecting == 0:
@@ -336,6 +437,24 @@ class Pool:
                     reason=DisconnectReason.POOL_TIMEOUT,
                 )
                 continue
+            if (
+                self.topology is not None
+                and now - head.wait_since >= spec.failover_timeout_s
+                and (self.last_connect_error is not None or self._pick_address() is None)
+            ):
+                waiters.popleft()
+                what = "replica or writer" if spec.reader else "writer"
+                head.pool_failed(
+                    ProxyError(
+                        SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                        f"no {what} for pool {self.name} could be reached within "
+                        f"{spec.failover_timeout_s:g}s (topology.failover_timeout_s); servers: "
+                        f"{self.topology.describe()}",
+                        hint="Retry later; the proxy keeps probing every host.",
+                    ),
+                    reason=DisconnectReason.BACKEND_CONNECT_FAILED,
+                )
+                continue
             break
         for backend in list(self.idle):
             if spec.lifetime_s and now - backend.created_at > spec.lifetime_s:
@@ -350,7 +469,11 @@ class Pool:
         if not self.closed and now - self.last_connect_failure_at >= spec.login_retry_s:
             if self.connecting == 0:
                 self._maybe_grow()
-            while self.total < spec.min_size:
+            while (
+                self.total < spec.min_size
+                and (self.topology is None or self._pick_address() is not None)
+                and (self.budget is None or self.budget.in_use() < self.budget.limit)
+            ):
                 self._launch()
 
     def close(self) -> None:
@@ -358,6 +481,115 @@ class Pool:
         self.generation += 1
         for backend in list(self.idle):
             backend.close(DisconnectReason.POOL_CLOSED)
+        if self.topology is not None:
+            self.topology.unsubscribe(self._topology_changed)
+
+    # --- writer tracking ---------------------------------------------------------------------
+
+    def attach_topology(self, topology: Topology) -> None:
+        """Let ``topology`` choose this pool's servers: the writer, or replicas for a reader."""
+        self.topology = topology
+        self.target = None
+        topology.subscribe(self._topology_changed)
+        self._topology_changed(topology)
+
+    def retire(self, reason: DisconnectReason) -> None:
+        """Stop using every current server connection: idle ones close now, busy ones when
+        their client releases them (a transaction in flight is not cut)."""
+        self.generation += 1
+        for backend in list(self.idle):
+            backend.close(reason)
+
+    def _pick_address(self) -> tuple[str, int] | None:
+        """Where the next server connection goes; None while there is nowhere to go."""
+        topo = self.topology
+        if topo is None or not self.spec.reader:
+            return self.target
+        usable = self._usable_replicas(topo)
+        if usable:
+            # The replica this pool has the fewest connections to (ties: configured order).
+            by_address = self.by_address
+            return min(usable, key=lambda key: by_address.get(key, 0))
+        if self.spec.reader_fallback and topo.writer is not None:
+            return topo.writer.key
+        return None
+
+    def _usable_replicas(self, topo: Topology) -> list[tuple[str, int]]:
+        bound = self.spec.max_replica_lag_bytes
+        lagging = self._lagging
+        usable = []
+        for h in topo.replicas():
+            key = h.key
+            if bound:
+                lag = h.lag_bytes
+                # Hysteresis: out above the bound, back in only below half of it, so a replica
+                # hovering at the bound does not retire the pool on every poll.
+                if lag is None or lag > bound:
+                    lagging.add(key)
+                elif lag <= bound // 2:
+                    lagging.discard(key)
+                if key in lagging:
+                    continue
+            usable.append(key)
+        return usable
+
+    def _topology_changed(self, topo: Topology) -> None:
+        if self.closed:
+            return
+        if not self.spec.reader:
+            writer: HostState | None = topo.writer
+            new = writer.key if writer is not None else None
+            if new == self.target:
+                return
+            old, self.target = self.target, new
+            if old is not None or self.total:
+                self.retire(DisconnectReason.FAILOVER)
+            if new is None:
+                if old is None:
+                    return  # attached while no writer is known yet
+                log.warning(
+                    "pool %s: writer lost (%s); holding new transactions",
+                    self.name,
+                    topo.describe(),
+                    extra={"event": "failover", "pool": self.name, "writer": None},
+                )
+                return
+            log.info(
+                "pool %s: writer is now %s:%s",
+                self.name,
+                new[0],
+                new[1],
+                extra={"event": "failover", "pool": self.name, "writer": f"{new[0]}:{new[1]}"},
+            )
+        else:
+            usable = set(self._usable_replicas(topo))
+            if not usable and self.spec.reader_fallback and topo.writer is not None:
+                usable.add(topo.writer.key)
+            # Retire once per server leaving the set: its busy connections stay counted in
+            # by_address until their transactions end, and must not retire newer ones again.
+            retired = self._retired
+            retired.intersection_update(self.by_address)
+            retired.difference_update(usable)
+            leaving = [key for key in self.by_address if key not in usable and key not in retired]
+            if leaving:
+                log.info("pool %s: servers now %s", self.name, sorted(usable) or "none")
+                retired.update(leaving)
+                self.retire(DisconnectReason.FAILOVER)
+            if not usable or usable == self._usable_last:
+                self._usable_last = usable
+                return
+            self._usable_last = usable
+        # A server is known again: serve the queue now, not at the next retry pace.
+        self.last_connect_failure_at = -1e9
+        self.grow_for_waiters()
+
+    def grow_for_waiters(self) -> None:
+        """Open connections for as many queued clients as the limits allow."""
+        for _ in range(len(self.waiters) - self.connecting):
+            before = self.total
+            self._maybe_grow()
+            if self.total == before:
+                break
 
     def stats(self) -> dict[str, int]:
         active = self.total - len(self.idle) - self.connecting
@@ -371,3 +603,52 @@ class Pool:
             "pinned": self.pinned,
             "prepared_statements": len(self.registry.by_key),
         }
+
+    # --- lifecycle: reload, PAUSE/RESUME (pgpool_proxy.lifecycle, the admin console) -----------
+
+    # Set by pause(): new transactions queue and no server connection is opened until resume().
+    paused = False
+
+    def reconfigure(self, spec: PoolSpec) -> None:
+        """Adopt a reloaded spec. When the server identity changed, current backends retire:
+        idle ones close now, busy ones when their transaction ends."""
+        old = self.spec
+        self.spec = spec
+        self.backend_address = (spec.host, spec.port)
+        self.connect_timeout_s = spec.connect_timeout_s
+        identity = ("host", "port", "dbname", "user", "secret", "credentials", "tls")
+        if any(getattr(old, k) != getattr(spec, k) for k in identity):
+            if self.topology is None:
+                self.target = (spec.host, spec.port)
+            self.welcome_cache.clear()
+            self.retire(DisconnectReason.POOL_CLOSED)
+        else:
+            # A smaller pool sheds idle connections now; busy ones above it close by lifetime.
+            for backend in list(self.idle):
+                if self.total <= spec.size:
+                    break
+                backend.close(DisconnectReason.POOL_CLOSED)
+        if not self.paused:
+            self._maybe_grow()  # a larger pool serves its queue at once
+
+    def pause(self) -> None:
+        """Stop handing out servers: idle ones close now, busy ones when released, and new
+        transactions wait in the queue (bounded by query_wait_timeout_s)."""
+        self.paused = True
+        self.closed = True
+        self.retire(DisconnectReason.POOL_CLOSED)
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        self.closed = False
+        self.last_connect_failure_at = -1e9
+        if self.topology is not None:
+            # Writer changes were ignored while paused (closed): catch up first.
+            self._topology_changed(self.topology)
+        for _ in range(len(self.waiters)):
+            before = self.total
+            self._maybe_grow()
+            if self.total == before:
+                break

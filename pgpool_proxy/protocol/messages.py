@@ -274,3 +274,50 @@ def parse_data_row(body: bytes | memoryview) -> list[str | None]:
             row.append(bytes(body[pos : pos + size]).decode("utf-8", "replace"))
             pos += size
     return row
+
+
+# --- query results the proxy answers itself (admin console) ----------------------------------
+
+# Type OIDs for RowDescription; text format only.
+OID_INT8 = 20
+OID_INT4 = 23
+OID_TEXT = 25
+
+
+def row_description(columns: Iterable[tuple[str, int]]) -> bytes:
+    """RowDescription for (name, type oid) columns, all in text format."""
+    cols = list(columns)
+    body = [INT16.pack(len(cols))]
+    for name, oid in cols:
+        size = 8 if oid == OID_INT8 else 4 if oid == OID_INT4 else -1
+        # table oid, column number, type oid, type size, type modifier, format code
+        body.append(cstr(name) + struct.pack("!IhIhih", 0, 0, oid, size, -1, 0))
+    return frame(b"T", b"".join(body))
+
+
+def data_row(values: Iterable[str | None]) -> bytes:
+    """DataRow of text values; None is SQL NULL."""
+    vals = list(values)
+    body = [INT16.pack(len(vals))]
+    for v in vals:
+        if v is None:
+            body.append(b"\xff\xff\xff\xff")
+        else:
+            raw = v.encode()
+            body.append(INT32.pack(len(raw)) + raw)
+    return frame(b"D", b"".join(body))
+
+
+def command_complete(tag: str) -> bytes:
+    return frame(b"C", cstr(tag))
+
+
+def empty_query_response() -> bytes:
+    return frame(b"I")
+
+
+def notice_response(message: str, *, detail: str | None = None) -> bytes:
+    fields = [b"SNOTICE\0", b"VNOTICE\0", b"C00000\0", b"M" + cstr(message)]
+    if detail:
+        fields.append(b"D" + cstr(detail))
+    return frame(b"N", b"".join(fields) + b"\0")

@@ -224,6 +224,7 @@ class ClientConnection(Endpoint):
         assert pool is not None
         idle = pool.idle
         if idle:
+            pool.instant_acquires += 1
             self._link(idle.pop())
             return
         backend = pool.acquire(self)
@@ -239,6 +240,7 @@ class ClientConnection(Endpoint):
     def _link(self, backend: BackendConnection) -> None:
         backend.to(BackendState.ACTIVE)
         backend.client = self
+        backend.linked_at = backend.loop.time()
         backend.scanner.units = self.scanner.units
         self.backend = backend
         self._sync_flow(backend)
@@ -410,6 +412,7 @@ class ClientConnection(Endpoint):
             self.stmts[name] = stmt
             if stmt in backend.stmts:
                 backend.stmts.touch(stmt)
+                registry.hits += 1
                 done = Action(
                     A_SYNTH, U_PARSE, stmt, reply=PARSE_COMPLETE, client_name=name, prev=prev
                 )
@@ -509,7 +512,9 @@ class ClientConnection(Endpoint):
         units = self.scanner.units
         if stmt in bs:
             bs.touch(stmt)
+            backend.pool.registry.hits += 1
             return
+        backend.pool.registry.misses += 1
         victim = bs.add(stmt)
         if victim is not None:
             out.append(victim.close_frame)

@@ -12,6 +12,13 @@ from ..auth.iam import IamError
 from ..auth.md5 import verify_md5_response
 from ..auth.scram import MECHANISM, ScramError, ScramServer
 from ..config import AuthType, PoolMode
+from ..counters import (
+    AUTH_IAM,
+    AUTH_PASSWORD,
+    AUTH_PROTOCOL,
+    AUTH_TLS_REQUIRED,
+    AUTH_UNKNOWN_USER,
+)
 from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..protocol import messages as m
@@ -137,7 +144,12 @@ async def run_login(client: ClientConnection) -> None:
                 if exc.sqlstate == SqlState.PROTOCOL_VIOLATION
                 else DisconnectReason.BACKEND_CONNECT_FAILED
             )
-            client.fail(exc, getattr(exc, "reason", None) or reason)
+            reason = getattr(exc, "reason", None) or reason
+            if reason == DisconnectReason.AUTH_FAILED:
+                failures = server.counters.auth_failures
+                why = getattr(exc, "auth_reason", None) or AUTH_PASSWORD
+                failures[why] = failures.get(why, 0) + 1
+            client.fail(exc, reason)
     except m.ProtocolViolation as exc:
         client.fail(
             ProxyError(SqlState.PROTOCOL_VIOLATION, str(exc)), DisconnectReason.PROTOCOL_ERROR
@@ -152,9 +164,17 @@ async def run_login(client: ClientConnection) -> None:
 
 
 class _Refusal(ProxyError):
-    def __init__(self, sqlstate: str, message: str, reason: DisconnectReason) -> None:
+    def __init__(
+        self,
+        sqlstate: str,
+        message: str,
+        reason: DisconnectReason,
+        auth_reason: str | None = None,
+    ) -> None:
         super().__init__(sqlstate, message)
         self.reason = reason
+        # For AUTH_FAILED: which counters.AUTH_* refusal this is (the metrics label).
+        self.auth_reason = auth_reason
 
 
 async def _login(client: ClientConnection) -> None:
@@ -205,6 +225,7 @@ async def _login(client: ClientConnection) -> None:
             "SSL/TLS is required to connect to this proxy (client_tls.mode = require); "
             "connect with sslmode=require",
             DisconnectReason.AUTH_FAILED,
+            AUTH_TLS_REQUIRED,
         )
     params = packet.params
     unsupported = [k for k in params if k.startswith("_pq_.")]
@@ -234,6 +255,12 @@ async def _login(client: ClientConnection) -> None:
     db = config.database(database)
     user_cfg = config.user(user)
     await _authenticate(client, user, user_cfg)
+    if database == config.admin.database:
+        # The virtual admin database: the console takes over (it refuses non-admin users).
+        from ..admin.console import start_console
+
+        start_console(client, params)
+        return
     if db is None:
         raise _Refusal(
             SqlState.INVALID_CATALOG_NAME,
@@ -281,12 +308,21 @@ async def _login(client: ClientConnection) -> None:
         ),
     )
     client.to(ClientState.IDLE)
+    server.counters.logins += 1
+    mode = "transaction" if client.release_on_idle else "session"
     log.info(
         "client login: %s user=%s db=%s mode=%s",
         client.addr,
         user,
         database,
-        "transaction" if client.release_on_idle else "session",
+        mode,
+        extra={
+            "event": "client_connect",
+            "addr": client.addr,
+            "user": user,
+            "db": database,
+            "mode": mode,
+        },
     )
     if client.rbuf.pending():
         client.buffer_updated(0)
@@ -313,11 +349,12 @@ def _parameter_statuses(
     return block
 
 
-def _auth_failed(user: str) -> _Refusal:
+def _auth_failed(user: str, why: str = AUTH_PASSWORD) -> _Refusal:
     return _Refusal(
         SqlState.INVALID_PASSWORD,
         f'password authentication failed for user "{user}"',
         DisconnectReason.AUTH_FAILED,
+        why,
     )
 
 
@@ -357,11 +394,12 @@ async def _authenticate_iam(client: ClientConnection, user: str) -> None:
             SqlState.INVALID_AUTHORIZATION,
             f'IAM authentication for user "{user}" requires an SSL connection (sslmode=require)',
             DisconnectReason.AUTH_FAILED,
+            AUTH_TLS_REQUIRED,
         )
     _send(client, _AUTH_CLEARTEXT)
     token = m.parse_password(await read_password_message(client))
     if iam is None:  # the config loader makes this unreachable
-        raise _auth_failed(user)
+        raise _auth_failed(user, AUTH_IAM)
     try:
         identity = await iam.authenticate(token, user, client.database)
     except IamError as exc:
@@ -370,6 +408,7 @@ async def _authenticate_iam(client: ClientConnection, user: str) -> None:
             exc.sqlstate,
             f'IAM authentication failed for user "{user}": {exc.message}',
             DisconnectReason.AUTH_FAILED,
+            AUTH_IAM,
         ) from None
     log.info("IAM login: %s user=%s principal=%s", client.addr, user, identity.principal)
 
@@ -386,9 +425,11 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
                 SqlState.INVALID_AUTHORIZATION,
                 f'no such user: "{user}" is not configured in the proxy',
                 DisconnectReason.AUTH_FAILED,
+                AUTH_UNKNOWN_USER,
             )
         return
     secret = user_cfg.password if user_cfg is not None else None
+    refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
     # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
     # no SCRAM verifier under md5), so there is no silent downgrade here.
     if auth_type == AuthType.MD5:
@@ -396,7 +437,7 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
         _send(client, m.auth_md5(salt))
         response = m.parse_password(await read_password_message(client))
         if secret is None or not verify_md5_response(response, secret, user, salt):
-            raise _auth_failed(user)
+            raise _auth_failed(user, refused)
         return
     # Unknown users run the same exchange against a random verifier, so probing reveals nothing.
     verifier = server.scram_verifier(user, secret)
@@ -408,14 +449,15 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
             SqlState.PROTOCOL_VIOLATION,
             f"client selected an invalid SASL authentication mechanism ({mechanism})",
             DisconnectReason.AUTH_FAILED,
+            AUTH_PROTOCOL,
         )
     try:
         _send(client, m.auth_sasl_continue(scram.handle_client_first(first)))
         final = await read_password_message(client)
         server_final = scram.handle_client_final(final)
     except ScramError:
-        raise _auth_failed(user) from None
+        raise _auth_failed(user, refused) from None
     if secret is None:
-        raise _auth_failed(user)
+        raise _auth_failed(user, refused)
     _send(client, m.auth_sasl_final(server_final))
     server.remember_client_key(user, verifier, scram.client_key)

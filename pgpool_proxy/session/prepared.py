@@ -82,12 +82,15 @@ class Action:
 class StatementRegistry:
     """The statements of one pool, by (query, parameter types)."""
 
-    __slots__ = ("by_key", "counter", "limit")
+    __slots__ = ("by_key", "counter", "hits", "limit", "misses")
 
     def __init__(self, limit: int) -> None:
         self.by_key: dict[bytes, Stmt] = {}
         self.counter = 0
         self.limit = limit
+        # Uses of a statement its server connection had prepared / had to be given (metrics).
+        self.hits = 0
+        self.misses = 0
 
     def add(self, key: bytes, flags: int) -> Stmt:
         """A new statement for key (callers look in `by_key` first)."""

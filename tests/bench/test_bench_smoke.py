@@ -140,3 +140,26 @@ def test_harness_smoke(tmp_path: Path) -> None:
     md = render_results_md(data)
     assert "## Throughput" in md and "python -m bench (smoke)" in md
     assert any("select-simple" in line for line in lines)
+
+
+@pytest.mark.skipif(not pg_available(), reason="PostgreSQL server binaries not found")
+def test_failover_bench_one_run(tmp_path: Path) -> None:
+    from bench.failover import main as failover_main
+
+    out = tmp_path / "failover.json"
+    assert failover_main(["--runs", "1", "--promote-after", "0.5", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (run,) = data["runs"]
+    assert run["promote_to_write_s"] is not None
+    assert run["lost_commits"] == 0
+    assert run["idle_kept"] == run["idle_total"]
+
+
+def test_report_keeps_hand_written_sections() -> None:
+    from bench.report import keep_hand_written
+
+    old = "# R\n\n## Throughput\nold\n\n## Failover\nfigures\n\n## Notes\n- n\n"
+    new = "# R\n\n## Throughput\nnew\n\n## Notes\n- m\n"
+    merged = keep_hand_written(new, old)
+    assert merged == "# R\n\n## Throughput\nnew\n\n## Failover\nfigures\n\n## Notes\n- m\n"
+    assert keep_hand_written(new, "# R\n") == new

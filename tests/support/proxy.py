@@ -45,8 +45,9 @@ def make_config(pg: LocalPostgres, **sections: dict[str, Any]) -> Config:
 class ProxyThread:
     """A ProxyServer serving in a daemon thread; `stop()` closes it and joins the thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, server_class: type[ProxyServer] = ProxyServer) -> None:
         self.config = config
+        self.server_class = server_class
         self.server: ProxyServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -75,7 +76,7 @@ class ProxyThread:
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
-        self.server = ProxyServer(self.config)
+        self.server = self.server_class(self.config)
         await self.server.start()
         self._ready.set()
         await self._stopped.wait()

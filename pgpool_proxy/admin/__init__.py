@@ -1,0 +1,1 @@
+"""Operating the proxy: the admin console, Prometheus metrics and health endpoints."""

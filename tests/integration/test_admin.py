@@ -1,0 +1,397 @@
+"""The admin console against a running proxy and a real PostgreSQL: every SHOW and command,
+PgBouncer's column names, permissions, PAUSE/RESUME, KILL, RECONNECT, SET and RELOAD.
+
+Clients are psycopg 3 (simple protocol: autocommit, no parameters), psql and asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgpool_proxy.config import load_config
+from tests.support.pg import LocalPostgres
+from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.rawpg import RawClient, RawError
+from tests.support.robustness import eventually, login, one_value
+
+ADMIN = {"admin_users": ["alice"], "stats_users": ["bob"]}
+
+# Column lists of PgBouncer 1.18 (read from a running PgBouncer); ours must start with them.
+PGBOUNCER_COLUMNS = {
+    "POOLS": "database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req "
+    "sv_active sv_active_cancel sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait "
+    "maxwait_us pool_mode",
+    "STATS": "database total_xact_count total_query_count total_received total_sent "
+    "total_xact_time total_query_time total_wait_time avg_xact_count avg_query_count avg_recv "
+    "avg_sent avg_xact_time avg_query_time avg_wait_time",
+    "CLIENTS": "type user database state addr port local_addr local_port connect_time "
+    "request_time wait wait_us close_needed ptr link remote_pid tls application_name",
+    "SERVERS": "type user database state addr port local_addr local_port connect_time "
+    "request_time wait wait_us close_needed ptr link remote_pid tls application_name",
+    "DATABASES": "name host port database force_user pool_size min_pool_size reserve_pool "
+    "pool_mode max_connections current_connections paused disabled",
+    "LISTS": "list items",
+    "CONFIG": "key value default changeable",
+    "VERSION": "version",
+}
+
+
+async def console(proxy: ProxyThread, user: str = "alice") -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(proxy.dsn(user, "pgbouncer"), autocommit=True)
+
+
+async def show(
+    conn: psycopg.AsyncConnection[Any], what: str
+) -> tuple[list[str], list[dict[str, Any]]]:
+    cur = await conn.execute(f"SHOW {what}")
+    assert cur.description is not None
+    cols = [d.name for d in cur.description]
+    return cols, [dict(zip(cols, row, strict=True)) for row in await cur.fetchall()]
+
+
+async def app(proxy: ProxyThread, user: str = "alice") -> asyncpg.Connection:
+    return await asyncpg.connect(proxy.dsn(user, "app"))
+
+
+async def test_show_commands_use_pgbouncer_columns(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    conn = await app(proxy)
+    admin = await console(proxy)
+    try:
+        for i in range(10):
+            assert await conn.fetchval("SELECT $1::int", i) == i
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        for what, expected in PGBOUNCER_COLUMNS.items():
+            cols, _rows = await show(admin, what)
+            assert cols[: len(expected.split())] == expected.split(), what
+        _, pools = await show(admin, "POOLS")
+        (pool,) = [p for p in pools if p["database"] == "app"]
+        assert pool["user"] == "alice" and pool["pool_mode"] == "transaction"
+        assert pool["cl_active"] == 1 and pool["cl_waiting"] == 0
+        assert pool["sv_idle"] == 1 and pool["sv_active"] == 0
+        assert pool["server"].endswith(f":{proxy.config.databases[0].port}")
+        assert pool["worker"] == 0 and pool["paused"] == 0
+        _, stats = await show(admin, "STATS")
+        (st,) = stats
+        assert st["database"] == "app" and st["total_xact_count"] >= 11
+        _, clients = await show(admin, "CLIENTS")
+        by_db = {c["database"]: c for c in clients}
+        assert by_db["app"]["user"] == "alice" and by_db["app"]["state"] == "idle"
+        assert by_db["pgbouncer"]["state"] == "active"
+        _, servers = await show(admin, "SERVERS")
+        assert [s["remote_pid"] for s in servers] == [pid]
+        assert servers[0]["state"] == "idle" and servers[0]["close_needed"] == 0
+        _, dbs = await show(admin, "DATABASES")
+        assert dbs[0]["name"] == "app" and dbs[0]["pool_size"] == 5
+        assert dbs[0]["current_connections"] == 1 and dbs[0]["paused"] == 0
+        _, lists = await show(admin, "LISTS")
+        items = {r["list"]: r["items"] for r in lists}
+        assert items["pools"] == 1 and items["used_clients"] == 2 and items["used_servers"] == 1
+        _, version = await show(admin, "VERSION")
+        assert "pgpool-proxy" in version[0]["version"] and "worker 0 of 1" in version[0]["version"]
+        _, config = await show(admin, "CONFIG")
+        cfg = {r["key"]: r for r in config}
+        assert cfg["pool.default_pool_size"]["value"] == "5"
+        assert cfg["pool.default_pool_size"]["changeable"] == "yes"
+        assert cfg["proxy.listen"]["changeable"] == "no"
+        _, state = await show(admin, "STATE")
+        assert {r["key"]: r["value"] for r in state}["paused"] == "no"
+        _, totals = await show(admin, "TOTALS")
+        assert {r["name"]: r["value"] for r in totals}["total_xact_count"] >= 11
+        # Trailing semicolons, any case, several statements in one query.
+        cur = await admin.execute("show version; Show Lists;")
+        assert cur.statusmessage == "SHOW"
+        notices: list[str] = []
+        admin.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        await admin.execute("SHOW HELP")
+        assert notices == ["Console usage"]
+    finally:
+        await conn.close()
+        await admin.close()
+
+
+async def test_psql_and_unknown_commands(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    env = {**os.environ, "PGPASSWORD": PASSWORDS["alice"]}
+    args = ["psql", "-h", proxy.host, "-p", str(proxy.port), "-U", "alice", "-d", "pgbouncer"]
+    out = subprocess.run(
+        [*args, "-A", "-c", "SHOW POOLS;"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("database|user|cl_active|cl_waiting|")
+    bad = subprocess.run(
+        [*args, "-c", "SHOW FOO"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode != 0 and "invalid command 'SHOW FOO'" in bad.stderr
+    admin = await console(proxy)
+    try:
+        with pytest.raises(psycopg.errors.SyntaxError) as exc:
+            await admin.execute("FROBNICATE now")
+        assert "FROBNICATE" in str(exc.value)
+        # The extended protocol gets a clear error, and the session goes on.
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as exc2:
+            await admin.execute("SHOW POOLS", prepare=True)
+        assert "simple query protocol" in str(exc2.value)
+        cols, _ = await show(admin, "LISTS")
+        assert cols == ["list", "items"]
+    finally:
+        await admin.close()
+    # asyncpg: execute() is simple protocol; fetch() is extended.
+    conn = await asyncpg.connect(proxy.dsn("alice", "pgbouncer"))
+    try:
+        assert await conn.execute("RESUME") == "RESUME"
+        with pytest.raises(asyncpg.FeatureNotSupportedError):
+            await conn.fetch("SHOW POOLS")
+    finally:
+        await conn.close()
+
+
+async def test_permissions(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    stats = await console(proxy, "bob")
+    try:
+        cols, _ = await show(stats, "POOLS")
+        assert cols[0] == "database"
+        for command in ("PAUSE", "RESUME app", "RELOAD", "SHUTDOWN", "SET log_level = debug"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as exc:
+                await stats.execute(command)
+            assert "may only run SHOW" in str(exc.value)
+        _, state = await show(stats, "STATE")
+        assert {r["key"]: r["value"] for r in state}["paused"] == "no"
+    finally:
+        await stats.close()
+    raw = await RawClient.connect(proxy.host, proxy.port)
+    with pytest.raises(RawError) as denied:
+        await raw.login("carol", PASSWORDS["carol"], "pgbouncer")
+    assert denied.value.sqlstate == "42501"
+    assert "not allowed to use the admin console" in denied.value.fields["M"]
+    assert await raw.closed(5)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        await psycopg.AsyncConnection.connect(
+            proxy.dsn("alice", "pgbouncer", password="wrong"), autocommit=True
+        )
+
+
+async def test_pause_waits_for_transactions_and_holds_new_ones(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    a = await app(proxy)
+    b = await app(proxy)
+    admin = await console(proxy)
+    try:
+        # Not a temporary table: that would pin the session (and PAUSE would wait for it).
+        await a.execute("CREATE TABLE IF NOT EXISTS pause_t (x int)")
+        tx = a.transaction()
+        await tx.start()
+        await a.execute("INSERT INTO pause_t VALUES (0)")
+        pause = asyncio.ensure_future(admin.execute("PAUSE app"))
+        await asyncio.sleep(0.5)
+        assert not pause.done(), "PAUSE returned while a transaction was still running"
+        await a.execute("INSERT INTO pause_t VALUES (1)")
+        await tx.commit()
+        cur = await asyncio.wait_for(pause, 5)
+        assert cur.statusmessage == "PAUSE"
+        assert proxy.pool_stats()["total"] == 0
+        held = asyncio.ensure_future(b.fetchval("SELECT 42"))
+        await asyncio.sleep(0.7)
+        assert not held.done(), "a transaction ran while the database was paused"
+        assert not b.is_closed()
+        _, dbs = await show(admin, "DATABASES")
+        assert dbs[0]["paused"] == 1
+        _, pools = await show(admin, "POOLS")
+        assert pools[0]["cl_waiting"] == 1 and pools[0]["paused"] == 1
+        assert pools[0]["maxwait_us"] > 0 or pools[0]["maxwait"] > 0
+        assert (await admin.execute("RESUME app")).statusmessage == "RESUME"
+        assert await asyncio.wait_for(held, 5) == 42
+        assert await a.fetchval("SELECT 1") == 1
+    finally:
+        await a.close()
+        await b.close()
+        await admin.close()
+
+
+async def test_pause_everything_then_resume(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    admin = await console(proxy)
+    a = await app(proxy)
+    try:
+        await admin.execute("PAUSE")
+        _, state = await show(admin, "STATE")
+        assert {r["key"]: r["value"] for r in state}["paused"] == "yes"
+        # A pool created while paused starts paused too.
+        b = await app(proxy, "bob")
+        held = asyncio.ensure_future(b.fetchval("SELECT 7"))
+        await asyncio.sleep(0.5)
+        assert not held.done()
+        await admin.execute("RESUME")
+        assert await asyncio.wait_for(held, 5) == 7
+        assert await a.fetchval("SELECT 8") == 8
+        await b.close()
+        with pytest.raises(psycopg.errors.InvalidCatalogName):
+            await admin.execute("PAUSE nosuchdb")
+    finally:
+        await a.close()
+        await admin.close()
+
+
+async def test_kill_drops_clients_and_holds_new_ones(
+    start_proxy: StartProxy, pg: LocalPostgres
+) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    victims = [await login(proxy) for _ in range(3)]
+    admin = await console(proxy)
+    direct = await asyncpg.connect(pg.dsn(dbname="app"))
+    try:
+        for v in victims:
+            assert await one_value(v, "SELECT 1") == "1"
+        assert (await admin.execute("KILL app")).statusmessage == "KILL"
+        for v in victims:
+            err = await v.read_error(5)
+            assert err["C"] == "57P01" and "KILL" in err["M"], err
+            assert await v.closed(5)
+        n, _ = await eventually(
+            lambda: direct.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice' AND datname = 'app'"
+            ),
+            lambda n: n == 0,
+            5,
+        )
+        assert n == 0
+        _, clients = await show(admin, "CLIENTS")
+        assert [c["database"] for c in clients] == ["pgbouncer"]
+        # New clients log in, and wait until RESUME.
+        late = await app(proxy)
+        held = asyncio.ensure_future(late.fetchval("SELECT 3"))
+        await asyncio.sleep(0.5)
+        assert not held.done()
+        await admin.execute("RESUME app")
+        assert await asyncio.wait_for(held, 5) == 3
+        await late.close()
+    finally:
+        for v in victims:
+            await v.close()
+        await admin.close()
+        await direct.close()
+
+
+async def test_reconnect_retires_servers(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    a = await app(proxy)
+    admin = await console(proxy)
+    try:
+        first = await a.fetchval("SELECT pg_backend_pid()")
+        assert await a.fetchval("SELECT pg_backend_pid()") == first  # LIFO reuse
+        tx = a.transaction()
+        await tx.start()
+        assert await a.fetchval("SELECT pg_backend_pid()") == first
+        assert (await admin.execute("RECONNECT app")).statusmessage == "RECONNECT"
+        _, servers = await show(admin, "SERVERS")
+        assert [(s["remote_pid"], s["close_needed"]) for s in servers] == [(first, 1)]
+        await tx.commit()  # the busy server closes when released, not before
+        second = await a.fetchval("SELECT pg_backend_pid()")
+        assert second != first
+        await admin.execute("RECONNECT")
+        assert await a.fetchval("SELECT pg_backend_pid()") not in (first, second)
+    finally:
+        await a.close()
+        await admin.close()
+
+
+async def test_set_changes_a_live_setting(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    admin = await console(proxy)
+    conns = [await app(proxy) for _ in range(3)]
+    try:
+        assert (await admin.execute("SET default_pool_size = 2")).statusmessage == "SET"
+        _, config = await show(admin, "CONFIG")
+        assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "2"
+        _, dbs = await show(admin, "DATABASES")
+        assert dbs[0]["pool_size"] == 2
+        # Three concurrent transactions share two server connections now.
+        txs = [c.transaction() for c in conns[:2]]
+        await txs[0].start()
+        await txs[1].start()
+        await conns[0].execute("SELECT 1")
+        await conns[1].execute("SELECT 1")
+        third = asyncio.ensure_future(conns[2].fetchval("SELECT 3"))
+        await asyncio.sleep(0.5)
+        assert not third.done()
+        assert proxy.pool_stats()["total"] == 2
+        await txs[0].commit()
+        assert await asyncio.wait_for(third, 5) == 3
+        await txs[1].commit()
+        await admin.execute("SET pool.query_wait_timeout_s TO '7.5'")
+        assert proxy.call(lambda: proxy.server.config.pool.query_wait_timeout_s) == 7.5  # type: ignore[union-attr]
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="must be >= 1"):
+            await admin.execute("SET default_pool_size = 0")
+        with pytest.raises(psycopg.errors.UndefinedObject, match="nosuch"):
+            await admin.execute("SET nosuch = 1")
+        with pytest.raises(psycopg.errors.CantChangeRuntimeParam):
+            await admin.execute("SET proxy.workers = 4")
+    finally:
+        for c in conns:
+            await c.close()
+        await admin.close()
+
+
+def _write_config(path: Path, pg: LocalPostgres, pool_size: int, users: list[str]) -> None:
+    user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
+    path.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:0"
+
+[pool]
+default_pool_size = {pool_size}
+
+[admin]
+admin_users = ["alice"]
+
+[[databases]]
+name = "app"
+host = "{pg.host}"
+port = {pg.port}
+
+{user_lines}"""
+    )
+
+
+async def test_reload_from_the_console(pg: LocalPostgres, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    _write_config(path, pg, 5, ["alice"])
+    with ProxyThread(load_config(path, env={})) as proxy:
+        admin = await console(proxy)
+        try:
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await app(proxy, "bob")
+            _write_config(path, pg, 3, ["alice", "bob"])
+            assert (await admin.execute("RELOAD")).statusmessage == "RELOAD"
+            bob = await app(proxy, "bob")
+            assert await bob.fetchval("SELECT current_user") == "bob"
+            await bob.close()
+            _, config = await show(admin, "CONFIG")
+            assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "3"
+            # A change that needs a restart is reported, and the running value kept.
+            path.write_text(path.read_text().replace("127.0.0.1:0", "127.0.0.1:1"))
+            notices: list[str] = []
+            admin.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            await admin.execute("RELOAD")
+            assert notices == ["proxy.listen changed; it takes effect after a restart"]
+            # An invalid file: an error naming the problem, and the old config stays.
+            path.write_text(
+                path.read_text().replace("default_pool_size = 3", "default_pool_size = -1")
+            )
+            with pytest.raises(psycopg.errors.ConfigFileError) as exc:
+                await admin.execute("RELOAD")
+            assert "pool.default_pool_size" in (exc.value.diag.message_detail or "")
+            _, config = await show(admin, "CONFIG")
+            assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "3"
+        finally:
+            await admin.close()

@@ -1,0 +1,236 @@
+"""Writer tracking against a real primary and streaming replicas: crash, promotion, split brain,
+the reader endpoint and the failover timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from tests.support.cluster import DBNAME, PASSWORD, USER, ReplicatedCluster
+from tests.support.proxy import ProxyThread
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster() -> Iterator[ReplicatedCluster]:
+    with ReplicatedCluster(replicas=1) as c:
+        yield c
+
+
+def _dsn(proxy: ProxyThread, db: str = DBNAME) -> str:
+    return f"postgresql://{USER}:{PASSWORD}@{proxy.host}:{proxy.port}/{db}"
+
+
+def _wait_for(predicate: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def _writer_address(proxy: ProxyThread) -> str | None:
+    def read() -> str | None:
+        assert proxy.server is not None
+        writer = proxy.server.topologies[DBNAME].writer
+        return writer.address if writer is not None else None
+
+    return proxy.call(read)
+
+
+class WriteLoop:
+    """Clients inserting rows through the proxy, recording each COMMIT they saw and when."""
+
+    def __init__(self, dsn: str, clients: int = 4) -> None:
+        self.dsn = dsn
+        self.clients = clients
+        self.committed: list[tuple[int, float]] = []
+        self.errors: list[tuple[float, str]] = []
+        self._next = 0
+        self._stop = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(k)) for k in range(self.clients)]
+
+    async def stop(self) -> None:
+        self._stop = True
+        await asyncio.gather(*self._tasks)
+
+    async def _run(self, k: int) -> None:
+        conn: asyncpg.Connection | None = None
+        while not self._stop:
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(self.dsn, statement_cache_size=0)
+                self._next += 1
+                i = self._next
+                await conn.execute("INSERT INTO writes (id, client) VALUES ($1, $2)", i, k)
+                self.committed.append((i, time.monotonic()))
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
+                self.errors.append((time.monotonic(), f"{type(exc).__name__}: {exc}"))
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+                conn = None
+                await asyncio.sleep(0.02)
+        if conn is not None:
+            await conn.close()
+
+
+async def test_crash_and_promotion_keep_idle_clients_and_every_commit(
+    cluster: ReplicatedCluster,
+) -> None:
+    old_primary, new_primary = cluster.primary, cluster.replicas[0]
+    with ProxyThread(cluster.config()) as proxy:
+        _wait_for(lambda: _writer_address(proxy) == f"{old_primary.host}:{old_primary.port}")
+        idle = [await asyncpg.connect(_dsn(proxy), statement_cache_size=0) for _ in range(10)]
+        for conn in idle:
+            assert await conn.fetchval("SELECT pg_is_in_recovery()") is False
+        loop = WriteLoop(_dsn(proxy))
+        loop.start()
+        await asyncio.sleep(1.0)
+        before_kill = len(loop.committed)
+        await asyncio.to_thread(old_primary.stop, "immediate")
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(new_primary.promote)
+        promoted_at = time.monotonic()
+        await asyncio.sleep(2.0)
+        await loop.stop()
+
+        assert before_kill > 0
+        resumed = [t for _, t in loop.committed if t > promoted_at]
+        assert resumed, f"no write succeeded after the promotion; errors: {loop.errors[-5:]}"
+        assert min(resumed) - promoted_at < 5.0
+        assert _writer_address(proxy) == f"{new_primary.host}:{new_primary.port}"
+        # Idle clients kept their connections and now reach the new writer.
+        for conn in idle:
+            assert not conn.is_closed()
+            assert await conn.fetchval("SELECT pg_is_in_recovery()") is False
+        ids = {r["id"] for r in await idle[0].fetch("SELECT id FROM writes")}
+        lost = [i for i, _ in loop.committed if i not in ids]
+        assert lost == [], f"{len(lost)} committed rows missing on the new writer"
+        # Only transactions in flight at the crash saw errors.
+        assert len(loop.errors) <= 2 * loop.clients, loop.errors
+        failovers = proxy.call(lambda: proxy.server.topologies[DBNAME].failovers)  # type: ignore[union-attr]
+        assert failovers == 1
+
+        # Split brain: the old primary comes back unrewound, on timeline 1, claiming to be
+        # primary. The promoted server (timeline 2) stays the writer; writes never go back.
+        await asyncio.to_thread(old_primary.start)
+        await asyncio.sleep(1.5)
+        assert _writer_address(proxy) == f"{new_primary.host}:{new_primary.port}"
+        loop2 = WriteLoop(_dsn(proxy), clients=2)
+        loop2._next = 10_000_000
+        loop2.start()
+        await asyncio.sleep(1.0)
+        await loop2.stop()
+        assert loop2.committed
+        on_old = old_primary.psql("SELECT count(*) FROM writes WHERE id >= 10000000", dbname=DBNAME)
+        assert on_old == "0"
+        roles = proxy.call(
+            lambda: {h.address: h.role for h in proxy.server.topologies[DBNAME].hosts}  # type: ignore[union-attr]
+        )
+        assert roles[f"{old_primary.host}:{old_primary.port}"] == "stale"
+        for conn in idle:
+            await conn.close()
+
+
+async def test_no_writer_within_failover_timeout_is_a_clear_error(
+    cluster: ReplicatedCluster,
+) -> None:
+    config = cluster.config(topology={"failover_timeout_s": 1.0})
+    with ProxyThread(config) as proxy:
+        _wait_for(lambda: _writer_address(proxy) is not None)
+        conn = await asyncpg.connect(_dsn(proxy), statement_cache_size=0)
+        assert await conn.fetchval("SELECT 1") == 1
+        await asyncio.to_thread(cluster.primary.stop, "immediate")
+        _wait_for(lambda: _writer_address(proxy) is None)
+        started = time.monotonic()
+        with pytest.raises(asyncpg.PostgresError) as info:
+            await conn.fetchval("SELECT 1")
+        waited = time.monotonic() - started
+        # asyncpg reports a FATAL error followed by the close as 08003, with the server's
+        # message (the proxy sends 08001).
+        assert info.value.sqlstate in ("08001", "08003"), str(info.value)
+        assert "failover_timeout_s" in str(info.value)
+        assert 0.8 <= waited < 5.0
+        # The replica still serves the reader endpoint meanwhile.
+        ro = await asyncpg.connect(_dsn(proxy, f"{DBNAME}-ro"), statement_cache_size=0)
+        assert await ro.fetchval("SELECT pg_is_in_recovery()") is True
+        await ro.close()
+        conn.terminate()
+
+
+async def test_reader_endpoint_balances_replicas_and_skips_lagging_ones() -> None:
+    with ReplicatedCluster(replicas=2, sync=False) as cluster:
+        r1, r2 = cluster.replicas
+        config = cluster.config(
+            databases=[
+                {"name": DBNAME, "hosts": cluster.hosts(), "user": USER, "password": PASSWORD},
+                {
+                    "name": "ro",
+                    "dbname": DBNAME,
+                    "hosts": cluster.hosts(),
+                    "role": "reader",
+                    "max_replica_lag_bytes": 64 * 1024,
+                    "reader_fallback": False,
+                    "user": USER,
+                    "password": PASSWORD,
+                },
+            ],
+            pool={"default_pool_size": 4},
+        )
+        with ProxyThread(config) as proxy:
+
+            def replicas_known() -> bool:
+                topo = proxy.call(lambda: proxy.server.topologies[DBNAME])  # type: ignore[union-attr]
+                return len(topo.replicas()) == 2 and topo.writer is not None
+
+            _wait_for(replicas_known)
+            await asyncio.sleep(0.6)  # one more poll: lag figures for both replicas
+            # Four clients each holding a transaction need four server connections: two per
+            # replica, none on the writer.
+            conns = [await asyncpg.connect(_dsn(proxy, "ro")) for _ in range(4)]
+            ports = []
+            for c in conns:
+                await c.execute("BEGIN")
+                ports.append(await c.fetchval("SELECT inet_server_port()"))
+                assert await c.fetchval("SELECT pg_is_in_recovery()") is True
+            assert sorted(ports) == sorted([r1.port, r1.port, r2.port, r2.port])
+            for c in conns:
+                await c.execute("COMMIT")
+
+            # r1 stops replaying while the primary writes: its lag passes the bound and the
+            # reader pool moves to r2 alone.
+            r1.psql("SELECT pg_wal_replay_pause()")
+            cluster.primary.psql(
+                "INSERT INTO writes (id, client) SELECT g, 0 FROM generate_series(1, 20000) g",
+                dbname=DBNAME,
+            )
+
+            def r1_excluded() -> bool:
+                def read() -> bool:
+                    assert proxy.server is not None
+                    pool = proxy.server.pools[("ro", USER)]
+                    return (r1.host, r1.port) in pool._lagging
+
+                return proxy.call(read)
+
+            _wait_for(r1_excluded)
+            for c in conns:
+                await c.execute("BEGIN")
+                assert await c.fetchval("SELECT inet_server_port()") == r2.port
+                await c.execute("COMMIT")
+            r1.psql("SELECT pg_wal_replay_resume()")
+            for c in conns:
+                await c.close()

@@ -1,0 +1,413 @@
+"""The proxy's lifecycle as an operator drives it: `python -m pgpool_proxy run` subprocesses,
+signals (SIGHUP reload, SIGTERM drain, SIGINT), the SHUTDOWN command, a rolling restart on a
+shared port, and `workers = 2`.
+
+"No committed transaction lost" is checked against PostgreSQL itself: every COMMIT a client saw
+succeed must have left its row in the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support.pg import LocalPostgres
+from tests.support.proxy import PASSWORDS
+from tests.support.rawpg import RawClient
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(
+    path: Path,
+    pg: LocalPostgres,
+    port: int,
+    *,
+    pool_size: int = 5,
+    users: tuple[str, ...] = ("alice", "bob"),
+    proxy: str = "",
+) -> None:
+    user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
+    path.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+{proxy}
+
+[pool]
+default_pool_size = {pool_size}
+
+[admin]
+admin_users = ["alice"]
+
+[[databases]]
+name = "app"
+host = "{pg.host}"
+port = {pg.port}
+
+{user_lines}"""
+    )
+
+
+class ProxyProcess:
+    """`python -m pgpool_proxy run --config PATH`, its log in a file."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.port = port
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+
+    def wait_listening(self, marker: str = "listening on") -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if marker in self.log():
+                return
+            assert self.proc.poll() is None, self.log()
+            time.sleep(0.05)
+        raise AssertionError(f"proxy did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ProxyProcess]]:
+    started: list[ProxyProcess] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def dsn(port: int, user: str = "alice", db: str = "app") -> str:
+    return f"postgresql://{user}:{PASSWORDS[user]}@127.0.0.1:{port}/{db}"
+
+
+async def admin_query(port: int, sql: str) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(
+        dsn(port, db="pgbouncer"), autocommit=True
+    ) as conn:
+        cur = await conn.execute(sql)
+        return await cur.fetchall() if cur.description else []
+
+
+async def config_value(port: int, key: str) -> str:
+    rows = await admin_query(port, "SHOW CONFIG")
+    return str({r[0]: r[1] for r in rows}[key])
+
+
+@pytest.fixture
+async def ledger(pg: LocalPostgres) -> Any:
+    """A fresh table for committed rows, and a direct connection to read it."""
+    conn = await asyncpg.connect(pg.dsn(dbname="app"))
+    await conn.execute(
+        "DROP TABLE IF EXISTS ledger; CREATE TABLE ledger (writer int, n int, PRIMARY KEY "
+        "(writer, n)); GRANT ALL ON ledger TO alice"
+    )
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+class Writers:
+    """Clients that insert rows in small transactions and remember each COMMIT that succeeded;
+    on an error they reconnect (a rolling restart moves them to the other proxy)."""
+
+    def __init__(self, port: int, count: int, reconnect: bool) -> None:
+        self.port = port
+        self.reconnect = reconnect
+        self.committed: set[tuple[int, int]] = set()
+        self.errors: list[str] = []
+        self.connect_failures: list[str] = []
+        self.stop = asyncio.Event()
+        self.tasks = [asyncio.ensure_future(self._run(i)) for i in range(count)]
+
+    async def _run(self, writer: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            try:
+                conn = await asyncpg.connect(dsn(self.port), statement_cache_size=0)
+            except (OSError, asyncpg.PostgresError) as exc:
+                self.connect_failures.append(repr(exc))
+                if not self.reconnect:
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                while not self.stop.is_set():
+                    n += 1
+                    async with conn.transaction():
+                        await conn.execute("INSERT INTO ledger VALUES ($1, $2)", writer, n)
+                        await conn.execute("SELECT pg_sleep(0.005)")
+                    self.committed.add((writer, n))
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                # asyncpg, closed by the server mid-operation, may fail its own ROLLBACK so.
+                asyncpg.exceptions.InternalClientError,
+            ) as exc:
+                self.errors.append(repr(exc))
+                if not self.reconnect:
+                    return
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
+
+
+async def assert_no_commit_lost(
+    direct: asyncpg.Connection, committed: set[tuple[int, int]]
+) -> None:
+    rows = {(r["writer"], r["n"]) for r in await direct.fetch("SELECT writer, n FROM ledger")}
+    lost = committed - rows
+    assert not lost, f"{len(lost)} committed rows missing: {sorted(lost)[:10]}"
+    assert committed, "no transaction committed at all"
+
+
+# --- reload --------------------------------------------------------------------------------------
+
+
+async def test_sighup_reloads_pool_size_and_users(
+    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess]
+) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, port, pool_size=2, users=("alice",))
+    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
+    processes.append(proxy)
+    proxy.wait_listening()
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(dsn(port, "bob"))
+    alice = await asyncpg.connect(dsn(port))
+    try:
+        assert await config_value(port, "pool.default_pool_size") == "2"
+        write_config(config, pg, port, pool_size=4, users=("alice", "bob"))
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_listening("configuration applied")
+        assert await config_value(port, "pool.default_pool_size") == "4"
+        bob = await asyncpg.connect(dsn(port, "bob"))
+        assert await bob.fetchval("SELECT current_user") == "bob"
+        await bob.close()
+        # An invalid file is reported and the running configuration kept.
+        config.write_text(
+            config.read_text().replace("default_pool_size = 4", "default_pool_size = 0")
+        )
+        proxy.signal(signal.SIGHUP)
+        proxy.wait_listening("reload failed")
+        assert "pool.default_pool_size" in proxy.log()
+        assert await config_value(port, "pool.default_pool_size") == "4"
+        assert await alice.fetchval("SELECT 1") == 1
+        assert proxy.proc.poll() is None
+    finally:
+        await alice.close()
+
+
+# --- graceful shutdown ---------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_under_load(
+    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess], ledger: asyncpg.Connection
+) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, port, pool_size=6, proxy="shutdown_timeout_s = 3")
+    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
+    processes.append(proxy)
+    proxy.wait_listening()
+    writers = Writers(port, 6, reconnect=False)
+    idle = await RawClient.connect("127.0.0.1", port)
+    await idle.login("alice", PASSWORDS["alice"], "app")
+    slow = await asyncpg.connect(dsn(port))
+    stuck = await asyncpg.connect(dsn(port))
+    try:
+        await asyncio.sleep(1.0)
+        # A transaction in flight when SIGTERM arrives finishes and commits.
+        slow_tx = slow.transaction()
+        await slow_tx.start()
+        await slow.execute("INSERT INTO ledger VALUES (100, 1)")
+        # A transaction that never ends is cut at shutdown_timeout_s (and rolled back).
+        stuck_tx = stuck.transaction()
+        await stuck_tx.start()
+        await stuck.execute("INSERT INTO ledger VALUES (200, 1)")
+        t0 = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        await slow.execute("SELECT pg_sleep(0.5)")
+        await slow_tx.commit()
+        writers.committed.add((100, 1))
+        # New connections are refused while draining.
+        with pytest.raises(OSError):
+            await asyncpg.connect(dsn(port), timeout=2)
+        code = await asyncio.to_thread(proxy.wait, 15)
+        elapsed = time.monotonic() - t0
+        assert code == 0, proxy.log()
+        assert 2.5 <= elapsed < 6, elapsed
+        await writers.finish()
+        # The idle client was told why it was closed.
+        err = await idle.read_error(1)
+        assert err["C"] == "57P01" and "shutting down" in err["M"], err
+        assert await idle.closed(1)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await stuck_tx.commit()
+        await assert_no_commit_lost(ledger, writers.committed)
+        assert await ledger.fetchval("SELECT count(*) FROM ledger WHERE writer = 200") == 0
+        assert "shutdown_timeout_s = 3 ran out" in proxy.log() or "closed 1 clients" in proxy.log()
+    finally:
+        await idle.close()
+        for conn in (slow, stuck):
+            conn.terminate()
+
+
+async def test_shutdown_command_and_sigint(
+    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess]
+) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, port)
+    proxy = ProxyProcess(config, port, tmp_path / "a.log")
+    processes.append(proxy)
+    proxy.wait_listening()
+    conn = await asyncpg.connect(dsn(port))
+    tx = conn.transaction()
+    await tx.start()
+    assert await admin_query(port, "SHUTDOWN") == []
+    await asyncio.sleep(0.3)
+    assert await conn.fetchval("SELECT 5") == 5  # its transaction goes on
+    await tx.commit()
+    assert await asyncio.to_thread(proxy.wait, 10) == 0
+    await conn.close()
+    # SIGINT: immediate, even with a transaction open.
+    proxy2 = ProxyProcess(config, port, tmp_path / "b.log")
+    processes.append(proxy2)
+    proxy2.wait_listening()
+    conn2 = await asyncpg.connect(dsn(port))
+    tx2 = conn2.transaction()
+    await tx2.start()
+    t0 = time.monotonic()
+    proxy2.signal(signal.SIGINT)
+    assert await asyncio.to_thread(proxy2.wait, 10) == 0
+    assert time.monotonic() - t0 < 2
+    conn2.terminate()
+
+
+# --- rolling restart and workers -----------------------------------------------------------------
+
+
+async def test_rolling_restart_keeps_serving(
+    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess], ledger: asyncpg.Connection
+) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, port, proxy="reuse_port = true\nshutdown_timeout_s = 5")
+    old = ProxyProcess(config, port, tmp_path / "old.log")
+    processes.append(old)
+    old.wait_listening()
+    writers = Writers(port, 6, reconnect=True)
+    await asyncio.sleep(1.0)
+    new = ProxyProcess(config, port, tmp_path / "new.log")
+    processes.append(new)
+    new.wait_listening()
+    await asyncio.sleep(0.5)
+    old.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(old.wait, 10) == 0, old.log()
+    before = len(writers.committed)
+    await asyncio.sleep(1.0)
+    await writers.finish()
+    assert len(writers.committed) > before, "nothing committed through the new proxy"
+    assert writers.connect_failures == [], writers.connect_failures[:5]
+    await assert_no_commit_lost(ledger, writers.committed)
+    # Clients moved: the old proxy told them it was shutting down, the new one served them.
+    assert "draining" in old.log() and "client login" in new.log()
+    expected = ("shutting down", "closed", "InternalClientError")
+    assert all(any(x in e for x in expected) for e in writers.errors), writers.errors[:5]
+
+
+async def test_workers_two_drain_on_sigterm(
+    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess], ledger: asyncpg.Connection
+) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, port, proxy="workers = 2\nshutdown_timeout_s = 5")
+    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
+    processes.append(proxy)
+    proxy.wait_listening("worker 0 listening")
+    proxy.wait_listening("worker 1 listening")
+    versions = {(await admin_query(port, "SHOW VERSION"))[0][0] for _ in range(20)}
+    assert {any(f"worker {i} of 2" in v for v in versions) for i in (0, 1)} == {True}, versions
+    writers = Writers(port, 8, reconnect=False)
+    slow = await asyncpg.connect(dsn(port))
+    try:
+        await asyncio.sleep(1.0)
+        tx = slow.transaction()
+        await tx.start()
+        await slow.execute("INSERT INTO ledger VALUES (100, 1)")
+        t0 = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        await tx.commit()
+        writers.committed.add((100, 1))
+        assert await asyncio.to_thread(proxy.wait, 15) == 0, proxy.log()
+        assert time.monotonic() - t0 < 6
+        await writers.finish()
+        await assert_no_commit_lost(ledger, writers.committed)
+        assert proxy.log().count("drain: every client finished") == 2, proxy.log()
+    finally:
+        slow.terminate()
+
+
+def test_config_check_accepts_admin_section(pg: LocalPostgres, tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, 6432, proxy="reuse_port = true")
+    out = subprocess.run(
+        [sys.executable, "-m", "pgpool_proxy", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

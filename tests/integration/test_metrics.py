@@ -1,0 +1,399 @@
+"""The metrics endpoint against real traffic: /metrics values move with what clients do, and
+/healthz, /readyz and bad requests get the right status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+import types
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.pg import LocalPostgres, find_pg_bindir
+from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+
+METRICS = {"listen": "127.0.0.1:0"}
+APP = {"database": "app", "user": "alice"}
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metrics_port(proxy: ProxyThread) -> int:
+    assert proxy.server is not None and proxy.server.metrics_endpoint is not None
+    return int(proxy.server.metrics_endpoint.port)
+
+
+def get(proxy: ProxyThread, path: str) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET on the metrics endpoint."""
+    url = f"http://127.0.0.1:{metrics_port(proxy)}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def scrape(proxy: ProxyThread) -> Samples:
+    status, ctype, body = get(proxy, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain"), (status, ctype)
+    out: Samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def raw_http(proxy: ProxyThread, data: bytes, wait_s: float = 10) -> bytes:
+    """Send raw bytes, return everything the server answers before closing."""
+    with socket.create_connection(("127.0.0.1", metrics_port(proxy)), timeout=wait_s) as sock:
+        if data:
+            sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+async def until(check: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def mproxy(start_proxy: StartProxy) -> ProxyThread:
+    return start_proxy(metrics=METRICS)
+
+
+async def test_transactions_queries_and_clients(mproxy: ProxyThread) -> None:
+    before = scrape(mproxy)
+    conns = [await asyncpg.connect(mproxy.dsn(), statement_cache_size=0) for _ in range(3)]
+    try:
+        for conn in conns:
+            for i in range(10):
+                async with conn.transaction():
+                    await conn.execute("SELECT 1")
+                    await conn.fetchval("SELECT $1::int", i)
+        during = scrape(mproxy)
+        assert value(during, "pgpool_proxy_client_connections", state="idle") == 3
+        assert value(during, "pgpool_proxy_pool_client_connections", **APP, state="idle") == 3
+        assert value(during, "pgpool_proxy_client_connections", state="active") == 0
+    finally:
+        for conn in conns:
+            await conn.close()
+    terminated = (
+        "pgpool_proxy_client_disconnects_total",
+        frozenset({("reason", "client_terminate")}),
+    )
+    await until(lambda: scrape(mproxy).get(terminated, 0) - before.get(terminated, 0) == 3)
+    after = scrape(mproxy)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("pgpool_proxy_transactions_total", **APP) == 30
+    # BEGIN, two statements and COMMIT per transaction, each ending with ReadyForQuery.
+    assert delta("pgpool_proxy_queries_total", **APP) >= 4 * 30
+    assert delta("pgpool_proxy_client_logins_total") == 3
+    assert delta("pgpool_proxy_client_accepted_total") == 3
+    assert delta("pgpool_proxy_client_disconnects_total", reason="client_terminate") == 3
+    assert value(after, "pgpool_proxy_transaction_seconds_total", **APP) >= 0
+    assert value(after, "pgpool_proxy_server_connections", **APP, state="idle") >= 1
+    assert value(after, "pgpool_proxy_pool_size", **APP) == 5
+    assert value(after, "pgpool_proxy_build_info", version=_version()) == 1
+    assert value(after, "pgpool_proxy_ready") == 1
+    # Every acquire is in the histogram: the instant ones as waits of zero.
+    assert delta("pgpool_proxy_pool_wait_seconds_count", **APP) >= 30
+    assert value(after, "pgpool_proxy_writer_known", database="app") == 1
+    assert value(after, "pgpool_proxy_failovers_total", database="app") == 0
+    assert any(k[0] == "process_resident_memory_bytes" for k in after)
+
+
+def _version() -> str:
+    from pgpool_proxy import __version__
+
+    return __version__
+
+
+async def test_wait_histogram_when_clients_queue(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(metrics=METRICS, pool={"default_pool_size": 1})
+    conns = [await asyncpg.connect(proxy.dsn(), statement_cache_size=0) for _ in range(4)]
+    try:
+        before = scrape(proxy)
+        # One server connection, four clients each holding it for 100 ms: three of them queue.
+        await asyncio.gather(*(c.execute("SELECT pg_sleep(0.1)") for c in conns))
+        after = scrape(proxy)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("pgpool_proxy_pool_wait_seconds_count", **APP) == 4
+    # The last one waited about 300 ms, the waits together at least 0.5 s.
+    assert delta("pgpool_proxy_pool_wait_seconds_sum", **APP) >= 0.5
+    assert delta("pgpool_proxy_pool_wait_seconds_bucket", **APP, le="0.05") <= 1
+    assert delta("pgpool_proxy_pool_wait_seconds_bucket", **APP, le="+Inf") == 4
+    assert delta("pgpool_proxy_pool_wait_seconds_bucket", **APP, le="1.0") == 4
+
+
+async def test_max_wait_and_waiting_clients(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(metrics=METRICS, pool={"default_pool_size": 1})
+    holder = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    waiter = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        queued = asyncio.ensure_future(waiter.fetchval("SELECT 42"))
+        await until(
+            lambda: (
+                value(scrape(proxy), "pgpool_proxy_pool_client_connections", **APP, state="waiting")
+                == 1
+            )
+        )
+        await asyncio.sleep(0.3)
+        samples = scrape(proxy)
+        assert value(samples, "pgpool_proxy_client_connections", state="waiting") == 1
+        assert value(samples, "pgpool_proxy_client_connections", state="active") == 1
+        assert value(samples, "pgpool_proxy_server_connections", **APP, state="active") == 1
+        assert value(samples, "pgpool_proxy_pool_max_wait_seconds", **APP) >= 0.25
+        await tx.rollback()
+        assert await queued == 42
+        assert value(scrape(proxy), "pgpool_proxy_pool_max_wait_seconds", **APP) == 0
+    finally:
+        await holder.close()
+        await waiter.close()
+
+
+async def test_auth_failures_by_reason(mproxy: ProxyThread) -> None:
+    before = scrape(mproxy)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(mproxy.dsn(password="not-the-password"))
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(mproxy.dsn(user="mallory", password="whatever"))
+    after = scrape(mproxy)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("pgpool_proxy_auth_failures_total", reason="password") == 1
+    assert delta("pgpool_proxy_auth_failures_total", reason="unknown_user") == 1
+    assert delta("pgpool_proxy_auth_failures_total", reason="iam") == 0
+    assert delta("pgpool_proxy_client_disconnects_total", reason="auth_failed") == 2
+    assert delta("pgpool_proxy_client_logins_total") == 0
+
+
+async def test_disconnect_reasons(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
+    proxy = start_proxy(metrics=METRICS, pool={"default_pool_size": 1})
+    conn = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        before = scrape(proxy)
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        # The server connection dies under an idle client: a server-side disconnect; the
+        # client's next transaction gets a fresh one.
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        await until(
+            lambda: (
+                value(
+                    scrape(proxy),
+                    "pgpool_proxy_server_disconnects_total",
+                    **APP,
+                    reason="backend_failed",
+                )
+                > value(
+                    before, "pgpool_proxy_server_disconnects_total", **APP, reason="backend_failed"
+                )
+            )
+        )
+        assert await conn.fetchval("SELECT 7") == 7
+    finally:
+        await conn.close()
+    # A client that vanishes without Terminate.
+    raw = socket.create_connection((proxy.host, proxy.port))
+    raw.close()
+    await until(
+        lambda: (
+            value(scrape(proxy), "pgpool_proxy_client_disconnects_total", reason="client_eof")
+            > value(before, "pgpool_proxy_client_disconnects_total", reason="client_eof")
+        )
+    )
+    after = scrape(proxy)
+    assert (
+        value(after, "pgpool_proxy_client_disconnects_total", reason="client_terminate")
+        - value(before, "pgpool_proxy_client_disconnects_total", reason="client_terminate")
+        == 1
+    )
+
+
+async def test_pinned_sessions_in_transaction_mode(mproxy: ProxyThread) -> None:
+    conn = await asyncpg.connect(mproxy.dsn(), statement_cache_size=0)
+    try:
+        assert value(scrape(mproxy), "pgpool_proxy_pinned_sessions", **APP) == 0
+        await conn.execute("SELECT pg_advisory_lock(1)")
+        # The proxy asks the server what the transaction left behind after the client has its
+        # reply: the pin shows up a moment later.
+        await until(lambda: value(scrape(mproxy), "pgpool_proxy_pinned_sessions", **APP) == 1)
+        assert value(scrape(mproxy), "pgpool_proxy_server_connections", **APP, state="active") == 1
+        await conn.execute("SELECT pg_advisory_unlock(1)")
+        await until(lambda: value(scrape(mproxy), "pgpool_proxy_pinned_sessions", **APP) == 0)
+    finally:
+        await conn.close()
+
+
+async def test_prepared_statement_counts(mproxy: ProxyThread) -> None:
+    before = scrape(mproxy)
+    conn = await asyncpg.connect(mproxy.dsn())  # asyncpg names and caches its statements
+    try:
+        stmt = await conn.prepare("SELECT $1::int + 1")
+        for i in range(20):
+            assert await stmt.fetchval(i) == i + 1
+        assert await conn.fetchval("SELECT $1::text", "x") == "x"
+    finally:
+        await conn.close()
+    after = scrape(mproxy)
+
+    def delta(name: str) -> float:
+        return value(after, name, **APP) - value(before, name, **APP)
+
+    assert value(after, "pgpool_proxy_prepared_statements", **APP) >= 2
+    # Each statement is prepared on the server connection once, then reused.
+    assert 1 <= delta("pgpool_proxy_prepared_statement_misses_total") <= 4
+    assert delta("pgpool_proxy_prepared_statement_hits_total") >= 20
+
+
+def test_pgbench_traffic_is_counted(mproxy: ProxyThread, pg: LocalPostgres) -> None:
+    pgbench = f"{find_pg_bindir()}/pgbench"
+    env = {"PGPASSWORD": PASSWORDS["alice"], "PATH": "/usr/bin:/bin"}
+    args = ["-h", mproxy.host, "-p", str(mproxy.port), "-U", "alice"]
+    init = subprocess.run(
+        [pgbench, "-i", "-q", "-s", "1", *args, "app"], env=env, capture_output=True, text=True
+    )
+    assert init.returncode == 0, init.stderr
+    before = scrape(mproxy)
+    run = subprocess.run(
+        [pgbench, "-c", "4", "-t", "25", "-S", "-M", "extended", *args, "app"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    after = scrape(mproxy)
+    xacts = value(after, "pgpool_proxy_transactions_total", **APP) - value(
+        before, "pgpool_proxy_transactions_total", **APP
+    )
+    # pgbench -S: one statement per transaction, 100 in all (plus its own setup queries).
+    assert xacts >= 100
+
+
+# --- health and HTTP handling ------------------------------------------------------------------
+
+
+def test_health_endpoints(mproxy: ProxyThread) -> None:
+    assert get(mproxy, "/healthz")[::2] == (200, "ok\n")
+    assert get(mproxy, "/readyz")[::2] == (200, "ready\n")
+    assert get(mproxy, "/metrics?name=x")[0] == 200
+    assert get(mproxy, "/nope")[0] == 404
+    assert get(mproxy, "/")[0] == 404
+
+
+def test_readyz_reports_draining_and_unknown_writer(mproxy: ProxyThread) -> None:
+    server = mproxy.server
+    assert server is not None
+    had = getattr(server, "topologies", None)
+
+    def set_attr(name: str, val: Any) -> None:
+        mproxy.call(lambda: setattr(server, name, val))
+
+    set_attr("draining", True)
+    try:
+        status, _, body = get(mproxy, "/readyz")
+        assert (status, body) == (503, "draining (shutting down)\n")
+        assert get(mproxy, "/healthz")[0] == 200
+        assert value(scrape(mproxy), "pgpool_proxy_ready") == 0
+    finally:
+        set_attr("draining", False)
+    # A tracked database whose writer is not known (yet, or during a failover).
+    lost = types.SimpleNamespace(name="app", writer=None, failovers=2, hosts=[])
+    set_attr("topologies", {"app": lost})
+    try:
+        status, _, body = get(mproxy, "/readyz")
+        assert (status, body) == (503, "no writer known for app\n")
+        samples = scrape(mproxy)
+        assert value(samples, "pgpool_proxy_writer_known", database="app") == 0
+        assert value(samples, "pgpool_proxy_failovers_total", database="app") == 2
+    finally:
+        set_attr("topologies", had if had is not None else {})
+    assert get(mproxy, "/readyz")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /metrics\r\n\r\n", 400),  # no version
+        (b"GET metrics HTTP/1.1\r\n\r\n", 400),
+        (b"get /metrics HTTP/1.1\r\n\r\n", 400),
+        (b"GET /metrics HTTP/9.9\r\n\r\n", 400),
+        (b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+        (b"\xff\xfe\r\n\r\n", 400),
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /x HTTP/1.0\r\n\r\n", 404),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+    ],
+)
+def test_bad_requests_get_an_answer(mproxy: ProxyThread, request_bytes: bytes, status: int) -> None:
+    assert status_of(raw_http(mproxy, request_bytes)) == status
+    # The listener survives whatever came before.
+    assert get(mproxy, "/healthz")[0] == 200
+
+
+def test_oversized_and_slow_requests(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(metrics={"listen": "127.0.0.1:0", "request_timeout_s": 0.5})
+    huge = b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+    assert status_of(raw_http(proxy, huge)) == 431
+    t0 = time.monotonic()
+    assert status_of(raw_http(proxy, b"GET /metrics HTTP/1.1\r\n")) == 408
+    assert time.monotonic() - t0 < 3
+    # A client that connects and says nothing is answered and dropped after the timeout.
+    assert status_of(raw_http(proxy, b"")) == 408
+    head = raw_http(proxy, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    assert status_of(head) == 200 and head.endswith(b"\r\n\r\n")
+    assert get(proxy, "/healthz")[0] == 200
+
+
+def test_no_endpoint_without_listen(proxy: ProxyThread) -> None:
+    assert proxy.server is not None and proxy.server.metrics_endpoint is None
+
+
+async def test_psycopg_session_mode_counts(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(metrics=METRICS, proxy={"pool_mode": "session"})
+    with psycopg.connect(proxy.dsn()) as conn:
+        for _ in range(3):
+            with conn.transaction():
+                conn.execute("SELECT 1")
+        samples = scrape(proxy)
+        assert value(samples, "pgpool_proxy_server_connections", **APP, state="active") == 1
+        assert value(samples, "pgpool_proxy_pool_client_connections", **APP, state="active") == 1
+    # Session mode gives the server connection back (after its reset query) when the client
+    # leaves: one "transaction".
+    await until(lambda: value(scrape(proxy), "pgpool_proxy_transactions_total", **APP) >= 1)

@@ -1,0 +1,138 @@
+"""SHOW row builders and SET validation over real proxy objects (a ProxyServer that never
+listens, real Pools and ClientConnections without sockets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgpool_proxy.admin import show
+from pgpool_proxy.admin.commands import CommandError
+from pgpool_proxy.admin.settings import set_setting, show_config
+from pgpool_proxy.config import build_config
+from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.session.client import ClientConnection, ClientState
+
+
+def _server() -> ProxyServer:
+    config = build_config(
+        {
+            "proxy": {"listen": "127.0.0.1:0"},
+            "pool": {"default_pool_size": 4},
+            "databases": [
+                {"name": "app", "host": "10.0.0.1", "port": 5433, "pool_mode": "session"},
+                {"name": "other", "user": "svc", "password": "pw"},
+            ],
+            "users": [{"name": "alice", "password": "a"}, {"name": "svc", "password": "pw"}],
+            "admin": {"admin_users": ["alice"]},
+        },
+        env={},
+    )
+    return ProxyServer(config)
+
+
+def _client(server: ProxyServer, state: ClientState, wait_since: float = 0.0) -> ClientConnection:
+    client = ClientConnection(server)
+    client.user, client.database, client.addr = "alice", "app", "127.0.0.1:40000"
+    client.state = state
+    client.wait_since = wait_since
+    server._all_clients.add(client)
+    return client
+
+
+def _rows(result: show.Result) -> list[dict[str, str | None]]:
+    names = [c for c, _ in result.columns]
+    return [dict(zip(names, row, strict=True)) for row in result.rows]
+
+
+async def test_pools_counts_clients_servers_and_waits() -> None:
+    server = _server()
+    db = server.config.database("app")
+    assert db is not None
+    pool = server.get_pool(db, server.config.user("alice"), "alice")
+    pool.clients = 3
+    pool.total, pool.connecting = 2, 1
+    now = pool.loop.time()
+    waiter = _client(server, ClientState.WAITING, now - 2.5)
+    waiter.pool = pool
+    pool.waiters.append(waiter)
+    _client(server, ClientState.IDLE).pool = pool
+    (row,) = _rows(show.show_pools(server))
+    assert [c for c, _ in show.POOLS_COLUMNS][:3] == ["database", "user", "cl_active"]
+    assert row["database"] == "app" and row["user"] == "alice"
+    assert row["cl_active"] == "2" and row["cl_waiting"] == "1"
+    assert row["sv_login"] == "1" and row["sv_idle"] == "0" and row["sv_tested"] == "1"
+    assert row["maxwait"] == "2" and 400_000 <= int(row["maxwait_us"] or 0) < 600_000
+    assert row["pool_mode"] == "session"
+    assert row["server"] == "10.0.0.1:5433" and row["failovers"] == "0"
+    assert row["paused"] == "0" and row["worker"] == "0"
+    pool.pause()
+    assert _rows(show.show_pools(server))[0]["paused"] == "1"
+
+
+async def test_stats_totals_and_averages() -> None:
+    server = _server()
+    db = server.config.database("app")
+    assert db is not None
+    pool = server.get_pool(db, None, "alice")
+    pool.total_xacts, pool.total_wait_s, pool.wait_count = 100, 0.5, 10
+    (row,) = _rows(show.show_stats(server))
+    assert row["database"] == "app" and row["total_xact_count"] == "100"
+    assert row["total_wait_time"] == "500000" and row["avg_wait_time"] == "50000"
+    assert row["total_received"] == "0"  # not counted (it would cost per-message work)
+    totals = {r["name"]: r["value"] for r in _rows(show.show_totals(server))}
+    assert totals["total_xact_count"] == "100"
+    only_totals = show.show_stats(server, "STATS_TOTALS")
+    assert [c for c, _ in only_totals.columns][1] == "total_xact_count"
+    assert not any(c.startswith("avg_") for c, _ in only_totals.columns)
+
+
+async def test_clients_databases_lists_state_version() -> None:
+    server = _server()
+    waiting = _client(server, ClientState.WAITING, 0.0)
+    admin = _client(server, ClientState.LOGIN)
+    server.admin_sessions.add(admin)
+    clients = _rows(show.show_clients(server))
+    states = sorted((c["database"], c["state"]) for c in clients)
+    assert states == [("app", "waiting"), ("pgbouncer", "active")]
+    assert {c["addr"] for c in clients} == {"127.0.0.1"} and {c["port"] for c in clients} == {
+        "40000"
+    }
+    assert waiting.key_pid == 0
+    dbs = {r["name"]: r for r in _rows(show.show_databases(server))}
+    assert dbs["app"]["pool_size"] == "4" and dbs["app"]["pool_mode"] == "session"
+    assert dbs["other"]["force_user"] == "svc" and dbs["other"]["pool_mode"] is None
+    assert dbs["app"]["writer"] == "10.0.0.1:5433"
+    server.paused_dbs.add("other")
+    assert _rows(show.show_databases(server))[1]["paused"] == "1"
+    lists = {r["list"]: r["items"] for r in _rows(show.show_lists(server))}
+    assert lists["databases"] == "2" and lists["used_clients"] == "2"
+    assert lists["login_clients"] == "0"
+    state = {r["key"]: r["value"] for r in _rows(show.show_state(server))}
+    assert state["paused_databases"] == "other" and state["draining"] == "no"
+    assert "worker 0 of 1" in show.show_version(server).rows[0][0]  # type: ignore[operator]
+
+
+def test_config_and_set() -> None:
+    server = _server()
+    config = {r[0]: r for r in show_config(server).rows}
+    assert config["pool.default_pool_size"][1:] == ["4", "20", "yes"]
+    assert config["proxy.listen"][1:] == ["127.0.0.1:0", "127.0.0.1:6432", "no"]
+    assert config["admin.admin_users"][1] == "alice"
+    key, new = set_setting(server, "default_pool_size", "9")
+    assert key == "pool.default_pool_size" and new.pool.default_pool_size == 9
+    _, new = set_setting(server, "proxy.log_level", "DEBUG")
+    assert new.proxy.log_level == "debug"
+    _, new = set_setting(server, "admin.stats_users", "svc, alice")
+    assert new.admin.stats_users == ("svc", "alice")
+    for key, value, state in [
+        ("default_pool_size", "0", "22023"),
+        ("pool.min_pool_size", "10", "22023"),
+        ("query_wait_timeout_s", "soon", "22023"),
+        ("admin.admin_users", "nobody", "22023"),
+        ("proxy.workers", "2", "55P02"),
+        ("listen", "1.2.3.4:5", "55P02"),
+        ("nosuch", "1", "42704"),
+    ]:
+        with pytest.raises(CommandError) as exc:
+            set_setting(server, key, value)
+        assert exc.value.sqlstate == state, (key, exc.value.message)
