@@ -7,11 +7,13 @@ shutdown says it.
 
 What a reload changes live: users and passwords, databases (new ones, changed servers: current
 connections retire when their transaction ends), pool sizes and timeouts, the reset query,
-pool_mode and max_message_size_bytes (for new clients), max_client_conn, client login timeout,
-log level, shutdown timeout, auth type and the [admin] section. What needs a restart (the
-reload keeps the running value and says so): listen, workers, reuse_port, log_format, TLS, IAM,
-Secrets Manager settings and the [topology] section. A reload that changes a database's
-Secrets Manager reference, or turns IAM on for a user when no IAM verifier runs, is refused.
+max_server_connections, pool_mode and max_message_size_bytes (for new clients),
+max_client_conn, client login timeout, log level, shutdown timeout, auth type (RELOAD only, not
+SET) and the [admin] section. What needs a restart (the reload keeps the running value and says
+so): listen, workers, reuse_port, log_format, TLS, IAM, Secrets Manager settings, the
+[topology] section and a database's forced user (pools are keyed by their server user). A
+reload that changes a database's Secrets Manager reference, or turns IAM on for a user when no
+IAM verifier runs, is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .config import Config, ConfigError, DatabaseConfig, load_config
 from .errors import DisconnectReason, ProxyError, SqlState
 from .protocol.constants import TX_IDLE
 from .session.client import ClientState
+from .workers import EXIT_SHUTDOWN_ALL
 
 if TYPE_CHECKING:
     from .pool.pool import Pool, PoolSpec
@@ -93,6 +96,8 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
     server.config = new
     if new.proxy.log_level != old.proxy.log_level:
         logging.getLogger().setLevel(new.proxy.log_level.upper())
+    if new.pool.max_server_connections != old.pool.max_server_connections:
+        server.set_server_budget(new.pool.max_server_connections)
     for (db_name, server_user), pool in list(server.pools.items()):
         db = new.database(db_name)
         if db is None:
@@ -145,8 +150,15 @@ def _keep_restart_only(server: ProxyServer, old: Config, new: Config) -> tuple[C
         if hasattr(old, section) and getattr(old, section) != getattr(new, section):
             sections[section] = getattr(old, section)
             notes.append(f"[{section}] changed; it takes effect after a restart")
+    databases: list[DatabaseConfig] = []
     for db in new.databases:
         before = old.database(db.name)
+        if before is not None and before.user != db.user:
+            # Pools are keyed by their server user: a pool cannot switch users under its
+            # clients, so the forced user (and the password that goes with it) stays.
+            db = dataclasses.replace(db, user=before.user, password=before.password)
+            notes.append(f"databases.{db.name}.user changed; it takes effect after a restart")
+        databases.append(db)
         addresses = getattr(db, "addresses", None)
         if (
             before is not None
@@ -157,6 +169,8 @@ def _keep_restart_only(server: ProxyServer, old: Config, new: Config) -> tuple[C
             notes.append(f"databases.{db.name}.hosts changed; it takes effect after a restart")
     if kept:
         sections["proxy"] = dataclasses.replace(new.proxy, **kept)
+    if tuple(databases) != new.databases:
+        sections["databases"] = tuple(databases)
     if sections:
         new = dataclasses.replace(new, **sections)
     return new, notes
@@ -241,6 +255,8 @@ def resume(server: ProxyServer, db: str | None) -> None:
         server.paused_dbs.clear()
     else:
         server.paused_dbs.discard(db)
+    if server.draining:
+        return  # a drain keeps every pool paused
     for (name, _user), pool in server.pools.items():
         if (db is None or name == db) and not (server.paused or name in server.paused_dbs):
             pool.resume()
@@ -306,6 +322,7 @@ async def drain(server: ProxyServer, timeout_s: float) -> None:
     """Stop accepting, let running transactions finish, close clients as they go idle; after
     `timeout_s`, close whoever is left."""
     loop = asyncio.get_running_loop()
+    # Before pausing: get_pool pauses any pool a login creates from now on.
     server.draining = True
     listener = server._server
     if listener is not None:
@@ -347,6 +364,13 @@ async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def request_shutdown(server: ProxyServer) -> None:
+    """The admin SHUTDOWN: drain like SIGTERM, and with workers stop every worker (the exit
+    status tells the supervisor; see workers.EXIT_SHUTDOWN_ALL)."""
+    server.shutdown_requested = True
+    server.stop_requested.set()
+
+
 async def run_until_stopped(server: ProxyServer) -> int:
     """Serve until told to stop, handling SIGHUP/SIGTERM/SIGINT; returns the exit status."""
     loop = asyncio.get_running_loop()
@@ -383,4 +407,6 @@ async def run_until_stopped(server: ProxyServer) -> int:
         log.info("shutting down")
         terminate_all(server, "terminating connection: the proxy is shutting down")
         await server.close()
+    if server.shutdown_requested and server.identity.count > 1:
+        return EXIT_SHUTDOWN_ALL  # not restarted: the supervisor stops the other workers too
     return 0

@@ -66,15 +66,16 @@ class ProxyServer:
         self.paused = False  # PAUSE without a database: every pool holds new transactions
         self.paused_dbs: set[str] = set()  # PAUSE db / KILL db, until RESUME
         self.admin_sessions: set[ClientConnection] = set()  # clients of the admin console
-        self.stop_requested = asyncio.Event()  # set by the admin SHUTDOWN command
+        self.stop_requested = asyncio.Event()  # set by SIGTERM and the admin SHUTDOWN command
+        self.shutdown_requested = False  # the admin SHUTDOWN: with workers, all of them stop
         self.started_at = time.time()
         # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
         self.services = Services(config, self.spawn)
         # Writer tracking for multi-host databases (pool.tracking); tests may map addresses.
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
-        limit = config.pool.max_server_connections
-        self.budget = ServerBudget(limit, self.pools.values()) if limit else None
+        self.budget: ServerBudget | None = None
+        self.set_server_budget(config.pool.max_server_connections)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
 
@@ -137,6 +138,18 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)
+
+    def set_server_budget(self, limit: int) -> None:
+        """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
+        lower cap closes nothing at once: pools shrink as connections are released or idle."""
+        if not limit:
+            self.budget = None
+        elif self.budget is None:
+            self.budget = ServerBudget(limit, self.pools.values())
+        else:
+            self.budget.limit = limit
+        for pool in self.pools.values():
+            pool.budget = self.budget
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a task owned by this server: kept referenced, logged if it fails, cancelled on
@@ -282,7 +295,7 @@ class ProxyServer:
                 if verifier is not None:
                     pool.server_key = verifier.server_key
                     pool.client_key = self._client_keys.get((server_user, secret))
-            if self.paused or db.name in self.paused_dbs:
+            if self.paused or db.name in self.paused_dbs or self.draining:
                 pool.pause()
             self.pools[key] = pool
         return pool

@@ -26,6 +26,9 @@ WORKER_SHIFT = 24
 MAX_WORKERS = 1 << (31 - WORKER_SHIFT)
 # A worker that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 1.0
+# A worker's exit status after the admin SHUTDOWN: the supervisor stops every worker (SIGTERM,
+# so each drains) and exits, instead of restarting the one that left.
+EXIT_SHUTDOWN_ALL = 75
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # Passed on to every worker: the stop signals, and SIGHUP (each worker reloads its config).
 _FORWARDED = _STOP_SIGNALS | {signal.SIGHUP}
@@ -60,8 +63,8 @@ def supervise(
     """Fork `count` workers running `run_worker(identity, port)` and wait for a stop signal.
 
     SIGTERM, SIGINT and SIGHUP are passed on to every worker (each drains and exits, or reloads,
-    by itself); a worker
-    that dies on its own is restarted.
+    by itself); a worker that dies on its own is restarted. A worker that exits with
+    EXIT_SHUTDOWN_ALL (the admin SHUTDOWN) stops them all, as a SIGTERM would.
     """
     reservation, port = reserve_port(host, port)
     peer_dir = tempfile.mkdtemp(prefix="pgpool-proxy-peers-")
@@ -123,6 +126,11 @@ def supervise(
             if index is None:
                 continue
             code = os.waitstatus_to_exitcode(wstatus)
+            if code == EXIT_SHUTDOWN_ALL:
+                code = 0
+                if not stopping:
+                    log.info("worker %d was told to SHUT DOWN: stopping every worker", index)
+                    on_signal(signal.SIGTERM, None)
             if stopping:
                 if code not in (0, -signal.SIGTERM, -signal.SIGINT):
                     status = 1

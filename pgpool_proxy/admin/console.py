@@ -9,9 +9,10 @@ refused at login.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .. import __version__, lifecycle
@@ -30,7 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgpool_proxy.admin")
 
-MAX_ADMIN_MESSAGE = 1024 * 1024
+# One admin query is a short command line or a few of them: a stats user must not be able to
+# make the proxy parse megabytes or run thousands of SHOWs for one message.
+MAX_ADMIN_MESSAGE = 64 * 1024
+MAX_STATEMENTS = 20
+# Replies wait (and the console stops reading) while this much is unsent to the client.
+WRITE_BUFFER_HIGH = 256 * 1024
+_DRAIN_POLL_S = 0.01
 _READY = m.ready_for_query()
 
 
@@ -87,9 +94,11 @@ async def _serve(client: ClientConnection) -> None:
     skipping = False  # after an extended-protocol message, until Sync
     try:
         while True:
-            t, body = await client.read_frame(MAX_ADMIN_MESSAGE, "admin console")
+            t, body = await client.read_frame(
+                MAX_ADMIN_MESSAGE, f"admin console (a query is at most {MAX_ADMIN_MESSAGE} bytes)"
+            )
             if t == F_QUERY:
-                await _query(client, body.rstrip(b"\0").decode("utf-8", "replace"))
+                await _query(client, body)
             elif t == F_TERMINATE:
                 client.close(DisconnectReason.CLIENT_TERMINATE)
                 return
@@ -113,6 +122,13 @@ async def _serve(client: ClientConnection) -> None:
         client.close(DisconnectReason.CLIENT_EOF)
     except ProxyError as exc:
         client.fail(exc, DisconnectReason.PROTOCOL_ERROR)
+    except Exception:
+        # A bug must not leave the client hanging (nor a SIGTERM drain waiting for it).
+        log.exception("admin console failed for %s user=%s", client.addr, client.user)
+        client.fail(
+            ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy's admin console"),
+            DisconnectReason.PROTOCOL_ERROR,
+        )
     finally:
         server.admin_sessions.discard(client)
 
@@ -128,12 +144,50 @@ def _error(
     return m.error_response("ERROR", sqlstate, message, detail=detail, hint=hint)
 
 
-async def _query(client: ClientConnection, text: str) -> None:
-    statements = split_statements(text)
+async def _drain(client: ClientConnection) -> None:
+    """Wait while the client has not taken what it was sent (the console reads nothing more
+    meanwhile), so a client that does not read cannot make the proxy buffer without bound."""
+    while client.is_open():
+        transport = client.transport
+        if transport is None or transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH:
+            return
+        await asyncio.sleep(_DRAIN_POLL_S)
+
+
+def printable(text: str) -> str:
+    """`text` for a log line or a message: control characters (newlines too) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+async def _query(client: ClientConnection, body: bytes) -> None:
+    raw = body[:-1] if body.endswith(b"\0") else body
+    if b"\0" in raw:
+        _write(
+            client,
+            _error(SqlState.SYNTAX_ERROR, "the query contains a NUL byte") + _READY,
+        )
+        return
+    statements = split_statements(raw.decode("utf-8", "replace"))
     if not statements:
         _write(client, m.empty_query_response() + _READY)
         return
-    for statement in statements:
+    if len(statements) > MAX_STATEMENTS:
+        _write(
+            client,
+            _error(
+                SqlState.PROGRAM_LIMIT_EXCEEDED,
+                f"too many commands in one query ({len(statements)}; the admin console runs "
+                f"at most {MAX_STATEMENTS})",
+                hint="Send the commands in separate queries.",
+            )
+            + _READY,
+        )
+        return
+    for i, statement in enumerate(statements):
+        if i:
+            await asyncio.sleep(0)  # other clients' turn between commands
         try:
             command = parse_command(statement)
             _check_allowed(client, command)
@@ -144,8 +198,9 @@ async def _query(client: ClientConnection, text: str) -> None:
         _write(client, out)
         if command.verb == "SHUTDOWN":
             _write(client, _READY)
-            client.server.stop_requested.set()
+            lifecycle.request_shutdown(client.server)
             return
+        await _drain(client)
     _write(client, _READY)
 
 
@@ -183,10 +238,25 @@ _SHOW = {
 
 
 def _check_database(server: ProxyServer, db: str | None) -> None:
-    if db is not None and not lifecycle.known_database(server, db):
-        raise CommandError(SqlState.INVALID_CATALOG_NAME, f'database "{db}" does not exist')
     if db is not None and db == server.config.admin.database:
         raise CommandError(SqlState.FEATURE_NOT_SUPPORTED, "the admin database has no pools")
+    if db is not None and not lifecycle.known_database(server, db):
+        raise CommandError(SqlState.INVALID_CATALOG_NAME, f'database "{db}" does not exist')
+
+
+def _apply(apply: Callable[[], list[str]], what: str) -> list[str]:
+    """Run a reload/SET; a failure other than a refused file is reported, not swallowed."""
+    try:
+        return apply()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.exception("%s failed while applying the configuration", what)
+        raise CommandError(
+            SqlState.INTERNAL_ERROR,
+            f"{what} failed while applying the new configuration: {type(exc).__name__}: {exc}",
+            hint="The proxy log has the details; the configuration may be partly applied.",
+        ) from None
 
 
 async def _run(client: ClientConnection, command: Command) -> bytes:
@@ -204,12 +274,15 @@ async def _run(client: ClientConnection, command: Command) -> bytes:
     if verb == "SET":
         assert arg is not None and command.value is not None
         full, new = set_setting(server, arg, command.value)
-        lifecycle.apply_config(server, new)
-        log.info("admin %s: SET %s = %s", who, full, command.value)
+        try:
+            _apply(lambda: lifecycle.apply_config(server, new), "SET")
+        except ConfigError as exc:
+            raise CommandError(SqlState.INVALID_PARAMETER_VALUE, "; ".join(exc.problems)) from None
+        log.info("admin %s: SET %s = %s", who, full, printable(command.value))
         return m.command_complete("SET")
     if verb == "RELOAD":
         try:
-            notes = lifecycle.reload_config(server)
+            notes = _apply(lambda: lifecycle.reload_config(server), "RELOAD")
         except ConfigError as exc:
             log.error("admin %s: RELOAD failed; the old configuration stays:\n%s", who, exc)
             raise CommandError(
@@ -220,10 +293,15 @@ async def _run(client: ClientConnection, command: Command) -> bytes:
         log.info("admin %s: RELOAD", who)
         return b"".join(m.notice_response(n) for n in notes) + m.command_complete("RELOAD")
     _check_database(server, arg)
-    log.info("admin %s: %s", who, command.text)
+    log.info("admin %s: %s", who, printable(command.text))
     if verb == "PAUSE":
         await lifecycle.pause(server, arg, client.is_open)
     elif verb == "RESUME":
+        if server.draining:
+            raise CommandError(
+                SqlState.CANNOT_CONNECT_NOW,
+                "the proxy is shutting down; RESUME is refused (its pools stay paused)",
+            )
         lifecycle.resume(server, arg)
     elif verb == "RECONNECT":
         lifecycle.reconnect(server, arg)

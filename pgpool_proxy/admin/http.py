@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpool_proxy.metrics")
 
 MAX_REQUEST_HEAD = 8192
+# Connections served at once; more get a 503 and are closed (scrapers need one or two).
+MAX_CONNECTIONS = 64
 _TEXT = "text/plain; charset=utf-8"
 _REASONS = {
     200: "OK",
@@ -88,6 +90,10 @@ class MetricsEndpoint:
     # --- requests ------------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= MAX_CONNECTIONS:
+            writer.write(_response(503, _TEXT, b"too many connections\n", False))
+            writer.close()
+            return
         task = asyncio.current_task()
         if task is not None:
             self._conns.add(task)

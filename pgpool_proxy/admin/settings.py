@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ..server import ProxyServer
 
 # Settings that SET (and RELOAD) change in a running proxy; see lifecycle for what they affect.
+# auth.type is not among them: whether each user's stored password suits it is checked for the
+# whole file, so it changes with RELOAD only.
 LIVE: Final = frozenset(
     {
         ("proxy", "pool_mode"),
@@ -29,7 +31,6 @@ LIVE: Final = frozenset(
         ("proxy", "log_level"),
         ("proxy", "shutdown_timeout_s"),
         *(("pool", f.name) for f in dataclasses.fields(PoolSettings)),
-        ("auth", "type"),
         *(("admin", f.name) for f in dataclasses.fields(AdminSettings)),
     }
 )
@@ -74,7 +75,7 @@ def show_config(server: ProxyServer) -> Result:
             result.rows.append(
                 [f"{section}.{key}", _text(value), _text(dflt), "yes" if live else "no"]
             )
-    result.rows.append(["auth.type", _text(cfg.auth.type), _text(type(cfg.auth)().type), "yes"])
+    result.rows.append(["auth.type", _text(cfg.auth.type), _text(type(cfg.auth)().type), "no"])
     return result
 
 
@@ -99,6 +100,14 @@ def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
     full name; raises CommandError. The caller applies it."""
     section, name = _resolve(key)
     full = f"{section}.{name}"
+    if (section, name) == ("auth", "type"):
+        raise CommandError(
+            SqlState.CANT_CHANGE_RUNTIME_PARAM,
+            'parameter "auth.type" cannot be changed with SET: every user\'s stored password '
+            "must suit it (an md5 hash cannot do SCRAM, a SCRAM verifier cannot answer md5)",
+            hint="Change auth.type (and the passwords) in the configuration file, then RELOAD; "
+            "the reload checks them together.",
+        )
     if (section, name) not in LIVE:
         raise CommandError(
             SqlState.CANT_CHANGE_RUNTIME_PARAM,
@@ -119,6 +128,13 @@ def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
             SqlState.INVALID_PARAMETER_VALUE,
             f"pool.min_pool_size ({new_section.min_pool_size}) must not exceed "
             f"pool.default_pool_size ({new_section.default_pool_size})",
+        )
+    if section == "admin" and name == "admin_users" and not value:
+        raise CommandError(
+            SqlState.INVALID_PARAMETER_VALUE,
+            "admin.admin_users must not be empty: nobody could run SET, RELOAD or SHUTDOWN on "
+            "the console again",
+            hint="Edit the configuration file and RELOAD to remove every admin user.",
         )
     if section == "admin":
         from ..config_admin import check_admin

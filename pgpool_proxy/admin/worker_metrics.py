@@ -104,14 +104,27 @@ class SnapshotServer:
                 self._conns.discard(task)
 
 
+async def read_to_eof(reader: asyncio.StreamReader, limit: int) -> bytes:
+    """Everything until the sender closes (one read() returns whatever has arrived so far);
+    ValueError beyond `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"snapshot larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def fetch_snapshot(path: str, request: bytes, timeout_s: float) -> dict[str, Any] | None:
     """A sibling's snapshot, or None when it does not answer in time (dead or restarting)."""
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_unix_connection(path, limit=MAX_SNAPSHOT)
+            reader, writer = await asyncio.open_unix_connection(path)
             writer.write(request)
-            data = await reader.read(MAX_SNAPSHOT)
+            data = await read_to_eof(reader, MAX_SNAPSHOT)
         found = json.loads(data)
         return found if isinstance(found, dict) else None
     except (OSError, TimeoutError, ValueError) as exc:

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .clients import boto_client
+
 log = logging.getLogger("pgpool_proxy.discovery")
 
 
@@ -61,19 +63,7 @@ class AuroraDiscovery:
 
     def _rds(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config as BotoConfig
-
-            self._client = boto3.session.Session().client(
-                "rds",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                config=BotoConfig(
-                    connect_timeout=self.timeout_s,
-                    read_timeout=self.timeout_s,
-                    retries={"total_max_attempts": 2, "mode": "standard"},
-                ),
-            )
+            self._client = boto_client("rds", self.region, self.endpoint_url, self.timeout_s)
         return self._client
 
     def fetch(self) -> list[AuroraMember]:

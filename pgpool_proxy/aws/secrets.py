@@ -21,6 +21,7 @@ from typing import Any
 from ..config import DatabaseConfig, SecretsSettings
 from ..config_security import region_of_secret_arn
 from ..errors import ProxyError, SqlState
+from .clients import boto_client
 
 log = logging.getLogger("pgpool_proxy.secrets")
 
@@ -80,18 +81,8 @@ class SecretsClient:
 
     def _get_client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config as BotoConfig
-
-            self._client = boto3.session.Session().client(
-                "secretsmanager",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                config=BotoConfig(
-                    connect_timeout=self.timeout_s,
-                    read_timeout=self.timeout_s,
-                    retries={"total_max_attempts": 2, "mode": "standard"},
-                ),
+            self._client = boto_client(
+                "secretsmanager", self.region, self.endpoint_url, self.timeout_s
             )
         return self._client
 

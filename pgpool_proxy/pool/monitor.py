@@ -13,18 +13,29 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from ..config_topology import TopologySettings
-from ..errors import DisconnectReason, ProxyError
-from .backend import BackendConnection, BackendState
+from ..errors import DisconnectReason, ProxyError, SqlState
+from .backend import BackendConnection, BackendLoginError, BackendState
 from .connect import ServerTls, open_server_transport
-from .topology import HostState, ProbeResult, Topology
+from .topology import DOWN, HostState, ProbeResult, Topology
 
 log = logging.getLogger("pgpool_proxy.topology")
 
-Credentials = Callable[[], Awaitable[tuple[str, str | None]]]
+
+class MonitorLogin(Protocol):
+    """Who the monitor logs in as; follows Secrets Manager rotation like the pools do."""
+
+    async def candidates(self, failed_password: str | None) -> list[tuple[str, str | None]]:
+        """Logins to try: the current one, or after ``failed_password`` was refused the
+        refreshed ones (empty: nothing new to try)."""
+        ...
+
+    def succeeded(self, user: str, password: str | None) -> None: ...
+
+
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 # Aurora has no timeline or WAL file names; it names its writer in aurora_replica_status().
@@ -99,19 +110,45 @@ class ProbeConnection:
     def release(self, backend: BackendConnection) -> None:
         pass
 
-    async def connect(self, tls: ServerTls, dbname: str, credentials: Credentials) -> None:
-        user, secret = await credentials()
+    async def connect(self, tls: ServerTls, dbname: str, login: MonitorLogin) -> None:
+        attempts = await login.candidates(None)
+        i = 0
+        while True:
+            user, secret = attempts[i]
+            try:
+                await self._connect_as(tls, dbname, user, secret)
+            except BackendLoginError as exc:
+                if exc.sqlstate != SqlState.INVALID_PASSWORD or secret is None:
+                    raise
+                if i == 0:
+                    # Rotation: the server may already have the new password (as for pools).
+                    attempts += await login.candidates(secret)
+                i += 1
+                if i >= len(attempts):
+                    raise
+                continue
+            if i:
+                login.succeeded(user, secret)
+            return
+
+    async def _connect_as(self, tls: ServerTls, dbname: str, user: str, secret: str | None) -> None:
         backend = BackendConnection(self, 0)  # type: ignore[arg-type]
         backend.address = self.backend_address
         self.backend = backend
         host, port = self.backend_address
         try:
             await open_server_transport(lambda: backend, host, port, tls)
+            if backend.transport is None:
+                raise ConnectionError("connection closed before login")
             await backend.login(user, dbname, secret)
             rows = await self.query(DETECT_SQL)
             self.aurora = bool(rows) and rows[0][0] == "t"
         except BaseException:
-            self.close()
+            # This attempt's own connection, even if stop() already forgot it.
+            if not backend.is_closed():
+                backend.close(DisconnectReason.POOL_CLOSED)
+            if self.backend is backend:
+                self.backend = None
             raise
 
     async def query(self, sql: str) -> list[list[str | None]]:
@@ -157,14 +194,14 @@ class TopologyMonitor:
         topology: Topology,
         settings: TopologySettings,
         dbname: str,
-        credentials: Credentials,
+        login: MonitorLogin,
         tls: ServerTls,
         spawn: Spawn,
     ) -> None:
         self.topology = topology
         self.settings = settings
         self.dbname = dbname
-        self.credentials = credentials
+        self.login = login
         self.tls = tls
         self._spawn = spawn
         self._loops: dict[tuple[str, int], asyncio.Event] = {}
@@ -203,47 +240,67 @@ class TopologyMonitor:
         self._probes.clear()
 
     async def _loop(self, state: HostState) -> None:
-        loop = asyncio.get_running_loop()
         settings = self.settings
         topo = self.topology
         key = state.key
-        while not self.stopped and key in self._loops:
-            wake = self._loops[key]
-            wake.clear()
-            try:
-                async with asyncio.timeout(settings.probe_timeout_s):
-                    result = await self._probe(state)
-            except TimeoutError:
+        wake = self._loops[key]
+        try:
+            while not self.stopped and self._loops.get(key) is wake:
+                try:
+                    await self._probe_once(state)
+                except Exception:
+                    # A bug here must not freeze this host's last role for good.
+                    log.exception("topology %s: probing %s failed", topo.name, state.address)
+                    self._drop_probe(key)
+                    with contextlib.suppress(Exception):
+                        self._failed(state, "internal error while probing", definitive=False)
+                # Wakes raised by this probe's own outcome are already reflected in the pace.
+                wake.clear()
+                fast = topo.fast and state.role != DOWN  # dead hosts: retried at the steady pace
+                interval = settings.fast_poll_interval_s if fast else settings.poll_interval_s
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await wake.wait()
+        finally:
+            if self._loops.get(key) is wake:  # not replaced by a newer loop for this host
+                del self._loops[key]
                 self._drop_probe(key)
-                self._failed(state, "no answer within probe_timeout_s", definitive=False)
-            except (OSError, ConnectionError, EOFError) as exc:
-                self._drop_probe(key)
-                self._failed(state, _describe(exc), definitive=True)
-            except (ProxyError, ssl.SSLError, RuntimeError, ValueError) as exc:
-                self._drop_probe(key)
-                self._failed(state, _describe(exc), definitive=False)
-            else:
-                was = state.role
-                topo.observe(state, result, loop.time())
-                if was != state.role:
-                    log.info(
-                        "topology %s: %s is now %s (timeline %s)",
-                        topo.name,
-                        state.address,
-                        state.role,
-                        state.timeline,
-                        extra={
-                            "event": "topology",
-                            "topology": topo.name,
-                            "host": state.address,
-                            "role": state.role,
-                        },
-                    )
-            interval = settings.fast_poll_interval_s if topo.fast else settings.poll_interval_s
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await wake.wait()
-        self._drop_probe(key)
+
+    async def _probe_once(self, state: HostState) -> None:
+        key = state.key
+        topo = self.topology
+        state.probes += 1
+        try:
+            async with asyncio.timeout(self.settings.probe_timeout_s):
+                result = await self._probe(state)
+        except TimeoutError:
+            self._drop_probe(key)
+            self._failed(state, "no answer within probe_timeout_s", definitive=False)
+            return
+        except (OSError, ConnectionError, EOFError) as exc:
+            self._drop_probe(key)
+            self._failed(state, _describe(exc), definitive=True)
+            return
+        except (ProxyError, ssl.SSLError, RuntimeError, ValueError) as exc:
+            self._drop_probe(key)
+            self._failed(state, _describe(exc), definitive=False)
+            return
+        was = state.role
+        topo.observe(state, result, asyncio.get_running_loop().time())
+        if was != state.role:
+            log.info(
+                "topology %s: %s is now %s (timeline %s)",
+                topo.name,
+                state.address,
+                state.role,
+                state.timeline,
+                extra={
+                    "event": "topology",
+                    "topology": topo.name,
+                    "host": state.address,
+                    "role": state.role,
+                },
+            )
 
     async def _probe(self, state: HostState) -> ProbeResult:
         probe = self._probes.get(state.key)
@@ -255,7 +312,7 @@ class TopologyMonitor:
                 self.settings.probe_timeout_s,
             )
             self._probes[state.key] = probe
-            await probe.connect(self.tls, self.dbname, self.credentials)
+            await probe.connect(self.tls, self.dbname, self.login)
         rows = await probe.query(AURORA_PROBE_SQL if probe.aurora else PROBE_SQL)
         if len(rows) != 1:
             raise ValueError(f"probe returned {len(rows)} rows")

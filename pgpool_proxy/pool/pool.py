@@ -111,6 +111,7 @@ class Pool:
         self._lagging: set[tuple[str, int]] = set()  # replicas over max_replica_lag_bytes
         self._retired: set[tuple[str, int]] = set()  # servers a reader pool stopped using
         self._usable_last: set[tuple[str, int]] = set()
+        self._connect_tasks: dict[asyncio.Task[Any], int] = {}  # connects under way, by generation
         # The proxy-wide cap on server connections (pool.max_server_connections), if any.
         self.budget: ServerBudget | None = None
         # Plain counters, read at scrape time (never labelled per message).
@@ -227,6 +228,11 @@ class Pool:
         spec = self.spec
         creds = spec.credentials
         slot_held = True  # the slot _launch took; a failed attempt's backend gives it back
+        task = asyncio.current_task()
+        if task is not None:
+            # retire() cancels connects of an older generation (a hung old writer must not
+            # hold slots that the new one needs).
+            self._connect_tasks[task] = self.generation
         try:
             attempts = [(spec.user, spec.secret) if creds is None else await creds.current()]
             i = 0
@@ -256,6 +262,8 @@ class Pool:
             self.connecting -= 1
             if slot_held:
                 self.total -= 1
+                if self.budget is not None:
+                    self.budget.released(self)
             if not isinstance(exc, ProxyError):
                 # A bug must not leave queued clients waiting for query_wait_timeout.
                 log.exception("server connect failed unexpectedly: pool=%s", self.name)
@@ -266,7 +274,12 @@ class Pool:
             self.connecting -= 1
             if slot_held:
                 self.total -= 1
+            if self.budget is not None:
+                self.budget.released(self)
             raise
+        finally:
+            if task is not None:
+                self._connect_tasks.pop(task, None)
         self.connecting -= 1
         if backend.state == BackendState.CLOSED:
             return
@@ -285,6 +298,8 @@ class Pool:
             address = self._pick_address()
             if address is None:
                 self.total -= 1  # no backend took the slot
+                if self.budget is not None:
+                    self.budget.released(self)
                 raise ProxyError(
                     SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
                     f"no usable server for pool {self.name}: {self.topology.describe()}",
@@ -342,12 +357,14 @@ class Pool:
         )
         self.last_connect_error = exc
         self.last_connect_failure_at = self.loop.time()
-        self._wake_params_waiters(exc)
         if self.topology is not None and not isinstance(exc, BackendLoginError):
-            # The server may be failing over: queued clients wait for the monitor to confirm a
-            # writer (bounded by failover_timeout_s in tick) rather than failing now.
+            # The server may be failing over: queued clients (and logins waiting for the
+            # server's settings) wait for the monitor to confirm a writer, bounded by
+            # failover_timeout_s, rather than failing now.
+            self._wake_params_waiters(None)
             self.topology.suspect()
             return
+        self._wake_params_waiters(exc)
         # With no other server connection alive, nobody in the queue can be served soon: tell
         # them why now instead of letting them wait for query_wait_timeout.
         if self.total - 1 <= 0 or isinstance(exc, BackendLoginError):
@@ -361,8 +378,27 @@ class Pool:
         """The server's reported settings, connecting a first backend if none is known yet."""
         waited_s = 0.0
         while self.server_params is None:
+            if self.paused:
+                # PAUSE/KILL/drain: no server connection opens; the login waits like a queued
+                # transaction would.
+                timeout = self.spec.query_wait_timeout_s
+                if timeout and waited_s >= timeout:
+                    raise ProxyError(
+                        SqlState.QUERY_CANCELED,
+                        f"query_wait_timeout: pool {self.name} stayed paused for {timeout:g}s",
+                    )
+                await asyncio.sleep(0.05)
+                waited_s += 0.05
+                continue
             topo = self.topology
-            if topo is not None and self.connecting == 0 and self._pick_address() is None:
+            if (
+                topo is not None
+                and self.connecting == 0
+                and (
+                    self._pick_address() is None
+                    or self.loop.time() - self.last_connect_failure_at < self.spec.login_retry_s
+                )
+            ):
                 # No server to ask yet (the first probes, or a failover): wait like a queued
                 # transaction would, then say which servers were tried.
                 if waited_s >= self.spec.failover_timeout_s:
@@ -440,7 +476,13 @@ class Pool:
             if (
                 self.topology is not None
                 and now - head.wait_since >= spec.failover_timeout_s
-                and (self.last_connect_error is not None or self._pick_address() is None)
+                and (
+                    self._pick_address() is None
+                    or (
+                        self.last_connect_error is not None
+                        and self.last_connect_failure_at >= head.wait_since
+                    )
+                )
             ):
                 waiters.popleft()
                 what = "replica or writer" if spec.reader else "writer"
@@ -495,10 +537,13 @@ class Pool:
 
     def retire(self, reason: DisconnectReason) -> None:
         """Stop using every current server connection: idle ones close now, busy ones when
-        their client releases them (a transaction in flight is not cut)."""
+        their client releases them (a transaction in flight is not cut), connects still under
+        way are abandoned."""
         self.generation += 1
         for backend in list(self.idle):
             backend.close(reason)
+        for task in list(self._connect_tasks):
+            task.cancel()
 
     def _pick_address(self) -> tuple[str, int] | None:
         """Where the next server connection goes; None while there is nowhere to go."""
@@ -524,9 +569,11 @@ class Pool:
                 lag = h.lag_bytes
                 # Hysteresis: out above the bound, back in only below half of it, so a replica
                 # hovering at the bound does not retire the pool on every poll.
-                if lag is None or lag > bound:
+                # Unknown lag (no writer position yet, or Aurora, which has none) keeps the
+                # replica's last verdict; only a measured lag over the bound excludes it.
+                if lag is not None and lag > bound:
                     lagging.add(key)
-                elif lag <= bound // 2:
+                elif lag is not None and lag <= bound // 2:
                     lagging.discard(key)
                 if key in lagging:
                     continue

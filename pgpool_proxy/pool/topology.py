@@ -64,6 +64,7 @@ class HostState:
         "last_ok_at",
         "lsn",
         "port",
+        "probes",
         "role",
         "timeline",
     )
@@ -78,6 +79,7 @@ class HostState:
         self.lag_bytes: int | None = None
         self.last_ok_at: float | None = None
         self.failures = 0
+        self.probes = 0  # attempts so far (metrics; bounds the probing cost)
         self.error = ""
         self.instance_id = instance_id
 
@@ -174,11 +176,15 @@ class Topology:
 
     def observe_failure(self, state: HostState, error: str, now: float, definitive: bool) -> None:
         """A probe of ``state`` failed: refused or lost (definitive) or slow/erroring (soft)."""
+        was = state.role
         state.failures += 1
         state.error = error
         if definitive or state.failures >= SOFT_FAILURES_DOWN:
             state.role = DOWN
-        self._go_fast()
+        if was not in (DOWN, STALE) or state is self.writer:
+            # Something changed: look at every host now. A host that stays down does not
+            # keep the others at the fast pace.
+            self._go_fast()
         self._decide(now)
 
     def suspect(self) -> None:

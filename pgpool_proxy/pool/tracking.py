@@ -9,12 +9,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..config import Config, DatabaseConfig
-from .monitor import Credentials, Spawn, TopologyMonitor
+from .monitor import MonitorLogin, Spawn, TopologyMonitor
 from .topology import UNKNOWN, Topology
 
 if TYPE_CHECKING:
     from ..aws.discovery import AddressMap, AuroraDiscovery
     from ..services import Services
+    from .pool import CredentialSource
 
 log = logging.getLogger("pgpool_proxy.topology")
 
@@ -72,29 +73,18 @@ class Tracking:
                 self._discoveries.append((discovery, topo, monitor))
         self._by_database[db.name] = topo
 
-    def _credentials(self, db: DatabaseConfig) -> Credentials:
+    def _credentials(self, db: DatabaseConfig) -> MonitorLogin:
         config = self.config
         source = self.services.credentials_for(db)
         if source is not None:
-
-            async def from_secret() -> tuple[str, str | None]:
-                user, password = await source.current()
-                return user, password
-
-            return from_secret
+            return _SecretLogin(source)
         if db.monitor_user is not None:
             user_cfg = config.user(db.monitor_user)
             assert user_cfg is not None  # checked by config_schema
-            user, password = user_cfg.name, user_cfg.password
-        else:
-            assert db.user is not None  # checked by config_schema
-            forced = config.user(db.user)
-            user, password = db.user, db.password or (forced.password if forced else None)
-
-        async def fixed() -> tuple[str, str | None]:
-            return user, password
-
-        return fixed
+            return _FixedLogin(user_cfg.name, user_cfg.password)
+        assert db.user is not None  # checked by config_schema
+        forced = config.user(db.user)
+        return _FixedLogin(db.user, db.password or (forced.password if forced else None))
 
     def for_database(self, db: DatabaseConfig) -> Topology | None:
         return self._by_database.get(db.name)
@@ -155,3 +145,30 @@ class Tracking:
     def stop(self) -> None:
         for monitor in self.monitors:
             monitor.stop()
+
+
+class _FixedLogin:
+    def __init__(self, user: str, password: str | None) -> None:
+        self.user, self.password = user, password
+
+    async def candidates(self, failed_password: str | None) -> list[tuple[str, str | None]]:
+        return [(self.user, self.password)] if failed_password is None else []
+
+    def succeeded(self, user: str, password: str | None) -> None:
+        pass
+
+
+class _SecretLogin:
+    """The database's Secrets Manager credentials, refreshed when the server refuses them."""
+
+    def __init__(self, source: CredentialSource) -> None:
+        self.source = source
+
+    async def candidates(self, failed_password: str | None) -> list[tuple[str, str | None]]:
+        if failed_password is None:
+            return [await self.source.current()]
+        return list(await self.source.after_auth_failure(failed_password))
+
+    def succeeded(self, user: str, password: str | None) -> None:
+        if password is not None:
+            self.source.note_success(user, password)

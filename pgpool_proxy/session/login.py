@@ -252,9 +252,27 @@ async def _login(client: ClientConnection) -> None:
             f"no more connections allowed (max_client_conn={config.proxy.max_client_conn})",
             DisconnectReason.TOO_MANY_CLIENTS,
         )
-    db = config.database(database)
     user_cfg = config.user(user)
     await _authenticate(client, user, user_cfg)
+    # Authentication waited for the client: a reload may have happened meanwhile. Go on with
+    # the configuration in force now, and refuse a user it no longer has.
+    config = server.config
+    if user_cfg is not None:
+        user_cfg = config.user(user)
+        if user_cfg is None:
+            raise _Refusal(
+                SqlState.INVALID_AUTHORIZATION,
+                f'no such user: "{user}" was removed from the proxy configuration',
+                DisconnectReason.AUTH_FAILED,
+                AUTH_UNKNOWN_USER,
+            )
+    db = config.database(database)
+    if server.draining:
+        raise _Refusal(
+            SqlState.CANNOT_CONNECT_NOW,
+            "the proxy is shutting down",
+            DisconnectReason.SHUTDOWN,
+        )
     if database == config.admin.database:
         # The virtual admin database: the console takes over (it refuses non-admin users).
         from ..admin.console import start_console

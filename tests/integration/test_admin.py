@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from pgpool_proxy.config import load_config
+from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient, RawError
@@ -225,13 +227,15 @@ async def test_pause_everything_then_resume(start_proxy: StartProxy) -> None:
         await admin.execute("PAUSE")
         _, state = await show(admin, "STATE")
         assert {r["key"]: r["value"] for r in state}["paused"] == "yes"
-        # A pool created while paused starts paused too.
-        b = await app(proxy, "bob")
-        held = asyncio.ensure_future(b.fetchval("SELECT 7"))
-        await asyncio.sleep(0.5)
-        assert not held.done()
+        # A pool created while paused starts paused too: a login that needs the server's
+        # settings waits, and no server connection opens, until RESUME.
+        login_b = asyncio.ensure_future(app(proxy, "bob"))
+        await asyncio.sleep(0.7)
+        assert not login_b.done()
+        assert proxy.pool_stats("app", "bob")["total"] == 0
         await admin.execute("RESUME")
-        assert await asyncio.wait_for(held, 5) == 7
+        b = await asyncio.wait_for(login_b, 5)
+        assert await b.fetchval("SELECT 7") == 7
         assert await a.fetchval("SELECT 8") == 8
         await b.close()
         with pytest.raises(psycopg.errors.InvalidCatalogName):
@@ -395,3 +399,262 @@ async def test_reload_from_the_console(pg: LocalPostgres, tmp_path: Path) -> Non
             assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "3"
         finally:
             await admin.close()
+
+
+# --- limits, failures and races (review of the console, reload and pause) -----------------------
+
+
+async def test_console_bounds_what_one_query_may_cost(
+    start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgpool_proxy.admin import console as console_module
+    from pgpool_proxy.admin.console import MAX_ADMIN_MESSAGE, MAX_STATEMENTS
+
+    # A low mark, so that a few replies exceed it whatever the kernel's socket buffers hold.
+    high = 16 * 1024
+    monkeypatch.setattr(console_module, "WRITE_BUFFER_HIGH", high)
+
+    proxy = start_proxy(admin=ADMIN)
+    stats = await RawClient.connect(proxy.host, proxy.port)
+    await stats.login("bob", PASSWORDS["bob"], "pgbouncer")
+    try:
+        assert await stats.simple_query(";".join(["SHOW VERSION"] * MAX_STATEMENTS))
+        with pytest.raises(RawError) as many:
+            await stats.simple_query(";".join(["SHOW CLIENTS"] * (MAX_STATEMENTS + 1)))
+        assert many.value.sqlstate == "54000" and "too many commands" in many.value.fields["M"]
+        # A NUL byte inside the query is refused, not echoed into an error message.
+        with pytest.raises(RawError) as nul:
+            await stats.simple_query("SHOW\0 POOLS")
+        assert nul.value.sqlstate == "42601" and "\0" not in nul.value.fields["M"]
+        # A multi-line command is logged on one line.
+        assert await stats.simple_query("SHOW\nVERSION")
+    finally:
+        await stats.close()
+    # A query over the message cap ends the session with an error naming the limit.
+    big = await RawClient.connect(proxy.host, proxy.port)
+    await big.login("bob", PASSWORDS["bob"], "pgbouncer")
+    big.send(m.query("SHOW CLIENTS;" * (MAX_ADMIN_MESSAGE // 12 + 1)))
+    err = await big.read_error(5)
+    assert err["C"] == "08P01" and str(MAX_ADMIN_MESSAGE) in err["M"], err
+    assert await big.closed(5)
+
+    # A stats user that does not read its replies: the console waits for the client instead
+    # of buffering every reply, and other clients are served meanwhile.
+    others = [await login(proxy) for _ in range(60)]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((proxy.host, proxy.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    slow = RawClient(reader, writer)
+    await slow.login("bob", PASSWORDS["bob"], "pgbouncer")
+
+    def admin_buffer() -> int:
+        assert proxy.server is not None
+        sessions = [c for c in proxy.server.admin_sessions if c.transport is not None]
+        for c in sessions:
+            c.transport.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+        return max((c.transport.get_write_buffer_size() for c in sessions), default=0)  # type: ignore[union-attr]
+
+    proxy.call(admin_buffer)
+    slow.send(m.query(";".join(["SHOW CLIENTS"] * MAX_STATEMENTS)))
+    await asyncio.sleep(1.0)
+    buffered = proxy.call(admin_buffer)
+    # At most the mark plus about one reply (each SHOW CLIENTS here is about 10 KB); without
+    # the wait, every reply would be buffered (about 70 KB).
+    assert 0 < buffered < high + 20 * 1024, buffered
+    assert await one_value(others[0], "SELECT 1") == "1"
+    for _ in range(MAX_STATEMENTS):
+        t = b""
+        while t != b"C":
+            t, _body = await slow.read_message(10)
+    assert await slow.read_until_ready(10) == ord("I")
+    await slow.close()
+    for c in others:
+        await c.close()
+
+
+async def test_unexpected_console_failures_are_reported(
+    start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgpool_proxy import lifecycle
+    from pgpool_proxy.admin import console as console_module
+
+    def broken(_server: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(console_module._SHOW, "LISTS", broken)
+    proxy = start_proxy(admin=ADMIN)
+    raw = await RawClient.connect(proxy.host, proxy.port)
+    await raw.login("alice", PASSWORDS["alice"], "pgbouncer")
+    raw.send(m.query("SHOW LISTS"))
+    err = await raw.read_error(5)
+    assert err["C"] == "XX000" and "admin console" in err["M"]
+    assert await raw.closed(5)
+    # A failure while applying a SET is an error naming it; the session goes on.
+    monkeypatch.setattr(lifecycle, "apply_config", lambda *_a: broken(None))
+    admin = await console(proxy)
+    try:
+        with pytest.raises(psycopg.errors.InternalError_) as exc:
+            await admin.execute("SET default_pool_size = 3")
+        assert "SET failed while applying" in str(exc.value) and "boom" in str(exc.value)
+        cols, _ = await show(admin, "VERSION")
+        assert cols == ["version"]
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="no pools"):
+            await admin.execute("KILL pgbouncer")
+    finally:
+        await admin.close()
+
+
+async def test_set_max_server_connections_applies(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin=ADMIN)
+    admin = await console(proxy)
+    a1, a2, b = await app(proxy), await app(proxy), await app(proxy, "bob")
+    try:
+        await admin.execute("SET pool.max_server_connections = 2")
+        assert proxy.call(lambda: proxy.server.budget.limit) == 2  # type: ignore[union-attr]
+        tx_a, tx_b = a1.transaction(), b.transaction()
+        await tx_a.start()
+        await tx_b.start()
+        assert await a1.fetchval("SELECT 1") == 1
+        assert await b.fetchval("SELECT 2") == 2
+        # Two pools, two server connections: a third transaction waits for the cap.
+        third = asyncio.ensure_future(a2.fetchval("SELECT 3"))
+        await asyncio.sleep(0.7)
+        assert not third.done(), "the new max_server_connections was not applied"
+        await tx_a.commit()
+        assert await asyncio.wait_for(third, 5) == 3
+        await tx_b.commit()
+        await admin.execute("SET pool.max_server_connections = 0")
+        assert proxy.call(lambda: proxy.server.budget) is None  # type: ignore[union-attr]
+    finally:
+        for c in (a1, a2, b):
+            await c.close()
+        await admin.close()
+
+
+def _config_text(pg: LocalPostgres, users: list[str], databases: dict[str, str]) -> str:
+    """databases: name -> extra TOML lines for its entry."""
+    user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
+    db_lines = "".join(
+        f'[[databases]]\nname = "{name}"\nhost = "{pg.host}"\nport = {pg.port}\n{extra}\n\n'
+        for name, extra in databases.items()
+    )
+    return (
+        '[proxy]\nlisten = "127.0.0.1:0"\n\n[pool]\nquery_wait_timeout_s = 5\n\n'
+        f'[admin]\nadmin_users = ["alice"]\n\n{db_lines}{user_lines}'
+    )
+
+
+async def _login_racing(
+    proxy: ProxyThread, user: str, db: str, meanwhile: Any
+) -> dict[str, str] | None:
+    """Log in with SCRAM, running `meanwhile()` while the proxy waits for the client's proof;
+    the login's error fields, or None when it succeeded."""
+    from pgpool_proxy.auth.scram import ScramClient
+
+    raw = await RawClient.connect(proxy.host, proxy.port)
+    try:
+        raw.send(m.startup_message({"user": user, "database": db}))
+        t, _body = await raw.read_message()
+        assert t == b"R"
+        scram = ScramClient(PASSWORDS[user])
+        raw.send(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
+        t, body = await raw.read_message()
+        assert t == b"R"
+        await meanwhile()
+        raw.send(m.sasl_response(scram.handle_server_first(body[4:])))
+        while True:
+            t, body = await raw.read_message()
+            if t == b"E":
+                return m.parse_error_fields(body)
+            if t == b"Z":
+                return None
+    finally:
+        await raw.close()
+
+
+async def test_reload_during_a_login_uses_the_new_config(pg: LocalPostgres, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    both = {"app": "", "app2": 'dbname = "app"'}
+    path.write_text(_config_text(pg, ["alice", "bob"], both))
+    with ProxyThread(load_config(path, env={})) as proxy:
+        admin = await console(proxy)
+        try:
+
+            async def reload(users: list[str], databases: dict[str, str]) -> None:
+                path.write_text(_config_text(pg, users, databases))
+                await admin.execute("RELOAD")
+
+            err = await _login_racing(proxy, "bob", "app", lambda: reload(["alice"], both))
+            assert err is not None and err["C"] == "28000" and "removed" in err["M"], err
+            await reload(["alice", "bob"], both)
+            err = await _login_racing(
+                proxy, "bob", "app2", lambda: reload(["alice", "bob"], {"app": ""})
+            )
+            assert err is not None and err["C"] == "3D000", err
+            assert proxy.call(lambda: [k for k in proxy.server.pools if k[0] == "app2"]) == []  # type: ignore[union-attr]
+            assert await _login_racing(proxy, "bob", "app", lambda: asyncio.sleep(0)) is None
+        finally:
+            await admin.close()
+
+
+async def test_reload_keeps_a_databases_forced_user(pg: LocalPostgres, tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text(_config_text(pg, ["alice", "bob"], {"app": 'user = "alice"'}))
+    with ProxyThread(load_config(path, env={})) as proxy:
+        admin = await console(proxy)
+        conn = await app(proxy, "bob")
+        try:
+            assert await conn.fetchval("SELECT current_user") == "alice"
+            path.write_text(_config_text(pg, ["alice", "bob"], {"app": 'user = "bob"'}))
+            notices: list[str] = []
+            admin.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+            await admin.execute("RELOAD")
+            assert notices == ["databases.app.user changed; it takes effect after a restart"]
+            # Old and new sessions still log in as the forced user of the running config.
+            await admin.execute("RECONNECT app")
+            assert await conn.fetchval("SELECT current_user") == "alice"
+            late = await app(proxy, "bob")
+            assert await late.fetchval("SELECT current_user") == "alice"
+            await late.close()
+            _, dbs = await show(admin, "DATABASES")
+            assert dbs[0]["force_user"] == "alice"
+        finally:
+            await conn.close()
+            await admin.close()
+
+
+async def test_drain_holds_new_pools_and_refuses_resume(start_proxy: StartProxy) -> None:
+    from pgpool_proxy import lifecycle
+
+    proxy = start_proxy(admin=ADMIN, proxy={"shutdown_timeout_s": 10})
+    busy = await app(proxy)
+    tx = busy.transaction()
+    await tx.start()
+    assert await busy.fetchval("SELECT 1") == 1
+    assert proxy.loop is not None and proxy.server is not None
+    server = proxy.server
+    drained: Any = None
+
+    async def start_drain() -> None:
+        nonlocal drained
+        drained = asyncio.run_coroutine_threadsafe(lifecycle.drain(server, 10), proxy.loop)  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+
+    # A login that authenticates once the drain has begun is refused, and gets no pool.
+    err = await _login_racing(proxy, "bob", "app", start_drain)
+    assert err is not None and err["C"] == "57P03", err
+    # A pool created during the drain starts paused; RESUME leaves every pool paused.
+    config = server.config
+    db = config.database("app")
+    assert db is not None
+    pool = proxy.call(lambda: server.get_pool(db, config.user("carol"), "carol"))
+    proxy.call(lambda: lifecycle.resume(server, None))
+    assert proxy.call(lambda: [p.paused for p in server.pools.values()]) == [True, True]
+    assert pool.paused
+    await tx.commit()
+    await asyncio.wait_for(asyncio.wrap_future(drained), 10)
+    busy.terminate()

@@ -4,13 +4,16 @@ the reader endpoint and the failover timeout."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
 
 from tests.support.cluster import DBNAME, PASSWORD, USER, ReplicatedCluster
+from tests.support.pg import LocalPostgres
 from tests.support.proxy import ProxyThread
 
 pytestmark = pytest.mark.slow
@@ -234,3 +237,119 @@ async def test_reader_endpoint_balances_replicas_and_skips_lagging_ones() -> Non
             r1.psql("SELECT pg_wal_replay_resume()")
             for c in conns:
                 await c.close()
+
+
+class _Login:
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+
+    async def candidates(self, failed: str | None) -> list[tuple[str, str | None]]:
+        return [(self.user, self.password)] if failed is None else []
+
+    def succeeded(self, user: str, password: str | None) -> None:
+        pass
+
+
+async def test_a_host_that_stays_down_is_probed_at_the_steady_pace(pg: LocalPostgres) -> None:
+    from pgpool_proxy.config import TopologySettings
+    from pgpool_proxy.pool.connect import NO_TLS
+    from pgpool_proxy.pool.monitor import TopologyMonitor
+    from pgpool_proxy.pool.topology import Topology
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connects are refused
+    topo = Topology("t", [(pg.host, pg.port), ("127.0.0.1", dead_port)])
+    tasks: list[asyncio.Task[None]] = []
+
+    def spawn(coro: Any, name: str) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    settings = TopologySettings(poll_interval_s=0.5, fast_poll_interval_s=0.1)
+    monitor = TopologyMonitor(
+        topo, settings, "postgres", _Login(pg.superuser, pg.superuser_password), NO_TLS, spawn
+    )
+    monitor.start()
+    await asyncio.sleep(2.5)
+    monitor.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    live, dead = topo.hosts
+    assert topo.writer is live
+    assert dead.role == "down"
+    # About 2.5 s / 0.5 s each, plus the fast probes until the dead host was known down.
+    assert dead.probes <= 12, dead.probes
+    assert live.probes <= 30, live.probes
+    assert not topo.fast
+
+
+async def test_connects_hung_on_the_old_writer_do_not_delay_the_new_one(pg: LocalPostgres) -> None:
+    from pgpool_proxy.config import PoolMode
+    from pgpool_proxy.pool.pool import Pool, PoolSpec
+    from pgpool_proxy.pool.topology import ProbeResult, Topology
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts, never answers: a hung host
+
+    hung = await asyncio.start_server(hang, "127.0.0.1", 0)
+    hung_port = hung.sockets[0].getsockname()[1]
+    tasks: list[asyncio.Task[None]] = []
+
+    def spawn(coro: Any, name: str) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
+
+    spec = PoolSpec(
+        name="t/u",
+        host="127.0.0.1",
+        port=hung_port,
+        dbname="postgres",
+        user=pg.superuser,
+        secret=pg.superuser_password,
+        size=2,
+        min_size=0,
+        mode=PoolMode.TRANSACTION,
+        query_wait_timeout_s=60,
+        idle_timeout_s=0,
+        lifetime_s=0,
+        connect_timeout_s=10,
+        login_retry_s=1.0,
+        reset_query="",
+        max_prepared_statements=0,
+    )
+    pool = Pool(spec, spawn)
+    topo = Topology("t", [("127.0.0.1", hung_port), (pg.host, pg.port)])
+    old, new = topo.hosts
+    now = asyncio.get_running_loop().time
+    topo.observe(old, ProbeResult(False, timeline=1), now())
+    pool.attach_topology(topo)
+
+    class Waiter:
+        wait_since = 0.0
+        served_at: float | None = None
+
+        def is_waiting(self) -> bool:
+            return self.served_at is None
+
+        def backend_assigned(self, backend: Any) -> None:
+            self.served_at = time.monotonic()
+
+        def pool_failed(self, err: Any, reason: Any = None) -> None:
+            raise AssertionError(f"failed: {err.message}")
+
+    waiters = [Waiter(), Waiter()]
+    for w in waiters:
+        assert pool.acquire(w) is None  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    assert pool.connecting == 2  # both stuck in login on the hung host
+    topo.observe_failure(old, "lost", now(), definitive=True)
+    promoted = time.monotonic()
+    topo.observe(new, ProbeResult(False, timeline=2), now())
+    while any(w.served_at is None for w in waiters) and time.monotonic() - promoted < 8:
+        await asyncio.sleep(0.02)
+    assert all(w.served_at is not None and w.served_at - promoted < 2.0 for w in waiters)
+    assert pool.total == 2
+    pool.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    hung.close()

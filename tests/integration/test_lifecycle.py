@@ -400,6 +400,26 @@ async def test_workers_two_drain_on_sigterm(
         slow.terminate()
 
 
+async def test_workers_two_shutdown_command_stops_every_worker(
+    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess]
+) -> None:
+    port = free_port()
+    config = tmp_path / "proxy.toml"
+    write_config(config, pg, port, proxy="workers = 2\nshutdown_timeout_s = 5")
+    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
+    processes.append(proxy)
+    proxy.wait_listening("worker 0 listening")
+    proxy.wait_listening("worker 1 listening")
+    # SHUTDOWN reaches one worker (whichever the kernel picks); the supervisor stops both and
+    # exits instead of restarting the one that left.
+    assert await admin_query(port, "SHUTDOWN") == []
+    assert await asyncio.to_thread(proxy.wait, 15) == 0, proxy.log()
+    log = proxy.log()
+    assert "told to SHUT DOWN: stopping every worker" in log, log
+    assert "restarting it" not in log, log
+    assert log.count("drain: every client finished") == 2, log
+
+
 def test_config_check_accepts_admin_section(pg: LocalPostgres, tmp_path: Path) -> None:
     config = tmp_path / "proxy.toml"
     write_config(config, pg, 6432, proxy="reuse_port = true")

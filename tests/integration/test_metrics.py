@@ -381,6 +381,33 @@ def test_oversized_and_slow_requests(start_proxy: StartProxy) -> None:
     assert get(proxy, "/healthz")[0] == 200
 
 
+def test_concurrent_connections_are_capped(start_proxy: StartProxy) -> None:
+    from pgpool_proxy.admin.http import MAX_CONNECTIONS
+
+    proxy = start_proxy(metrics={"listen": "127.0.0.1:0", "request_timeout_s": 5})
+    port = metrics_port(proxy)
+    silent = [
+        socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(MAX_CONNECTIONS)
+    ]
+    try:
+        endpoint = proxy.server.metrics_endpoint  # type: ignore[union-attr]
+        deadline = time.monotonic() + 5
+        while proxy.call(lambda: len(endpoint._conns)) < MAX_CONNECTIONS:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # One more is answered at once with 503, not queued behind the silent ones.
+        t0 = time.monotonic()
+        assert status_of(raw_http(proxy, b"GET /healthz HTTP/1.1\r\n\r\n")) == 503
+        assert time.monotonic() - t0 < 2
+    finally:
+        for sock in silent:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while get(proxy, "/healthz")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_no_endpoint_without_listen(proxy: ProxyThread) -> None:
     assert proxy.server is not None and proxy.server.metrics_endpoint is None
 

@@ -118,6 +118,7 @@ def test_config_and_set() -> None:
     assert config["pool.default_pool_size"][1:] == ["4", "20", "yes"]
     assert config["proxy.listen"][1:] == ["127.0.0.1:0", "127.0.0.1:6432", "no"]
     assert config["admin.admin_users"][1] == "alice"
+    assert config["auth.type"][3] == "no"
     key, new = set_setting(server, "default_pool_size", "9")
     assert key == "pool.default_pool_size" and new.pool.default_pool_size == 9
     _, new = set_setting(server, "proxy.log_level", "DEBUG")
@@ -132,6 +133,11 @@ def test_config_and_set() -> None:
         ("proxy.workers", "2", "55P02"),
         ("listen", "1.2.3.4:5", "55P02"),
         ("nosuch", "1", "42704"),
+        # auth.type changes with RELOAD only (which checks every password against it).
+        ("auth.type", "md5", "55P02"),
+        # An empty admin_users would lock every admin out of the console.
+        ("admin.admin_users", "", "22023"),
+        ("admin_users", ",", "22023"),
     ]:
         with pytest.raises(CommandError) as exc:
             set_setting(server, key, value)

@@ -1,11 +1,14 @@
-"""The metrics pieces that need no sockets: [metrics] config, request parsing, histogram buckets,
-worker snapshot merging, the collector's rendering of a proxy that is not serving, JSON logs."""
+"""The metrics pieces that need no network: [metrics] config, request parsing, histogram buckets,
+worker snapshot merging (and fetching a large one over a Unix socket), the collector's rendering
+of a proxy that is not serving, JSON logs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import types
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -18,6 +21,7 @@ from pgpool_proxy.admin.worker_metrics import (
     StaticCollector,
     all_ready,
     encode_families,
+    fetch_snapshot,
     merge,
 )
 from pgpool_proxy.cli import JsonFormatter
@@ -163,6 +167,27 @@ def test_merge_labels_each_worker_and_marks_silent_ones() -> None:
     assert all_ready(snapshots[:2]) == (True, "ready")
     snapshots[1] = {"worker": 1, "ready": False, "why": "draining (shutting down)"}
     assert all_ready(snapshots[:2]) == (False, "worker 1: draining (shutting down)")
+
+
+async def test_a_large_snapshot_arrives_whole(tmp_path: Path) -> None:
+    # Megabytes arrive in several reads: the fetch reads to EOF, not one read()'s worth.
+    payload = json.dumps({"worker": 1, "ready": True, "families": ["x" * 100] * 20000}).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        for i in range(0, len(payload), 65536):
+            writer.write(payload[i : i + 65536])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    path = str(tmp_path / "s.sock")
+    server = await asyncio.start_unix_server(handle, path)
+    try:
+        got = await fetch_snapshot(path, b"metrics\n", 5)
+        assert got is not None and len(got["families"]) == 20000
+    finally:
+        server.close()
 
 
 def test_json_log_lines_carry_extra_fields() -> None:

@@ -235,6 +235,55 @@ def test_config_problems(db: dict[str, object], extra: dict[str, object], proble
     assert problem in str(info.value)
 
 
+def _reader_spec(**overrides: object):  # type: ignore[no-untyped-def]
+    from pgpool_proxy.config import PoolMode
+    from pgpool_proxy.pool.pool import PoolSpec
+
+    values: dict[str, object] = {
+        "name": "ro/u",
+        "host": A[0],
+        "port": A[1],
+        "dbname": "app",
+        "user": "u",
+        "secret": "pw",
+        "size": 4,
+        "min_size": 0,
+        "mode": PoolMode.TRANSACTION,
+        "query_wait_timeout_s": 10,
+        "idle_timeout_s": 0,
+        "lifetime_s": 0,
+        "connect_timeout_s": 1,
+        "login_retry_s": 1,
+        "reset_query": "",
+        "max_prepared_statements": 0,
+        "reader": True,
+        "reader_fallback": False,
+        **overrides,
+    }
+    return PoolSpec(**values)  # type: ignore[arg-type]
+
+
+async def test_reader_lag_bound_uses_measured_lag_only() -> None:
+    from pgpool_proxy.pool.pool import Pool
+
+    pool = Pool(_reader_spec(max_replica_lag_bytes=1000), lambda coro, name: coro.close())
+    topo = Topology("app", (A, B))
+    pool.attach_topology(topo)
+    # Aurora: no WAL positions, so no lag figure: the replica is used.
+    topo.observe(_h(topo, A), ProbeResult(False, instance_id="a"), 0.0)
+    topo.observe(_h(topo, B), ProbeResult(True, instance_id="b"), 0.0)
+    assert pool._pick_address() == B
+    # Measured lag over the bound excludes it; back in only below half the bound.
+    topo.observe(_h(topo, A), primary(1, 10_000), 1.0)
+    topo.observe(_h(topo, B), standby(8_000), 1.0)
+    assert pool._pick_address() is None
+    topo.observe(_h(topo, B), standby(9_300), 2.0)  # 700 behind: still out
+    assert pool._pick_address() is None
+    topo.observe(_h(topo, B), standby(9_600), 3.0)  # 400 behind
+    assert pool._pick_address() == B
+    pool.close()
+
+
 async def test_reader_pool_retires_once_per_server_leaving() -> None:
     from pgpool_proxy.config import PoolMode
     from pgpool_proxy.pool.pool import Pool, PoolSpec
