@@ -63,3 +63,17 @@ def start_proxy(pg: LocalPostgres) -> Iterator[Callable[..., ProxyThread]]:
 def proxy(start_proxy: Callable[..., ProxyThread]) -> ProxyThread:
     """A transaction-mode proxy with a pool of 5 per user."""
     return start_proxy()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's HTTP server (Secrets Manager, RDS, ...) on an ephemeral port; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -38,20 +38,6 @@ def tls_section(files: CertFiles, mode: str = "allow") -> dict[str, Any]:
     return {"mode": mode, "cert_file": str(files.cert_file), "key_file": str(files.key_file)}
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    """moto's HTTP server on an ephemeral port; yields its URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials for botocore (never real ones: no profile, no instance metadata)."""

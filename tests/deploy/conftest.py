@@ -1,4 +1,4 @@
-"""Fixtures for the deployment tests: moto (Secrets Manager) in server mode on 127.0.0.1, and
+"""Fixtures for the deployment tests: a secret in moto (Secrets Manager, tests/conftest.py), and
 the environment a container gets from its deployment, pointed at the test PostgreSQL."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -27,28 +26,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """moto's HTTP server on an ephemeral port; yields its URL."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def secret_arn(moto_url: str, pg: LocalPostgres) -> str:
+def secret_arn(moto_server: str, pg: LocalPostgres) -> str:
     """A Secrets Manager secret (RDS JSON) holding the test server's login for alice."""
     import boto3
 
     client = boto3.client(
         "secretsmanager",
-        endpoint_url=moto_url,
+        endpoint_url=moto_server,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
@@ -66,7 +51,7 @@ def secret_arn(moto_url: str, pg: LocalPostgres) -> str:
 
 
 @pytest.fixture
-def container_env(pg: LocalPostgres, moto_url: str, secret_arn: str) -> dict[str, str]:
+def container_env(pg: LocalPostgres, moto_server: str, secret_arn: str) -> dict[str, str]:
     """The process environment: what the deployment sets, plus test-only overrides."""
     env = {
         k: v
@@ -92,7 +77,7 @@ def container_env(pg: LocalPostgres, moto_url: str, secret_arn: str) -> dict[str
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server,
         }
     )
     return env
