@@ -19,11 +19,8 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +28,8 @@ from pathlib import Path
 import asyncpg
 
 from pgpool_proxy.pgserver import ReplicatedCluster
+
+from .targets import Database, ProxyTarget
 
 RESULTS = Path(__file__).parent / "results" / "failover.json"
 USER, PASSWORD, DBNAME = "alice", "alice-pw", "app"
@@ -49,55 +48,18 @@ class RunResult:
     idle_total: int
 
 
-class ProxyProcess:
-    """`python -m pgpool_proxy run` with a config for the cluster; port read from its log."""
+class FailoverProxy(ProxyTarget):
+    """The benchmark's proxy process, in front of every server of the cluster."""
 
     def __init__(self, cluster: ReplicatedCluster, poll_s: float, fast_poll_s: float) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="pgpp-failover-"))
-        hosts = ", ".join(f'"{h}"' for h in cluster.hosts())
-        self.config = self.dir / "proxy.toml"
-        self.config.write_text(
-            '[proxy]\nlisten = "127.0.0.1:0"\nlog_level = "info"\n'
-            "[pool]\ndefault_pool_size = 8\n"
-            f"[topology]\npoll_interval_s = {poll_s}\nfast_poll_interval_s = {fast_poll_s}\n"
-            '[auth]\ntype = "scram-sha-256"\n'
-            f'[[databases]]\nname = "{DBNAME}"\nhosts = [{hosts}]\n'
-            f'user = "{USER}"\npassword = "{PASSWORD}"\n'
-            f'[[users]]\nname = "{USER}"\npassword = "{PASSWORD}"\n'
-        )
-        self.log = self.dir / "proxy.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        db = Database(cluster.primary, 0, name=DBNAME, user=USER, password=PASSWORD)
+        topology = {"poll_interval_s": poll_s, "fast_poll_interval_s": fast_poll_s}
+        super().__init__(db, pool_size=8, extra={"topology": topology})
+        self.hosts = cluster.hosts()
 
-    def start(self) -> None:
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(self.config)],
-                stdout=subprocess.DEVNULL,
-                stderr=out,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            m = re.search(r"listening on [^:]+:(\d+)", self.log.read_text(errors="replace"))
-            if m:
-                self.port = int(m.group(1))
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"proxy did not start:\n{self.log.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+    def server_lines(self) -> list[str]:
+        hosts = ", ".join(f'"{h}"' for h in self.hosts)
+        return [f"hosts = [{hosts}]", f'user = "{USER}"', f'password = "{PASSWORD}"']
 
 
 async def _one_run(
@@ -187,7 +149,7 @@ def run(
     results = []
     for i in range(1, runs + 1):
         with ReplicatedCluster(1, sync=True, user=USER, password=PASSWORD, dbname=DBNAME) as c:
-            proxy = ProxyProcess(c, poll_s, fast_poll_s)
+            proxy = FailoverProxy(c, poll_s, fast_poll_s)
             proxy.start()
             try:
                 dsn = f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{proxy.port}/{DBNAME}"

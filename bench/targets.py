@@ -365,8 +365,7 @@ class ProxyTarget(_ProcessTarget):
         lines += [
             "[[databases]]",
             f'name = "{self.db.name}"',
-            f'host = "{self.db.host}"',
-            f"port = {self.db.port}",
+            *self.server_lines(),
             "",
             "[[users]]",
             f'name = "{self.db.user}"',
@@ -374,6 +373,10 @@ class ProxyTarget(_ProcessTarget):
             "",
         ]
         return "\n".join(lines)
+
+    def server_lines(self) -> list[str]:
+        """Where the database's server is, in the [[databases]] entry."""
+        return [f'host = "{self.db.host}"', f"port = {self.db.port}"]
 
     def _prepare(self) -> tuple[list[str], pwd.struct_passwd | None]:
         assert self.work_dir is not None
