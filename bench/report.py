@@ -431,7 +431,7 @@ def render_results_md(results: dict[str, Any], chart: str | None = "results/tps.
 
 
 # Sections of RESULTS.md written by hand (other harnesses, one-off runs): kept on rewrite.
-HAND_WRITTEN = ("## Prepared statements", "## Failover")
+HAND_WRITTEN = ("## Prepared statements", "## Failover", "## Re-checks")
 
 
 def keep_hand_written(new: str, old: str) -> str:

@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
+from tests.support.proxyproc import ProxyProcess
 from tests.support.rawpg import RawClient
 
 pytestmark = pytest.mark.slow
@@ -66,49 +67,6 @@ port = {pg.port}
 
 {user_lines}"""
     )
-
-
-class ProxyProcess:
-    """`python -m pgpool_proxy run --config PATH`, its log in a file."""
-
-    def __init__(self, config: Path, port: int, log: Path) -> None:
-        self.port = port
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-
-    def wait_listening(self, marker: str = "listening on") -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if marker in self.log():
-                return
-            assert self.proc.poll() is None, self.log()
-            time.sleep(0.05)
-        raise AssertionError(f"proxy did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
 
 
 @pytest.fixture

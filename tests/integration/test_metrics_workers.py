@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,15 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
+from tests.support.proxyproc import ProxyProcess
 
 WORKERS = 2
 
 
-class Supervised:
-    def __init__(self, proc: subprocess.Popen[str], port: int, metrics_port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.metrics_port = metrics_port
+class Supervised(ProxyProcess):
+    metrics_port = 0
 
     def get(self, path: str, timeout: float = 10) -> tuple[int, str]:
         url = f"http://127.0.0.1:{self.metrics_port}{path}"
@@ -51,39 +45,16 @@ def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[Supervised]:
         f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
         f'[[users]]\nname = "alice"\npassword = "{PASSWORDS["alice"]}"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proxy = Supervised(cfg, 0, tmp_path / "proxy.log")
     try:
-        assert proc.stderr is not None
-        port = metrics_port = 0
-        serving = 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and serving < WORKERS:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+) with", line)
-            if found:
-                port = int(found.group(1))
-            found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics for all", line)
-            if found:
-                metrics_port = int(found.group(1))
-            if "metrics on http" in line and "[w" in line:
-                serving += 1
-        assert port and metrics_port and serving == WORKERS, "workers did not start"
-        yield Supervised(proc, port, metrics_port)
+        (found,) = proxy.wait_for(r"listening on 127\.0\.0\.1:(\d+) with")
+        proxy.port = int(found.group(1))
+        (found,) = proxy.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics for all")
+        proxy.metrics_port = int(found.group(1))
+        proxy.wait_for(r"\[w\d+\]: .*metrics on http", count=WORKERS)
+        yield proxy
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proxy.stop(signal.SIGTERM)
 
 
 def per_worker(body: str, name: str, **labels: str) -> dict[str, float]:

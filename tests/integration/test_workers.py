@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
+from tests.support.proxyproc import ProxyProcess
 from tests.support.rawpg import RawClient
 
 WORKERS = 2
@@ -29,14 +28,8 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-class Supervised:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-
 @pytest.fixture
-def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[Supervised]:
+def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[ProxyProcess]:
     cfg = tmp_path / "proxy.toml"
     cfg.write_text(
         f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = {WORKERS}\n'
@@ -45,33 +38,14 @@ def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[Supervised]:
         f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
         f'[[users]]\nname = "alice"\npassword = "{PASSWORDS["alice"]}"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proxy = ProxyProcess(cfg, 0, tmp_path / "proxy.log")
     try:
-        assert proc.stderr is not None
-        port = 0
-        deadline = time.monotonic() + 30
-        ready = 0
-        while time.monotonic() < deadline and ready < WORKERS:
-            line = proc.stderr.readline()
-            if "with 2 workers" in line:
-                port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
-            if "listening on" in line and "[w" in line:
-                ready += 1
-        assert port and ready == WORKERS, "workers did not start"
-        yield Supervised(proc, port)
+        (found,) = proxy.wait_for(r"listening on 127\.0\.0\.1:(\d+) with")
+        proxy.port = int(found.group(1))
+        proxy.wait_for(r"\[w\d+\]: .*listening on", count=WORKERS)
+        yield proxy
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        proxy.stop(signal.SIGTERM)
 
 
 async def _query(port: int, sql: str) -> list[list[str | None]]:
@@ -83,7 +57,7 @@ async def _query(port: int, sql: str) -> list[list[str | None]]:
         await c.close()
 
 
-async def test_cancels_reach_the_worker_that_owns_the_client(supervised: Supervised) -> None:
+async def test_cancels_reach_the_worker_that_owns_the_client(supervised: ProxyProcess) -> None:
     port = supervised.port
     clients = [await RawClient.connect("127.0.0.1", port) for _ in range(12)]
     try:
@@ -110,7 +84,7 @@ async def test_cancels_reach_the_worker_that_owns_the_client(supervised: Supervi
             await c.close()
 
 
-async def test_workers_share_the_port_and_survive_a_crash(supervised: Supervised) -> None:
+async def test_workers_share_the_port_and_survive_a_crash(supervised: ProxyProcess) -> None:
     port = supervised.port
     pids = {int(row[0]) for _ in range(20) for row in await _query(port, "select pg_backend_pid()")}
     assert pids  # served
@@ -131,7 +105,7 @@ async def test_workers_share_the_port_and_survive_a_crash(supervised: Supervised
         assert await _query(port, "select 42") == [["42"]]
 
 
-def test_sigterm_stops_every_worker(supervised: Supervised) -> None:
+def test_sigterm_stops_every_worker(supervised: ProxyProcess) -> None:
     workers = _children(supervised.proc.pid)
     supervised.proc.send_signal(signal.SIGTERM)
     assert supervised.proc.wait(20) == 0

@@ -1,0 +1,60 @@
+"""`python -m pgpool_proxy run --config PATH` as a subprocess, its log in a file: for tests that
+drive the proxy as an operator does (signals, workers, restarts)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from signal import SIGINT
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class ProxyProcess:
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.port = port  # the configured port (0: read it from the log with wait_for)
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, count: int = 1, timeout_s: float = 30) -> list[re.Match[str]]:
+        """The first ``count`` matches of ``pattern`` in the log, once there are that many."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = list(re.finditer(pattern, self.log()))
+            if len(found) >= count:
+                return found[:count]
+            assert self.proc.poll() is None, f"proxy exited:\n{self.log()}"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count} x {pattern!r} in the proxy's log:\n{self.log()}")
+            time.sleep(0.05)
+
+    def wait_listening(self, marker: str = "listening on") -> None:
+        self.wait_for(re.escape(marker), timeout_s=20)
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, sig: int = SIGINT) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
