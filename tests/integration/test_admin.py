@@ -21,6 +21,7 @@ from pgpool_proxy.config import load_config
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.proxyproc import write_config
 from tests.support.rawpg import RawClient, RawError
 from tests.support.robustness import eventually, login, one_value
 
@@ -345,37 +346,15 @@ async def test_set_changes_a_live_setting(start_proxy: StartProxy) -> None:
         await admin.close()
 
 
-def _write_config(path: Path, pg: LocalPostgres, pool_size: int, users: list[str]) -> None:
-    user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
-    path.write_text(
-        f"""
-[proxy]
-listen = "127.0.0.1:0"
-
-[pool]
-default_pool_size = {pool_size}
-
-[admin]
-admin_users = ["alice"]
-
-[[databases]]
-name = "app"
-host = "{pg.host}"
-port = {pg.port}
-
-{user_lines}"""
-    )
-
-
 async def test_reload_from_the_console(pg: LocalPostgres, tmp_path: Path) -> None:
     path = tmp_path / "proxy.toml"
-    _write_config(path, pg, 5, ["alice"])
+    write_config(path, pg, 0, pool_size=5, users=("alice",))
     with ProxyThread(load_config(path, env={})) as proxy:
         admin = await console(proxy)
         try:
             with pytest.raises(asyncpg.InvalidPasswordError):
                 await app(proxy, "bob")
-            _write_config(path, pg, 3, ["alice", "bob"])
+            write_config(path, pg, 0, pool_size=3, users=("alice", "bob"))
             assert (await admin.execute("RELOAD")).statusmessage == "RELOAD"
             bob = await app(proxy, "bob")
             assert await bob.fetchval("SELECT current_user") == "bob"

@@ -284,9 +284,9 @@ async def test_a_host_that_stays_down_is_probed_at_the_steady_pace(pg: LocalPost
 
 
 async def test_connects_hung_on_the_old_writer_do_not_delay_the_new_one(pg: LocalPostgres) -> None:
-    from pgpool_proxy.config import PoolMode
-    from pgpool_proxy.pool.pool import Pool, PoolSpec
+    from pgpool_proxy.pool.pool import Pool
     from pgpool_proxy.pool.topology import ProbeResult, Topology
+    from tests.support.poolspec import pool_spec
 
     async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # accepts, never answers: a hung host
@@ -298,23 +298,15 @@ async def test_connects_hung_on_the_old_writer_do_not_delay_the_new_one(pg: Loca
     def spawn(coro: Any, name: str) -> None:
         tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
-    spec = PoolSpec(
-        name="t/u",
+    spec = pool_spec(
         host="127.0.0.1",
         port=hung_port,
         dbname="postgres",
         user=pg.superuser,
         secret=pg.superuser_password,
         size=2,
-        min_size=0,
-        mode=PoolMode.TRANSACTION,
         query_wait_timeout_s=60,
-        idle_timeout_s=0,
-        lifetime_s=0,
         connect_timeout_s=10,
-        login_retry_s=1.0,
-        reset_query="",
-        max_prepared_statements=0,
     )
     pool = Pool(spec, spawn)
     topo = Topology("t", [("127.0.0.1", hung_port), (pg.host, pg.port)])

@@ -26,7 +26,7 @@ import pytest
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import ProxyProcess, write_config
 from tests.support.rawpg import RawClient
 
 pytestmark = pytest.mark.slow
@@ -36,37 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def write_config(
-    path: Path,
-    pg: LocalPostgres,
-    port: int,
-    *,
-    pool_size: int = 5,
-    users: tuple[str, ...] = ("alice", "bob"),
-    proxy: str = "",
-) -> None:
-    user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
-    path.write_text(
-        f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-{proxy}
-
-[pool]
-default_pool_size = {pool_size}
-
-[admin]
-admin_users = ["alice"]
-
-[[databases]]
-name = "app"
-host = "{pg.host}"
-port = {pg.port}
-
-{user_lines}"""
-    )
 
 
 @pytest.fixture

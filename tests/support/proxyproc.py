@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from signal import SIGINT
 
+from .pg import LocalPostgres
+from .proxy import PASSWORDS
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -58,3 +61,34 @@ class ProxyProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+def write_config(
+    path: Path,
+    pg: LocalPostgres,
+    port: int,
+    *,
+    pool_size: int = 5,
+    users: tuple[str, ...] = ("alice", "bob"),
+    proxy: str = "",
+) -> None:
+    user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
+    path.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+{proxy}
+
+[pool]
+default_pool_size = {pool_size}
+
+[admin]
+admin_users = ["alice"]
+
+[[databases]]
+name = "app"
+host = "{pg.host}"
+port = {pg.port}
+
+{user_lines}"""
+    )

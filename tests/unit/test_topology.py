@@ -8,6 +8,7 @@ from pgpool_proxy.config import ConfigError, DatabaseRole, build_config
 from pgpool_proxy.config_topology import parse_host_port
 from pgpool_proxy.pool.monitor import parse_lsn, parse_probe
 from pgpool_proxy.pool.topology import DOWN, REPLICA, STALE, WRITER, ProbeResult, Topology
+from tests.support.poolspec import pool_spec
 
 A, B, C = ("10.0.0.1", 5432), ("10.0.0.2", 5432), ("10.0.0.3", 5432)
 
@@ -236,31 +237,9 @@ def test_config_problems(db: dict[str, object], extra: dict[str, object], proble
 
 
 def _reader_spec(**overrides: object):  # type: ignore[no-untyped-def]
-    from pgpool_proxy.config import PoolMode
-    from pgpool_proxy.pool.pool import PoolSpec
-
-    values: dict[str, object] = {
-        "name": "ro/u",
-        "host": A[0],
-        "port": A[1],
-        "dbname": "app",
-        "user": "u",
-        "secret": "pw",
-        "size": 4,
-        "min_size": 0,
-        "mode": PoolMode.TRANSACTION,
-        "query_wait_timeout_s": 10,
-        "idle_timeout_s": 0,
-        "lifetime_s": 0,
-        "connect_timeout_s": 1,
-        "login_retry_s": 1,
-        "reset_query": "",
-        "max_prepared_statements": 0,
-        "reader": True,
-        "reader_fallback": False,
-        **overrides,
-    }
-    return PoolSpec(**values)  # type: ignore[arg-type]
+    return pool_spec(
+        name="ro/u", host=A[0], port=A[1], reader=True, reader_fallback=False, **overrides
+    )
 
 
 async def test_reader_lag_bound_uses_measured_lag_only() -> None:
@@ -285,29 +264,9 @@ async def test_reader_lag_bound_uses_measured_lag_only() -> None:
 
 
 async def test_reader_pool_retires_once_per_server_leaving() -> None:
-    from pgpool_proxy.config import PoolMode
-    from pgpool_proxy.pool.pool import Pool, PoolSpec
+    from pgpool_proxy.pool.pool import Pool
 
-    spec = PoolSpec(
-        name="ro/u",
-        host=A[0],
-        port=A[1],
-        dbname="app",
-        user="u",
-        secret="pw",
-        size=4,
-        min_size=0,
-        mode=PoolMode.TRANSACTION,
-        query_wait_timeout_s=10,
-        idle_timeout_s=0,
-        lifetime_s=0,
-        connect_timeout_s=1,
-        login_retry_s=1,
-        reset_query="",
-        max_prepared_statements=0,
-        reader=True,
-        reader_fallback=False,
-    )
+    spec = _reader_spec()
     pool = Pool(spec, lambda coro, name: coro.close())
     topo = Topology("app", (A, B, C))
     pool.attach_topology(topo)
