@@ -110,7 +110,9 @@ class BackendConnection(Endpoint):
         "internal_errors",
         "internal_pending",
         "internal_rows",
+        "last_user",
         "linked_at",
+        "login_user",
         "loop",
         "on_internal_done",
         "params",
@@ -121,6 +123,7 @@ class BackendConnection(Endpoint):
         "secret",
         "state",
         "stmts",
+        "taint_owner",
         "tx_status",
     )
 
@@ -136,6 +139,13 @@ class BackendConnection(Endpoint):
         self.params: dict[str, str] = {}
         # Non-reported settings the proxy replayed here for a client (reset for the next one).
         self.extra_keys: set[str] = set()
+        # The client whose statements ran code the proxy could not see into here, or any
+        # object when unknown: another client gets the session only after a reset.
+        self.taint_owner: object | None = None
+        # The client user this session last served, and the user the server logged in (what
+        # SET SESSION AUTHORIZATION DEFAULT returns to).
+        self.last_user = ""
+        self.login_user = ""
         # The settings signature of the client this backend's settings last matched (see
         # ClientConnection._compute_sig); None when unknown.
         self.applied_sig: tuple[object, ...] | None = None
@@ -525,6 +535,7 @@ class BackendConnection(Endpoint):
                 )
             elif t == B_READY_FOR_QUERY:
                 self.tx_status = body[0] if body else TX_IDLE
+                self.login_user = self.params.get("session_authorization", "")
                 self.to(BackendState.IDLE)
                 self.idle_since = self.loop.time()
                 return

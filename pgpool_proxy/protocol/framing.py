@@ -30,7 +30,7 @@ from .constants import (
     F_TERMINATE,
     INT32,
 )
-from .sqlscan import SQL_DEALLOCATE, classify
+from .sqlscan import MAX_NAMES, SQL_ALL, SQL_DEALLOCATE, SQL_SETTINGS, classify, setting_names
 from .units import TERMINATES, U_BIND, U_CLOSE, U_DESCRIBE, U_EXECUTE, U_PARSE, U_Z, UNIT_STOP
 
 _unpack_len = INT32.unpack_from
@@ -157,6 +157,7 @@ class ClientScanner:
         "dirty",
         "event",
         "max_len",
+        "names",
         "need",
         "pending",
         "rename",
@@ -177,8 +178,10 @@ class ClientScanner:
         self.need = 0
         # Transaction mode: rename named statements (stop at named Parse/Bind/Describe/Close).
         self.rename = False
-        # sqlscan flags of the statements sent since the last check of the session's state.
+        # sqlscan flags of the statements sent since the last check of the session's state, and
+        # the settings they name (read back by that check).
         self.dirty = 0
+        self.names: list[str] = []
         # Reply units owed by the server (see session.prepared). Empty while only Query/Sync
         # replies are owed: those are counted by `pending` alone.
         self.units: deque[Any] = deque()
@@ -224,11 +227,15 @@ class ClientScanner:
                 if avail < n and avail < INSPECT_LIMIT:
                     return self._need(pos, n)
                 if t == F_QUERY:
-                    flags = classify(buf, pos + 5, pos + n - 1 if avail >= n else end)
+                    # A text longer than what is looked into is judged unseen.
+                    flags = classify(buf, pos + 5, pos + n - 1) if avail >= n else SQL_ALL
                     if flags & SQL_DEALLOCATE and avail >= n:
                         self.event = CEV_INSPECT
                         return pos
-                    self.dirty |= flags
+                    if avail < n:
+                        self.dirty |= SQL_ALL
+                    elif flags:
+                        self.mark(flags, buf, pos + 5, pos + n - 1)
                     self.pending += 1
                     self.syncs_since_execute = 0
                     if units:
@@ -247,8 +254,12 @@ class ClientScanner:
                     stop = min(pos + n, end)
                     q = buf.find(0, pos + 5, stop) + 1  # the query text follows the name
                     qend = buf.find(0, q, stop) if q else -1
-                    if q:
-                        self.dirty |= classify(buf, q, qend if qend >= 0 else stop)
+                    if q and qend >= 0:
+                        flags = classify(buf, q, qend)
+                        if flags:
+                            self.mark(flags, buf, q, qend)
+                    else:
+                        self.dirty |= SQL_ALL
                     units.append(U_PARSE)
             elif t == F_SYNC:
                 self.pending += 1
@@ -284,6 +295,8 @@ class ClientScanner:
                 self.syncs_since_execute = 0
                 units.append(U_EXECUTE)
             elif t == F_FUNCTION_CALL:
+                # A call by function OID: whatever it does, the proxy cannot see.
+                self.dirty |= SQL_ALL
                 self.pending += 1
                 self.syncs_since_execute = 0
                 if units:
@@ -307,6 +320,21 @@ class ClientScanner:
                 return end
             pos += n
         return pos
+
+    def mark(self, flags: int, buf: bytes | bytearray, start: int, end: int) -> None:
+        """Note the flags of the SQL text in buf[start:end], and the settings it names."""
+        self.dirty |= flags
+        if flags & SQL_SETTINGS:
+            self.note_names(setting_names(buf, start, end))
+
+    def note_names(self, names: list[str]) -> None:
+        have = self.names
+        for n in names:
+            if n not in have:
+                if len(have) >= MAX_NAMES:
+                    self.dirty |= SQL_ALL  # more than one probe reads: reset before reuse
+                    return
+                have.append(n)
 
     def _track_pending(self) -> None:
         """Start tracking units: the replies owed so far are all Query/Sync ones."""

@@ -30,10 +30,16 @@ from ..protocol.framing import (
     peek_type,
 )
 from ..protocol.sqlscan import (
+    SQL_ALL,
     SQL_DEALLOCATE,
+    SQL_FULL,
+    SQL_OPAQUE,
+    SQL_PINS,
+    SQL_SETTINGS,
     classify,
     drops_all_statements,
     parse_deallocate,
+    setting_names,
 )
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_Z
 from .prepared import (
@@ -45,13 +51,24 @@ from .prepared import (
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     Action,
+    StatementRegistry,
     Stmt,
     command_complete,
     describe_statement,
     duplicate_parse,
     rebuilt_bind_head,
 )
-from .state import probe_sql, read_probe, set_sql
+from .state import (
+    ALWAYS_READ,
+    MAX_READ,
+    RESET_IDENTITY,
+    RESET_SETTINGS,
+    SessionState,
+    probe_sql,
+    read_probe,
+    reset_sql,
+    set_sql,
+)
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
@@ -65,7 +82,9 @@ CLIENT_BUFFER = 4096
 
 _MAX_INTERNED_SIGS = 10_000
 _UNKNOWN = "\0unknown"  # a value no setting can have (PostgreSQL strings cannot hold NUL)
-_NO_REPLAY: tuple[dict[str, str], list[str]] = ({}, [])
+_NO_REPLAY: tuple[dict[str, str], list[str], bool] = ({}, [], False)
+# A backend whose session state is unknown to the proxy: the next client of any kind resets it.
+_UNKNOWN_OWNER = object()
 
 # While a client waits, bytes it sends pile up here; past this much, stop reading it.
 WAIT_BUFFER_LIMIT = 64 * 1024
@@ -108,6 +127,7 @@ class ClientConnection(Endpoint):
         "backend",
         "close_reason",
         "database",
+        "distrust",
         "extra_settings",
         "key_pid",
         "key_secret",
@@ -115,7 +135,8 @@ class ClientConnection(Endpoint):
         "peer_channel",
         "pinned",
         "pool",
-        "probe_statements",
+        "probe_flags",
+        "probe_names",
         "release_on_idle",
         "scanner",
         "server",
@@ -150,13 +171,18 @@ class ClientConnection(Endpoint):
         # Holding session state that cannot move (advisory lock, temp table, ...): the backend
         # stays linked between transactions until the state is gone.
         self.pinned = False
-        self.probe_statements = False
+        # sqlscan flags and setting names of the transaction being checked (PROBING).
+        self.probe_flags = 0
+        self.probe_names: list[str] = []
+        # The client's search_path puts another schema before pg_catalog: an operator or
+        # function name in any statement may run the client's own code (see _link).
+        self.distrust = False
         # Interned summary of params + extra_settings; None when either changed since.
         self.settings_sig: tuple[object, ...] | None = None
         self.key_pid = 0
         self.key_secret = 0
         self.wait_since = 0.0
-        self._replay: tuple[dict[str, str], list[str]] = _NO_REPLAY
+        self._replay: tuple[dict[str, str], list[str], bool] = _NO_REPLAY
         self.close_reason: DisconnectReason | None = None
 
     # --- state -------------------------------------------------------------------------------
@@ -245,16 +271,26 @@ class ClientConnection(Endpoint):
         self.backend = backend
         self._sync_flow(backend)
         sig = self.settings_sig or self.compute_sig()
-        if backend.applied_sig is sig:
+        if self.distrust:
+            self.scanner.dirty |= SQL_ALL
+        # Whatever the last client left that the proxy could not see is wiped first: all
+        # settings when it ran opaque code, and every session object when it was another user
+        # sharing this server login.
+        reset = ""
+        if backend.last_user != self.user and backend.last_user:
+            reset = RESET_IDENTITY
+        elif backend.taint_owner is not None and backend.taint_owner is not self:
+            reset = RESET_SETTINGS
+        if not reset and backend.applied_sig is sig:
             # The common case: this backend last served settings identical to ours.
             self._activate()
             return
-        sql, set_extra, reset = self._settings_diff(backend)
+        sql, set_extra, stale = self._settings_diff(backend, reset)
         if sql:
             # Nothing of the client's goes out before the server has accepted its settings: a
             # statement must never run under another client's search_path or timeouts.
             self.to(ClientState.REPLAYING)
-            self._replay = (set_extra, reset)
+            self._replay = (set_extra, stale, bool(reset))
             backend.on_internal_done = self._replay_done
             backend.send_internal(sql)
             return
@@ -276,6 +312,7 @@ class ClientConnection(Endpoint):
         """The backend is ready for this client: forward what the client has sent so far."""
         backend = self.backend
         assert backend is not None
+        backend.last_user = self.user
         # Reading may have been paused while the settings replay held the client's bytes.
         self._sync_flow(backend)
         self.to(ClientState.ACTIVE)
@@ -291,6 +328,7 @@ class ClientConnection(Endpoint):
             *(params.get(k) for k in self.server.tracked_params),
             *sorted(self.extra_settings.items()),
         )
+        self.distrust = _distrusts_catalog(self.extra_settings.get("search_path"))
         sigs = self.server.settings_sigs
         if len(sigs) > _MAX_INTERNED_SIGS:
             # Unique settings per client (say, application_name=<uuid>) must not grow this
@@ -305,11 +343,13 @@ class ClientConnection(Endpoint):
     ) -> None:
         if self.state != ClientState.REPLAYING or self.backend is not backend:
             return
-        set_extra, reset = self._replay
+        set_extra, stale, was_reset = self._replay
         self._replay = _NO_REPLAY
         if errors:
             # PostgreSQL refuses a login with an invalid setting; the proxy learns of it only
-            # now, so it refuses the session here, with the server's own error.
+            # now, so it refuses the session here, with the server's own error. The replay ran
+            # as one implicit transaction, now rolled back: what the session holds is unknown.
+            backend.taint_owner = _UNKNOWN_OWNER
             fields = errors[0]
             self.backend = None
             backend.client = None
@@ -327,10 +367,15 @@ class ClientConnection(Endpoint):
             )
             return
         bp = backend.params
+        if was_reset:
+            backend.taint_owner = None
+            for k in backend.extra_keys:
+                bp.pop(k, None)
+            backend.extra_keys = set()
         for k, v in set_extra.items():
             bp[k] = v
             backend.extra_keys.add(k)
-        for k in reset:
+        for k in stale:
             bp.pop(k, None)
             backend.extra_keys.discard(k)
         backend.applied_sig = self.settings_sig or self.compute_sig()
@@ -400,7 +445,7 @@ class ClientConnection(Endpoint):
             name = bytes(buf[pos + 5 : nul])
             key = bytes(buf[nul + 1 : frame_end])
             registry = backend.pool.registry
-            stmt = registry.by_key.get(key) or registry.add(key, classify(buf, nul + 1, qend))
+            stmt = registry.by_key.get(key) or self._new_stmt(registry, key, buf, nul + 1, qend)
             prev = self.stmts.get(name)
             if prev is not None:
                 # PostgreSQL refuses to redefine a name; so does the server, in its own order of
@@ -435,7 +480,10 @@ class ClientConnection(Endpoint):
             self._prepare(backend, bound, out, None)
             out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
             units.append(bound.use_bind)
-            self.scanner.dirty |= bound.flags
+            if bound.flags:
+                self.scanner.dirty |= bound.flags
+                if bound.names:
+                    self.scanner.note_names(bound.names)
             return self._through(frame_end, end), p2 + 1
         if frame_end > end:
             return self._malformed(pos)
@@ -456,6 +504,14 @@ class ClientConnection(Endpoint):
             Action(A_SYNTH, U_CLOSE, closed, reply=CLOSE_COMPLETE, client_name=name), backend
         )
         return frame_end, frame_end
+
+    @staticmethod
+    def _new_stmt(
+        registry: StatementRegistry, key: bytes, buf: bytearray, start: int, end: int
+    ) -> Stmt:
+        flags = classify(buf, start, end)
+        names = setting_names(buf, start, end) if flags & SQL_SETTINGS else None
+        return registry.add(key, flags, names)
 
     def _inspect_query(
         self, buf: bytearray, pos: int, frame_end: int, out: list[Any], backend: BackendConnection
@@ -491,7 +547,7 @@ class ClientConnection(Endpoint):
                 # Corrected from the server's own list once the transaction is over.
                 self.stmts.clear()
                 backend.stmts.clear()
-        sc.dirty |= classify(buf, pos + 5, frame_end - 1)
+        sc.mark(classify(buf, pos + 5, frame_end - 1), buf, pos + 5, frame_end - 1)
         self._count_query()
         return frame_end, pos
 
@@ -566,12 +622,28 @@ class ClientConnection(Endpoint):
         """The client's transaction is over and its statements may have changed the session: ask
         the server what the session now holds before the backend serves anyone else."""
         sc = self.scanner
-        asked = bool(sc.dirty & SQL_DEALLOCATE) and sc.rename
+        flags = sc.dirty
+        names = sc.names
         sc.dirty = 0
+        sc.names = []
+        opaque = bool(flags & SQL_OPAQUE)
+        full = bool(flags & SQL_FULL)
+        if full or opaque:
+            # Anything may have changed: read back every setting the proxy knows of by name.
+            names = list(dict.fromkeys([*ALWAYS_READ, *names, *self.extra_settings]))
+        names = names[:MAX_READ]
         self.to(ClientState.PROBING)
-        self.probe_statements = asked
+        self.probe_flags = flags
+        self.probe_names = names
         backend.on_internal_done = self._session_checked
-        backend.send_internal(probe_sql(statements=asked))
+        backend.send_internal(
+            probe_sql(
+                full=full,
+                pins=bool(flags & (SQL_PINS | SQL_OPAQUE)) or self.pinned,
+                names=names,
+                statements=bool(flags & SQL_DEALLOCATE) and sc.rename,
+            )
+        )
 
     def _session_checked(
         self,
@@ -581,7 +653,8 @@ class ClientConnection(Endpoint):
     ) -> None:
         if self.state != ClientState.PROBING or self.backend is not backend:
             return
-        asked = self.probe_statements
+        flags = self.probe_flags
+        asked = bool(flags & SQL_DEALLOCATE) and self.scanner.rename
         if errors:
             log.warning(
                 "backend %s: session check failed: %s %s",
@@ -597,12 +670,17 @@ class ClientConnection(Endpoint):
             names = found.statements
             for stmt in [s for s in backend.stmts.lru if s.name.decode() not in names]:
                 backend.stmts.discard(stmt)
-        restore = self._adopt_settings(backend, found.settings)
-        pinned = found.pins > 0 and self.release_on_idle
-        if pinned != self.pinned:
-            self.pinned = pinned
-            assert self.pool is not None
-            self.pool.pinned += 1 if pinned else -1
+        if flags & SQL_OPAQUE or len(self.probe_names) >= MAX_READ:
+            # Code the proxy cannot see into may have set what no probe can list (a custom
+            # setting named only inside a function): no other client gets this session unreset.
+            backend.taint_owner = self
+        restore = self._adopt_settings(backend, found, full=bool(flags & SQL_FULL))
+        if found.pins is not None:
+            pinned = found.pins > 0 and self.release_on_idle
+            if pinned != self.pinned:
+                self.pinned = pinned
+                assert self.pool is not None
+                self.pool.pinned += 1 if pinned else -1
         if restore:
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
@@ -634,23 +712,39 @@ class ClientConnection(Endpoint):
             self._activate()
 
     def _adopt_settings(
-        self, backend: BackendConnection, session: dict[str, str]
+        self, backend: BackendConnection, found: SessionState, *, full: bool
     ) -> dict[str, str]:
         """Take the server's word for the client's settings; returns the startup settings the
         client has reset, to be given their startup values again."""
         tracked = self.server.tracked_lower
         bp = backend.params
-        restore = {
-            k: v
-            for k, v in self.startup_settings.items()
-            # A reported setting not changed in the session may still equal the startup value
-            # (the server's default): the server's last ParameterStatus tells.
-            if k not in session and (k not in tracked or bp.get(tracked[k]) != v)
-        }
-        extra = {k: v for k, v in session.items() if k not in tracked}
-        for k, v in restore.items():
-            if k not in tracked:
+        if full:
+            # pg_settings lists every ordinary setting changed in the session; custom ones and
+            # the role come from the reads by name below.
+            extra = {k: v for k, v in found.settings.items() if k not in tracked}
+        else:
+            extra = dict(self.extra_settings)
+        for k, v in found.named.items():
+            if k in tracked or (full and k in found.settings):
+                continue
+            if full and "." not in k and k not in ALWAYS_READ:
+                continue  # not in pg_settings' session list: at its default
+            if _at_default(k, v, backend.login_user):
+                extra.pop(k, None)
+            else:
+                assert v is not None
                 extra[k] = v
+        restore: dict[str, str] = {}
+        if full:
+            for k, v in self.startup_settings.items():
+                if k in tracked:
+                    # A reported setting not changed in the session may still equal the startup
+                    # value (the server's default): the server's last ParameterStatus tells.
+                    if k not in found.settings and bp.get(tracked[k]) != v:
+                        restore[k] = v
+                elif k not in extra:
+                    restore[k] = v
+                    extra[k] = v
         self.extra_settings = extra
         for k in backend.extra_keys:
             if k not in extra:
@@ -683,24 +777,35 @@ class ClientConnection(Endpoint):
 
     # --- settings replay ---------------------------------------------------------------------
 
-    def _settings_diff(self, backend: BackendConnection) -> tuple[str, dict[str, str], list[str]]:
-        """SET/RESET statements that make backend match what this client expects, plus the
-        non-reported settings to record on the backend once the server has accepted them."""
+    def _settings_diff(
+        self, backend: BackendConnection, reset: str
+    ) -> tuple[str, dict[str, str], list[str]]:
+        """Statements that make backend match what this client expects (after `reset`, when
+        given, which returns the session to its defaults), plus the non-reported settings to
+        record on the backend and those to forget once the server has accepted them."""
         bp = backend.params
         params = self.params
-        values = {
-            k: params[k]
-            for k in self.server.tracked_params
-            if k in params and bp.get(k) != params[k]
-        }
         extra = self.extra_settings
-        set_extra = {k: v for k, v in extra.items() if bp.get(k) != v}
+        if reset:
+            values = {k: params[k] for k in self.server.tracked_params if k in params}
+            set_extra = dict(extra)
+            stale: list[str] = []
+            parts = [reset]
+        else:
+            values = {
+                k: params[k]
+                for k in self.server.tracked_params
+                if k in params and bp.get(k) != params[k]
+            }
+            set_extra = {k: v for k, v in extra.items() if bp.get(k) != v}
+            # Settings an earlier client had replayed here go back to the server default, before
+            # anything is set (a reset session authorization also resets the role).
+            stale = [k for k in backend.extra_keys if k not in extra]
+            parts = [reset_sql(stale)] if stale else []
         values.update(set_extra)
-        parts = [set_sql(values)] if values else []
-        # Settings an earlier client had replayed here go back to the server default.
-        reset = [k for k in backend.extra_keys if k not in extra]
-        parts.extend(f"RESET {m.quote_ident(k)}" for k in reset)
-        return "; ".join(parts), set_extra, reset
+        if values:
+            parts.append(set_sql(values))
+        return "; ".join(parts), set_extra, stale
 
     # --- failures and closing ----------------------------------------------------------------
 
@@ -808,6 +913,31 @@ class ClientConnection(Endpoint):
             # at once would otherwise recurse one frame deeper per client.
             backend.to(BackendState.RESETTING)
             pool.loop.call_soon(_release_later, backend)
+
+
+def _at_default(name: str, value: str | None, login_user: str) -> bool:
+    """Whether a setting read by name holds what a fresh session has."""
+    if value is None:
+        return True
+    if name == "role":
+        return value == "none"
+    if name == "session_authorization":
+        return value == login_user
+    # A custom setting that was set and reset reads as '' (PostgreSQL keeps the placeholder).
+    return "." in name and value == ""
+
+
+def _distrusts_catalog(search_path: str | None) -> bool:
+    """Whether a search_path names pg_catalog after another schema, so that unqualified
+    operators and functions may resolve to the client's own objects first."""
+    if not search_path:
+        return False
+    parts = [p.strip() for p in search_path.split(",")]
+    for i, part in enumerate(parts):
+        name = part[1:-1] if len(part) > 1 and part[0] == part[-1] == '"' else part.lower()
+        if name == "pg_catalog":
+            return i > 0 and any(parts[:i])
+    return False
 
 
 def _release_later(backend: BackendConnection) -> None:

@@ -39,12 +39,22 @@ CLOSE_COMPLETE = _HDR.pack(b"3", 4)
 class Stmt:
     """One pool-wide prepared statement."""
 
-    __slots__ = ("close_frame", "flags", "key", "name", "parse_frame", "use_bind", "use_describe")
+    __slots__ = (
+        "close_frame",
+        "flags",
+        "key",
+        "name",
+        "names",
+        "parse_frame",
+        "use_bind",
+        "use_describe",
+    )
 
-    def __init__(self, name: bytes, key: bytes, flags: int) -> None:
+    def __init__(self, name: bytes, key: bytes, flags: int, names: list[str] | None = None) -> None:
         self.name = name
         self.key = key  # the Parse body after the name: query, NUL, parameter types
         self.flags = flags  # sqlscan flags of the query text
+        self.names = names or []  # the settings the text names (sqlscan.setting_names)
         self.parse_frame = _HDR.pack(b"P", 4 + len(name) + 1 + len(key)) + name + b"\0" + key
         self.close_frame = _HDR.pack(b"C", 4 + 1 + len(name) + 1) + b"S" + name + b"\0"
         # A Bind or Describe unit carries no per-use state: one object each, made once.
@@ -92,14 +102,14 @@ class StatementRegistry:
         self.hits = 0
         self.misses = 0
 
-    def add(self, key: bytes, flags: int) -> Stmt:
+    def add(self, key: bytes, flags: int, names: list[str] | None = None) -> Stmt:
         """A new statement for key (callers look in `by_key` first)."""
         if len(self.by_key) >= self.limit:
             # Forgetting only costs sharing: statements clients hold stay valid objects, and
             # their names are never reused.
             self.by_key.clear()
         self.counter += 1
-        stmt = Stmt(b"pgpool_%x" % self.counter, key, flags)
+        stmt = Stmt(b"pgpool_%x" % self.counter, key, flags, names)
         self.by_key[key] = stmt
         return stmt
 

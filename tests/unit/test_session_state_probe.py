@@ -6,19 +6,19 @@ from __future__ import annotations
 import pytest
 
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.session.state import SessionState, probe_sql, read_probe, set_sql
+from pgpool_proxy.session.state import SessionState, probe_sql, read_probe, reset_sql, set_sql
 
 
-def test_probe_sql_without_statements() -> None:
-    sql = probe_sql(statements=False)
+def test_probe_sql_full_with_pins() -> None:
+    sql = probe_sql(full=True, pins=True)
     assert sql.startswith("SELECT 's', name, setting FROM pg_catalog.pg_settings")
-    assert "source = 'session'" in sql
+    assert "source OPERATOR(pg_catalog.=) 'session'" in sql
     for name in ("transaction_isolation", "transaction_read_only", "transaction_deferrable"):
-        assert f"'{name}'" in sql
+        assert name in sql
     assert "SELECT 'p', (" in sql
     for part in (
         "pg_catalog.pg_locks",
-        "locktype = 'advisory'",
+        "locktype OPERATOR(pg_catalog.=) 'advisory'",
         "pg_catalog.pg_backend_pid()",
         "pg_catalog.pg_listening_channels()",
         "pg_catalog.pg_cursors WHERE is_holdable",
@@ -28,22 +28,50 @@ def test_probe_sql_without_statements() -> None:
         assert part in sql
     assert sql.count(" UNION ALL ") == 1
     assert "SELECT 'x'" not in sql
-    assert "NOT from_sql" not in sql
     assert ";" not in sql
 
 
+def test_probe_sql_resolves_nothing_through_the_search_path() -> None:
+    """Every operator, function, relation and type the probe names carries its schema: the probe
+    runs under the client's search_path (PgBouncer CVE-2025-12819's class)."""
+    import re
+
+    sql = probe_sql(full=True, pins=True, names=["app.tenant", "role"], statements=True)
+    bare = re.sub(r"'(?:[^']|'')*'", "''", sql)  # literals aside
+    for op in ("=", "<>", "+"):
+        assert f" {op} " not in bare
+    assert "OPERATOR(pg_catalog.=)" in sql and "OPERATOR(pg_catalog.+)" in sql
+    for name in re.findall(r"(?<![.\w])([a-z_]+)\(", bare):
+        assert name in {"any", "all"}, name
+    for rel in re.findall(r"\bFROM ([\w.]+)", bare):
+        assert rel.startswith("pg_catalog."), rel
+    for cast in re.findall(r"::([\w.]+)", bare):
+        assert cast.startswith("pg_catalog."), cast
+
+
+def test_probe_sql_named_settings() -> None:
+    sql = probe_sql(full=False, pins=False, names=["app.tenant", "it's"])
+    assert sql == (
+        "SELECT 'n', 'app.tenant', pg_catalog.current_setting('app.tenant', true) UNION ALL "
+        "SELECT 'n', 'it''s', pg_catalog.current_setting('it''s', true)"
+    )
+
+
 def test_probe_sql_with_statements() -> None:
-    sql = probe_sql(statements=True)
-    assert sql.startswith(probe_sql(statements=False) + " UNION ALL ")
+    sql = probe_sql(full=True, pins=True, statements=True)
+    assert sql.startswith(probe_sql(full=True, pins=True) + " UNION ALL ")
     assert sql.count(" UNION ALL ") == 2
     assert sql.endswith(
         "SELECT 'x', name, NULL FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
     )
-    assert ";" not in sql
+
+
+def test_probe_sql_never_empty() -> None:
+    assert probe_sql(full=False, pins=False).startswith("SELECT 'p'")
 
 
 def test_probe_sql_is_one_query_frame() -> None:
-    sql = probe_sql(statements=True)
+    sql = probe_sql(full=True, pins=True, names=["a.b"], statements=True)
     frame = m.query(sql)
     assert frame[:1] == b"Q"
     assert int.from_bytes(frame[1:5], "big") == len(frame) - 1
@@ -56,6 +84,8 @@ def test_read_probe_settings_pins_statements() -> None:
         ["s", "TimeZone", "UTC"],
         ["s", "search_path", '"$user", public'],
         ["s", "DateStyle", None],
+        ["n", "App.Tenant", "a"],
+        ["n", "role", None],
         ["p", "3", None],
         ["x", "pgpool_1", None],
         ["x", "pgpool_a", None],
@@ -63,6 +93,7 @@ def test_read_probe_settings_pins_statements() -> None:
     state = read_probe(rows, statements_asked=True)
     assert state == SessionState(
         settings={"timezone": "UTC", "search_path": '"$user", public', "datestyle": ""},
+        named={"app.tenant": "a", "role": None},
         pins=3,
         statements=frozenset({"pgpool_1", "pgpool_a"}),
     )
@@ -74,6 +105,7 @@ def test_read_probe_statements_not_asked() -> None:
     assert state.statements is None
     assert state.pins == 0
     assert state.settings == {}
+    assert state.named == {}
 
 
 def test_read_probe_statements_asked_but_none() -> None:
@@ -82,8 +114,8 @@ def test_read_probe_statements_asked_but_none() -> None:
 
 
 def test_read_probe_empty() -> None:
-    assert read_probe([], statements_asked=False) == SessionState({}, 0, None)
-    assert read_probe([], statements_asked=True) == SessionState({}, 0, frozenset())
+    assert read_probe([], statements_asked=False) == SessionState({}, {}, None, None)
+    assert read_probe([], statements_asked=True) == SessionState({}, {}, None, frozenset())
 
 
 def test_read_probe_skips_malformed_rows() -> None:
@@ -160,6 +192,15 @@ def test_set_sql_several_in_order() -> None:
     assert sql == (
         "SELECT pg_catalog.set_config('a.b', '1', false), "
         "pg_catalog.set_config('TimeZone', 'UTC', false)"
+    )
+
+
+def test_set_sql_session_authorization_before_role() -> None:
+    """Setting the session authorization resets the role: it must come first."""
+    sql = set_sql({"role": "r", "a.b": "1", "session_authorization": "u"})
+    assert sql.index("'session_authorization'") < sql.index("'role'") < sql.index("'a.b'")
+    assert reset_sql(["role", "x", "session_authorization"]) == (
+        'RESET "session_authorization"; RESET "role"; RESET "x"'
     )
 
 
