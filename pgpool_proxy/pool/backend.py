@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -532,8 +533,8 @@ class BackendConnection(Endpoint):
                 done, scram = await self._login_message(
                     t, body, user, secret, scram, client_key, server_key
                 )
-            except (IndexError, ValueError, m.ProtocolViolation) as exc:
-                # struct.error is a ValueError: a message too short for its type.
+            except (struct.error, IndexError, ValueError, m.ProtocolViolation) as exc:
+                # struct.error: a message too short for its type.
                 raise BackendLoginError(
                     SqlState.PROTOCOL_VIOLATION,
                     f"server sent a malformed {chr(t)!r} message during login: {exc}",

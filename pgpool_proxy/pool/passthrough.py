@@ -49,7 +49,8 @@ class PassthroughVerifier:
             ProxyError,
             ScramError,
             m.ProtocolViolation,
-            ValueError,  # struct.error and the md5 salt check: a message too short for its type
+            struct.error,  # a message too short for its type
+            ValueError,  # the md5 salt check
             IndexError,
         ) as exc:
             log.warning("passthrough IAM check against %s:%s failed: %s", db.host, db.port, exc)
