@@ -40,12 +40,23 @@ def escape_log_text(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """The text log format: one line per record whatever the message's arguments contain (a
-    traceback, from exc_info, still follows on its own lines)."""
+    """The text log format: one line per record whatever the message's arguments contain. A
+    traceback (exc_info) still follows on lines of its own, each indented, so none of them can
+    pass for a record either (an exception's message may quote a client)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_log_text(record.message)
         return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + escape_log_text(line) for line in text.split("\n"))
 
 
 class JsonFormatter(logging.Formatter):

@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -84,3 +85,18 @@ async def test_client_strings_cannot_forge_log_lines(
     # JSON keeps the exact strings (json escapes them), so nothing is lost in that format.
     mine = [r for r in records if "mallory" in r["msg"]]
     assert mine and any(USER in r["msg"] for r in mine), mine
+
+
+def test_tracebacks_are_indented_and_escaped() -> None:
+    try:
+        raise ValueError(f"bad user {USER}")
+    except ValueError:
+        record = logging.makeLogRecord({"msg": "failed", "levelname": "ERROR"})
+        record.exc_info = sys.exc_info()
+    out = TextFormatter("%(levelname)s %(message)s").format(record)
+    first, *rest = out.split("\n")
+    assert first == "ERROR failed"
+    assert rest and all(line.startswith("  ") for line in rest), rest
+    # The newline in the message splits it, but the client's text stays indented.
+    assert f"  {FORGED}" in rest
+    assert not [line for line in rest if line.startswith(FORGED)]
