@@ -224,7 +224,11 @@ class BackendConnection(Endpoint):
                 self._pump()
             except FrameError as exc:
                 log.error("backend %s sent a malformed frame: %s", self.pid, exc)
-                self.fail(DisconnectReason.BACKEND_FAILED, "server sent an invalid message")
+                self.fail(
+                    DisconnectReason.BACKEND_FAILED,
+                    "server sent an invalid message",
+                    SqlState.PROTOCOL_VIOLATION,
+                )
         elif state == BackendState.LOGIN:
             self.wake()
         elif state == BackendState.IDLE:

@@ -494,3 +494,38 @@ async def _read_through_ready(client: RawClient) -> list[bytes]:
             if types and types[-1] == b"Z":
                 assert buf == b""
                 return types
+
+
+@pytest.mark.parametrize(
+    "frame",
+    # A 4-byte ReadyForQuery mid-query is framing.py's (issue 17 finding 11, fuzzing).
+    [b"D" + struct.pack("!I", 2), b"D" + struct.pack("!I", 0x7FFFFFFF)],
+    ids=["len2", "len2G"],
+)
+async def test_bad_lengths_during_query(
+    start_proxy: StartProxy, pg: LocalPostgres, frame: bytes
+) -> None:
+    """A frame no PostgreSQL sends, mid-query: the client is told (08P01) and the pool opens a
+    fresh server connection for the next client."""
+    conns = 0
+
+    async def script(conn: HostileConn) -> None:
+        nonlocal conns
+        conns += 1
+        first = conns == 1
+        await conn.normal_login()
+        await conn.serve_queries(lambda sql: frame if first else one_row("ok"))
+
+    async with hostile(start_proxy, pg, script) as (proxy, server), Canary(proxy):
+        client = await RawClient.connect(proxy.host, proxy.port)
+        await client.login("alice", PASSWORDS["alice"], "evil")
+        client.send(m.query("select 1"))
+        err = await client.read_error(5)
+        assert err["C"] == "08P01", err
+        assert "invalid message" in err["M"], err
+        assert await client.closed(5)
+        again = await RawClient.connect(proxy.host, proxy.port)
+        await again.login("alice", PASSWORDS["alice"], "evil")
+        assert await again.simple_query("select 1") == [["ok"]]
+        await again.close()
+        assert server.accepted == 2
