@@ -67,7 +67,7 @@ MAX_SERVER_PARAMS_BYTES = 1024 * 1024
 _KNOWN_AUTH_CODES = {2: "Kerberos V5", 6: "SCM credentials", 7: "GSSAPI", 8: "GSSAPI", 9: "SSPI"}
 
 
-def _server_sqlstate(fields: dict[str, str], default: str) -> str:
+def server_sqlstate(fields: dict[str, str], default: str) -> str:
     """The SQLSTATE of a server's ErrorResponse, or `default` when it has none or a malformed
     one (five digits or upper-case letters), so a client never gets an empty or forged code."""
     code = fields.get("C", "")
@@ -637,7 +637,7 @@ class BackendConnection(Endpoint):
         elif t == B_ERROR:
             fields = m.parse_error_fields(body)
             raise BackendLoginError(
-                _server_sqlstate(fields, SqlState.CONNECTION_FAILURE),
+                server_sqlstate(fields, SqlState.CONNECTION_FAILURE),
                 fields.get("M") or "server refused the login",
                 detail=fields.get("D"),
                 hint=fields.get("H"),

@@ -306,6 +306,30 @@ async def test_cve_class_error_without_sqlstate_during_query(
         await client.close()
 
 
+@pytest.mark.parametrize("code", [None, "", "4"], ids=["no-C", "empty-C", "short-C"])
+async def test_cve_class_error_without_sqlstate_replaying_settings(
+    start_proxy: StartProxy, pg: LocalPostgres, code: str | None
+) -> None:
+    """The proxy reads the server's ErrorResponse itself when it replays a client's startup
+    settings: a missing SQLSTATE is substituted there too."""
+
+    async def script(conn: HostileConn) -> None:
+        await conn.normal_login()
+        fields = (
+            {"S": "ERROR", "M": "nope"} if code is None else {"S": "ERROR", "C": code, "M": "nope"}
+        )
+        await conn.serve_queries(lambda sql: error(**fields) + READY)
+
+    async with hostile(start_proxy, pg, script) as (proxy, _), Canary(proxy):
+        client = await RawClient.connect(proxy.host, proxy.port)
+        with pytest.raises(RawError) as err:
+            await client.login("alice", PASSWORDS["alice"], "evil", DateStyle="German")
+            await client.simple_query("select 1")
+        assert err.value.fields["C"] == "08P01", err.value.fields
+        assert err.value.fields["M"] == "nope"
+        await client.close()
+
+
 # --- bad lengths and unknown authentication methods ------------------------------------------
 
 
