@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
-from .config import Config, DatabaseConfig, DatabaseRole, UserConfig
+from .config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
 from .counters import ProxyCounters
 from .errors import DisconnectReason
 from .pool.budget import ServerBudget
@@ -109,6 +109,9 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
+        # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
+        # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
+        self.spawn(self._warm_verifiers(), "warm-verifiers")
         from .admin.http import start_metrics_endpoint
 
         self.metrics_endpoint = await start_metrics_endpoint(self)
@@ -315,6 +318,13 @@ class ProxyServer:
             v = ScramVerifier.parse(secret) or await derive_verifier(secret)
             self._verifiers[key] = v
         return v
+
+    async def _warm_verifiers(self) -> None:
+        if self.config.auth.type is not AuthType.SCRAM_SHA_256:
+            return
+        for u in self.config.users:
+            if u.password is not None and not u.iam:
+                await self.scram_verifier(u.name, u.password)
 
     def mock_scram_iterations(self) -> int:
         """The iteration count most configured users' verifiers have, so an unknown user's

@@ -8,6 +8,7 @@ random one per attempt gives unknown users away.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 
@@ -80,3 +81,19 @@ async def test_mock_iterations_follow_the_configured_verifiers(
     real = await challenge(proxy, "u1")
     ghost = await challenge(proxy, "ghost")
     assert real[1] == ghost[1] == iterations
+
+
+async def test_real_verifiers_are_ready_before_the_first_login(start_proxy: StartProxy) -> None:
+    """A real user's first exchange must not be the one that pays for PBKDF2 (an unknown user's
+    never does): the proxy derives the verifiers of plaintext passwords when it starts."""
+    proxy = start_proxy()
+
+    def cached() -> int:
+        assert proxy.server is not None
+        return len(proxy.server._verifiers)
+
+    async with asyncio.timeout(5):
+        while cached() < 3:  # alice, bob and carol have plaintext passwords
+            await asyncio.sleep(0.01)
+    await challenge(proxy, "alice")
+    assert cached() == 3
