@@ -485,7 +485,8 @@ class BackendConnection(Endpoint):
     def fail(
         self, reason: DisconnectReason, message: str, sqlstate: str = SqlState.CONNECTION_FAILURE
     ) -> None:
-        """The server connection broke: tell the linked client (08006) and discard it."""
+        """The server connection broke: tell the linked client (08006 unless `sqlstate` says
+        otherwise) and discard it."""
         client = self.client
         self.close(reason)
         if client is not None:
