@@ -112,6 +112,9 @@ class PoolSettings:
     # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
     # with N proxies, N x this must fit the database's max_connections.
     max_server_connections: int = 0
+    # The most PBKDF2 iterations a server's SCRAM challenge may ask of the proxy (PostgreSQL's
+    # default is 4096); a server asking more is refused rather than allowed to burn CPU.
+    server_max_scram_iterations: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)

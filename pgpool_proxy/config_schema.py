@@ -86,6 +86,7 @@ _POOL_KEYS: Final[dict[str, _Key]] = {
     "server_reset_query": _Key(_Kind.STR),
     "max_prepared_statements": _Key(_Kind.INT, lo=0, hi=100_000),
     "max_server_connections": _Key(_Kind.INT, lo=0),
+    "server_max_scram_iterations": _Key(_Kind.INT, lo=1, hi=10_000_000),
 }
 
 _AUTH_KEYS: Final[dict[str, _Key]] = {

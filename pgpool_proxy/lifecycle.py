@@ -204,6 +204,7 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "login_retry_s": pool.server_login_retry_s,
         "reset_query": pool.server_reset_query,
         "max_prepared_statements": pool.max_prepared_statements,
+        "max_scram_iterations": pool.server_max_scram_iterations,
     }
     # Multi-host settings, where this build has them.
     for name in ("reader_fallback", "max_replica_lag_bytes"):

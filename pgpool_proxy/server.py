@@ -12,8 +12,8 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .auth.scram import ScramVerifier
-from .config import Config, DatabaseConfig, DatabaseRole, UserConfig
+from .auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
+from .config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
 from .counters import ProxyCounters
 from .errors import DisconnectReason
 from .pool.budget import ServerBudget
@@ -55,7 +55,10 @@ class ProxyServer:
         self._peer_server: asyncio.base_events.Server | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
-        self._dummy_verifier = ScramVerifier.from_password(secrets.token_urlsafe(24))
+        # Unknown users get a verifier derived from their name with this key (PostgreSQL's
+        # mock_auth_nonce), so their salts differ per name and stay stable, like real users'.
+        self._mock_secret = secrets.token_bytes(32)
+        self._mock_iterations: tuple[object, int] | None = None
         self._all_clients: set[ClientConnection] = set()
         self._client_keys: dict[tuple[str, str], bytes] = {}
         # Plain ints read by the metrics collector at scrape time (see counters).
@@ -106,6 +109,9 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
+        # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
+        # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
+        self.spawn(self._warm_verifiers(), "warm-verifiers")
         from .admin.http import start_metrics_endpoint
 
         self.metrics_endpoint = await start_metrics_endpoint(self)
@@ -278,6 +284,7 @@ class ProxyServer:
                 login_retry_s=cfg.pool.server_login_retry_s,
                 reset_query=cfg.pool.server_reset_query,
                 max_prepared_statements=cfg.pool.max_prepared_statements,
+                max_scram_iterations=cfg.pool.server_max_scram_iterations,
                 tls=self.services.server_tls,
                 credentials=self.services.credentials_for(db),
                 reader=db.role is DatabaseRole.READER,
@@ -300,16 +307,42 @@ class ProxyServer:
             self.pools[key] = pool
         return pool
 
-    def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
-        """The verifier to check a client against; computed once per password, not per login."""
+    async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
+        """The verifier to check a client against; computed once per password, not per login
+        (PBKDF2 off the event loop), or a per-name mock one for a user that does not exist."""
         if secret is None:
-            return self._dummy_verifier
+            return ScramVerifier.mock(self._mock_secret, user, self.mock_scram_iterations())
         key = (user, hashlib.sha256(secret.encode()).hexdigest())
         v = self._verifiers.get(key)
         if v is None:
-            v = ScramVerifier.parse(secret) or ScramVerifier.from_password(secret)
+            v = ScramVerifier.parse(secret) or await derive_verifier(secret)
             self._verifiers[key] = v
         return v
+
+    async def _warm_verifiers(self) -> None:
+        if self.config.auth.type is not AuthType.SCRAM_SHA_256:
+            return
+        for u in self.config.users:
+            if u.password is not None and not u.iam:
+                await self.scram_verifier(u.name, u.password)
+
+    def mock_scram_iterations(self) -> int:
+        """The iteration count most configured users' verifiers have, so an unknown user's
+        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS)."""
+        cached = self._mock_iterations
+        if cached is not None and cached[0] is self.config:
+            return cached[1]
+        counts: dict[int, int] = {}
+        for u in self.config.users:
+            if u.password is None or u.iam:
+                continue
+            v = ScramVerifier.parse(u.password)
+            n = v.iterations if v is not None else DEFAULT_ITERATIONS
+            counts[n] = counts.get(n, 0) + 1
+        best = max(counts, key=lambda n: (counts[n], n == DEFAULT_ITERATIONS), default=None)
+        iterations = DEFAULT_ITERATIONS if best is None else best
+        self._mock_iterations = (self.config, iterations)
+        return iterations
 
     def remember_client_key(self, user: str, verifier: ScramVerifier, client_key: bytes) -> None:
         """Keep a ClientKey so the proxy can log into servers that store the same verifier."""

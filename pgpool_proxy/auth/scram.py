@@ -10,34 +10,50 @@ behaviour of PostgreSQL's auth-scram.c / fe-auth-scram.c where they deviate from
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import enum
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import stringprep
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_ITERATIONS",
+    "DEFAULT_MAX_SERVER_ITERATIONS",
     "MAX_ITERATIONS",
     "MAX_MESSAGE_SIZE",
     "MECHANISM",
     "ScramClient",
     "ScramError",
+    "ScramProtocolError",
     "ScramServer",
     "ScramVerifier",
+    "derive_verifier",
     "pg_normalize_password",
     "saslprep",
 ]
 
 MECHANISM = "SCRAM-SHA-256"
 DEFAULT_ITERATIONS = 4096
-# An attacker-controlled server could otherwise make the proxy burn minutes of CPU in PBKDF2.
+# The most any caller may allow; an attacker-controlled server could otherwise make the proxy
+# burn minutes of CPU in PBKDF2.
 MAX_ITERATIONS = 10_000_000
+# What ScramClient accepts from a server unless told otherwise (pool.server_max_scram_iterations):
+# 24x PostgreSQL's default of 4096, ~60 ms of one core, run off the event loop.
+DEFAULT_MAX_SERVER_ITERATIONS = 100_000
+# PostgreSQL's server nonce adds 24 characters to the client's; allow generous room, no more, so
+# a server cannot make the proxy hash and echo kilobytes per login.
+MAX_SERVER_NONCE_PART = 256
+# PostgreSQL's salts are 16 bytes.
+MAX_SALT_LEN = 256
 # Real SCRAM messages are ~100-200 bytes; anything near this is hostile or broken.
 MAX_MESSAGE_SIZE = 4096
 
@@ -54,6 +70,11 @@ _VERIFIER_RE = re.compile(
 
 class ScramError(Exception):
     """A failed or malformed SCRAM exchange; the message never contains secrets or raw input."""
+
+
+class ScramProtocolError(ScramError):
+    """The peer broke the protocol (malformed message, foreign nonce, out-of-bounds parameter),
+    as opposed to presenting a wrong password or signature; PostgreSQL's class 08P01."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,12 +180,36 @@ def _b64decode(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ScramError(f"malformed SCRAM message: invalid base64 in {what}") from None
+        raise ScramProtocolError(f"malformed SCRAM message: invalid base64 in {what}") from None
 
 
 def _salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     # PBKDF2-HMAC-SHA-256 with one output block is exactly SCRAM's Hi().
     return hashlib.pbkdf2_hmac("sha256", _password_bytes(password), salt, iterations)
+
+
+# PBKDF2 runs here, never on an event loop: hashlib releases the GIL while it hashes, so the loop
+# keeps serving other clients. A small pool of its own, so a burst of logins cannot starve the
+# threads that asyncio.to_thread users (AWS calls) rely on, and vice versa.
+_pbkdf2_lock = threading.Lock()
+_pbkdf2_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pbkdf2_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _pbkdf2_pool
+    with _pbkdf2_lock:
+        if _pbkdf2_pool is None:
+            _pbkdf2_pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="pbkdf2"
+            )
+        return _pbkdf2_pool
+
+
+async def _salted_password_off_loop(password: str, salt: bytes, iterations: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _pbkdf2_executor(), _salted_password, password, salt, iterations
+    )
 
 
 def _is_printable_nonce(nonce: str) -> bool:
@@ -186,13 +231,13 @@ def _new_nonce() -> str:
 
 def _decode_message(data: bytes, what: str) -> str:
     if len(data) > MAX_MESSAGE_SIZE:
-        raise ScramError(f"malformed SCRAM message: {what} is too long")
+        raise ScramProtocolError(f"malformed SCRAM message: {what} is too long")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ScramError(f"malformed SCRAM message: {what} is not valid UTF-8") from None
+        raise ScramProtocolError(f"malformed SCRAM message: {what} is not valid UTF-8") from None
     if "\x00" in text:
-        raise ScramError(f"malformed SCRAM message: {what} contains a NUL byte")
+        raise ScramProtocolError(f"malformed SCRAM message: {what} contains a NUL byte")
     return text
 
 
@@ -201,14 +246,14 @@ def _split_attrs(text: str, what: str) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for part in text.split(","):
         if not _ATTR_RE.fullmatch(part):
-            raise ScramError(f"malformed SCRAM message: bad attribute in {what}")
+            raise ScramProtocolError(f"malformed SCRAM message: bad attribute in {what}")
         pairs.append((part[0], part[2:]))
     return pairs
 
 
 def _expect(pairs: list[tuple[str, str]], index: int, name: str, what: str) -> str:
     if index >= len(pairs) or pairs[index][0] != name:
-        raise ScramError(f"malformed SCRAM message: expected attribute {name!r} in {what}")
+        raise ScramProtocolError(f"malformed SCRAM message: expected attribute {name!r} in {what}")
     return pairs[index][1]
 
 
@@ -258,6 +303,23 @@ class ScramVerifier:
         )
 
     @classmethod
+    def mock(cls, secret: bytes, user: str, iterations: int = DEFAULT_ITERATIONS) -> ScramVerifier:
+        """A verifier for a user that does not exist, stable per name for this ``secret``.
+
+        PostgreSQL's scram_mock_salt: the salt is a keyed hash of the name, so probing the same
+        unknown name twice gives the same salt, different names give different salts, and none of
+        it can be told from a real user's verifier. No password opens it (the keys are random to
+        anyone without ``secret``).
+        """
+        name = user.encode("utf-8", "surrogatepass")
+        return cls(
+            iterations=iterations,
+            salt=_hmac(secret, b"salt\0" + name)[:_SALT_LEN],
+            stored_key=_hmac(secret, b"stored\0" + name),
+            server_key=_hmac(secret, b"server\0" + name),
+        )
+
+    @classmethod
     def parse(cls, text: str) -> ScramVerifier | None:
         """Parse PostgreSQL's stored format; None if ``text`` is not a SCRAM-SHA-256 verifier."""
         m = _VERIFIER_RE.fullmatch(text)
@@ -279,6 +341,20 @@ class ScramVerifier:
             f"{MECHANISM}${self.iterations}:{_b64(self.salt)}"
             f"${_b64(self.stored_key)}:{_b64(self.server_key)}"
         )
+
+
+async def derive_verifier(password: str, *, iterations: int = DEFAULT_ITERATIONS) -> ScramVerifier:
+    """ScramVerifier.from_password with the PBKDF2 run off the event loop."""
+    if iterations < 1:
+        raise ValueError("iterations must be at least 1")
+    salt = secrets.token_bytes(_SALT_LEN)
+    salted = await _salted_password_off_loop(password, salt, iterations)
+    return ScramVerifier(
+        iterations=iterations,
+        salt=salt,
+        stored_key=_h(_hmac(salted, b"Client Key")),
+        server_key=_hmac(salted, b"Server Key"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,12 +422,12 @@ class ScramServer:
         text = _decode_message(data, "client-first-message")
         parts = text.split(",", 2)
         if len(parts) != 3:
-            raise ScramError("malformed SCRAM message: missing GS2 header")
+            raise ScramProtocolError("malformed SCRAM message: missing GS2 header")
         cbind_flag, authzid, bare = parts
         if cbind_flag.startswith("p="):
             raise ScramError("client requires SCRAM channel binding, which is not supported")
         if cbind_flag not in ("n", "y"):
-            raise ScramError("malformed SCRAM message: bad channel-binding flag")
+            raise ScramProtocolError("malformed SCRAM message: bad channel-binding flag")
         if authzid:
             raise ScramError("SCRAM authorization identity is not supported")
 
@@ -363,7 +439,7 @@ class ScramServer:
         _expect(pairs, 0, "n", "client-first-message")
         client_nonce = _expect(pairs, 1, "r", "client-first-message")
         if not _is_printable_nonce(client_nonce):
-            raise ScramError("malformed SCRAM message: bad client nonce")
+            raise ScramProtocolError("malformed SCRAM message: bad client nonce")
 
         self._gs2_header = f"{cbind_flag},,"
         self._client_first_bare = bare
@@ -392,7 +468,9 @@ class ScramServer:
         # Extensions may sit between r= and p=, but the proof must come last and only once.
         proof_b64 = _expect(pairs, len(pairs) - 1, "p", "client-final-message")
         if len(pairs) < 3 or any(name == "p" for name, _ in pairs[2:-1]):
-            raise ScramError("malformed SCRAM message: misplaced proof in client-final-message")
+            raise ScramProtocolError(
+                "malformed SCRAM message: misplaced proof in client-final-message"
+            )
 
         if _b64decode(cbind, "channel binding") != self._gs2_header.encode("ascii"):
             raise ScramError("SCRAM channel binding check failed")
@@ -400,7 +478,7 @@ class ScramServer:
             raise ScramError("SCRAM nonce mismatch")
         proof = _b64decode(proof_b64, "proof")
         if len(proof) != _KEY_LEN:
-            raise ScramError("malformed SCRAM message: proof has the wrong length")
+            raise ScramProtocolError("malformed SCRAM message: proof has the wrong length")
 
         without_proof = text[: text.rindex(",p=")]
         auth_message = ",".join((self._client_first_bare, self._server_first, without_proof))
@@ -438,7 +516,10 @@ class ScramClient:
         server_key: bytes | None = None,
         nonce: str | None = None,
         username: str = "",
+        max_iterations: int = DEFAULT_MAX_SERVER_ITERATIONS,
     ) -> None:
+        if not 1 <= max_iterations <= MAX_ITERATIONS:
+            raise ValueError(f"max_iterations must be between 1 and {MAX_ITERATIONS}")
         if (password is None) == (client_key is None):
             raise ValueError("exactly one of password and client_key must be given")
         if client_key is not None and len(client_key) != _KEY_LEN:
@@ -459,6 +540,7 @@ class ScramClient:
         saslname = username.replace("=", "=3D").replace(",", "=2C")
         self._client_first_bare = f"n={saslname},r={self._nonce}"
         self._expected_server_signature: bytes | None = None
+        self._max_iterations = max_iterations
         self.server_verified = False
 
     def _fail(self, message: str) -> ScramError:
@@ -473,16 +555,44 @@ class ScramClient:
         return f"n,,{self._client_first_bare}".encode()
 
     def handle_server_first(self, data: bytes) -> bytes:
-        """Take the server-first-message and return the client-final-message."""
+        """Take the server-first-message and return the client-final-message.
+
+        Runs PBKDF2 in the calling thread when built from a password; on an event loop use
+        handle_server_first_async.
+        """
+        parsed = self._begin_server_first(data)
+        salted = None
+        if self._password is not None:
+            try:
+                salted = _salted_password(self._password, parsed[1], parsed[2])
+            except ScramError:
+                self._state = _State.FAILED
+                raise
+        return self._end_server_first(parsed, salted)
+
+    async def handle_server_first_async(self, data: bytes) -> bytes:
+        """handle_server_first with PBKDF2 (if any) run off the event loop."""
+        parsed = self._begin_server_first(data)
+        salted = None
+        if self._password is not None:
+            try:
+                salted = await _salted_password_off_loop(self._password, parsed[1], parsed[2])
+            except ScramError:
+                self._state = _State.FAILED
+                raise
+        return self._end_server_first(parsed, salted)
+
+    def _begin_server_first(self, data: bytes) -> tuple[str, bytes, int, str]:
         if self._state is not _State.CONTINUE or self._expected_server_signature is not None:
             raise self._fail("unexpected SCRAM server-first-message")
         try:
-            return self._server_first(data)
+            return self._parse_server_first(data)
         except ScramError:
             self._state = _State.FAILED
             raise
 
-    def _server_first(self, data: bytes) -> bytes:
+    def _parse_server_first(self, data: bytes) -> tuple[str, bytes, int, str]:
+        """(text, salt, iterations, combined nonce) of a server-first-message, all checked."""
         text = _decode_message(data, "server-first-message")
         pairs = _split_attrs(text, "server-first-message")
         if pairs[0][0] == "m":
@@ -496,22 +606,41 @@ class ScramClient:
             or len(nonce) <= len(self._nonce)
             or not nonce.startswith(self._nonce)
         ):
-            raise ScramError("SCRAM nonce mismatch")
+            raise ScramProtocolError(
+                "SCRAM nonce mismatch: the server's nonce does not extend the client's"
+            )
+        if len(nonce) > len(self._nonce) + MAX_SERVER_NONCE_PART:
+            raise ScramProtocolError(
+                f"SCRAM server nonce is too long ({len(nonce) - len(self._nonce)} characters, "
+                f"at most {MAX_SERVER_NONCE_PART} allowed)"
+            )
         salt = _b64decode(salt_b64, "salt")
         if not salt:
-            raise ScramError("malformed SCRAM message: empty salt")
+            raise ScramProtocolError("malformed SCRAM message: empty salt")
+        if len(salt) > MAX_SALT_LEN:
+            raise ScramProtocolError(
+                f"SCRAM salt is too long ({len(salt)} bytes, at most {MAX_SALT_LEN} allowed)"
+            )
         if not (iter_text.isascii() and iter_text.isdigit() and len(iter_text) <= 10):
-            raise ScramError("malformed SCRAM message: bad iteration count")
+            raise ScramProtocolError("malformed SCRAM message: bad iteration count")
         iterations = int(iter_text)
-        if not 1 <= iterations <= MAX_ITERATIONS:
-            raise ScramError("SCRAM iteration count out of range")
+        if iterations < 1:
+            raise ScramProtocolError("SCRAM iteration count out of range")
+        if iterations > self._max_iterations:
+            raise ScramProtocolError(
+                f"SCRAM iteration count {iterations} from the server exceeds the proxy's limit "
+                f"of {self._max_iterations} (pool.server_max_scram_iterations)"
+            )
+        return text, salt, iterations, nonce
 
+    def _end_server_first(self, parsed: tuple[str, bytes, int, str], salted: bytes | None) -> bytes:
+        text, _salt, _iterations, nonce = parsed
         server_key: bytes | None
-        if self._client_key is not None:
+        if salted is None:
+            assert self._client_key is not None
             client_key = self._client_key
             server_key = self._server_key
         else:
-            salted = _salted_password(self._password or "", salt, iterations)
             client_key = _hmac(salted, b"Client Key")
             server_key = _hmac(salted, b"Server Key")
 

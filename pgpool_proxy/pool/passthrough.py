@@ -43,7 +43,16 @@ class PassthroughVerifier:
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._login(db.host, db.port, db.dbname or db.name, claims.db_user, token)
-        except (OSError, TimeoutError, ProxyError, ScramError, m.ProtocolViolation) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            ProxyError,
+            ScramError,
+            m.ProtocolViolation,
+            struct.error,  # a message too short for its type
+            ValueError,  # the md5 salt check
+            IndexError,
+        ) as exc:
             log.warning("passthrough IAM check against %s:%s failed: %s", db.host, db.port, exc)
             raise IamError(
                 SqlState.INVALID_AUTHORIZATION,
@@ -84,10 +93,12 @@ class PassthroughVerifier:
                 elif code == 5:
                     writer.write(m.password_message(md5_response(token, user, body[4:8])))
                 elif code == 10:
-                    scram = ScramClient(token)
+                    scram = ScramClient(
+                        token, max_iterations=self.config.pool.server_max_scram_iterations
+                    )
                     writer.write(m.sasl_initial_response(MECHANISM, scram.client_first()))
                 elif code == 11 and scram is not None:
-                    writer.write(m.sasl_response(scram.handle_server_first(body[4:])))
+                    writer.write(m.sasl_response(await scram.handle_server_first_async(body[4:])))
                 elif code == 12 and scram is not None:
                     scram.handle_server_final(body[4:])
                 else:

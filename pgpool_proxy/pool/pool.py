@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..session.prepared import StatementRegistry
@@ -70,6 +71,7 @@ class PoolSpec:
     reader_fallback: bool = True
     max_replica_lag_bytes: int = 0
     failover_timeout_s: float = 30.0
+    max_scram_iterations: int = DEFAULT_MAX_SERVER_ITERATIONS
 
 
 class Pool:

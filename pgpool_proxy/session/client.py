@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..endpoint import Endpoint
 from ..errors import DisconnectReason, ProxyError, SqlState
-from ..pool.backend import BackendConnection, BackendState
+from ..pool.backend import BackendConnection, BackendState, server_sqlstate
 from ..protocol import messages as m
 from ..protocol.constants import (
     F_BIND,
@@ -358,7 +358,7 @@ class ClientConnection(Endpoint):
             backend.pool.release(backend)
             self.fail(
                 ProxyError(
-                    fields.get("C", SqlState.PROTOCOL_VIOLATION),
+                    server_sqlstate(fields, SqlState.PROTOCOL_VIOLATION),
                     fields.get("M", "the server rejected a startup setting"),
                     detail="The proxy applies the client's startup settings to each server "
                     "connection it uses; the server rejected them.",

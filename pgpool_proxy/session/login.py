@@ -457,8 +457,8 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
         if secret is None or not verify_md5_response(response, secret, user, salt):
             raise _auth_failed(user, refused)
         return
-    # Unknown users run the same exchange against a random verifier, so probing reveals nothing.
-    verifier = server.scram_verifier(user, secret)
+    # Unknown users run the same exchange against a mock verifier, so probing reveals nothing.
+    verifier = await server.scram_verifier(user, secret)
     scram = ScramServer(verifier)
     _send(client, m.auth_sasl([MECHANISM]))
     mechanism, first = m.parse_sasl_initial_response(await read_password_message(client))
