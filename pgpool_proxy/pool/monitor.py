@@ -77,10 +77,11 @@ def parse_probe(row: list[str | None], aurora: bool) -> ProbeResult:
 
 
 class _ProbeSpec:
-    __slots__ = ("max_prepared_statements",)
+    __slots__ = ("max_prepared_statements", "max_scram_iterations")
 
     def __init__(self) -> None:
         self.max_prepared_statements = 0
+        self.max_scram_iterations = 100_000
 
 
 class ProbeConnection:
