@@ -188,7 +188,7 @@ class BackendConnection(Endpoint):
                 log.error("backend %s sent a malformed frame: %s", self.pid, exc)
                 self.fail(DisconnectReason.BACKEND_FAILED, "server sent an invalid message")
         elif state == BackendState.LOGIN:
-            self.wake()
+            self.slow_path_data()
         elif state == BackendState.IDLE:
             # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
             self.close(DisconnectReason.BACKEND_FAILED)
@@ -527,6 +527,8 @@ class BackendConnection(Endpoint):
                 self.tx_status = body[0] if body else TX_IDLE
                 self.to(BackendState.IDLE)
                 self.idle_since = self.loop.time()
+                # An idle server connection reads, to notice the server saying goodbye.
+                self.resume_reading()
                 return
             elif t in (B_NOTICE, B_NEGOTIATE_PROTOCOL):
                 continue

@@ -195,7 +195,9 @@ class ClientConnection(Endpoint):
             elif state == ClientState.IDLE:
                 self._on_idle_data()
             elif state == ClientState.LOGIN:
-                self.wake()
+                self.slow_path_data()
+            elif state == ClientState.CLOSED:
+                self.rbuf.consumed(self.rbuf.end)  # lingering after an error (close_transport)
             elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
                 # WAITING or REPLAYING: keep reading (so a departure is noticed) up to a bound.
                 self.pause_reading()
@@ -732,6 +734,7 @@ class ClientConnection(Endpoint):
         if self.state == ClientState.CLOSED:
             return
         self.send_error(err)
+        self.linger = True
         log.info(
             "client error: %s user=%s db=%s %s %s",
             self.addr,
@@ -770,9 +773,7 @@ class ClientConnection(Endpoint):
             backend.client = None
             backend.scanner.units = None
             self._return_backend(backend, pool, was_pinned)
-        transport = self.transport
-        if transport is not None:
-            transport.close()
+        self.close_transport()
         self.wake()
         self.server.client_closed(self, prev)
 
