@@ -135,6 +135,11 @@ class RecvBuffer:
             self.view = memoryview(self.buf)
             self.start = self.end = 0
 
+    def release(self) -> None:
+        """Drop unconsumed bytes and return to the initial size (the connection has closed)."""
+        self.start = self.end = 0
+        self.shrink()
+
     def pending(self) -> int:
         return self.end - self.start
 

@@ -158,3 +158,73 @@ async def test_writers_wait_for_the_transport_to_drain() -> None:
     await asyncio.wait_for(waiter, 1)
     # Not paused: no wait at all.
     await asyncio.wait_for(ep.wait_writable(), 1)
+
+
+# --- statement texts: per pool and per client (finding 8) ----------------------------------------
+
+
+def _key(n: int, size: int) -> bytes:
+    return b"select %d -- " % n + b"x" * size + b"\0\0\0"
+
+
+def test_registry_keeps_statement_texts_within_its_byte_budget() -> None:
+    from pgpool_proxy.session.prepared import StatementRegistry
+
+    reg = StatementRegistry(1000)
+    budget = 10_000
+    stmts = [reg.add(_key(i, 3000), 0, budget) for i in range(10)]
+    assert reg.nbytes <= budget and len(reg.entries) == 3
+    assert [s.evicted for s in stmts] == [True] * 7 + [False] * 3
+    assert set(reg.by_key.values()) == set(stmts[7:])
+    # A used statement is the last to go; a forgotten one in use comes back.
+    reg.touch(stmts[7], budget)
+    reg.touch(stmts[0], budget)
+    assert not stmts[0].evicted and stmts[8].evicted and not stmts[7].evicted
+    assert reg.nbytes <= budget
+    # One statement over the whole budget is still kept (alone): it is in use.
+    big = reg.add(_key(99, 50_000), 0, budget)
+    assert list(reg.entries) == [big] and reg.nbytes == len(big.key)
+
+
+def test_server_connections_drop_forgotten_statements_and_close_them() -> None:
+    from pgpool_proxy.session.prepared import ServerStatements, StatementRegistry
+
+    reg = StatementRegistry(1000)
+    server = ServerStatements(200)
+    a = reg.add(_key(1, 100), 0, 1000)
+    server.add(a)
+    server.sweep(reg)
+    assert a in server and not server.closing
+    b = reg.add(_key(2, 900), 0, 1000)  # a is forgotten
+    server.sweep(reg)
+    assert a not in server and len(server.closing) == 1
+    dead = server.closing[0]
+    # The server connection keeps only the name to close, not the text.
+    assert dead.name == a.name and dead.key == b"" and dead.close_frame == a.close_frame
+    # A Close the server skipped (error earlier in the pipeline) is sent again later.
+    server.closing.clear()
+    server.unclose(dead)
+    assert server.closing == [dead] and dead not in server
+    server.unclose(b)
+    assert b in server
+    server.clear()
+    assert not server.closing and not len(server)
+
+
+def test_client_statements_count_their_bytes() -> None:
+    from pgpool_proxy.session.prepared import ClientStatements, Stmt
+
+    s1, s2 = Stmt(b"p1", _key(1, 10), 0), Stmt(b"p2", _key(2, 20), 0)
+    held = ClientStatements()
+    held[b"a"] = s1
+    held[b"b"] = s2
+    assert held.nbytes == len(s1.key) + len(s2.key)
+    held[b"a"] = s2  # redefined (an undone Parse restores the previous one)
+    assert held.nbytes == 2 * len(s2.key)
+    assert held.pop(b"a") is s2 and held.pop(b"zz", None) is None
+    assert held.nbytes == len(s2.key)
+    del held[b"b"]
+    assert held.nbytes == 0 and not held
+    held[b"c"] = s1
+    held.clear()
+    assert held.nbytes == 0
