@@ -406,8 +406,9 @@ class BackendConnection(Endpoint):
                 asyncio.open_connection(host, port), self.pool.connect_timeout_s
             )
             writer.write(m.cancel_request(self.pid, self.secret))
-            # The postmaster signals the backend before it closes this socket.
-            await asyncio.wait_for(reader.read(), self.pool.connect_timeout_s)
+            # The postmaster signals the backend before it closes this socket. It sends nothing;
+            # whatever a server does send is dropped as it comes, not gathered until EOF.
+            await asyncio.wait_for(_until_eof(reader), self.pool.connect_timeout_s)
             writer.close()
         except (OSError, TimeoutError) as exc:
             log.warning("cancel for backend %s failed: %s", self.pid, exc)
@@ -546,3 +547,8 @@ class BackendConnection(Endpoint):
             hint="Give the user a plaintext password in the proxy configuration, or log in once "
             "with SCRAM so the proxy can reuse the client key.",
         )
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(4096):
+        pass
