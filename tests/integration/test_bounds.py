@@ -316,3 +316,18 @@ async def test_huge_settings_end_the_session_and_never_reach_another_client(star
     note = await other.simple_query("SELECT current_setting('app.note', true)")
     assert note in ([[None]], [[""]])
     await other.close()
+
+
+async def test_oversized_message_error_reaches_a_client_still_sending(start) -> None:  # type: ignore[no-untyped-def]
+    """The 54000 for a message over max_message_size_bytes is read by a client that is still
+    sending the body: the proxy half-closes and drains instead of closing with unread input
+    (which makes the kernel send RST and can destroy the error before it is read)."""
+    proxy = start()
+    c = await proxy.client()
+    c.send(b"Q" + (100 * MB).to_bytes(4, "big") + b"x" * (8 * MB))
+    err = await c.read_error(10)
+    assert err["C"] == "54000" and "max_message_size_bytes" in err.get("H", ""), err
+    assert await c.closed(10)
+    other = await proxy.client()
+    assert await other.simple_query("SELECT 1") == [["1"]]
+    await other.close()
