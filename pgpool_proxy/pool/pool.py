@@ -148,7 +148,8 @@ class Pool:
         if backend.state == BackendState.CLOSED:
             return
         # Texts of statements the registry forgot are let go here, not when next used.
-        backend.stmts.sweep(self.registry)
+        if backend.stmts.swept != self.registry.evictions:
+            backend.stmts.sweep(self.registry)
         if backend.cancels_in_flight:
             # Reuse only after the cancel has reached the server, so it cannot hit the next client.
             backend.release_when_cancelled = True
