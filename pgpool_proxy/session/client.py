@@ -524,7 +524,10 @@ class ClientConnection(Endpoint):
         if stmt in bs:
             bs.touch(stmt)
             registry.hits += 1
-            registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
+            if stmt.evicted:
+                registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
+            else:
+                registry.entries.move_to_end(stmt)
             return
         registry.misses += 1
         registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
