@@ -84,6 +84,11 @@ class ProxySettings:
     max_client_conn: int = 10000
     client_login_timeout_s: float = 10.0
     max_message_size_bytes: int = 64 * 1024 * 1024
+    # What the proxy keeps per client, bounded: texts of its named prepared statements (as big
+    # as the largest message, so any one statement the proxy accepts can be named), and the
+    # settings it changed (replayed on every server connection it uses).
+    max_client_statement_bytes: int = 64 * 1024 * 1024
+    max_client_settings_bytes: int = 1024 * 1024
     log_level: str = "info"
     log_format: str = "text"
     workers: int = 1
@@ -109,6 +114,8 @@ class PoolSettings:
     # Shared prepared statements each server connection keeps (transaction mode); 0 turns the
     # renaming of named statements off.
     max_prepared_statements: int = 200
+    # Bytes of statement text each pool keeps for sharing (least recently used forgotten).
+    statement_cache_bytes: int = 64 * 1024 * 1024
     # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
     # with N proxies, N x this must fit the database's max_connections.
     max_server_connections: int = 0

@@ -60,6 +60,8 @@ _PROXY_KEYS: Final[dict[str, _Key]] = {
     "max_client_conn": _Key(_Kind.INT, lo=1),
     "client_login_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
     "max_message_size_bytes": _Key(_Kind.INT, lo=_MIB, hi=_GIB),
+    "max_client_statement_bytes": _Key(_Kind.INT, lo=1024, hi=64 * _GIB),
+    "max_client_settings_bytes": _Key(_Kind.INT, lo=1024, hi=_GIB),
     "log_level": _Key(_Kind.CHOICE, choices=_LOG_LEVELS),
     "log_format": _Key(_Kind.CHOICE, choices=_LOG_FORMATS),
     "workers": _Key(_Kind.INT, lo=1, hi=64),
@@ -85,6 +87,7 @@ _POOL_KEYS: Final[dict[str, _Key]] = {
     "server_login_retry_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
     "server_reset_query": _Key(_Kind.STR),
     "max_prepared_statements": _Key(_Kind.INT, lo=0, hi=100_000),
+    "statement_cache_bytes": _Key(_Kind.INT, lo=0, hi=64 * _GIB),
     "max_server_connections": _Key(_Kind.INT, lo=0),
     "server_max_scram_iterations": _Key(_Kind.INT, lo=1, hi=10_000_000),
 }

@@ -9,6 +9,9 @@ from .errors import ProxyError, SqlState
 from .protocol.constants import INT32
 from .protocol.framing import RecvBuffer
 
+# How long a connection closed after an error reply goes on discarding what its peer sends.
+LINGER_S = 2.0
+
 
 class EndpointClosed(Exception):
     """The connection went away while a slow-path reader waited for bytes."""
@@ -20,7 +23,9 @@ class Endpoint(asyncio.BufferedProtocol):
 
     __slots__ = (
         "_wakeup",
+        "_writable",
         "eof",
+        "linger",
         "rbuf",
         "reading_paused",
         "transport",
@@ -33,7 +38,10 @@ class Endpoint(asyncio.BufferedProtocol):
         self.reading_paused = False
         self.write_paused = False
         self.eof = False
+        # Set before closing after an error reply: see close_transport.
+        self.linger = False
         self._wakeup: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
 
     def peer(self) -> Endpoint | None:
         """The endpoint linked to this one, if any."""
@@ -61,6 +69,7 @@ class Endpoint(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        _set(self._writable)
         peer = self.peer()
         if peer is not None:
             peer.resume_reading()
@@ -75,17 +84,59 @@ class Endpoint(asyncio.BufferedProtocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    def close_transport(self) -> None:
+        """Close the transport; after an error reply (`linger`), without destroying it.
+
+        Closing a socket whose peer's bytes are still unread makes the kernel send RST, and a
+        RST can discard the error reply before the peer reads it. So when reading stopped (or
+        bytes are held) while the peer kept sending, shut down the sending side after the reply,
+        discard what still arrives (buffer_updated of a closed endpoint), and close on the
+        peer's EOF or after LINGER_S.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        rb = self.rbuf
+        if not (self.linger and (self.reading_paused or rb.end > rb.start)):
+            transport.close()
+            return
+        try:
+            lingering = transport.can_write_eof()
+            if lingering:
+                transport.write_eof()
+        except (NotImplementedError, OSError, RuntimeError):
+            lingering = False
+        if not lingering:  # TLS cannot half-close
+            transport.close()
+            return
+        rb.consumed(rb.end)
+        self.reading_paused = True
+        self.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.abort)
+
     # --- slow path: awaiting whole messages during login ---------------------------------------
 
+    # While a task reads (login, the admin console), nothing consumes bytes between its reads:
+    # reading stops once the buffer is full and resumes when the task asks for more, so a peer
+    # that sends without waiting for replies holds at most one buffer here (the kernel's socket
+    # buffers then push back on it). There is no linked peer in those states, so the flag of
+    # link backpressure is free for this use.
+
+    def slow_path_data(self) -> None:
+        """Called by buffer_updated while a task reads this connection."""
+        _set(self._wakeup)
+        if self.rbuf.is_full():
+            self.pause_reading()
+
     def wake(self) -> None:
-        """Called when bytes arrive or the connection ends, to resume a waiting reader."""
-        w = self._wakeup
-        if w is not None and not w.done():
-            w.set_result(None)
+        """Called when the connection ends, to resume a waiting reader or writer."""
+        _set(self._wakeup)
+        _set(self._writable)
 
     async def wait_for_bytes(self) -> None:
         if self.transport is None or self.eof or self.is_closed():
             raise EndpointClosed
+        self.resume_reading()
         self._wakeup = asyncio.get_running_loop().create_future()
         try:
             await self._wakeup
@@ -93,6 +144,16 @@ class Endpoint(asyncio.BufferedProtocol):
             self._wakeup = None
         if self.transport is None or self.is_closed():
             raise EndpointClosed
+
+    async def wait_writable(self) -> None:
+        """Return once the transport has drained below its high-water mark (or the connection
+        ended): a task that writes replies waits here instead of buffering without bound."""
+        while self.write_paused and self.transport is not None and not self.is_closed():
+            self._writable = asyncio.get_running_loop().create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
 
     async def read_frame(self, max_len: int, what: str) -> tuple[int, bytes]:
         """The next whole typed message (type byte, body); lengths above max_len are refused."""
@@ -112,3 +173,8 @@ class Endpoint(asyncio.BufferedProtocol):
                     return t, body
                 rb.ensure_capacity(length + 1)
             await self.wait_for_bytes()
+
+
+def _set(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)

@@ -70,6 +70,8 @@ class DisconnectReason(enum.Enum):
     CANCEL_REQUEST = "cancel_request"
     SETTINGS_REJECTED = "startup_settings_rejected"
     SHUTDOWN = "shutdown"
+    # A client went past a bound on what the proxy keeps for it (statements, settings).
+    MEMORY_LIMIT = "client_memory_limit"
     # Backend-only reasons.
     IDLE_TIMEOUT = "server_idle_timeout"
     LIFETIME = "server_lifetime"

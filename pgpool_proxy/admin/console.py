@@ -37,7 +37,6 @@ MAX_ADMIN_MESSAGE = 64 * 1024
 MAX_STATEMENTS = 20
 # Replies wait (and the console stops reading) while this much is unsent to the client.
 WRITE_BUFFER_HIGH = 256 * 1024
-_DRAIN_POLL_S = 0.01
 _READY = m.ready_for_query()
 
 
@@ -64,6 +63,8 @@ def start_console(client: ClientConnection, params: Mapping[str, str]) -> None:
     if transport is None:
         raise EndpointClosed
     server.admin_sessions.add(client)
+    # The transport reports (pause_writing) once replies the client has not taken pass the mark.
+    transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
     status = {
         "server_version": f"{__version__}/pgpool-proxy",
         "server_encoding": "UTF8",
@@ -146,12 +147,9 @@ def _error(
 
 async def _drain(client: ClientConnection) -> None:
     """Wait while the client has not taken what it was sent (the console reads nothing more
-    meanwhile), so a client that does not read cannot make the proxy buffer without bound."""
-    while client.is_open():
-        transport = client.transport
-        if transport is None or transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH:
-            return
-        await asyncio.sleep(_DRAIN_POLL_S)
+    meanwhile, and stops reading once its buffer is full), so a client that does not read
+    cannot make the proxy buffer without bound."""
+    await client.wait_writable()
 
 
 def printable(text: str) -> str:

@@ -28,6 +28,8 @@ LIVE: Final = frozenset(
         ("proxy", "max_client_conn"),
         ("proxy", "client_login_timeout_s"),
         ("proxy", "max_message_size_bytes"),
+        ("proxy", "max_client_statement_bytes"),
+        ("proxy", "max_client_settings_bytes"),
         ("proxy", "log_level"),
         ("proxy", "shutdown_timeout_s"),
         *(("pool", f.name) for f in dataclasses.fields(PoolSettings)),

@@ -240,7 +240,7 @@ class BackendConnection(Endpoint):
                     SqlState.PROTOCOL_VIOLATION,
                 )
         elif state == BackendState.LOGIN:
-            self.wake()
+            self.slow_path_data()
         elif state == BackendState.IDLE:
             # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
             self.close(DisconnectReason.BACKEND_FAILED)
@@ -479,8 +479,9 @@ class BackendConnection(Endpoint):
                 asyncio.open_connection(host, port), self.pool.connect_timeout_s
             )
             writer.write(m.cancel_request(self.pid, self.secret))
-            # The postmaster signals the backend before it closes this socket.
-            await asyncio.wait_for(reader.read(), self.pool.connect_timeout_s)
+            # The postmaster signals the backend before it closes this socket. It sends nothing;
+            # whatever a server does send is dropped as it comes, not gathered until EOF.
+            await asyncio.wait_for(_until_eof(reader), self.pool.connect_timeout_s)
             writer.close()
         except (OSError, TimeoutError) as exc:
             log.warning("cancel for backend %s failed: %s", self.pid, exc)
@@ -660,6 +661,8 @@ class BackendConnection(Endpoint):
             self.login_user = self.params.get("session_authorization", "")
             self.to(BackendState.IDLE)
             self.idle_since = self.loop.time()
+            # An idle server connection reads, to notice the server saying goodbye.
+            self.resume_reading()
             return True, scram
         elif t not in (B_NOTICE, B_NEGOTIATE_PROTOCOL):
             raise BackendLoginError(
@@ -676,3 +679,8 @@ class BackendConnection(Endpoint):
             hint="Give the user a plaintext password in the proxy configuration, or log in once "
             "with SCRAM so the proxy can reuse the client key.",
         )
+
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(4096):
+        pass

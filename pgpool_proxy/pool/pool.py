@@ -149,6 +149,9 @@ class Pool:
         """Take a backend back; the oldest live waiter gets it immediately."""
         if backend.state == BackendState.CLOSED:
             return
+        # Texts of statements the registry forgot are let go here, not when next used.
+        if backend.stmts.swept != self.registry.evictions:
+            backend.stmts.sweep(self.registry)
         if backend.cancels_in_flight:
             # Reuse only after the cancel has reached the server, so it cannot hit the next client.
             backend.release_when_cancelled = True

@@ -62,12 +62,22 @@ class FrameError(Exception):
         return self.length > self.limit
 
 
+class RecvBufferFull(Exception):
+    """A read was offered a buffer that is full at its bound: the endpoint should have paused
+    reading first (a bug guard; the transport closes the connection)."""
+
+
 class RecvBuffer:
     """A growable receive buffer that a BufferedProtocol reads into without copying.
 
     Bytes [start, end) are received and not yet consumed. Once a slice has been handed to a
     transport that could not send it at once, the transport holds a view of it; `detach` then
     moves the unconsumed tail to a fresh buffer so the held bytes are never overwritten.
+
+    Growth for reads is geometric and stops at `limit`: a buffer full of unconsumed bytes at its
+    limit is not grown (each growth copies everything held, so growing by a little per read costs
+    a copy of the whole buffer per read). Its owner pauses reading before that (`is_full`).
+    Only `ensure_capacity`, asked for one frame whose length the caller has checked, goes past it.
     """
 
     __slots__ = ("buf", "end", "initial", "limit", "start", "view")
@@ -89,6 +99,11 @@ class RecvBuffer:
             else:
                 self._grow()
         return self.view[self.end :]
+
+    def is_full(self) -> bool:
+        """No room left for a read without compacting or growing: a reader that is not consuming
+        pauses here, so what it holds is bounded by the buffer's current size."""
+        return self.end == len(self.buf)
 
     def consumed(self, pos: int) -> None:
         """Mark everything before pos as consumed; rewinds to offset 0 when nothing is left."""
@@ -120,6 +135,11 @@ class RecvBuffer:
             self.view = memoryview(self.buf)
             self.start = self.end = 0
 
+    def release(self) -> None:
+        """Drop unconsumed bytes and return to the initial size (the connection has closed)."""
+        self.start = self.end = 0
+        self.shrink()
+
     def pending(self) -> int:
         return self.end - self.start
 
@@ -133,7 +153,10 @@ class RecvBuffer:
         self.start, self.end = 0, end - start
 
     def _grow(self) -> None:
-        self._replace(min(len(self.buf) * 2, max(self.limit, len(self.buf) + 1)))
+        size = len(self.buf)
+        if size >= self.limit:
+            raise RecvBufferFull(f"receive buffer full at its bound of {self.limit} bytes")
+        self._replace(min(size * 2, self.limit))
 
     def _replace(self, size: int) -> None:
         start, end = self.start, self.end

@@ -42,6 +42,7 @@ from ..protocol.sqlscan import (
     setting_names,
 )
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_Z
+from .limits import settings_limit_error
 from .prepared import (
     A_DUPLICATE,
     A_INJECTED_CLOSE,
@@ -51,6 +52,7 @@ from .prepared import (
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     Action,
+    ClientStatements,
     StatementRegistry,
     Stmt,
     command_complete,
@@ -167,7 +169,7 @@ class ClientConnection(Endpoint):
         # What the client asked for at startup (lower-case names): RESET returns here.
         self.startup_settings: dict[str, str] = {}
         # The client's named prepared statements (transaction mode), by the client's name.
-        self.stmts: dict[bytes, Stmt] = {}
+        self.stmts = ClientStatements()
         # Holding session state that cannot move (advisory lock, temp table, ...): the backend
         # stays linked between transactions until the state is gone.
         self.pinned = False
@@ -221,7 +223,9 @@ class ClientConnection(Endpoint):
             elif state == ClientState.IDLE:
                 self._on_idle_data()
             elif state == ClientState.LOGIN:
-                self.wake()
+                self.slow_path_data()
+            elif state == ClientState.CLOSED:
+                self.rbuf.consumed(self.rbuf.end)  # lingering after an error (close_transport)
             elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
                 # WAITING or REPLAYING: keep reading (so a departure is noticed) up to a bound.
                 self.pause_reading()
@@ -444,8 +448,14 @@ class ClientConnection(Endpoint):
                 return self._malformed(pos)
             name = bytes(buf[pos + 5 : nul])
             key = bytes(buf[nul + 1 : frame_end])
+            if name not in self.stmts:
+                limit = self.server.config.proxy.max_client_statement_bytes
+                if self.stmts.nbytes + len(key) > limit:
+                    return self._statements_over_budget(pos, len(key), limit)
             registry = backend.pool.registry
-            stmt = registry.by_key.get(key) or self._new_stmt(registry, key, buf, nul + 1, qend)
+            stmt = registry.by_key.get(key) or self._new_stmt(
+                registry, key, buf, nul + 1, qend, self.server.config.pool.statement_cache_bytes
+            )
             prev = self.stmts.get(name)
             if prev is not None:
                 # PostgreSQL refuses to redefine a name; so does the server, in its own order of
@@ -507,11 +517,11 @@ class ClientConnection(Endpoint):
 
     @staticmethod
     def _new_stmt(
-        registry: StatementRegistry, key: bytes, buf: bytearray, start: int, end: int
+        registry: StatementRegistry, key: bytes, buf: bytearray, start: int, end: int, budget: int
     ) -> Stmt:
         flags = classify(buf, start, end)
         names = setting_names(buf, start, end) if flags & SQL_SETTINGS else None
-        return registry.add(key, flags, names)
+        return registry.add(key, flags, names, budget)
 
     def _inspect_query(
         self, buf: bytearray, pos: int, frame_end: int, out: list[Any], backend: BackendConnection
@@ -566,16 +576,31 @@ class ClientConnection(Endpoint):
         used statement if the server's cache is full."""
         bs = backend.stmts
         units = self.scanner.units
+        registry = backend.pool.registry
         if stmt in bs:
             bs.touch(stmt)
-            backend.pool.registry.hits += 1
+            registry.hits += 1
+            if stmt.evicted:
+                registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
+            else:
+                registry.entries.move_to_end(stmt)
             return
-        backend.pool.registry.misses += 1
+        registry.misses += 1
+        registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
+        # Statements the pool forgot go from the server before anything is prepared there (a
+        # forgotten one may come back under its old name).
+        bs.sweep(registry)
+        if bs.closing:
+            for dead in bs.closing:
+                out.append(dead.close_frame)
+                units.append(Action(A_INJECTED_CLOSE, U_CLOSE, dead))
+            bs.closing.clear()
         victim = bs.add(stmt)
         if victim is not None:
             out.append(victim.close_frame)
             units.append(Action(A_INJECTED_CLOSE, U_CLOSE, victim))
-        out.append(stmt.parse_frame)
+        out.append(stmt.parse_head)
+        out.append(stmt.key)
         units.append(parse or Action(A_INJECTED_PARSE, U_PARSE, stmt))
 
     def _push(self, action: Action, backend: BackendConnection) -> None:
@@ -603,6 +628,22 @@ class ClientConnection(Endpoint):
             return frame_end
         self.scanner.skip = frame_end - end
         return end
+
+    def _statements_over_budget(self, pos: int, size: int, limit: int) -> tuple[int, int]:
+        held = self.stmts.nbytes
+        self.fail(
+            ProxyError(
+                SqlState.PROGRAM_LIMIT_EXCEEDED,
+                f"prepared statement of {size} bytes would bring this connection's named "
+                f"statements to {held + size} bytes, over proxy.max_client_statement_bytes "
+                f"({limit})",
+                hint="Close statements that are no longer used (Close message or DEALLOCATE), "
+                "or raise proxy.max_client_statement_bytes.",
+                severity="FATAL",
+            ),
+            DisconnectReason.MEMORY_LIMIT,
+        )
+        return pos, pos
 
     def _malformed(self, pos: int) -> tuple[int, int]:
         self.fail(
@@ -675,6 +716,8 @@ class ClientConnection(Endpoint):
             # setting named only inside a function): no other client gets this session unreset.
             backend.taint_owner = self
         restore = self._adopt_settings(backend, found, full=bool(flags & SQL_FULL))
+        if self._settings_over_limit(backend, self.extra_settings):
+            return
         if found.pins is not None:
             pinned = found.pins > 0 and self.release_on_idle
             if pinned != self.pinned:
@@ -710,6 +753,17 @@ class ClientConnection(Endpoint):
             self.backend_released(backend)
         else:
             self._activate()
+
+    def _settings_over_limit(self, backend: BackendConnection, settings: dict[str, str]) -> bool:
+        """Settings too big to keep and replay end the session; the server connection holding
+        them is closed, never handed on. True when that happened."""
+        err = settings_limit_error(settings, self.server.config.proxy.max_client_settings_bytes)
+        if err is None:
+            return False
+        backend.close(DisconnectReason.MEMORY_LIMIT)
+        self.backend = None
+        self.fail(err, DisconnectReason.MEMORY_LIMIT)
+        return True
 
     def _adopt_settings(
         self, backend: BackendConnection, found: SessionState, *, full: bool
@@ -837,6 +891,7 @@ class ClientConnection(Endpoint):
         if self.state == ClientState.CLOSED:
             return
         self.send_error(err)
+        self.linger = True
         log.info(
             "client error: %s user=%s db=%s %s %s",
             self.addr,
@@ -875,9 +930,12 @@ class ClientConnection(Endpoint):
             backend.client = None
             backend.scanner.units = None
             self._return_backend(backend, pool, was_pinned)
-        transport = self.transport
-        if transport is not None:
-            transport.close()
+        self.close_transport()
+        # A closed client object may live on until the garbage collector finds its reference
+        # cycles: what it held (statement texts, a grown receive buffer) goes now.
+        self.stmts.clear()
+        self.extra_settings = {}
+        self.rbuf.release()
         self.wake()
         self.server.client_closed(self, prev)
 

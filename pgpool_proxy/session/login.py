@@ -326,6 +326,8 @@ async def _login(client: ClientConnection) -> None:
         ),
     )
     client.to(ClientState.IDLE)
+    # Reading may have stopped while login held a full buffer; from now on the hot path reads.
+    client.resume_reading()
     server.counters.logins += 1
     mode = "transaction" if client.release_on_idle else "session"
     log.info(
@@ -399,6 +401,7 @@ async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
         raise EndpointClosed
     # uvloop's transports do not subclass asyncio.Transport (see Endpoint.connection_made).
     client.transport = upgraded  # type: ignore[assignment]
+    client.reading_paused = False  # the TLS transport starts out reading
 
 
 _AUTH_CLEARTEXT = b"R" + INT32.pack(8) + INT32.pack(AUTH_CLEARTEXT)

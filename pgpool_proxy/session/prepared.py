@@ -32,6 +32,8 @@ A_USE = 4  # a Bind or Describe of a shared statement: pass, and watch for a sta
 A_SYNTH = 5  # answered by the proxy: `reply` is written when the unit reaches the head
 A_DUPLICATE = 6  # a Parse of a name the client already uses: the server's 42P05, reworded
 
+_NO_BUDGET = 1 << 62
+
 PARSE_COMPLETE = _HDR.pack(b"1", 4)
 CLOSE_COMPLETE = _HDR.pack(b"3", 4)
 
@@ -41,11 +43,12 @@ class Stmt:
 
     __slots__ = (
         "close_frame",
+        "evicted",
         "flags",
         "key",
         "name",
         "names",
-        "parse_frame",
+        "parse_head",
         "use_bind",
         "use_describe",
     )
@@ -55,11 +58,37 @@ class Stmt:
         self.key = key  # the Parse body after the name: query, NUL, parameter types
         self.flags = flags  # sqlscan flags of the query text
         self.names = names or []  # the settings the text names (sqlscan.setting_names)
-        self.parse_frame = _HDR.pack(b"P", 4 + len(name) + 1 + len(key)) + name + b"\0" + key
+        # The Parse frame is this head followed by `key`, written as two pieces: a statement's
+        # text is held once, however many times it is prepared.
+        self.parse_head = _HDR.pack(b"P", 4 + len(name) + 1 + len(key)) + name + b"\0"
         self.close_frame = _HDR.pack(b"C", 4 + 1 + len(name) + 1) + b"S" + name + b"\0"
         # A Bind or Describe unit carries no per-use state: one object each, made once.
         self.use_bind = Action(A_USE, U_BIND, self)
         self.use_describe = Action(A_USE, U_DESCRIBE, self)
+        # Forgotten by the registry (see StatementRegistry): server connections drop it.
+        self.evicted = False
+
+    def forget(self) -> None:
+        """The registry let go of this statement. Its actions point back at it; that cycle would
+        keep its text alive after the last client lets go, until a garbage collection."""
+        self.evicted = True
+        self.use_bind = self.use_describe = _NO_USE
+
+    def revive(self) -> None:
+        self.evicted = False
+        self.use_bind = Action(A_USE, U_BIND, self)
+        self.use_describe = Action(A_USE, U_DESCRIBE, self)
+
+    @property
+    def parse_frame(self) -> bytes:
+        return self.parse_head + self.key
+
+    def tombstone(self) -> Stmt:
+        """What a server connection keeps of an evicted statement it still holds: the name, to
+        close it, and not the text."""
+        dead = Stmt(self.name, b"", 0)
+        dead.forget()
+        return dead
 
 
 class Action:
@@ -89,29 +118,67 @@ class Action:
         self.z = z
 
 
-class StatementRegistry:
-    """The statements of one pool, by (query, parameter types)."""
+# The use actions of a forgotten statement (never queued: a statement is readmitted first).
+_NO_USE = Action(A_USE, U_BIND)
 
-    __slots__ = ("by_key", "counter", "hits", "limit", "misses")
+
+class StatementRegistry:
+    """The statements of one pool, by (query, parameter types), within a count and byte budget.
+
+    Every statement a server connection of the pool may hold is an entry here, so the bytes of
+    statement text a pool keeps are bounded by the budget (plus one statement bigger than it).
+    Past the budget, the least recently used entries are forgotten: they are marked `evicted`,
+    and each server connection drops them (closing them on the server) the next time it is
+    released or prepares a statement. Forgetting only costs sharing: statements clients hold
+    stay valid objects (their bytes count against the client's own budget), and are readmitted
+    when used again; their names are never reused.
+    """
+
+    __slots__ = ("by_key", "counter", "entries", "evictions", "hits", "limit", "misses", "nbytes")
 
     def __init__(self, limit: int) -> None:
         self.by_key: dict[bytes, Stmt] = {}
+        # Every statement the pool keeps, least recently used first.
+        self.entries: OrderedDict[Stmt, None] = OrderedDict()
+        self.nbytes = 0
         self.counter = 0
         self.limit = limit
+        # Bumped on each eviction: server connections look for evicted statements when it moved.
+        self.evictions = 0
         # Uses of a statement its server connection had prepared / had to be given (metrics).
         self.hits = 0
         self.misses = 0
 
-    def add(self, key: bytes, flags: int, names: list[str] | None = None) -> Stmt:
+    def add(
+        self, key: bytes, flags: int, names: list[str] | None = None, budget: int = _NO_BUDGET
+    ) -> Stmt:
         """A new statement for key (callers look in `by_key` first)."""
-        if len(self.by_key) >= self.limit:
-            # Forgetting only costs sharing: statements clients hold stay valid objects, and
-            # their names are never reused.
-            self.by_key.clear()
         self.counter += 1
         stmt = Stmt(b"pgpool_%x" % self.counter, key, flags, names)
         self.by_key[key] = stmt
+        self._admit(stmt, budget)
         return stmt
+
+    def touch(self, stmt: Stmt, budget: int = _NO_BUDGET) -> None:
+        """stmt is being used on a server connection: keep it (readmitted if forgotten)."""
+        entries = self.entries
+        if stmt in entries:
+            entries.move_to_end(stmt)
+        else:
+            stmt.revive()
+            self._admit(stmt, budget)
+
+    def _admit(self, stmt: Stmt, budget: int) -> None:
+        entries = self.entries
+        entries[stmt] = None
+        self.nbytes += len(stmt.key)
+        while len(entries) > 1 and (self.nbytes > budget or len(entries) > self.limit):
+            victim, _ = entries.popitem(last=False)
+            self.nbytes -= len(victim.key)
+            victim.forget()
+            self.evictions += 1
+            if self.by_key.get(victim.key) is victim:
+                del self.by_key[victim.key]
 
     def retire(self, stmt: Stmt) -> None:
         """The statement's plan went stale (DDL): the next Parse of its text gets a new one."""
@@ -119,14 +186,50 @@ class StatementRegistry:
             del self.by_key[stmt.key]
 
 
+class ClientStatements(dict[bytes, Stmt]):
+    """A client's named statements (its name -> statement), with the bytes of their texts
+    counted for the client's budget (proxy.max_client_statement_bytes)."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+
+    def __setitem__(self, name: bytes, stmt: Stmt) -> None:
+        old = super().get(name)
+        if old is not None:
+            self.nbytes -= len(old.key)
+        self.nbytes += len(stmt.key)
+        super().__setitem__(name, stmt)
+
+    def __delitem__(self, name: bytes) -> None:
+        self.nbytes -= len(self[name].key)
+        super().__delitem__(name)
+
+    def pop(self, name: bytes, *default: Stmt | None) -> Stmt | None:  # type: ignore[override]
+        stmt = super().pop(name, *default)
+        if stmt is not None and name not in self:
+            self.nbytes -= len(stmt.key)
+        return stmt
+
+    def clear(self) -> None:
+        super().clear()
+        self.nbytes = 0
+
+
 class ServerStatements:
     """What one server connection has prepared, least recently used first."""
 
-    __slots__ = ("lru", "size")
+    __slots__ = ("closing", "lru", "size", "swept")
 
     def __init__(self, size: int) -> None:
         self.lru: OrderedDict[Stmt, None] = OrderedDict()
         self.size = size
+        # Statements the registry forgot that the server still holds (tombstones): closed on the
+        # server before this connection next prepares anything.
+        self.closing: list[Stmt] = []
+        self.swept = 0  # the registry's eviction count when this connection last looked
 
     def __contains__(self, stmt: Stmt) -> bool:
         return stmt in self.lru
@@ -148,8 +251,26 @@ class ServerStatements:
     def discard(self, stmt: Stmt) -> None:
         self.lru.pop(stmt, None)
 
+    def unclose(self, stmt: Stmt) -> None:
+        """A Close the proxy sent was skipped by the server: the statement is still there."""
+        if stmt.evicted:
+            self.closing.append(stmt)
+        else:
+            self.lru[stmt] = None
+
+    def sweep(self, registry: StatementRegistry) -> None:
+        """Let go of the texts of statements the registry forgot (cheap when it forgot none)."""
+        if self.swept == registry.evictions:
+            return
+        self.swept = registry.evictions
+        dead = [stmt for stmt in self.lru if stmt.evicted]
+        for stmt in dead:
+            del self.lru[stmt]
+            self.closing.append(stmt.tombstone())
+
     def clear(self) -> None:
         self.lru.clear()
+        self.closing.clear()
 
 
 def duplicate_parse(stmt: Stmt, key: bytes) -> bytes:

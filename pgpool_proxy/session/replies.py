@@ -113,7 +113,7 @@ def _failed(
         if fields.get("C") != "42P05":  # "already exists": it is there after all
             backend.stmts.discard(stmt)
     elif kind == A_INJECTED_CLOSE:
-        backend.stmts.lru[stmt] = None
+        backend.stmts.unclose(stmt)
     elif kind == A_USE:
         code = fields.get("C")
         if code == "0A000" and _STALE_PLAN in fields.get("M", ""):
@@ -137,7 +137,7 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
     elif kind == A_INJECTED_PARSE:
         backend.stmts.discard(stmt)
     elif kind == A_INJECTED_CLOSE:
-        backend.stmts.lru[stmt] = None
+        backend.stmts.unclose(stmt)
     elif kind == A_SYNTH:
         if a.reply == CLOSE_COMPLETE or a.z:
             client.stmts[a.client_name] = stmt

@@ -295,14 +295,15 @@ def test_registry_names_are_hex_unique_and_never_reused() -> None:
     assert again.name == b"pgpool_29"
 
 
-def test_registry_limit_clears() -> None:
+def test_registry_limit_evicts_least_recently_used() -> None:
     reg = StatementRegistry(2)
     k1, k2, k3 = key_of(b"a"), key_of(b"b"), key_of(b"c")
     s1 = reg.add(k1, 0)
-    reg.add(k2, 0)
+    s2 = reg.add(k2, 0)
     assert len(reg.by_key) == 2
     s3 = reg.add(k3, 0)
-    assert reg.by_key == {k3: s3}
+    assert reg.by_key == {k2: s2, k3: s3}
+    assert s1.evicted and not s2.evicted and reg.evictions == 1
     # Statements clients hold stay valid objects.
     assert s1.name == b"pgpool_1"
     assert s1.parse_frame.startswith(b"P")
