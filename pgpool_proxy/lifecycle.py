@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .auth.scram import ScramVerifier
 from .config import Config, ConfigError, DatabaseConfig, load_config
 from .errors import DisconnectReason, ProxyError, SqlState
+from .pool.connect import tcp_tuning
 from .protocol.constants import TX_IDLE
 from .session.client import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
@@ -204,6 +205,10 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "login_retry_s": pool.server_login_retry_s,
         "reset_query": pool.server_reset_query,
         "max_prepared_statements": pool.max_prepared_statements,
+        "query_timeout_s": pool.query_timeout_s,
+        "check_delay_s": pool.server_check_delay_s,
+        "check_timeout_s": pool.server_check_timeout_s,
+        "tcp": tcp_tuning(pool),
     }
     # Multi-host settings, where this build has them.
     for name in ("reader_fallback", "max_replica_lag_bytes"):

@@ -17,6 +17,7 @@ from .config import Config, DatabaseConfig, DatabaseRole, UserConfig
 from .counters import ProxyCounters
 from .errors import DisconnectReason
 from .pool.budget import ServerBudget
+from .pool.connect import tcp_tuning, tune_socket
 from .pool.pool import Pool, PoolSpec
 from .pool.tracking import Tracking
 from .protocol.constants import TRACKED_PARAMS
@@ -105,6 +106,9 @@ class ProxyServer:
         self.host, self.port = sock.getsockname()[:2]
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Accepted sockets inherit keepalive and TCP_USER_TIMEOUT from the listener (Linux):
+            # a client host that vanished mid-transaction frees its server connection.
+            tune_socket(s, tcp_tuning(self.config.pool))
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         from .admin.http import start_metrics_endpoint
 
@@ -284,6 +288,10 @@ class ProxyServer:
                 reader_fallback=db.reader_fallback,
                 max_replica_lag_bytes=db.max_replica_lag_bytes,
                 failover_timeout_s=cfg.topology.failover_timeout_s,
+                query_timeout_s=cfg.pool.query_timeout_s,
+                check_delay_s=cfg.pool.server_check_delay_s,
+                check_timeout_s=cfg.pool.server_check_timeout_s,
+                tcp=tcp_tuning(cfg.pool),
             )
             pool = Pool(spec, self.spawn)
             pool.budget = self.budget
