@@ -99,6 +99,8 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
         logging.getLogger().setLevel(new.proxy.log_level.upper())
     if new.pool.max_server_connections != old.pool.max_server_connections:
         server.set_server_budget(new.pool.max_server_connections)
+    if tcp_tuning(new.pool) != tcp_tuning(old.pool):
+        server.tune_listeners()  # clients accepted from now on; server sockets as they open
     for (db_name, server_user), pool in list(server.pools.items()):
         db = new.database(db_name)
         if db is None:

@@ -106,9 +106,7 @@ class ProxyServer:
         self.host, self.port = sock.getsockname()[:2]
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Accepted sockets inherit keepalive and TCP_USER_TIMEOUT from the listener (Linux):
-            # a client host that vanished mid-transaction frees its server connection.
-            tune_socket(s, tcp_tuning(self.config.pool))
+        self.tune_listeners()
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         from .admin.http import start_metrics_endpoint
 
@@ -142,6 +140,13 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)
+
+    def tune_listeners(self) -> None:
+        """Accepted sockets inherit keepalive and TCP_USER_TIMEOUT from the listener (Linux): a
+        client host that vanished mid-transaction frees its server connection."""
+        if self._server is not None:
+            for s in self._server.sockets:
+                tune_socket(s, tcp_tuning(self.config.pool))
 
     def set_server_budget(self, limit: int) -> None:
         """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A

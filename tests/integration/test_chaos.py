@@ -24,10 +24,11 @@ import asyncpg
 import pytest
 
 from pgpool_proxy.errors import DisconnectReason
+from pgpool_proxy.lifecycle import apply_config
 from pgpool_proxy.protocol import messages as m
 from tests.support.chaos import ChaosRelay, Mode
 from tests.support.pg import LocalPostgres
-from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy, make_config
 from tests.support.rawpg import RawClient, RawError
 from tests.support.robustness import backends, eventually, login, one_value, settle
 
@@ -82,7 +83,9 @@ async def until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], time
 # --- keepalive --------------------------------------------------------------------------------
 
 
-async def test_keepalive_and_user_timeout_on_both_sides(start_proxy: StartProxy) -> None:
+async def test_keepalive_and_user_timeout_on_both_sides(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
     proxy = start_proxy(
         pool={"tcp_keepidle_s": 7, "tcp_keepintvl_s": 3, "tcp_keepcnt": 4, "tcp_user_timeout_s": 9}
     )
@@ -114,6 +117,19 @@ async def test_keepalive_and_user_timeout_on_both_sides(start_proxy: StartProxy)
         got = proxy.call(options)
         assert len(got) == 2, got  # one server socket, one client socket
         want = (1, 7, 3, 4, 9000)[: len(got[0])]
+        assert all(v == want for v in got), got
+        # A reload (or the console's SET) applies to clients accepted and servers opened
+        # from then on.
+        new = make_config(pg, pool={"tcp_keepidle_s": 8, "tcp_user_timeout_s": 2})
+        proxy.call(lambda: apply_config(proxy.server, new))  # type: ignore[arg-type]
+        pool = proxy.call(lambda: proxy.server.pools[("app", "alice")])  # type: ignore[union-attr]
+        proxy.call(lambda: pool.retire(DisconnectReason.POOL_CLOSED))  # the idle server goes
+        await c.close()
+        c = await login(proxy)
+        assert await one_value(c, "select 1") == "1"
+        got = proxy.call(options)
+        assert len(got) == 2, got
+        want = (1, 8, 5, 3, 2000)[: len(got[0])]
         assert all(v == want for v in got), got
     finally:
         await c.close()
