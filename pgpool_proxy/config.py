@@ -122,6 +122,20 @@ class PoolSettings:
     # The most PBKDF2 iterations a server's SCRAM challenge may ask of the proxy (PostgreSQL's
     # default is 4096); a server asking more is refused rather than allowed to burn CPU.
     server_max_scram_iterations: int = 100_000
+    # A server that owes a client a reply and sends nothing for this long is given up on: the
+    # query is cancelled, the server connection closed, the client told 57014 (0: off).
+    query_timeout_s: float = 0.0
+    # A pooled server connection idle this long is asked an empty query before more idle time;
+    # one that stays silent for server_check_timeout_s (as does one silent on a reset or a
+    # settings replay) is closed and replaced (0: no periodic check).
+    server_check_delay_s: float = 30.0
+    server_check_timeout_s: float = 10.0
+    # Kernel dead-peer detection on client and server sockets (see pool.connect.TcpTuning).
+    tcp_keepalive: bool = True
+    tcp_keepidle_s: int = 15
+    tcp_keepintvl_s: int = 5
+    tcp_keepcnt: int = 3
+    tcp_user_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

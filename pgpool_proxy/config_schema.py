@@ -90,6 +90,15 @@ _POOL_KEYS: Final[dict[str, _Key]] = {
     "statement_cache_bytes": _Key(_Kind.INT, lo=0, hi=64 * _GIB),
     "max_server_connections": _Key(_Kind.INT, lo=0),
     "server_max_scram_iterations": _Key(_Kind.INT, lo=1, hi=10_000_000),
+    # Silent servers (pool.pool.Pool._watch) and kernel dead-peer detection (pool.connect).
+    "query_timeout_s": _Key(_Kind.FLOAT, lo=0),
+    "server_check_delay_s": _Key(_Kind.FLOAT, lo=0),
+    "server_check_timeout_s": _Key(_Kind.FLOAT, lo=0, lo_open=True),
+    "tcp_keepalive": _Key(_Kind.BOOL),
+    "tcp_keepidle_s": _Key(_Kind.INT, lo=1, hi=32767),
+    "tcp_keepintvl_s": _Key(_Kind.INT, lo=1, hi=32767),
+    "tcp_keepcnt": _Key(_Kind.INT, lo=1, hi=127),
+    "tcp_user_timeout_s": _Key(_Kind.FLOAT, lo=0, hi=2_000_000),
 }
 
 _AUTH_KEYS: Final[dict[str, _Key]] = {

@@ -81,3 +81,5 @@ class DisconnectReason(enum.Enum):
     FAILOVER = "failover"  # the writer moved, or a replica left the usable set
     BUDGET_EVICTED = "max_server_connections"  # closed to make room for another pool
     ADMIN_KILL = "admin_kill"  # KILL db on the admin console
+    QUERY_TIMEOUT = "query_timeout"  # the server sent nothing for pool.query_timeout_s
+    SERVER_SILENT = "server_check_failed"  # no answer to the proxy's own statement in time

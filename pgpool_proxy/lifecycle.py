@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .auth.scram import ScramVerifier
 from .config import Config, ConfigError, DatabaseConfig, load_config
 from .errors import DisconnectReason, ProxyError, SqlState
+from .pool.connect import tcp_tuning
 from .protocol.constants import TX_IDLE
 from .session.client import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
@@ -98,6 +99,8 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
         logging.getLogger().setLevel(new.proxy.log_level.upper())
     if new.pool.max_server_connections != old.pool.max_server_connections:
         server.set_server_budget(new.pool.max_server_connections)
+    if tcp_tuning(new.pool) != tcp_tuning(old.pool):
+        server.tune_listeners()  # clients accepted from now on; server sockets as they open
     for (db_name, server_user), pool in list(server.pools.items()):
         db = new.database(db_name)
         if db is None:
@@ -205,6 +208,10 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "reset_query": pool.server_reset_query,
         "max_prepared_statements": pool.max_prepared_statements,
         "max_scram_iterations": pool.server_max_scram_iterations,
+        "query_timeout_s": pool.query_timeout_s,
+        "check_delay_s": pool.server_check_delay_s,
+        "check_timeout_s": pool.server_check_timeout_s,
+        "tcp": tcp_tuning(pool),
     }
     # Multi-host settings, where this build has them.
     for name in ("reader_fallback", "max_replica_lag_bytes"):

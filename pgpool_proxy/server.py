@@ -17,6 +17,7 @@ from .config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
 from .counters import ProxyCounters
 from .errors import DisconnectReason
 from .pool.budget import ServerBudget
+from .pool.connect import tcp_tuning, tune_socket
 from .pool.pool import Pool, PoolSpec
 from .pool.tracking import Tracking
 from .protocol.constants import TRACKED_PARAMS
@@ -108,6 +109,7 @@ class ProxyServer:
         self.host, self.port = sock.getsockname()[:2]
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tune_listeners()
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
@@ -144,6 +146,13 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0)
+
+    def tune_listeners(self) -> None:
+        """Accepted sockets inherit keepalive and TCP_USER_TIMEOUT from the listener (Linux): a
+        client host that vanished mid-transaction frees its server connection."""
+        if self._server is not None:
+            for s in self._server.sockets:
+                tune_socket(s, tcp_tuning(self.config.pool))
 
     def set_server_budget(self, limit: int) -> None:
         """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
@@ -291,6 +300,10 @@ class ProxyServer:
                 reader_fallback=db.reader_fallback,
                 max_replica_lag_bytes=db.max_replica_lag_bytes,
                 failover_timeout_s=cfg.topology.failover_timeout_s,
+                query_timeout_s=cfg.pool.query_timeout_s,
+                check_delay_s=cfg.pool.server_check_delay_s,
+                check_timeout_s=cfg.pool.server_check_timeout_s,
+                tcp=tcp_tuning(cfg.pool),
             )
             pool = Pool(spec, self.spawn)
             pool.budget = self.budget

@@ -139,6 +139,7 @@ class BackendConnection(Endpoint):
         "address",
         "applied_sig",
         "cancels_in_flight",
+        "checked_at",
         "client",
         "close_reason",
         "created_at",
@@ -157,8 +158,11 @@ class BackendConnection(Endpoint):
         "pid",
         "pool",
         "release_when_cancelled",
+        "rx_bytes",
+        "rx_mark",
         "scanner",
         "secret",
+        "silent_since",
         "state",
         "stmts",
         "taint_owner",
@@ -206,6 +210,12 @@ class BackendConnection(Endpoint):
         self.cancels_in_flight = 0
         self.release_when_cancelled = False
         self.close_reason: DisconnectReason | None = None
+        # Liveness (Pool._watch): bytes received so far, the count the janitor last saw, since
+        # when it has seen no new byte while a reply was owed, and the last idle check.
+        self.rx_bytes = 0
+        self.rx_mark = 0
+        self.silent_since: float | None = None
+        self.checked_at = self.created_at
 
     # --- state -------------------------------------------------------------------------------
 
@@ -228,6 +238,7 @@ class BackendConnection(Endpoint):
     def buffer_updated(self, nbytes: int) -> None:
         rb = self.rbuf
         rb.end += nbytes
+        self.rx_bytes += nbytes
         state = self.state
         if state == BackendState.ACTIVE or state == BackendState.RESETTING:
             try:

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
 from ..config_topology import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from .backend import BackendConnection, BackendLoginError, BackendState
@@ -81,7 +82,7 @@ class _ProbeSpec:
 
     def __init__(self) -> None:
         self.max_prepared_statements = 0
-        self.max_scram_iterations = 100_000
+        self.max_scram_iterations = DEFAULT_MAX_SERVER_ITERATIONS
 
 
 class ProbeConnection:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..protocol.constants import TX_IDLE
 from ..session.prepared import StatementRegistry
 from .backend import BackendConnection, BackendLoginError, BackendState
-from .connect import NO_TLS, ServerTls, open_server_transport
+from .connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
 
 if TYPE_CHECKING:
     from ..config import PoolMode
@@ -72,6 +73,11 @@ class PoolSpec:
     max_replica_lag_bytes: int = 0
     failover_timeout_s: float = 30.0
     max_scram_iterations: int = DEFAULT_MAX_SERVER_ITERATIONS
+    # Silent servers (see Pool._watch) and kernel dead-peer detection (connect.TcpTuning).
+    query_timeout_s: float = 0.0
+    check_delay_s: float = 30.0
+    check_timeout_s: float = 10.0
+    tcp: TcpTuning = DEFAULT_TCP
 
 
 class Pool:
@@ -89,6 +95,8 @@ class Pool:
         self._spawn = spawn
         self.loop = asyncio.get_running_loop()
         self.idle: list[BackendConnection] = []
+        # Every server connection this pool opened and has not closed (the janitor's watch).
+        self.backends: set[BackendConnection] = set()
         self.waiters: deque[ClientConnection] = deque()
         self.total = 0  # connecting + idle + linked + resetting
         self.connecting = 0
@@ -194,6 +202,7 @@ class Pool:
 
     def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
         self.total -= 1
+        self.backends.discard(backend)
         if self.budget is not None:
             self.budget.released(self)
         if self.topology is not None:
@@ -311,11 +320,12 @@ class Pool:
                 )
             backend.address = address
             self.by_address[address] = self.by_address.get(address, 0) + 1
+        self.backends.add(backend)
         host, port = backend.address
         try:
             try:
                 async with asyncio.timeout(spec.connect_timeout_s):
-                    await open_server_transport(lambda: backend, host, port, spec.tls)
+                    await open_server_transport(lambda: backend, host, port, spec.tls, spec.tcp)
                     await backend.login(
                         user,
                         spec.dbname,
@@ -512,6 +522,7 @@ class Pool:
                 and self.total > spec.min_size
             ):
                 backend.close(DisconnectReason.IDLE_TIMEOUT)
+        self._watch(now)
         # Retry for queued clients and refill to the minimum, pacing attempts after a failure.
         if not self.closed and now - self.last_connect_failure_at >= spec.login_retry_s:
             if self.connecting == 0:
@@ -522,6 +533,106 @@ class Pool:
                 and (self.budget is None or self.budget.in_use() < self.budget.limit)
             ):
                 self._launch()
+
+    # --- silent servers ----------------------------------------------------------------------
+
+    def _watch(self, now: float) -> None:
+        """Give up on server connections that owe a reply and send nothing, and check the ones
+        idle in the pool for a while.
+
+        Keepalive and TCP_USER_TIMEOUT find a dead host or a cut path; they cannot find a
+        server (or a middlebox) that keeps the TCP connection alive and answers nothing. Only
+        silence while a reply is owed tells: the janitor samples each connection's byte count,
+        so the hot path pays one integer add per read and no timer.
+        """
+        spec = self.spec
+        for backend in list(self.backends):
+            state = backend.state
+            if state == BackendState.IDLE or state == BackendState.CLOSED:
+                continue
+            if backend.internal_pending:
+                # The proxy's own statements (check, reset, settings replay) are trivial.
+                limit = spec.check_timeout_s
+            else:
+                client = backend.client
+                cs = client.scanner if client is not None else None
+                if (
+                    cs is None
+                    or not spec.query_timeout_s
+                    or cs.pending <= 0
+                    # The client is the one talking (COPY FROM STDIN), or not reading what
+                    # the server already sent: the server owes nothing.
+                    or cs.copy_in
+                    or backend.reading_paused
+                ):
+                    backend.silent_since = None
+                    continue
+                limit = spec.query_timeout_s
+            if backend.silent_since is None or backend.rx_bytes != backend.rx_mark:
+                backend.rx_mark = backend.rx_bytes
+                backend.silent_since = now
+            elif now - backend.silent_since >= limit:
+                self._silent(backend, now - backend.silent_since)
+        delay = spec.check_delay_s
+        if delay and not self.closed:
+            for backend in list(self.idle):
+                if now - max(backend.idle_since, backend.checked_at) >= delay:
+                    self.idle.remove(backend)
+                    backend.to(BackendState.RESETTING)
+                    backend.checked_at = now
+                    backend.on_internal_done = self._checked
+                    # An empty query: EmptyQueryResponse + ReadyForQuery, no parse, no snapshot.
+                    backend.send_internal("")
+
+    def _silent(self, backend: BackendConnection, silent_s: float) -> None:
+        internal = bool(backend.internal_pending)
+        client = backend.client
+        what = "the proxy's own statement" if internal else "a query"
+        log.warning(
+            "server silent: pool=%s pid=%s sent nothing for %.1fs while it owed a reply to %s; "
+            "closing it",
+            self.name,
+            backend.pid,
+            silent_s,
+            what,
+            extra={"event": "server_silent", "pool": self.name},
+        )
+        # A live server stops the query (and frees its process); a dead one costs one bounded
+        # attempt (connect_timeout_s).
+        backend.send_cancel()
+        backend.close(
+            DisconnectReason.SERVER_SILENT if internal else DisconnectReason.QUERY_TIMEOUT
+        )
+        if client is None:
+            return
+        if internal:
+            err = ProxyError(
+                SqlState.CONNECTION_FAILURE,
+                f"server connection lost: the server did not answer within "
+                f"{self.spec.check_timeout_s:g}s (pool.server_check_timeout_s)",
+            )
+        else:
+            err = ProxyError(
+                SqlState.QUERY_CANCELED,
+                f"query_timeout: the server sent nothing for {self.spec.query_timeout_s:g}s "
+                "while this query waited (pool.query_timeout_s); the query was cancelled and "
+                "the server connection closed",
+                hint="Retry the transaction; raise pool.query_timeout_s for longer queries.",
+            )
+        client.backend_failed(err)
+
+    def _checked(
+        self, backend: BackendConnection, errors: list[dict[str, str]], rows: object
+    ) -> None:
+        """The idle check answered: back to the pool, keeping its idle time for idle_timeout."""
+        if errors or backend.tx_status != TX_IDLE or backend.state != BackendState.RESETTING:
+            backend.close(DisconnectReason.SERVER_SILENT)
+            return
+        since = backend.idle_since
+        backend.to(BackendState.IDLE)
+        self.release(backend)
+        if backend.client is None and not backend.is_closed():
+            backend.idle_since = since  # back in the idle list, not handed to a waiter
 
     def close(self) -> None:
         self.closed = True

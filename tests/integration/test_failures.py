@@ -8,7 +8,6 @@ superuser connection), never the proxy's own bookkeeping alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ import asyncpg
 import pytest
 
 from pgpool_proxy.protocol import messages as m
+from tests.support.chaos import ChaosRelay
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, StartProxy
 from tests.support.rawpg import RawClient, RawError
@@ -235,60 +235,8 @@ async def test_backend_down_gives_08001(start_proxy: StartProxy) -> None:
     assert proxy.pool_stats().get("total", 0) == 0
 
 
-class Relay:
-    """A TCP relay in front of PostgreSQL that a test can cut (a server crash), restart on the
-    same port, or turn into a black hole that accepts and never answers."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.blackhole = False
-        self.reject = False  # accept, then reset at once (a server that cannot take logins)
-        self.accepted = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> Relay:
-        self._server = await asyncio.start_server(
-            self._handle, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        if self.reject:
-            writer.transport.abort()
-            return
-        self._writers.add(writer)
-        if self.blackhole:
-            with contextlib.suppress(OSError):
-                while await reader.read(65536):
-                    pass
-            return
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.add(up_writer)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def cut(self) -> None:
-        """Stop listening and reset every relayed connection."""
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-
-
 async def test_server_crash_and_recovery(pg: LocalPostgres, start_proxy: StartProxy) -> None:
-    relay = await Relay(pg.host, pg.port).start()
+    relay = await ChaosRelay(pg.host, pg.port).start()
     proxy = start_proxy(
         databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
         pool={"default_pool_size": 2, "query_wait_timeout_s": 30},
@@ -329,7 +277,7 @@ async def test_server_crash_and_recovery(pg: LocalPostgres, start_proxy: StartPr
 
 
 async def test_server_that_never_answers(pg: LocalPostgres, start_proxy: StartProxy) -> None:
-    relay = await Relay(pg.host, pg.port).start()
+    relay = await ChaosRelay(pg.host, pg.port).start()
     relay.blackhole = True
     proxy = start_proxy(
         databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
@@ -350,7 +298,7 @@ async def test_server_that_never_answers(pg: LocalPostgres, start_proxy: StartPr
 
 
 async def test_failed_server_connects_are_paced(pg: LocalPostgres, start_proxy: StartProxy) -> None:
-    relay = await Relay(pg.host, pg.port).start()
+    relay = await ChaosRelay(pg.host, pg.port).start()
     proxy = start_proxy(
         databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
         pool={"default_pool_size": 2, "query_wait_timeout_s": 2},
