@@ -16,6 +16,7 @@ from .auth.scram import ScramVerifier
 from .config import Config, DatabaseConfig, DatabaseRole, UserConfig
 from .counters import ProxyCounters
 from .errors import DisconnectReason
+from .loopwatch import LoopWatch
 from .pool.budget import ServerBudget
 from .pool.pool import Pool, PoolSpec
 from .pool.tracking import Tracking
@@ -60,6 +61,7 @@ class ProxyServer:
         self._client_keys: dict[tuple[str, str], bytes] = {}
         # Plain ints read by the metrics collector at scrape time (see counters).
         self.counters = ProxyCounters()
+        self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
         self.metrics_endpoint: Any = None  # admin.http.MetricsEndpoint when [metrics] listen
         # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
         self.draining = False  # SIGTERM/SHUTDOWN: listener closed, clients leaving
@@ -106,6 +108,7 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
+        self.loopwatch.start()
         from .admin.http import start_metrics_endpoint
 
         self.metrics_endpoint = await start_metrics_endpoint(self)
@@ -121,6 +124,7 @@ class ProxyServer:
             self._peer_server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        self.loopwatch.stop()
         self.tracking.stop()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
