@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .auth.scram import ScramVerifier
 from .config import Config, DatabaseConfig, DatabaseRole, UserConfig
-from .counters import ProxyCounters
+from .counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
 from .errors import DisconnectReason
 from .loopwatch import LoopWatch
 from .pool.budget import ServerBudget
@@ -225,21 +225,29 @@ class ProxyServer:
 
     def cancel_request(self, pid: int, secret: int) -> None:
         ident = self.identity
+        results = self.counters.cancel_requests
         owner = pid >> WORKER_SHIFT
         if owner != ident.index:
             if ident.count > 1 and owner < ident.count:
+                results[CANCEL_RELAYED] += 1
                 self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
+            else:
+                results[CANCEL_UNKNOWN] += 1
             return
         client = self.clients.get(pid)
         if client is None or not secrets.compare_digest(
             client.key_secret.to_bytes(4, "big"), secret.to_bytes(4, "big")
         ):
-            log.info("cancel request with an unknown key ignored")
+            results[CANCEL_UNKNOWN] += 1
+            log.debug("cancel request with an unknown key ignored")
             return
         backend = client.backend
         # Only the backend serving this client right now may be cancelled.
         if backend is not None and client.state == ClientState.ACTIVE:
+            results[CANCEL_SENT] += 1
             backend.send_cancel()
+        else:
+            results[CANCEL_IDLE] += 1
 
     async def _relay_cancel(self, owner: int, pid: int, secret: int) -> None:
         try:

@@ -147,7 +147,16 @@ def _client_families(server: ProxyServer) -> list[Metric]:
     )
     for why, count in counters.client_disconnects.items():
         gone.add_metric([why.value], count)
-    return [clients, accepted, logins, auth, gone]
+    cancels = CounterMetricFamily(
+        "pgpool_proxy_cancel_requests",
+        "Cancel requests by result (sent: to the server running the key's query; idle: valid "
+        "key, nothing running; unknown_key: no such key or wrong secret; relayed: to another "
+        "worker)",
+        labels=["result"],
+    )
+    for result, count in getattr(counters, "cancel_requests", {}).items():
+        cancels.add_metric([result], count)
+    return [clients, accepted, logins, auth, gone, cancels]
 
 
 # --- pools -----------------------------------------------------------------------------------
