@@ -248,6 +248,19 @@ def latency_table(summary: Sequence[dict[str, Any]]) -> str:
     return _table(headers, rows)
 
 
+def loop_lag_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per scenario, the worst per-run p99 and max event-loop lag of the proxy over rounds."""
+    worst: dict[str, list[float]] = {}
+    for r in runs:
+        lag = r.get("loop_lag")
+        if lag:
+            row = worst.setdefault(r["scenario"], [0.0, 0.0])
+            row[0] = max(row[0], lag["p99_ms"])
+            row[1] = max(row[1], lag["max_ms"])
+    rows = [[name, _fmt(p99, ".1f"), _fmt(top, ".1f")] for name, (p99, top) in worst.items()]
+    return _table(["scenario (proxy)", "loop lag p99 ms", "loop lag max ms"], rows)
+
+
 def memory_table(memory: Sequence[dict[str, Any]]) -> str:
     rows = []
     for m in memory:
@@ -294,6 +307,9 @@ def format_report(results: dict[str, Any]) -> str:
     if any(s["kind"] == "latency" for s in results["summary"]):
         parts += ["", "Latency at 1 client (select-only, per-transaction log):"]
         parts.append(latency_table(results["summary"]))
+    if any(r.get("loop_lag") for r in results.get("runs", [])):
+        parts += ["", "Event-loop lag of the proxy (worst run per scenario; p99: a bucket bound):"]
+        parts.append(loop_lag_table(results["runs"]))
     if results.get("memory"):
         parts += ["", "Memory with idle authenticated clients:", memory_table(results["memory"])]
     notes = notes_lines(results)

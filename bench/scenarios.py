@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import looplag
 from .pgbench import run_pgbench
 from .targets import Database, Target, cpu_seconds, process_tree
 
@@ -184,6 +185,8 @@ def run_matrix(
             except Exception as exc:
                 notes.append(f"{target.label} could not be restarted: {exc}")
         pid = target.pid
+        metrics_port = int(getattr(target, "metrics_port", 0))
+        lag_before = looplag.scrape(target.host, metrics_port) if metrics_port else None
         with contextlib.ExitStack() as stack:
             sampler = stack.enter_context(CpuSampler(pid)) if pid is not None else None
             result = run_pgbench(
@@ -198,6 +201,9 @@ def run_matrix(
                 connect_each=spec.connect_each,
                 latency_log=spec.latency_log,
             )
+        lag = None
+        if lag_before is not None:
+            lag = looplag.between(lag_before, looplag.scrape(target.host, metrics_port))
         cpu = steady = None
         if sampler is not None:
             cpu = sampler.total
@@ -221,6 +227,7 @@ def run_matrix(
                 else None
             ),
             "target_alive_after": target.alive(),
+            "loop_lag": lag,
         }
         if not record["target_alive_after"]:
             record["error"] = (record["error"] + "; " if record["error"] else "") + (
@@ -230,6 +237,8 @@ def run_matrix(
         status = f"{result.tps:10.0f} tps"
         if scenario.kind == "latency" and result.p50_ms is not None:
             status += f", p50 {result.p50_ms * 1000:.0f} us"
+        if lag is not None:
+            status += f", loop lag p99 {lag['p99_ms']:g} ms max {lag['max_ms']:g} ms"
         if result.failed:
             status += f", {result.failed} failed"
         if record["error"]:

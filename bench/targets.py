@@ -343,6 +343,7 @@ class ProxyTarget(_ProcessTarget):
     ) -> None:
         super().__init__(db, pool_size)
         self.extra = extra or {}
+        self.metrics_port = 0  # its Prometheus endpoint (bench.looplag scrapes the loop lag)
 
     def config_text(self) -> str:
         sections: dict[str, dict[str, Any]] = {
@@ -355,6 +356,8 @@ class ProxyTarget(_ProcessTarget):
             "pool": {"default_pool_size": self.pool_size, "query_wait_timeout_s": 120},
             "auth": {"type": "md5"},
         }
+        if self.metrics_port:
+            sections["metrics"] = {"listen": f"{HOST}:{self.metrics_port}"}
         for section, values in self.extra.items():
             sections.setdefault(section, {}).update(values)
         lines: list[str] = []
@@ -381,6 +384,7 @@ class ProxyTarget(_ProcessTarget):
     def _prepare(self) -> tuple[list[str], pwd.struct_passwd | None]:
         assert self.work_dir is not None
         config = self.work_dir / "proxy.toml"
+        self.metrics_port = free_port()
         config.write_text(self.config_text())
         return [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(config)], None
 

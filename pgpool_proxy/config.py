@@ -97,6 +97,9 @@ class ProxySettings:
     # SO_REUSEPORT on a single-worker listener: lets a new proxy bind the port while this one
     # drains (rolling restarts).
     reuse_port: bool = False
+    # Log a warning when the event loop was held this long (one callback, a blocking call, a
+    # starved CPU); 0 turns the warning off (the lag histogram is always kept).
+    loop_lag_warn_ms: int = 100
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,6 +68,8 @@ _PROXY_KEYS: Final[dict[str, _Key]] = {
     # Lifecycle (pgpool_proxy.lifecycle): SIGTERM drain bound; SO_REUSEPORT for rolling restarts.
     "shutdown_timeout_s": _Key(_Kind.FLOAT, lo=0),
     "reuse_port": _Key(_Kind.BOOL),
+    # pgpool_proxy.loopwatch: warn when the event loop was held this long (0: never).
+    "loop_lag_warn_ms": _Key(_Kind.INT, lo=0, hi=3_600_000),
 }
 
 # The admin console (dataclass and cross-key checks in config_admin).

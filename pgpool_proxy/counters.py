@@ -53,6 +53,14 @@ AUTH_FAILURE_REASONS: Final = (
 )
 
 
+# What became of a cancel request (the `result` label of pgpool_proxy_cancel_requests_total).
+CANCEL_SENT: Final = "sent"  # the key's client was running a query: passed to its server
+CANCEL_IDLE: Final = "idle"  # a valid key, but its client had nothing running
+CANCEL_UNKNOWN: Final = "unknown_key"  # no such key, or the wrong secret
+CANCEL_RELAYED: Final = "relayed"  # the key belongs to another worker: passed on to it
+CANCEL_RESULTS: Final = (CANCEL_SENT, CANCEL_IDLE, CANCEL_UNKNOWN, CANCEL_RELAYED)
+
+
 def disconnect_counts() -> dict[DisconnectReason, int]:
     """One slot per DisconnectReason, all present so a scrape shows zeros too."""
     return dict.fromkeys(DisconnectReason, 0)
@@ -61,10 +69,13 @@ def disconnect_counts() -> dict[DisconnectReason, int]:
 class ProxyCounters:
     """Counters of one proxy process that belong to no pool (clients not logged in yet)."""
 
-    __slots__ = ("accepted", "auth_failures", "client_disconnects", "logins")
+    __slots__ = ("accepted", "auth_failures", "cancel_requests", "client_disconnects", "logins")
 
     def __init__(self) -> None:
         self.accepted = 0  # client TCP connections accepted (cancel requests included)
         self.logins = 0  # clients that completed login
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
         self.client_disconnects = disconnect_counts()
+        # Cancel requests by outcome. Counted, not logged one by one: anyone can send them
+        # without logging in, so a log line each would let a flood fill the disk.
+        self.cancel_requests: dict[str, int] = dict.fromkeys(CANCEL_RESULTS, 0)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from .auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
 from .config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
-from .counters import ProxyCounters
+from .counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
 from .errors import DisconnectReason
+from .loopwatch import LoopWatch
 from .pool.budget import ServerBudget
 from .pool.connect import tcp_tuning, tune_socket
 from .pool.pool import Pool, PoolSpec
@@ -64,6 +65,7 @@ class ProxyServer:
         self._client_keys: dict[tuple[str, str], bytes] = {}
         # Plain ints read by the metrics collector at scrape time (see counters).
         self.counters = ProxyCounters()
+        self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
         self.metrics_endpoint: Any = None  # admin.http.MetricsEndpoint when [metrics] listen
         # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
         self.draining = False  # SIGTERM/SHUTDOWN: listener closed, clients leaving
@@ -114,6 +116,7 @@ class ProxyServer:
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
         self.spawn(self._warm_verifiers(), "warm-verifiers")
+        self.loopwatch.start()
         from .admin.http import start_metrics_endpoint
 
         self.metrics_endpoint = await start_metrics_endpoint(self)
@@ -129,6 +132,7 @@ class ProxyServer:
             self._peer_server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        self.loopwatch.stop()
         self.tracking.stop()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
@@ -236,21 +240,29 @@ class ProxyServer:
 
     def cancel_request(self, pid: int, secret: int) -> None:
         ident = self.identity
+        results = self.counters.cancel_requests
         owner = pid >> WORKER_SHIFT
         if owner != ident.index:
             if ident.count > 1 and owner < ident.count:
+                results[CANCEL_RELAYED] += 1
                 self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
+            else:
+                results[CANCEL_UNKNOWN] += 1
             return
         client = self.clients.get(pid)
         if client is None or not secrets.compare_digest(
             client.key_secret.to_bytes(4, "big"), secret.to_bytes(4, "big")
         ):
-            log.info("cancel request with an unknown key ignored")
+            results[CANCEL_UNKNOWN] += 1
+            log.debug("cancel request with an unknown key ignored")
             return
         backend = client.backend
         # Only the backend serving this client right now may be cancelled.
         if backend is not None and client.state == ClientState.ACTIVE:
+            results[CANCEL_SENT] += 1
             backend.send_cancel()
+        else:
+            results[CANCEL_IDLE] += 1
 
     async def _relay_cancel(self, owner: int, pid: int, secret: int) -> None:
         try:

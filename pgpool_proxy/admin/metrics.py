@@ -90,7 +90,24 @@ def proxy_families(server: ProxyServer) -> list[Metric]:
     out.extend(_pool_families(server))
     out.extend(_topology_families(server))
     out.extend(_aws_families(server))
+    out.extend(_loop_families(server))
     return out
+
+
+def _loop_families(server: ProxyServer) -> list[Metric]:
+    watch = server.loopwatch
+    lag = HistogramMetricFamily(
+        "pgpool_proxy_event_loop_lag_seconds",
+        "How late a timer due every 50 ms ran: the time the event loop was held by something "
+        "else (a slow callback, a blocking call, a starved CPU), which every client waited too",
+    )
+    lag.add_metric([], watch.cumulative(), watch.sum_s)
+    worst = GaugeMetricFamily(
+        "pgpool_proxy_event_loop_lag_max_seconds",
+        "The longest event loop lag seen since the process started",
+        value=watch.max_s,
+    )
+    return [lag, worst]
 
 
 # --- clients ---------------------------------------------------------------------------------
@@ -130,7 +147,16 @@ def _client_families(server: ProxyServer) -> list[Metric]:
     )
     for why, count in counters.client_disconnects.items():
         gone.add_metric([why.value], count)
-    return [clients, accepted, logins, auth, gone]
+    cancels = CounterMetricFamily(
+        "pgpool_proxy_cancel_requests",
+        "Cancel requests by result (sent: to the server running the key's query; idle: valid "
+        "key, nothing running; unknown_key: no such key or wrong secret; relayed: to another "
+        "worker)",
+        labels=["result"],
+    )
+    for result, count in getattr(counters, "cancel_requests", {}).items():
+        cancels.add_metric([result], count)
+    return [clients, accepted, logins, auth, gone, cancels]
 
 
 # --- pools -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ LIVE: Final = frozenset(
         ("proxy", "max_client_settings_bytes"),
         ("proxy", "log_level"),
         ("proxy", "shutdown_timeout_s"),
+        ("proxy", "loop_lag_warn_ms"),
         *(("pool", f.name) for f in dataclasses.fields(PoolSettings)),
         *(("admin", f.name) for f in dataclasses.fields(AdminSettings)),
     }

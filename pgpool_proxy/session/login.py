@@ -38,6 +38,11 @@ MAX_AUTH_MESSAGE = 16 * 1024
 
 _MAX_WELCOME_CACHE = 1000
 
+# PostgreSQL's identifiers (role and database names) are at most NAMEDATALEN - 1 bytes; a longer
+# name can name nothing on the server, so it is refused before any work (and any log line) is
+# spent on it.
+MAX_NAME_BYTES = 63
+
 _ENCODING_ALIASES = {"utf8": "UTF8", "unicode": "UTF8", "utf-8": "UTF8"}
 
 
@@ -239,6 +244,14 @@ async def _login(client: ClientConnection) -> None:
             DisconnectReason.PROTOCOL_ERROR,
         )
     database = params.get("database") or user
+    for what, name in (("user", user), ("database", database)):
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise _Refusal(
+                SqlState.NAME_TOO_LONG,
+                f"{what} name in the startup packet is too long ({len(name.encode())} bytes; "
+                f"at most {MAX_NAME_BYTES})",
+                DisconnectReason.PROTOCOL_ERROR,
+            )
     client.user, client.database = user, database
     if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
         raise _Refusal(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import build_parser, options_from_args
+from bench.looplag import LagSnapshot, between
 from bench.pgbench import latency_log_percentiles, parse_output
 from bench.report import render_results_md
 from bench.run import Options, run_benchmark
@@ -67,6 +68,18 @@ def test_cli_options() -> None:
     )
 
 
+def test_loop_lag_between_two_scrapes() -> None:
+    inf = float("inf")
+    before = LagSnapshot([(0.001, 10), (0.01, 10), (0.1, 10), (inf, 10)], max_s=0.0008)
+    after = LagSnapshot([(0.001, 100), (0.01, 108), (0.1, 110), (inf, 110)], max_s=0.07)
+    # 100 ticks: 90 within 1 ms, 8 within 10 ms, 2 within 100 ms (the worst a new record).
+    assert between(before, after) == {"ticks": 100, "p99_ms": 70.0, "max_ms": 70.0}
+    again = LagSnapshot([(0.001, 199), (0.01, 209), (0.1, 210), (inf, 210)], max_s=0.07)
+    # 99 within 1 ms, 1 within 10 ms: no new record, so the max is that bucket's bound.
+    assert between(after, again) == {"ticks": 100, "p99_ms": 1.0, "max_ms": 10.0}
+    assert between(again, again) is None and between(None, again) is None
+
+
 @pytest.mark.skipif(not pg_available(), reason="no PostgreSQL server binaries")
 @pytest.mark.timeout(120)
 def test_harness_smoke(tmp_path: Path) -> None:
@@ -112,8 +125,12 @@ def test_harness_smoke(tmp_path: Path) -> None:
         assert run["command"].startswith("pgbench ")
         if run["target"] == "proxy":
             assert isinstance(run["cpu_s"], float)
+            # The proxy's own lag histogram, scraped around the run (ticks every 50 ms).
+            assert run["loop_lag"]["ticks"] >= 1, run["loop_lag"]
+            assert 0 <= run["loop_lag"]["p99_ms"] <= run["loop_lag"]["max_ms"] + 1e-9
         else:
             assert run["cpu_s"] is None
+            assert run["loop_lag"] is None
     for entry in data["summary"]:
         assert set(entry["targets"]) == {"direct", "proxy"}
         assert set(entry["ratios"]) == {"proxy/pgbouncer", "proxy/direct"}
@@ -129,6 +146,8 @@ def test_harness_smoke(tmp_path: Path) -> None:
     latency = next(s for s in data["summary"] if s["kind"] == "latency")
     assert latency["targets"]["direct"]["p50_ms_median"] > 0
     assert set(latency["added_p50_us_over_direct"]) == {"pgbouncer", "proxy"}
+
+    assert any("Event-loop lag of the proxy" in line for line in lines)
 
     assert [m["target"] for m in data["memory"]] == ["proxy"]
     memory = data["memory"][0]
