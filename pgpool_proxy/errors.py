@@ -70,6 +70,7 @@ class DisconnectReason(enum.Enum):
     CANCEL_REQUEST = "cancel_request"
     SETTINGS_REJECTED = "startup_settings_rejected"
     SHUTDOWN = "shutdown"
+    INTERNAL_ERROR = "internal_error"  # a bug in the proxy, caught at a protocol callback
     # Backend-only reasons.
     IDLE_TIMEOUT = "server_idle_timeout"
     LIFETIME = "server_lifetime"

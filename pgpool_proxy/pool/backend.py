@@ -184,9 +184,13 @@ class BackendConnection(Endpoint):
         if state == BackendState.ACTIVE or state == BackendState.RESETTING:
             try:
                 self._pump()
-            except FrameError as exc:
+            except (FrameError, m.ProtocolViolation) as exc:
                 log.error("backend %s sent a malformed frame: %s", self.pid, exc)
-                self.fail(DisconnectReason.BACKEND_FAILED, "server sent an invalid message")
+                self.fail(DisconnectReason.PROTOCOL_ERROR, "server sent an invalid message")
+            except Exception:
+                # Never into the event loop's fatal-error path: that would leave the client
+                # linked to a backend in an unknown state.
+                self._internal_error()
         elif state == BackendState.LOGIN:
             self.wake()
         elif state == BackendState.IDLE:
@@ -198,6 +202,25 @@ class BackendConnection(Endpoint):
         self.wake()
         if self.state != BackendState.CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
+
+    def _internal_error(self) -> None:
+        """A bug surfaced while handling this server's bytes: drop the server connection (its
+        state is unknown) and give the linked client, only it, an internal error."""
+        log.exception("internal error handling server data: backend %s", self.pid)
+        client = self.client
+        try:
+            self.close(DisconnectReason.INTERNAL_ERROR)
+            if client is not None:
+                client.backend = None
+                client.fail(
+                    ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
+                    DisconnectReason.INTERNAL_ERROR,
+                )
+        except Exception:
+            log.exception("internal error closing backend %s", self.pid)
+            for end in (self, client):
+                if end is not None and end.transport is not None:
+                    end.transport.abort()
 
     # --- hot path ----------------------------------------------------------------------------
 
@@ -464,6 +487,24 @@ class BackendConnection(Endpoint):
         server_key: bytes | None = None,
     ) -> None:
         """Run the startup and authentication exchange; leaves the backend ready for queries."""
+        try:
+            await self._login(user, dbname, secret, client_key=client_key, server_key=server_key)
+        except m.ProtocolViolation as exc:
+            log.warning("server %s:%s sent a malformed login message: %s", *self.address, exc)
+            raise ProxyError(
+                SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                f"server sent an invalid message during login: {exc}",
+            ) from None
+
+    async def _login(
+        self,
+        user: str,
+        dbname: str,
+        secret: str | None,
+        *,
+        client_key: bytes | None,
+        server_key: bytes | None,
+    ) -> None:
         assert self.transport is not None
         self.to(BackendState.LOGIN)
         self.transport.write(m.startup_message({"user": user, "database": dbname}))
@@ -471,7 +512,7 @@ class BackendConnection(Endpoint):
         while True:
             t, body = await self._read_message()
             if t == B_AUTH:
-                code = INT32.unpack_from(body, 0)[0]
+                code, rest = m.parse_auth_request(body)
                 if code == AUTH_OK:
                     continue
                 if code == AUTH_CLEARTEXT:
@@ -481,9 +522,11 @@ class BackendConnection(Endpoint):
                 elif code == AUTH_MD5:
                     if secret is None or secret.startswith("SCRAM-SHA-256$"):
                         raise self._no_password(user, "md5 authentication")
-                    self.transport.write(m.password_message(md5_response(secret, user, body[4:8])))
+                    self.transport.write(
+                        m.password_message(md5_response(secret, user, m.parse_md5_salt(rest)))
+                    )
                 elif code == AUTH_SASL:
-                    if MECHANISM not in m.parse_sasl_mechanisms(body[4:]):
+                    if MECHANISM not in m.parse_sasl_mechanisms(rest):
                         raise BackendLoginError(
                             SqlState.FEATURE_NOT_SUPPORTED,
                             "server offered no SASL mechanism the proxy supports",
@@ -497,12 +540,12 @@ class BackendConnection(Endpoint):
                     self.transport.write(m.sasl_initial_response(MECHANISM, scram.client_first()))
                 elif code == AUTH_SASL_CONTINUE and scram is not None:
                     try:
-                        self.transport.write(m.sasl_response(scram.handle_server_first(body[4:])))
+                        self.transport.write(m.sasl_response(scram.handle_server_first(rest)))
                     except ScramError as exc:
                         raise BackendLoginError(SqlState.INVALID_PASSWORD, str(exc)) from exc
                 elif code == AUTH_SASL_FINAL and scram is not None:
                     try:
-                        scram.handle_server_final(body[4:])
+                        scram.handle_server_final(rest)
                     except ScramError as exc:
                         raise BackendLoginError(SqlState.INVALID_PASSWORD, str(exc)) from exc
                 else:
@@ -514,7 +557,7 @@ class BackendConnection(Endpoint):
                 name, value = m.parse_parameter_status(body)
                 self.params[name] = value
             elif t == B_BACKEND_KEY_DATA:
-                self.pid, self.secret = INT32.unpack_from(body, 0)[0], INT32.unpack_from(body, 4)[0]
+                self.pid, self.secret = m.parse_backend_key_data(body)
             elif t == B_ERROR:
                 fields = m.parse_error_fields(body)
                 raise BackendLoginError(
