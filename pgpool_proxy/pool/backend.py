@@ -327,7 +327,9 @@ class BackendConnection(Endpoint):
                 # A frame the proxy must read whole is incomplete: flush what precedes it and
                 # make room for the rest.
                 self._flush(pos if self.internal_pending else start, pos)
-                rb.ensure_capacity(scanner.need)
+                # Room for twice what is held, not the size the header claims: a 5-byte header
+                # must not make the proxy allocate up to 1 GB before any of it arrives.
+                rb.ensure_capacity(min(scanner.need, max(2 * len(rb.buf), BACKEND_BUFFER)))
                 return
         self._flush(pos if self.internal_pending else start, pos)
         client = self.client

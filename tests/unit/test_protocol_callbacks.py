@@ -41,6 +41,8 @@ HOSTILE = {
     "param_unterminated": m.frame(b"S", b"TimeZone") + m.ready_for_query(),
     "length_below_4": m.command_complete("SELECT 0") + b"C\0\0\0\x02",
 }
+# A ParameterStatus header claiming 1 GB, then silence (found by fuzz_backend_scanner).
+HUGE_HEADER = {"huge_param": b"S\x3f\xff\xff\xffTimeZone\0"}
 _WELCOME = (
     m.auth_ok()
     + b"".join(
@@ -73,7 +75,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             if t == b"X":
                 break
             if t == b"Q":
-                writer.write(HOSTILE.get(body.rstrip(b"\0").decode(), _OK))
+                text = body.rstrip(b"\0").decode()
+                writer.write(HOSTILE.get(text) or HUGE_HEADER.get(text) or _OK)
     writer.close()
 
 
@@ -180,3 +183,27 @@ async def test_bug_in_client_callback_gives_that_client_xx000(
     )
     assert await bystander.simple_query("select 1") == [["1"]]
     assert proxy.pool_stats("app", "u")["total"] <= 4
+
+
+async def test_a_frame_header_alone_does_not_allocate_what_it_claims(proxy: ProxyThread) -> None:
+    victim = await _client(proxy)
+    victim.send(m.query("huge_param"))
+
+    def buffers() -> list[tuple[int, int]]:
+        assert proxy.server is not None
+        return [
+            (c.backend.rbuf.pending(), len(c.backend.rbuf.buf))
+            for c in proxy.server._all_clients
+            if c.backend is not None
+        ]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not any(pending >= 14 for pending, _ in buffers()):  # the header has been read
+        assert loop.time() < deadline, buffers()
+        await asyncio.sleep(0.01)
+    proxy.call(lambda: None)  # one more turn of the proxy's loop: the read is fully handled
+    sizes = buffers()
+    # Before: the buffer grew at once to the 1 GB the header claimed.
+    assert sizes and all(size <= 256 * 1024 for _, size in sizes), sizes
+    victim.writer.transport.abort()
