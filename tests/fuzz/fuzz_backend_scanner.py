@@ -29,8 +29,6 @@ with instrumented("pgpool_proxy.protocol"):
     )
 
 EXPECTED = (FrameError, m.ProtocolViolation)
-# Larger frames the proxy must read whole are not fed here (they only cost memory).
-_MAX_NEED = 1 << 20
 _EVENTS = (EV_NONE, EV_READY, EV_PARAM, EV_ERROR, EV_NEED, EV_ROW, EV_UNIT, EV_AFTER)
 
 
@@ -72,9 +70,8 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
             assert buf[pos - 6] == ord("Z") and pos - start >= 6
         elif ev == EV_NEED:
             rb.consumed(pos)
-            if sc.need > _MAX_NEED:
-                return  # what a huge inspected frame costs is the buffer bounds' concern
-            rb.ensure_capacity(sc.need)
+            # As BackendConnection._pump: room for twice what is held, never the claimed size.
+            rb.ensure_capacity(min(sc.need, max(2 * len(rb.buf), 64)))
             if offset >= len(data):
                 return
             continue

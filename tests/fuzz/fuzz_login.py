@@ -1,8 +1,9 @@
 """A client's whole login as the proxy runs it (session.login.run_login), fed raw bytes.
 
 The input is everything a client sends before it stops (startup packet, maybe an SSLRequest
-first, password or SASL messages); the proxy's configuration (auth trust, md5 or SCRAM) is
-picked from the input's length. The real ClientConnection and login code run against a stub
+first, password or SASL messages). The input's length picks the proxy's configuration: auth
+trust, md5, SCRAM, or an IAM user on a TLS connection, whose token goes through parse_token and
+precheck as IamCache runs them. The real ClientConnection and login code run against a stub
 server on a private event loop; the proxy's writes are collected and parsed.
 
 Contract: the proxy answers only with well-formed messages, never XX000 (an internal error),
@@ -13,6 +14,7 @@ parse_options) is covered here too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -24,6 +26,7 @@ with instrumented(
     "pgpool_proxy.auth",
     "pgpool_proxy.endpoint",
 ):
+    from pgpool_proxy.auth.iam import IamError, IamIdentity, parse_token, precheck
     from pgpool_proxy.auth.scram import ScramVerifier
     from pgpool_proxy.config import parse_config
     from pgpool_proxy.endpoint import EndpointClosed
@@ -50,6 +53,10 @@ name = "alice"
 password = "secret"
 """
 _CONFIGS = [parse_config(_CONFIG.format(auth=a), env={}) for a in ("trust", "md5", "scram-sha-256")]
+_IAM_CONFIG = dataclasses.replace(
+    _CONFIGS[2], users=tuple(dataclasses.replace(u, iam=True) for u in _CONFIGS[2].users)
+)
+_CONFIGS.append(_IAM_CONFIG)
 _VERIFIER = ScramVerifier.from_password("secret", salt=b"0123456789abcdef")
 
 
@@ -59,10 +66,29 @@ class _Counters:
         self.logins = 0
 
 
+class _Iam:
+    """The local half of IamCache.authenticate; the signature check always refuses."""
+
+    async def authenticate(self, token: str, user: str, database: str) -> IamIdentity:
+        claims = parse_token(token)
+        precheck(
+            claims,
+            kind=claims.kind,
+            user=user,
+            endpoint=claims.endpoint,
+            region=claims.region,
+            max_skew_s=60,
+            now=claims.signed_at,
+        )
+        raise IamError("28P01", "signature does not match")
+
+
 class _Services:
     client_tls = None
     tls_required = False
-    iam = None
+
+    def __init__(self, iam: bool) -> None:
+        self.iam = _Iam() if iam else None
 
 
 class _Server:
@@ -70,7 +96,7 @@ class _Server:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.services = _Services()
+        self.services = _Services(config is _IAM_CONFIG)
         self.counters = _Counters()
         self.client_count = 1
         self.draining = False
@@ -92,9 +118,10 @@ class _Server:
 
 
 class _Transport:
-    def __init__(self) -> None:
+    def __init__(self, tls: bool) -> None:
         self.out = bytearray()
         self.closed = False
+        self.tls = tls
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -104,7 +131,7 @@ class _Transport:
         self.closed = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return default
+        return object() if self.tls and name == "ssl_object" else default
 
     def pause_reading(self) -> None:
         pass
@@ -132,7 +159,7 @@ def _answers(out: bytes) -> list[tuple[int, bytes]]:
 
 async def _run(data: bytes, config: Any) -> bytes:
     client = ClientConnection(_Server(config))  # type: ignore[arg-type]
-    transport = _Transport()
+    transport = _Transport(tls=config is _IAM_CONFIG)
     client.transport = transport  # type: ignore[assignment]
     client.addr = "fuzz"
     view = client.rbuf.get_buffer()
@@ -159,7 +186,7 @@ _loop = asyncio.new_event_loop()
 
 
 def TestOneInput(data: bytes) -> None:
-    out = _loop.run_until_complete(_run(data, _CONFIGS[len(data) % 3]))
+    out = _loop.run_until_complete(_run(data, _CONFIGS[len(data) % len(_CONFIGS)]))
     for t, body in _answers(out):
         if t == ord("E"):
             fields = m.parse_error_fields(body)

@@ -108,7 +108,8 @@ def _scram_client() -> list[bytes]:
 
 def _logins() -> list[bytes]:
     out = []
-    for pad in ("", "x", "xx"):  # the harness picks trust/md5/SCRAM by length mod 3
+    token = iam_tokens()[0]
+    for pad in ("", "x", "xx", "xxx"):  # the harness picks trust/md5/SCRAM/IAM by length mod 4
         params = {"user": "alice", "database": "app", "application_name": pad}
         start = m.startup_message(params)
         first = b"n,,n=,r=CLIENTNONCE"
@@ -118,6 +119,7 @@ def _logins() -> list[bytes]:
             start + m.password_message("md5" + "0" * 32),
             start + m.sasl_initial_response("SCRAM-SHA-256", first) + m.sasl_response(b"c=biws"),
             m.startup_message({"user": "nobody", "database": "nowhere", "options": pad}),
+            start + m.frame(b"p", token + b"\0"),
         ]
     return out
 
