@@ -182,6 +182,26 @@ password = "secret"
 """
 
 
+def _backend_logins() -> list[bytes]:
+    welcome = (
+        m.parameter_status("server_version", "15.0")
+        + m.parameter_status("client_encoding", "UTF8")
+        + m.backend_key_data(4242, 99)
+        + m.ready_for_query()
+    )
+    out = []
+    for pad in (b"", b"x", b"xx"):  # the harness picks the credentials by length mod 3
+        notice = m.notice_response("hello" + pad.decode())
+        out += [
+            notice + m.auth_ok() + welcome,
+            notice + m.auth_md5(b"salt") + m.auth_ok() + welcome,
+            notice + F(b"R", struct.pack("!I", 3)) + m.auth_ok() + welcome,
+            notice + m.auth_sasl(["SCRAM-SHA-256"]) + m.auth_sasl_continue(b"r=x,s=c2FsdA==,i=1"),
+            notice + m.error_response("FATAL", "28P01", "password authentication failed"),
+        ]
+    return out
+
+
 def _recvbuffer() -> list[bytes]:
     return [bytes([8, 2, 0, 40, 1, 10, 2, 50, 3, 0, 0, 200, 4, 0, 1, 255, 4, 0]), bytes(range(64))]
 
@@ -195,6 +215,7 @@ def seeds() -> dict[str, list[bytes]]:
         "messages": _messages(),
         "startup": _startups(),
         "login": _logins(),
+        "backend_login": _backend_logins(),
         "scram_server": _scram_server(),
         "scram_client": _scram_client(),
         "md5": [salt + md5_response("secret", "alice", salt).encode(), salt + b"md5" + b"0" * 32],
