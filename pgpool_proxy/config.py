@@ -416,6 +416,8 @@ def parse_config(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([_toml_problem(source, exc)]) from None
+    except ValueError as exc:  # tomllib lets int()'s own refusals through (over 4300 digits)
+        raise ConfigError([f"{source}: invalid TOML: {exc}"]) from None
     return build_config(data, source=source, env=env)
 
 

@@ -265,7 +265,9 @@ def _quote(value: str) -> str:
 
 
 def _format_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int):  # float() overflows on a TOML integer of 309+ digits
+        return str(value)
+    return str(int(value)) if value.is_integer() else str(value)
 
 
 def _env_name(section: str, key: str) -> str:
@@ -350,7 +352,10 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.add(path, f"expected a number, got {_type_name(value)}")
             return _BAD
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a TOML integer of 309+ digits
+            number = math.inf
         if not math.isfinite(number):
             self.add(path, f"must be a finite number, got {number}")
             return _BAD
@@ -428,7 +433,7 @@ class _Checker:
             if not self._valid_host(host):
                 self.add(path, f"{_quote(host)} is not a valid IP address or host name")
                 return _BAD
-        if not port_text.isascii() or not port_text.isdigit():
+        if not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5:
             self.add(path, f"port must be a number; got {_quote(value)}")
             return _BAD
         port = int(port_text)
@@ -715,7 +720,8 @@ def _check_user_password(
 
 def _valid_scram_verifier(text: str) -> bool:
     match = _SCRAM_RE.fullmatch(text)
-    if match is None or int(match["iterations"]) < 1:
+    # int() refuses over 4300 digits; PostgreSQL's iteration count is an int32 anyway.
+    if match is None or len(match["iterations"]) > 10 or int(match["iterations"]) < 1:
         return False
     try:
         salt = base64.b64decode(match["salt"], validate=True)

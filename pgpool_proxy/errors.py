@@ -73,6 +73,7 @@ class DisconnectReason(enum.Enum):
     SHUTDOWN = "shutdown"
     # A client went past a bound on what the proxy keeps for it (statements, settings).
     MEMORY_LIMIT = "client_memory_limit"
+    INTERNAL_ERROR = "internal_error"  # a bug in the proxy, caught at a protocol callback
     # Backend-only reasons.
     IDLE_TIMEOUT = "server_idle_timeout"
     LIFETIME = "server_lifetime"

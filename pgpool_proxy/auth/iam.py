@@ -51,7 +51,7 @@ _STS_SIGNED: Final = _SIGV4_PARAMS | {"Action", "Version"}
 _STS_CLEAR: Final = frozenset({"DBUser", "Endpoint"})
 _REQUIRED: Final = _SIGV4_PARAMS - {"X-Amz-Security-Token"}
 _AKID_RE: Final = re.compile(r"[A-Z0-9]{16,128}")
-_DATE_RE: Final = re.compile(r"\d{8}T\d{6}Z")
+_DATE_RE: Final = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 _SIG_RE: Final = re.compile(r"[0-9a-f]{64}")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
 
@@ -171,7 +171,10 @@ def parse_token(token: str) -> TokenClaims:
     except ValueError:
         raise _bad("malformed IAM token: bad X-Amz-Date") from None
     expires = params["X-Amz-Expires"]
-    if not expires.isdigit() or not 1 <= int(expires) <= MAX_EXPIRES_S:
+    # isdigit() alone admits "²", which int() refuses, and int() refuses over 4300 digits.
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 4) or not (
+        1 <= int(expires) <= MAX_EXPIRES_S
+    ):
         raise _bad(f"IAM token X-Amz-Expires must be 1..{MAX_EXPIRES_S} seconds")
     if kind == "sts":
         if params["Version"] != STS_VERSION:

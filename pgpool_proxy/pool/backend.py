@@ -243,13 +243,17 @@ class BackendConnection(Endpoint):
         if state == BackendState.ACTIVE or state == BackendState.RESETTING:
             try:
                 self._pump()
-            except FrameError as exc:
+            except (FrameError, m.ProtocolViolation) as exc:
                 log.error("backend %s sent a malformed frame: %s", self.pid, exc)
                 self.fail(
                     DisconnectReason.BACKEND_FAILED,
                     "server sent an invalid message",
                     SqlState.PROTOCOL_VIOLATION,
                 )
+            except Exception:
+                # Never into the event loop's fatal-error path: that would leave the client
+                # linked to a backend in an unknown state.
+                self._internal_error()
         elif state == BackendState.LOGIN:
             self.slow_path_data()
         elif state == BackendState.IDLE:
@@ -261,6 +265,25 @@ class BackendConnection(Endpoint):
         self.wake()
         if self.state != BackendState.CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
+
+    def _internal_error(self) -> None:
+        """A bug surfaced while handling this server's bytes: drop the server connection (its
+        state is unknown) and give the linked client, only it, an internal error."""
+        log.exception("internal error handling server data: backend %s", self.pid)
+        client = self.client
+        try:
+            self.close(DisconnectReason.INTERNAL_ERROR)
+            if client is not None:
+                client.backend = None
+                client.fail(
+                    ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
+                    DisconnectReason.INTERNAL_ERROR,
+                )
+        except Exception:
+            log.exception("internal error closing backend %s", self.pid)
+            for end in (self, client):
+                if end is not None and end.transport is not None:
+                    end.transport.abort()
 
     # --- hot path ----------------------------------------------------------------------------
 
@@ -380,7 +403,9 @@ class BackendConnection(Endpoint):
                 # A frame the proxy must read whole is incomplete: flush what precedes it and
                 # make room for the rest.
                 self._flush(pos if self.internal_pending else start, pos)
-                rb.ensure_capacity(scanner.need)
+                # Room for twice what is held, not the size the header claims: a 5-byte header
+                # must not make the proxy allocate up to 1 GB before any of it arrives.
+                rb.ensure_capacity(min(scanner.need, max(2 * len(rb.buf), BACKEND_BUFFER)))
                 return
         self._flush(pos if self.internal_pending else start, pos)
         client = self.client
@@ -550,6 +575,24 @@ class BackendConnection(Endpoint):
         server_key: bytes | None = None,
     ) -> None:
         """Run the startup and authentication exchange; leaves the backend ready for queries."""
+        try:
+            await self._login(user, dbname, secret, client_key=client_key, server_key=server_key)
+        except m.ProtocolViolation as exc:
+            log.warning("server %s:%s sent a malformed login message: %s", *self.address, exc)
+            raise ProxyError(
+                SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
+                f"server sent an invalid message during login: {exc}",
+            ) from None
+
+    async def _login(
+        self,
+        user: str,
+        dbname: str,
+        secret: str | None,
+        *,
+        client_key: bytes | None,
+        server_key: bytes | None,
+    ) -> None:
         assert self.transport is not None
         self.to(BackendState.LOGIN)
         self.transport.write(m.startup_message({"user": user, "database": dbname}))

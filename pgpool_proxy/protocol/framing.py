@@ -427,6 +427,8 @@ class BackendScanner:
                 raise FrameError(t, length, MAX_BACKEND_FRAME)
             n = length + 1
             if t == B_READY_FOR_QUERY:
+                if length != 5:  # exactly one status byte; a shorter one would read past it
+                    raise FrameError(t, length, MAX_BACKEND_FRAME)
                 if end - pos < n:
                     self.need = n
                     self.event = EV_NEED

@@ -233,10 +233,11 @@ def parse_sasl_initial_response(body: bytes | memoryview) -> tuple[str, bytes]:
 
 def parse_sasl_mechanisms(body: bytes | memoryview) -> list[str]:
     """Mechanism list of AuthenticationSASL (body after the int32 code)."""
+    data = bytes(body)  # once: read_cstr would copy a memoryview per name
     names: list[str] = []
     pos = 0
-    while pos < len(body) and body[pos] != 0:
-        name, pos = read_cstr(body, pos)
+    while pos < len(data) and data[pos] != 0:
+        name, pos = read_cstr(data, pos)
         names.append(name)
     return names
 
@@ -262,18 +263,53 @@ def quote_ident(name: str) -> str:
 
 def parse_data_row(body: bytes | memoryview) -> list[str | None]:
     """Columns of a DataRow (text format) as strings; None for SQL NULL."""
-    ncols = INT16.unpack_from(body, 0)[0]
+    data = bytes(body)
+    size_total = len(data)
+    if size_total < 2:
+        raise ProtocolViolation("DataRow too short")
+    ncols = INT16.unpack_from(data, 0)[0]
     pos = 2
     row: list[str | None] = []
     for _ in range(ncols):
-        size = struct.unpack_from("!i", body, pos)[0]
+        if pos + 4 > size_total:
+            raise ProtocolViolation("DataRow shorter than its column count")
+        size = _INT32_SIGNED.unpack_from(data, pos)[0]
         pos += 4
-        if size < 0:
+        if size == -1:
             row.append(None)
+        elif size < 0 or pos + size > size_total:
+            raise ProtocolViolation(f"invalid column length {size} in DataRow")
         else:
-            row.append(bytes(body[pos : pos + size]).decode("utf-8", "replace"))
+            row.append(data[pos : pos + size].decode("utf-8", "replace"))
             pos += size
+    if pos != size_total:
+        raise ProtocolViolation("trailing bytes after the last column of DataRow")
     return row
+
+
+_INT32_SIGNED = struct.Struct("!i")
+
+
+def parse_auth_request(body: bytes | memoryview) -> tuple[int, bytes]:
+    """An Authentication request: its int32 code and the bytes after it."""
+    if len(body) < 4:
+        raise ProtocolViolation("authentication request too short")
+    return INT32.unpack_from(body, 0)[0], bytes(body[4:])
+
+
+def parse_md5_salt(rest: bytes | memoryview) -> bytes:
+    """The salt of AuthenticationMD5Password (the bytes after the code)."""
+    if len(rest) != 4:
+        raise ProtocolViolation("AuthenticationMD5Password must carry a 4-byte salt")
+    return bytes(rest)
+
+
+def parse_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
+    """Process id and secret key of BackendKeyData (protocol 3.0: exactly 8 bytes)."""
+    if len(body) != 8:
+        raise ProtocolViolation("invalid BackendKeyData length")
+    pid, secret = struct.unpack_from("!II", body, 0)
+    return pid, secret
 
 
 # --- query results the proxy answers itself (admin console) ----------------------------------

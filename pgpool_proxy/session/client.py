@@ -231,6 +231,9 @@ class ClientConnection(Endpoint):
                 self.pause_reading()
         except FrameError as exc:
             self._frame_error(exc)
+        except Exception:
+            # Never into the event loop's fatal-error path (see _internal_error).
+            self._internal_error()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -877,6 +880,27 @@ class ClientConnection(Endpoint):
                 f"invalid message length {exc.length} (message type {exc.type_byte})",
             )
             self.fail(err, DisconnectReason.PROTOCOL_ERROR)
+
+    def _internal_error(self) -> None:
+        """A bug surfaced while handling this client's bytes: this client alone gets XX000, and
+        its server connection, whose state is unknown, is closed rather than reused."""
+        log.exception("internal error handling client data: %s", self.addr)
+        backend = self.backend
+        try:
+            if backend is not None:
+                self.backend = None
+                backend.client = None
+                backend.scanner.units = None
+                backend.close(DisconnectReason.INTERNAL_ERROR)
+            self.fail(
+                ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
+                DisconnectReason.INTERNAL_ERROR,
+            )
+        except Exception:
+            log.exception("internal error closing client %s", self.addr)
+            for end in (self, backend):
+                if end is not None and end.transport is not None:
+                    end.transport.abort()
 
     def send_error(self, err: ProxyError) -> None:
         if self.transport is not None:
