@@ -73,6 +73,9 @@ CUSTOM = (
 
 VIEW = (
     "SELECT current_user::text, session_user::text, current_setting('search_path'), "
+    "concat_ws('|', current_setting('standard_conforming_strings'),"
+    " current_setting('DateStyle'), current_setting('TimeZone'), current_setting('work_mem'),"
+    " current_setting('IntervalStyle'), current_setting('statement_timeout')), "
     + ", ".join(f"nullif(current_setting('{c}', true), '')" for c in CUSTOM)
     + ", (SELECT count(*) FROM pg_catalog.pg_depend WHERE refclassid ="
     " 'pg_catalog.pg_namespace'::pg_catalog.regclass AND refobjid = pg_my_temp_schema()),"
@@ -224,6 +227,15 @@ async def test_leak_user_functions_the_lexer_takes_for_syntax_or_builtins(
 ) -> None:
     """Explicit calls in the text of functions on the default search_path."""
     await a_then_b(atk, start_proxy, sql)
+
+
+async def test_leak_more_setting_names_than_one_text_may_name(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """setting_names() stops at MAX_NAMES (32) without saying so: the 33rd setting of one text is
+    neither read back nor a reason to reset."""
+    many = "; ".join(f"SET x{i}.y = 'A'" for i in range(32))
+    await a_then_b(atk, start_proxy, many + "; SET app.tenant = 'A'")
 
 
 # --- statements run by name, bypassing the flags of their text -------------------------------
@@ -424,6 +436,17 @@ HANDLED = {
         "DEALLOCATE q",
     ],
     "discard-all": ["SET app.tenant = 'A'", "DISCARD ALL"],
+    "reported-settings": [
+        "SET standard_conforming_strings = off; SET DateStyle = 'German'; SET TimeZone = 'Asia/Tokyo';"
+        " SET IntervalStyle = 'iso_8601'"
+    ],
+    "set-in-opaque-code": [
+        "DO $$BEGIN PERFORM set_config('work_mem', '77MB', false);"
+        " PERFORM set_config('statement_timeout', '12s', false); END$$"
+    ],
+    "session-characteristics": [
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+    ],
     "reset-role-keeps-nothing": ["SET ROLE alice; RESET ROLE"],
     "listen-unlisten": ["LISTEN ch", "UNLISTEN *"],
     "hold-cursor": ["BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT 1; COMMIT", "CLOSE c"],
