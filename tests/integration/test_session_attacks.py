@@ -437,8 +437,8 @@ HANDLED = {
     ],
     "discard-all": ["SET app.tenant = 'A'", "DISCARD ALL"],
     "reported-settings": [
-        "SET standard_conforming_strings = off; SET DateStyle = 'German'; SET TimeZone = 'Asia/Tokyo';"
-        " SET IntervalStyle = 'iso_8601'"
+        "SET standard_conforming_strings = off; SET DateStyle = 'German';"
+        " SET TimeZone = 'Asia/Tokyo'; SET IntervalStyle = 'iso_8601'"
     ],
     "set-in-opaque-code": [
         "DO $$BEGIN PERFORM set_config('work_mem', '77MB', false);"
