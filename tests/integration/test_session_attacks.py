@@ -318,6 +318,9 @@ async def test_leak_temporary_domain_shadows_a_builtin_type_and_captures(
     a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
     try:
         await a.execute("CREATE DOMAIN pg_temp.text AS pg_catalog.text CHECK (atk.capture(VALUE))")
+        await a.fetchval("SELECT 1")  # after the check of A's transaction
+        if proxy.pool_stats()["pinned"]:
+            await a.close()  # pinned, as it should be: B gets the connection once wiped
         b = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
         try:
             assert await b.fetchval("SELECT 'b-secret'::text") == "b-secret"
@@ -722,6 +725,9 @@ async def test_handled_identity_change_wipes_what_the_probe_missed(
     a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
     try:
         await a.execute(sql)
+        await a.fetchval("SELECT 1")
+        if proxy.pool_stats()["pinned"]:
+            await a.close()
         assert await view(proxy.dsn(user="bob")) == fresh
     finally:
         await a.close()
