@@ -42,7 +42,9 @@ _ARITY: Final = {
 }
 
 _TOKEN_RE: Final = re.compile(
-    r"\s*(?:(?P<sq>'(?:[^']|'')*')|(?P<dq>\"(?:[^\"]|\"\")*\")|(?P<eq>=)|(?P<word>[^\s='\"]+))"
+    # Possessive: console text never makes the matcher backtrack.
+    r"\s*+(?:(?P<sq>'(?:[^']++|'')*+')|(?P<dq>\"(?:[^\"]++|\"\")*+\")|(?P<eq>=)"
+    r"|(?P<word>[^\s='\"]++))"
 )
 
 HELP_TEXT: Final = """\
