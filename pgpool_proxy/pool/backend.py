@@ -245,11 +245,8 @@ class BackendConnection(Endpoint):
                 self._pump()
             except (FrameError, m.ProtocolViolation) as exc:
                 log.error("backend %s sent a malformed frame: %s", self.pid, exc)
-                self.fail(
-                    DisconnectReason.BACKEND_FAILED,
-                    "server sent an invalid message",
-                    SqlState.PROTOCOL_VIOLATION,
-                )
+                # 08006 to the client: the fault is the server's, not the client's protocol use.
+                self.fail(DisconnectReason.PROTOCOL_ERROR, "server sent an invalid message")
             except Exception:
                 # Never into the event loop's fatal-error path: that would leave the client
                 # linked to a backend in an unknown state.
@@ -420,11 +417,7 @@ class BackendConnection(Endpoint):
 
     def _refuse_params(self, why: str) -> None:
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)
-        self.fail(
-            DisconnectReason.BACKEND_FAILED,
-            f"server sent too many parameters: {why}",
-            SqlState.PROTOCOL_VIOLATION,
-        )
+        self.fail(DisconnectReason.PROTOCOL_ERROR, f"server sent too many parameters: {why}")
 
     def _idle_point(self, client: ClientConnection, start: int, pos: int) -> bool:
         """The client owes nothing and the server is idle: release the backend, or first ask the

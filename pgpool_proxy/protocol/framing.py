@@ -351,6 +351,10 @@ class ClientScanner:
             self.note_names(setting_names(buf, start, end))
 
     def note_names(self, names: list[str]) -> None:
+        if len(names) >= MAX_NAMES:
+            # setting_names stops at MAX_NAMES: the text may name more than it listed.
+            self.dirty |= SQL_ALL
+            return
         have = self.names
         for n in names:
             if n not in have:

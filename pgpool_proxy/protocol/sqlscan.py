@@ -38,6 +38,9 @@ CLASSIFY_LIMIT = 16 * 1024
 MAX_EVENTS = 256
 # Setting names read back per text at most; more means the text is treated as opaque.
 MAX_NAMES = 32
+# Longest qualified name worth taking apart: three parts of 63 bytes, each quoted with every
+# quote doubled, and spaces around the dots.
+_MAX_CHAIN = 3 * (2 * 63 + 2) + 16
 
 # One token per match. Each alternative is possessive (no backtracking), so the whole pass is
 # linear. Group numbers are the token kinds below.
@@ -59,6 +62,7 @@ _TOKEN = re.compile(
 _T_WS, _T_LC, _T_BC, _T_ESTR, _T_STR, _T_UQI, _T_QI, _T_DQ, _T_WORD = range(1, 10)
 _T_OP, _T_CHAR = 11, 12
 _COMMENT_EDGE = re.compile(rb"/\*|\*/")
+_MB_BACKSLASH = re.compile(rb"[\x80-\xff]\\")
 _SEMI, _LPAREN, _DOT, _COMMA = ord(";"), ord("("), ord("."), ord(",")
 
 # Full passes remembered by text: drivers send the same statement texts again and again.
@@ -81,13 +85,13 @@ _W = rb"[ \t\n\r\f\v]"
 _NAME = rb"(?:[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*+|\"[^\"]*+(?:\"\"[^\"]*+)*+\")"
 _CHAIN = _NAME + rb"(?:" + _W + rb"*+\." + _W + rb"*+(?:" + _NAME + rb"|\*))*+"
 _NOTABLE = (
-    rb"(?:(?i:into|insert|merge|temp|temporary)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)|[eE]'"
+    rb"(?:(?i:into|temp|temporary)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)|[eE]'"
     rb"|[uU]&['\"])"
 )
 _INTERESTING = re.compile(
     rb"((?:[+*<>=~!@#%^&|`?:\[\]{},()\\ \t\n\r\f\v]++|-(?!-)|/(?!\*)"
-    rb"|(?!" + _NOTABLE + rb")" + _CHAIN + rb"(?!" + _W + rb"*+\()"
-    rb"|[0-9.][0-9A-Za-z_.]*+|\$[0-9]++"
+    rb"|(?!" + _NOTABLE + rb")" + _CHAIN + rb"(?!" + _W + rb"*+(?:\(|/\*|--))"
+    rb"|(?:[0-9]|\.[0-9])[0-9A-Za-z_.]*+|\$[0-9]++"
     rb"|'[^'\\]*+(?:''[^'\\]*+)*+'"
     rb"|[eE]'(?:[^'\\]++|\\.|'')*+'"
     rb"|--[^\n\r]*+"
@@ -95,7 +99,8 @@ _INTERESTING = re.compile(
     rb")++)"
     rb"|(;)"
     rb"|(" + _CHAIN + rb")" + _W + rb"*+\("
-    rb"|((?i:into|insert|merge|temp|temporary)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)[A-Za-z0-9_$\x80-\xff]*+)"
+    rb"|(?!" + _NOTABLE + rb")(" + _CHAIN + rb")(?=" + _W + rb"*+(?:/\*|--))"
+    rb"|((?i:into|temp|temporary)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)[A-Za-z0-9_$\x80-\xff]*+)"
     rb"|(/\*)"
     rb"|(\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*+)?\$)"
     rb"|([eE]?'|[uU]&['\"]|\")"
@@ -144,8 +149,8 @@ _NOT_CALLS = frozenset(
 )
 # A word after which '(' opens a column list, not a call.
 _LIST_AFTER = frozenset(
-    b"into table index view function procedure aggregate type references with as on using "
-    b"copy trigger policy sequence".split()
+    b"into table index view function procedure aggregate type references with as copy trigger "
+    b"policy sequence".split()
 )
 # Built-in functions without session effects. Calls of anything else are opaque. (nextval and
 # friends change currval/lastval: sequence state is not tracked, as PgBouncer does not.)
@@ -197,6 +202,9 @@ _PURE = frozenset(
     b"int2 int4 int8 float4 float8 text bool oid regclass jsonb_exists any_value "
     b"array_sample array_shuffle trim_array string_to_table unistr".split()
 )
+# Settings that cannot be read back and set again: `seed` reads as "unavailable" (the state it
+# sets is the random generator's, which no probe sees). A text naming one is judged opaque.
+_UNREPLAYABLE = frozenset([b"seed"])
 # Statement words naming a setting other than the word itself.
 _SPECIAL_SET = {
     b"role": (b"role",),
@@ -237,12 +245,19 @@ def setting_names(buf: bytes | bytearray, start: int, end: int) -> list[str]:
 def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None) -> int:
     """The full pass: C-speed runs over what cannot matter, Python only at statement starts,
     call sites, a few words, and quotes or comments the runs cannot take whole."""
+    if _MB_BACKSLASH.search(buf, start, end) is not None:
+        # In SJIS, BIG5, GBK, UHC, GB18030 and JOHAB a character's second byte may be 0x5C. The
+        # server lexes after converting to UTF-8, so where a string ends is not what the bytes
+        # say: the text is judged unseen.
+        return SQL_ALL
     flags = 0
-    first, into, insert = _head(buf, start, end, names)
+    first, into = _head(buf, start, end, names)
     if first < 0:
         flags |= -first
     search = _INTERESTING.match
     budget = MAX_EVENTS
+    # A '.' that no name or number took: what it qualifies (`s./**/f(`) is not known.
+    dotted = False
     p = start
     while p < end:
         budget -= 1
@@ -255,28 +270,40 @@ def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None)
         if kind == 1:
             continue
         if kind == 2:  # ';'
-            flags |= _statement_end(first, into, insert)
-            first, into, insert = _head(buf, p, end, names)
+            flags |= _statement_end(first, into)
+            first, into = _head(buf, p, end, names)
             if first < 0:
                 flags |= -first
+            dotted = False
         elif kind == 3:  # a call
-            flags |= _call_site(buf, start, m.start(), m.group(3), p, end, names)
-        elif kind == 4:  # INTO, INSERT, MERGE, TEMP, pg_temp...
-            w = bytes(m.group()).lower()
-            if w == b"into":
+            flags |= (
+                _OPAQUE if dotted else _call_site(buf, start, m.start(), m.group(3), p, end, names)
+            )
+            dotted = False
+        elif kind == 4:  # a name, then a comment: PostgreSQL drops comments, so `f/**/(` is a call
+            after = _after_comments(buf, p, end)
+            if after < 0 or buf[after] == _DOT:
+                flags |= _OPAQUE | SQL_FULL
+            elif buf[after] == _LPAREN:
+                chain = m.group(4)
+                if dotted:
+                    flags |= _OPAQUE
+                else:
+                    flags |= _call_site(buf, start, m.start(), chain, after + 1, end, names)
+                dotted = False
+        elif kind == 5:  # INTO, TEMP, pg_temp...
+            if bytes(m.group()).lower() == b"into":
                 into = True
-            elif w == b"insert" or w == b"merge":
-                insert = True
             else:
                 flags |= _PINS
-        elif kind == 5:  # a block comment, which may nest
+        elif kind == 6:  # a block comment, which may nest
             p = _comment_end(buf, p, end)
             if p < 0:
                 return SQL_ALL
-        elif kind == 6:  # a dollar quote
+        elif kind == 7:  # a dollar quote
             close = buf.find(m.group(), p, end)
             p = end if close < 0 else close + len(m.group())
-        elif kind == 7:
+        elif kind == 8:
             # A string or name the runs could not take: with a backslash in a standard string
             # (where it ends depends on standard_conforming_strings, which the client controls),
             # U&"..." escapes, or unterminated. What follows cannot be trusted.
@@ -284,28 +311,47 @@ def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None)
             t = _TOKEN.match(buf, m.start(), end)
             assert t is not None
             p = t.end()
-    return flags | _statement_end(first, into, insert)
+        elif buf[m.start()] == _DOT:
+            dotted = True
+    return flags | _statement_end(first, into)
 
 
-def _head(
-    buf: bytes | bytearray, p: int, end: int, names: list[str] | None
-) -> tuple[int, bool, bool]:
-    """(kind of statement, INTO seen, INSERT seen) for the statement starting at p. The kind is
-    1 for one that can change nothing by itself, 2 for SELECT-like (INTO matters), 0 for an
-    empty one, or minus the flags of one that can."""
+def _after_comments(buf: bytes | bytearray, p: int, end: int) -> int:
+    """Position of the first byte at or after p that is neither whitespace nor a comment; -1
+    at the end of the text or when the comments are too many to follow at bounded cost."""
+    for _ in range(MAX_EVENTS):
+        t = _TOKEN.match(buf, p, end)
+        if t is None:
+            return -1
+        kind = t.lastindex
+        if kind == _T_WS or kind == _T_LC:
+            p = t.end()
+        elif kind == _T_BC:
+            p = _comment_end(buf, t.end(), end)
+            if p < 0:
+                return -1
+        else:
+            return p
+    return -1
+
+
+def _head(buf: bytes | bytearray, p: int, end: int, names: list[str] | None) -> tuple[int, bool]:
+    """(kind of statement, INTO seen) for the statement starting at p. The kind is 1 for one
+    that can change nothing by itself, 2 for SELECT-like (INTO matters), 0 for an empty one, or
+    minus the flags of one that can."""
     m = _HEAD_WORD.match(buf, p, end)
     if m is not None:
         w = bytes(m.group(1)).lower()
         if w in _SAFE_FIRST:
             if w == b"explain":
-                return -_PINS, False, False
-            return (2 if w == b"select" or w == b"with" else 1), False, w == b"insert"
+                return -_PINS, False
+            return (2 if w == b"select" or w == b"with" else 1), False
     head: list[tuple[int, bytes]] = []
     budget = MAX_EVENTS
     while p < end and len(head) < 8:
         budget -= 1
         if budget < 0:
-            return -SQL_ALL, False, False
+            return -SQL_ALL, False
         t = _TOKEN.match(buf, p, end)
         assert t is not None
         kind = t.lastindex or 0
@@ -315,7 +361,7 @@ def _head(
         if kind == _T_BC:
             p = _comment_end(buf, p, end)
             if p < 0:
-                return -SQL_ALL, False, False
+                return -SQL_ALL, False
             continue
         tok = bytes(t.group())
         if kind == _T_CHAR and tok == b";":
@@ -326,20 +372,22 @@ def _head(
             tok = b'"' + _quoted(tok)
         head.append((kind, tok))
     if not head:
-        return 0, False, False
+        return 0, False
     kind, first = head[0]
     if kind == _T_CHAR and first == b"(":
-        return 2, False, False
+        return 2, False
     if kind != _T_WORD:
-        return -SQL_ALL, False, False
+        return -SQL_ALL, False
     if first in _SAFE_FIRST:
-        return (2 if first == b"select" or first == b"with" else 1), False, first == b"insert"
-    return -_statement([t for _, t in head], names), False, False
+        return (2 if first == b"select" or first == b"with" else 1), False
+    return -_statement([t for _, t in head], names), False
 
 
-def _statement_end(first: int, into: bool, insert: bool) -> int:
-    # SELECT ... INTO creates a table: a temporary one, perhaps.
-    return _PINS if first == 2 and into and not insert else 0
+def _statement_end(first: int, into: bool) -> int:
+    # SELECT ... INTO creates a table: a temporary one, perhaps. INTO in a SELECT-like statement
+    # may also be the target of a WITH ... INSERT INTO; telling them apart would take a parser
+    # (a column may be named insert), so both cost a count of what the session holds.
+    return _PINS if first == 2 and into else 0
 
 
 def _call_site(
@@ -352,6 +400,8 @@ def _call_site(
     names: list[str] | None,
 ) -> int:
     """Flags for `name(` at `at` (chain is the possibly qualified name; `after` follows '(')."""
+    if len(chain) > _MAX_CHAIN:
+        return _OPAQUE  # no name PostgreSQL accepts is this long: not worth taking apart
     if b'"' in chain:
         parts = [
             b'"' + _quoted(t.group()) if t.lastindex == _T_QI else bytes(t.group()).lower()
@@ -375,8 +425,11 @@ def _call_site(
         if lit is None:
             # A name the proxy cannot read from the text (a parameter, an expression).
             return _OPAQUE | SQL_FULL
+        name = _literal(lit.group(1))
+        if not name or name in _UNREPLAYABLE:
+            return _OPAQUE | SQL_FULL
         if names is not None:
-            _add_name(names, _literal(lit.group(1)))
+            _add_name(names, name)
         return SQL_SESSION | SQL_SETTINGS
     return _OPAQUE
 
@@ -410,53 +463,82 @@ def _comment_end(buf: bytes | bytearray, p: int, end: int) -> int:
 def _statement(head: list[bytes], names: list[str] | None) -> int:
     """Flags for a statement whose first word is not one of the harmless ones."""
     first = head[0]
+    if first == b"prepare":
+        # The statement runs later by EXECUTE inside another text (EXPLAIN EXECUTE) or by a
+        # protocol Bind of its name, judged by neither: the session is treated as having run
+        # code the proxy could not see.
+        return _OPAQUE
     if first in _PIN_FIRST:
         return _PINS
-    flags = 0
-    second = head[1] if len(head) > 1 else b""
     if first == b"set":
-        if second in (b"local", b"transaction", b"constraints"):
-            return flags
-        flags |= SQL_SESSION | SQL_SETTINGS
-        rest = head[1:]
-        if second == b"session":
-            rest = head[2:]
-            third = rest[0] if rest else b""
-            if third == b"characteristics":
-                return flags | SQL_FULL
-            if third == b"authorization":
-                _add_names(names, (b"session_authorization", b"role"))
-                return flags | (SQL_FULL if b"default" in rest else 0)
-        if b"default" in rest:
-            flags |= SQL_FULL
-        special = _SPECIAL_SET.get(rest[0] if rest else b"")
-        if special is not None:
-            _add_names(names, special)
-        else:
-            name = _dotted_name(rest)
-            if name:
-                _add_names(names, (name,))
-            else:
-                flags |= SQL_FULL
-        return flags
+        return _set(head[1:], names)
     if first == b"reset":
-        flags |= SQL_SESSION | SQL_SETTINGS | SQL_FULL
-        rest = head[1:]
-        if second == b"session":
-            _add_names(names, (b"session_authorization", b"role"))
-        elif second in _SPECIAL_SET:
-            _add_names(names, _SPECIAL_SET[second])
-        elif second != b"all":
-            name = _dotted_name(rest)
-            if name:
-                _add_names(names, (name,))
-        return flags
+        return _reset(head[1:], names)
     if first == b"discard":
         return SQL_SESSION | SQL_DEALLOCATE | SQL_PINS | SQL_SETTINGS | SQL_FULL
     if first == b"deallocate":
-        return flags | SQL_SESSION | SQL_DEALLOCATE | SQL_PINS
+        return SQL_SESSION | SQL_DEALLOCATE | SQL_PINS
     # DO, CALL, EXECUTE, LOAD and anything the lexer does not know.
-    return flags | SQL_ALL
+    return SQL_ALL
+
+
+def _set(rest: list[bytes], names: list[str] | None) -> int:
+    """SET ...: rest follows the SET keyword."""
+    if rest[1:2] == [b"."]:
+        # `SET local.tenant`, `SET time.x`: a custom setting named like a keyword.
+        return _set_named(_dotted_name(rest), rest, names)
+    second = rest[0] if rest else b""
+    if second in (b"local", b"transaction", b"constraints"):
+        return 0  # over at the end of the transaction
+    flags = SQL_SESSION | SQL_SETTINGS
+    if second == b"session":
+        rest = rest[1:]
+        if rest[1:2] == [b"."]:
+            return _set_named(_dotted_name(rest), rest, names)
+        third = rest[0] if rest else b""
+        if third == b"characteristics":
+            return flags | SQL_FULL
+        if third == b"authorization":
+            _add_names(names, (b"session_authorization", b"role"))
+            return flags | (SQL_FULL if b"default" in rest else 0)
+    special = _SPECIAL_SET.get(rest[0] if rest else b"")
+    if special is not None:
+        _add_names(names, special)
+        return flags | (SQL_FULL if b"default" in rest else 0)
+    return _set_named(_dotted_name(rest), rest, names)
+
+
+def _set_named(name: bytes, rest: list[bytes], names: list[str] | None) -> int:
+    flags = SQL_SESSION | SQL_SETTINGS
+    if not name:
+        return flags | SQL_FULL  # a name the lexer cannot read: read every setting
+    if name.lower() in _UNREPLAYABLE:
+        return SQL_ALL
+    _add_names(names, (name,))
+    return flags | (SQL_FULL if b"default" in rest else 0)
+
+
+def _reset(rest: list[bytes], names: list[str] | None) -> int:
+    """RESET ...: rest follows the RESET keyword."""
+    flags = SQL_SESSION | SQL_SETTINGS | SQL_FULL
+    second = rest[0] if rest else b""
+    if rest[1:2] == [b"."]:
+        name = _dotted_name(rest)
+        if name.lower() in _UNREPLAYABLE:
+            return SQL_ALL
+        if name:
+            _add_names(names, (name,))
+    elif second == b"session":
+        _add_names(names, (b"session_authorization", b"role"))
+    elif second in _SPECIAL_SET:
+        _add_names(names, _SPECIAL_SET[second])
+    elif second != b"all":
+        name = _dotted_name(rest)
+        if name.lower() in _UNREPLAYABLE:
+            return SQL_ALL
+        if name:
+            _add_names(names, (name,))
+    return flags
 
 
 def _dotted_name(tokens: list[bytes]) -> bytes:

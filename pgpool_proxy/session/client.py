@@ -63,11 +63,12 @@ from .prepared import (
 from .state import (
     ALWAYS_READ,
     MAX_READ,
-    RESET_IDENTITY,
-    RESET_SETTINGS,
+    UNTIMED,
     SessionState,
     probe_sql,
     read_probe,
+    reset_identity_sql,
+    reset_settings_sql,
     reset_sql,
     set_sql,
 )
@@ -138,6 +139,7 @@ class ClientConnection(Endpoint):
         "pinned",
         "pool",
         "probe_flags",
+        "probe_hex",
         "probe_names",
         "release_on_idle",
         "scanner",
@@ -176,6 +178,7 @@ class ClientConnection(Endpoint):
         # sqlscan flags and setting names of the transaction being checked (PROBING).
         self.probe_flags = 0
         self.probe_names: list[str] = []
+        self.probe_hex = False
         # The client's search_path puts another schema before pg_catalog: an operator or
         # function name in any statement may run the client's own code (see _link).
         self.distrust = False
@@ -285,9 +288,9 @@ class ClientConnection(Endpoint):
         # sharing this server login.
         reset = ""
         if backend.last_user != self.user and backend.last_user:
-            reset = RESET_IDENTITY
+            reset = reset_identity_sql()
         elif backend.taint_owner is not None and backend.taint_owner is not self:
-            reset = RESET_SETTINGS
+            reset = reset_settings_sql()
         if not reset and backend.applied_sig is sig:
             # The common case: this backend last served settings identical to ours.
             self._activate()
@@ -299,7 +302,7 @@ class ClientConnection(Endpoint):
             self.to(ClientState.REPLAYING)
             self._replay = (set_extra, stale, bool(reset))
             backend.on_internal_done = self._replay_done
-            backend.send_internal(sql)
+            backend.send_internal(UNTIMED + sql)
             return
         backend.applied_sig = sig
         self._activate()
@@ -487,8 +490,10 @@ class ClientConnection(Endpoint):
                 return self._malformed(pos)
             bound = self.stmts.get(bytes(buf[p1 + 1 : p2]))
             if bound is None:
-                # Unknown to the proxy: the server answers "does not exist" in its own words.
+                # Unknown to the proxy: the server answers "does not exist" in its own words, or
+                # runs a statement made by SQL PREPARE, whose text the proxy never judged.
                 units.append(U_BIND)
+                self.scanner.dirty |= SQL_ALL
                 return self._through(frame_end, end), pos
             self._prepare(backend, bound, out, None)
             out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
@@ -679,6 +684,8 @@ class ClientConnection(Endpoint):
         self.to(ClientState.PROBING)
         self.probe_flags = flags
         self.probe_names = names
+        # Rows come in the session's client_encoding: other than UTF8, values travel as hex.
+        self.probe_hex = self.params.get("client_encoding", "UTF8").upper() != "UTF8"
         backend.on_internal_done = self._session_checked
         backend.send_internal(
             probe_sql(
@@ -686,6 +693,8 @@ class ClientConnection(Endpoint):
                 pins=bool(flags & (SQL_PINS | SQL_OPAQUE)) or self.pinned,
                 names=names,
                 statements=bool(flags & SQL_DEALLOCATE) and sc.rename,
+                hex_values=self.probe_hex,
+                untimed=True,
             )
         )
 
@@ -709,7 +718,7 @@ class ClientConnection(Endpoint):
             backend.close(DisconnectReason.RESET_FAILED)
             self.backend_released(None)
             return
-        found = read_probe(rows, statements_asked=asked)
+        found = read_probe(rows, statements_asked=asked, hex_values=self.probe_hex)
         if found.statements is not None:
             names = found.statements
             for stmt in [s for s in backend.stmts.lru if s.name.decode() not in names]:
@@ -731,7 +740,7 @@ class ClientConnection(Endpoint):
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
             backend.on_internal_done = self._settings_restored
-            backend.send_internal(set_sql(restore))
+            backend.send_internal(UNTIMED + set_sql(restore))
             return
         self._session_known(backend)
 

@@ -17,6 +17,7 @@ path. tests/integration/test_session_isolation.py runs the probe under such a sc
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -28,11 +29,14 @@ _NOT_SESSION = "'{transaction_isolation,transaction_read_only,transaction_deferr
 _EQ = "OPERATOR(pg_catalog.=)"
 _PLUS = "OPERATOR(pg_catalog.+)"
 _SETTINGS = (
-    "SELECT 's', name, setting FROM pg_catalog.pg_settings "
+    "SELECT 's', name, {value} FROM pg_catalog.pg_settings "
     f"WHERE source {_EQ} 'session' "
     f"AND name OPERATOR(pg_catalog.<>) ALL ({_NOT_SESSION}::pg_catalog.text[])"
 )
-# The temporary-table count scans pg_class only once the session has a temporary schema.
+# Temporary objects are counted by their dependency on the session's temporary schema: types,
+# domains, functions and operators as well as relations (a temporary domain named `text` shadows
+# the built-in type for whoever gets the session next). pg_depend is indexed on the referenced
+# object, and nothing is scanned until the session has a temporary schema.
 _PINS = (
     "SELECT 'p', ("
     "(SELECT pg_catalog.count(*) FROM pg_catalog.pg_locks "
@@ -42,10 +46,12 @@ _PINS = (
     f" {_PLUS} (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements "
     "WHERE from_sql)"
     f" {_PLUS} (CASE WHEN pg_catalog.pg_my_temp_schema() {_EQ} 0::pg_catalog.oid THEN 0 "
-    "ELSE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class "
-    f"WHERE relnamespace {_EQ} pg_catalog.pg_my_temp_schema()) END)"
+    "ELSE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_depend "
+    f"WHERE refclassid {_EQ} 'pg_catalog.pg_namespace'::pg_catalog.regclass "
+    f"AND refobjid {_EQ} pg_catalog.pg_my_temp_schema()) END)"
     ")::pg_catalog.text, NULL"
 )
+_HEX = "pg_catalog.encode(pg_catalog.convert_to({}, 'UTF8'), 'hex')"
 _STATEMENTS = "SELECT 'x', name, NULL FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
 
 # Read by name on every settings probe: no view lists them, and row-level security is often
@@ -56,38 +62,72 @@ MAX_READ = 64
 
 # Before another client may use a session that ran code the proxy could not see into: every
 # setting back to the connection's own, custom ones included. RESET ALL leaves the role alone;
-# SET SESSION AUTHORIZATION DEFAULT resets both.
-RESET_SETTINGS = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL"
+# SET SESSION AUTHORIZATION DEFAULT resets both. The random generator is seeded afresh: setseed()
+# in the last client's code must not make the next client's random() predictable.
+_RESET_SETTINGS = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL"
 # Before a session serves a client of another identity (several client users sharing one server
 # login): everything DISCARD ALL drops except the proxy's own prepared statements.
-RESET_IDENTITY = (
+_RESET_IDENTITY = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
     "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 )
+_SEED = secrets.SystemRandom()
+
+# The proxy's own statements run in the client's session, under its statement_timeout and
+# lock_timeout: a client that sets them to 1 ms must not make a check fail (and lose its pinned
+# session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query.
+UNTIMED = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
+
+
+def reset_settings_sql() -> str:
+    return f"{_RESET_SETTINGS}; {_reseed()}"
+
+
+def reset_identity_sql() -> str:
+    return f"{_RESET_IDENTITY}; {_reseed()}"
+
+
+def _reseed() -> str:
+    return f"SELECT pg_catalog.setseed({_SEED.uniform(-1.0, 1.0)!r})"
 
 
 def probe_sql(
-    *, full: bool, pins: bool, names: Iterable[str] = (), statements: bool = False
+    *,
+    full: bool,
+    pins: bool,
+    names: Iterable[str] = (),
+    statements: bool = False,
+    hex_values: bool = False,
+    untimed: bool = False,
 ) -> str:
     """One query answering what the session holds.
 
     full: every setting changed in the session ('s' rows, from pg_settings);
     names: these settings' current values ('n' rows; NULL when the server has no such setting);
     pins: the count of objects tying the session to this connection ('p' row);
-    statements: the protocol-level prepared statements the session holds ('x' rows).
+    statements: the protocol-level prepared statements the session holds ('x' rows);
+    hex_values: values as the hex of their UTF-8 bytes, for a session whose client_encoding is
+    not UTF8 (the server would send them converted to it; see read_probe);
+    untimed: count objects with statement_timeout and lock_timeout off (see UNTIMED), which
+    makes it several statements.
     """
-    parts = [_SETTINGS] if full else []
-    parts.extend(
-        f"SELECT 'n', {q}, pg_catalog.current_setting({q}, true)"
+    wrap = _HEX if hex_values else "{}"
+    settings = [_SETTINGS.replace("{value}", wrap.format("setting"))] if full else []
+    settings.extend(
+        f"SELECT 'n', {q}, " + wrap.format(f"pg_catalog.current_setting({q}, true)")
         for q in (quote_literal(n) for n in names)
     )
-    if pins:
-        parts.append(_PINS)
+    objects = [_PINS] if pins or not settings else []
     if statements:
-        parts.append(_STATEMENTS)
-    if not parts:
-        parts.append(_PINS)
-    return " UNION ALL ".join(parts)
+        objects.append(_STATEMENTS)
+    if not untimed:
+        return " UNION ALL ".join(settings + objects)
+    # Settings are read first, under the session's own timeouts (reading them is quick, and
+    # under the proxy's SET LOCAL they would read as 0); what may take long comes after it.
+    out = [" UNION ALL ".join(settings)] if settings else []
+    if objects:
+        out.append(UNTIMED + " UNION ALL ".join(objects))
+    return "; ".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +138,9 @@ class SessionState:
     statements: frozenset[str] | None  # names of protocol-level prepared statements, if asked
 
 
-def read_probe(rows: list[list[str | None]], *, statements_asked: bool) -> SessionState:
+def read_probe(
+    rows: list[list[str | None]], *, statements_asked: bool, hex_values: bool = False
+) -> SessionState:
     settings: dict[str, str] = {}
     named: dict[str, str | None] = {}
     pins: int | None = None
@@ -107,6 +149,8 @@ def read_probe(rows: list[list[str | None]], *, statements_asked: bool) -> Sessi
         if len(row) != 3:
             continue
         kind, a, b = row
+        if hex_values and b is not None and (kind == "s" or kind == "n"):
+            b = bytes.fromhex(b).decode("utf-8", "surrogateescape")
         if kind == "s" and a is not None:
             settings[a.lower()] = b or ""
         elif kind == "n" and a is not None:
@@ -129,9 +173,18 @@ def set_sql(values: dict[str, str]) -> str:
     """Statement giving each setting its value, with the server parsing the value as it parses a
     startup option (so a list such as search_path keeps its meaning)."""
     return "SELECT " + ", ".join(
-        f"pg_catalog.set_config({quote_literal(k)}, {quote_literal(values[k])}, false)"
+        f"pg_catalog.set_config({quote_literal(k)}, {_value(values[k])}, false)"
         for k in sorted(values, key=_order)
     )
+
+
+def _value(v: str) -> str:
+    if v.isascii():
+        return quote_literal(v)
+    # Sent as hex of its UTF-8 bytes: the statement reaches the server in the session's
+    # client_encoding, which may be LATIN1 or SJIS, and hex means the same in all of them.
+    data = v.encode("utf-8", "surrogateescape").hex()
+    return f"pg_catalog.convert_from(pg_catalog.decode('{data}', 'hex'), 'UTF8')"
 
 
 def reset_sql(names: Iterable[str]) -> str:

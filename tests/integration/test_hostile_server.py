@@ -460,7 +460,7 @@ async def test_parameter_flood_during_query(
         await client.login("alice", PASSWORDS["alice"], "evil")
         client.send(m.query("select flood"))
         err = await client.read_error(5)
-        assert err["C"] == "08P01", err
+        assert err["C"] == "08006", err
         assert "too many parameters" in err["M"], err
         assert await client.closed(5)
         await client.close()
@@ -529,7 +529,7 @@ async def _read_through_ready(client: RawClient) -> list[bytes]:
 async def test_bad_lengths_during_query(
     start_proxy: StartProxy, pg: LocalPostgres, frame: bytes
 ) -> None:
-    """A frame no PostgreSQL sends, mid-query: the client is told (08P01) and the pool opens a
+    """A frame no PostgreSQL sends, mid-query: the client is told (08006) and the pool opens a
     fresh server connection for the next client."""
     conns = 0
 
@@ -545,7 +545,7 @@ async def test_bad_lengths_during_query(
         await client.login("alice", PASSWORDS["alice"], "evil")
         client.send(m.query("select 1"))
         err = await client.read_error(5)
-        assert err["C"] == "08P01", err
+        assert err["C"] == "08006", err
         assert "invalid message" in err["M"], err
         assert await client.closed(5)
         again = await RawClient.connect(proxy.host, proxy.port)

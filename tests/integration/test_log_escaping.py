@@ -20,9 +20,10 @@ from pgpool_proxy.cli import JsonFormatter, TextFormatter, escape_log_text
 from tests.support.proxy import StartProxy
 from tests.support.rawpg import RawClient, RawError
 
-FORGED = "2026-12-02 12:00:00,000 INFO pgpool_proxy.session: client login: FORGED"
+# Names stay within PostgreSQL's 63 bytes: longer ones are refused (42622) before any lookup.
+FORGED = "2026-12-02 12:00:00,000 INFO pgpool_proxy: FORGED"
 USER = f"mallory\n{FORGED}"
-DATABASE = f"app\r\n{FORGED}\x1b[2J\u2028{FORGED}"
+DATABASE = f"app\r\n{FORGED}\x1b[2J\u2028"
 APP = f"psql\n{FORGED}"
 
 

@@ -3,8 +3,10 @@ server session of a proxy with a pool of 1, then client B reads that session. Th
 fresh direct PostgreSQL session: B must see what it sees.
 
 Tests named `test_leak_*` reproduce leaks found against the session-isolation work (lexer
-bypasses, state the probe does not count, settings that do not survive a replay); they fail until
-the proxy is fixed. The others are attacks the proxy handles, kept so it stays that way.
+bypasses, state the probe did not count, settings that did not survive a replay); each passes
+now, except the user functions of the README's known limits (strict xfail: it fails the suite
+the day they are handled, so the README gets updated). The others are attacks the proxy
+handled from the start, kept so it stays that way.
 `test_implicit_code_known_limits` measures the documented limit (code run implicitly by a
 harmless-looking statement) and fails when that set changes, so the README stays true.
 """
@@ -221,6 +223,11 @@ USER_FUNCTIONS = {
 }
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (README): the lexer judges a call by its name, not by the signature "
+    "PostgreSQL resolves; user functions named like keywords or built-ins are not seen",
+)
 @pytest.mark.parametrize("sql", USER_FUNCTIONS.values(), ids=USER_FUNCTIONS.keys())
 async def test_leak_user_functions_the_lexer_takes_for_syntax_or_builtins(
     atk: LocalPostgres, start_proxy: StartProxy, sql: str

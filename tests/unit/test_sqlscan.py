@@ -70,7 +70,8 @@ CASES: list[tuple[str, int]] = [
     ("LISTEN ch", P),
     ("UNLISTEN *", P),
     ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", P),
-    ("PREPARE p AS SELECT 1", P),
+    # PREPARE: the statement runs later where the proxy cannot judge it (EXPLAIN EXECUTE, Bind).
+    ("PREPARE p AS SELECT 1", X),
     ("CLOSE c", P),
     ("DROP TABLE t", P),
     ("CREATE TEMP TABLE t(a int)", P),
@@ -165,6 +166,41 @@ CASES: list[tuple[str, int]] = [
     ("select 'it''s; set x=1'", 0),
     # A backslash in a standard string: where it ends depends on standard_conforming_strings.
     ("select 'a\\'; set x=1 --'", A),
+    # Found by tests/integration/test_session_attacks.py: each was a leak.
+    # Custom settings named like the keywords that follow SET.
+    ("SET local.tenant = 'A'", ST),
+    ("SET transaction.tenant = 'A'", ST),
+    ("SET constraints.x TO 1", ST),
+    ("SET session.tenant = 'A'", ST),
+    ("SET SESSION local.tenant = 'A'", ST),
+    ("SET role.tenant = 'A'", ST),
+    ("SET time.tenant = 'A'", ST),
+    ("RESET local.tenant", F),
+    # A comment between a function's name and its parenthesis (PostgreSQL drops comments).
+    ("SELECT set_config/**/('a.b', 'A', false)", ST),
+    ("SELECT set_config--x\n('a.b', 'A', false)", ST),
+    ("SELECT my_func /* x */ (1)", X),
+    ("SELECT pg_advisory_lock -- x\r(1)", P),
+    ("SELECT pg_catalog/**/.set_config('a.b', 'A', false)", X | SQL_FULL),
+    ("SELECT evil./**/set_config('a.b', 'A', false)", X),
+    ("SELECT 1 INTO /**/ t", P),
+    ("SELECT a /* not called */ FROM t", 0),
+    # Calls right after ON and USING.
+    ("SELECT 1 FROM a JOIN b ON set_config('a.b', 'A', false) <> ''", ST),
+    ("DELETE FROM t USING set_config('a.b', 'A', false) s", ST),
+    ("SELECT 1 FROM a JOIN b ON pg_advisory_lock(1) IS NOT NULL", P),
+    ("SELECT 1 FROM a JOIN b USING (id)", 0),
+    # SELECT ... INTO with a column named insert; WITH ... INSERT INTO costs a count.
+    ("SELECT 1 AS insert INTO tt", P),
+    ("WITH q AS (SELECT 1) INSERT INTO t SELECT * FROM q", P),
+    # A byte of a multibyte character before a backslash (SJIS's second byte may be 0x5C).
+    ("SELECT E'\x95\\'; SELECT set_config('a.b', 'A', false) -- '", A),
+    # `seed` cannot be read back and set again: the random generator's state is opaque.
+    ("SET seed = 0.5", A),
+    ("SET SESSION seed TO 0.5", A),
+    ("RESET seed", A),
+    ("SELECT set_config('seed', '0.5', false)", X | SQL_FULL),
+    ("SELECT setseed(0.42)", X),
 ]
 
 
@@ -230,6 +266,28 @@ def test_classify_prefix_at_every_end_never_raises() -> None:
 def test_setting_names(sql: str, names: list[str]) -> None:
     b = sql.encode()
     assert setting_names(b, 0, len(b)) == names
+
+
+@pytest.mark.parametrize(
+    ("sql", "names"),
+    [
+        ("SET local.tenant = 'A'", ["local.tenant"]),
+        ("SET time.tenant = 'A'", ["time.tenant"]),
+        ("SET role.x TO 'A'", ["role.x"]),
+        ("SET SESSION session.x = 1", ["session.x"]),
+        ("RESET transaction.x", ["transaction.x"]),
+        ("SELECT set_config/**/('a.b', 'A', false)", ["a.b"]),
+        ("SELECT 1 FROM a JOIN b ON set_config('a.b', 'A', false) <> ''", ["a.b"]),
+    ],
+)
+def test_setting_names_of_keyword_like_and_hidden_settings(sql: str, names: list[str]) -> None:
+    b = sql.encode()
+    assert setting_names(b, 0, len(b)) == names
+
+
+def test_long_qualified_name_is_opaque_at_bounded_cost() -> None:
+    text = b"SELECT " + b'"a".' * 4000 + b"b("
+    assert classify(text, 0, len(text)) & SQL_OPAQUE
 
 
 def test_setting_names_bounded() -> None:
