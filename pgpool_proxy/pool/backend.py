@@ -471,6 +471,10 @@ class BackendConnection(Endpoint):
     def send_internal(self, sql: str) -> None:
         """Send a simple query whose reply the proxy swallows (the client never sees it)."""
         assert self.transport is not None
+        client = self.client
+        if client is not None:
+            # A simple Query drops the server's unnamed statement.
+            client.scanner.unnamed_here = False
         self.internal_pending += 1
         self.scanner.internal = True
         self.transport.write(m.query(sql))

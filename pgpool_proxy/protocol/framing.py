@@ -188,6 +188,10 @@ class ClientScanner:
         "syncs_since_execute",
         "terminated",
         "units",
+        "unnamed",
+        "unnamed_flags",
+        "unnamed_here",
+        "unnamed_names",
         "unsynced",
     )
 
@@ -212,6 +216,15 @@ class ClientScanner:
         # ignores Sync: the Syncs sent since the COPY's Execute earn no ReadyForQuery.
         self.copy_in = False
         self.syncs_since_execute = 0
+        # Transaction mode: the client's unnamed statement (its Parse frame, None when it has none
+        # or it was too long to keep), its sqlscan flags and setting names, and whether the
+        # linked server's unnamed statement is this client's. A driver may Parse in one batch and
+        # Bind in the next (asyncpg without a statement cache), on another server connection or
+        # after the proxy's own Query (which drops the server's unnamed statement).
+        self.unnamed: bytes | None = None
+        self.unnamed_flags = 0
+        self.unnamed_names: list[str] = []
+        self.unnamed_here = True
 
     def reset(self) -> None:
         self.pending = 0
@@ -259,6 +272,11 @@ class ClientScanner:
                         self.dirty |= SQL_ALL
                     elif flags:
                         self.mark(flags, buf, pos + 5, pos + n - 1)
+                    if self.rename:
+                        # PostgreSQL drops the unnamed statement on a simple Query.
+                        self.unnamed = None
+                        self.unnamed_flags = 0
+                        self.unnamed_here = True
                     self.pending += 1
                     self.syncs_since_execute = 0
                     if units:
@@ -282,7 +300,10 @@ class ClientScanner:
                         if flags:
                             self.mark(flags, buf, q, qend)
                     else:
+                        flags = SQL_ALL
                         self.dirty |= SQL_ALL
+                    if self.rename:
+                        self._keep_unnamed(buf, pos, n, avail, flags, q, qend)
                     units.append(U_PARSE)
             elif t == F_SYNC:
                 self.pending += 1
@@ -299,8 +320,21 @@ class ClientScanner:
                     if t == F_BIND:
                         p1 = pos + 5 if buf[pos + 5] == 0 else buf.find(0, pos + 5, stop)
                         named = p1 < 0 or (p1 + 1 < stop and buf[p1 + 1] != 0)
+                        # The unnamed statement: re-Parsed first when the server lacks it, and
+                        # its flags noted again when it runs again.
+                        named = named or not self.unnamed_here or self.unnamed_flags != 0
+                    elif buf[pos + 5] != _S:
+                        named = False
+                    elif buf[pos + 6] != 0:
+                        named = True
+                    elif t == F_DESCRIBE:
+                        named = not self.unnamed_here
                     else:
-                        named = buf[pos + 5] == _S and buf[pos + 6] != 0
+                        # Close of the unnamed statement: the server drops its own, if any.
+                        named = False
+                        self.unnamed = None
+                        self.unnamed_flags = 0
+                        self.unnamed_here = True
                     if named:
                         if not units and self.pending:
                             self._track_pending()
@@ -349,6 +383,22 @@ class ClientScanner:
         self.dirty |= flags
         if flags & SQL_SETTINGS:
             self.note_names(setting_names(buf, start, end))
+
+    def _keep_unnamed(
+        self, buf: bytearray, pos: int, n: int, avail: int, flags: int, q: int, qend: int
+    ) -> None:
+        self.unnamed_here = True
+        self.unnamed_flags = flags
+        self.unnamed_names = (
+            setting_names(buf, q, qend) if flags & SQL_SETTINGS and qend >= 0 else []
+        )
+        if avail < n:
+            self.unnamed = None  # streamed through, too long to keep: not re-Parsed elsewhere
+            return
+        prev = self.unnamed
+        # Drivers send the same text again and again: keep the copy when it is unchanged.
+        if prev is None or len(prev) != n or not buf.startswith(prev, pos):
+            self.unnamed = bytes(buf[pos : pos + n])
 
     def note_names(self, names: list[str]) -> None:
         if len(names) >= MAX_NAMES:

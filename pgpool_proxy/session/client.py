@@ -50,6 +50,7 @@ from .prepared import (
     A_PARSE,
     A_SYNTH,
     CLOSE_COMPLETE,
+    CLOSE_UNNAMED_STATEMENT,
     PARSE_COMPLETE,
     Action,
     ClientStatements,
@@ -278,6 +279,8 @@ class ClientConnection(Endpoint):
         backend.client = self
         backend.linked_at = backend.loop.time()
         backend.scanner.units = self.scanner.units
+        # Whatever unnamed statement this server holds is not this client's.
+        self.scanner.unnamed_here = False
         self.backend = backend
         self._sync_flow(backend)
         sig = self.settings_sig or self.compute_sig()
@@ -488,6 +491,15 @@ class ClientConnection(Endpoint):
             p2 = buf.find(0, p1 + 1, stop) if p1 >= 0 else -1
             if p2 < 0:
                 return self._malformed(pos)
+            if p2 == p1 + 1:
+                self._unnamed_ready(out)
+                sc = self.scanner
+                if sc.unnamed_flags:
+                    sc.dirty |= sc.unnamed_flags
+                    if sc.unnamed_names:
+                        sc.note_names(sc.unnamed_names)
+                units.append(U_BIND)
+                return self._through(frame_end, end), pos
             bound = self.stmts.get(bytes(buf[p1 + 1 : p2]))
             if bound is None:
                 # Unknown to the proxy: the server answers "does not exist" in its own words, or
@@ -507,6 +519,10 @@ class ClientConnection(Endpoint):
             return self._malformed(pos)
         name = bytes(buf[pos + 6 : frame_end - 1])
         if t == F_DESCRIBE:
+            if not name:
+                self._unnamed_ready(out)
+                units.append(U_DESCRIBE)
+                return frame_end, pos
             described = self.stmts.get(name)
             if described is None:
                 units.append(U_DESCRIBE)
@@ -522,6 +538,23 @@ class ClientConnection(Endpoint):
             Action(A_SYNTH, U_CLOSE, closed, reply=CLOSE_COMPLETE, client_name=name), backend
         )
         return frame_end, frame_end
+
+    def _unnamed_ready(self, out: list[Any]) -> None:
+        """Before a Bind or Describe of the unnamed statement: give the server this client's
+        unnamed statement when it holds another's or none (another server connection, or the
+        proxy's own Query ran since). A client that has none gets the server's own 26000, never
+        another client's statement."""
+        sc = self.scanner
+        if sc.unnamed_here:
+            return
+        sc.unnamed_here = True
+        units = sc.units
+        if sc.unnamed is not None:
+            out.append(sc.unnamed)
+            units.append(Action(A_INJECTED_PARSE, U_PARSE))
+        else:
+            out.append(CLOSE_UNNAMED_STATEMENT)
+            units.append(Action(A_INJECTED_CLOSE, U_CLOSE))
 
     @staticmethod
     def _new_stmt(

@@ -36,6 +36,8 @@ _NO_BUDGET = 1 << 62
 
 PARSE_COMPLETE = _HDR.pack(b"1", 4)
 CLOSE_COMPLETE = _HDR.pack(b"3", 4)
+# Close of the unnamed statement, sent before a Bind of it on a server that holds another's.
+CLOSE_UNNAMED_STATEMENT = _HDR.pack(b"C", 4 + 2) + b"S\0"
 
 
 class Stmt:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from ..protocol.constants import B_ERROR
-from ..protocol.units import TERMINATES, U_Z
+from ..protocol.units import TERMINATES, U_PARSE, U_Z
 from .prepared import (
     A_DUPLICATE,
     A_INJECTED_CLOSE,
@@ -88,6 +88,11 @@ def on_unit(
                 )
             else:
                 _failed(client, backend, u, fields)
+        elif u == U_PARSE:
+            # The client's unnamed Parse failed: PostgreSQL has dropped its unnamed statement.
+            sc = client.scanner
+            sc.unnamed = None
+            sc.unnamed_flags = 0
         # The server now skips everything up to the next Sync.
         while units and units[0] != U_Z:
             v = units.popleft()
@@ -104,7 +109,8 @@ def _failed(
     client: ClientConnection, backend: BackendConnection, a: Action, fields: dict[str, str]
 ) -> None:
     stmt = a.stmt
-    assert stmt is not None
+    if stmt is None:
+        return  # the unnamed statement, given again (ClientConnection._unnamed_ready)
     kind = a.kind
     if kind == A_PARSE:
         backend.stmts.discard(stmt)
