@@ -182,6 +182,7 @@ class ClientScanner:
         "max_len",
         "names",
         "need",
+        "parse_flags",
         "pending",
         "rename",
         "skip",
@@ -189,8 +190,10 @@ class ClientScanner:
         "terminated",
         "units",
         "unnamed",
+        "unnamed_drops",
         "unnamed_flags",
         "unnamed_here",
+        "unnamed_in_flight",
         "unnamed_names",
         "unsynced",
     )
@@ -216,15 +219,24 @@ class ClientScanner:
         # ignores Sync: the Syncs sent since the COPY's Execute earn no ReadyForQuery.
         self.copy_in = False
         self.syncs_since_execute = 0
-        # Transaction mode: the client's unnamed statement (its Parse frame, None when it has none
-        # or it was too long to keep), its sqlscan flags and setting names, and whether the
-        # linked server's unnamed statement is this client's. A driver may Parse in one batch and
-        # Bind in the next (asyncpg without a statement cache), on another server connection or
-        # after the proxy's own Query (which drops the server's unnamed statement).
-        self.unnamed: bytes | None = None
+        # Transaction mode: the client's unnamed statement. A driver may Parse it in one batch and
+        # Bind it in the next (asyncpg without a statement cache), on another server connection
+        # or after the proxy's own Query (which drops the server's unnamed statement); the
+        # session layer gives it to the server again (session.client, session.replies).
+        # `unnamed`: (Parse frame, flags, setting names) of the one the server last accepted,
+        # None when the client has none (or it was too long to keep). `unnamed_here`: the
+        # linked server holds the client's. `unnamed_flags`/`unnamed_names`: what a Bind of it
+        # may run (those of every unnamed Parse still awaiting its reply included).
+        # `unnamed_drops` counts Query and Close messages, which drop it: a Parse answered
+        # after one of those was sent no longer counts. `parse_flags`: the flags of the unnamed
+        # Parse the scan stopped at.
+        self.unnamed: tuple[bytes, int, list[str]] | None = None
         self.unnamed_flags = 0
         self.unnamed_names: list[str] = []
         self.unnamed_here = True
+        self.unnamed_drops = 0
+        self.unnamed_in_flight = 0
+        self.parse_flags = 0
 
     def reset(self) -> None:
         self.pending = 0
@@ -273,10 +285,7 @@ class ClientScanner:
                     elif flags:
                         self.mark(flags, buf, pos + 5, pos + n - 1)
                     if self.rename:
-                        # PostgreSQL drops the unnamed statement on a simple Query.
-                        self.unnamed = None
-                        self.unnamed_flags = 0
-                        self.unnamed_here = True
+                        self.drop_unnamed()  # as PostgreSQL does on a simple Query
                     self.pending += 1
                     self.syncs_since_execute = 0
                     if units:
@@ -303,7 +312,13 @@ class ClientScanner:
                         flags = SQL_ALL
                         self.dirty |= SQL_ALL
                     if self.rename:
-                        self._keep_unnamed(buf, pos, n, avail, flags, q, qend)
+                        if avail >= n:
+                            self.parse_flags = flags
+                            self.event = CEV_INSPECT
+                            return pos
+                        # Streamed through, too long to keep: never given again elsewhere.
+                        self.drop_unnamed()
+                        self.unnamed_flags = SQL_ALL
                     units.append(U_PARSE)
             elif t == F_SYNC:
                 self.pending += 1
@@ -332,9 +347,7 @@ class ClientScanner:
                     else:
                         # Close of the unnamed statement: the server drops its own, if any.
                         named = False
-                        self.unnamed = None
-                        self.unnamed_flags = 0
-                        self.unnamed_here = True
+                        self.drop_unnamed()
                     if named:
                         if not units and self.pending:
                             self._track_pending()
@@ -384,21 +397,13 @@ class ClientScanner:
         if flags & SQL_SETTINGS:
             self.note_names(setting_names(buf, start, end))
 
-    def _keep_unnamed(
-        self, buf: bytearray, pos: int, n: int, avail: int, flags: int, q: int, qend: int
-    ) -> None:
+    def drop_unnamed(self) -> None:
+        """A message that drops the server's unnamed statement, and so the client's, was sent."""
+        self.unnamed = None
+        self.unnamed_flags = 0
+        self.unnamed_names = []
         self.unnamed_here = True
-        self.unnamed_flags = flags
-        self.unnamed_names = (
-            setting_names(buf, q, qend) if flags & SQL_SETTINGS and qend >= 0 else []
-        )
-        if avail < n:
-            self.unnamed = None  # streamed through, too long to keep: not re-Parsed elsewhere
-            return
-        prev = self.unnamed
-        # Drivers send the same text again and again: keep the copy when it is unchanged.
-        if prev is None or len(prev) != n or not buf.startswith(prev, pos):
-            self.unnamed = bytes(buf[pos : pos + n])
+        self.unnamed_drops += 1
 
     def note_names(self, names: list[str]) -> None:
         if len(names) >= MAX_NAMES:

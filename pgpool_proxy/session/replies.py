@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from ..protocol.constants import B_ERROR
-from ..protocol.units import TERMINATES, U_PARSE, U_Z
+from ..protocol.units import TERMINATES, U_Z
 from .prepared import (
     A_DUPLICATE,
     A_INJECTED_CLOSE,
     A_INJECTED_PARSE,
     A_PARSE,
     A_SYNTH,
+    A_UNNAMED_PARSE,
     A_USE,
     CLOSE_COMPLETE,
     Action,
@@ -88,11 +89,6 @@ def on_unit(
                 )
             else:
                 _failed(client, backend, u, fields)
-        elif u == U_PARSE:
-            # The client's unnamed Parse failed: PostgreSQL has dropped its unnamed statement.
-            sc = client.scanner
-            sc.unnamed = None
-            sc.unnamed_flags = 0
         # The server now skips everything up to the next Sync.
         while units and units[0] != U_Z:
             v = units.popleft()
@@ -102,16 +98,22 @@ def on_unit(
     if u.__class__ is not Action or not TERMINATES[u.unit][t]:
         units.appendleft(u)  # not a reply this unit expects: pass it on, keep waiting
         return True
+    if u.kind == A_UNNAMED_PARSE:
+        _unnamed_answered(client, u, accepted=True)
+        return True
     return u.kind != A_INJECTED_PARSE and u.kind != A_INJECTED_CLOSE
 
 
 def _failed(
     client: ClientConnection, backend: BackendConnection, a: Action, fields: dict[str, str]
 ) -> None:
+    kind = a.kind
+    if kind == A_UNNAMED_PARSE:
+        _unnamed_answered(client, a, accepted=False)
+        return
     stmt = a.stmt
     if stmt is None:
         return  # the unnamed statement, given again (ClientConnection._unnamed_ready)
-    kind = a.kind
     if kind == A_PARSE:
         backend.stmts.discard(stmt)
         _forget(client, a)
@@ -135,6 +137,9 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
     """The server skipped this unit's message (an earlier error in the pipeline)."""
     stmt = a.stmt
     kind = a.kind
+    if kind == A_UNNAMED_PARSE:
+        _unnamed_answered(client, a, accepted=None)
+        return
     if stmt is None:
         return
     if kind == A_PARSE:
@@ -149,6 +154,23 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
             client.stmts[a.client_name] = stmt
         else:
             _forget(client, a)
+
+
+def _unnamed_answered(client: ClientConnection, a: Action, *, accepted: bool | None) -> None:
+    """The server accepted (True), refused (False) or skipped (None) a client's unnamed Parse.
+    Accepted or refused, it replaced the server's unnamed statement, unless the client sent a
+    Query or Close after it (that dropped whatever it made)."""
+    sc = client.scanner
+    rec = a.record
+    assert rec is not None
+    sc.unnamed_in_flight -= 1
+    if accepted is not None and rec.drops == sc.unnamed_drops:
+        sc.unnamed = (rec.frame, rec.flags, rec.names) if accepted else None
+    if sc.unnamed_in_flight <= 0:
+        # No other unnamed Parse awaits its reply: a Bind runs exactly this one.
+        sc.unnamed_in_flight = 0
+        kept = sc.unnamed
+        sc.unnamed_flags, sc.unnamed_names = (kept[1], kept[2]) if kept else (0, [])
 
 
 def _forget(client: ClientConnection, a: Action) -> None:

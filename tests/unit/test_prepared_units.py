@@ -166,9 +166,10 @@ def run_client(
     """Feed data in chunks to a ClientScanner on a growing buffer (absolute positions).
 
     Acts as the caller does at CEV_INSPECT: a Query is counted (as the client connection does
-    after looking at it), another message gets a marker unit ('I', type byte); scanning resumes
-    after the frame. Returns the scanner, the events as (name, position, type byte or need) and
-    the position reached.
+    after looking at it), an unnamed Parse (transaction mode stops at it to remember what it
+    makes) gets its plain unit and no event, another message gets a marker unit ('I', type
+    byte); scanning resumes after the frame. Returns the scanner, the events as (name, position,
+    type byte or need) and the position reached.
     """
     if sc is None:
         sc = ClientScanner(LIMIT)
@@ -184,6 +185,11 @@ def run_client(
                 return sc, events, pos
             if sc.event == CEV_INSPECT:
                 t = buf[pos]
+                if t == ord("P") and buf[pos + 5] == 0:
+                    sc.unnamed_here = True
+                    sc.units.append(U_PARSE)
+                    pos = frame_end(buf, pos)
+                    continue
                 events.append(("inspect", pos, t))
                 if t == ord("Q"):
                     sc.pending += 1
@@ -611,9 +617,57 @@ def test_client_rename_stops_at_named(label: str, msg: bytes, chunk: int) -> Non
 def test_client_unnamed_not_inspected(
     label: str, msg: bytes, unit: int, rename: bool, chunk: int
 ) -> None:
+    """While the linked server holds the client's own unnamed statement (the common case: Parse
+    and Bind in one batch), nothing about it needs the session layer beyond the Parse."""
     sc, events, _ = run_client(msg + SYNC, chunk, rename=rename)
     assert without_needs(events) == []
     assert list(sc.units) == [unit, U_Z]
+
+
+@pytest.mark.parametrize(
+    ("label", "msg", "stops"),
+    [
+        ("bind", bind(b"", b"", b"1"), True),
+        ("bind-named-portal", bind(b"p1", b"", b"1"), True),
+        ("describe-S", describe(b"S", b""), True),
+        ("describe-P", describe(b"P", b""), False),
+        ("close-S", close(b"S", b""), False),
+        ("execute", execute(), False),
+    ],
+)
+def test_client_unnamed_inspected_on_a_server_without_it(
+    label: str, msg: bytes, stops: bool
+) -> None:
+    """After a relink (or the proxy's own Query) the server's unnamed statement is not the
+    client's: a Bind or Describe of it stops the scan so the session layer can give it again."""
+    sc = ClientScanner(LIMIT)
+    sc.rename = True
+    sc.unnamed_here = False
+    sc.scan(bytearray(msg + SYNC), 0, len(msg) + len(SYNC))
+    assert (sc.event == CEV_INSPECT) == stops
+    if label == "close-S":
+        assert sc.unnamed_here and sc.unnamed is None  # the server drops its own too
+
+
+def test_client_unnamed_bind_of_a_statement_with_flags_is_inspected() -> None:
+    """Its flags are noted again each time it runs (it may have been parsed in an earlier,
+    already checked transaction)."""
+    sc = ClientScanner(LIMIT)
+    sc.rename = True
+    sc.unnamed_flags = 8
+    data = bytearray(bind(b"", b"") + SYNC)
+    sc.scan(data, 0, len(data))
+    assert sc.event == CEV_INSPECT
+
+
+def test_client_query_drops_the_unnamed_statement() -> None:
+    sc = ClientScanner(LIMIT)
+    sc.rename = True
+    sc.unnamed = (b"P", 0, [])
+    sc.unnamed_here = False
+    data = bytearray(m.query("select 1"))
+    sc.scan(data, 0, len(data))
+    assert sc.unnamed is None and sc.unnamed_here and sc.unnamed_drops == 1
 
 
 @pytest.mark.parametrize(("label", "msg"), NAMED, ids=[n for n, _ in NAMED])
