@@ -277,6 +277,8 @@ class ClientScanner:
                 if t == F_QUERY:
                     # A text longer than what is looked into is judged unseen.
                     flags = classify(buf, pos + 5, pos + n - 1) if avail >= n else SQL_ALL
+                    if self.rename:
+                        self.drop_unnamed()  # as PostgreSQL does on a simple Query
                     if flags & SQL_DEALLOCATE and avail >= n:
                         self.event = CEV_INSPECT
                         return pos
@@ -284,8 +286,6 @@ class ClientScanner:
                         self.dirty |= SQL_ALL
                     elif flags:
                         self.mark(flags, buf, pos + 5, pos + n - 1)
-                    if self.rename:
-                        self.drop_unnamed()  # as PostgreSQL does on a simple Query
                     self.pending += 1
                     self.syncs_since_execute = 0
                     if units:

@@ -613,6 +613,9 @@ class ClientConnection(Endpoint):
                         out.append(m.query(f'DEALLOCATE "{stmt.name.decode()}"'))
                         self._count_query()
                     else:
+                        # Answered here: the server never sees this Query, so it keeps the
+                        # unnamed statement the client has just dropped.
+                        sc.unnamed_here = False
                         self._push(
                             Action(
                                 A_SYNTH,
