@@ -4,6 +4,7 @@ and through the proxy in transaction mode, and must see the same thing.
 - Reported parameters: every ParameterStatus a client sees, at login and later, carries the
   server's canonical spelling of what the client asked for (`UTF8` for `utf-8`), and an invalid
   startup setting is refused at login with the server's own error.
+- NotificationResponse: a client that notifies itself sees the pid it was given at login.
 """
 
 from __future__ import annotations
@@ -202,3 +203,124 @@ async def test_asyncpg_invalid_setting_refused_at_login(
             await asyncpg.connect(dsn, server_settings=settings)
         errors.append((type(info.value), info.value.sqlstate, str(info.value)))
     assert errors[1] == errors[0]
+
+
+# --------------------------------------------------------------------------------------------
+# NotificationResponse pids
+
+
+async def _notify_self(conn: asyncpg.Connection, channel: str) -> int:
+    got: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_notify(_c: object, pid: int, _ch: str, _payload: str) -> None:
+        got.put_nowait(pid)
+
+    await conn.add_listener(channel, on_notify)
+    try:
+        await conn.execute(f"NOTIFY {channel}, 'hello'")
+        return await asyncio.wait_for(got.get(), 10)
+    finally:
+        await conn.remove_listener(channel, on_notify)
+
+
+async def test_asyncpg_self_notify_pid(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+    proxy = start(start_proxy, "transaction", size=2)
+    async with _both(pg, proxy) as (d, p):
+        for conn in (d, p):
+            for i in range(2):
+                pid = await _notify_self(conn, f"fid_self_{i}")
+                assert pid == conn.get_server_pid()
+
+
+async def test_asyncpg_self_notify_in_transaction_and_pg_notify(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    proxy = start(start_proxy, "transaction", size=2)
+    async with _both(pg, proxy) as (d, p):
+        for conn in (d, p):
+            got: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+            await conn.add_listener(
+                "fid_tx", lambda _c, pid, _ch, payload, q=got: q.put_nowait((pid, payload))
+            )
+            async with conn.transaction():
+                await conn.execute("NOTIFY fid_tx, 'a'")
+                await conn.execute("select pg_notify('fid_tx', 'b')")
+            await conn.execute("select pg_notify('fid_tx', $1)", "c" * 5000)
+            seen = [await asyncio.wait_for(got.get(), 10) for _ in range(3)]
+            me = conn.get_server_pid()
+            assert seen == [(me, "a"), (me, "b"), (me, "c" * 5000)]
+
+
+async def test_asyncpg_notify_from_another_client(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """A notification from another session never carries the listener's own pid (what a
+    client checks to ignore its own notifications)."""
+    proxy = start(start_proxy, "transaction", size=3)
+    for connect in (
+        lambda: asyncpg.connect(_direct_dsn(pg)),
+        lambda: asyncpg.connect(proxy.dsn(), statement_cache_size=0),
+    ):
+        listener, sender = await connect(), await connect()
+        try:
+            got: asyncio.Queue[int] = asyncio.Queue()
+            await listener.add_listener(
+                "fid_other", lambda _c, pid, _ch, _p, q=got: q.put_nowait(pid)
+            )
+            await sender.execute("NOTIFY fid_other, 'x'")
+            pid = await asyncio.wait_for(got.get(), 10)
+            assert pid != listener.get_server_pid()
+        finally:
+            await listener.close()
+            await sender.close()
+
+
+def test_psycopg_self_notify_pid(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+    proxy = start(start_proxy, "transaction", size=2)
+    for dsn in (_direct_dsn(pg), proxy.dsn()):
+        with psycopg.connect(dsn, autocommit=True, sslmode="disable") as conn:
+            conn.execute("LISTEN fid_pg")
+            conn.execute("NOTIFY fid_pg, 'p'")
+            n = next(conn.notifies(timeout=10))
+            assert (n.channel, n.payload, n.pid) == ("fid_pg", "p", conn.info.backend_pid)
+            conn.execute("UNLISTEN *")
+
+
+async def test_notifications_during_the_proxys_own_statements(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """A pinned listener whose statements make the proxy check the session (SET) gets every
+    notification, including those that arrive while the proxy's own statements run."""
+    proxy = start(start_proxy, "transaction", size=2)
+    listener = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    sender = await asyncpg.connect(_direct_dsn(pg))
+    try:
+        got: list[str] = []
+        done = asyncio.Event()
+        total = 300
+
+        def on_notify(_c: object, _pid: int, _ch: str, payload: str) -> None:
+            got.append(payload)
+            if len(got) == total:
+                done.set()
+
+        await listener.add_listener("fid_busy", on_notify)
+
+        async def churn() -> None:
+            i = 0
+            while not done.is_set():
+                await listener.execute(f"SET work_mem = '{1 + i % 7}MB'")
+                i += 1
+
+        task = asyncio.create_task(churn())
+        try:
+            for i in range(total):
+                await sender.execute(f"NOTIFY fid_busy, '{i}'")
+            await asyncio.wait_for(done.wait(), 20)
+        finally:
+            done.set()
+            await task
+        assert got == [str(i) for i in range(total)]
+    finally:
+        await listener.close()
+        await sender.close()
