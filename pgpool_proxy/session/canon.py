@@ -49,8 +49,9 @@ def _encoding_key(value: str) -> str:
 def obvious(name: str, value: str, server_params: dict[str, str]) -> str | None:
     """The server's spelling of name=value when it is known without asking (name lower-case)."""
     if name == "application_name":
-        # The server replaces only what is not printable ASCII.
-        return value if value.isascii() and value.isprintable() else None
+        # The server replaces what is not printable ASCII and truncates to NAMEDATALEN - 1.
+        ok = len(value) <= 63 and value.isascii() and value.isprintable()
+        return value if ok else None
     if name == "client_encoding" and _encoding_key(value) in ("utf8", "unicode"):
         return "UTF8"
     reported = _REPORTED.get(name)

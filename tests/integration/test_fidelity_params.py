@@ -43,6 +43,10 @@ SPELLINGS = [
     {"IntervalStyle": "ISO_8601"},
     {"standard_conforming_strings": "true"},
     {"application_name": "caf\u00e9 \u2603"},
+    {"application_name": "tab\there"},
+    {"application_name": "x" * 100},
+    {"DateStyle": "ISO"},
+    {"extra_float_digits": "3", "TimeZone": "Etc/UTC"},
     {"DateStyle": "German", "TimeZone": "+3", "IntervalStyle": "SQL_standard"},
 ]
 
