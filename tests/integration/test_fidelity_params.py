@@ -18,7 +18,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.support.clients import start
+from tests.support.clients import MODES, start
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 
@@ -101,9 +101,12 @@ async def test_asyncpg_sees_server_spelling(
         )
 
 
-async def test_default_asyncpg_client_encoding(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_default_asyncpg_client_encoding(
+    pg: LocalPostgres, start_proxy: StartProxy, mode: str
+) -> None:
     """asyncpg itself sends client_encoding 'utf-8': a plain connect must already report UTF8."""
-    proxy = start(start_proxy, "transaction", size=2)
+    proxy = start(start_proxy, mode, size=2)
     async with _both(pg, proxy) as (d, p):
         assert d.get_settings().client_encoding == "UTF8"
         assert _reported(p) == _reported(d)
@@ -227,8 +230,11 @@ async def _notify_self(conn: asyncpg.Connection, channel: str) -> int:
         await conn.remove_listener(channel, on_notify)
 
 
-async def test_asyncpg_self_notify_pid(pg: LocalPostgres, start_proxy: StartProxy) -> None:
-    proxy = start(start_proxy, "transaction", size=2)
+@pytest.mark.parametrize("mode", MODES)
+async def test_asyncpg_self_notify_pid(
+    pg: LocalPostgres, start_proxy: StartProxy, mode: str
+) -> None:
+    proxy = start(start_proxy, mode, size=2)
     async with _both(pg, proxy) as (d, p):
         for conn in (d, p):
             for i in range(2):
