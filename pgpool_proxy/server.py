@@ -26,7 +26,7 @@ from .protocol.messages import cancel_request as cancel_request_packet
 from .services import Services
 from .session.client import ClientConnection, ClientState
 from .session.login import run_login
-from .workers import WORKER_SHIFT, WorkerIdentity
+from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
 
 if TYPE_CHECKING:
     from .aws.discovery import AddressMap
@@ -228,12 +228,16 @@ class ProxyServer:
         )
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        """A pid and secret for the client's BackendKeyData, unique in this worker."""
         prefix = self.identity.index << WORKER_SHIFT
         while True:
             # One urandom call per key: logins under churn are counted in syscalls.
             raw = int.from_bytes(os.urandom(7), "big")
-            pid = prefix | ((raw & ((1 << WORKER_SHIFT) - 1)) or 1)
-            if pid not in self.clients:
+            pid = prefix | (raw & ((1 << WORKER_SHIFT) - 1))
+            # Never a pid a server process can have (Linux caps pids at 2**22): a client compares
+            # a notification's pid with its own to tell its own notifications from others', and
+            # the proxy passes other sessions' pids on unchanged.
+            if pid >= MIN_CLIENT_PID and pid not in self.clients:
                 break
         self.clients[pid] = client
         return pid, raw >> WORKER_SHIFT

@@ -24,6 +24,9 @@ log = logging.getLogger("pgpool_proxy.workers")
 # Cancel pids are 31-bit: the top 7 bits name the worker, the rest is random.
 WORKER_SHIFT = 24
 MAX_WORKERS = 1 << (31 - WORKER_SHIFT)
+# Cancel pids start above every pid a server process can have (PID_MAX_LIMIT on Linux is 2**22),
+# so a client never mistakes another session's NotificationResponse pid for its own.
+MIN_CLIENT_PID = 1 << 22
 # A worker that keeps dying is restarted at most this often.
 RESTART_BACKOFF_S = 1.0
 # A worker's exit status after the admin SHUTDOWN: the supervisor stops every worker (SIGTERM,

@@ -36,6 +36,7 @@ from ..protocol.framing import (
     EV_ERROR,
     EV_NEED,
     EV_NONE,
+    EV_NOTIFY,
     EV_PARAM,
     EV_READY,
     EV_ROW,
@@ -378,6 +379,25 @@ class BackendConnection(Endpoint):
                 if self.internal_pending:
                     start = pos
                 continue
+            if ev == EV_NOTIFY:
+                n = INT32.unpack_from(buf, pos + 1)[0] + 1
+                client = self.client
+                if self.internal_pending:
+                    # The replies to the proxy's own statements are dropped; a notification
+                    # among them is the client's (its LISTEN pins this session).
+                    if client is not None and client.transport is not None:
+                        client.transport.write(self._notification(buf, pos, n, client))
+                    pos += n
+                    start = pos
+                    continue
+                if client is not None and n >= 9 and INT32.unpack_from(buf, pos + 5)[0] == self.pid:
+                    # The client notified itself: it must see the pid it was given at login.
+                    self._write(start, pos)
+                    if client.transport is not None:
+                        client.transport.write(self._notification(buf, pos, n, client))
+                    start = pos + n
+                pos += n
+                continue
             if ev == EV_ERROR or ev == EV_ROW:
                 # Only while the proxy's own queries run (scanner.internal).
                 n = INT32.unpack_from(buf, pos + 1)[0] + 1
@@ -414,6 +434,17 @@ class BackendConnection(Endpoint):
             and replies.emit_synths(client, self)
         ):
             self.release_if_done(client, rb.start)
+
+    def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
+        """The NotificationResponse at pos as the client must see it: sent by this session,
+        it carries the pid the client knows (BackendKeyData). A pid of any other session, the
+        proxy's other server connections included, is passed on as the server sent it: which
+        client made a shared connection notify is not known once it has moved on, and the pids
+        the proxy gives clients never equal a server's (see ProxyServer.register_cancel_key),
+        so a client never takes another session's notification for its own."""
+        if n < 9 or INT32.unpack_from(buf, pos + 5)[0] != self.pid:
+            return bytes(buf[pos : pos + n])
+        return b"".join((buf[pos : pos + 5], INT32.pack(client.key_pid), buf[pos + 9 : pos + n]))
 
     def _refuse_params(self, why: str) -> None:
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)

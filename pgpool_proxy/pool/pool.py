@@ -104,6 +104,9 @@ class Pool:
         self.server_params: dict[str, str] | None = None
         # Login ParameterStatus blocks by client settings signature (see session.login).
         self.welcome_cache: dict[tuple[object, ...], bytes] = {}
+        # The server's spelling of startup settings, by (lower-case name, value as given): see
+        # session.canon.
+        self.learned_settings: dict[tuple[str, str], str] = {}
         self._params_waiters: list[asyncio.Future[None]] = []
         self.last_connect_error: ProxyError | None = None
         self.last_connect_failure_at = -1e9
@@ -784,6 +787,7 @@ class Pool:
             if self.topology is None:
                 self.target = (spec.host, spec.port)
             self.welcome_cache.clear()
+            self.learned_settings.clear()
             self.retire(DisconnectReason.POOL_CLOSED)
         else:
             # A smaller pool sheds idle connections now; busy ones above it close by lifetime.

@@ -14,6 +14,7 @@ from .constants import (
     B_COPY_IN,
     B_DATA_ROW,
     B_ERROR,
+    B_NOTIFICATION,
     B_PARAMETER_STATUS,
     B_READY_FOR_QUERY,
     F_BIND,
@@ -448,10 +449,12 @@ EV_NEED = 4  # stopped at an inspected frame that is not complete yet; `need` is
 EV_ROW = 5  # stopped at a complete DataRow of the proxy's own query (`internal` set)
 EV_UNIT = 6  # stopped at a complete frame that ends a reply unit the caller must act on
 EV_AFTER = 7  # stopped just after a frame that ended a unit: the next unit needs the caller
+EV_NOTIFY = 8  # stopped at a complete NotificationResponse frame starting at the returned position
 
 
 class BackendScanner:
-    """Backend -> client: streams frames through, stopping at ReadyForQuery and ParameterStatus.
+    """Backend -> client: streams frames through, stopping at ReadyForQuery, ParameterStatus and
+    NotificationResponse (its pid may need rewriting).
 
     ErrorResponse and DataRow frames are stopped at only when `internal` is set (the proxy's own
     queries). When `units` holds reply units (see session.prepared), frames that end a unit are
@@ -495,13 +498,23 @@ class BackendScanner:
                 self.status = buf[pos + 5]
                 self.event = EV_READY
                 return pos + n
-            if t == B_PARAMETER_STATUS or (self.internal and (t == B_ERROR or t == B_DATA_ROW)):
+            if (
+                t == B_PARAMETER_STATUS
+                or t == B_NOTIFICATION
+                or (self.internal and (t == B_ERROR or t == B_DATA_ROW))
+            ):
                 if end - pos < n:
                     self.need = n
                     self.event = EV_NEED
                     return pos
                 self.event = (
-                    EV_PARAM if t == B_PARAMETER_STATUS else EV_ERROR if t == B_ERROR else EV_ROW
+                    EV_PARAM
+                    if t == B_PARAMETER_STATUS
+                    else EV_NOTIFY
+                    if t == B_NOTIFICATION
+                    else EV_ERROR
+                    if t == B_ERROR
+                    else EV_ROW
                 )
                 return pos
             if units and UNIT_STOP[t]:

@@ -42,6 +42,7 @@ from ..protocol.sqlscan import (
     setting_names,
 )
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_Z
+from .canon import learn
 from .limits import settings_limit_error
 from .prepared import (
     A_DUPLICATE,
@@ -88,7 +89,7 @@ CLIENT_BUFFER = 4096
 
 _MAX_INTERNED_SIGS = 10_000
 _UNKNOWN = "\0unknown"  # a value no setting can have (PostgreSQL strings cannot hold NUL)
-_NO_REPLAY: tuple[dict[str, str], list[str], bool] = ({}, [], False)
+_NO_REPLAY: tuple[dict[str, str], list[str], bool, dict[str, str]] = ({}, [], False, {})
 # A backend whose session state is unknown to the proxy: the next client of any kind resets it.
 _UNKNOWN_OWNER = object()
 
@@ -190,7 +191,7 @@ class ClientConnection(Endpoint):
         self.key_pid = 0
         self.key_secret = 0
         self.wait_since = 0.0
-        self._replay: tuple[dict[str, str], list[str], bool] = _NO_REPLAY
+        self._replay: tuple[dict[str, str], list[str], bool, dict[str, str]] = _NO_REPLAY
         self.close_reason: DisconnectReason | None = None
 
     # --- state -------------------------------------------------------------------------------
@@ -305,12 +306,12 @@ class ClientConnection(Endpoint):
             # The common case: this backend last served settings identical to ours.
             self._activate()
             return
-        sql, set_extra, stale = self._settings_diff(backend, reset)
+        sql, set_extra, stale, reported = self._settings_diff(backend, reset)
         if sql:
             # Nothing of the client's goes out before the server has accepted its settings: a
             # statement must never run under another client's search_path or timeouts.
             self.to(ClientState.REPLAYING)
-            self._replay = (set_extra, stale, bool(reset))
+            self._replay = (set_extra, stale, bool(reset), reported)
             backend.on_internal_done = self._replay_done
             backend.send_internal(UNTIMED + sql)
             return
@@ -363,7 +364,7 @@ class ClientConnection(Endpoint):
     ) -> None:
         if self.state != ClientState.REPLAYING or self.backend is not backend:
             return
-        set_extra, stale, was_reset = self._replay
+        set_extra, stale, was_reset, reported = self._replay
         self._replay = _NO_REPLAY
         if errors:
             # PostgreSQL refuses a login with an invalid setting; the proxy learns of it only
@@ -398,8 +399,31 @@ class ClientConnection(Endpoint):
         for k in stale:
             bp.pop(k, None)
             backend.extra_keys.discard(k)
+        if reported:
+            self._adopt_spelling(backend, reported)
         backend.applied_sig = self.settings_sig or self.compute_sig()
         self._activate()
+
+    def _adopt_spelling(self, backend: BackendConnection, sent: dict[str, str]) -> None:
+        """After a replay, what the server reports is its spelling of each reported value sent
+        (it reports a value only when it differs from the last one it reported, which is then
+        still in backend.params). A client told a spelling of its own at login (no server
+        connection was free to ask) gets the server's now, before any reply, as directly."""
+        bp = backend.params
+        assert self.pool is not None
+        out = []
+        for k, v in sent.items():
+            shown = bp.get(k)
+            if shown is None or shown == v:
+                continue
+            learn(self.pool, k, v, shown)
+            self.params[k] = shown
+            self.settings_sig = None
+            if self.startup_settings.get(k.lower()) == v:
+                self.startup_settings[k.lower()] = shown
+            out.append(m.parameter_status(k, shown))
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def _pump(self) -> None:
         rb = self.rbuf
@@ -912,7 +936,7 @@ class ClientConnection(Endpoint):
 
     def _settings_diff(
         self, backend: BackendConnection, reset: str
-    ) -> tuple[str, dict[str, str], list[str]]:
+    ) -> tuple[str, dict[str, str], list[str], dict[str, str]]:
         """Statements that make backend match what this client expects (after `reset`, when
         given, which returns the session to its defaults), plus the non-reported settings to
         record on the backend and those to forget once the server has accepted them."""
@@ -935,10 +959,11 @@ class ClientConnection(Endpoint):
             # anything is set (a reset session authorization also resets the role).
             stale = [k for k in backend.extra_keys if k not in extra]
             parts = [reset_sql(stale)] if stale else []
+        reported = dict(values)
         values.update(set_extra)
         if values:
             parts.append(set_sql(values))
-        return "; ".join(parts), set_extra, stale
+        return "; ".join(parts), set_extra, stale, reported
 
     # --- failures and closing ----------------------------------------------------------------
 

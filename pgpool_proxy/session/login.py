@@ -23,6 +23,7 @@ from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
+from . import canon
 from .client import ClientConnection, ClientState
 
 if TYPE_CHECKING:
@@ -42,8 +43,6 @@ _MAX_WELCOME_CACHE = 1000
 # name can name nothing on the server, so it is refused before any work (and any log line) is
 # spent on it.
 MAX_NAME_BYTES = 63
-
-_ENCODING_ALIASES = {"utf8": "UTF8", "unicode": "UTF8", "utf-8": "UTF8"}
 
 
 async def read_startup_packet(client: ClientConnection) -> bytes:
@@ -312,13 +311,17 @@ async def _login(client: ClientConnection) -> None:
     server_params = await pool.ensure_server_params()
     if not client.is_open():
         raise EndpointClosed
+    if settings:
+        # The server's spelling of each value (what a direct login reports), and its refusal
+        # of an invalid one, as PostgreSQL refuses it: at login.
+        settings = await canon.canonical(pool, settings, server_params)
+        if not client.is_open():
+            raise EndpointClosed
     tracked = server.tracked_lower
     client.params = {k: server_params[k] for k in server.tracked_params if k in server_params}
     for k, v in settings.items():
         canonical = tracked.get(k.lower())
         if canonical is not None:
-            if canonical == "client_encoding":
-                v = _ENCODING_ALIASES.get(v.lower(), v.upper())
             client.params[canonical] = v
             client.startup_settings[canonical.lower()] = v
         else:

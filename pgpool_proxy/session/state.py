@@ -190,3 +190,11 @@ def _value(v: str) -> str:
 def reset_sql(names: Iterable[str]) -> str:
     """Statements returning these settings to the connection's defaults."""
     return "; ".join(f"RESET {quote_ident(k)}" for k in sorted(names, key=_order))
+
+
+def check_sql(name: str, value: str) -> str:
+    """One statement that has the server accept `value` for `name` in a transaction of its own
+    (so nothing stays behind) and return the value as the server shows it, as hex of its UTF-8
+    bytes (the session's client_encoding may be any)."""
+    shown = f"pg_catalog.set_config({quote_literal(name)}, {_value(value)}, true)"
+    return f"{UNTIMED}SELECT pg_catalog.encode(pg_catalog.convert_to({shown}, 'UTF8'), 'hex')"

@@ -19,6 +19,7 @@ with instrumented("pgpool_proxy.protocol"):
         EV_ERROR,
         EV_NEED,
         EV_NONE,
+        EV_NOTIFY,
         EV_PARAM,
         EV_READY,
         EV_ROW,
@@ -29,7 +30,7 @@ with instrumented("pgpool_proxy.protocol"):
     )
 
 EXPECTED = (FrameError, m.ProtocolViolation)
-_EVENTS = (EV_NONE, EV_READY, EV_PARAM, EV_ERROR, EV_NEED, EV_ROW, EV_UNIT, EV_AFTER)
+_EVENTS = (EV_NONE, EV_READY, EV_PARAM, EV_ERROR, EV_NEED, EV_ROW, EV_UNIT, EV_AFTER, EV_NOTIFY)
 
 
 def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
@@ -53,7 +54,7 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
         assert start <= pos <= end, (start, pos, end)
         ev = sc.event
         assert ev in _EVENTS, ev
-        if ev in (EV_PARAM, EV_ERROR, EV_ROW, EV_UNIT):
+        if ev in (EV_PARAM, EV_ERROR, EV_ROW, EV_UNIT, EV_NOTIFY):
             n = int.from_bytes(buf[pos + 1 : pos + 5], "big") + 1
             assert pos + n <= end, "stopped at an incomplete frame"
             body = memoryview(buf)[pos + 5 : pos + n]
@@ -63,6 +64,8 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
                 m.parse_error_fields(body)
             elif ev == EV_ROW:
                 m.parse_data_row(body)
+            elif ev == EV_NOTIFY:
+                assert buf[pos] == ord("A")
             elif sc.units:
                 sc.units.popleft()
             pos += n

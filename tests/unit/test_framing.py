@@ -11,6 +11,7 @@ from pgpool_proxy.protocol.framing import (
     CEV_NEED,
     EV_ERROR,
     EV_NEED,
+    EV_NOTIFY,
     EV_PARAM,
     EV_READY,
     BackendScanner,
@@ -173,7 +174,7 @@ def scan_backend(data: bytes, chunk: int) -> list[tuple[int, int]]:
                 if sc.event == EV_READY:
                     events.append((EV_READY, sc.status))
                     continue
-                if sc.event in (EV_PARAM, EV_ERROR):
+                if sc.event in (EV_PARAM, EV_ERROR, EV_NOTIFY):
                     events.append((sc.event, 0))
                     pos += int.from_bytes(rb.buf[pos + 1 : pos + 5], "big") + 1
                     continue
@@ -197,6 +198,13 @@ def test_backend_scanner_finds_ready_for_query(chunk: int) -> None:
 def test_backend_scanner_stops_at_parameter_status(chunk: int) -> None:
     data = m.parameter_status("TimeZone", "UTC") + backend_reply()
     assert scan_backend(data, chunk) == [(EV_PARAM, 0), (EV_READY, TX_IDLE)]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+def test_backend_scanner_stops_at_notification(chunk: int) -> None:
+    notify = m.frame(b"A", (1234).to_bytes(4, "big") + b"chan\0" + b"x" * 3000 + b"\0")
+    data = notify + backend_reply() + notify
+    assert scan_backend(data, chunk) == [(EV_NOTIFY, 0), (EV_READY, TX_IDLE), (EV_NOTIFY, 0)]
 
 
 def test_backend_scanner_errors_only_when_asked() -> None:

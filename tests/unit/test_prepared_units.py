@@ -20,6 +20,7 @@ from pgpool_proxy.protocol.framing import (
     EV_ERROR,
     EV_NEED,
     EV_NONE,
+    EV_NOTIFY,
     EV_PARAM,
     EV_READY,
     EV_ROW,
@@ -213,6 +214,7 @@ BEV_NAMES = {
     EV_NONE: "none",
     EV_READY: "ready",
     EV_PARAM: "param",
+    EV_NOTIFY: "notify",
     EV_ERROR: "error",
     EV_NEED: "need",
     EV_ROW: "row",
@@ -261,7 +263,7 @@ def run_backend(
                 while q and q[0].__class__ is Action and q[0].kind == A_SYNTH:
                     q.popleft()
                 continue
-            if ev in (EV_ROW, EV_ERROR, EV_PARAM):
+            if ev in (EV_ROW, EV_ERROR, EV_PARAM, EV_NOTIFY):
                 events.append((BEV_NAMES[ev], pos, buf[pos]))
                 pos = frame_end(buf, pos)
                 continue
