@@ -57,6 +57,7 @@ class ProxyServer:
         self._peer_server: asyncio.base_events.Server | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
+        self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
         # Unknown users get a verifier derived from their name with this key (PostgreSQL's
         # mock_auth_nonce), so their salts differ per name and stay stable, like real users'.
         self._mock_secret = secrets.token_bytes(32)
@@ -343,10 +344,29 @@ class ProxyServer:
             return ScramVerifier.mock(self._mock_secret, user, self.mock_scram_iterations())
         key = (user, hashlib.sha256(secret.encode()).hexdigest())
         v = self._verifiers.get(key)
-        if v is None:
-            v = ScramVerifier.parse(secret) or await derive_verifier(secret)
-            self._verifiers[key] = v
-        return v
+        if v is not None:
+            return v
+        parsed = ScramVerifier.parse(secret)
+        if parsed is not None:
+            self._verifiers[key] = parsed
+            return parsed
+        # One derivation per password, shared by every login that asks meanwhile: two would
+        # give the user two salts (the second challenge would differ from the first, which
+        # tells a prober this user exists) and cost PBKDF2 twice.
+        pending = self._deriving.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(derive_verifier(secret))
+            self._deriving[key] = pending
+            pending.add_done_callback(lambda f: self._derived(key, f))
+        v = await asyncio.shield(pending)
+        return self._verifiers.get(key, v)
+
+    def _derived(self, key: tuple[str, str], f: asyncio.Future[ScramVerifier]) -> None:
+        # Stored here, not by the login that started it: that one may have left meanwhile.
+        if self._deriving.get(key) is f:
+            del self._deriving[key]
+        if not f.cancelled() and f.exception() is None:
+            self._verifiers.setdefault(key, f.result())
 
     async def _warm_verifiers(self) -> None:
         if self.config.auth.type is not AuthType.SCRAM_SHA_256:

@@ -97,3 +97,13 @@ async def test_real_verifiers_are_ready_before_the_first_login(start_proxy: Star
             await asyncio.sleep(0.01)
     await challenge(proxy, "alice")
     assert cached() == 3
+
+
+async def test_first_logins_at_startup_share_one_salt(start_proxy: StartProxy) -> None:
+    """Logins racing the startup warm-up for the same user are all challenged with one salt:
+    the verifier is derived once and shared (two derivations gave the user two salts, and the
+    second challenge then differed from the first, as no real PostgreSQL user's does)."""
+    proxy = start_proxy()
+    salts = {c[0] for c in await asyncio.gather(*(challenge(proxy, "bob") for _ in range(8)))}
+    salts.add((await challenge(proxy, "bob"))[0])
+    assert len(salts) == 1, salts
