@@ -1,0 +1,190 @@
+"""More attacks on session isolation in transaction mode (second round, branch `hostile`).
+
+Same set-up as test_session_attacks.py, whose helpers this file reuses: client A runs the attack
+on a proxy with one server connection, client B (or A itself, for its own settings) then reads
+the session, and the oracle is a fresh direct PostgreSQL session (or A's direct session).
+
+Every `test_leak2_*` here failed against the code it was written against.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pgpool_proxy.protocol import sqlscan
+from tests.integration.test_session_attacks import (
+    SETUP,
+    TEARDOWN,
+    a_then_b,
+    direct_dsn,
+    one_connection,
+    view,
+)
+from tests.support import extproto as x
+from tests.support.pg import LocalPostgres
+from tests.support.proxy import StartProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def atk(pg: LocalPostgres) -> Iterator[LocalPostgres]:
+    pg.psql(SETUP, dbname="app")
+    yield pg
+    pg.psql(TEARDOWN, dbname="app")
+
+
+async def _setting(dsn: str, name: str) -> Any:
+    conn = await asyncpg.connect(dsn, statement_cache_size=0)
+    try:
+        return await conn.fetchval("SELECT current_setting($1, true)", name)
+    finally:
+        await conn.close()
+
+
+# --- lexer: a comment that makes a call look like a column list -------------------------------
+
+
+HIDDEN_CALLS = {
+    # _word_before() reads the raw bytes before the name, comments included: a line comment
+    # ending in `as` (or into, with, table, type...) makes the call a "column list".
+    "set_config": "SELECT --as\nset_config('app.tenant', 'A', false)",
+    "advisory-lock": "SELECT 1, -- into\n pg_advisory_lock(42)",
+    "user-function": "SELECT -- with\n atk.set_tenant('A')",
+}
+
+
+@pytest.mark.parametrize("sql", HIDDEN_CALLS.values(), ids=HIDDEN_CALLS.keys())
+async def test_leak2_line_comment_ending_in_a_list_word_hides_the_call(
+    atk: LocalPostgres, start_proxy: StartProxy, sql: str
+) -> None:
+    await a_then_b(atk, start_proxy, sql)
+
+
+# --- SET grammar the head reader does not follow ----------------------------------------------
+
+
+async def test_leak2_set_session_session_characteristics(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """`SET SESSION set_rest` where set_rest is itself `SESSION CHARACTERISTICS AS TRANSACTION
+    ...`: PostgreSQL's grammar takes it; the head reader sees SESSION twice and reads back a
+    setting named `session`, not the defaults it changed. B's transactions become read only."""
+    fresh = await _setting(direct_dsn(atk), "default_transaction_read_only")
+    proxy = one_connection(start_proxy)
+    a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        await a.execute("SET SESSION SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        assert await a.fetchval("SHOW default_transaction_read_only") == "on"
+        assert await _setting(proxy.dsn(), "default_transaction_read_only") == fresh
+    finally:
+        await a.close()
+
+
+# --- statements run by name, bypassing the flags of their text -------------------------------
+
+
+@pytest.mark.parametrize(
+    "runner",
+    ["EXPLAIN ANALYZE EXECUTE {}", "CREATE TABLE atk.ctas AS EXECUTE {}"],
+    ids=["explain-analyze", "create-table-as"],
+)
+async def test_leak2_sql_execute_of_a_protocol_statement(
+    atk: LocalPostgres, start_proxy: StartProxy, runner: str
+) -> None:
+    """A protocol Parse is judged only when a Bind runs it; SQL EXECUTE of its server-side
+    name (read from pg_prepared_statements) inside EXPLAIN ANALYZE or CREATE TABLE AS is judged
+    by the outer statement (pins only). The SQL PREPARE case is handled; this one is not."""
+    fresh = await view(direct_dsn(atk))
+    proxy = one_connection(start_proxy)
+    a = await x.raw_login(proxy)
+    try:
+        r = await x.roundtrip(
+            a, x.parse("mine", "SELECT set_config('app.tenant', 'A', false)"), x.SYNC
+        )
+        assert r.kinds == ["1", "Z:I"]
+        rows = await a.simple_query(
+            "SELECT name FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
+        )
+        server_name = rows[0][0]
+        assert server_name is not None
+        await a.simple_query(runner.format(server_name))
+        await a.simple_query("DROP TABLE IF EXISTS atk.ctas")
+        assert await view(proxy.dsn()) == fresh
+    finally:
+        await a.close()
+        atk.psql("DROP TABLE IF EXISTS atk.ctas", dbname="app")
+
+
+# --- the client's own settings ----------------------------------------------------------------
+
+
+async def test_leak2_full_check_drops_custom_settings_past_the_read_limit(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """A client with more than 62 custom settings (set 30 per text, each text read back in full)
+    runs one text that needs a full check (RESET of anything, DO, CALL): the check reads only
+    MAX_READ (64) names, and _adopt_settings(full=True) keeps only what it read. The rest are
+    gone from the client's settings: after B used the connection (and it was reset), A's next
+    transaction is replayed without them. Direct PostgreSQL keeps them all."""
+    proxy = one_connection(start_proxy)
+    a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        for chunk in range(3):
+            await a.execute(
+                "; ".join(f"SET own.s{i} = 'v{i}'" for i in range(chunk * 30, chunk * 30 + 30))
+            )
+        await a.execute("RESET work_mem")
+        b = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+        try:
+            assert await b.fetchval("SELECT current_setting('own.s89', true)") in (None, "")
+        finally:
+            await b.close()
+        got = await a.fetch(
+            "SELECT i, current_setting('own.s' || i, true) AS v FROM generate_series(0, 89) i"
+        )
+        lost = [r["i"] for r in got if r["v"] != f"v{r['i']}"]
+        assert lost == [], f"{len(lost)} of A's own settings lost: {lost[:5]}..."
+    finally:
+        await a.close()
+
+
+# --- cost of hostile texts on the event loop --------------------------------------------------
+
+
+def _cost(text: bytes) -> float:
+    best = 1.0
+    for _ in range(5):
+        sqlscan._cache.clear()
+        t0 = time.perf_counter()
+        flags = sqlscan.classify(text, 0, len(text))
+        if flags & sqlscan.SQL_SETTINGS:
+            sqlscan.setting_names(text, 0, len(text))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+LOOKAHEAD_SHAPES = {
+    # Each name followed by a comment makes _after_comments() look at up to 256 tokens; the
+    # main pass then takes the same comments in one C-speed run, charging one event. Each `;`
+    # does the same in _head(). Work is events x 256 tokens, not bounded by MAX_EVENTS alone.
+    "name-then-comments": ((b"SELECT a" + b"--\n" * 128) * 100)[:16000],
+    "semicolon-then-comments": ((b";" + b"--\n" * 128 + b"x") * 100)[:16000],
+    "set-then-comments": ((b"SET a.b=1;" + b"--\n" * 126 + b"x") * 100)[:16000],
+}
+
+
+@pytest.mark.parametrize("text", LOOKAHEAD_SHAPES.values(), ids=LOOKAHEAD_SHAPES.keys())
+def test_leak2_lookahead_over_comments_costs_the_loop(text: bytes) -> None:
+    """The worst shape of test_hostile_texts_cost_little_proxy_time costs ~5 ms here; these
+    cost 15-25 ms for 16 KiB on the same machine (budget of that test: 10 ms)."""
+    reference = _cost(b"SELECT " + b"a." * 8000 + b"b(1)")
+    cost = _cost(text)
+    assert cost < max(0.010, 1.5 * reference), (
+        f"{cost * 1000:.1f} ms (reference shape {reference * 1000:.1f} ms)"
+    )
