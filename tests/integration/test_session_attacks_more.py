@@ -188,3 +188,80 @@ def test_leak2_lookahead_over_comments_costs_the_loop(text: bytes) -> None:
     assert cost < max(0.010, 1.5 * reference), (
         f"{cost * 1000:.1f} ms (reference shape {reference * 1000:.1f} ms)"
     )
+
+
+# --- the random generator is shared by the clients of one server connection -------------------
+
+_M64 = (1 << 64) - 1
+
+
+def _rotl(v: int, k: int) -> int:
+    return ((v << k) | (v >> (64 - k))) & _M64
+
+
+def _xoroshiro_step(s0: int, s1: int) -> tuple[int, int, int]:
+    """PostgreSQL's pg_prng (xoroshiro128**): (output, new s0, new s1)."""
+    val = (_rotl((s0 * 5) & _M64, 7) * 9) & _M64
+    sv = s1 ^ s0
+    return val, _rotl(s0, 24) ^ sv ^ ((sv << 16) & _M64), _rotl(sv, 37)
+
+
+def _recover_prng(outs: list[int]) -> tuple[int, int] | None:
+    """The generator state before three random() outputs (52 high bits each): the scrambler
+    is invertible, so each output leaves 4,096 candidates for s0; two consecutive s0 determine
+    s1; the third output picks the one. numpy does the 16M candidate pairs in about a second."""
+    np = pytest.importorskip("numpy")
+    inv9 = pow(9, -1, 1 << 64)
+    inv5 = pow(5, -1, 1 << 64)
+
+    def s0_candidates(o: int) -> Any:
+        v = np.uint64(o << 12) | np.arange(4096, dtype=np.uint64)
+        x = v * np.uint64(inv9)
+        y = (x >> np.uint64(7)) | (x << np.uint64(57))
+        return y * np.uint64(inv5)
+
+    def rotl(v: Any, k: int) -> Any:
+        return (v << np.uint64(k)) | (v >> np.uint64(64 - k))
+
+    first, second = s0_candidates(outs[0]), s0_candidates(outs[1])
+    with np.errstate(over="ignore"):
+        for s0 in first:
+            c = second ^ rotl(s0, 24)  # = t ^ (t << 16), t = s0 ^ s1
+            t = c ^ (c << np.uint64(16)) ^ (c << np.uint64(32)) ^ (c << np.uint64(48))
+            s1a = rotl(t, 37)
+            sv = s1a ^ second
+            s0b = rotl(second, 24) ^ sv ^ (sv << np.uint64(16))
+            val3 = rotl(s0b * np.uint64(5), 7) * np.uint64(9)
+            hit = np.nonzero((val3 >> np.uint64(12)) == np.uint64(outs[2]))[0]
+            if len(hit):
+                return int(s0), int(t[hit[0]]) ^ int(s0)
+    return None
+
+
+async def test_leak2_random_state_recovered_predicts_the_next_clients_random(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """random() draws from one generator per server process, seeded once at its first use.
+    Without setseed() (which the proxy handles), three outputs give away the whole state of
+    xoroshiro128**: A predicts every random() of the next client on its server connection (and,
+    running the generator backwards, what the previous one drew). Direct PostgreSQL seeds each
+    session's generator apart, so another session's draws cannot be known."""
+    proxy = one_connection(start_proxy)
+    a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        draws = await a.fetch("SELECT random() AS r FROM generate_series(1, 3)")
+        outs = [int(r["r"] * (1 << 52)) for r in draws]
+        state = _recover_prng(outs)
+        assert state is not None, "state not recovered (generator changed?)"
+        s0, s1 = state
+        for _ in range(3):
+            _, s0, s1 = _xoroshiro_step(s0, s1)
+        predicted = _xoroshiro_step(s0, s1)[0] >> 12
+        b = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+        try:
+            theirs = int(await b.fetchval("SELECT random()") * (1 << 52))
+        finally:
+            await b.close()
+        assert theirs != predicted, "A predicted B's random() exactly"
+    finally:
+        await a.close()
