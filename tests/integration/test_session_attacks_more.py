@@ -265,3 +265,30 @@ async def test_leak2_random_state_recovered_predicts_the_next_clients_random(
         assert theirs != predicted, "A predicted B's random() exactly"
     finally:
         await a.close()
+
+
+# --- the proxy's own statements, dropped where it cannot see -----------------------------------
+
+
+async def test_leak2_opaque_code_deallocates_another_clients_statement(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """SQL DEALLOCATE of the server-side name is flagged SQL_DEALLOCATE (the check then lists the
+    statements the session holds). The same DEALLOCATE run by DO (or any function) is flagged
+    SQL_ALL, which lacks SQL_DEALLOCATE: the proxy still believes the statement is there and
+    binds B's next use of its own statement to a name the server no longer has (26000)."""
+    proxy = one_connection(start_proxy)
+    b = await x.raw_login(proxy, user="alice")
+    a = await x.raw_login(proxy, user="alice")
+    try:
+        r = await x.roundtrip(b, x.parse("q", "SELECT 42"), x.bind("q"), x.execute(), x.SYNC)
+        assert r.rows == [["42"]]
+        await a.simple_query(
+            "DO $$BEGIN EXECUTE 'DEALLOCATE ' || (SELECT name FROM pg_prepared_statements"
+            " WHERE NOT from_sql LIMIT 1); END$$"
+        )
+        r = await x.roundtrip(b, x.bind("q"), x.execute(), x.SYNC)
+        assert r.errors == [] and r.rows == [["42"]], r.errors
+    finally:
+        await a.close()
+        await b.close()
