@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from pgpool_proxy.protocol import messages as m
 from pgpool_proxy.protocol import sqlscan
 from tests.integration.test_session_attacks import (
     SETUP,
@@ -292,3 +293,35 @@ async def test_leak2_opaque_code_deallocates_another_clients_statement(
     finally:
         await a.close()
         await b.close()
+
+
+# --- reply counting: a server connection held by a client outside any transaction --------------
+
+
+async def test_leak2_query_skipped_after_an_extended_error_holds_the_connection(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """After an error in an extended-protocol batch the server skips every message up to Sync,
+    a simple Query included (no ReadyForQuery for it). The proxy counted the Query as owing one:
+    it waits forever for a ReadyForQuery that never comes, and A, idle and outside any
+    transaction, keeps the server connection. One 30-byte message per server connection starves
+    the pool; with PostgreSQL directly, A holds nothing of anyone's."""
+    proxy = one_connection(start_proxy, query_wait_timeout_s=2)
+    a = await x.raw_login(proxy)
+    try:
+        a.send(x.parse("", "SELEC bad") + m.query("SELECT 1") + x.SYNC)
+        kinds: list[bytes] = []
+        while True:
+            t, _ = await a.read_message(5)
+            kinds.append(t)
+            if t == b"Z":
+                break
+        assert kinds == [b"E", b"Z"]  # what PostgreSQL answers
+        assert await a.simple_query("SELECT 2") == [["2"]]  # A is idle, outside a transaction
+        b = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+        try:
+            assert await b.fetchval("SELECT 1") == 1
+        finally:
+            await b.close()
+    finally:
+        await a.close()
