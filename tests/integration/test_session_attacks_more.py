@@ -325,3 +325,32 @@ async def test_leak2_query_skipped_after_an_extended_error_holds_the_connection(
             await b.close()
     finally:
         await a.close()
+
+
+# --- another client's statement texts ----------------------------------------------------------
+
+
+async def test_leak2_other_users_statement_texts_in_pg_prepared_statements(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Statements are shared per server connection, and the identity reset between client users
+    of one server login keeps them: user bob reads, in pg_prepared_statements, the texts alice
+    prepared (drivers that inline values, or ORMs' literals, put data there). A direct session
+    sees only its own statements."""
+    proxy = start_proxy(
+        pool={"default_pool_size": 1, "query_wait_timeout_s": 20},
+        databases=[{"name": "app", "host": atk.host, "port": atk.port, "user": "alice"}],
+    )
+    a = await x.raw_login(proxy)
+    try:
+        secret = "SELECT 'alice-ssn-078-05-1120' AS s"
+        r = await x.roundtrip(a, x.parse("mine", secret), x.bind("mine"), x.execute(), x.SYNC)
+        assert r.rows == [["alice-ssn-078-05-1120"]]
+        b = await asyncpg.connect(proxy.dsn(user="bob"), statement_cache_size=0)
+        try:
+            seen = await b.fetch("SELECT statement FROM pg_catalog.pg_prepared_statements")
+        finally:
+            await b.close()
+        assert [r["statement"] for r in seen] == []
+    finally:
+        await a.close()
