@@ -354,3 +354,35 @@ async def test_leak2_other_users_statement_texts_in_pg_prepared_statements(
         assert [r["statement"] for r in seen] == []
     finally:
         await a.close()
+
+
+# --- the client's own settings, as replayed on another server connection -----------------------
+
+
+async def test_leak2_real_settings_lose_precision_in_the_replay(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """PostgreSQL shows real settings with %g (6 significant digits): the proxy reads back
+    cpu_tuple_cost = 0.01000001 as '0.01' and replays that wherever the client goes next, so the
+    client's plans (and costs) change under it once another client used its connection."""
+    sql = "SET cpu_tuple_cost = 0.01000001"
+    plan = "EXPLAIN SELECT * FROM generate_series(1, 100000000)"
+    d = await asyncpg.connect(direct_dsn(atk), statement_cache_size=0)
+    try:
+        await d.execute(sql)
+        want = await d.fetchval(plan)
+    finally:
+        await d.close()
+    proxy = one_connection(start_proxy)
+    a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        await a.execute(sql)
+        assert await a.fetchval(plan) == want  # still on the server connection it set it on
+        b = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+        try:
+            await b.fetchval("SELECT 1")
+        finally:
+            await b.close()
+        assert await a.fetchval(plan) == want
+    finally:
+        await a.close()
