@@ -386,3 +386,22 @@ async def test_leak2_real_settings_lose_precision_in_the_replay(
         assert await a.fetchval(plan) == want
     finally:
         await a.close()
+
+
+async def test_leak2_any_function_containing_advisory_counts_only_pins(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """_call_site takes any name containing `advisory` for an advisory-lock function: a call of
+    `public.tenant_advisory(...)` (not a built-in's name, not a keyword) is judged "pins only",
+    not opaque, and the setting it makes goes to B. Same precondition as the README's limit on
+    user functions (CREATE on a schema of the path), but wider than "named like a built-in"."""
+    atk.psql(
+        "CREATE OR REPLACE FUNCTION public.tenant_advisory(t text) RETURNS text"
+        " LANGUAGE plpgsql AS $$BEGIN PERFORM set_config('app.tenant', t, false);"
+        " RETURN t; END$$; GRANT EXECUTE ON FUNCTION public.tenant_advisory(text) TO alice",
+        dbname="app",
+    )
+    try:
+        await a_then_b(atk, start_proxy, "SELECT tenant_advisory('A')")
+    finally:
+        atk.psql("DROP FUNCTION public.tenant_advisory(text)", dbname="app")
