@@ -405,3 +405,28 @@ async def test_leak2_any_function_containing_advisory_counts_only_pins(
         await a_then_b(atk, start_proxy, "SELECT tenant_advisory('A')")
     finally:
         atk.psql("DROP FUNCTION public.tenant_advisory(text)", dbname="app")
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1/0; DEALLOCATE ALL", "SELECT 1; DISCARD ALL"])
+async def test_leak2_failed_deallocate_all_desyncs_the_statement_cache(
+    atk: LocalPostgres, start_proxy: StartProxy, sql: str
+) -> None:
+    """drops_all_statements() makes the proxy forget every statement of the server connection
+    before the server runs the text; here the server never gets to DEALLOCATE ALL / DISCARD ALL
+    (an error first, or `cannot run inside a transaction block`) and keeps them all. The check
+    afterwards only removes names the server lacks, never re-adds: B's next use of its own
+    statement is re-Parsed under a name the server still has (42P05)."""
+    proxy = one_connection(start_proxy)
+    b = await x.raw_login(proxy)
+    a = await x.raw_login(proxy)
+    try:
+        r = await x.roundtrip(b, x.parse("q", "SELECT 42"), x.bind("q"), x.execute(), x.SYNC)
+        assert r.rows == [["42"]]
+        a.send(m.query(sql))
+        while (await a.read_message())[0] != b"Z":
+            pass
+        r = await x.roundtrip(b, x.bind("q"), x.execute(), x.SYNC)
+        assert r.errors == [] and r.rows == [["42"]], r.errors
+    finally:
+        await a.close()
+        await b.close()
