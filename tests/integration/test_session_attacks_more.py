@@ -430,3 +430,38 @@ async def test_leak2_failed_deallocate_all_desyncs_the_statement_cache(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_leak2_deallocate_refused_in_an_aborted_transaction_still_forgets(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """`DEALLOCATE mine` in an aborted transaction: PostgreSQL refuses it (25P02) and `mine`
+    still works after ROLLBACK. The proxy forgets `mine` (and that the server holds its
+    statement) before the server answers: A's Bind of `mine` then fails (26000), and the next
+    Parse of that text by anyone on this connection collides with the name the server still
+    has (42P05)."""
+    proxy = one_connection(start_proxy)
+    a = await x.raw_login(proxy)
+    try:
+        r = await x.roundtrip(a, x.parse("mine", "SELECT 43"), x.SYNC)
+        assert r.kinds == ["1", "Z:I"]
+        await a.simple_query("BEGIN")
+        with pytest.raises(Exception):
+            await a.simple_query("SELECT 1/0")
+        with pytest.raises(Exception):
+            await a.simple_query("DEALLOCATE mine")  # 25P02, as PostgreSQL answers
+        await a.simple_query("ROLLBACK")
+        r = await x.roundtrip(a, x.bind("mine"), x.execute(), x.SYNC)
+        errors = [e.get("C") for e in r.errors]
+        b = await x.raw_login(proxy)
+        try:
+            for name in ("q1", "q2"):  # every later Parse of that text fails, not only the first
+                r = await x.roundtrip(
+                    b, x.parse(name, "SELECT 43"), x.bind(name), x.execute(), x.SYNC
+                )
+                errors += [e.get("C") for e in r.errors]
+        finally:
+            await b.close()
+        assert errors == [], errors  # observed: ['26000', '42P05', '42P05']
+    finally:
+        await a.close()
