@@ -29,6 +29,7 @@ from tests.integration.test_session_attacks import (
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import StartProxy
+from tests.support.rawpg import RawError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -446,9 +447,9 @@ async def test_leak2_deallocate_refused_in_an_aborted_transaction_still_forgets(
         r = await x.roundtrip(a, x.parse("mine", "SELECT 43"), x.SYNC)
         assert r.kinds == ["1", "Z:I"]
         await a.simple_query("BEGIN")
-        with pytest.raises(Exception):
+        with pytest.raises(RawError):
             await a.simple_query("SELECT 1/0")
-        with pytest.raises(Exception):
+        with pytest.raises(RawError):
             await a.simple_query("DEALLOCATE mine")  # 25P02, as PostgreSQL answers
         await a.simple_query("ROLLBACK")
         r = await x.roundtrip(a, x.bind("mine"), x.execute(), x.SYNC)
