@@ -466,3 +466,40 @@ async def test_leak2_deallocate_refused_in_an_aborted_transaction_still_forgets(
         assert errors == [], errors  # observed: ['26000', '42P05', '42P05']
     finally:
         await a.close()
+
+
+def _deallocate_path_cost(text: bytes) -> float:
+    """What the loop does for one Query naming DEALLOCATE in transaction mode: the framing's
+    classify, then ClientConnection._inspect_query (parse_deallocate and drops_all_statements
+    each tokenize the text, classify again, then setting_names scans it once more)."""
+    best = 1.0
+    for _ in range(5):
+        sqlscan._cache.clear()
+        t0 = time.perf_counter()
+        flags = sqlscan.classify(text, 0, len(text))
+        if flags & sqlscan.SQL_DEALLOCATE:
+            sql = text.decode("utf-8", "replace")
+            sqlscan.parse_deallocate(sql)
+            sqlscan.drops_all_statements(sql)
+            flags = sqlscan.classify(text, 0, len(text))
+        if flags & sqlscan.SQL_SETTINGS:
+            sqlscan.setting_names(text, 0, len(text))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+DEALLOCATE_SHAPES = {
+    "set-then-comments": (b"DEALLOCATE x;" + (b"SET a.b=1;" + b"--\n" * 126 + b"x") * 100)[:16000],
+    "words": (b"DEALLOCATE x;" + b"a " * 8000)[:16000],
+}
+
+
+@pytest.mark.parametrize("text", DEALLOCATE_SHAPES.values(), ids=DEALLOCATE_SHAPES.keys())
+def test_leak2_deallocate_text_is_lexed_four_times(text: bytes) -> None:
+    """Measured 25-55 ms per 16 KiB Query (reference shape ~6 ms): a client pipelining 1 MB of
+    these holds the event loop for seconds."""
+    reference = _cost(b"SELECT " + b"a." * 8000 + b"b(1)")
+    cost = _deallocate_path_cost(text)
+    assert cost < max(0.010, 1.5 * reference), (
+        f"{cost * 1000:.1f} ms (reference shape {reference * 1000:.1f} ms)"
+    )
