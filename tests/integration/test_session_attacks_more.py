@@ -503,3 +503,26 @@ def test_leak2_deallocate_text_is_lexed_four_times(text: bytes) -> None:
     assert cost < max(0.010, 1.5 * reference), (
         f"{cost * 1000:.1f} ms (reference shape {reference * 1000:.1f} ms)"
     )
+
+
+# --- setting names outside ASCII in a client_encoding other than UTF8 ---------------------------
+
+
+async def test_leak2_non_ascii_setting_name_in_latin1_is_never_read_back(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Values are read back as hex of UTF-8 for non-UTF8 clients; names are not. A LATIN1 client's
+    `SET "app.\\xe9" = 'A'` is named by setting_names() as 'app.\\ufffd' (its bytes decoded as
+    UTF-8), the check asks for that name, in UTF-8 bytes the server reads as LATIN1, gets NULL,
+    and takes the setting for unset: B (UTF8) reads A's value."""
+    fresh = await _setting(direct_dsn(atk), "app.\u00e9")
+    proxy = one_connection(start_proxy)
+    a = await x.raw_login(proxy, client_encoding="LATIN1")
+    try:
+        a.send(m.frame(b"Q", b"SET \"app.\xe9\" = 'A'\x00"))  # LATIN1 bytes
+        while (await a.read_message())[0] != b"Z":
+            pass
+        assert await a.simple_query("SELECT 1") == [["1"]]
+        assert await _setting(proxy.dsn(), "app.\u00e9") == fresh
+    finally:
+        await a.close()
