@@ -526,3 +526,26 @@ async def test_leak2_non_ascii_setting_name_in_latin1_is_never_read_back(
         assert await _setting(proxy.dsn(), "app.\u00e9") == fresh
     finally:
         await a.close()
+
+
+async def test_leak2_non_ascii_setting_name_in_gbk_fails_the_check_and_drops_the_session(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The same for a GBK client, whose name ends in the GBK character E4 B8: decoded as UTF-8 it
+    is one U+FFFD (EF BF BD), which the server, reading the check in GBK, takes for EF BF and
+    BD followed by a quote: 22021. The check fails, the proxy closes the server connection, and
+    the client loses its pinned session (here an advisory lock it holds; a temporary table the
+    same). Direct PostgreSQL keeps both the setting and the lock."""
+    proxy = one_connection(start_proxy)
+    a = await x.raw_login(proxy, client_encoding="GBK")
+    try:
+        await a.simple_query("SELECT pg_advisory_lock(77)")
+        a.send(m.frame(b"Q", b"SET \"app.\xe4\xb8\" = 'A'\x00"))
+        while (await a.read_message())[0] != b"Z":
+            pass
+        rows = await a.simple_query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert rows == [["1"]]
+    finally:
+        await a.close()
