@@ -533,9 +533,9 @@ async def test_leak2_non_ascii_setting_name_in_gbk_fails_the_check_and_drops_the
 ) -> None:
     """The same for a GBK client, whose name ends in the GBK character E4 B8: decoded as UTF-8 it
     is one U+FFFD (EF BF BD), which the server, reading the check in GBK, takes for EF BF and
-    BD followed by a quote (22P05: no UTF8 equivalent). The check fails, the proxy closes the server connection, and
-    the client loses its pinned session (here an advisory lock it holds; a temporary table the
-    same). Direct PostgreSQL keeps both the setting and the lock."""
+    BD followed by a quote (22P05: no UTF8 equivalent). The check fails, the proxy closes the
+    server connection, and the client loses its pinned session (here an advisory lock it holds;
+    a temporary table the same). Direct PostgreSQL keeps both the setting and the lock."""
     proxy = one_connection(start_proxy)
     a = await x.raw_login(proxy, client_encoding="GBK")
     try:
