@@ -549,3 +549,30 @@ async def test_leak2_non_ascii_setting_name_in_gbk_fails_the_check_and_drops_the
         assert rows == [["1"]]
     finally:
         await a.close()
+
+
+# --- the check under the client's own timeouts ----------------------------------------------------
+
+
+async def test_leak2_statement_timeout_still_fails_the_settings_read_and_drops_the_pin(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The fix for statement_timeout = 1 left the first statement of the check (the settings
+    read, pg_settings for a full check) under the client's timeout, on the grounds that it is
+    quick. Under 1 ms it is not always: a pinned client doing RESET (a full check) now and then
+    gets 57014 on the check, the proxy closes the server connection, and the client's advisory
+    lock is gone. Direct PostgreSQL: the lock stays."""
+    proxy = one_connection(start_proxy)
+    a = await x.raw_login(proxy)
+    try:
+        await a.simple_query("SELECT pg_advisory_lock(5)")
+        await a.simple_query("SET statement_timeout = 1")
+        for _ in range(30):
+            await a.simple_query("RESET work_mem")
+        await a.simple_query("SET statement_timeout = 0")
+        rows = await a.simple_query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert rows == [["1"]]
+    finally:
+        await a.close()
