@@ -576,3 +576,21 @@ async def test_leak2_statement_timeout_still_fails_the_settings_read_and_drops_t
         assert rows == [["1"]]
     finally:
         await a.close()
+
+
+async def test_leak2_non_ascii_upper_case_setting_name_is_folded_by_python(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """PostgreSQL folds setting names in ASCII only (guc_name_compare); the proxy lower-cases
+    them with str.lower(). `SET "app.\\u00c9" = 'A'` (UTF8 client) is read back as
+    current_setting('app.\\u00e9'): NULL, taken for unset. B reads A's value."""
+    name = "app.\u00c9"
+    fresh = await _setting(direct_dsn(atk), name)
+    proxy = one_connection(start_proxy)
+    a = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    try:
+        await a.execute(f"SET \"{name}\" = 'A'")
+        await a.fetchval("SELECT 1")
+        assert await _setting(proxy.dsn(), name) == fresh
+    finally:
+        await a.close()
