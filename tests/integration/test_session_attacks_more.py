@@ -594,3 +594,29 @@ async def test_leak2_non_ascii_upper_case_setting_name_is_folded_by_python(
         assert await _setting(proxy.dsn(), name) == fresh
     finally:
         await a.close()
+
+
+# --- transaction mode without statement renaming (max_prepared_statements = 0) -----------------
+
+
+async def test_leak2_named_statement_bound_later_without_renaming(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """With pool.max_prepared_statements = 0 named Parse messages go to the server as they are
+    and are judged at Parse time only. A Bind of the same name in a later transaction (on the
+    same server connection, as with a pool of 1) is judged by nobody: the setting goes to B."""
+    fresh = await view(direct_dsn(atk))
+    proxy = start_proxy(
+        pool={"default_pool_size": 1, "query_wait_timeout_s": 20, "max_prepared_statements": 0}
+    )
+    a = await x.raw_login(proxy)
+    try:
+        r = await x.roundtrip(
+            a, x.parse("s", "SELECT set_config('app.tenant', 'A', false)"), x.SYNC
+        )
+        assert r.kinds == ["1", "Z:I"]
+        r = await x.roundtrip(a, x.bind("s"), x.execute(), x.SYNC)
+        assert r.rows == [["A"]]
+        assert await view(proxy.dsn()) == fresh
+    finally:
+        await a.close()
