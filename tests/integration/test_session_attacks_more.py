@@ -620,3 +620,24 @@ async def test_leak2_named_statement_bound_later_without_renaming(
         assert await view(proxy.dsn()) == fresh
     finally:
         await a.close()
+
+
+async def test_leak2_next_client_runs_the_unnamed_statement_left_by_the_last(
+    atk: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The unnamed statement is not renamed and outlives the transaction when no check follows
+    (a harmless text): B's Bind of "" without a Parse of its own runs A's last unnamed statement
+    (Describe shows its columns, Execute its literals). Direct PostgreSQL answers 26000."""
+    proxy = one_connection(start_proxy)
+    a = await x.raw_login(proxy)
+    b = await x.raw_login(proxy, user="alice")
+    try:
+        r = await x.roundtrip(
+            a, x.parse("", "SELECT 'alice-secret' AS s"), x.bind(""), x.execute(), x.SYNC
+        )
+        assert r.rows == [["alice-secret"]]
+        r = await x.roundtrip(b, x.bind(""), x.execute(), x.SYNC)
+        assert r.rows == [] and [e.get("C") for e in r.errors] == ["26000"], r.rows
+    finally:
+        await a.close()
+        await b.close()
