@@ -183,6 +183,7 @@ class ClientScanner:
         "max_len",
         "names",
         "need",
+        "opaque_binds",
         "parse_flags",
         "pending",
         "rename",
@@ -209,6 +210,8 @@ class ClientScanner:
         self.need = 0
         # Transaction mode: rename named statements (stop at named Parse/Bind/Describe/Close).
         self.rename = False
+        # Transaction mode without renaming: a Bind of a named statement marks SQL_ALL.
+        self.opaque_binds = False
         # sqlscan flags of the statements sent since the last check of the session's state, and
         # the settings they name (read back by that check).
         self.dirty = 0
@@ -230,7 +233,7 @@ class ClientScanner:
         # may run (those of every unnamed Parse still awaiting its reply included).
         # `unnamed_drops` counts Query and Close messages, which drop it: a Parse answered
         # after one of those was sent no longer counts. `parse_flags`: the flags of the unnamed
-        # Parse the scan stopped at.
+        # Parse or the Query the scan stopped at.
         self.unnamed: tuple[bytes, int, list[str]] | None = None
         self.unnamed_flags = 0
         self.unnamed_names: list[str] = []
@@ -281,6 +284,7 @@ class ClientScanner:
                     if self.rename:
                         self.drop_unnamed()  # as PostgreSQL does on a simple Query
                     if flags & SQL_DEALLOCATE and avail >= n:
+                        self.parse_flags = flags
                         self.event = CEV_INSPECT
                         return pos
                     if avail < n:
@@ -355,6 +359,11 @@ class ClientScanner:
                         self.unsynced = True
                         self.event = CEV_INSPECT
                         return pos
+                elif self.opaque_binds and t == F_BIND:
+                    stop = min(pos + n, end)
+                    p1 = buf.find(0, pos + 5, stop)
+                    if p1 < 0 or p1 + 1 >= stop or buf[p1 + 1] != 0:
+                        self.dirty |= SQL_ALL
                 if not units and self.pending:
                     self._track_pending()
                 self.unsynced = True

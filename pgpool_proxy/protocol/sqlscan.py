@@ -33,9 +33,14 @@ _PINS = SQL_SESSION | SQL_PINS
 
 # Texts longer than this are not lexed: they are flagged whole (bulk loads pay one probe).
 CLASSIFY_LIMIT = 16 * 1024
-# Places per text where Python looks (statements, calls, nested comments) at most: past that,
-# the text gets every flag. Bounds the work of a text built to be slow to a few milliseconds.
+# Edges of one nested comment followed at most: past that, the text gets every flag.
 MAX_EVENTS = 256
+# Steps Python takes per text at most, over the main pass's events and the look-aheads' tokens
+# together (about 1 us each): a script of a few dozen SETs stays readable, and a text built to
+# be slow costs about a millisecond before it is judged unseen.
+MAX_STEPS = 1024
+# What one call site costs of that budget (about 10 us of Python each).
+_CALL_STEPS = 3
 # Setting names read back per text at most; more means the text is treated as opaque.
 MAX_NAMES = 32
 # Longest qualified name worth taking apart: three parts of 63 bytes, each quoted with every
@@ -85,7 +90,7 @@ _W = rb"[ \t\n\r\f\v]"
 _NAME = rb"(?:[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*+|\"[^\"]*+(?:\"\"[^\"]*+)*+\")"
 _CHAIN = _NAME + rb"(?:" + _W + rb"*+\." + _W + rb"*+(?:" + _NAME + rb"|\*))*+"
 _NOTABLE = (
-    rb"(?:(?i:into|temp|temporary)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)|[eE]'"
+    rb"(?:(?i:into|temp|temporary|execute)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)|[eE]'"
     rb"|[uU]&['\"])"
 )
 _INTERESTING = re.compile(
@@ -100,7 +105,7 @@ _INTERESTING = re.compile(
     rb"|(;)"
     rb"|(" + _CHAIN + rb")" + _W + rb"*+\("
     rb"|(?!" + _NOTABLE + rb")(" + _CHAIN + rb")(?=" + _W + rb"*+(?:/\*|--))"
-    rb"|((?i:into|temp|temporary)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)[A-Za-z0-9_$\x80-\xff]*+)"
+    rb"|((?i:into|temp|temporary|execute)(?![A-Za-z0-9_$\x80-\xff])|(?i:pg_temp)[A-Za-z0-9_$\x80-\xff]*+)"
     rb"|(/\*)"
     rb"|(\$(?:[A-Za-z_\x80-\xff][A-Za-z0-9_\x80-\xff]*+)?\$)"
     rb"|([eE]?'|[uU]&['\"]|\")"
@@ -205,6 +210,14 @@ _PURE = frozenset(
 # Settings that cannot be read back and set again: `seed` reads as "unavailable" (the state it
 # sets is the random generator's, which no probe sees). A text naming one is judged opaque.
 _UNREPLAYABLE = frozenset([b"seed"])
+# Session-level advisory locks pin the session (the _xact_ ones end with the transaction, but
+# pinning for them costs one count and keeps the list simple).
+_ADVISORY = frozenset(
+    b"pg_advisory_lock pg_advisory_lock_shared pg_try_advisory_lock pg_try_advisory_lock_shared "
+    b"pg_advisory_unlock pg_advisory_unlock_shared pg_advisory_unlock_all pg_advisory_xact_lock "
+    b"pg_advisory_xact_lock_shared pg_try_advisory_xact_lock "
+    b"pg_try_advisory_xact_lock_shared".split()
+)
 # Statement words naming a setting other than the word itself.
 _SPECIAL_SET = {
     b"role": (b"role",),
@@ -251,17 +264,19 @@ def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None)
         # say: the text is judged unseen.
         return SQL_ALL
     flags = 0
-    first, into = _head(buf, start, end, names)
+    # One budget for every place Python looks in this text: events of the main pass and the
+    # tokens the look-aheads take (a statement's head, what follows a name and a comment).
+    budget = [MAX_STEPS]
+    first, into = _head(buf, start, end, names, budget)
     if first < 0:
         flags |= -first
     search = _INTERESTING.match
-    budget = MAX_EVENTS
     # A '.' that no name or number took: what it qualifies (`s./**/f(`) is not known.
     dotted = False
     p = start
     while p < end:
-        budget -= 1
-        if budget < 0:
+        budget[0] -= 1
+        if budget[0] < 0:
             return SQL_ALL  # a text built to keep Python busy: judged unseen, at bounded cost
         m = search(buf, p, end)
         assert m is not None
@@ -271,17 +286,19 @@ def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None)
             continue
         if kind == 2:  # ';'
             flags |= _statement_end(first, into)
-            first, into = _head(buf, p, end, names)
+            first, into = _head(buf, p, end, names, budget)
             if first < 0:
                 flags |= -first
             dotted = False
         elif kind == 3:  # a call
+            budget[0] -= _CALL_STEPS  # judging a call costs Python more than a token
             flags |= (
                 _OPAQUE if dotted else _call_site(buf, start, m.start(), m.group(3), p, end, names)
             )
             dotted = False
         elif kind == 4:  # a name, then a comment: PostgreSQL drops comments, so `f/**/(` is a call
-            after = _after_comments(buf, p, end)
+            budget[0] -= _CALL_STEPS
+            after = _after_comments(buf, p, end, budget)
             if after < 0 or buf[after] == _DOT:
                 flags |= _OPAQUE | SQL_FULL
             elif buf[after] == _LPAREN:
@@ -291,9 +308,14 @@ def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None)
                 else:
                     flags |= _call_site(buf, start, m.start(), chain, after + 1, end, names)
                 dotted = False
-        elif kind == 5:  # INTO, TEMP, pg_temp...
-            if bytes(m.group()).lower() == b"into":
+        elif kind == 5:  # INTO, TEMP, pg_temp, EXECUTE...
+            w = bytes(m.group()).lower()
+            if w == b"into":
                 into = True
+            elif w == b"execute":
+                # EXPLAIN EXECUTE, CREATE TABLE ... AS EXECUTE: a prepared statement runs, made
+                # by PREPARE or by a protocol Parse (then named pgpool_N), judged by neither.
+                flags |= _OPAQUE
             else:
                 flags |= _PINS
         elif kind == 6:  # a block comment, which may nest
@@ -316,10 +338,11 @@ def _scan(buf: bytes | bytearray, start: int, end: int, names: list[str] | None)
     return flags | _statement_end(first, into)
 
 
-def _after_comments(buf: bytes | bytearray, p: int, end: int) -> int:
+def _after_comments(buf: bytes | bytearray, p: int, end: int, budget: list[int]) -> int:
     """Position of the first byte at or after p that is neither whitespace nor a comment; -1
     at the end of the text or when the comments are too many to follow at bounded cost."""
-    for _ in range(MAX_EVENTS):
+    while budget[0] > 0:
+        budget[0] -= 1
         t = _TOKEN.match(buf, p, end)
         if t is None:
             return -1
@@ -335,7 +358,9 @@ def _after_comments(buf: bytes | bytearray, p: int, end: int) -> int:
     return -1
 
 
-def _head(buf: bytes | bytearray, p: int, end: int, names: list[str] | None) -> tuple[int, bool]:
+def _head(
+    buf: bytes | bytearray, p: int, end: int, names: list[str] | None, budget: list[int]
+) -> tuple[int, bool]:
     """(kind of statement, INTO seen) for the statement starting at p. The kind is 1 for one
     that can change nothing by itself, 2 for SELECT-like (INTO matters), 0 for an empty one, or
     minus the flags of one that can."""
@@ -347,10 +372,9 @@ def _head(buf: bytes | bytearray, p: int, end: int, names: list[str] | None) -> 
                 return -_PINS, False
             return (2 if w == b"select" or w == b"with" else 1), False
     head: list[tuple[int, bytes]] = []
-    budget = MAX_EVENTS
     while p < end and len(head) < 8:
-        budget -= 1
-        if budget < 0:
+        budget[0] -= 1
+        if budget[0] < 0:
             return -SQL_ALL, False
         t = _TOKEN.match(buf, p, end)
         assert t is not None
@@ -418,7 +442,7 @@ def _call_site(
         return _OPAQUE
     if word in _PURE:
         return 0
-    if b"advisory" in word:
+    if word in _ADVISORY:
         return _PINS
     if word == b"set_config":
         lit = _NAME_ARG.match(buf, after, end)
@@ -426,7 +450,7 @@ def _call_site(
             # A name the proxy cannot read from the text (a parameter, an expression).
             return _OPAQUE | SQL_FULL
         name = _literal(lit.group(1))
-        if not name or name in _UNREPLAYABLE:
+        if not name or _unreadable(name):
             return _OPAQUE | SQL_FULL
         if names is not None:
             _add_name(names, name)
@@ -435,8 +459,12 @@ def _call_site(
 
 
 def _word_before(buf: bytes | bytearray, start: int, at: int) -> bytes:
-    """The word just before position at (within 64 bytes), lower-cased."""
-    seg = bytes(buf[max(start, at - 64) : at]).rstrip(_WS_CHARS)
+    """The word just before position at (within 64 bytes), lower-cased; "" when a comment may
+    be near it (`--as` + newline + `f(`: the word is the comment's, not the statement's)."""
+    seg = bytes(buf[max(start, at - 64) : at])
+    if b"--" in seg or b"/*" in seg or b"*/" in seg:
+        return b""
+    seg = seg.rstrip(_WS_CHARS)
     i = len(seg)
     while i and seg[i - 1] in _WORD_BYTES:
         i -= 1
@@ -496,7 +524,8 @@ def _set(rest: list[bytes], names: list[str] | None) -> int:
         if rest[1:2] == [b"."]:
             return _set_named(_dotted_name(rest), rest, names)
         third = rest[0] if rest else b""
-        if third == b"characteristics":
+        if b"characteristics" in rest:
+            # SET SESSION [SESSION] CHARACTERISTICS AS TRANSACTION ...: several settings.
             return flags | SQL_FULL
         if third == b"authorization":
             _add_names(names, (b"session_authorization", b"role"))
@@ -512,7 +541,7 @@ def _set_named(name: bytes, rest: list[bytes], names: list[str] | None) -> int:
     flags = SQL_SESSION | SQL_SETTINGS
     if not name:
         return flags | SQL_FULL  # a name the lexer cannot read: read every setting
-    if name.lower() in _UNREPLAYABLE:
+    if _unreadable(name):
         return SQL_ALL
     _add_names(names, (name,))
     return flags | (SQL_FULL if b"default" in rest else 0)
@@ -524,7 +553,7 @@ def _reset(rest: list[bytes], names: list[str] | None) -> int:
     second = rest[0] if rest else b""
     if rest[1:2] == [b"."]:
         name = _dotted_name(rest)
-        if name.lower() in _UNREPLAYABLE:
+        if _unreadable(name):
             return SQL_ALL
         if name:
             _add_names(names, (name,))
@@ -534,7 +563,7 @@ def _reset(rest: list[bytes], names: list[str] | None) -> int:
         _add_names(names, _SPECIAL_SET[second])
     elif second != b"all":
         name = _dotted_name(rest)
-        if name.lower() in _UNREPLAYABLE:
+        if _unreadable(name):
             return SQL_ALL
         if name:
             _add_names(names, (name,))
@@ -576,9 +605,15 @@ def _literal(tok: bytes | bytearray) -> bytes:
     return body.replace(b"''", b"'").lower()
 
 
+def _unreadable(name: bytes) -> bool:
+    """A setting name the proxy cannot read back by name: `seed`, or a non-ASCII one (whose
+    bytes depend on the session's client_encoding, and which PostgreSQL folds as ASCII)."""
+    return not name.isascii() or name.lower() in _UNREPLAYABLE
+
+
 def _add_name(names: list[str], name: bytes) -> None:
     if len(names) < MAX_NAMES:
-        text = name.decode("utf-8", "replace").lower()
+        text = name.lower().decode("ascii", "replace")
         if text not in names:
             names.append(text)
 
@@ -600,7 +635,7 @@ def _statements(sql: str) -> list[list[tuple[int, bytes]]] | None:
         return None
     out: list[list[tuple[int, bytes]]] = [[]]
     p, end = 0, len(raw)
-    budget = 8 * MAX_EVENTS
+    budget = MAX_STEPS
     while p < end:
         budget -= 1
         if budget < 0:
@@ -627,9 +662,18 @@ def _statements(sql: str) -> list[list[tuple[int, bytes]]] | None:
     return out
 
 
+def deallocation(sql: str) -> tuple[tuple[bool, str] | None, bool]:
+    """(parse_deallocate(sql), drops_all_statements(sql)), lexing the text once."""
+    stmts = _statements(sql)
+    return _parse_deallocate(sql, stmts), _drops_all(stmts)
+
+
 def drops_all_statements(sql: str) -> bool:
     """True when the text runs DISCARD ALL or DEALLOCATE [PREPARE] ALL."""
-    stmts = _statements(sql)
+    return _drops_all(_statements(sql))
+
+
+def _drops_all(stmts: list[list[tuple[int, bytes]]] | None) -> bool:
     if stmts is None:
         return False
     for toks in stmts:
@@ -645,9 +689,14 @@ def drops_all_statements(sql: str) -> bool:
 
 def parse_deallocate(sql: str) -> tuple[bool, str] | None:
     """For a text that is exactly one DEALLOCATE without comments: (is ALL, name); else None."""
+    return _parse_deallocate(sql, _statements(sql))
+
+
+def _parse_deallocate(
+    sql: str, stmts: list[list[tuple[int, bytes]]] | None
+) -> tuple[bool, str] | None:
     if "--" in sql or "/*" in sql:
         return None
-    stmts = _statements(sql)
     if stmts is None or not stmts[0] or any(stmts[1:2]) or len(stmts) > 2:
         return None
     toks = stmts[0]

@@ -19,6 +19,7 @@ from ..protocol.constants import (
     F_QUERY,
     F_TERMINATE,
     INT32,
+    TX_FAILED,
     TX_IDLE,
 )
 from ..protocol.framing import (
@@ -37,8 +38,8 @@ from ..protocol.sqlscan import (
     SQL_PINS,
     SQL_SETTINGS,
     classify,
+    deallocation,
     drops_all_statements,
-    parse_deallocate,
     setting_names,
 )
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_Z
@@ -145,6 +146,8 @@ class ClientConnection(Endpoint):
         "probe_flags",
         "probe_hex",
         "probe_names",
+        "probe_text",
+        "probe_tries",
         "release_on_idle",
         "scanner",
         "server",
@@ -183,6 +186,8 @@ class ClientConnection(Endpoint):
         self.probe_flags = 0
         self.probe_names: list[str] = []
         self.probe_hex = False
+        self.probe_text = ""
+        self.probe_tries = 0
         # The client's search_path puts another schema before pg_catalog: an operator or
         # function name in any statement may run the client's own code (see _link).
         self.distrust = False
@@ -300,6 +305,7 @@ class ClientConnection(Endpoint):
         reset = ""
         if backend.last_user != self.user and backend.last_user:
             reset = reset_identity_sql()
+            backend.stmts.clear()  # the reset deallocates them
         elif backend.taint_owner is not None and backend.taint_owner is not self:
             reset = reset_settings_sql()
         if not reset and backend.applied_sig is sig:
@@ -624,9 +630,11 @@ class ClientConnection(Endpoint):
     ) -> tuple[int, int]:
         """A Query with DEALLOCATE or DISCARD in it (complete in buf)."""
         sc = self.scanner
-        if sc.rename:
+        # In a failed transaction PostgreSQL refuses every statement, DEALLOCATE included: the
+        # server answers it as sent, and the client's statements stay.
+        if sc.rename and backend.tx_status != TX_FAILED:
             text = bytes(buf[pos + 5 : frame_end - 1]).decode("utf-8", "replace")
-            dealloc = parse_deallocate(text)
+            dealloc, drops_all = deallocation(text)
             if dealloc is not None and not dealloc[0]:
                 name = dealloc[1].encode()
                 stmt = self.stmts.pop(name, None)
@@ -652,11 +660,11 @@ class ClientConnection(Endpoint):
                             backend,
                         )
                     return frame_end, frame_end
-            if drops_all_statements(text):
+            if drops_all:
                 # Corrected from the server's own list once the transaction is over.
                 self.stmts.clear()
                 backend.stmts.clear()
-        sc.mark(classify(buf, pos + 5, frame_end - 1), buf, pos + 5, frame_end - 1)
+        sc.mark(sc.parse_flags, buf, pos + 5, frame_end - 1)
         self._count_query()
         return frame_end, pos
 
@@ -778,16 +786,17 @@ class ClientConnection(Endpoint):
         # Rows come in the session's client_encoding: other than UTF8, values travel as hex.
         self.probe_hex = self.params.get("client_encoding", "UTF8").upper() != "UTF8"
         backend.on_internal_done = self._session_checked
-        backend.send_internal(
-            probe_sql(
-                full=full,
-                pins=bool(flags & (SQL_PINS | SQL_OPAQUE)) or self.pinned,
-                names=names,
-                statements=bool(flags & SQL_DEALLOCATE) and sc.rename,
-                hex_values=self.probe_hex,
-                untimed=True,
-            )
+        self.probe_tries = 1
+        self.probe_text = probe_sql(
+            full=full,
+            pins=bool(flags & (SQL_PINS | SQL_OPAQUE)) or self.pinned,
+            names=names,
+            # Opaque code may run DEALLOCATE too (EXECUTE in a DO block).
+            statements=bool(flags & (SQL_DEALLOCATE | SQL_OPAQUE)) and sc.rename,
+            hex_values=self.probe_hex,
+            untimed=True,
         )
+        backend.send_internal(self.probe_text)
 
     def _session_checked(
         self,
@@ -798,7 +807,14 @@ class ClientConnection(Endpoint):
         if self.state != ClientState.PROBING or self.backend is not backend:
             return
         flags = self.probe_flags
-        asked = bool(flags & SQL_DEALLOCATE) and self.scanner.rename
+        asked = bool(flags & (SQL_DEALLOCATE | SQL_OPAQUE)) and self.scanner.rename
+        if errors and errors[0].get("C") in _TIMED_OUT and self.probe_tries < _PROBE_TRIES:
+            # Only the first statement of the check (two settings read) runs under the client's
+            # own timeouts, and a failed try changed nothing: try again.
+            self.probe_tries += 1
+            backend.on_internal_done = self._session_checked
+            backend.send_internal(self.probe_text)
+            return
         if errors:
             log.warning(
                 "backend %s: session check failed: %s %s",
@@ -811,9 +827,7 @@ class ClientConnection(Endpoint):
             return
         found = read_probe(rows, statements_asked=asked, hex_values=self.probe_hex)
         if found.statements is not None:
-            names = found.statements
-            for stmt in [s for s in backend.stmts.lru if s.name.decode() not in names]:
-                backend.stmts.discard(stmt)
+            self._statements_found(backend, found.statements)
         if flags & SQL_OPAQUE or len(self.probe_names) >= MAX_READ:
             # Code the proxy cannot see into may have set what no probe can list (a custom
             # setting named only inside a function): no other client gets this session unreset.
@@ -834,6 +848,21 @@ class ClientConnection(Endpoint):
             backend.send_internal(UNTIMED + set_sql(restore))
             return
         self._session_known(backend)
+
+    def _statements_found(self, backend: BackendConnection, names: frozenset[str]) -> None:
+        """Make the proxy's list of the server's statements the server's own: a DEALLOCATE may
+        have dropped some, and one that never ran (an error before it) dropped none."""
+        bs = backend.stmts
+        for stmt in [s for s in bs.lru if s.name.decode() not in names]:
+            bs.discard(stmt)
+        missing = names - {s.name.decode() for s in bs.lru}
+        if not missing:
+            return
+        for stmt in list(backend.pool.registry.entries):
+            if stmt.name.decode() in missing:
+                victim = bs.add(stmt)
+                if victim is not None:
+                    bs.closing.append(victim)
 
     def _settings_restored(
         self,
@@ -1096,6 +1125,11 @@ class ClientConnection(Endpoint):
             # at once would otherwise recurse one frame deeper per client.
             backend.to(BackendState.RESETTING)
             pool.loop.call_soon(_release_later, backend)
+
+
+# statement_timeout and lock_timeout, as the client may set them (1 ms) under a session check.
+_TIMED_OUT = ("57014", "55P03")
+_PROBE_TRIES = 5
 
 
 def _at_default(name: str, value: str | None, login_user: str) -> bool:

@@ -308,6 +308,9 @@ async def _login(client: ClientConnection) -> None:
     # Per client, not per pool: users sharing a forced server user may differ in mode.
     client.release_on_idle = config.pool_mode_for(db, user_cfg) == PoolMode.TRANSACTION
     client.scanner.rename = client.release_on_idle and pool.spec.max_prepared_statements > 0
+    # Without renaming, a named statement may run in a later transaction than its Parse (where
+    # it was judged): each Bind of one is judged unseen.
+    client.scanner.opaque_binds = client.release_on_idle and not client.scanner.rename
     server_params = await pool.ensure_server_params()
     if not client.is_open():
         raise EndpointClosed

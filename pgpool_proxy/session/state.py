@@ -51,6 +51,14 @@ _PINS = (
     f"AND refobjid {_EQ} pg_catalog.pg_my_temp_schema()) END)"
     ")::pg_catalog.text, NULL"
 )
+_TIMEOUT_NAMES = "'{statement_timeout,lock_timeout}'::pg_catalog.text[]"
+_TIMEOUTS = (
+    f"SELECT 'u', n, pg_catalog.current_setting(n) FROM pg_catalog.unnest({_TIMEOUT_NAMES}) AS n"
+)
+_TIMEOUT_RESETS = (
+    "SELECT 'w', name, reset_val FROM pg_catalog.pg_settings "
+    f"WHERE name {_EQ} ANY ({_TIMEOUT_NAMES})"
+)
 _HEX = "pg_catalog.encode(pg_catalog.convert_to({}, 'UTF8'), 'hex')"
 _STATEMENTS = "SELECT 'x', name, NULL FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql"
 
@@ -69,7 +77,9 @@ _RESET_SETTINGS = "SET SESSION AUTHORIZATION DEFAULT; RESET ALL"
 # login): everything DISCARD ALL drops except the proxy's own prepared statements.
 _RESET_IDENTITY = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
-    "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+    "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; "
+    # Statement texts show in pg_prepared_statements: another user must not read them.
+    "DEALLOCATE ALL"
 )
 _SEED = secrets.SystemRandom()
 
@@ -120,14 +130,15 @@ def probe_sql(
     objects = [_PINS] if pins or not settings else []
     if statements:
         objects.append(_STATEMENTS)
+    body = " UNION ALL ".join(settings + objects)
     if not untimed:
-        return " UNION ALL ".join(settings + objects)
-    # Settings are read first, under the session's own timeouts (reading them is quick, and
-    # under the proxy's SET LOCAL they would read as 0); what may take long comes after it.
-    out = [" UNION ALL ".join(settings)] if settings else []
-    if objects:
-        out.append(UNTIMED + " UNION ALL ".join(objects))
-    return "; ".join(out)
+        return body
+    # Everything runs with the timeouts off, except a first statement of microseconds that
+    # reads the two timeouts themselves ('u' rows): under the SET LOCAL they read as 0 with a
+    # 'session' source. A full read also gets their reset values ('w' rows, see read_probe).
+    if full:
+        body = f"{body} UNION ALL {_TIMEOUT_RESETS}"
+    return f"{_TIMEOUTS}; {UNTIMED}{body}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,8 @@ def read_probe(
     named: dict[str, str | None] = {}
     pins: int | None = None
     statements: set[str] | None = set() if statements_asked else None
+    timeouts: dict[str, str] = {}
+    resets: dict[str, str] = {}
     for row in rows:
         if len(row) != 3:
             continue
@@ -152,16 +165,34 @@ def read_probe(
         if hex_values and b is not None and (kind == "s" or kind == "n"):
             b = bytes.fromhex(b).decode("utf-8", "surrogateescape")
         if kind == "s" and a is not None:
-            settings[a.lower()] = b or ""
+            settings[a.translate(_ASCII_LOWER)] = b or ""
         elif kind == "n" and a is not None:
-            named[a.lower()] = b
+            named[a.translate(_ASCII_LOWER)] = b
         elif kind == "p":
             pins = int(a or 0)
         elif kind == "x" and a is not None and statements is not None:
             statements.add(a)
+        elif kind == "u" and a is not None and b is not None:
+            timeouts[a] = b
+        elif kind == "w" and a is not None and b is not None:
+            resets[a] = b
+    for name, value in timeouts.items():
+        # The rows after the proxy's SET LOCAL show these as 0, set in the session: take what
+        # the first statement read. For a full read, set in the session means other than what
+        # RESET gives (a value SET equal to it then counts as reset: the startup value, if the
+        # client gave one, comes back).
+        settings.pop(name, None)
+        if name in named:
+            named[name] = value
+        if name in resets and resets[name] != value:
+            settings[name] = value
     return SessionState(
         settings, named, pins, frozenset(statements) if statements is not None else None
     )
+
+
+# PostgreSQL folds setting names in ASCII only ("app.É" and "app.é" are two settings).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _order(name: str) -> int:
