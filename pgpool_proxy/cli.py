@@ -122,11 +122,17 @@ async def serve(
     from .server import ProxyServer
     from .services import StartupError
 
+    server = ProxyServer(config, identity)
     try:
-        server = ProxyServer(config, identity)
         await server.start(port)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
+        await server.close()
+        return 1
+    except OSError as exc:
+        # Address in use, no permission for the port, unknown host: one line, no traceback.
+        log.error("cannot start: %s", exc.args[-1] if exc.args else exc)
+        await server.close()
         return 1
     if on_ready is not None:
         on_ready(server)
@@ -197,17 +203,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "auth": {"type": "scram-sha-256"},
                 "databases": [{"name": "demo", "host": pg.host, "port": pg.port}],
                 "users": [{"name": "demo", "password": "demo"}],
+                # The console and the metrics endpoint, so that the README's examples work here.
+                "admin": {"admin_users": ["demo"]},
+                "metrics": {"listen": f"127.0.0.1:{args.metrics_port}"},
             },
             source="<demo>",
         )
 
         def ready(server: Any) -> None:
-            url = f"postgresql://demo:demo@{server.host}:{server.port}/demo"
+            base = f"postgresql://demo:demo@{server.host}:{server.port}"
+            url = f"{base}/demo"
+            ep = server.metrics_endpoint
+            metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
             print(
                 f"\npgpool-proxy {__version__} is serving PostgreSQL {pg.version()} "
                 f"({args.pool_mode} pooling)\n"
                 f"  connect:  psql '{url}'\n"
                 f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={tls.ca_file}'\n"
+                f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
+                f"  metrics:  {metrics}\n"
                 f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
                 f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
                 "Press Ctrl-C to stop (the demo server and its data are removed).\n",
@@ -257,7 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start a local PostgreSQL and serve it through the proxy")
     d.add_argument("--port", type=int, default=6432, help="proxy port (0 = any free port)")
     d.add_argument("--pool-mode", choices=["transaction", "session"], default="transaction")
-    d.add_argument("--log-level", default="info")
+    d.add_argument(
+        "--metrics-port", type=int, default=0, help="metrics endpoint port (0 = any free port)"
+    )
+    d.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+    )
     d.set_defaults(func=cmd_demo)
     t = sub.add_parser(
         "token", help="print an IAM auth token to use as the password (AWS credentials chain)"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,23 @@ def test_run_serves_and_stops_on_sigterm(pg: LocalPostgres, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_demo_refuses_a_bad_log_level_and_a_busy_port() -> None:
+    out = subprocess.run(
+        [*CLI, "demo", "--log-level", "nonsense"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2 and "invalid choice: 'nonsense'" in out.stderr, out.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [*CLI, "demo", "--port", str(port)], capture_output=True, text=True, timeout=120
+        )
+    assert out.returncode == 1
+    assert "cannot start:" in out.stderr and "address already in use" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+
+
 def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
     proc = subprocess.Popen(
         [*CLI, "demo", "--port", "0"],
@@ -123,6 +142,8 @@ def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
     )
     try:
         url = _read_until(proc, r"psql '(postgresql://[^']+)'", 90).group(1)
+        admin = _read_until(proc, r"admin: +psql '(postgresql://[^']+)'", 5).group(1)
+        metrics = _read_until(proc, r"metrics: +curl (http://\S+)", 5).group(1)
         server = _read_until(proc, r"server: +127\.0\.0\.1:(\d+) \(data in (.+)\)", 5)
         pg_port, work_dir = int(server.group(1)), Path(server.group(2))
         assert work_dir.is_dir()
@@ -133,6 +154,16 @@ def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
             timeout=30,
         )
         assert out.stdout.strip() == "demo|demo", out.stderr
+        # The README's console and metrics examples work against the demo as printed.
+        out = subprocess.run(
+            [pg.bin("psql"), "-X", "-At", admin, "-c", "SHOW POOLS"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0 and "demo|demo" in out.stdout, out.stderr
+        with urllib.request.urlopen(metrics, timeout=10) as resp:
+            assert b"pgpool_proxy_client_logins_total" in resp.read()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
