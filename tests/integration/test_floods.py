@@ -244,8 +244,9 @@ async def test_slowloris_logins(flood_proxy: StartFlood) -> None:
     print(f"\nslowloris: {total} clients: {outcomes}, cut after {min(took):.1f}-{max(took):.1f} s")
     assert set(outcomes) <= {"08P01", "reset"} and outcomes.get("08P01", 0) > 0, outcomes
     assert proxy.metrics().get(LOGIN_TIMEOUTS, 0) - timeouts0 == total
-    # Measured from this side's connect: the proxy's 2 s start at its accept, a little earlier.
-    assert min(took) >= 1.5 and max(took) <= 4.0, (min(took), max(took))
+    # Measured from this side's connect: the proxy's 2 s start at its accept, earlier by as
+    # long as this loop took to get round to the connection (half a second seen under load).
+    assert min(took) >= 1.0 and max(took) <= 4.0, (min(took), max(took))
     check_latency("slowloris", idle, during)
     rss.check("slowloris", 32 * MiB)
 
