@@ -32,7 +32,19 @@ from .constants import (
     INT32,
 )
 from .sqlscan import MAX_NAMES, SQL_ALL, SQL_DEALLOCATE, SQL_SETTINGS, classify, setting_names
-from .units import TERMINATES, U_BIND, U_CLOSE, U_DESCRIBE, U_EXECUTE, U_PARSE, U_Z, UNIT_STOP
+from .units import (
+    TERMINATES,
+    U_BIND,
+    U_CLOSE,
+    U_DESCRIBE,
+    U_EXECUTE,
+    U_FZ,
+    U_PARSE,
+    U_QUERY,
+    U_QZ,
+    U_Z,
+    UNIT_STOP,
+)
 
 _unpack_len = INT32.unpack_from
 
@@ -231,9 +243,9 @@ class ClientScanner:
         # None when the client has none (or it was too long to keep). `unnamed_here`: the
         # linked server holds the client's. `unnamed_flags`/`unnamed_names`: what a Bind of it
         # may run (those of every unnamed Parse still awaiting its reply included).
-        # `unnamed_drops` counts Query and Close messages, which drop it: a Parse answered
-        # after one of those was sent no longer counts. `parse_flags`: the flags of the unnamed
-        # Parse or the Query the scan stopped at.
+        # `unnamed_drops` counts the Closes of it (and unnamed Parses too long to keep): a Parse
+        # answered after one of those was sent no longer counts. `parse_flags`: the flags of
+        # the unnamed Parse or the Query the scan stopped at.
         self.unnamed: tuple[bytes, int, list[str]] | None = None
         self.unnamed_flags = 0
         self.unnamed_names: list[str] = []
@@ -282,7 +294,7 @@ class ClientScanner:
                     # A text longer than what is looked into is judged unseen.
                     flags = classify(buf, pos + 5, pos + n - 1) if avail >= n else SQL_ALL
                     if self.rename:
-                        self.drop_unnamed()  # as PostgreSQL does on a simple Query
+                        self._query_drops_unnamed()
                     if flags & SQL_DEALLOCATE and avail >= n:
                         self.parse_flags = flags
                         self.event = CEV_INSPECT
@@ -294,7 +306,7 @@ class ClientScanner:
                     self.pending += 1
                     self.syncs_since_execute = 0
                     if units:
-                        units.append(U_Z)
+                        units.append(U_QZ if self.unsynced else U_QUERY)
                 else:
                     if not units and self.pending:
                         self._track_pending()
@@ -380,7 +392,7 @@ class ClientScanner:
                 self.pending += 1
                 self.syncs_since_execute = 0
                 if units:
-                    units.append(U_Z)
+                    units.append(U_FZ if self.unsynced else U_Z)
             elif t == F_TERMINATE:
                 self.terminated = True
                 return pos
@@ -406,6 +418,16 @@ class ClientScanner:
         self.dirty |= flags
         if flags & SQL_SETTINGS:
             self.note_names(setting_names(buf, start, end))
+
+    def _query_drops_unnamed(self) -> None:
+        """A simple Query: PostgreSQL drops the unnamed statement when it runs one."""
+        self.unnamed_here = True  # the server's and the client's: both none, or both kept
+        if not self.units:
+            # Nothing is in flight: the effect is known now. Otherwise it comes in reply order
+            # (session.replies.ready), or never, if the server skips the Query.
+            self.unnamed = None
+            self.unnamed_flags = 0
+            self.unnamed_names = []
 
     def drop_unnamed(self) -> None:
         """A message that drops the server's unnamed statement, and so the client's, was sent."""
@@ -528,7 +550,7 @@ class BackendScanner:
                 return pos
             if units and UNIT_STOP[t]:
                 u = units[0]
-                if u.__class__ is not int or u:  # an action, or an extended-protocol unit
+                if u.__class__ is not int or u > 0:  # an action, or an extended-protocol unit
                     if end - pos < n:
                         self.need = n
                         self.event = EV_NEED

@@ -17,6 +17,14 @@ from .constants import (
 
 # Plain unit codes (ints in the queue).
 U_Z = 0  # Query, Sync, FunctionCall: ends with ReadyForQuery
+# Units that end with ReadyForQuery are the ones <= 0. While units are queued, a Query gets its
+# own code: PostgreSQL drops the session's unnamed statement when it runs it (session.replies
+# applies that in reply order). Inside an extended-protocol batch (after Parse/Bind/... and
+# before their Sync) a Query or FunctionCall is skipped, ReadyForQuery included, once an error
+# in the batch has made the server wait for the Sync.
+U_QZ = -1  # a Query inside a batch
+U_QUERY = -2  # a Query outside a batch
+U_FZ = -3  # a FunctionCall inside a batch
 U_PARSE = 1
 U_BIND = 2
 U_DESCRIBE = 3

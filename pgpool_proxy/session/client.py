@@ -42,7 +42,7 @@ from ..protocol.sqlscan import (
     drops_all_statements,
     setting_names,
 )
-from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_Z
+from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_QUERY, U_QZ, U_Z
 from .canon import learn
 from .limits import settings_limit_error
 from .prepared import (
@@ -673,7 +673,7 @@ class ClientConnection(Endpoint):
         sc.pending += 1
         sc.syncs_since_execute = 0
         if sc.units:
-            sc.units.append(U_Z)
+            sc.units.append(U_QZ if sc.unsynced else U_QUERY)
 
     def _prepare(
         self, backend: BackendConnection, stmt: Stmt, out: list[Any], parse: Action | None

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from ..protocol.constants import B_ERROR
-from ..protocol.units import TERMINATES, U_Z
+from ..protocol.units import TERMINATES, U_FZ, U_QUERY, U_QZ, U_Z
 from .prepared import (
     A_DUPLICATE,
     A_INJECTED_CLOSE,
@@ -63,7 +63,9 @@ def ready(client: ClientConnection, backend: BackendConnection) -> None:
     while units:
         u = units.popleft()
         if u.__class__ is int:
-            if u == U_Z:
+            if u <= 0:  # ended by ReadyForQuery
+                if u == U_QUERY or u == U_QZ:
+                    _unnamed_dropped(client)
                 break
             continue
         _undo(client, backend, u)
@@ -89,11 +91,14 @@ def on_unit(
                 )
             else:
                 _failed(client, backend, u, fields)
-        # The server now skips everything up to the next Sync.
+        # The server now skips everything up to the next Sync, a Query or FunctionCall inside
+        # the batch included: no ReadyForQuery comes for those.
         while units and units[0] != U_Z:
             v = units.popleft()
             if v.__class__ is Action:
                 _undo(client, backend, v)
+            elif v == U_QZ or v == U_FZ:
+                client.scanner.pending -= 1
         return result
     if u.__class__ is not Action or not TERMINATES[u.unit][t]:
         units.appendleft(u)  # not a reply this unit expects: pass it on, keep waiting
@@ -171,6 +176,15 @@ def _unnamed_answered(client: ClientConnection, a: Action, *, accepted: bool | N
         sc.unnamed_in_flight = 0
         kept = sc.unnamed
         sc.unnamed_flags, sc.unnamed_names = (kept[1], kept[2]) if kept else (0, [])
+
+
+def _unnamed_dropped(client: ClientConnection) -> None:
+    """The server ran a simple Query of the client's: it dropped the unnamed statement."""
+    sc = client.scanner
+    sc.unnamed = None
+    if sc.unnamed_in_flight <= 0:
+        sc.unnamed_flags = 0
+        sc.unnamed_names = []
 
 
 def _forget(client: ClientConnection, a: Action) -> None:

@@ -108,7 +108,12 @@ class Op:
 
 @st.composite
 def ext_op(draw: st.DrawFn) -> Op:
-    kind = draw(st.sampled_from(["parse", "parse", "bind", "bind", "describe", "execute", "close"]))
+    kind = draw(
+        st.sampled_from(["parse", "parse", "bind", "bind", "describe", "execute", "close", "query"])
+    )
+    if kind == "query":
+        # A simple Query inside the batch: skipped by the server after an error before the Sync.
+        return Op(m.query(draw(st.sampled_from(["SELECT 1", "SELECT 1/0", "BEGIN", "COMMIT"]))))
     if kind == "parse":
         text, _ = draw(st.sampled_from(EXTENDED_TEXTS))
         return Op(x.parse(draw(st.sampled_from(STATEMENT_NAMES)), draw(sql_variant(text))))

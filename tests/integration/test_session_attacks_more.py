@@ -315,13 +315,6 @@ async def test_leak2_opaque_code_deallocates_another_clients_statement(
 # --- reply counting: a server connection held by a client outside any transaction --------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "follow-up: a Query sent inside an extended batch after an error is skipped by "
-        "the server, and the proxy still counts its ReadyForQuery"
-    ),
-)
 async def test_leak2_query_skipped_after_an_extended_error_holds_the_connection(
     atk: LocalPostgres, start_proxy: StartProxy
 ) -> None:

@@ -36,7 +36,10 @@ from pgpool_proxy.protocol.units import (
     U_CLOSE,
     U_DESCRIBE,
     U_EXECUTE,
+    U_FZ,
     U_PARSE,
+    U_QUERY,
+    U_QZ,
     U_Z,
     UNIT_STOP,
 )
@@ -559,7 +562,8 @@ def test_client_queries_only_count_pending(chunk: int) -> None:
 def test_client_extended_after_queries_pushes_pending_u_z(chunk: int) -> None:
     data = m.query("select 1") + m.query("select 2") + UNNAMED_PIPELINE + m.query("select 3")
     sc, _, _ = run_client(data, chunk)
-    assert list(sc.units) == [U_Z, U_Z, U_PARSE, U_BIND, U_DESCRIBE, U_EXECUTE, U_Z, U_Z]
+    # The Query after the batch's Sync has its own code (it drops the unnamed statement).
+    assert list(sc.units) == [U_Z, U_Z, U_PARSE, U_BIND, U_DESCRIBE, U_EXECUTE, U_Z, U_QUERY]
     assert sc.pending == 4
 
 
@@ -574,9 +578,19 @@ def test_client_each_extended_message_pushes_pending(first: bytes) -> None:
 
 
 def test_client_function_call_appends_u_z_when_units() -> None:
+    """Inside an open batch (no Sync since the Parse) it is a U_FZ: after an error in the batch
+    PostgreSQL skips it, ReadyForQuery included."""
     sc, _, _ = run_client(parse(b"", b"select 1") + function_call(), 100_000)
-    assert list(sc.units) == [U_PARSE, U_Z]
+    assert list(sc.units) == [U_PARSE, U_FZ]
     assert sc.pending == 1
+    sc, _, _ = run_client(parse(b"", b"select 1") + SYNC + function_call(), 100_000)
+    assert list(sc.units) == [U_PARSE, U_Z, U_Z]
+
+
+def test_client_query_inside_a_batch_is_u_qz() -> None:
+    sc, _, _ = run_client(parse(b"", b"select 1") + m.query("select 2") + SYNC, 100_000)
+    assert list(sc.units) == [U_PARSE, U_QZ, U_Z]
+    assert sc.pending == 2
 
 
 # --- ClientScanner: rename (named statements) ------------------------------------------------
@@ -669,7 +683,8 @@ def test_client_query_drops_the_unnamed_statement() -> None:
     sc.unnamed_here = False
     data = bytearray(m.query("select 1"))
     sc.scan(data, 0, len(data))
-    assert sc.unnamed is None and sc.unnamed_here and sc.unnamed_drops == 1
+    # Nothing in flight: known at once (else when the Query's ReadyForQuery comes).
+    assert sc.unnamed is None and sc.unnamed_here
 
 
 @pytest.mark.parametrize(("label", "msg"), NAMED, ids=[n for n, _ in NAMED])
