@@ -5,7 +5,7 @@ on a proxy with one server connection, client B (or A itself, for its own settin
 the session, and the oracle is a fresh direct PostgreSQL session (or A's direct session).
 
 Every `test_leak2_*` here failed against the code it was written against; all pass now except
-four strict xfails, each a README known limit or a follow-up named in its reason.
+three strict xfails, each a README known limit named in its reason.
 """
 
 from __future__ import annotations
