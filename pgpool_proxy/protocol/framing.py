@@ -42,6 +42,7 @@ from .units import (
     U_PARSE,
     U_QUERY,
     U_QZ,
+    U_UPARSE,
     U_Z,
     UNIT_STOP,
 )
@@ -205,9 +206,9 @@ class ClientScanner:
         "units",
         "unnamed",
         "unnamed_drops",
+        "unnamed_fifo",
         "unnamed_flags",
         "unnamed_here",
-        "unnamed_in_flight",
         "unnamed_names",
         "unsynced",
     )
@@ -240,18 +241,21 @@ class ClientScanner:
         # or after the proxy's own Query (which drops the server's unnamed statement); the
         # session layer gives it to the server again (session.client, session.replies).
         # `unnamed`: (Parse frame, flags, setting names) of the one the server last accepted,
-        # None when the client has none (or it was too long to keep). `unnamed_here`: the
-        # linked server holds the client's. `unnamed_flags`/`unnamed_names`: what a Bind of it
-        # may run (those of every unnamed Parse still awaiting its reply included).
-        # `unnamed_drops` counts the Closes of it (and unnamed Parses too long to keep): a Parse
-        # answered after one of those was sent no longer counts. `parse_flags`: the flags of
-        # the unnamed Parse or the Query the scan stopped at.
-        self.unnamed: tuple[bytes, int, list[str]] | None = None
+        # None when the client has none (or it was too long to keep). `unnamed_fifo`: the
+        # unnamed Parses sent and not yet settled, in order, each (frame or None, flags, names,
+        # `unnamed_drops` when sent); each has a U_UPARSE unit, popped without a callback when
+        # ParseComplete comes, so a record whose unit is gone from `units` was accepted (see
+        # settle_unnamed). `unnamed_here`: the linked server holds the client's.
+        # `unnamed_flags`/`unnamed_names`: what a Bind of it may run (those of every unnamed
+        # Parse still unsettled included). `unnamed_drops` counts the Closes of it: a Parse
+        # answered after one was sent no longer counts. `parse_flags`: the flags of the Query
+        # the scan stopped at.
+        self.unnamed: tuple[bytes | None, int, list[str]] | None = None
+        self.unnamed_fifo: deque[tuple[bytes | None, int, list[str], int]] = deque()
         self.unnamed_flags = 0
         self.unnamed_names: list[str] = []
         self.unnamed_here = True
         self.unnamed_drops = 0
-        self.unnamed_in_flight = 0
         self.parse_flags = 0
 
     def reset(self) -> None:
@@ -329,14 +333,10 @@ class ClientScanner:
                         flags = SQL_ALL
                         self.dirty |= SQL_ALL
                     if self.rename:
-                        if avail >= n:
-                            self.parse_flags = flags
-                            self.event = CEV_INSPECT
-                            return pos
-                        # Streamed through, too long to keep: never given again elsewhere.
-                        self.drop_unnamed()
-                        self.unnamed_flags = SQL_ALL
-                    units.append(U_PARSE)
+                        self._unnamed_sent(buf, pos, n, avail, flags, q, qend)
+                        units.append(U_UPARSE)
+                    else:
+                        units.append(U_PARSE)
             elif t == F_SYNC:
                 self.pending += 1
                 self.unsynced = False
@@ -430,12 +430,87 @@ class ClientScanner:
             self.unnamed_names = []
 
     def drop_unnamed(self) -> None:
-        """A message that drops the server's unnamed statement, and so the client's, was sent."""
+        """A Close of the unnamed statement was sent: it drops the server's, and the client's."""
         self.unnamed = None
         self.unnamed_flags = 0
         self.unnamed_names = []
         self.unnamed_here = True
         self.unnamed_drops += 1
+
+    def _unnamed_sent(
+        self, buf: bytearray, pos: int, n: int, avail: int, flags: int, q: int, qend: int
+    ) -> None:
+        frame: bytes | None = None
+        if avail >= n:
+            last = self.unnamed_fifo[-1][0] if self.unnamed_fifo else None
+            if last is None and self.unnamed is not None:
+                last = self.unnamed[0]
+            # Drivers send the same text again and again: no copy then.
+            if last is not None and len(last) == n and buf.startswith(last, pos):
+                frame = last
+            else:
+                frame = bytes(buf[pos : pos + n])
+        else:
+            flags = SQL_ALL  # streamed through, too long to keep: judged unseen when it runs
+        names = setting_names(buf, q, qend) if flags & SQL_SETTINGS and qend >= 0 else []
+        self.unnamed_fifo.append((frame, flags, names, self.unnamed_drops))
+        self.unnamed_here = True
+        self.unnamed_flags |= flags
+        if names:
+            self.unnamed_names = [*self.unnamed_names, *names]
+
+    def settle_unnamed(self, popped: int = 0) -> None:
+        """Take as accepted the unnamed Parses whose U_UPARSE unit is gone from `units` (popped
+        on ParseComplete); `popped` of those gone were not accepted (their error or skip is
+        being handled). Replies come in order, so those are the oldest records."""
+        fifo = self.unnamed_fifo
+        if not fifo:
+            return
+        if not popped and not self.units:
+            # The common case, at the end of a transaction: all answered, the last one counts.
+            frame, flags, names, drops = fifo[-1]
+            if drops == self.unnamed_drops:
+                fifo.clear()
+                self.unnamed = (frame, flags, names) if frame is not None else None
+                self.unnamed_flags, self.unnamed_names = (flags, names) if frame else (0, [])
+                return
+        in_flight = sum(1 for u in self.units if u.__class__ is int and u == U_UPARSE)
+        accepted = len(fifo) - popped - in_flight
+        for _ in range(accepted):
+            frame, flags, names, drops = fifo.popleft()
+            if drops == self.unnamed_drops:
+                self.unnamed = (frame, flags, names) if frame is not None else None
+        if not fifo:
+            self._unnamed_settled()
+
+    def unnamed_refused(self, answered: bool) -> None:
+        """The oldest unsettled unnamed Parse failed (answered: an ErrorResponse, which drops
+        the old statement too) or was skipped after an earlier error (the old one stays)."""
+        self.settle_unnamed(popped=1)
+        if self.unnamed_fifo:
+            drops = self.unnamed_fifo.popleft()[3]
+            if answered and drops == self.unnamed_drops:
+                self.unnamed = None
+        if not self.unnamed_fifo:
+            self._unnamed_settled()
+
+    def forget_unsettled(self) -> None:
+        """The server connection is gone with replies owed: what those Parses made is unknown,
+        and counts as not made."""
+        self.unnamed_fifo.clear()
+        self._unnamed_settled()
+
+    def unnamed_query_ran(self) -> None:
+        """The server ran a simple Query of the client's: it dropped the unnamed statement."""
+        self.settle_unnamed()
+        self.unnamed = None
+        if not self.unnamed_fifo:
+            self._unnamed_settled()
+
+    def _unnamed_settled(self) -> None:
+        # Nothing in flight: a Bind runs exactly the statement the server accepted last.
+        kept = self.unnamed
+        self.unnamed_flags, self.unnamed_names = (kept[1], kept[2]) if kept else (0, [])
 
     def note_names(self, names: list[str]) -> None:
         if len(names) >= MAX_NAMES:

@@ -30,6 +30,7 @@ U_BIND = 2
 U_DESCRIBE = 3
 U_EXECUTE = 4
 U_CLOSE = 5
+U_UPARSE = 6  # the client's unnamed Parse (transaction mode: see ClientScanner.unnamed_fifo)
 
 _NO_DATA = ord("n")
 _PORTAL_SUSPENDED = ord("s")
@@ -45,6 +46,7 @@ TERMINATES: tuple[bytes, ...] = tuple(
         (B_ROW_DESCRIPTION, _NO_DATA),
         (B_COMMAND_COMPLETE, B_EMPTY_QUERY, _PORTAL_SUSPENDED),
         (B_CLOSE_COMPLETE,),
+        (B_PARSE_COMPLETE,),
     )
 )
 # Backend message types that may complete some unit (a quick filter before TERMINATES).

@@ -51,7 +51,6 @@ from .prepared import (
     A_INJECTED_PARSE,
     A_PARSE,
     A_SYNTH,
-    A_UNNAMED_PARSE,
     CLOSE_COMPLETE,
     CLOSE_UNNAMED_STATEMENT,
     PARSE_COMPLETE,
@@ -59,7 +58,6 @@ from .prepared import (
     ClientStatements,
     StatementRegistry,
     Stmt,
-    UnnamedParse,
     command_complete,
     describe_statement,
     duplicate_parse,
@@ -291,9 +289,6 @@ class ClientConnection(Endpoint):
         # so what the client's unnamed statement is, is known.
         sc = self.scanner
         sc.unnamed_here = False
-        sc.unnamed_in_flight = 0
-        kept = sc.unnamed
-        sc.unnamed_flags, sc.unnamed_names = (kept[1], kept[2]) if kept else (0, [])
         self.backend = backend
         self._sync_flow(backend)
         sig = self.settings_sig or self.compute_sig()
@@ -492,8 +487,6 @@ class ClientConnection(Endpoint):
             qend = buf.find(0, nul + 1, frame_end)
             if nul < 0 or qend < 0:
                 return self._malformed(pos)
-            if nul == pos + 5:
-                return self._unnamed_parse(buf, pos, frame_end, qend)
             name = bytes(buf[pos + 5 : nul])
             key = bytes(buf[nul + 1 : frame_end])
             if name not in self.stmts:
@@ -588,34 +581,14 @@ class ClientConnection(Endpoint):
             return
         sc.unnamed_here = True
         units = sc.units
-        if sc.unnamed is not None:
-            out.append(sc.unnamed[0])
+        sc.settle_unnamed()  # nothing is owed here: every Parse sent has its answer
+        kept = sc.unnamed
+        if kept is not None and kept[0] is not None:
+            out.append(kept[0])
             units.append(Action(A_INJECTED_PARSE, U_PARSE))
         else:
             out.append(CLOSE_UNNAMED_STATEMENT)
             units.append(Action(A_INJECTED_CLOSE, U_CLOSE))
-
-    def _unnamed_parse(
-        self, buf: bytearray, pos: int, frame_end: int, qend: int
-    ) -> tuple[int, int]:
-        """The client's unnamed Parse, forwarded as it is; what it makes is remembered once the
-        server accepts it (session.replies)."""
-        sc = self.scanner
-        flags = sc.parse_flags
-        kept = sc.unnamed
-        if kept is not None and len(kept[0]) == frame_end - pos and buf.startswith(kept[0], pos):
-            frame = kept[0]  # drivers send the same text again and again: no copy
-        else:
-            frame = bytes(buf[pos:frame_end])
-        names = setting_names(buf, pos + 6, qend) if flags & SQL_SETTINGS else []
-        sc.unnamed_here = True
-        sc.unnamed_in_flight += 1
-        sc.unnamed_flags |= flags
-        if names:
-            sc.unnamed_names = [*sc.unnamed_names, *names]
-        record = UnnamedParse(frame, flags, names, sc.unnamed_drops)
-        sc.units.append(Action(A_UNNAMED_PARSE, U_PARSE, record=record))
-        return frame_end, pos
 
     @staticmethod
     def _new_stmt(
@@ -943,6 +916,10 @@ class ClientConnection(Endpoint):
         """The linked backend finished the transaction (transaction mode)."""
         self.backend = None
         self.to(ClientState.IDLE)
+        if backend is not None:
+            self.scanner.settle_unnamed()  # released at a boundary: every Parse has its answer
+        else:
+            self.scanner.forget_unsettled()
         self.scanner.reset()
         if backend is not None:
             backend.client = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from ..protocol.units import U_BIND, U_DESCRIBE
 
@@ -32,7 +31,6 @@ A_INJECTED_CLOSE = 3  # the proxy's own Close (LRU eviction): drop CloseComplete
 A_USE = 4  # a Bind or Describe of a shared statement: pass, and watch for a stale plan
 A_SYNTH = 5  # answered by the proxy: `reply` is written when the unit reaches the head
 A_DUPLICATE = 6  # a Parse of a name the client already uses: the server's 42P05, reworded
-A_UNNAMED_PARSE = 7  # the client's unnamed Parse: pass ParseComplete, and remember what it made
 
 _NO_BUDGET = 1 << 62
 
@@ -98,7 +96,7 @@ class Stmt:
 class Action:
     """A unit the proxy acts on when the server's reply (or the unit's turn) comes."""
 
-    __slots__ = ("client_name", "kind", "prev", "record", "reply", "stmt", "unit", "z")
+    __slots__ = ("client_name", "kind", "prev", "reply", "stmt", "unit", "z")
 
     def __init__(
         self,
@@ -110,7 +108,6 @@ class Action:
         client_name: bytes = b"",
         prev: Stmt | None = None,
         z: bool = False,
-        record: UnnamedParse | None = None,
     ) -> None:
         self.kind = kind
         self.unit = unit  # the U_* code whose terminator completes this unit
@@ -121,18 +118,6 @@ class Action:
         self.prev = prev
         # An answered Query: ends with ReadyForQuery, so it counts as one of the client's pending.
         self.z = z
-        self.record = record
-
-
-@dataclass(frozen=True, slots=True)
-class UnnamedParse:
-    """A client's unnamed Parse in flight: its frame, flags and setting names, and the count of
-    drop messages (Query, Close) the client had sent before it."""
-
-    frame: bytes
-    flags: int
-    names: list[str]
-    drops: int
 
 
 # The use actions of a forgotten statement (never queued: a statement is readmitted first).

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
 from ..protocol.constants import B_ERROR
-from ..protocol.units import TERMINATES, U_FZ, U_QUERY, U_QZ, U_Z
+from ..protocol.units import TERMINATES, U_FZ, U_QUERY, U_QZ, U_UPARSE, U_Z
 from .prepared import (
     A_DUPLICATE,
     A_INJECTED_CLOSE,
     A_INJECTED_PARSE,
     A_PARSE,
     A_SYNTH,
-    A_UNNAMED_PARSE,
     A_USE,
     CLOSE_COMPLETE,
     Action,
@@ -65,8 +64,10 @@ def ready(client: ClientConnection, backend: BackendConnection) -> None:
         if u.__class__ is int:
             if u <= 0:  # ended by ReadyForQuery
                 if u == U_QUERY or u == U_QZ:
-                    _unnamed_dropped(client)
+                    client.scanner.unnamed_query_ran()
                 break
+            if u == U_UPARSE:
+                client.scanner.unnamed_refused(answered=False)
             continue
         _undo(client, backend, u)
     emit_synths(client, backend)
@@ -91,6 +92,8 @@ def on_unit(
                 )
             else:
                 _failed(client, backend, u, fields)
+        elif u == U_UPARSE:
+            client.scanner.unnamed_refused(answered=True)
         # The server now skips everything up to the next Sync, a Query or FunctionCall inside
         # the batch included: no ReadyForQuery comes for those.
         while units and units[0] != U_Z:
@@ -99,12 +102,11 @@ def on_unit(
                 _undo(client, backend, v)
             elif v == U_QZ or v == U_FZ:
                 client.scanner.pending -= 1
+            elif v == U_UPARSE:
+                client.scanner.unnamed_refused(answered=False)
         return result
     if u.__class__ is not Action or not TERMINATES[u.unit][t]:
         units.appendleft(u)  # not a reply this unit expects: pass it on, keep waiting
-        return True
-    if u.kind == A_UNNAMED_PARSE:
-        _unnamed_answered(client, u, accepted=True)
         return True
     return u.kind != A_INJECTED_PARSE and u.kind != A_INJECTED_CLOSE
 
@@ -113,9 +115,6 @@ def _failed(
     client: ClientConnection, backend: BackendConnection, a: Action, fields: dict[str, str]
 ) -> None:
     kind = a.kind
-    if kind == A_UNNAMED_PARSE:
-        _unnamed_answered(client, a, accepted=False)
-        return
     stmt = a.stmt
     if stmt is None:
         return  # the unnamed statement, given again (ClientConnection._unnamed_ready)
@@ -142,9 +141,6 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
     """The server skipped this unit's message (an earlier error in the pipeline)."""
     stmt = a.stmt
     kind = a.kind
-    if kind == A_UNNAMED_PARSE:
-        _unnamed_answered(client, a, accepted=None)
-        return
     if stmt is None:
         return
     if kind == A_PARSE:
@@ -159,32 +155,6 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
             client.stmts[a.client_name] = stmt
         else:
             _forget(client, a)
-
-
-def _unnamed_answered(client: ClientConnection, a: Action, *, accepted: bool | None) -> None:
-    """The server accepted (True), refused (False) or skipped (None) a client's unnamed Parse.
-    Accepted or refused, it replaced the server's unnamed statement, unless the client sent a
-    Query or Close after it (that dropped whatever it made)."""
-    sc = client.scanner
-    rec = a.record
-    assert rec is not None
-    sc.unnamed_in_flight -= 1
-    if accepted is not None and rec.drops == sc.unnamed_drops:
-        sc.unnamed = (rec.frame, rec.flags, rec.names) if accepted else None
-    if sc.unnamed_in_flight <= 0:
-        # No other unnamed Parse awaits its reply: a Bind runs exactly this one.
-        sc.unnamed_in_flight = 0
-        kept = sc.unnamed
-        sc.unnamed_flags, sc.unnamed_names = (kept[1], kept[2]) if kept else (0, [])
-
-
-def _unnamed_dropped(client: ClientConnection) -> None:
-    """The server ran a simple Query of the client's: it dropped the unnamed statement."""
-    sc = client.scanner
-    sc.unnamed = None
-    if sc.unnamed_in_flight <= 0:
-        sc.unnamed_flags = 0
-        sc.unnamed_names = []
 
 
 def _forget(client: ClientConnection, a: Action) -> None:

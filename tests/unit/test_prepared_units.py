@@ -40,6 +40,7 @@ from pgpool_proxy.protocol.units import (
     U_PARSE,
     U_QUERY,
     U_QZ,
+    U_UPARSE,
     U_Z,
     UNIT_STOP,
 )
@@ -170,9 +171,8 @@ def run_client(
     """Feed data in chunks to a ClientScanner on a growing buffer (absolute positions).
 
     Acts as the caller does at CEV_INSPECT: a Query is counted (as the client connection does
-    after looking at it), an unnamed Parse (transaction mode stops at it to remember what it
-    makes) gets its plain unit and no event, another message gets a marker unit ('I', type
-    byte); scanning resumes after the frame. Returns the scanner, the events as (name, position,
+    after looking at it), another message gets a marker unit ('I', type byte); scanning resumes
+    after the frame. Returns the scanner, the events as (name, position,
     type byte or need) and the position reached.
     """
     if sc is None:
@@ -189,11 +189,6 @@ def run_client(
                 return sc, events, pos
             if sc.event == CEV_INSPECT:
                 t = buf[pos]
-                if t == ord("P") and buf[pos + 5] == 0:
-                    sc.unnamed_here = True
-                    sc.units.append(U_PARSE)
-                    pos = frame_end(buf, pos)
-                    continue
                 events.append(("inspect", pos, t))
                 if t == ord("Q"):
                     sc.pending += 1
@@ -509,7 +504,9 @@ GARBAGE = b"Q\0\0"
 def test_client_unnamed_pipeline_units(chunk: int, rename: bool) -> None:
     sc, events, pos = run_client(UNNAMED_PIPELINE, chunk, rename=rename)
     assert without_needs(events) == []
-    assert list(sc.units) == [U_PARSE, U_BIND, U_DESCRIBE, U_EXECUTE, U_Z]
+    # Transaction mode keeps what an unnamed Parse made (U_UPARSE): see test_client_unnamed_*.
+    parse_unit = U_UPARSE if rename else U_PARSE
+    assert list(sc.units) == [parse_unit, U_BIND, U_DESCRIBE, U_EXECUTE, U_Z]
     assert sc.pending == 1
     assert not sc.unsynced
     assert sc.event == CEV_NONE
@@ -520,7 +517,7 @@ def test_client_unnamed_pipeline_units(chunk: int, rename: bool) -> None:
 def test_client_unnamed_pipeline_trailing_garbage(chunk: int) -> None:
     sc, events, pos = run_client(UNNAMED_PIPELINE + GARBAGE, chunk, rename=True)
     assert without_needs(events) == []
-    assert list(sc.units) == [U_PARSE, U_BIND, U_DESCRIBE, U_EXECUTE, U_Z]
+    assert list(sc.units) == [U_UPARSE, U_BIND, U_DESCRIBE, U_EXECUTE, U_Z]
     assert pos == len(UNNAMED_PIPELINE)
     assert sc.event == CEV_NONE
 
@@ -528,7 +525,7 @@ def test_client_unnamed_pipeline_trailing_garbage(chunk: int) -> None:
 def test_client_describe_statement_and_close_units() -> None:
     data = parse(b"", b"select 1") + describe(b"S", b"") + close(b"P", b"") + SYNC
     sc, _, _ = run_client(data, 100_000, rename=True)
-    assert list(sc.units) == [U_PARSE, U_DESCRIBE, U_CLOSE, U_Z]
+    assert list(sc.units) == [U_UPARSE, U_DESCRIBE, U_CLOSE, U_Z]
 
 
 def test_client_unsynced_until_sync() -> None:
@@ -621,7 +618,7 @@ def test_client_rename_stops_at_named(label: str, msg: bytes, chunk: int) -> Non
     sc, events, pos = run_client(data, chunk, rename=True)
     assert without_needs(events) == [("inspect", len(prefix), msg[0])]
     # The pending Query was turned into a unit before the named message's own.
-    assert list(sc.units) == [U_Z, U_PARSE, U_BIND, ("I", msg[0]), U_EXECUTE, U_Z]
+    assert list(sc.units) == [U_Z, U_UPARSE, U_BIND, ("I", msg[0]), U_EXECUTE, U_Z]
     assert pos == len(data) - len(GARBAGE)
 
 
@@ -637,7 +634,7 @@ def test_client_unnamed_not_inspected(
     and Bind in one batch), nothing about it needs the session layer beyond the Parse."""
     sc, events, _ = run_client(msg + SYNC, chunk, rename=rename)
     assert without_needs(events) == []
-    assert list(sc.units) == [unit, U_Z]
+    assert list(sc.units) == [U_UPARSE if rename and unit == U_PARSE else unit, U_Z]
 
 
 @pytest.mark.parametrize(
@@ -1185,3 +1182,40 @@ def test_backend_client_round_trip(chunk: int) -> None:
         ("ready", len(reply), TX_IDLE),
     ]
     assert sc.units is not None and list(sc.units) == []
+
+
+def test_client_unnamed_parses_settle_in_reply_order() -> None:
+    """Each unnamed Parse has a U_UPARSE unit, popped without a callback on ParseComplete: the
+    records whose unit is gone were accepted, the refused or skipped ones are said so."""
+    sc = ClientScanner(LIMIT)
+    sc.rename = True
+    a, b, c = parse(b"", b"select 'a'"), parse(b"", b"select 'b'"), parse(b"", b"select 'c'")
+    data = bytearray(a + SYNC + b + SYNC + c + SYNC)
+    sc.scan(data, 0, len(data))
+    assert list(sc.units) == [U_UPARSE, U_Z, U_UPARSE, U_Z, U_UPARSE, U_Z]
+    assert len(sc.unnamed_fifo) == 3
+    sc.units.popleft()  # ParseComplete for a (the backend pops it inline)
+    sc.units.popleft()  # its ReadyForQuery
+    sc.units.popleft()  # b fails: the error handler pops its unit, then says so
+    sc.unnamed_refused(answered=True)
+    assert sc.unnamed is None  # a was accepted, then b's failure dropped it
+    sc.units.popleft()  # b's ReadyForQuery
+    sc.settle_unnamed()  # c still owed: nothing more settles
+    assert len(sc.unnamed_fifo) == 1
+    sc.units.popleft()  # ParseComplete for c
+    sc.settle_unnamed()
+    assert sc.unnamed is not None and sc.unnamed[0] == c and not sc.unnamed_fifo
+
+
+def test_client_skipped_unnamed_parse_keeps_the_one_before() -> None:
+    sc = ClientScanner(LIMIT)
+    sc.rename = True
+    a, b = parse(b"", b"select 'a'"), parse(b"", b"select 'b'")
+    data = bytearray(a + SYNC + bind(b"", b"", b"1") + b + SYNC)  # the Bind will fail
+    sc.scan(data, 0, len(data))
+    sc.units.popleft()  # ParseComplete for a
+    sc.units.popleft()  # ReadyForQuery
+    sc.units.popleft()  # the Bind fails; the server skips b
+    sc.units.popleft()
+    sc.unnamed_refused(answered=False)
+    assert sc.unnamed is not None and sc.unnamed[0] == a
