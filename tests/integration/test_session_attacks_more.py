@@ -196,7 +196,8 @@ def test_leak2_lookahead_over_comments_costs_the_loop(text: bytes) -> None:
     cost 15-25 ms for 16 KiB on the same machine (budget of that test: 10 ms)."""
     reference = _cost(b"SELECT " + b"a." * 8000 + b"b(1)")
     cost = _cost(text)
-    assert cost < max(0.010, 1.5 * reference), (
+    # Before: 17-75 ms. The bound leaves room for a loaded machine (both are wall clock).
+    assert cost < max(0.015, 2 * reference), (
         f"{cost * 1000:.1f} ms (reference shape {reference * 1000:.1f} ms)"
     )
 
@@ -518,7 +519,8 @@ def test_leak2_deallocate_text_is_lexed_four_times(text: bytes) -> None:
     these holds the event loop for seconds."""
     reference = _cost(b"SELECT " + b"a." * 8000 + b"b(1)")
     cost = _deallocate_path_cost(text)
-    assert cost < max(0.010, 1.5 * reference), (
+    # Before: 17-75 ms. The bound leaves room for a loaded machine (both are wall clock).
+    assert cost < max(0.015, 2 * reference), (
         f"{cost * 1000:.1f} ms (reference shape {reference * 1000:.1f} ms)"
     )
 
