@@ -119,6 +119,17 @@ InternalDone = Callable[["BackendConnection", list[dict[str, str]], list[list[st
 class BackendLoginError(ProxyError):
     """The server refused the proxy's login; carries the server's SQLSTATE and message."""
 
+    def __init__(self, sqlstate: str, message: str, **kw: str | None) -> None:
+        # The client logged into the proxy; without this, a 28P01 here reads like its own
+        # wrong password.
+        ours = (
+            "The proxy's own login to the server was refused; the client's login to the proxy "
+            "succeeded. Check the credentials the proxy holds for this database."
+        )
+        server = kw.get("detail")
+        kw["detail"] = f"{server} {ours}" if server else ours
+        super().__init__(sqlstate, message, **kw)  # type: ignore[arg-type]
+
 
 def _scram_login_error(exc: ScramError) -> BackendLoginError:
     # A server breaking the protocol (foreign nonce, iterations over the cap) is 08P01, as libpq

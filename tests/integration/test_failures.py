@@ -317,3 +317,25 @@ async def test_failed_server_connects_are_paced(pg: LocalPostgres, start_proxy: 
         assert await a.simple_query("COMMIT") == []
     finally:
         await relay.cut()
+
+
+async def test_server_refusing_the_proxys_login_says_so(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The client's own login succeeded; the server refused the proxy's (a wrong password the
+    proxy holds). The client gets the server's 28P01 and a detail saying whose login it was."""
+    proxy = start_proxy(
+        databases=[
+            {
+                "name": "app",
+                "host": pg.host,
+                "port": pg.port,
+                "user": "alice",
+                "password": "not-alice-pw",
+            }
+        ],
+    )
+    with pytest.raises(asyncpg.InvalidPasswordError) as err:
+        await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    assert "password authentication failed" in str(err.value)
+    assert "proxy's own login to the server was refused" in (err.value.detail or "")
