@@ -421,6 +421,7 @@ def run_both(
     setup: Callable[[], None] | None = None,
     suite_dir: Callable[[Path], Path] | None = None,
     timeout_s: float = 1800,
+    test_timeout_s: float = 60,
 ) -> Comparison:
     """Run the suite directly, then through a fresh proxy under background load; fail on any
     test that passed directly and not through the proxy, unless expected_differences.toml
@@ -442,6 +443,7 @@ def run_both(
         env(server.pg.host, server.pg.port),
         tmp_path,
         timeout_s,
+        test_timeout_s,
     )
     if direct.count(PASSED) == 0:
         raise AssertionError(f"{suite}: nothing passed directly:\n{direct.output[-5000:]}")
@@ -463,6 +465,7 @@ def run_both(
                 env(proxy.host, proxy.port),
                 tmp_path,
                 timeout_s,
+                test_timeout_s,
             )
     finally:
         proxy.stop()
