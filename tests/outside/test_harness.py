@@ -34,6 +34,21 @@ def test_expected_entry_without_reason_is_refused(tmp_path: Path) -> None:
         raise AssertionError("an entry without a reason was accepted")
 
 
+def test_known_bug_needs_signs_and_explains_only_matching_failures(tmp_path: Path) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text('[s]\nknown_bug = "bug"\n')
+    try:
+        Expected.load("s", path)
+    except ValueError as exc:
+        assert "known_bug_signs" in str(exc)
+    else:
+        raise AssertionError("a known_bug without signs was accepted")
+    path.write_text('[s]\nknown_bug = "bug"\nknown_bug_signs = ["26000"]\n')
+    expected = Expected.load("s", path)
+    assert expected.is_known_bug("ERROR 26000 unnamed")
+    assert not expected.is_known_bug("ERROR 42P01")
+
+
 def _run(label: str, outcomes: dict[str, str], messages: dict[str, str] | None = None) -> SuiteRun:
     return SuiteRun(label, outcomes, messages or {}, 1.0, 0, "")
 

@@ -62,7 +62,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     nodeid = report.nodeid
     if report.failed:
         _outcome[nodeid] = "failed"
-        _message.setdefault(nodeid, f"{report.when}: {report.longreprtext[-3000:]}")
+        _message.setdefault(nodeid, f"{report.when}: {report.longreprtext[-6000:]}")
     elif report.skipped and _outcome.get(nodeid) != "failed":
         _outcome[nodeid] = "skipped"
     elif report.when == "call" and nodeid not in _outcome:
