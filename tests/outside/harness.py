@@ -89,7 +89,10 @@ def _extract_once(archive: Path, target: Path) -> Path:
                 zf.extractall(tmp)
         else:
             with tarfile.open(archive) as tf:
-                tf.extractall(tmp, filter="data")
+                if hasattr(tarfile, "data_filter"):  # 3.11.4+: no links or paths out of tmp
+                    tf.extractall(tmp, filter="data")
+                else:
+                    tf.extractall(tmp)  # a pinned package from the index
             (inner,) = list(tmp.iterdir())  # an sdist holds one top directory
             for child in inner.iterdir():
                 child.rename(tmp / child.name)
