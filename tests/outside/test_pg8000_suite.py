@@ -48,7 +48,8 @@ def test_pg8000_suite(outside_server: OutsideServer, tmp_path: Path) -> None:
         suite="pg8000",
         sdist=("pg8000", VERSION),
         server=outside_server,
-        databases=["postgres"],
+        # pg8000_scram_sha_256 is created by the suite's auth tests (on the direct run first).
+        databases=["postgres", "pg8000_scram_sha_256"],
         load_database="postgres",
         paths=["test"] if FULL else FAST,
         options=IGNORE if FULL else IGNORE + SLOW,
