@@ -3,8 +3,8 @@ compare their per-test outcomes (docs/outside-suites.md).
 
 The suites are fetched at test time from the drivers' published packages with pip (pinned
 versions, cached under the system temp dir), never committed. Each run is a `python -m pytest`
-subprocess writing JUnit XML, so a suite's own conftest, fixtures and unittest classes behave
-exactly as their authors run them.
+subprocess in the unpacked sdist, so a suite's own conftest, fixtures and unittest classes
+behave as their authors run them; plugin/pgpool_outside_plugin.py records the outcomes.
 """
 
 from __future__ import annotations
@@ -396,7 +396,11 @@ class OutsideServer:
         """A transaction-mode proxy in front of the server for `databases`, user postgres, TLS
         offered to clients (the suites test their TLS paths too)."""
         data: dict[str, Any] = {
-            "proxy": {"listen": "127.0.0.1:0", "client_login_timeout_s": 10},
+            "proxy": {
+                "listen": "127.0.0.1:0",
+                "pool_mode": "transaction",
+                "client_login_timeout_s": 10,
+            },
             "pool": {"default_pool_size": pool_size, "query_wait_timeout_s": 60},
             "auth": {"type": "scram-sha-256"},
             "client_tls": {
