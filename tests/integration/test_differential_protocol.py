@@ -233,7 +233,11 @@ def diff_proxy(pg: LocalPostgres) -> Iterator[ProxyThread]:
     """One proxy for every generated conversation: what one leaves in the pool (statements,
     settings, server connections) is there for the next, as in production."""
     proxy = ProxyThread(
-        make_config(pg, pool={"default_pool_size": 2, "query_wait_timeout_s": 20})
+        make_config(
+            pg,
+            pool={"default_pool_size": 2, "query_wait_timeout_s": 20},
+            proxy={"pool_mode": os.environ.get("PGPOOL_DIFF_MODE", "transaction")},
+        )
     ).start()
     yield proxy
     proxy.stop()
