@@ -161,6 +161,7 @@ class BackendConnection(Endpoint):
         "internal_errors",
         "internal_pending",
         "internal_rows",
+        "last_key_pid",
         "last_user",
         "linked_at",
         "login_user",
@@ -196,6 +197,7 @@ class BackendConnection(Endpoint):
         # The client whose statements ran code the proxy could not see into here, or any
         # object when unknown: another client gets the session only after a reset.
         self.taint_owner: object | None = None
+        self.last_key_pid = 0  # the pid (BackendKeyData) of the client it served last
         # The client user this session last served, and the user the server logged in (what
         # SET SESSION AUTHORIZATION DEFAULT returns to).
         self.last_user = ""
@@ -401,12 +403,17 @@ class BackendConnection(Endpoint):
                     pos += n
                     start = pos
                     continue
-                if client is not None and n >= 9 and INT32.unpack_from(buf, pos + 5)[0] == self.pid:
-                    # The client notified itself: it must see the pid it was given at login.
-                    self._write(start, pos)
-                    if client.transport is not None:
-                        client.transport.write(self._notification(buf, pos, n, client))
-                    start = pos + n
+                if client is not None and n >= 9:
+                    mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client)
+                    if mapped is not None:
+                        self._write(start, pos)
+                        if client.transport is not None:
+                            client.transport.write(
+                                b"".join(
+                                    (buf[pos : pos + 5], INT32.pack(mapped), buf[pos + 9 : pos + n])
+                                )
+                            )
+                        start = pos + n
                 pos += n
                 continue
             if ev == EV_ERROR or ev == EV_ROW:
@@ -447,15 +454,27 @@ class BackendConnection(Endpoint):
             self.release_if_done(client, rb.start)
 
     def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
-        """The NotificationResponse at pos as the client must see it: sent by this session,
-        it carries the pid the client knows (BackendKeyData). A pid of any other session, the
-        proxy's other server connections included, is passed on as the server sent it: which
-        client made a shared connection notify is not known once it has moved on, and the pids
-        the proxy gives clients never equal a server's (see ProxyServer.register_cancel_key),
-        so a client never takes another session's notification for its own."""
-        if n < 9 or INT32.unpack_from(buf, pos + 5)[0] != self.pid:
+        """The NotificationResponse at pos as the client must see it (see _notifier)."""
+        mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client) if n >= 9 else None
+        if mapped is None:
             return bytes(buf[pos : pos + n])
-        return b"".join((buf[pos : pos + 5], INT32.pack(client.key_pid), buf[pos + 9 : pos + n]))
+        return b"".join((buf[pos : pos + 5], INT32.pack(mapped), buf[pos + 9 : pos + n]))
+
+    def _notifier(self, pid: int, client: ClientConnection) -> int | None:
+        """The pid a client knows for the session that sent a notification: its own (from
+        BackendKeyData) when it notified itself, and for another of the proxy's server
+        connections the pid of the client it last served (the notification is sent at that
+        client's COMMIT; under load the connection may already serve the next client, whose
+        pid is then given). None for a session outside the proxy: its pid is passed on, and
+        never equals a pid the proxy gives clients (see ProxyServer.register_cancel_key)."""
+        if pid == self.pid:
+            return client.key_pid
+        address = self.address
+        for pool in client.server.pools.values():
+            for b in pool.backends:
+                if b.pid == pid and b.address == address and b.last_key_pid:
+                    return b.last_key_pid
+        return None
 
     def _refuse_params(self, why: str) -> None:
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)

@@ -283,6 +283,7 @@ class ClientConnection(Endpoint):
     def _link(self, backend: BackendConnection) -> None:
         backend.to(BackendState.ACTIVE)
         backend.client = self
+        backend.last_key_pid = self.key_pid
         backend.linked_at = backend.loop.time()
         backend.scanner.units = self.scanner.units
         # Whatever unnamed statement this server holds is not this client's. No reply is owed,

@@ -169,3 +169,38 @@ async def test_listening_client_does_not_starve_the_pool(
             await listener.close()
 
     await both(pg, start_proxy, scenario)
+
+
+async def test_notification_from_another_client_carries_its_pid(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """psycopg2's pattern: the notifier reports its pid (libpq's PQbackendPID, asyncpg's
+    get_server_pid, i.e. BackendKeyData) and the listener compares it with the notification's.
+    Through the proxy the notifier's server connection is mapped to the client it served."""
+
+    async def scenario(dsn: str, direct: str) -> Got:
+        got: list[tuple[str, int]] = []
+        listener = await asyncpg.connect(dsn, statement_cache_size=0)
+        try:
+            await listener.add_listener(
+                "from_other", lambda c, pid, ch, payload: got.append((payload, pid))
+            )
+            pids = []
+            for i in range(3):
+                other = await asyncpg.connect(dsn, statement_cache_size=0)
+                try:
+                    pids.append(other.get_server_pid())
+                    await other.execute(f"NOTIFY from_other, 'n{i}'")
+                finally:
+                    await other.close()
+            async with asyncio.timeout(10):
+                while len(got) < 3:
+                    await asyncio.sleep(0.01)
+            return [
+                (p, "notifier's" if pid == pids[i] else "a stranger's", "")
+                for i, (p, pid) in enumerate(got)
+            ]
+        finally:
+            await listener.close()
+
+    await both(pg, start_proxy, scenario)
