@@ -61,7 +61,10 @@ class FetchError(Exception):
 def _pip_download(spec: str, dest: Path, binary: bool) -> Path:
     """`pip download` one pinned requirement into dest; the path of the file it saved."""
     dest.mkdir(parents=True, exist_ok=True)
-    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
+    # `--no-binary :all:` would apply to the build dependencies pip installs to read an
+    # sdist's metadata too (asyncpg's: Cython, compiled from source, many minutes).
+    name = spec.split("==")[0]
+    kind = ["--only-binary", ":all:"] if binary else ["--no-binary", name]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-d", str(dest), spec]
     cmd += ["--disable-pip-version-check", "--retries", "1", "--timeout", "20", "-q"]
     try:
@@ -71,7 +74,7 @@ def _pip_download(spec: str, dest: Path, binary: bool) -> Path:
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise FetchError(f"pip download {spec} failed: " + " | ".join(tail))
-    name = spec.split("==")[0].replace("-", "_").lower()
+    name = name.replace("-", "_").lower()
     found = [p for p in dest.iterdir() if p.name.replace("-", "_").lower().startswith(name)]
     if not found:
         raise FetchError(f"pip download {spec}: no file saved in {dest}")
