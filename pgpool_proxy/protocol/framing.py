@@ -240,8 +240,8 @@ class ClientScanner:
         # Bind it in the next (asyncpg without a statement cache), on another server connection
         # or after the proxy's own Query (which drops the server's unnamed statement); the
         # session layer gives it to the server again (session.client, session.replies).
-        # `unnamed`: (Parse frame, flags, setting names) of the one the server last accepted,
-        # None when the client has none (or it was too long to keep). `unnamed_fifo`: the
+        # `unnamed`: (Parse frame, flags, setting names) of the one the server last accepted
+        # (frame None: too long to keep), None when the client has none. `unnamed_fifo`: the
         # unnamed Parses sent and not yet settled, in order, each (frame or None, flags, names,
         # `unnamed_drops` when sent); each has a U_UPARSE unit, popped without a callback when
         # ParseComplete comes, so a record whose unit is gone from `units` was accepted (see
@@ -471,15 +471,17 @@ class ClientScanner:
             frame, flags, names, drops = fifo[-1]
             if drops == self.unnamed_drops:
                 fifo.clear()
-                self.unnamed = (frame, flags, names) if frame is not None else None
-                self.unnamed_flags, self.unnamed_names = (flags, names) if frame else (0, [])
+                # A frame too long to keep (None) is not given again elsewhere, but its flags
+                # still mark each Bind of it on this server connection.
+                self.unnamed = (frame, flags, names)
+                self.unnamed_flags, self.unnamed_names = flags, names
                 return
         in_flight = sum(1 for u in self.units if u.__class__ is int and u == U_UPARSE)
         accepted = len(fifo) - popped - in_flight
         for _ in range(accepted):
             frame, flags, names, drops = fifo.popleft()
             if drops == self.unnamed_drops:
-                self.unnamed = (frame, flags, names) if frame is not None else None
+                self.unnamed = (frame, flags, names)
         if not fifo:
             self._unnamed_settled()
 

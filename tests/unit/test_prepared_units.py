@@ -25,6 +25,7 @@ from pgpool_proxy.protocol.framing import (
     EV_READY,
     EV_ROW,
     EV_UNIT,
+    INSPECT_LIMIT,
     BackendScanner,
     ClientScanner,
     FrameError,
@@ -1219,3 +1220,18 @@ def test_client_skipped_unnamed_parse_keeps_the_one_before() -> None:
     sc.units.popleft()
     sc.unnamed_refused(answered=False)
     assert sc.unnamed is not None and sc.unnamed[0] == a
+
+
+def test_client_unnamed_parse_too_long_to_keep_still_marks_its_binds() -> None:
+    """A Parse streamed through (longer than the scanner looks into) is not given again
+    elsewhere, but each Bind of it on this server connection is judged unseen."""
+    sc = ClientScanner(4 * LIMIT)
+    sc.rename = True
+    big = parse(b"", b"select " + b"1" * (INSPECT_LIMIT + 10))
+    data = bytearray(big[:INSPECT_LIMIT])
+    sc.scan(data, 0, len(data))  # as much as is looked into: the rest streams
+    assert sc.unnamed_fifo and sc.unnamed_fifo[-1][0] is None
+    sc.units.clear()  # answered
+    sc.settle_unnamed()
+    assert sc.unnamed is not None and sc.unnamed[0] is None
+    assert sc.unnamed_flags == SQL_ALL
