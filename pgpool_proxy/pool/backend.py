@@ -469,11 +469,12 @@ class BackendConnection(Endpoint):
         never equals a pid the proxy gives clients (see ProxyServer.register_cancel_key)."""
         if pid == self.pid:
             return client.key_pid
-        address = self.address
+        # One lookup per pool, not a scan of every server connection: a NOTIFY flood from
+        # outside the proxy must not cost the loop per connection.
         for pool in client.server.pools.values():
-            for b in pool.backends:
-                if b.pid == pid and b.address == address and b.last_key_pid:
-                    return b.last_key_pid
+            b = pool.by_pid.get(pid)
+            if b is not None and b.address == self.address and b.last_key_pid:
+                return b.last_key_pid
         return None
 
     def _refuse_params(self, why: str) -> None:

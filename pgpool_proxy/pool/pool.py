@@ -97,6 +97,8 @@ class Pool:
         self.idle: list[BackendConnection] = []
         # Every server connection this pool opened and has not closed (the janitor's watch).
         self.backends: set[BackendConnection] = set()
+        # The logged-in ones by server pid: whose notification is it (BackendConnection._notifier).
+        self.by_pid: dict[int, BackendConnection] = {}
         self.waiters: deque[ClientConnection] = deque()
         self.total = 0  # connecting + idle + linked + resetting
         self.connecting = 0
@@ -206,6 +208,8 @@ class Pool:
     def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
         self.total -= 1
         self.backends.discard(backend)
+        if self.by_pid.get(backend.pid) is backend:
+            del self.by_pid[backend.pid]
         if self.budget is not None:
             self.budget.released(self)
         if self.topology is not None:
@@ -301,6 +305,7 @@ class Pool:
         if backend.state == BackendState.CLOSED:
             return
         self.last_connect_error = None
+        self.by_pid[backend.pid] = backend
         log.info("server connected: pool=%s pid=%s", self.name, backend.pid)
         if self.server_params is None:
             self.server_params = dict(backend.params)
