@@ -58,15 +58,21 @@ async def both(
     assert outcomes[1] == outcomes[0]
 
 
+async def composite_table(con: asyncpg.Connection, s: str) -> object:
+    """A table with a column of a composite type, one row, read once (asyncpg caches the
+    type's codec and the statement)."""
+    await con.execute(f"CREATE TYPE typ_{s} AS (x int, y int)")
+    await con.execute(f"CREATE TABLE tab_{s}(a int, b typ_{s})")
+    await con.execute(f"INSERT INTO tab_{s} VALUES (1, (2, 3))")
+    return await attempt(con.fetchrow(f"SELECT * FROM tab_{s}"))
+
+
 async def test_type_cache_invalidation_in_transaction(
     pg: LocalPostgres, start_proxy: StartProxy
 ) -> None:
     async def scenario(con: asyncpg.Connection, other: asyncpg.Connection, s: str) -> Outcome:
         out: Outcome = []
-        await con.execute(f"CREATE TYPE typ_{s} AS (x int, y int)")
-        await con.execute(f"CREATE TABLE tab_{s}(a int, b typ_{s})")
-        await con.execute(f"INSERT INTO tab_{s} VALUES (1, (2, 3))")
-        out.append(await attempt(con.fetchrow(f"SELECT * FROM tab_{s}")))
+        out.append(await composite_table(con, s))
         async with con.transaction():
             await con.execute(f"ALTER TYPE typ_{s} ADD ATTRIBUTE c text")
             out.append(await attempt(con.fetchrow(f"SELECT * FROM tab_{s}")))
@@ -85,10 +91,7 @@ async def test_type_cache_invalidation_in_cancelled_transaction(
 ) -> None:
     async def scenario(con: asyncpg.Connection, other: asyncpg.Connection, s: str) -> Outcome:
         out: Outcome = []
-        await con.execute(f"CREATE TYPE typ_{s} AS (x int, y int)")
-        await con.execute(f"CREATE TABLE tab_{s}(a int, b typ_{s})")
-        await con.execute(f"INSERT INTO tab_{s} VALUES (1, (2, 3))")
-        out.append(await attempt(con.fetchrow(f"SELECT * FROM tab_{s}")))
+        out.append(await composite_table(con, s))
         try:
             async with con.transaction():
                 await con.execute(f"ALTER TYPE typ_{s} ADD ATTRIBUTE c text")
@@ -109,10 +112,7 @@ async def test_type_cache_invalidation_on_change_attr(
 ) -> None:
     async def scenario(con: asyncpg.Connection, other: asyncpg.Connection, s: str) -> Outcome:
         out: Outcome = []
-        await con.execute(f"CREATE TYPE typ_{s} AS (x int, y int)")
-        await con.execute(f"CREATE TABLE tab_{s}(a int, b typ_{s})")
-        await con.execute(f"INSERT INTO tab_{s} VALUES (1, (2, 3))")
-        out.append(await attempt(con.fetchrow(f"SELECT * FROM tab_{s}")))
+        out.append(await composite_table(con, s))
         out.append(await attempt(other.fetchrow(f"SELECT * FROM tab_{s}")))
         await con.execute(f"ALTER TYPE typ_{s} DROP ATTRIBUTE y")
         await con.execute(f"ALTER TYPE typ_{s} ADD ATTRIBUTE y bigint")

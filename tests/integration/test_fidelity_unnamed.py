@@ -49,9 +49,12 @@ async def run_both(
     pg: LocalPostgres,
     start_proxy: StartProxy,
     scenario: Callable[[RawClient, RawClient], Awaitable[Outcome]],
+    proxy: ProxyThread | None = None,
 ) -> None:
+    """The scenario on two direct connections, then on two through the proxy (by default a
+    transaction-mode one with a single server connection); the outcomes must be equal."""
     outcomes = []
-    for connect in (direct(pg), proxied(one_connection(start_proxy))):
+    for connect in (direct(pg), proxied(proxy or one_connection(start_proxy))):
         a, b = await connect(), await connect()
         try:
             outcomes.append(await scenario(a, b))
@@ -231,12 +234,4 @@ async def test_session_mode_unnamed_statement_survives_the_proxys_check(
         out.append(r.kinds)
         return out
 
-    outcomes = []
-    for connect in (direct(pg), proxied(proxy)):
-        a, b = await connect(), await connect()
-        try:
-            outcomes.append(await scenario(a, b))
-        finally:
-            await a.close()
-            await b.close()
-    assert outcomes[1] == outcomes[0]
+    await run_both(pg, start_proxy, scenario, proxy)

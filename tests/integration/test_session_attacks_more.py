@@ -22,6 +22,7 @@ from pgpool_proxy.protocol import sqlscan
 from tests.integration.test_session_attacks import (
     SETUP,
     TEARDOWN,
+    _cost,
     a_then_b,
     direct_dsn,
     one_connection,
@@ -166,18 +167,6 @@ async def test_leak2_full_check_drops_custom_settings_past_the_read_limit(
 
 
 # --- cost of hostile texts on the event loop --------------------------------------------------
-
-
-def _cost(text: bytes) -> float:
-    best = 1.0
-    for _ in range(5):
-        sqlscan._cache.clear()
-        t0 = time.perf_counter()
-        flags = sqlscan.classify(text, 0, len(text))
-        if flags & sqlscan.SQL_SETTINGS:
-            sqlscan.setting_names(text, 0, len(text))
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 LOOKAHEAD_SHAPES = {
