@@ -263,7 +263,7 @@ class ProxyServer:
             return
         backend = client.backend
         # Only the backend serving this client right now may be cancelled.
-        if backend is not None and client.state == ClientState.ACTIVE:
+        if backend is not None and client.state in (ClientState.ACTIVE, ClientState.CHECKING):
             results[CANCEL_SENT] += 1
             backend.send_cancel()
         else:

@@ -40,6 +40,7 @@ _CLIENT_STATE = {
     ClientState.REPLAYING: "active",
     ClientState.ACTIVE: "active",
     ClientState.PROBING: "active",
+    ClientState.CHECKING: "active",
 }
 CLIENT_STATES = ("login", "idle", "waiting", "active")
 SERVER_STATES = ("active", "idle", "connecting", "resetting")

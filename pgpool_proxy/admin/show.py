@@ -356,6 +356,7 @@ _CLIENT_STATES: Final = {
     ClientState.REPLAYING: "active",
     ClientState.ACTIVE: "active",
     ClientState.PROBING: "active",
+    ClientState.CHECKING: "active",
     ClientState.CLOSED: "closed",
 }
 

@@ -45,6 +45,7 @@ from ..protocol.framing import (
     FrameError,
     RecvBuffer,
 )
+from ..protocol.sqlscan import SQL_SCHEMA
 from ..session import replies
 from ..session.prepared import ServerStatements
 
@@ -484,10 +485,16 @@ class BackendConnection(Endpoint):
     def _idle_point(self, client: ClientConnection, start: int, pos: int) -> bool:
         """The client owes nothing and the server is idle: release the backend, or first ask the
         server what state the client's statements left in the session. True when handed off."""
-        if client.scanner.dirty:
-            self._flush(start, pos)
-            client.check_session(self)
-            return True
+        sc = client.scanner
+        if sc.dirty:
+            if sc.dirty & SQL_SCHEMA:
+                # The schema change is visible to everyone now: plan afresh from here on.
+                self.pool.registry.new_epoch()
+                sc.dirty &= ~SQL_SCHEMA
+            if sc.dirty:
+                self._flush(start, pos)
+                client.check_session(self)
+                return True
         if not client.release_on_idle or client.pinned:
             return False
         self._flush(start, pos)

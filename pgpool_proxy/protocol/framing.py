@@ -201,6 +201,7 @@ class ClientScanner:
         "pending",
         "rename",
         "skip",
+        "syncs",
         "syncs_since_execute",
         "terminated",
         "units",
@@ -236,6 +237,7 @@ class ClientScanner:
         # ignores Sync: the Syncs sent since the COPY's Execute earn no ReadyForQuery.
         self.copy_in = False
         self.syncs_since_execute = 0
+        self.syncs = 0  # Sync messages seen, ever
         # Transaction mode: the client's unnamed statement. A driver may Parse it in one batch and
         # Bind it in the next (asyncpg without a statement cache), on another server connection
         # or after the proxy's own Query (which drops the server's unnamed statement); the
@@ -341,6 +343,7 @@ class ClientScanner:
                 self.pending += 1
                 self.unsynced = False
                 self.syncs_since_execute += 1
+                self.syncs += 1
                 if units:
                     units.append(U_Z)
             elif t == F_BIND or t == F_DESCRIBE or t == F_CLOSE:

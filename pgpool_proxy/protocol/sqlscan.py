@@ -26,6 +26,11 @@ SQL_SETTINGS = 8  # sets settings named in the text (see setting_names)
 SQL_FULL = 16  # may reset or set settings the text does not name: read them all
 SQL_OPAQUE = 32  # runs code the proxy cannot see into (functions, DO, CALL): whatever it left
 # behind must not reach another client
+SQL_DDL = 64  # CREATE, ALTER or DROP: prepared statements may now mean something else (pool-wide)
+# Not a classification: set in a client's dirty flags once the pool has been told of its DDL
+# mid-transaction, so that it is told once more (and only once) when the transaction ends.
+SQL_DDL_TOLD = 128
+SQL_SCHEMA = SQL_DDL | SQL_DDL_TOLD
 
 SQL_ALL = SQL_SESSION | SQL_PINS | SQL_SETTINGS | SQL_FULL | SQL_OPAQUE
 _OPAQUE = SQL_SESSION | SQL_PINS | SQL_SETTINGS | SQL_OPAQUE
@@ -119,7 +124,7 @@ _NAME_ARG = re.compile(_W + rb"*+('[^'\\]*+(?:''[^'\\]*+)*+')" + _W + rb"*+,")
 _SAFE_FIRST = frozenset(
     b"select insert update delete merge with values table begin start commit end rollback "
     b"abort savepoint release fetch move show copy lock truncate analyze analyse vacuum notify "
-    b"checkpoint comment grant revoke alter refresh reindex cluster security import reassign "
+    b"checkpoint comment grant revoke refresh reindex cluster security import reassign "
     b"explain".split()
 )
 # The common case at C speed: one statement that starts harmlessly and has no string, comment,
@@ -134,6 +139,8 @@ _FAST = re.compile(
 )
 # Statements that change session objects the probe counts (and nothing it cannot see).
 _PIN_FIRST = frozenset(b"listen unlisten declare close create drop prepare".split())
+# Statements that change the schema (ALTER ROLE and ALTER SYSTEM too: cheap to count, and rare).
+_DDL_FIRST = frozenset(b"create alter drop".split())
 
 # Words that may stand before '(' without being a function call.
 _NOT_CALLS = frozenset(
@@ -496,6 +503,9 @@ def _statement(head: list[bytes], names: list[str] | None) -> int:
         # protocol Bind of its name, judged by neither: the session is treated as having run
         # code the proxy could not see.
         return _OPAQUE
+    if first in _DDL_FIRST:
+        # A plan prepared before it may have another result now (session.prepared: epochs).
+        return (_PINS | SQL_DDL) if first in _PIN_FIRST else SQL_DDL
     if first in _PIN_FIRST:
         return _PINS
     if first == b"set":

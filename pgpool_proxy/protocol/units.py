@@ -11,6 +11,7 @@ from .constants import (
     B_COMMAND_COMPLETE,
     B_EMPTY_QUERY,
     B_ERROR,
+    B_PARAMETER_DESCRIPTION,
     B_PARSE_COMPLETE,
     B_ROW_DESCRIPTION,
 )
@@ -31,6 +32,7 @@ U_DESCRIBE = 3
 U_EXECUTE = 4
 U_CLOSE = 5
 U_UPARSE = 6  # the client's unnamed Parse (transaction mode: see ClientScanner.unnamed_fifo)
+U_PARAMS = 7  # the ParameterDescription of the proxy's own Describe of a statement
 
 _NO_DATA = ord("n")
 _PORTAL_SUSPENDED = ord("s")
@@ -47,6 +49,7 @@ TERMINATES: tuple[bytes, ...] = tuple(
         (B_COMMAND_COMPLETE, B_EMPTY_QUERY, _PORTAL_SUSPENDED),
         (B_CLOSE_COMPLETE,),
         (B_PARSE_COMPLETE,),
+        (B_PARAMETER_DESCRIPTION,),
     )
 )
 # Backend message types that may complete some unit (a quick filter before TERMINATES).
@@ -63,6 +66,7 @@ UNIT_STOP = bytes(
         B_EMPTY_QUERY,
         _PORTAL_SUSPENDED,
         B_ERROR,
+        B_PARAMETER_DESCRIPTION,
     )
     else 0
     for t in range(256)

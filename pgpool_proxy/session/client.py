@@ -32,28 +32,35 @@ from ..protocol.framing import (
 )
 from ..protocol.sqlscan import (
     SQL_ALL,
+    SQL_DDL,
+    SQL_DDL_TOLD,
     SQL_DEALLOCATE,
     SQL_FULL,
     SQL_OPAQUE,
     SQL_PINS,
+    SQL_SCHEMA,
     SQL_SETTINGS,
     classify,
     deallocation,
     drops_all_statements,
     setting_names,
 )
-from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARSE, U_QUERY, U_QZ, U_Z
+from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARAMS, U_PARSE, U_QUERY, U_QZ, U_Z
 from .canon import learn
 from .limits import settings_limit_error
 from .prepared import (
+    A_CHECK,
     A_DUPLICATE,
     A_INJECTED_CLOSE,
     A_INJECTED_PARSE,
     A_PARSE,
+    A_REFUSED,
     A_SYNTH,
     CLOSE_COMPLETE,
     CLOSE_UNNAMED_STATEMENT,
+    FLUSH,
     PARSE_COMPLETE,
+    REFUSED_USE,
     Action,
     ClientStatements,
     StatementRegistry,
@@ -104,6 +111,9 @@ class ClientState(enum.IntEnum):
     ACTIVE = 4  # linked to a backend
     PROBING = 5  # linked; the proxy asks the server what the last transaction left behind
     CLOSED = 6
+    # Linked; the client's next message waits while the proxy compares what a statement it
+    # prepared again returns with what the client was told (see _prepare).
+    CHECKING = 7
 
 
 _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
@@ -113,7 +123,10 @@ _ALLOWED: dict[ClientState, frozenset[ClientState]] = {
     ),
     ClientState.WAITING: frozenset({ClientState.REPLAYING, ClientState.ACTIVE, ClientState.CLOSED}),
     ClientState.REPLAYING: frozenset({ClientState.ACTIVE, ClientState.IDLE, ClientState.CLOSED}),
-    ClientState.ACTIVE: frozenset({ClientState.IDLE, ClientState.PROBING, ClientState.CLOSED}),
+    ClientState.ACTIVE: frozenset(
+        {ClientState.IDLE, ClientState.PROBING, ClientState.CHECKING, ClientState.CLOSED}
+    ),
+    ClientState.CHECKING: frozenset({ClientState.ACTIVE, ClientState.CLOSED}),
     ClientState.PROBING: frozenset({ClientState.ACTIVE, ClientState.IDLE, ClientState.CLOSED}),
     ClientState.CLOSED: frozenset(),
 }
@@ -153,6 +166,7 @@ class ClientConnection(Endpoint):
         "startup_settings",
         "state",
         "stmts",
+        "unchecked_until",
         "user",
         "wait_since",
     )
@@ -177,6 +191,8 @@ class ClientConnection(Endpoint):
         self.startup_settings: dict[str, str] = {}
         # The client's named prepared statements (transaction mode), by the client's name.
         self.stmts = ClientStatements()
+        # The count of Syncs (scanner.syncs) before which no check may hold a message (checked).
+        self.unchecked_until = -1
         # Holding session state that cannot move (advisory lock, temp table, ...): the backend
         # stays linked between transactions until the state is gone.
         self.pinned = False
@@ -451,7 +467,9 @@ class ClientConnection(Endpoint):
                 out.append(rb.view[run:pos])
             pos, run = self._inspect(buf, pos, end, out, backend)
             if self.state != ClientState.ACTIVE:
-                return
+                if self.state != ClientState.CHECKING:
+                    return
+                break  # what precedes the held message goes out now
         if pos > run:
             if out is None:
                 t.write(rb.view[run:pos])
@@ -495,6 +513,12 @@ class ClientConnection(Endpoint):
                 if self.stmts.nbytes + len(key) > limit:
                     return self._statements_over_budget(pos, len(key), limit)
             registry = backend.pool.registry
+            sc = self.scanner
+            if sc.dirty & SQL_DDL:
+                # The schema changed earlier in this transaction: this Parse must be planned
+                # after the change, as PostgreSQL plans it, not answered from before it.
+                registry.new_epoch()
+                sc.dirty = (sc.dirty & ~SQL_DDL) | SQL_DDL_TOLD
             stmt = registry.by_key.get(key) or self._new_stmt(
                 registry, key, buf, nul + 1, qend, self.server.config.pool.statement_cache_bytes
             )
@@ -540,7 +564,11 @@ class ClientConnection(Endpoint):
                 units.append(U_BIND)
                 self.scanner.dirty |= SQL_ALL
                 return self._through(frame_end, end), pos
-            self._prepare(backend, bound, out, None)
+            if bound.broken:
+                out.append(REFUSED_USE)
+                units.append(Action(A_REFUSED, U_DESCRIBE, bound))
+            elif self._prepare(backend, bound, out, None, check=True):
+                return pos, pos
             out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
             units.append(bound.use_bind)
             if bound.flags:
@@ -560,7 +588,12 @@ class ClientConnection(Endpoint):
             if described is None:
                 units.append(U_DESCRIBE)
                 return frame_end, pos
-            self._prepare(backend, described, out, None)
+            if described.broken:
+                # PostgreSQL describes the parameters before it finds the result changed.
+                out.append(REFUSED_USE)
+                units.append(Action(A_REFUSED, U_DESCRIBE, described, reply=described.told_params))
+            elif self._prepare(backend, described, out, None, check=True):
+                return pos, pos
             out.append(describe_statement(described.name))
             units.append(described.use_describe)
             return frame_end, frame_end
@@ -650,11 +683,24 @@ class ClientConnection(Endpoint):
             sc.units.append(U_QZ if sc.unsynced else U_QUERY)
 
     def _prepare(
-        self, backend: BackendConnection, stmt: Stmt, out: list[Any], parse: Action | None
-    ) -> None:
+        self,
+        backend: BackendConnection,
+        stmt: Stmt,
+        out: list[Any],
+        parse: Action | None,
+        *,
+        check: bool = False,
+    ) -> bool:
         """Make sure the server has stmt before the message being handled: send its Parse (the
         client's, when `parse` is given, else the proxy's own), first closing the least recently
-        used statement if the server's cache is full."""
+        used statement if the server's cache is full.
+
+        With `check` (a Bind or Describe of the client's), the proxy's own Parse of a statement
+        whose result the client was told by a Describe is followed by a Describe of its own and
+        a Flush, and True is returned: the client's message waits (CHECKING) until the server
+        says what the statement returns now. PostgreSQL holds a prepared statement to the result
+        it was prepared with (0A000 after a schema change that alters it); a Parse made now may
+        return another, which must never reach the client under the old description."""
         bs = backend.stmts
         units = self.scanner.units
         registry = backend.pool.registry
@@ -665,7 +711,7 @@ class ClientConnection(Endpoint):
                 registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
             else:
                 registry.entries.move_to_end(stmt)
-            return
+            return False
         registry.misses += 1
         registry.touch(stmt, self.server.config.pool.statement_cache_bytes)
         # Statements the pool forgot go from the server before anything is prepared there (a
@@ -683,6 +729,47 @@ class ClientConnection(Endpoint):
         out.append(stmt.parse_head)
         out.append(stmt.key)
         units.append(parse or Action(A_INJECTED_PARSE, U_PARSE, stmt))
+        if not check or self.scanner.syncs == self.unchecked_until:
+            return False
+        told = self.stmts.shapes.get(stmt)
+        if told is None:
+            return False
+        out.append(describe_statement(stmt.name))
+        out.append(FLUSH)
+        units.append(Action(A_CHECK, U_PARAMS, stmt))
+        units.append(Action(A_CHECK, U_DESCRIBE, stmt, reply=told[1]))
+        registry.checks += 1
+        self.to(ClientState.CHECKING)
+        return True
+
+    def checked(self, backend: BackendConnection, stmt: Stmt, same: bool | None) -> None:
+        """The server answered the proxy's Describe of stmt (see _prepare): `same` tells whether
+        it returns what the client was told; None when the server refused the Parse or skipped
+        the Describe (an error earlier in the batch). The client's message goes on."""
+        if not same:
+            if same is False:
+                self._break(stmt)
+            else:
+                # The server skips everything up to the client's Sync, which waits behind the
+                # held message: no check may wait for an answer before that Sync is sent.
+                self.unchecked_until = self.scanner.syncs
+        if self.state == ClientState.CHECKING and self.backend is backend:
+            # After the reply being handled, not inside it: the pump writes to this backend.
+            backend.loop.call_soon(self._resume_checked, backend)
+
+    def _resume_checked(self, backend: BackendConnection) -> None:
+        if self.state == ClientState.CHECKING and self.backend is backend:
+            self._activate()
+
+    def _break(self, stmt: Stmt) -> None:
+        """stmt returns something else than this client was told: from now on, each use of a
+        name of it fails as PostgreSQL fails it, until the name is prepared again."""
+        stmts = self.stmts
+        told = stmts.shapes.get(stmt)
+        twin = stmt.broken_twin(told[0] if told is not None else b"")
+        for name, held in list(stmts.items()):
+            if held is stmt:
+                stmts[name] = twin
 
     def _push(self, action: Action, backend: BackendConnection) -> None:
         """Queue a reply the proxy gives itself; with nothing owed ahead of it, give it now."""
@@ -1088,7 +1175,7 @@ class ClientConnection(Endpoint):
         if self.release_on_idle:
             # A session that still holds state (or may: statements since the last check) is
             # wiped before anyone else gets it.
-            reset = "DISCARD ALL" if pinned or sc.dirty else ""
+            reset = "DISCARD ALL" if pinned or sc.dirty & ~SQL_SCHEMA else ""
         else:
             reset = pool.spec.reset_query
             if len(backend.stmts) and not drops_all_statements(reset):

@@ -31,6 +31,8 @@ A_INJECTED_CLOSE = 3  # the proxy's own Close (LRU eviction): drop CloseComplete
 A_USE = 4  # a Bind or Describe of a shared statement: pass, and watch for a stale plan
 A_SYNTH = 5  # answered by the proxy: `reply` is written when the unit reaches the head
 A_DUPLICATE = 6  # a Parse of a name the client already uses: the server's 42P05, reworded
+A_CHECK = 7  # the proxy's own Describe after its own Parse, to compare results: drop it
+A_REFUSED = 8  # REFUSED_USE: the server's error becomes PostgreSQL's 0A000
 
 _NO_BUDGET = 1 << 62
 
@@ -44,6 +46,7 @@ class Stmt:
     """One pool-wide prepared statement."""
 
     __slots__ = (
+        "broken",
         "close_frame",
         "evicted",
         "flags",
@@ -51,6 +54,8 @@ class Stmt:
         "name",
         "names",
         "parse_head",
+        "shape",
+        "told_params",
         "use_bind",
         "use_describe",
     )
@@ -69,6 +74,12 @@ class Stmt:
         self.use_describe = Action(A_USE, U_DESCRIBE, self)
         # Forgotten by the registry (see StatementRegistry): server connections drop it.
         self.evicted = False
+        # The result the first Describe of it told a client (see result_shape).
+        self.shape: bytes | None = None
+        # A client's copy whose result changed since the client was told it (broken_twin), and
+        # the ParameterDescription that client was told: a Describe of it gets that, then 0A000.
+        self.broken = False
+        self.told_params = b""
 
     def forget(self) -> None:
         """The registry let go of this statement. Its actions point back at it; that cycle would
@@ -84,6 +95,14 @@ class Stmt:
     @property
     def parse_frame(self) -> bytes:
         return self.parse_head + self.key
+
+    def broken_twin(self, told_params: bytes) -> Stmt:
+        """What a client holds of this statement once its result changed under the client: the
+        same name and text, refused on every use (REFUSED_USE)."""
+        twin = Stmt(self.name, self.key, self.flags, self.names)
+        twin.broken = True
+        twin.told_params = told_params
+        return twin
 
     def tombstone(self) -> Stmt:
         """What a server connection keeps of an evicted statement it still holds: the name, to
@@ -136,7 +155,19 @@ class StatementRegistry:
     when used again; their names are never reused.
     """
 
-    __slots__ = ("by_key", "counter", "entries", "evictions", "hits", "limit", "misses", "nbytes")
+    __slots__ = (
+        "by_key",
+        "checks",
+        "counter",
+        "entries",
+        "epochs",
+        "evictions",
+        "hits",
+        "limit",
+        "misses",
+        "nbytes",
+        "stale_error",
+    )
 
     def __init__(self, limit: int) -> None:
         self.by_key: dict[bytes, Stmt] = {}
@@ -150,6 +181,10 @@ class StatementRegistry:
         # Uses of a statement its server connection had prepared / had to be given (metrics).
         self.hits = 0
         self.misses = 0
+        self.epochs = 0  # schema changes seen (new_epoch)
+        self.checks = 0  # results compared after the proxy's own Parse (ClientConnection._prepare)
+        # The server's own ErrorResponse for a statement whose result changed, once seen.
+        self.stale_error: bytes | None = None
 
     def add(
         self, key: bytes, flags: int, names: list[str] | None = None, budget: int = _NO_BUDGET
@@ -187,37 +222,62 @@ class StatementRegistry:
         if self.by_key.get(stmt.key) is stmt:
             del self.by_key[stmt.key]
 
+    def new_epoch(self) -> None:
+        """A client changed the schema (CREATE, ALTER, DROP). A client's Parse means a plan
+        made now, as PostgreSQL makes it; a shared statement prepared before may have another
+        result or none. So every text gets a new statement from here on. Statements clients
+        already hold stay what they are: their server connections keep the old plans, which
+        PostgreSQL itself revalidates (0A000 when the result changed), and the proxy's own
+        Parse of one on another connection is checked against what the client was told
+        (ClientConnection._prepare)."""
+        self.epochs += 1
+        self.by_key.clear()
+
 
 class ClientStatements(dict[bytes, Stmt]):
     """A client's named statements (its name -> statement), with the bytes of their texts
-    counted for the client's budget (proxy.max_client_statement_bytes)."""
+    counted for the client's budget (proxy.max_client_statement_bytes).
 
-    __slots__ = ("nbytes",)
+    `shapes` holds, per statement, what the client was last told by a Describe of it: the
+    ParameterDescription frame and the result (result_shape), which PostgreSQL would hold the
+    statement to."""
+
+    __slots__ = ("nbytes", "shapes", "told_params")
 
     def __init__(self) -> None:
         super().__init__()
         self.nbytes = 0
+        self.shapes: dict[Stmt, tuple[bytes, bytes]] = {}
+        # The ParameterDescription of the Describe being answered (its RowDescription follows).
+        self.told_params = b""
 
     def __setitem__(self, name: bytes, stmt: Stmt) -> None:
         old = super().get(name)
         if old is not None:
             self.nbytes -= len(old.key)
+            self.shapes.pop(old, None)
         self.nbytes += len(stmt.key)
+        # A Parse: what the statement returns is learnt afresh from its next Describe.
+        self.shapes.pop(stmt, None)
         super().__setitem__(name, stmt)
 
     def __delitem__(self, name: bytes) -> None:
-        self.nbytes -= len(self[name].key)
+        stmt = self[name]
+        self.nbytes -= len(stmt.key)
+        self.shapes.pop(stmt, None)
         super().__delitem__(name)
 
     def pop(self, name: bytes, *default: Stmt | None) -> Stmt | None:  # type: ignore[override]
         stmt = super().pop(name, *default)
         if stmt is not None and name not in self:
             self.nbytes -= len(stmt.key)
+            self.shapes.pop(stmt, None)
         return stmt
 
     def clear(self) -> None:
         super().clear()
         self.nbytes = 0
+        self.shapes.clear()
 
 
 class ServerStatements:
@@ -273,6 +333,52 @@ class ServerStatements:
     def clear(self) -> None:
         self.lru.clear()
         self.closing.clear()
+
+
+STALE_PLAN = "cached plan must not change result type"
+STALE_PLAN_FUNCTION = "RevalidateCachedQuery"
+
+
+def stale_plan_error(severity: str) -> bytes:
+    """PostgreSQL's own 0A000 for a statement whose result changed, as far as the proxy can
+    write it (drivers such as asyncpg tell it by the function that raised it, not the text). The
+    pool replays the server's own frame instead once it has seen one (stale_error)."""
+    body = b"".join(
+        (
+            b"S" + severity.encode() + b"\0",
+            b"VERROR\0C0A000\0M" + STALE_PLAN.encode() + b"\0",
+            b"Fplancache.c\0R" + STALE_PLAN_FUNCTION.encode() + b"\0\0",
+        )
+    )
+    return _HDR.pack(b"E", 4 + len(body)) + body
+
+
+# Sent before a client's use of a statement whose result changed: the server refuses it (08P01,
+# "invalid DESCRIBE message subtype") whatever the session holds, and then skips the client's
+# message and the rest of its batch, in the client's transaction, as PostgreSQL skips them after
+# its own 0A000. The proxy gives the client PostgreSQL's 0A000 in its place.
+REFUSED_USE = _HDR.pack(b"D", 4 + 2) + b"X\0"
+FLUSH = _HDR.pack(b"H", 4)
+
+
+def result_shape(buf: bytearray, pos: int, n: int) -> bytes | None:
+    """What PostgreSQL holds a statement's result to, from the RowDescription at buf[pos:pos+n]:
+    each column's name, type, type length and modifier (not the table and column it comes from,
+    which a re-created table changes without changing the result). None when malformed."""
+    end = pos + n
+    if n < 7:
+        return None
+    count = struct.unpack_from("!h", buf, pos + 5)[0]
+    p = pos + 7
+    parts = []
+    for _ in range(count):
+        nul = buf.find(0, p, end)
+        if nul < 0 or nul + 19 > end:
+            return None
+        parts.append(buf[p : nul + 1])
+        parts.append(buf[nul + 7 : nul + 17])
+        p = nul + 19
+    return b"".join(parts)
 
 
 def duplicate_parse(stmt: Stmt, key: bytes) -> bytes:

@@ -10,24 +10,29 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import messages as m
-from ..protocol.constants import B_ERROR
-from ..protocol.units import TERMINATES, U_FZ, U_QUERY, U_QZ, U_UPARSE, U_Z
+from ..protocol.constants import B_ERROR, B_PARAMETER_DESCRIPTION, B_ROW_DESCRIPTION
+from ..protocol.units import TERMINATES, U_DESCRIBE, U_FZ, U_QUERY, U_QZ, U_UPARSE, U_Z
 from .prepared import (
+    A_CHECK,
     A_DUPLICATE,
     A_INJECTED_CLOSE,
     A_INJECTED_PARSE,
     A_PARSE,
+    A_REFUSED,
     A_SYNTH,
     A_USE,
     CLOSE_COMPLETE,
+    STALE_PLAN,
+    STALE_PLAN_FUNCTION,
     Action,
+    Stmt,
+    result_shape,
+    stale_plan_error,
 )
 
 if TYPE_CHECKING:
     from ..pool.backend import BackendConnection
     from .client import ClientConnection
-
-_STALE_PLAN = "cached plan must not change result type"
 
 
 def synth_at_head(units: deque[Any]) -> bool:
@@ -90,7 +95,18 @@ def on_unit(
                 result = m.error_response(
                     fields.get("S", "ERROR"), "42P05", f'prepared statement "{name}" already exists'
                 )
+            elif u.kind == A_REFUSED:
+                registry = backend.pool.registry
+                result = u.reply + (
+                    registry.stale_error or stale_plan_error(fields.get("S", "ERROR"))
+                )
             else:
+                if (
+                    u.kind == A_USE
+                    and fields.get("R") == STALE_PLAN_FUNCTION
+                    and fields.get("C") == "0A000"
+                ):
+                    backend.pool.registry.stale_error = bytes(buf[pos : pos + n])
                 _failed(client, backend, u, fields)
         elif u == U_UPARSE:
             client.scanner.unnamed_refused(answered=True)
@@ -107,8 +123,62 @@ def on_unit(
         return result
     if u.__class__ is not Action or not TERMINATES[u.unit][t]:
         units.appendleft(u)  # not a reply this unit expects: pass it on, keep waiting
+        if t == B_PARAMETER_DESCRIPTION and u.__class__ is Action and u.kind == A_USE:
+            client.stmts.told_params = bytes(buf[pos : pos + n])
         return True
-    return u.kind != A_INJECTED_PARSE and u.kind != A_INJECTED_CLOSE
+    kind = u.kind
+    if kind == A_USE:
+        if t == B_ROW_DESCRIPTION and u.unit == U_DESCRIBE:
+            _described(client, backend, u.stmt, buf, pos, n)
+        return True
+    if kind == A_CHECK:
+        if u.unit == U_DESCRIBE:
+            stmt = u.stmt
+            assert stmt is not None
+            now = result_shape(buf, pos, n) if t == B_ROW_DESCRIPTION else None
+            same = now == u.reply
+            if not same:
+                _result_changed(backend, stmt)
+            client.checked(backend, stmt, same)
+        return False
+    return kind != A_INJECTED_PARSE and kind != A_INJECTED_CLOSE
+
+
+def _described(
+    client: ClientConnection,
+    backend: BackendConnection,
+    stmt: Stmt | None,
+    buf: bytearray,
+    pos: int,
+    n: int,
+) -> None:
+    """The client is told what stmt returns: PostgreSQL holds the statement to that from now on
+    (the proxy holds it to it on other server connections: ClientConnection._prepare)."""
+    if stmt is None:
+        return
+    shape = result_shape(buf, pos, n)
+    if shape is None:
+        return
+    stmts = client.stmts
+    stmts.shapes[stmt] = (stmts.told_params, shape)
+    if stmt.shape is None:
+        stmt.shape = shape
+    elif stmt.shape != shape:
+        # One text, two results: the schema changed where the proxy did not see it, and this
+        # connection has the new plan under a name other clients hold with the old one.
+        _result_changed(backend, stmt)
+        stmt.shape = shape
+
+
+def _result_changed(backend: BackendConnection, stmt: Stmt) -> None:
+    """stmt's result differs from what a client was told: the next Parse of its text gets a new
+    statement, and this server connection drops its copy (closed before its next Parse), so that
+    every later use of it here is checked again."""
+    backend.pool.registry.retire(stmt)
+    bs = backend.stmts
+    if stmt in bs:
+        bs.discard(stmt)
+        bs.closing.append(stmt.tombstone())
 
 
 def _failed(
@@ -118,7 +188,10 @@ def _failed(
     stmt = a.stmt
     if stmt is None:
         return  # the unnamed statement, given again (ClientConnection._unnamed_ready)
-    if kind == A_PARSE:
+    if kind == A_CHECK:
+        if a.unit == U_DESCRIBE:
+            client.checked(backend, stmt, None)
+    elif kind == A_PARSE:
         backend.stmts.discard(stmt)
         _forget(client, a)
     elif kind == A_INJECTED_PARSE:
@@ -128,7 +201,7 @@ def _failed(
         backend.stmts.unclose(stmt)
     elif kind == A_USE:
         code = fields.get("C")
-        if code == "0A000" and _STALE_PLAN in fields.get("M", ""):
+        if code == "0A000" and STALE_PLAN in fields.get("M", ""):
             # DDL changed the statement's result: the client gets this error once per server
             # that prepared the old plan, as it would directly; the next Parse of the same text
             # gets a fresh statement instead of the stale one.
@@ -143,7 +216,10 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
     kind = a.kind
     if stmt is None:
         return
-    if kind == A_PARSE:
+    if kind == A_CHECK:
+        if a.unit == U_DESCRIBE:
+            client.checked(backend, stmt, None)
+    elif kind == A_PARSE:
         backend.stmts.discard(stmt)
         _forget(client, a)
     elif kind == A_INJECTED_PARSE:

@@ -38,6 +38,7 @@ from pgpool_proxy.protocol.units import (
     U_DESCRIBE,
     U_EXECUTE,
     U_FZ,
+    U_PARAMS,
     U_PARSE,
     U_QUERY,
     U_QZ,
@@ -484,11 +485,13 @@ def test_terminates_table() -> None:
         U_DESCRIBE: b"Tn",
         U_EXECUTE: b"CIs",
         U_CLOSE: b"3",
+        U_UPARSE: b"1",
+        U_PARAMS: b"t",
     }
     assert (U_Z, U_PARSE, U_BIND, U_DESCRIBE, U_EXECUTE, U_CLOSE) == (0, 1, 2, 3, 4, 5)
     for u, types in expected.items():
         assert {t for t in range(256) if TERMINATES[u][t]} == set(types)
-    assert {t for t in range(256) if UNIT_STOP[t]} == set(b"123TnCIsE")
+    assert {t for t in range(256) if UNIT_STOP[t]} == set(b"123TnCIsEt")
 
 
 # --- ClientScanner: reply units --------------------------------------------------------------

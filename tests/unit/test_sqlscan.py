@@ -13,6 +13,7 @@ from pgpool_proxy.protocol.sqlscan import (
     CLASSIFY_LIMIT,
     MAX_NAMES,
     SQL_ALL,
+    SQL_DDL,
     SQL_DEALLOCATE,
     SQL_FULL,
     SQL_OPAQUE,
@@ -30,6 +31,7 @@ ST = SQL_SESSION | SQL_SETTINGS  # sets settings the text names
 F = ST | SQL_FULL  # may reset settings: read them all
 P = SQL_SESSION | SQL_PINS  # may create or drop what pins a session
 D = SQL_SESSION | SQL_DEALLOCATE | SQL_PINS
+PD = P | SQL_DDL  # creates or drops: pins, and shared statements are planned afresh after it
 X = SQL_SESSION | SQL_PINS | SQL_SETTINGS | SQL_OPAQUE  # runs code the proxy cannot see
 A = SQL_ALL
 
@@ -73,15 +75,20 @@ CASES: list[tuple[str, int]] = [
     # PREPARE: the statement runs later where the proxy cannot judge it (EXPLAIN EXECUTE, Bind).
     ("PREPARE p AS SELECT 1", X),
     ("CLOSE c", P),
-    ("DROP TABLE t", P),
-    ("CREATE TEMP TABLE t(a int)", P),
-    ("CREATE TEMPORARY TABLE t(a int)", P),
-    ("create local temporary table t(a int)", P),
-    ("CREATE TEMP SEQUENCE s", P),
+    ("DROP TABLE t", PD),
+    ("CREATE TEMP TABLE t(a int)", PD),
+    ("CREATE TEMPORARY TABLE t(a int)", PD),
+    ("create local temporary table t(a int)", PD),
+    ("CREATE TEMP SEQUENCE s", PD),
     # Any CREATE: with pg_temp first in search_path a plain CREATE TABLE makes a temporary one.
-    ("CREATE TABLE t(a int)", P),
-    ("CREATE TABLE pg_temp.t(a int)", P),
-    ('CREATE TABLE "pg_temp".t(a int)', P),
+    ("CREATE TABLE t(a int)", PD),
+    ("CREATE TABLE pg_temp.t(a int)", PD),
+    ('CREATE TABLE "pg_temp".t(a int)', PD),
+    # Schema changes: shared statements are planned afresh after them (nothing to check).
+    ("ALTER TABLE t ADD COLUMN c int", SQL_DDL),
+    ("alter type t add attribute c text", SQL_DDL),
+    ("  /* x */ ALTER TABLE t ALTER COLUMN b TYPE text", SQL_DDL),
+    ("SELECT 1; ALTER TABLE t RENAME TO u", SQL_DDL),
     ("SELECT * INTO TEMP t FROM x", P),
     ("SELECT * INTO TEMPORARY TABLE t FROM x", P),
     ("select * into t from x", P),
