@@ -64,6 +64,7 @@ def ready(client: ClientConnection, backend: BackendConnection) -> None:
     """A ReadyForQuery arrived: it ends the oldest Query/Sync unit. Units before it that got no
     reply were skipped by the server after an error."""
     units = client.scanner.units
+    skipped: list[Action] = []
     while units:
         u = units.popleft()
         if u.__class__ is int:
@@ -74,8 +75,16 @@ def ready(client: ClientConnection, backend: BackendConnection) -> None:
             if u == U_UPARSE:
                 client.scanner.unnamed_refused(answered=False)
             continue
-        _undo(client, backend, u)
+        skipped.append(u)
+    _undo_all(client, backend, skipped)
     emit_synths(client, backend)
+
+
+def _undo_all(client: ClientConnection, backend: BackendConnection, skipped: list[Action]) -> None:
+    """Undo skipped units last first: each restores the view the one before it left (a Parse of
+    s1 and then a Close of s1, both skipped, leave no s1)."""
+    for a in reversed(skipped):
+        _undo(client, backend, a)
 
 
 def on_unit(
@@ -88,6 +97,7 @@ def on_unit(
     t = buf[pos]
     if t == B_ERROR:
         result: bool | bytes = True
+        failed: dict[str, str] | None = None
         if u.__class__ is Action:
             fields = m.parse_error_fields(memoryview(buf)[pos + 5 : pos + n])
             if u.kind == A_DUPLICATE and fields.get("C") == "42P05":
@@ -107,19 +117,24 @@ def on_unit(
                     and fields.get("C") == "0A000"
                 ):
                     backend.pool.registry.stale_error = bytes(buf[pos : pos + n])
-                _failed(client, backend, u, fields)
+                failed = fields
         elif u == U_UPARSE:
             client.scanner.unnamed_refused(answered=True)
         # The server now skips everything up to the next Sync, a Query or FunctionCall inside
         # the batch included: no ReadyForQuery comes for those.
+        skipped: list[Action] = []
         while units and units[0] != U_Z:
             v = units.popleft()
             if v.__class__ is Action:
-                _undo(client, backend, v)
+                skipped.append(v)
             elif v == U_QZ or v == U_FZ:
                 client.scanner.pending -= 1
             elif v == U_UPARSE:
                 client.scanner.unnamed_refused(answered=False)
+        _undo_all(client, backend, skipped)
+        if failed is not None:
+            # After the skipped ones: the failed message came before them.
+            _failed(client, backend, u, failed)
         return result
     if u.__class__ is not Action or not TERMINATES[u.unit][t]:
         units.appendleft(u)  # not a reply this unit expects: pass it on, keep waiting
