@@ -34,6 +34,7 @@ from ..protocol.constants import (
 from ..protocol.framing import (
     EV_AFTER,
     EV_ERROR,
+    EV_FATAL,
     EV_NEED,
     EV_NONE,
     EV_NOTIFY,
@@ -416,6 +417,9 @@ class BackendConnection(Endpoint):
                         start = pos + n
                 pos += n
                 continue
+            if ev == EV_FATAL:
+                self._server_goodbye(start, pos + INT32.unpack_from(buf, pos + 1)[0] + 1)
+                return
             if ev == EV_ERROR or ev == EV_ROW:
                 # Only while the proxy's own queries run (scanner.internal).
                 n = INT32.unpack_from(buf, pos + 1)[0] + 1
@@ -452,6 +456,19 @@ class BackendConnection(Endpoint):
             and replies.emit_synths(client, self)
         ):
             self.release_if_done(client, rb.start)
+
+    def _server_goodbye(self, start: int, end: int) -> None:
+        """The server ends the session with the FATAL (or PANIC) ErrorResponse ending at `end`
+        (57P01 terminated, 25P03 idle in transaction, 57P02 crash of another backend, ...). The
+        client gets it as the server sent it and is then closed, as on a direct connection:
+        nothing of the proxy's own comes after the server's last word. Whatever the server sends
+        after it (PostgreSQL sends nothing) is dropped with the connection."""
+        client = self.client
+        self._flush(start, end)
+        log.info("backend %s ended the session with FATAL (pool %s)", self.pid, self.pool.name)
+        self.close(DisconnectReason.BACKEND_FAILED)
+        if client is not None:
+            client.backend_ended()
 
     def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
         """The NotificationResponse at pos as the client must see it (see _notifier)."""
