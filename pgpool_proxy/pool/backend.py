@@ -156,6 +156,7 @@ class BackendConnection(Endpoint):
         "client",
         "close_reason",
         "created_at",
+        "done_key_pid",
         "extra_keys",
         "generation",
         "idle_since",
@@ -169,6 +170,7 @@ class BackendConnection(Endpoint):
         "loop",
         "on_internal_done",
         "params",
+        "parked",
         "pid",
         "pool",
         "release_when_cancelled",
@@ -199,6 +201,11 @@ class BackendConnection(Endpoint):
         # object when unknown: another client gets the session only after a reset.
         self.taint_owner: object | None = None
         self.last_key_pid = 0  # the pid (BackendKeyData) of the client it served last
+        # Who a notification this session sends is from (see _notifier): the client whose
+        # transaction ended here last, and whether the connection sat in the pool's idle list
+        # since (Pool.release) rather than going straight to the next client.
+        self.done_key_pid = 0
+        self.parked = True
         # The client user this session last served, and the user the server logged in (what
         # SET SESSION AUTHORIZATION DEFAULT returns to).
         self.last_user = ""
@@ -335,6 +342,9 @@ class BackendConnection(Endpoint):
                 cs = client.scanner
                 cs.pending -= 1
                 self.pool.total_queries += 1
+                if scanner.status == TX_IDLE:
+                    self.done_key_pid = client.key_pid
+                    self.parked = False
                 if cs.units:
                     self._write(start, pos)
                     start = pos
@@ -480,18 +490,27 @@ class BackendConnection(Endpoint):
     def _notifier(self, pid: int, client: ClientConnection) -> int | None:
         """The pid a client knows for the session that sent a notification: its own (from
         BackendKeyData) when it notified itself, and for another of the proxy's server
-        connections the pid of the client it last served (the notification is sent at that
-        client's COMMIT; under load the connection may already serve the next client, whose
-        pid is then given). None for a session outside the proxy: its pid is passed on, and
-        never equals a pid the proxy gives clients (see ProxyServer.register_cancel_key)."""
+        connections the client whose COMMIT sent it, as near as the proxy can tell. None for
+        a session outside the proxy: its pid is passed on, and never equals a pid the proxy
+        gives clients (see ProxyServer.register_cancel_key).
+
+        PostgreSQL answers the COMMIT and signals the listeners at the same time, so the
+        listener's copy may arrive after the proxy has handed the notifier's connection to the
+        next client, or before the reply to the COMMIT that sent it."""
         if pid == self.pid:
             return client.key_pid
         # One lookup per pool, not a scan of every server connection: a NOTIFY flood from
         # outside the proxy must not cost the loop per connection.
         for pool in client.server.pools.values():
             b = pool.by_pid.get(pid)
-            if b is not None and b.address == self.address and b.last_key_pid:
-                return b.last_key_pid
+            if b is not None and b.address == self.address:
+                if b.client is not None and b.parked:
+                    # It waited in the pool after its last transaction ended and serves a
+                    # client again: most likely that client's COMMIT, its reply overtaken. (A
+                    # notification of the earlier transaction would have come while it waited.)
+                    return b.last_key_pid or None
+                # Idle, or handed straight on: the transaction that ended there last.
+                return b.done_key_pid or b.last_key_pid or None
         return None
 
     def _refuse_params(self, why: str) -> None:
