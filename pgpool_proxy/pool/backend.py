@@ -469,7 +469,7 @@ class BackendConnection(Endpoint):
 
     def _server_goodbye(self, start: int, end: int) -> None:
         """The server ends the session with the FATAL (or PANIC) ErrorResponse ending at `end`
-        (57P01 terminated, 25P03 idle in transaction, 57P02 crash of another backend, ...). The
+        (57P01 terminated or shutting down, 25P03 idle in transaction, ...). The
         client gets it as the server sent it and is then closed, as on a direct connection:
         nothing of the proxy's own comes after the server's last word. Whatever the server sends
         after it (PostgreSQL sends nothing) is dropped with the connection."""
