@@ -638,6 +638,10 @@ class BackendConnection(Endpoint):
         if self.state == BackendState.CLOSED:
             return
         prev = self.state
+        # The proxy's own statements with no client attached (a login's settings check, a reset,
+        # the idle check) get no answer now: whoever waits on them learns it here, not after
+        # server_check_timeout_s. A linked client hears of the loss from fail().
+        lost = self.on_internal_done if self.internal_pending and self.client is None else None
         self.state = BackendState.CLOSED
         self.close_reason = reason
         self.client = None
@@ -649,6 +653,9 @@ class BackendConnection(Endpoint):
         self.wake()
         self.pool.backend_closed(self, prev)
         log.info("server closed: pool=%s pid=%s reason=%s", self.pool.name, self.pid, reason.value)
+        if lost is not None:
+            self.on_internal_done = None
+            lost(self, [{"C": SqlState.CONNECTION_FAILURE, "M": "server connection lost"}], [])
 
     # --- login (slow path) -------------------------------------------------------------------
 

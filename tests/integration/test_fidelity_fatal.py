@@ -217,3 +217,34 @@ async def test_fatal_answering_the_proxys_own_statement_is_not_relayed(
         got = await until_eof(plain)
         assert got == [(b"E", b"SFATAL\0VFATAL\0C57P01\0Mbye\0\0")]
         await plain.close()
+
+
+async def test_fatal_answering_a_logins_settings_check(
+    start_proxy: StartProxy, pg: LocalPostgres
+) -> None:
+    """The server ends the session the proxy asks, during a client's login, how it spells a
+    startup setting: nobody gets that FATAL, and the login goes on at once (the value is then
+    checked by the client's first transaction), not after server_check_timeout_s."""
+
+    async def script(conn: HostileConn) -> None:
+        await conn.normal_login()
+        while True:
+            t, body = await conn.read_message()
+            if t == b"X":
+                return
+            if b"set_config" in body or b"SET" in body:
+                await conn.send(error(S="FATAL", V="FATAL", C="57P01", M="check refused"))
+                return
+            await conn.send(m.frame(b"C", b"SELECT 0\0") + READY)
+
+    async with hostile(start_proxy, pg, script, server_check_timeout_s=30) as (proxy, _):
+        client = await RawClient.connect(proxy.host, proxy.port)
+        await asyncio.wait_for(
+            client.login("alice", PASSWORDS["alice"], "evil", DateStyle="German"), 3
+        )
+        # The first transaction replays the setting on a new server connection, which ends the
+        # session the same way: the proxy's own statement, so the proxy's own error.
+        with pytest.raises(RawError) as err:
+            await client.simple_query("select 1")
+        assert err.value.fields["C"] == "08006", err.value.fields
+        await client.close()
