@@ -99,10 +99,15 @@ def fatal(messages: Messages) -> dict[str, str]:
     return fields
 
 
-@pytest.fixture
-async def proxy(start_proxy: StartProxy, admin: asyncpg.Connection) -> ProxyThread:
+@pytest.fixture(params=["transaction", "session"])
+async def proxy(
+    request: pytest.FixtureRequest, start_proxy: StartProxy, admin: asyncpg.Connection
+) -> ProxyThread:
     await settle(admin, "alice")
-    return start_proxy(pool={"default_pool_size": 2, "query_wait_timeout_s": 20})
+    return start_proxy(
+        proxy={"pool_mode": request.param},
+        pool={"default_pool_size": 2, "query_wait_timeout_s": 20},
+    )
 
 
 async def test_terminated_mid_simple_query(
