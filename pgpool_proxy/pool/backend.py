@@ -453,8 +453,9 @@ class BackendConnection(Endpoint):
                 # make room for the rest.
                 self._flush(pos if self.internal_pending else start, pos)
                 # Room for twice what is held, not the size the header claims: a 5-byte header
-                # must not make the proxy allocate up to 1 GB before any of it arrives.
-                rb.ensure_capacity(min(scanner.need, max(2 * len(rb.buf), BACKEND_BUFFER)))
+                # must not make the proxy allocate up to 1 GB before any of it arrives, nor
+                # may a server that trickles it a byte per read double the buffer each time.
+                rb.ensure_capacity(min(scanner.need, max(2 * rb.pending(), BACKEND_BUFFER)))
                 return
         self._flush(pos if self.internal_pending else start, pos)
         client = self.client

@@ -89,7 +89,7 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
         elif ev == EV_NEED:
             rb.consumed(pos)
             # As BackendConnection._pump: room for twice what is held, never the claimed size.
-            rb.ensure_capacity(min(sc.need, max(2 * len(rb.buf), 64)))
+            rb.ensure_capacity(min(sc.need, max(2 * rb.pending(), 64)))
             if offset >= len(data):
                 return
             continue
