@@ -34,6 +34,7 @@ from ..protocol.constants import (
 from ..protocol.framing import (
     EV_AFTER,
     EV_ERROR,
+    EV_FATAL,
     EV_NEED,
     EV_NONE,
     EV_NOTIFY,
@@ -156,6 +157,7 @@ class BackendConnection(Endpoint):
         "client",
         "close_reason",
         "created_at",
+        "done_key_pid",
         "extra_keys",
         "generation",
         "idle_since",
@@ -169,6 +171,7 @@ class BackendConnection(Endpoint):
         "loop",
         "on_internal_done",
         "params",
+        "parked",
         "pid",
         "pool",
         "release_when_cancelled",
@@ -199,6 +202,11 @@ class BackendConnection(Endpoint):
         # object when unknown: another client gets the session only after a reset.
         self.taint_owner: object | None = None
         self.last_key_pid = 0  # the pid (BackendKeyData) of the client it served last
+        # Who a notification this session sends is from (see _notifier): the client whose
+        # transaction ended here last, and whether the connection sat in the pool's idle list
+        # since (Pool.release) rather than going straight to the next client.
+        self.done_key_pid = 0
+        self.parked = True
         # The client user this session last served, and the user the server logged in (what
         # SET SESSION AUTHORIZATION DEFAULT returns to).
         self.last_user = ""
@@ -335,6 +343,9 @@ class BackendConnection(Endpoint):
                 cs = client.scanner
                 cs.pending -= 1
                 self.pool.total_queries += 1
+                if scanner.status == TX_IDLE:
+                    self.done_key_pid = client.key_pid
+                    self.parked = False
                 if cs.units:
                     self._write(start, pos)
                     start = pos
@@ -417,6 +428,9 @@ class BackendConnection(Endpoint):
                         start = pos + n
                 pos += n
                 continue
+            if ev == EV_FATAL:
+                self._server_goodbye(start, pos + INT32.unpack_from(buf, pos + 1)[0] + 1)
+                return
             if ev == EV_ERROR or ev == EV_ROW:
                 # Only while the proxy's own queries run (scanner.internal).
                 n = INT32.unpack_from(buf, pos + 1)[0] + 1
@@ -440,8 +454,9 @@ class BackendConnection(Endpoint):
                 # make room for the rest.
                 self._flush(pos if self.internal_pending else start, pos)
                 # Room for twice what is held, not the size the header claims: a 5-byte header
-                # must not make the proxy allocate up to 1 GB before any of it arrives.
-                rb.ensure_capacity(min(scanner.need, max(2 * len(rb.buf), BACKEND_BUFFER)))
+                # must not make the proxy allocate up to 1 GB before any of it arrives, nor
+                # may a server that trickles it a byte per read double the buffer each time.
+                rb.ensure_capacity(min(scanner.need, max(2 * rb.pending(), BACKEND_BUFFER)))
                 return
         self._flush(pos if self.internal_pending else start, pos)
         client = self.client
@@ -454,6 +469,19 @@ class BackendConnection(Endpoint):
         ):
             self.release_if_done(client, rb.start)
 
+    def _server_goodbye(self, start: int, end: int) -> None:
+        """The server ends the session with the FATAL (or PANIC) ErrorResponse ending at `end`
+        (57P01 terminated or shutting down, 25P03 idle in transaction, ...). The
+        client gets it as the server sent it and is then closed, as on a direct connection:
+        nothing of the proxy's own comes after the server's last word. Whatever the server sends
+        after it (PostgreSQL sends nothing) is dropped with the connection."""
+        client = self.client
+        self._flush(start, end)
+        log.info("backend %s ended the session with FATAL (pool %s)", self.pid, self.pool.name)
+        self.close(DisconnectReason.BACKEND_FAILED)
+        if client is not None:
+            client.backend_ended()
+
     def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
         """The NotificationResponse at pos as the client must see it (see _notifier)."""
         mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client) if n >= 9 else None
@@ -464,18 +492,27 @@ class BackendConnection(Endpoint):
     def _notifier(self, pid: int, client: ClientConnection) -> int | None:
         """The pid a client knows for the session that sent a notification: its own (from
         BackendKeyData) when it notified itself, and for another of the proxy's server
-        connections the pid of the client it last served (the notification is sent at that
-        client's COMMIT; under load the connection may already serve the next client, whose
-        pid is then given). None for a session outside the proxy: its pid is passed on, and
-        never equals a pid the proxy gives clients (see ProxyServer.register_cancel_key)."""
+        connections the client whose COMMIT sent it, as near as the proxy can tell. None for
+        a session outside the proxy: its pid is passed on, and never equals a pid the proxy
+        gives clients (see ProxyServer.register_cancel_key).
+
+        PostgreSQL answers the COMMIT and signals the listeners at the same time, so the
+        listener's copy may arrive after the proxy has handed the notifier's connection to the
+        next client, or before the reply to the COMMIT that sent it."""
         if pid == self.pid:
             return client.key_pid
         # One lookup per pool, not a scan of every server connection: a NOTIFY flood from
         # outside the proxy must not cost the loop per connection.
         for pool in client.server.pools.values():
             b = pool.by_pid.get(pid)
-            if b is not None and b.address == self.address and b.last_key_pid:
-                return b.last_key_pid
+            if b is not None and b.address == self.address:
+                if b.client is not None and b.parked:
+                    # It waited in the pool after its last transaction ended and serves a
+                    # client again: most likely that client's COMMIT, its reply overtaken. (A
+                    # notification of the earlier transaction would have come while it waited.)
+                    return b.last_key_pid or None
+                # Idle, or handed straight on: the transaction that ended there last.
+                return b.done_key_pid or b.last_key_pid or None
         return None
 
     def _refuse_params(self, why: str) -> None:
@@ -609,6 +646,10 @@ class BackendConnection(Endpoint):
         if self.state == BackendState.CLOSED:
             return
         prev = self.state
+        # The proxy's own statements with no client attached (a login's settings check, a reset,
+        # the idle check) get no answer now: whoever waits on them learns it here, not after
+        # server_check_timeout_s. A linked client hears of the loss from fail().
+        lost = self.on_internal_done if self.internal_pending and self.client is None else None
         self.state = BackendState.CLOSED
         self.close_reason = reason
         self.client = None
@@ -620,6 +661,9 @@ class BackendConnection(Endpoint):
         self.wake()
         self.pool.backend_closed(self, prev)
         log.info("server closed: pool=%s pid=%s reason=%s", self.pool.name, self.pid, reason.value)
+        if lost is not None:
+            self.on_internal_done = None
+            lost(self, [{"C": SqlState.CONNECTION_FAILURE, "M": "server connection lost"}], [])
 
     # --- login (slow path) -------------------------------------------------------------------
 

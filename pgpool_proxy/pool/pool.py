@@ -196,6 +196,7 @@ class Pool:
                 client.backend_assigned(backend)
                 return
         backend.idle_since = now
+        backend.parked = True  # see BackendConnection._notifier
         self.idle.append(backend)
 
     def forget_waiter(self, client: ClientConnection) -> None:

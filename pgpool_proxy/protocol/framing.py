@@ -551,6 +551,23 @@ def peek_type(buf: bytearray, pos: int, end: int, max_len: int) -> int:
     return t
 
 
+def is_fatal(buf: bytearray, pos: int, end: int) -> bool:
+    """Whether the ErrorResponse body buf[pos:end] ends the session (FATAL or PANIC): by its
+    non-localized severity (V, PostgreSQL 9.6 and later), else by the localized one (S)."""
+    severity = b""
+    while pos < end and buf[pos]:
+        code = buf[pos]
+        stop = buf.find(b"\0", pos + 1, end)
+        if stop < 0:
+            return False
+        if code == 0x56:  # V
+            return bytes(buf[pos + 1 : stop]) in (b"FATAL", b"PANIC")
+        if code == 0x53:  # S
+            severity = bytes(buf[pos + 1 : stop])
+        pos = stop + 1
+    return severity in (b"FATAL", b"PANIC")
+
+
 # BackendScanner.event values.
 EV_NONE = 0  # consumed everything available (possibly mid-frame)
 EV_READY = 1  # stopped just after a ReadyForQuery; `status` holds its transaction status
@@ -561,6 +578,9 @@ EV_ROW = 5  # stopped at a complete DataRow of the proxy's own query (`internal`
 EV_UNIT = 6  # stopped at a complete frame that ends a reply unit the caller must act on
 EV_AFTER = 7  # stopped just after a frame that ended a unit: the next unit needs the caller
 EV_NOTIFY = 8  # stopped at a complete NotificationResponse frame starting at the returned position
+# Stopped at a complete FATAL or PANIC ErrorResponse starting at the returned position (not of
+# the proxy's own queries): the server closes the connection after it.
+EV_FATAL = 9
 
 
 class BackendScanner:
@@ -569,7 +589,9 @@ class BackendScanner:
 
     ErrorResponse and DataRow frames are stopped at only when `internal` is set (the proxy's own
     queries). When `units` holds reply units (see session.prepared), frames that end a unit are
-    matched against it inline, and the scan stops where a unit needs the caller.
+    matched against it inline, and the scan stops where a unit needs the caller. Any other
+    ErrorResponse is read whole (never streamed in pieces) to see whether it is the server's
+    last word (FATAL or PANIC), where the scan stops too.
     """
 
     __slots__ = ("copy_in", "event", "internal", "need", "skip", "status", "units")
@@ -628,6 +650,14 @@ class BackendScanner:
                     else EV_ROW
                 )
                 return pos
+            if t == B_ERROR:
+                if end - pos < n:
+                    self.need = n
+                    self.event = EV_NEED
+                    return pos
+                if is_fatal(buf, pos + 5, pos + n):
+                    self.event = EV_FATAL
+                    return pos
             if units and UNIT_STOP[t]:
                 u = units[0]
                 if u.__class__ is not int or u > 0:  # an action, or an extended-protocol unit

@@ -101,12 +101,18 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
         return {}
     backend = pool.idle.pop()
     backend.to(BackendState.RESETTING)
-    fut: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]]]
+    fut: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
     fut = pool.loop.create_future()
 
     def done(
         b: BackendConnection, errors: list[dict[str, str]], rows: list[list[str | None]]
     ) -> None:
+        if b.is_closed():
+            # The server connection ended without answering (a FATAL, a reset): not known,
+            # as when it does not answer in time.
+            if not fut.done():
+                fut.set_result(None)
+            return
         # A refused value is an answer, not a fault of the server connection.
         if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
             b.to(BackendState.IDLE)
@@ -120,9 +126,12 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
     for k, v in items:
         backend.send_internal(check_sql(k, v))
     try:
-        errors, rows = await asyncio.wait_for(fut, pool.spec.check_timeout_s or None)
+        answer = await asyncio.wait_for(fut, pool.spec.check_timeout_s or None)
     except TimeoutError:
         return {}  # the janitor closes a server connection silent on the proxy's statement
+    if answer is None:
+        return {}
+    errors, rows = answer
     if errors:
         fields = errors[0]
         raise SettingRefused(

@@ -1130,6 +1130,13 @@ class ClientConnection(Endpoint):
         self.backend = None
         self.fail(err, DisconnectReason.BACKEND_FAILED)
 
+    def backend_ended(self) -> None:
+        """The linked backend relayed the server's FATAL to this client and is gone: the client
+        goes too, with nothing of the proxy's own after the server's last word."""
+        self.backend = None
+        self.linger = True
+        self.close(DisconnectReason.BACKEND_FAILED)
+
     def close(self, reason: DisconnectReason) -> None:
         if self.state == ClientState.CLOSED:
             return

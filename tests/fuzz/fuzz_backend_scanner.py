@@ -17,6 +17,7 @@ with instrumented("pgpool_proxy.protocol"):
     from pgpool_proxy.protocol.framing import (
         EV_AFTER,
         EV_ERROR,
+        EV_FATAL,
         EV_NEED,
         EV_NONE,
         EV_NOTIFY,
@@ -30,7 +31,18 @@ with instrumented("pgpool_proxy.protocol"):
     )
 
 EXPECTED = (FrameError, m.ProtocolViolation)
-_EVENTS = (EV_NONE, EV_READY, EV_PARAM, EV_ERROR, EV_NEED, EV_ROW, EV_UNIT, EV_AFTER, EV_NOTIFY)
+_EVENTS = (
+    EV_NONE,
+    EV_READY,
+    EV_PARAM,
+    EV_ERROR,
+    EV_NEED,
+    EV_ROW,
+    EV_UNIT,
+    EV_AFTER,
+    EV_NOTIFY,
+    EV_FATAL,
+)
 
 
 def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
@@ -54,7 +66,7 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
         assert start <= pos <= end, (start, pos, end)
         ev = sc.event
         assert ev in _EVENTS, ev
-        if ev in (EV_PARAM, EV_ERROR, EV_ROW, EV_UNIT, EV_NOTIFY):
+        if ev in (EV_PARAM, EV_ERROR, EV_ROW, EV_UNIT, EV_NOTIFY, EV_FATAL):
             n = int.from_bytes(buf[pos + 1 : pos + 5], "big") + 1
             assert pos + n <= end, "stopped at an incomplete frame"
             body = memoryview(buf)[pos + 5 : pos + n]
@@ -62,6 +74,9 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
                 m.parse_parameter_status(body)
             elif ev == EV_ERROR:
                 m.parse_error_fields(body)
+            elif ev == EV_FATAL:
+                # The backend relays it unread and closes; a fuzzed stream just goes on.
+                assert buf[pos] == ord("E")
             elif ev == EV_ROW:
                 m.parse_data_row(body)
             elif ev == EV_NOTIFY:
@@ -74,7 +89,7 @@ def _feed(data: bytes, chunk: int, internal: bool, units: bool) -> None:
         elif ev == EV_NEED:
             rb.consumed(pos)
             # As BackendConnection._pump: room for twice what is held, never the claimed size.
-            rb.ensure_capacity(min(sc.need, max(2 * len(rb.buf), 64)))
+            rb.ensure_capacity(min(sc.need, max(2 * rb.pending(), 64)))
             if offset >= len(data):
                 return
             continue

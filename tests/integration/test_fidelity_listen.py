@@ -204,3 +204,77 @@ async def test_notification_from_another_client_carries_its_pid(
             await listener.close()
 
     await both(pg, start_proxy, scenario)
+
+
+async def test_listener_on_a_pool_connection(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+    """asyncpg's test_listen_02: LISTEN through a connection of an asyncpg Pool (which resets
+    its connections when they are released), NOTIFY from another connection of the pool."""
+
+    async def scenario(dsn: str, direct: str) -> Got:
+        got: Got = []
+        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+        try:
+            async with pool.acquire() as con1, pool.acquire() as con2:
+                cb = collector(got, con1)
+                await con1.add_listener("ipc", cb)
+                await con2.execute("NOTIFY ipc, 'hello'")
+                await wait_for(got, 1)
+                await con1.remove_listener("ipc", cb)
+        finally:
+            await pool.close()
+        return got
+
+    await both(pg, start_proxy, scenario)
+
+
+async def test_notifier_named_after_its_connection_serves_the_next_client(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The notifier commits and its server connection goes at once to a client queued for it;
+    the listener hears of the commit after that: it must still name the notifier (asyncpg
+    test_listen_02 and psycopg2's notify tests under load), not the client now served."""
+    proxy = start_proxy(pool={"default_pool_size": 2, "query_wait_timeout_s": 20})
+
+    async def scenario(dsn: str, queued: Callable[[], Awaitable[None]]) -> list[str]:
+        got: list[int] = []
+        listener = await asyncpg.connect(dsn, statement_cache_size=0)
+        notifier = await asyncpg.connect(dsn, statement_cache_size=0)
+        waiter = await asyncpg.connect(dsn, statement_cache_size=0)
+        try:
+            # Through the proxy the LISTEN pins one server connection; the other two clients
+            # share the second.
+            await listener.add_listener("race", lambda c, pid, ch, payload: got.append(pid))
+            out = []
+            for i in range(5):
+                tx = notifier.transaction()
+                await tx.start()
+                await notifier.execute(f"NOTIFY race, 'n{i}'")
+                waiting = asyncio.create_task(waiter.execute("SELECT pg_sleep(0.2)"))
+                await queued()
+                await tx.commit()
+                await wait_for(got, i + 1)  # type: ignore[arg-type]
+                await waiting
+                pid = got[i]
+                out.append(
+                    "notifier's"
+                    if pid == notifier.get_server_pid()
+                    else "waiter's"
+                    if pid == waiter.get_server_pid()
+                    else "a stranger's"
+                )
+            return out
+        finally:
+            for c in (listener, notifier, waiter):
+                await c.close()
+
+    async def no_wait() -> None:
+        await asyncio.sleep(0.05)  # directly nothing queues: the waiter just runs alongside
+
+    async def until_queued() -> None:
+        async with asyncio.timeout(10):
+            while proxy.pool_stats()["waiting"] < 1:
+                await asyncio.sleep(0.005)
+
+    want = await scenario(direct_dsn(pg), no_wait)
+    assert want == ["notifier's"] * 5
+    assert await scenario(proxy.dsn(), until_queued) == want

@@ -24,6 +24,7 @@ import pytest
 from pgpool_proxy.auth.scram import MAX_MESSAGE_SIZE
 from pgpool_proxy.pool.backend import MAX_LOGIN_MESSAGES, MAX_SERVER_PARAMS
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.protocol.framing import RecvBuffer
 from tests.support.hostile_server import (
     READY,
     HostileConn,
@@ -553,3 +554,36 @@ async def test_bad_lengths_during_query(
         assert await again.simple_query("select 1") == [["ok"]]
         await again.close()
         assert server.accepted == 2
+
+
+async def test_trickled_frame_grows_the_buffer_with_what_arrives(
+    start_proxy: StartProxy, pg: LocalPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame the proxy reads whole (here an ErrorResponse) whose header claims 1 GB, sent a
+    byte per read: the buffer grows with the bytes that came, not by doubling at each read
+    (before: 64 KB, 128 KB, ... 1 GB after some 15 reads)."""
+    asked: list[int] = []
+    ensure = RecvBuffer.ensure_capacity
+
+    def recording(self: RecvBuffer, nbytes: int) -> None:
+        asked.append(nbytes)
+        ensure(self, nbytes)
+
+    monkeypatch.setattr(RecvBuffer, "ensure_capacity", recording)
+
+    async def script(conn: HostileConn) -> None:
+        await conn.normal_login()
+        await conn.read_message()
+        await conn.send(b"E" + struct.pack("!I", 0x3FFFFFFF) + b"S")
+        for _ in range(8):
+            await asyncio.sleep(0.02)  # one read each on the proxy's side
+            await conn.send(b"F")
+
+    async with hostile(start_proxy, pg, script) as (proxy, _):
+        client = await RawClient.connect(proxy.host, proxy.port)
+        await client.login("alice", PASSWORDS["alice"], "evil")
+        with pytest.raises(RawError) as err:
+            await client.simple_query("select 1")
+        assert err.value.fields["C"] == "08006", err.value.fields
+        await client.close()
+    assert asked and max(asked) <= 256 * 1024, max(asked)

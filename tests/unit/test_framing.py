@@ -10,6 +10,7 @@ from pgpool_proxy.protocol.constants import TX_FAILED, TX_IDLE, TX_IN_BLOCK
 from pgpool_proxy.protocol.framing import (
     CEV_NEED,
     EV_ERROR,
+    EV_FATAL,
     EV_NEED,
     EV_NOTIFY,
     EV_PARAM,
@@ -18,6 +19,7 @@ from pgpool_proxy.protocol.framing import (
     ClientScanner,
     FrameError,
     RecvBuffer,
+    is_fatal,
     peek_type,
 )
 from pgpool_proxy.protocol.sqlscan import SQL_SESSION
@@ -174,7 +176,7 @@ def scan_backend(data: bytes, chunk: int) -> list[tuple[int, int]]:
                 if sc.event == EV_READY:
                     events.append((EV_READY, sc.status))
                     continue
-                if sc.event in (EV_PARAM, EV_ERROR, EV_NOTIFY):
+                if sc.event in (EV_PARAM, EV_ERROR, EV_NOTIFY, EV_FATAL):
                     events.append((sc.event, 0))
                     pos += int.from_bytes(rb.buf[pos + 1 : pos + 5], "big") + 1
                     continue
@@ -216,6 +218,46 @@ def test_backend_scanner_errors_only_when_asked() -> None:
     sc.internal = True
     pos = sc.scan(buf, 0, len(buf))
     assert sc.event == EV_ERROR and pos == 0
+
+
+def _error(**fields: str) -> bytes:
+    body = b"".join(k.encode() + v.encode() + b"\0" for k, v in fields.items())
+    return m.frame(b"E", body + b"\0")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_backend_scanner_stops_at_the_servers_last_word(chunk: int) -> None:
+    """A FATAL ErrorResponse (the server closes next) is stopped at whole, however it arrives;
+    an ERROR streams through."""
+    data = (
+        m.error_response("ERROR", "42601", "syntax error" + "x" * 200)
+        + m.ready_for_query()
+        + m.error_response("FATAL", "57P01", "terminating connection due to administrator command")
+    )
+    assert scan_backend(data, chunk) == [(EV_READY, TX_IDLE), (EV_FATAL, 0)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "fatal"),
+    [
+        ({"S": "FATAL", "V": "FATAL", "C": "57P01"}, True),
+        ({"S": "PANIC", "V": "PANIC", "C": "XX000"}, True),
+        ({"S": "ERROR", "V": "ERROR", "C": "57014"}, False),
+        ({"S": "SCHWERWIEGEND", "V": "FATAL", "C": "57P01"}, True),  # localized: V decides
+        ({"S": "FATAL", "V": "ERROR"}, False),
+        ({"S": "FATAL", "C": "57P01"}, True),  # before PostgreSQL 9.6: no V
+        ({"C": "57P01", "M": "FATAL"}, False),
+        ({}, False),
+    ],
+)
+def test_is_fatal(fields: dict[str, str], fatal: bool) -> None:
+    frame = bytearray(_error(**fields))
+    assert is_fatal(frame, 5, len(frame)) is fatal
+
+
+def test_is_fatal_unterminated_field() -> None:
+    frame = bytearray(b"E\0\0\0\x0aSFATAL")
+    assert is_fatal(frame, 5, len(frame)) is False
 
 
 def test_backend_scanner_trailing_garbage_is_left_unconsumed() -> None:

@@ -18,6 +18,7 @@ from pgpool_proxy.protocol.framing import (
     CEV_NONE,
     EV_AFTER,
     EV_ERROR,
+    EV_FATAL,
     EV_NEED,
     EV_NONE,
     EV_NOTIFY,
@@ -216,6 +217,7 @@ BEV_NAMES = {
     EV_PARAM: "param",
     EV_NOTIFY: "notify",
     EV_ERROR: "error",
+    EV_FATAL: "fatal",
     EV_NEED: "need",
     EV_ROW: "row",
     EV_UNIT: "unit",
@@ -263,7 +265,7 @@ def run_backend(
                 while q and q[0].__class__ is Action and q[0].kind == A_SYNTH:
                     q.popleft()
                 continue
-            if ev in (EV_ROW, EV_ERROR, EV_PARAM, EV_NOTIFY):
+            if ev in (EV_ROW, EV_ERROR, EV_PARAM, EV_NOTIFY, EV_FATAL):
                 events.append((BEV_NAMES[ev], pos, buf[pos]))
                 pos = frame_end(buf, pos)
                 continue
