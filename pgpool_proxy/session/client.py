@@ -67,8 +67,9 @@ from .state import (
     ALWAYS_READ,
     MAX_READ,
     UNTIMED,
+    UNTIMED_STATEMENTS,
     SessionState,
-    probe_sql,
+    probe_statements,
     read_probe,
     reset_identity_sql,
     reset_settings_sql,
@@ -144,7 +145,7 @@ class ClientConnection(Endpoint):
         "probe_flags",
         "probe_hex",
         "probe_names",
-        "probe_text",
+        "probe_stmts",
         "probe_tries",
         "release_on_idle",
         "scanner",
@@ -184,7 +185,7 @@ class ClientConnection(Endpoint):
         self.probe_flags = 0
         self.probe_names: list[str] = []
         self.probe_hex = False
-        self.probe_text = ""
+        self.probe_stmts: list[str] = []
         self.probe_tries = 0
         # The client's search_path puts another schema before pg_catalog: an operator or
         # function name in any statement may run the client's own code (see _link).
@@ -761,7 +762,7 @@ class ClientConnection(Endpoint):
         self.probe_hex = self.params.get("client_encoding", "UTF8").upper() != "UTF8"
         backend.on_internal_done = self._session_checked
         self.probe_tries = 1
-        self.probe_text = probe_sql(
+        self.probe_stmts = probe_statements(
             full=full,
             pins=bool(flags & (SQL_PINS | SQL_OPAQUE)) or self.pinned,
             names=names,
@@ -770,7 +771,18 @@ class ClientConnection(Endpoint):
             hex_values=self.probe_hex,
             untimed=True,
         )
-        backend.send_internal(self.probe_text)
+        self._send_own(backend, self.probe_stmts)
+
+    def _send_own(self, backend: BackendConnection, statements: list[str]) -> None:
+        """Run the proxy's own statements on the linked server connection, between two of the
+        client's transactions. In session mode the client's unnamed statement lives there and
+        must outlive them (a driver may Parse it before the check and Bind it after), so they
+        go in extended protocol; in transaction mode a simple Query, and the client's unnamed
+        statement is given again before its next use (see _unnamed_ready)."""
+        if self.release_on_idle:
+            backend.send_internal("; ".join(statements))
+        else:
+            backend.send_internal_statements(statements)
 
     def _session_checked(
         self,
@@ -787,7 +799,7 @@ class ClientConnection(Endpoint):
             # own timeouts, and a failed try changed nothing: try again.
             self.probe_tries += 1
             backend.on_internal_done = self._session_checked
-            backend.send_internal(self.probe_text)
+            self._send_own(backend, self.probe_stmts)
             return
         if errors:
             log.warning(
@@ -819,7 +831,9 @@ class ClientConnection(Endpoint):
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
             backend.on_internal_done = self._settings_restored
-            backend.send_internal(UNTIMED + set_sql(restore))
+            self.probe_stmts = [*UNTIMED_STATEMENTS, set_sql(restore)]
+            self.probe_tries = 1
+            self._send_own(backend, self.probe_stmts)
             return
         self._session_known(backend)
 
@@ -845,6 +859,12 @@ class ClientConnection(Endpoint):
         rows: list[list[str | None]],
     ) -> None:
         if self.state != ClientState.PROBING or self.backend is not backend:
+            return
+        if errors and errors[0].get("C") in _TIMED_OUT and self.probe_tries < _PROBE_TRIES:
+            # Under the client's 1 ms timeouts until the first SET LOCAL has run: try again.
+            self.probe_tries += 1
+            backend.on_internal_done = self._settings_restored
+            self._send_own(backend, self.probe_stmts)
             return
         if errors:
             backend.close(DisconnectReason.RESET_FAILED)

@@ -85,8 +85,10 @@ _SEED = secrets.SystemRandom()
 
 # The proxy's own statements run in the client's session, under its statement_timeout and
 # lock_timeout: a client that sets them to 1 ms must not make a check fail (and lose its pinned
-# session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query.
-UNTIMED = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
+# session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query
+# (or of the one extended-protocol batch: see BackendConnection.send_internal_statements).
+UNTIMED_STATEMENTS = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
+UNTIMED = "; ".join(UNTIMED_STATEMENTS) + "; "
 
 
 def reset_settings_sql() -> str:
@@ -110,7 +112,30 @@ def probe_sql(
     hex_values: bool = False,
     untimed: bool = False,
 ) -> str:
-    """One query answering what the session holds.
+    """probe_statements as the text of one Query."""
+    return "; ".join(
+        probe_statements(
+            full=full,
+            pins=pins,
+            names=names,
+            statements=statements,
+            hex_values=hex_values,
+            untimed=untimed,
+        )
+    )
+
+
+def probe_statements(
+    *,
+    full: bool,
+    pins: bool,
+    names: Iterable[str] = (),
+    statements: bool = False,
+    hex_values: bool = False,
+    untimed: bool = False,
+) -> list[str]:
+    """The statements of one check answering what the session holds (one unless `untimed`),
+    to run in one transaction.
 
     full: every setting changed in the session ('s' rows, from pg_settings);
     names: these settings' current values ('n' rows; NULL when the server has no such setting);
@@ -132,13 +157,13 @@ def probe_sql(
         objects.append(_STATEMENTS)
     body = " UNION ALL ".join(settings + objects)
     if not untimed:
-        return body
+        return [body]
     # Everything runs with the timeouts off, except a first statement of microseconds that
     # reads the two timeouts themselves ('u' rows): under the SET LOCAL they read as 0 with a
     # 'session' source. A full read also gets their reset values ('w' rows, see read_probe).
     if full:
         body = f"{body} UNION ALL {_TIMEOUT_RESETS}"
-    return f"{_TIMEOUTS}; {UNTIMED}{body}"
+    return [_TIMEOUTS, *UNTIMED_STATEMENTS, body]
 
 
 @dataclass(frozen=True, slots=True)
