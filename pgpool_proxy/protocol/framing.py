@@ -575,6 +575,10 @@ class ClientScanner:
 
     def unnamed_query_ran(self) -> None:
         """The server ran a simple Query of the client's: it dropped the unnamed statement."""
+        if not self.rename:
+            # Without renaming, marks stay (see _unnamed_kept): those of an unnamed Parse sent
+            # after this Query, and scanned already, must not go.
+            return
         self.settle_unnamed()
         self.unnamed = None
         if not self.unnamed_fifo:

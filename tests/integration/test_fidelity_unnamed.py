@@ -369,6 +369,30 @@ async def test_session_mode_named_and_unnamed_mixed(
     await run_both(pg, start_proxy, scenario, session_mode(start_proxy), **STARTUP)
 
 
+async def test_session_mode_unnamed_parse_pipelined_behind_a_query(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Parse, Sync, a simple Query and an unnamed Parse of a RESET sent at once: the Query's
+    answer (which drops the unnamed statement before it) comes after the RESET's Parse was
+    seen, and must not make the proxy forget what that statement does when it runs."""
+
+    async def scenario(a: RawClient, b: RawClient) -> Outcome:
+        await a.simple_query("SET application_name = 'changed'")
+        a.send(
+            x.parse("", "SELECT 1")
+            + x.SYNC
+            + m.query("SELECT 2")
+            + x.parse("", "RESET application_name")
+            + x.SYNC
+        )
+        out: Outcome = [settled(await x.roundtrip(a)) for _ in range(3)]
+        out.append(settled(await x.roundtrip(a, x.bind(""), x.execute(), x.SYNC)))
+        out.append(await a.simple_query(READ_SESSION))
+        return out
+
+    await run_both(pg, start_proxy, scenario, session_mode(start_proxy), **STARTUP)
+
+
 def pg8000_session(host: str, port: int) -> Outcome:
     """pg8000's unnamed statements: `native.run` with parameters and dbapi's `commit()` send
     Parse+Sync, then Describe+Sync+Bind, then Execute+Sync."""

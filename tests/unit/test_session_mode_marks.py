@@ -138,3 +138,16 @@ def test_internal_batch_never_touches_the_unnamed_statement() -> None:
         b"SELECT 1",
         b"SELECT 'a;b'",
     ]
+
+
+def test_a_query_answered_after_a_later_unnamed_parse_was_scanned_leaves_its_marks() -> None:
+    """Replies come after the scan: the Query's ReadyForQuery (which drops the unnamed statement
+    of before it) must not drop the marks of the Parse sent after it."""
+    sc = scanner_after(
+        x.parse("", "SELECT 1") + x.SYNC + m.query("SELECT 2") + x.parse("", "RESET ALL") + x.SYNC,
+        10_000,
+    )
+    sc.unnamed_query_ran()
+    checked(sc)
+    feed(sc, x.bind("") + x.execute() + x.SYNC)
+    assert sc.dirty & SQL_FULL
