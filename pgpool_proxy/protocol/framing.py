@@ -334,10 +334,11 @@ class ClientScanner:
                     stop = min(pos + n, end)
                     q = buf.find(0, pos + 5, stop) + 1  # the query text follows the name
                     qend = buf.find(0, q, stop) if q else -1
+                    names = None
                     if q and qend >= 0:
                         flags = classify(buf, q, qend)
                         if flags:
-                            self.mark(flags, buf, q, qend)
+                            names = self.mark(flags, buf, q, qend)
                     else:
                         flags = SQL_ALL
                         self.dirty |= SQL_ALL
@@ -347,9 +348,9 @@ class ClientScanner:
                     else:
                         units.append(U_PARSE)
                         if n > 5 and buf[pos + 5] == 0:
-                            self._unnamed_kept(buf, flags, q, qend, first)
+                            self._unnamed_kept(flags, names, first)
                         elif flags and not self.opaque_binds:
-                            self._named_kept(buf, pos, flags, q, qend)
+                            self._named_kept(buf, pos, q, flags, names)
             elif t == F_SYNC:
                 self.pending += 1
                 self.unsynced = False
@@ -423,11 +424,15 @@ class ClientScanner:
             pos += n
         return pos
 
-    def mark(self, flags: int, buf: bytes | bytearray, start: int, end: int) -> None:
-        """Note the flags of the SQL text in buf[start:end], and the settings it names."""
+    def mark(self, flags: int, buf: bytes | bytearray, start: int, end: int) -> list[str] | None:
+        """Note the flags of the SQL text in buf[start:end], and the settings it names (returned,
+        when it may set any)."""
         self.dirty |= flags
         if flags & SQL_SETTINGS:
-            self.note_names(setting_names(buf, start, end))
+            names = setting_names(buf, start, end)
+            self.note_names(names)
+            return names
+        return None
 
     def _query_drops_unnamed(self) -> None:
         """A simple Query: PostgreSQL drops the unnamed statement when it runs one."""
@@ -470,7 +475,7 @@ class ClientScanner:
                 if kept[1]:
                     self.note_names(kept[1])
 
-    def _unnamed_kept(self, buf: bytearray, flags: int, q: int, qend: int, first: bool) -> None:
+    def _unnamed_kept(self, flags: int, names: list[str] | None, first: bool) -> None:
         """An unnamed Parse without renaming (session mode). The statement stays on this server
         connection through the proxy's own checks, so its flags mark each Bind of it: the check
         after the batch of its Parse ran before it did. Marking a check too many costs a check,
@@ -478,7 +483,6 @@ class ClientScanner:
         and a Parse the server may skip (an error earlier in its batch leaves the statement
         before it in place) adds its flags to those before it, where the first of a batch
         replaces them (it makes the statement, or fails and leaves none)."""
-        names = setting_names(buf, q, qend) if flags & SQL_SETTINGS and qend >= 0 else None
         if first:
             self.unnamed_flags = flags
             if names is not None or self.unnamed_names:
@@ -488,7 +492,9 @@ class ClientScanner:
             if names:
                 self.unnamed_names = _merged(self.unnamed_names, names)
 
-    def _named_kept(self, buf: bytearray, pos: int, flags: int, q: int, qend: int) -> None:
+    def _named_kept(
+        self, buf: bytearray, pos: int, q: int, flags: int, names: list[str] | None
+    ) -> None:
         """A named Parse without renaming (session mode) of a text that may change the session:
         as _unnamed_kept, by name. A name's flags only grow (a Parse of a name in use fails and
         leaves the statement there) and are never dropped (a Close may be skipped too); past
@@ -501,12 +507,11 @@ class ClientScanner:
             self.named_flags = None
             return
         name = bytes(buf[pos + 5 : q - 1])
-        names = setting_names(buf, q, qend) if flags & SQL_SETTINGS and qend >= 0 else []
         old = kept.get(name)
         if old is not None:
             flags |= old[0]
-            names = _merged(old[1], names)
-        kept[name] = (flags, names)
+            names = _merged(old[1], names or [])
+        kept[name] = (flags, names or [])
 
     def _unnamed_sent(
         self, buf: bytearray, pos: int, n: int, avail: int, flags: int, q: int, qend: int

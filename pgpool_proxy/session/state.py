@@ -85,10 +85,16 @@ _SEED = secrets.SystemRandom()
 
 # The proxy's own statements run in the client's session, under its statement_timeout and
 # lock_timeout: a client that sets them to 1 ms must not make a check fail (and lose its pinned
-# session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query
-# (or of the one extended-protocol batch: see BackendConnection.send_internal_statements).
-UNTIMED_STATEMENTS = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
-UNTIMED = "; ".join(UNTIMED_STATEMENTS) + "; "
+# session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query.
+UNTIMED = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
+# The same as a statement of a list (probe_statements) that may also run as one extended-protocol
+# batch (BackendConnection.send_internal_statements): outside a transaction block SET LOCAL draws
+# a WARNING in the server's log each time, set_config(..., true) does not. Its row has two
+# columns, which read_probe passes over.
+UNTIMED_STATEMENTS = (
+    "SELECT pg_catalog.set_config('statement_timeout', '0', true), "
+    "pg_catalog.set_config('lock_timeout', '0', true)",
+)
 
 
 def reset_settings_sql() -> str:

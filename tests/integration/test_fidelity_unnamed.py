@@ -20,6 +20,7 @@ import pg8000.native
 import pytest
 
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.session.state import probe_statements
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
@@ -431,6 +432,31 @@ async def test_session_mode_pg8000(pg: LocalPostgres, start_proxy: StartProxy) -
     proxy = session_mode(start_proxy)
     expected = await asyncio.to_thread(pg8000_session, pg.host, pg.port)
     assert await asyncio.to_thread(pg8000_session, proxy.host, proxy.port) == expected
+
+
+async def test_session_mode_check_batch_on_postgresql(pg: LocalPostgres) -> None:
+    """The check as the proxy sends it in session mode, straight to PostgreSQL after an unnamed
+    Parse: rows as from the simple Query, no warning (SET LOCAL outside a transaction block
+    would log one each time), the client's timeouts back after it, and the unnamed statement
+    and the client's own named one still there."""
+    c = await direct(pg)()
+    try:
+        await c.simple_query("SET statement_timeout = '7s'")
+        await x.roundtrip(
+            c, x.parse("", "SELECT 'kept'::text"), x.parse("mine", "SELECT 2"), x.SYNC
+        )
+        stmts = probe_statements(full=False, pins=True, names=["work_mem"], untimed=True)
+        r = await x.roundtrip(c, m.internal_batch(stmts))
+        assert "N" not in [t.decode() for t, _ in r.messages]
+        assert r.kinds[-1] == "Z:I" and not r.errors
+        assert [row[0] for row in r.rows if len(row) == 3] == ["u", "u", "n", "p"]
+        # Again: the proxy's statement was closed (a leftover would make its Parse fail).
+        assert not (await x.roundtrip(c, m.internal_batch(stmts))).errors
+        assert (await bind_run(c))[1] == [["kept"]]
+        assert (await x.roundtrip(c, x.bind("mine"), x.execute(), x.SYNC)).rows == [["2"]]
+        assert await c.simple_query("SHOW statement_timeout") == [["7s"]]
+    finally:
+        await c.close()
 
 
 async def patiently(a: RawClient, *msgs: bytes) -> tuple[list[str], list[list[str | None]]]:
