@@ -861,7 +861,7 @@ class ClientConnection(Endpoint):
         if self.state != ClientState.PROBING or self.backend is not backend:
             return
         if errors and errors[0].get("C") in _TIMED_OUT and self.probe_tries < _PROBE_TRIES:
-            # Under the client's 1 ms timeouts until the first SET LOCAL has run: try again.
+            # Cancelled under the client's own timeouts before they were turned off: try again.
             self.probe_tries += 1
             backend.on_internal_done = self._settings_restored
             self._send_own(backend, self.probe_stmts)
