@@ -348,7 +348,8 @@ class ClientScanner:
                     else:
                         units.append(U_PARSE)
                         if n > 5 and buf[pos + 5] == 0:
-                            self._unnamed_kept(flags, names, first)
+                            if flags or (first and self.unnamed_flags):
+                                self._unnamed_kept(flags, names, first)
                         elif flags and not self.opaque_binds:
                             self._named_kept(buf, pos, q, flags, names)
             elif t == F_SYNC:
