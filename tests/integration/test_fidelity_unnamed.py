@@ -7,6 +7,10 @@ driver may Parse it in one batch and Bind it in the next (asyncpg without a stat
 this for introspection). Each scenario runs the same message sequence on two direct connections
 and through the proxy, and the replies must be equal: in particular a client never runs the
 unnamed statement another client parsed.
+
+In session mode (the tests at the end) the client keeps its server connection, and its unnamed
+statement must outlive the proxy's own statements there: the session check after a transaction
+that may have changed the session, and the restore of a startup setting the client reset.
 """
 
 from __future__ import annotations
