@@ -67,6 +67,7 @@ from .state import (
     ALWAYS_READ,
     MAX_READ,
     UNTIMED,
+    UNTIMED_EXTENDED,
     UNTIMED_STATEMENTS,
     SessionState,
     probe_statements,
@@ -769,9 +770,13 @@ class ClientConnection(Endpoint):
             # Opaque code may run DEALLOCATE too (EXECUTE in a DO block).
             statements=bool(flags & (SQL_DEALLOCATE | SQL_OPAQUE)) and sc.rename,
             hex_values=self.probe_hex,
-            untimed=True,
+            untimed=self._untimed(),
         )
         self._send_own(backend, self.probe_stmts)
+
+    def _untimed(self) -> tuple[str, ...]:
+        """The statements that turn the client's timeouts off for the proxy's (see _send_own)."""
+        return UNTIMED_STATEMENTS if self.release_on_idle else UNTIMED_EXTENDED
 
     def _send_own(self, backend: BackendConnection, statements: list[str]) -> None:
         """Run the proxy's own statements on the linked server connection, between two of the
@@ -831,7 +836,7 @@ class ClientConnection(Endpoint):
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
             backend.on_internal_done = self._settings_restored
-            self.probe_stmts = [*UNTIMED_STATEMENTS, set_sql(restore)]
+            self.probe_stmts = [*self._untimed(), set_sql(restore)]
             self.probe_tries = 1
             self._send_own(backend, self.probe_stmts)
             return

@@ -24,7 +24,7 @@ import pg8000.native
 import pytest
 
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.session.state import probe_statements
+from pgpool_proxy.session.state import UNTIMED_EXTENDED, probe_statements
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
@@ -449,7 +449,9 @@ async def test_session_mode_check_batch_on_postgresql(pg: LocalPostgres) -> None
         await x.roundtrip(
             c, x.parse("", "SELECT 'kept'::text"), x.parse("mine", "SELECT 2"), x.SYNC
         )
-        stmts = probe_statements(full=False, pins=True, names=["work_mem"], untimed=True)
+        stmts = probe_statements(
+            full=False, pins=True, names=["work_mem"], untimed=UNTIMED_EXTENDED
+        )
         r = await x.roundtrip(c, m.internal_batch(stmts))
         assert "N" not in [t.decode() for t, _ in r.messages]
         assert r.kinds[-1] == "Z:I" and not r.errors
