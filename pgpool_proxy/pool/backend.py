@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..auth.md5 import md5_response
@@ -584,6 +584,14 @@ class BackendConnection(Endpoint):
         self.internal_pending += 1
         self.scanner.internal = True
         self.transport.write(m.query(sql))
+
+    def send_internal_statements(self, statements: Sequence[str]) -> None:
+        """As send_internal, in extended protocol (messages.internal_batch): the session's
+        unnamed statement, a session-mode client's own, stays as it is."""
+        assert self.transport is not None
+        self.internal_pending += 1
+        self.scanner.internal = True
+        self.transport.write(m.internal_batch(statements))
 
     def _internal_finished(self) -> None:
         self.scanner.internal = False

@@ -54,6 +54,8 @@ MAX_BACKEND_FRAME = 0x40000000
 # How much of a client message is buffered to look into it (query text, statement names); a
 # longer Query is classified by its first part only.
 INSPECT_LIMIT = 1024 * 1024
+# Named statements whose flags one client's scanner keeps without renaming (see _named_kept).
+MAX_KEPT = 256
 
 # ClientScanner.event values.
 CEV_NONE = 0  # consumed everything available (possibly mid-frame)
@@ -194,6 +196,7 @@ class ClientScanner:
         "dirty",
         "event",
         "max_len",
+        "named_flags",
         "names",
         "need",
         "opaque_binds",
@@ -259,6 +262,10 @@ class ClientScanner:
         self.unnamed_here = True
         self.unnamed_drops = 0
         self.parse_flags = 0
+        # Without renaming (session mode): the flags and setting names of the client's named
+        # statements whose text may change the session, by name (see _named_kept).
+        # None until the first (most clients never have one).
+        self.named_flags: dict[bytes, tuple[int, list[str]]] | None = None
 
     def reset(self) -> None:
         self.pending = 0
@@ -316,6 +323,8 @@ class ClientScanner:
                 else:
                     if not units and self.pending:
                         self._track_pending()
+                    # First in its batch: no earlier error can make the server skip it.
+                    first = not self.unsynced
                     self.unsynced = True
                     if self.rename and n > 5 and buf[pos + 5]:
                         if avail < n:  # a named statement is kept whole, however long
@@ -327,10 +336,11 @@ class ClientScanner:
                     stop = min(pos + n, end)
                     q = buf.find(0, pos + 5, stop) + 1  # the query text follows the name
                     qend = buf.find(0, q, stop) if q else -1
+                    names = None
                     if q and qend >= 0:
                         flags = classify(buf, q, qend)
                         if flags:
-                            self.mark(flags, buf, q, qend)
+                            names = self.mark(flags, buf, q, qend)
                     else:
                         flags = SQL_ALL
                         self.dirty |= SQL_ALL
@@ -339,6 +349,11 @@ class ClientScanner:
                         units.append(U_UPARSE)
                     else:
                         units.append(U_PARSE)
+                        if n > 5 and buf[pos + 5] == 0:
+                            if flags or (first and self.unnamed_flags):
+                                self._unnamed_kept(flags, names, first)
+                        elif flags and not self.opaque_binds:
+                            self._named_kept(buf, pos, q, flags, names)
             elif t == F_SYNC:
                 self.pending += 1
                 self.unsynced = False
@@ -374,11 +389,8 @@ class ClientScanner:
                         self.unsynced = True
                         self.event = CEV_INSPECT
                         return pos
-                elif self.opaque_binds and t == F_BIND:
-                    stop = min(pos + n, end)
-                    p1 = buf.find(0, pos + 5, stop)
-                    if p1 < 0 or p1 + 1 >= stop or buf[p1 + 1] != 0:
-                        self.dirty |= SQL_ALL
+                elif t == F_BIND and (self.opaque_binds or self.unnamed_flags or self.named_flags):
+                    self._bind_marks(buf, pos, min(pos + n, end))
                 if not units and self.pending:
                     self._track_pending()
                 self.unsynced = True
@@ -416,11 +428,15 @@ class ClientScanner:
             pos += n
         return pos
 
-    def mark(self, flags: int, buf: bytes | bytearray, start: int, end: int) -> None:
-        """Note the flags of the SQL text in buf[start:end], and the settings it names."""
+    def mark(self, flags: int, buf: bytes | bytearray, start: int, end: int) -> list[str] | None:
+        """Note the flags of the SQL text in buf[start:end], and the settings it names (returned,
+        when it may set any)."""
         self.dirty |= flags
         if flags & SQL_SETTINGS:
-            self.note_names(setting_names(buf, start, end))
+            names = setting_names(buf, start, end)
+            self.note_names(names)
+            return names
+        return None
 
     def _query_drops_unnamed(self) -> None:
         """A simple Query: PostgreSQL drops the unnamed statement when it runs one."""
@@ -439,6 +455,67 @@ class ClientScanner:
         self.unnamed_names = []
         self.unnamed_here = True
         self.unnamed_drops += 1
+
+    def _bind_marks(self, buf: bytearray, pos: int, stop: int) -> None:
+        """Without renaming: what a Bind runs may change the session (see _unnamed_kept)."""
+        p1 = buf.find(0, pos + 5, stop)  # the end of the portal name
+        p2 = buf.find(0, p1 + 1, stop) if p1 >= 0 else -1
+        if p2 < 0:
+            # The statement's name is not all here: whichever it is.
+            self.dirty |= SQL_ALL if self.opaque_binds or self.named_flags else self.unnamed_flags
+            if self.unnamed_names:
+                self.note_names(self.unnamed_names)
+        elif p2 == p1 + 1:
+            if self.unnamed_flags:
+                self.dirty |= self.unnamed_flags
+                if self.unnamed_names:
+                    self.note_names(self.unnamed_names)
+        elif self.opaque_binds:
+            self.dirty |= SQL_ALL
+        elif self.named_flags:
+            kept = self.named_flags.get(bytes(buf[p1 + 1 : p2]))
+            if kept is not None:
+                self.dirty |= kept[0]
+                if kept[1]:
+                    self.note_names(kept[1])
+
+    def _unnamed_kept(self, flags: int, names: list[str] | None, first: bool) -> None:
+        """An unnamed Parse without renaming (session mode). The statement stays on this server
+        connection through the proxy's own checks, so its flags mark each Bind of it: the check
+        after the batch of its Parse ran before it did. Marking a check too many costs a check,
+        never a wrong answer; so the flags stay after a Close or a Query (a Bind then fails),
+        and a Parse the server may skip (an error earlier in its batch leaves the statement
+        before it in place) adds its flags to those before it, where the first of a batch
+        replaces them (it makes the statement, or fails and leaves none)."""
+        if first:
+            self.unnamed_flags = flags
+            if names is not None or self.unnamed_names:
+                self.unnamed_names = names or []
+        else:
+            self.unnamed_flags |= flags
+            if names:
+                self.unnamed_names = _merged(self.unnamed_names, names)
+
+    def _named_kept(
+        self, buf: bytearray, pos: int, q: int, flags: int, names: list[str] | None
+    ) -> None:
+        """A named Parse without renaming (session mode) of a text that may change the session:
+        as _unnamed_kept, by name. A name's flags only grow (a Parse of a name in use fails and
+        leaves the statement there) and are never dropped (a Close may be skipped too); past
+        MAX_KEPT names, or a name too long to read here, every named Bind marks SQL_ALL."""
+        kept = self.named_flags
+        if kept is None:
+            kept = self.named_flags = {}
+        if not q or (len(kept) >= MAX_KEPT and bytes(buf[pos + 5 : q - 1]) not in kept):
+            self.opaque_binds = True
+            self.named_flags = None
+            return
+        name = bytes(buf[pos + 5 : q - 1])
+        old = kept.get(name)
+        if old is not None:
+            flags |= old[0]
+            names = _merged(old[1], names or [])
+        kept[name] = (flags, names or [])
 
     def _unnamed_sent(
         self, buf: bytearray, pos: int, n: int, avail: int, flags: int, q: int, qend: int
@@ -507,6 +584,10 @@ class ClientScanner:
 
     def unnamed_query_ran(self) -> None:
         """The server ran a simple Query of the client's: it dropped the unnamed statement."""
+        if not self.rename:
+            # Without renaming, marks stay (see _unnamed_kept): those of an unnamed Parse sent
+            # after this Query, and scanned already, must not go.
+            return
         self.settle_unnamed()
         self.unnamed = None
         if not self.unnamed_fifo:
@@ -538,6 +619,12 @@ class ClientScanner:
         self.event = CEV_NEED
         self.need = min(n, INSPECT_LIMIT)
         return pos
+
+
+def _merged(have: list[str], new: list[str]) -> list[str]:
+    """Setting names of several statements, each once; at most MAX_NAMES (note_names then
+    marks SQL_ALL), however many statements add to them."""
+    return list(dict.fromkeys([*have, *new]))[:MAX_NAMES]
 
 
 def peek_type(buf: bytearray, pos: int, end: int, max_len: int) -> int:

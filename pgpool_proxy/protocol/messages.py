@@ -167,6 +167,31 @@ def query(sql: str) -> bytes:
     return frame(b"Q", cstr(sql))
 
 
+# The name of the proxy's own prepared statement (see internal_batch), one no driver makes up.
+INTERNAL_STATEMENT = b"pgpool-proxy: own statement"
+_CLOSE_INTERNAL = frame(b"C", b"S" + INTERNAL_STATEMENT + b"\0")
+# The unnamed portal, no parameters, every column as text.
+_BIND_INTERNAL = frame(b"B", b"\0" + INTERNAL_STATEMENT + b"\0" + b"\0\0" * 3)
+_EXECUTE_ALL = frame(b"E", b"\0" + INT32.pack(0))
+_SYNC = frame(b"S")
+
+
+def internal_batch(statements: Iterable[str]) -> bytes:
+    """The statements as one extended-protocol batch that leaves the session's unnamed
+    statement alone (any simple Query drops it): each is parsed as the proxy's own named
+    statement, run in the unnamed portal and closed. Until the Sync they run in one implicit
+    transaction, as a simple Query's list does, and an error skips the rest; the first Close
+    removes what a failed batch left."""
+    parts = [_CLOSE_INTERNAL]
+    for sql in statements:
+        parts.append(frame(b"P", INTERNAL_STATEMENT + b"\0" + cstr(sql) + b"\0\0"))
+        parts.append(_BIND_INTERNAL)
+        parts.append(_EXECUTE_ALL)
+        parts.append(_CLOSE_INTERNAL)
+    parts.append(_SYNC)
+    return b"".join(parts)
+
+
 def password_message(password: str) -> bytes:
     return frame(b"p", cstr(password))
 

@@ -74,8 +74,10 @@ from .state import (
     ALWAYS_READ,
     MAX_READ,
     UNTIMED,
+    UNTIMED_EXTENDED,
+    UNTIMED_STATEMENTS,
     SessionState,
-    probe_sql,
+    probe_statements,
     read_probe,
     reset_identity_sql,
     reset_settings_sql,
@@ -157,7 +159,7 @@ class ClientConnection(Endpoint):
         "probe_flags",
         "probe_hex",
         "probe_names",
-        "probe_text",
+        "probe_stmts",
         "probe_tries",
         "release_on_idle",
         "scanner",
@@ -200,7 +202,7 @@ class ClientConnection(Endpoint):
         self.probe_flags = 0
         self.probe_names: list[str] = []
         self.probe_hex = False
-        self.probe_text = ""
+        self.probe_stmts: list[str] = []
         self.probe_tries = 0
         # The client's search_path puts another schema before pg_catalog: an operator or
         # function name in any statement may run the client's own code (see _link).
@@ -848,16 +850,31 @@ class ClientConnection(Endpoint):
         self.probe_hex = self.params.get("client_encoding", "UTF8").upper() != "UTF8"
         backend.on_internal_done = self._session_checked
         self.probe_tries = 1
-        self.probe_text = probe_sql(
+        self.probe_stmts = probe_statements(
             full=full,
             pins=bool(flags & (SQL_PINS | SQL_OPAQUE)) or self.pinned,
             names=names,
             # Opaque code may run DEALLOCATE too (EXECUTE in a DO block).
             statements=bool(flags & (SQL_DEALLOCATE | SQL_OPAQUE)) and sc.rename,
             hex_values=self.probe_hex,
-            untimed=True,
+            untimed=self._untimed(),
         )
-        backend.send_internal(self.probe_text)
+        self._send_own(backend, self.probe_stmts)
+
+    def _untimed(self) -> tuple[str, ...]:
+        """The statements that turn the client's timeouts off for the proxy's (see _send_own)."""
+        return UNTIMED_STATEMENTS if self.release_on_idle else UNTIMED_EXTENDED
+
+    def _send_own(self, backend: BackendConnection, statements: list[str]) -> None:
+        """Run the proxy's own statements on the linked server connection, between two of the
+        client's transactions. In session mode the client's unnamed statement lives there and
+        must outlive them (a driver may Parse it before the check and Bind it after), so they
+        go in extended protocol; in transaction mode a simple Query, and the client's unnamed
+        statement is given again before its next use (see _unnamed_ready)."""
+        if self.release_on_idle:
+            backend.send_internal("; ".join(statements))
+        else:
+            backend.send_internal_statements(statements)
 
     def _session_checked(
         self,
@@ -874,7 +891,7 @@ class ClientConnection(Endpoint):
             # own timeouts, and a failed try changed nothing: try again.
             self.probe_tries += 1
             backend.on_internal_done = self._session_checked
-            backend.send_internal(self.probe_text)
+            self._send_own(backend, self.probe_stmts)
             return
         if errors:
             log.warning(
@@ -906,7 +923,9 @@ class ClientConnection(Endpoint):
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
             backend.on_internal_done = self._settings_restored
-            backend.send_internal(UNTIMED + set_sql(restore))
+            self.probe_stmts = [*self._untimed(), set_sql(restore)]
+            self.probe_tries = 1
+            self._send_own(backend, self.probe_stmts)
             return
         self._session_known(backend)
 
@@ -932,6 +951,12 @@ class ClientConnection(Endpoint):
         rows: list[list[str | None]],
     ) -> None:
         if self.state != ClientState.PROBING or self.backend is not backend:
+            return
+        if errors and errors[0].get("C") in _TIMED_OUT and self.probe_tries < _PROBE_TRIES:
+            # Cancelled under the client's own timeouts before they were turned off: try again.
+            self.probe_tries += 1
+            backend.on_internal_done = self._settings_restored
+            self._send_own(backend, self.probe_stmts)
             return
         if errors:
             backend.close(DisconnectReason.RESET_FAILED)

@@ -18,7 +18,7 @@ path. tests/integration/test_session_isolation.py runs the probe under such a sc
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..protocol.messages import quote_ident, quote_literal
@@ -86,7 +86,15 @@ _SEED = secrets.SystemRandom()
 # The proxy's own statements run in the client's session, under its statement_timeout and
 # lock_timeout: a client that sets them to 1 ms must not make a check fail (and lose its pinned
 # session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query.
-UNTIMED = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0; "
+UNTIMED_STATEMENTS = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
+UNTIMED = "; ".join(UNTIMED_STATEMENTS) + "; "
+# The same in an extended-protocol batch (BackendConnection.send_internal_statements), which is
+# no transaction block: there SET LOCAL draws a WARNING in the server's log each time, and
+# set_config(..., true) does not. Its row has two columns, which read_probe passes over.
+UNTIMED_EXTENDED = (
+    "SELECT pg_catalog.set_config('statement_timeout', '0', true), "
+    "pg_catalog.set_config('lock_timeout', '0', true)",
+)
 
 
 def reset_settings_sql() -> str:
@@ -110,7 +118,30 @@ def probe_sql(
     hex_values: bool = False,
     untimed: bool = False,
 ) -> str:
-    """One query answering what the session holds.
+    """probe_statements as the text of one Query."""
+    return "; ".join(
+        probe_statements(
+            full=full,
+            pins=pins,
+            names=names,
+            statements=statements,
+            hex_values=hex_values,
+            untimed=UNTIMED_STATEMENTS if untimed else (),
+        )
+    )
+
+
+def probe_statements(
+    *,
+    full: bool,
+    pins: bool,
+    names: Iterable[str] = (),
+    statements: bool = False,
+    hex_values: bool = False,
+    untimed: Sequence[str] = (),
+) -> list[str]:
+    """The statements of one check answering what the session holds (one unless `untimed`),
+    to run in one transaction.
 
     full: every setting changed in the session ('s' rows, from pg_settings);
     names: these settings' current values ('n' rows; NULL when the server has no such setting);
@@ -118,8 +149,9 @@ def probe_sql(
     statements: the protocol-level prepared statements the session holds ('x' rows);
     hex_values: values as the hex of their UTF-8 bytes, for a session whose client_encoding is
     not UTF8 (the server would send them converted to it; see read_probe);
-    untimed: count objects with statement_timeout and lock_timeout off (see UNTIMED), which
-    makes it several statements.
+    untimed: statements turning statement_timeout and lock_timeout off for the rest of the
+    transaction (UNTIMED_STATEMENTS, UNTIMED_EXTENDED), to count objects after them; this makes
+    it several statements.
     """
     wrap = _HEX if hex_values else "{}"
     settings = [_SETTINGS.replace("{value}", wrap.format("setting"))] if full else []
@@ -132,13 +164,13 @@ def probe_sql(
         objects.append(_STATEMENTS)
     body = " UNION ALL ".join(settings + objects)
     if not untimed:
-        return body
+        return [body]
     # Everything runs with the timeouts off, except a first statement of microseconds that
     # reads the two timeouts themselves ('u' rows): under the SET LOCAL they read as 0 with a
     # 'session' source. A full read also gets their reset values ('w' rows, see read_probe).
     if full:
         body = f"{body} UNION ALL {_TIMEOUT_RESETS}"
-    return f"{_TIMEOUTS}; {UNTIMED}{body}"
+    return [_TIMEOUTS, *untimed, body]
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,16 @@ CACHE_DIR = Path(
 
 FULL = os.environ.get("PGPOOL_OUTSIDE_FULL", "") not in ("", "0")
 
+# The proxy's pool mode for the proxied runs: transaction (the default) or session. Each mode
+# has its own list of expected differences (see Expected.load).
+MODES = ("transaction", "session")
+MODE = os.environ.get("PGPOOL_OUTSIDE_MODE", "") or "transaction"
+if MODE not in MODES:
+    raise ValueError(f"PGPOOL_OUTSIDE_MODE={MODE!r}: expected one of {', '.join(MODES)}")
+# In session mode every client holds a server connection until it leaves: the pool must hold
+# the background load's clients and every connection a suite opens at once.
+SESSION_POOL_SIZE = 60
+
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 
@@ -257,8 +267,12 @@ class Expected:
         return bool(self.known_bug) and any(s in message for s in self.known_bug_signs)
 
     @classmethod
-    def load(cls, suite: str, path: Path = EXPECTED_FILE) -> Expected:
+    def load(cls, suite: str, path: Path = EXPECTED_FILE, mode: str = "transaction") -> Expected:
+        """[SUITE] for transaction mode, [SUITE.MODE] for another mode: what differs depends
+        on the mode, and an entry must not hide a difference in a mode it was not seen in."""
         data = tomllib.loads(path.read_text(encoding="utf-8")).get(suite, {})
+        if mode != "transaction":
+            data = data.get(mode, {})
         reasons: dict[str, str] = {}
         for test_id, reason in data.get("tests", {}).items():
             if not isinstance(reason, str) or not reason.strip():
@@ -395,13 +409,15 @@ class OutsideServer:
         self.tls = tls
         self.proxy_cert = tls.issue("proxy", ["127.0.0.1", "localhost"])
 
-    def proxy(self, databases: list[str], pool_size: int = 3, **sections: Any) -> ProxyThread:
-        """A transaction-mode proxy in front of the server for `databases`, user postgres, TLS
-        offered to clients (the suites test their TLS paths too)."""
+    def proxy(
+        self, databases: list[str], pool_size: int = 3, mode: str = "transaction", **sections: Any
+    ) -> ProxyThread:
+        """A proxy in `mode` in front of the server for `databases`, user postgres, TLS offered
+        to clients (the suites test their TLS paths too)."""
         data: dict[str, Any] = {
             "proxy": {
                 "listen": "127.0.0.1:0",
-                "pool_mode": "transaction",
+                "pool_mode": mode,
                 "client_login_timeout_s": 10,
             },
             "pool": {"default_pool_size": pool_size, "query_wait_timeout_s": 60},
@@ -449,7 +465,7 @@ def run_both(
     except FetchError as exc:
         pytest.skip(f"{suite}: cannot fetch its test suite ({exc})")
     cwd = suite_dir(root) if suite_dir else root
-    expected = Expected.load(suite)
+    expected = Expected.load(suite, mode=MODE)
 
     if setup is not None:
         setup()
@@ -468,7 +484,10 @@ def run_both(
 
     if setup is not None:
         setup()
-    proxy = server.proxy(databases)
+    if MODE == "session":
+        proxy = server.proxy(databases, pool_size=SESSION_POOL_SIZE, mode=MODE)
+    else:
+        proxy = server.proxy(databases, mode=MODE)
     try:
         load_dsn = (
             f"postgresql://{SUPERUSER}:{SUPERUSER_PASSWORD}@{proxy.host}:{proxy.port}/"
@@ -490,6 +509,7 @@ def run_both(
 
     result = compare(direct, proxied, expected)
     report = result.report(direct, proxied)
+    report += f"\nproxy in {MODE} mode"
     report += f"\nbackground load: {load.transactions} transactions, errors: {load.errors}"
     print(report)
     (tmp_path / "report.txt").write_text(report)

@@ -8,6 +8,7 @@ from pathlib import Path
 from .harness import (
     EXPECTED_FILE,
     FAILED,
+    MODES,
     PASSED,
     SKIPPED,
     Expected,
@@ -18,9 +19,22 @@ from .harness import (
 
 
 def test_expected_differences_file_parses_and_every_entry_has_a_reason() -> None:
-    for suite in ("pg8000", "psycopg2"):
-        expected = Expected.load(suite, EXPECTED_FILE)
-        assert all(r.strip() for r in expected.reasons.values())
+    for suite in ("pg8000", "psycopg2", "asyncpg"):
+        for mode in MODES:
+            expected = Expected.load(suite, EXPECTED_FILE, mode)
+            assert all(r.strip() for r in expected.reasons.values())
+
+
+def test_each_mode_has_its_own_expected_differences(tmp_path: Path) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(
+        '[s]\nknown_bug = "bug"\nknown_bug_signs = ["x"]\n[s.tests]\n"t::a" = "pooling"\n'
+        '[s.session.tests]\n"t::b" = "session"\n'
+    )
+    tx = Expected.load("s", path)
+    assert tx.reasons == {"t::a": "pooling"} and tx.known_bug == "bug"
+    session = Expected.load("s", path, "session")
+    assert session.reasons == {"t::b": "session"} and not session.known_bug
 
 
 def test_expected_entry_without_reason_is_refused(tmp_path: Path) -> None:
