@@ -1020,7 +1020,10 @@ def test_backend_action_head_stops_at_any_unit_stop_type() -> None:
     sc = BackendScanner()
     sc.units = deque([Action(A_USE, U_BIND, stmt), U_Z])
     buf = bytearray(PARAM_DESC + NO_DATA + BIND_OK)
-    assert sc.scan(buf, 0, len(buf)) == len(PARAM_DESC)
+    # A ParameterDescription stops it too (the proxy's own Describe drops it: U_PARAMS).
+    assert sc.scan(buf, 0, len(buf)) == 0
+    assert sc.event == EV_UNIT
+    assert sc.scan(buf, len(PARAM_DESC), len(buf)) == len(PARAM_DESC)
     assert sc.event == EV_UNIT
     assert len(sc.units) == 2
 
