@@ -24,6 +24,7 @@ from .constants import (
     F_COPY_FAIL,
     F_DESCRIBE,
     F_EXECUTE,
+    F_FLUSH,
     F_FUNCTION_CALL,
     F_PARSE,
     F_QUERY,
@@ -405,8 +406,10 @@ class ClientScanner:
                     # Those Syncs earn no ReadyForQuery: they are the newest units.
                     for _ in range(min(ignored, len(units))):
                         units.pop()
-            elif t != F_COPY_DATA:
-                self.unsynced = True  # Flush, or a type PostgreSQL will refuse
+            elif t != F_COPY_DATA and t != F_FLUSH:
+                # A Flush creates no server state: after a Sync (psycopg's pipeline mode ends
+                # with Sync+Flush) the backend is free at ReadyForQuery, not at the next Sync.
+                self.unsynced = True  # a type PostgreSQL will refuse
             if end - pos < n:
                 self.skip = n - (end - pos)
                 return end
