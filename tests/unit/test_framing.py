@@ -80,6 +80,9 @@ def test_client_scanner_flush_after_sync_does_not_unsync() -> None:
     assert sc.pending == 1 and not sc.unsynced
     sc2, _ = feed_client(SIMPLE + m.frame(b"H") + m.frame(b"H"), 1)
     assert sc2.pending == 1 and not sc2.unsynced
+    # A Flush with a body: PostgreSQL errors and skips everything up to the next Sync.
+    sc3, _ = feed_client(SIMPLE + m.frame(b"H", b"x"), 1)
+    assert sc3.unsynced
 
 
 def test_client_scanner_copy_data_does_not_unsync() -> None:
