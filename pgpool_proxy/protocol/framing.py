@@ -24,6 +24,7 @@ from .constants import (
     F_COPY_FAIL,
     F_DESCRIBE,
     F_EXECUTE,
+    F_FLUSH,
     F_FUNCTION_CALL,
     F_PARSE,
     F_QUERY,
@@ -420,8 +421,12 @@ class ClientScanner:
                     # Those Syncs earn no ReadyForQuery: they are the newest units.
                     for _ in range(min(ignored, len(units))):
                         units.pop()
-            elif t != F_COPY_DATA:
-                self.unsynced = True  # Flush, or a type PostgreSQL will refuse
+            elif t != F_COPY_DATA and (t != F_FLUSH or n != 5):
+                # A Flush creates no server state: after a Sync (psycopg's pipeline mode ends
+                # with Sync+Flush) the backend is free at ReadyForQuery, not at the next Sync.
+                # One with a body is a protocol error, which leaves the server skipping
+                # everything up to a Sync, as does a type PostgreSQL refuses.
+                self.unsynced = True
             if end - pos < n:
                 self.skip = n - (end - pos)
                 return end

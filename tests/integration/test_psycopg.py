@@ -168,3 +168,25 @@ def test_psycopg_pipeline(pg: LocalPostgres, start_proxy: StartProxy, mode: str)
         assert ids == [str(i) for i in expected]
     finally:
         pg.psql(f"DROP TABLE IF EXISTS {t}", dbname="app")
+
+
+def test_psycopg_pipeline_releases_server_connection_at_transaction_end(
+    start_proxy: StartProxy,
+) -> None:
+    """psycopg's pipeline mode (and executemany, which uses it) ends with Sync then Flush: the
+    Flush left the client marked as mid-batch, so it kept its server connection while idle, and
+    a pool of one was lost to everyone else until its next Sync (SQLAlchemy's suite through the
+    proxy: docs/outside-suites.md)."""
+    proxy = start(start_proxy, "transaction", size=1, pool={"query_wait_timeout_s": 5})
+    with pconnect(proxy, "transaction") as conn, pconnect(proxy, "transaction") as other:
+        with conn.pipeline():
+            conn.execute("select %s::int", (1,))
+            conn.execute("select %s::int", (2,))
+        conn.commit()
+        conn.cursor().executemany("select %s::int", [(3,), (4,)])
+        conn.rollback()
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        # Waits at most query_wait_timeout_s (then 57014) if conn still holds the only server.
+        assert other.execute("select 42").fetchone() == (42,)
+        other.rollback()
+        assert conn.execute("select 43").fetchone() == (43,)

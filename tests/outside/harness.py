@@ -155,6 +155,18 @@ class SuiteRun:
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes.values() if o == outcome)
 
+    def renamed(self, rename: Callable[[str], str]) -> SuiteRun:
+        """The same run with every test id passed through rename (ids that embed something
+        other than the test, e.g. the server version, compared and listed without it)."""
+        return SuiteRun(
+            self.label,
+            {rename(t): o for t, o in self.outcomes.items()},
+            {rename(t): m for t, m in self.messages.items()},
+            self.seconds,
+            self.returncode,
+            self.output,
+        )
+
     def summary(self) -> str:
         return (
             f"{self.label}: {self.count(PASSED)} passed, {self.count(FAILED)} failed, "
@@ -201,7 +213,7 @@ def run_pytest(
 ) -> SuiteRun:
     """`python -m pytest OPTIONS PATHS` in cwd, env added to a clean environment, outcomes
     recorded by pgpool_outside_plugin. A run that exits on a hung test is continued in a new
-    process with the tests not yet recorded (a hung test counts as failed)."""
+    process that skips the tests already recorded (a hung test counts as failed)."""
     work.mkdir(parents=True, exist_ok=True)
     results = work / f"{label.replace(' ', '-')}.jsonl"
     results.unlink(missing_ok=True)
@@ -213,20 +225,21 @@ def run_pytest(
         p for p in (env.get("PYTHONPATH"), str(PLUGIN_DIR)) if p
     )
     full_env["PGPOOL_OUTSIDE_RESULTS"] = str(results)
+    done_file = work / f"{label.replace(' ', '-')}.done.json"
+    full_env.pop("PGPOOL_OUTSIDE_DONE", None)
     full_env["PGPOOL_OUTSIDE_TEST_TIMEOUT_S"] = str(test_timeout_s)
     full_env["PGPOOL_OUTSIDE_IO_TIMEOUT_S"] = str(io_timeout_s)
     base = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:timeout"]
     base += ["-p", "pgpool_outside_plugin", "-q", "-rN", "--no-header"]
     start = time.monotonic()
     output = ""
-    targets = list(paths)
     while True:
         remaining = timeout_s - (time.monotonic() - start)
         if remaining <= 0:
             raise AssertionError(f"{label}: suite did not finish in {timeout_s}s")
         try:
             proc = subprocess.run(
-                [*base, *options, *targets],
+                [*base, *options, *paths],
                 cwd=cwd,
                 env=full_env,
                 stdin=subprocess.DEVNULL,
@@ -241,7 +254,8 @@ def run_pytest(
         left = [t for t in collected if t not in outcomes]
         if not left or proc.returncode != HUNG_EXIT:
             break
-        targets = left
+        done_file.write_text(json.dumps(sorted(outcomes)), encoding="utf-8")
+        full_env["PGPOOL_OUTSIDE_DONE"] = str(done_file)
     seconds = time.monotonic() - start
     if not outcomes:
         raise AssertionError(f"{label}: no test ran (exit {proc.returncode}):\n{output[-5000:]}")
@@ -472,17 +486,20 @@ def run_both(
     databases: list[str],
     load_database: str,
     paths: Sequence[str],
-    options: Sequence[str] = (),
+    options: Sequence[str] | Callable[[str, int], Sequence[str]] = (),
     env: Callable[[str, int], dict[str, str]],
     tmp_path: Path,
     setup: Callable[[], None] | None = None,
     suite_dir: Callable[[Path], Path] | None = None,
     timeout_s: float = 1800,
     test_timeout_s: float = 60,
+    normalize_id: Callable[[str], str] | None = None,
 ) -> Comparison:
     """Run the suite directly, then through a fresh proxy under background load; fail on any
     test that passed directly and not through the proxy, unless expected_differences.toml
-    lists it. Skips when the package cannot be fetched."""
+    lists it. Skips when the package cannot be fetched. options and env may depend on the
+    server's host and port (a suite that takes its database URL on the command line);
+    normalize_id maps test ids before they are compared and looked up in the list."""
     try:
         root = fetch_sdist(*sdist)
     except FetchError as exc:
@@ -490,13 +507,16 @@ def run_both(
     cwd = suite_dir(root) if suite_dir else root
     expected = Expected.load(suite, mode=MODE)
 
+    def options_for(host: str, port: int) -> list[str]:
+        return list(options(host, port) if callable(options) else options)
+
     if setup is not None:
         setup()
     direct = run_pytest(
         f"{suite} direct",
         cwd,
         paths,
-        options,
+        options_for(server.pg.host, server.pg.port),
         env(server.pg.host, server.pg.port),
         tmp_path,
         timeout_s,
@@ -521,7 +541,7 @@ def run_both(
                 f"{suite} proxy",
                 cwd,
                 paths,
-                options,
+                options_for(proxy.host, proxy.port),
                 env(proxy.host, proxy.port),
                 tmp_path,
                 timeout_s,
@@ -530,6 +550,8 @@ def run_both(
     finally:
         proxy.stop()
 
+    if normalize_id is not None:
+        direct, proxied = direct.renamed(normalize_id), proxied.renamed(normalize_id)
     result = compare(direct, proxied, expected)
     report = result.report(direct, proxied)
     report += f"\nproxy in {MODE} mode"

@@ -19,7 +19,7 @@ from .harness import (
 
 
 def test_expected_differences_file_parses_and_every_entry_has_a_reason() -> None:
-    for suite in ("pg8000", "psycopg2", "asyncpg"):
+    for suite in ("pg8000", "psycopg2", "asyncpg", "sqlalchemy-asyncpg", "sqlalchemy-psycopg"):
         for mode in MODES:
             expected = Expected.load(suite, EXPECTED_FILE, mode)
             assert all(r.strip() for r in expected.reasons.values())
@@ -131,3 +131,26 @@ def test_run_pytest_records_outcomes_and_continues_after_a_hung_test(tmp_path: P
     }
     assert "told to" in run.messages["test_tiny.py::test_fails"]
     assert "no end in 3" in run.messages["test_tiny.py::test_hangs"]
+
+
+def test_sqlalchemy_ids_are_compared_without_the_server_version() -> None:
+    from .test_sqlalchemy_suite import normalize_id
+
+    run = SuiteRun(
+        "s",
+        {
+            "test/a.py::T_postgresql+asyncpg_async_15_18::test_x[1-2]": PASSED,
+            "test/a.py::T_postgresql+psycopg_17_2::test_y": FAILED,
+            "test/a.py::DialectTest::test_z_16": SKIPPED,
+        },
+        {"test/a.py::T_postgresql+psycopg_17_2::test_y": "boom"},
+        1.0,
+        0,
+        "",
+    ).renamed(normalize_id)
+    assert run.outcomes == {
+        "test/a.py::T_postgresql+asyncpg_async::test_x[1-2]": PASSED,
+        "test/a.py::T_postgresql+psycopg::test_y": FAILED,
+        "test/a.py::DialectTest::test_z_16": SKIPPED,
+    }
+    assert run.messages == {"test/a.py::T_postgresql+psycopg::test_y": "boom"}

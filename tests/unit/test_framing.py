@@ -76,6 +76,17 @@ def test_client_scanner_unsynced_until_sync() -> None:
     assert sc2.unsynced and sc2.pending == 0
 
 
+def test_client_scanner_flush_after_sync_does_not_unsync() -> None:
+    # psycopg 3 ends a pipeline with Sync+Flush: nothing of the client's is left on the server.
+    sc, _ = feed_client(EXTENDED + m.frame(b"H"), 1000)
+    assert sc.pending == 1 and not sc.unsynced
+    sc2, _ = feed_client(SIMPLE + m.frame(b"H") + m.frame(b"H"), 1)
+    assert sc2.pending == 1 and not sc2.unsynced
+    # A Flush with a body: PostgreSQL errors and skips everything up to the next Sync.
+    sc3, _ = feed_client(SIMPLE + m.frame(b"H", b"x"), 1)
+    assert sc3.unsynced
+
+
 def test_client_scanner_copy_data_does_not_unsync() -> None:
     data = m.query("copy t from stdin") + m.frame(b"d", b"1\n") + m.frame(b"c")
     sc, out = feed_client(data, 3)

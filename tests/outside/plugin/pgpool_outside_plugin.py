@@ -8,7 +8,9 @@ answers must cost seconds, not the whole run.
   (pure-Python drivers then fail the test with their own network error).
 - A test still running (setup, call or teardown) after PGPOOL_OUTSIDE_TEST_TIMEOUT_S is recorded
   as "hung" and the process exits at once: a thread blocked in C (libpq) cannot be interrupted.
-  The harness then runs the tests not yet recorded in a new process.
+  The harness then runs the tests not yet recorded in a new process: the same command, with
+  the ids already recorded listed in PGPOOL_OUTSIDE_DONE (a JSON file) and deselected here, as
+  not every suite's ids can be given on the command line (SQLAlchemy names classes at collection).
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def _create_connection_bounded(address: Any, timeout: Any = None, *args: Any, **
 
 
 socket.create_connection = _create_connection_bounded
+
+
+@pytest.hookimpl(trylast=True)  # after the suite's own plugins have chosen their tests
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    done_file = os.environ.get("PGPOOL_OUTSIDE_DONE")
+    if not done_file:
+        return
+    with open(done_file, encoding="utf-8") as f:
+        done = set(json.load(f))
+    left = [item for item in items if item.nodeid not in done]
+    if len(left) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.nodeid in done])
+        items[:] = left
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
