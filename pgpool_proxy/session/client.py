@@ -594,7 +594,7 @@ class ClientConnection(Endpoint):
                 # PostgreSQL describes the parameters before it finds the result changed.
                 out.append(REFUSED_USE)
                 units.append(Action(A_REFUSED, U_DESCRIBE, described, reply=described.told_params))
-            elif self._prepare(backend, described, out, None, check=True):
+            elif self._prepare(backend, described, out, None, check=True, describing=True):
                 return pos, pos
             out.append(describe_statement(described.name))
             units.append(described.use_describe)
@@ -692,6 +692,7 @@ class ClientConnection(Endpoint):
         parse: Action | None,
         *,
         check: bool = False,
+        describing: bool = False,
     ) -> bool:
         """Make sure the server has stmt before the message being handled: send its Parse (the
         client's, when `parse` is given, else the proxy's own), first closing the least recently
@@ -730,11 +731,15 @@ class ClientConnection(Endpoint):
             units.append(Action(A_INJECTED_CLOSE, U_CLOSE, victim))
         out.append(stmt.parse_head)
         out.append(stmt.key)
-        units.append(parse or Action(A_INJECTED_PARSE, U_PARSE, stmt))
-        if not check or self.scanner.syncs == self.unchecked_until:
-            return False
         told = self.stmts.shapes.get(stmt)
-        if told is None:
+        if parse is None:
+            # Before a Describe, PostgreSQL sends the parameters it was told and only then
+            # replans (42P01 when the table is gone): the proxy's own Parse failing in its
+            # place gives the client the same (replies.on_unit).
+            params = told[0] if describing and told is not None else b""
+            parse = Action(A_INJECTED_PARSE, U_PARSE, stmt, reply=params)
+        units.append(parse)
+        if not check or self.scanner.syncs == self.unchecked_until or told is None:
             return False
         out.append(describe_statement(stmt.name))
         out.append(FLUSH)
