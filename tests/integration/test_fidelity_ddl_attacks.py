@@ -8,7 +8,10 @@ a statement used again is always prepared again) and the replies must be equal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import struct
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -16,6 +19,8 @@ import pytest
 from pgpool_proxy.protocol import messages as m
 from tests.integration.test_fidelity_ddl import raw_both, run
 from tests.support import extproto as x
+from tests.support.hostile_server import READY, HostileConn, HostileServer, error, one_row
+from tests.support.hostile_server import msg as hmsg
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient
@@ -373,3 +378,155 @@ async def count_ready(c: RawClient, want: int) -> bytes:
                 statuses.append(buf[pos + 5])
             pos += 1 + n
     return bytes(statuses)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="shared statements are keyed by text alone: a client whose search_path differs "
+    "gets another client's statement, which PostgreSQL replans and refuses with 0A000 when "
+    "the result differs (rows under the same shape); the key would need the search_path, "
+    "which SET LOCAL changes unseen",
+)
+async def test_one_text_under_two_search_paths(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+    """One query text means another table under another search_path: a statement shared between
+    two clients (one server connection) must be planned under each client's own path."""
+    proxy = start_proxy(pool={"default_pool_size": 1})
+    direct = pg.dsn(user="alice", password=PASSWORDS["alice"], dbname="app")
+    admin = await asyncpg.connect(direct)
+    s = f"sp_{next(_n)}"
+    await admin.execute(
+        f"CREATE SCHEMA {s}a; CREATE SCHEMA {s}b;"
+        f"CREATE TABLE {s}a.t(a int); INSERT INTO {s}a.t VALUES (1);"
+        f"CREATE TABLE {s}b.t(b text); INSERT INTO {s}b.t VALUES ('b')"
+    )
+    try:
+        outcomes = []
+        for via in (None, proxy):
+            got = []
+            for schema in ("a", "b"):
+                if via is None:
+                    c = await RawClient.connect(pg.host, pg.port)
+                    await c.login("alice", PASSWORDS["alice"], "app")
+                else:
+                    c = await x.raw_login(proxy)
+                try:
+                    await c.simple_query(f"SET search_path = {s}{schema}")
+                    got.append(
+                        await run(c, x.parse("q", "SELECT * FROM t"), x.bind("q"), x.execute())
+                    )
+                    await c.simple_query("BEGIN")
+                    await c.simple_query(f"SET LOCAL search_path = {s}a")
+                    got.append(
+                        await run(c, x.parse("q2", "SELECT * FROM t"), x.bind("q2"), x.execute())
+                    )
+                    await c.simple_query("COMMIT")
+                finally:
+                    await c.close()
+            outcomes.append(got)
+        assert outcomes[1] == outcomes[0]
+    finally:
+        await admin.execute(f"DROP SCHEMA {s}a CASCADE; DROP SCHEMA {s}b CASCADE")
+        await admin.close()
+
+
+# --- a hostile server answering the proxy's own Describe ----------------------------------------
+
+_COLUMN = b"v\0" + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0)
+GOOD_T = hmsg(b"T", struct.pack("!H", 1) + _COLUMN)
+BAD_TS = {
+    "empty": hmsg(b"T", b""),
+    "count_past_end": hmsg(b"T", struct.pack("!H", 32767) + _COLUMN),
+    "negative_count": hmsg(b"T", struct.pack("!h", -1) + _COLUMN),
+    "no_nul": hmsg(b"T", struct.pack("!H", 1) + b"v" * 40),
+    # More than PostgreSQL's own RowDescription holds: the columns read alike, and the check
+    # passes (a server that never ends its reply holds the client, as any unanswered query).
+    "trailing": hmsg(b"T", struct.pack("!H", 1) + _COLUMN + b"junk"),
+}
+
+
+def extended_server(bad: bytes) -> Callable[[HostileConn], Awaitable[None]]:
+    """Answers the extended protocol: every statement returns one text column "v", as told by
+    the first Describe on each connection; later Describes get `bad`."""
+
+    async def script(conn: HostileConn) -> None:
+        await conn.normal_login()
+        described = 0
+        failed = False
+        while True:
+            t, body = await conn.read_message()
+            if t == b"X":
+                return
+            if failed and t != b"S":
+                continue  # as PostgreSQL: skip to the Sync after an error
+            if t == b"D" and body[:1] not in (b"S", b"P"):
+                failed = True
+                reply = error(S="ERROR", C="08P01", M="invalid DESCRIBE message subtype")
+            elif t == b"P":
+                reply = hmsg(b"1")
+            elif t == b"B":
+                reply = hmsg(b"2")
+            elif t == b"D":
+                described += 1
+                reply = hmsg(b"t", b"\0\0") + (GOOD_T if described == 1 else bad)
+            elif t == b"E":
+                row = hmsg(b"D", struct.pack("!Hi", 1, 1) + b"x")
+                reply = row + hmsg(b"C", b"SELECT 1\0")
+            elif t == b"C":
+                reply = hmsg(b"3")
+            elif t == b"S":
+                failed = False
+                reply = READY
+            elif t == b"Q":
+                reply = one_row("ok")
+            else:
+                reply = b""
+            if reply:
+                await conn.send(reply)
+
+    return script
+
+
+@pytest.mark.parametrize("bad", list(BAD_TS))
+async def test_malformed_row_description_for_the_check(
+    pg: LocalPostgres, start_proxy: StartProxy, bad: str
+) -> None:
+    """What the proxy cannot read as a result is not the result the client was told: the
+    client's statement is refused (0A000) or its link fails, never a hang or a crash, and
+    clients of the real server are served throughout."""
+    server = await HostileServer(extended_server(BAD_TS[bad])).start()
+    proxy = start_proxy(
+        databases=[
+            {"name": "app", "host": pg.host, "port": pg.port},
+            {"name": "evil", "host": "127.0.0.1", "port": server.port},
+        ],
+        pool={"default_pool_size": 1, "max_prepared_statements": 1},
+    )
+    try:
+        c = await RawClient.connect(proxy.host, proxy.port)
+        await c.login("alice", PASSWORDS["alice"], "evil")
+        try:
+            assert await run(c, x.parse("s1", "SELECT v"), x.describe("S", "s1")) == [
+                "1",
+                "t",
+                "T",
+                "Z:I",
+            ]
+            assert await run(c, x.parse("s2", "SELECT w")) == ["1", "Z:I"]
+            c.send(x.bind("s1") + x.execute() + x.SYNC)
+            kinds: list[str] = []
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while not kinds or not kinds[-1].startswith("Z"):
+                    t, body = await c.read_message(5)
+                    kinds.extend(x.Reply([(t, body)]).kinds)
+            want = ["2", "D", "C", "Z:I"] if bad == "trailing" else ["E:0A000", "Z:I"]
+            assert kinds == want
+        finally:
+            await c.close()
+        good = await asyncpg.connect(proxy.dsn())
+        try:
+            assert await good.fetchval("SELECT 5") == 5
+        finally:
+            await good.close()
+        assert not server.errors, server.errors
+    finally:
+        await server.stop()
