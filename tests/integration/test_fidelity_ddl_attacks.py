@@ -530,3 +530,95 @@ async def test_malformed_row_description_for_the_check(
         assert not server.errors, server.errors
     finally:
         await server.stop()
+
+
+async def read_kinds(c: RawClient, until: str, timeout: float = 5) -> list[str]:
+    """Messages up to the first whose kind starts with `until` (an error shows as E:<code>)."""
+    kinds: list[str] = []
+    while not kinds or not kinds[-1].startswith(until):
+        t, body = await c.read_message(timeout)
+        kinds.extend(x.Reply([(t, body)]).kinds)
+    return kinds
+
+
+@pytest.mark.parametrize("change", [False, True])
+async def test_held_bind_answered_by_flush(
+    pg: LocalPostgres, start_proxy: StartProxy, change: bool
+) -> None:
+    """A client that Binds with a Flush and Executes later (no Sync between)."""
+
+    async def scenario(c: RawClient, t: str) -> Outcome:
+        out: Outcome = []
+        if change:
+            out += await broken(c, t, "s1")
+        else:
+            out.append(await run(c, x.parse("s1", f"SELECT * FROM {t}"), x.describe("S", "s1")))
+            out.append(await run(c, x.parse("evict", "SELECT 2")))
+        c.send(x.bind("s1", portal="p") + x.FLUSH)
+        out.append(await read_kinds(c, "E" if change else "2"))
+        c.send(x.describe("P", "p") + x.execute("p", 1) + x.SYNC)
+        out.append(await read_kinds(c, "Z"))
+        return out
+
+    await raw_both(pg, start_proxy, scenario)
+
+
+async def test_held_bind_sent_during_copy_in(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+    """A client that sends a Bind in the middle of COPY FROM STDIN: PostgreSQL ends the session
+    (protocol synchronization lost); the proxy's own Parse and Describe for the check must not
+    change what the client reads before the end."""
+
+    async def scenario(c: RawClient, t: str) -> Outcome:
+        out: Outcome = [await run(c, x.parse("s1", f"SELECT * FROM {t}"), x.describe("S", "s1"))]
+        out.append(await run(c, x.parse("evict", "SELECT 2")))
+        c.send(m.query(f"COPY {t} FROM STDIN"))
+        out.append(await read_kinds(c, "G"))
+        c.send(x.bind("s1") + x.execute() + x.SYNC)
+        kinds: list[str] = []
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                t_, body = await c.read_message(5)
+                kinds.extend(x.Reply([(t_, body)]).kinds)
+        out.append(kinds)
+        return out
+
+    await copy_both(pg, start_proxy, scenario)
+
+
+async def copy_both(
+    pg: LocalPostgres,
+    start_proxy: StartProxy,
+    scenario: Callable[[RawClient, str], Awaitable[Outcome]],
+) -> None:
+    """raw_both for a scenario that ends the client's session."""
+    proxy = start_proxy(pool={"default_pool_size": 1, "max_prepared_statements": 1})
+    admin = await asyncpg.connect(pg.dsn(user="alice", password=PASSWORDS["alice"], dbname="app"))
+    outcomes = []
+    try:
+        for via in (None, proxy):
+            table = f"ddl_{next(_n)}"
+            await admin.execute(f"CREATE TABLE {table}(a int, b int)")
+            if via is None:
+                c = await RawClient.connect(pg.host, pg.port)
+                await c.login("alice", PASSWORDS["alice"], "app")
+            else:
+                c = await x.raw_login(via)
+            try:
+                outcomes.append(await scenario(c, table))
+            finally:
+                await c.close()
+        assert outcomes[1] == outcomes[0]
+        # The pool's only server connection is usable after it.
+        other = await x.raw_login(proxy)
+        try:
+            assert await run(other, x.parse("", "SELECT 1"), x.bind(""), x.execute()) == [
+                "1",
+                "2",
+                "D",
+                "C",
+                "Z:I",
+            ]
+        finally:
+            await other.close()
+    finally:
+        await admin.close()
