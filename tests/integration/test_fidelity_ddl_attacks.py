@@ -677,3 +677,72 @@ async def test_session_mode_is_postgresql_itself(
         finally:
             await c.close()
     assert outcomes[1] == outcomes[0]
+
+
+async def test_server_connection_terminated_while_held(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """pg_terminate_backend on the server connection whose check waits: the held client gets
+    what PostgreSQL's own client gets (57P01, then the end), and the pool recovers."""
+    proxy = start_proxy(pool={"default_pool_size": 1, "max_prepared_statements": 1})
+    outcomes = []
+    for via in (None, proxy):
+        async with Held(pg, via) as h:
+            h.c.send(x.bind("s1") + x.execute() + x.SYNC)
+            await waiting_on_lock(h.admin)
+            await h.admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            kinds: list[str] = []
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    t, body = await h.c.read_message(5)
+                    kinds.extend(x.Reply([(t, body)]).kinds)
+            outcomes.append(kinds)
+    assert outcomes[1] == outcomes[0]
+    other = await x.raw_login(proxy)
+    try:
+        assert await run(other, x.parse("", "SELECT 1"), x.bind(""), x.execute())
+    finally:
+        await other.close()
+
+
+async def test_ddl_flood_beside_cached_statements(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """One client changes the schema in every transaction while others run cached statements:
+    every answer stays right, no client gets an error, the shared statements stay bounded."""
+    proxy = start_proxy(pool={"default_pool_size": 2, "max_prepared_statements": 5})
+    dsn = proxy.dsn()
+    flood = await asyncpg.connect(dsn, statement_cache_size=0)
+    workers = [await asyncpg.connect(dsn) for _ in range(3)]
+    t = f"flood_{next(_n)}"
+    await flood.execute(f"CREATE TABLE {t}(a int)")
+    stop = asyncio.Event()
+
+    async def ddl() -> int:
+        n = 0
+        while not stop.is_set():
+            await flood.execute(f"CREATE TABLE IF NOT EXISTS {t}(a int)")
+            n += 1
+        return n
+
+    async def work(con: asyncpg.Connection, k: int) -> None:
+        for i in range(150):
+            j = (i + k) % 20
+            assert await con.fetchval(f"SELECT {j}::int + $1", i) == i + j
+
+    try:
+        task = asyncio.create_task(ddl())
+        await asyncio.gather(*(work(con, k) for k, con in enumerate(workers)))
+        stop.set()
+        floods = await task
+        stats = proxy.call(lambda: proxy.server.pools[("app", "alice")].registry)  # type: ignore[union-attr]
+        assert floods > 10
+        assert stats.epochs >= floods
+        assert len(stats.entries) <= stats.limit
+    finally:
+        await flood.execute(f"DROP TABLE {t}")
+        for con in (flood, *workers):
+            await con.close()
