@@ -746,3 +746,53 @@ async def test_ddl_flood_beside_cached_statements(
         await flood.execute(f"DROP TABLE {t}")
         for con in (flood, *workers):
             await con.close()
+
+
+@pytest.mark.parametrize("change", [False, True])
+async def test_held_bind_with_megabytes_of_parameters(
+    pg: LocalPostgres, start_proxy: StartProxy, change: bool
+) -> None:
+    """The held message is a Bind whose parameter is still arriving: it streams once the check
+    is done, and the rows (or the refusal) are PostgreSQL's."""
+    big = "x" * (5 << 20)
+
+    async def scenario(c: RawClient, t: str) -> Outcome:
+        q = f"SELECT a, b, length($1::text) FROM {t}"
+        ins = x.parse("", f"INSERT INTO {t} VALUES (1, 2)")
+        out: Outcome = [await run(c, ins, x.bind(""), x.execute())]
+        out.append(await run(c, x.parse("s1", q), x.describe("S", "s1")))
+        if change:
+            out.append(await run(c, x.parse("", f"ALTER TABLE {t} ALTER COLUMN b TYPE text")))
+            out.append(await run(c, x.bind(""), x.execute()))
+        out.append(await run(c, x.parse("evict", "SELECT 2")))
+        reply = await x.roundtrip(c, x.bind("s1", [big]), x.execute(), x.SYNC)
+        out.append([reply.kinds, reply.rows])
+        reply = await x.roundtrip(c, x.bind("s1", [big]), x.execute(), x.SYNC)
+        out.append([reply.kinds, reply.rows])
+        return out
+
+    got = await raw_both(pg, start_proxy, scenario)
+    if not change:
+        assert got[-1][1] == [["1", "2", str(len(big))]]
+
+
+async def test_close_parse_and_use_of_a_broken_name_in_one_batch(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    async def scenario(c: RawClient, t: str) -> Outcome:
+        out = await broken(c, t, "s1")
+        out.append(
+            await run(
+                c,
+                x.describe("S", "s1"),
+                x.SYNC,
+                x.close("S", "s1"),
+                x.parse("s1", f"SELECT * FROM {t}"),
+                x.describe("S", "s1"),
+                x.bind("s1"),
+                x.execute(),
+            )
+        )
+        return out
+
+    await raw_both(pg, start_proxy, scenario)
