@@ -37,9 +37,10 @@ from ..protocol.sqlscan import (
     SQL_DEALLOCATE,
     SQL_FULL,
     SQL_OPAQUE,
+    SQL_PATH,
     SQL_PINS,
-    SQL_SCHEMA,
     SQL_SETTINGS,
+    SQL_TRANSIENT,
     classify,
     deallocation,
     drops_all_statements,
@@ -521,8 +522,15 @@ class ClientConnection(Endpoint):
                 # after the change, as PostgreSQL plans it, not answered from before it.
                 registry.new_epoch()
                 sc.dirty = (sc.dirty & ~SQL_DDL) | SQL_DDL_TOLD
-            stmt = registry.by_key.get(key) or self._new_stmt(
-                registry, key, buf, nul + 1, qend, self.server.config.pool.statement_cache_bytes
+            lookup = self._lookup(key, registry)
+            stmt = registry.by_key.get(lookup) or self._new_stmt(
+                registry,
+                key,
+                buf,
+                nul + 1,
+                qend,
+                self.server.config.pool.statement_cache_bytes,
+                lookup,
             )
             prev = self.stmts.get(name)
             if prev is not None:
@@ -626,13 +634,32 @@ class ClientConnection(Endpoint):
             out.append(CLOSE_UNNAMED_STATEMENT)
             units.append(Action(A_INJECTED_CLOSE, U_CLOSE))
 
+    def _lookup(self, key: bytes, registry: StatementRegistry) -> bytes:
+        """Where a Parse of key is shared: one text names other tables under another
+        search_path, and PostgreSQL plans a statement under the path set when it is prepared.
+        A path this transaction set or may have set, unknown until it ends, shares nothing."""
+        sc = self.scanner
+        if sc.dirty & (SQL_PATH | SQL_FULL) or "search_path" in sc.names:
+            registry.counter += 1
+            return b"%s\0#%x" % (key, registry.counter)
+        path = self.extra_settings.get("search_path")
+        if path is None:
+            return key
+        return b"%s\0%s" % (key, path.encode())
+
     @staticmethod
     def _new_stmt(
-        registry: StatementRegistry, key: bytes, buf: bytearray, start: int, end: int, budget: int
+        registry: StatementRegistry,
+        key: bytes,
+        buf: bytearray,
+        start: int,
+        end: int,
+        budget: int,
+        lookup: bytes | None = None,
     ) -> Stmt:
         flags = classify(buf, start, end)
         names = setting_names(buf, start, end) if flags & SQL_SETTINGS else None
-        return registry.add(key, flags, names, budget)
+        return registry.add(key, flags, names, budget, lookup)
 
     def _inspect_query(
         self, buf: bytearray, pos: int, frame_end: int, out: list[Any], backend: BackendConnection
@@ -1212,7 +1239,7 @@ class ClientConnection(Endpoint):
         if self.release_on_idle:
             # A session that still holds state (or may: statements since the last check) is
             # wiped before anyone else gets it.
-            reset = "DISCARD ALL" if pinned or sc.dirty & ~SQL_SCHEMA else ""
+            reset = "DISCARD ALL" if pinned or sc.dirty & ~SQL_TRANSIENT else ""
         else:
             reset = pool.spec.reset_query
             if len(backend.stmts) and not drops_all_statements(reset):

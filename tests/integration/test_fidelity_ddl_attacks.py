@@ -380,13 +380,6 @@ async def count_ready(c: RawClient, want: int) -> bytes:
     return bytes(statuses)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared statements are keyed by text alone: a client whose search_path differs "
-    "gets another client's statement, which PostgreSQL replans and refuses with 0A000 when "
-    "the result differs (rows under the same shape); the key would need the search_path, "
-    "which SET LOCAL changes unseen",
-)
 async def test_one_text_under_two_search_paths(pg: LocalPostgres, start_proxy: StartProxy) -> None:
     """One query text means another table under another search_path: a statement shared between
     two clients (one server connection) must be planned under each client's own path."""
@@ -420,6 +413,18 @@ async def test_one_text_under_two_search_paths(pg: LocalPostgres, start_proxy: S
                         await run(c, x.parse("q2", "SELECT * FROM t"), x.bind("q2"), x.execute())
                     )
                     await c.simple_query("COMMIT")
+                    for i, setting in enumerate(
+                        (
+                            f"SELECT set_config('search_path', '{s}b', true)",
+                            f"SET search_path = {s}a",
+                            f"SET SCHEMA '{s}b'",
+                        )
+                    ):
+                        await c.simple_query("BEGIN")
+                        await c.simple_query(setting)
+                        q = x.parse(f"r{i}", "SELECT * FROM t")
+                        got.append(await run(c, q, x.bind(f"r{i}"), x.execute()))
+                        await c.simple_query("COMMIT")
                 finally:
                     await c.close()
             outcomes.append(got)
