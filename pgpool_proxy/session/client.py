@@ -229,6 +229,10 @@ class ClientConnection(Endpoint):
     def is_waiting(self) -> bool:
         return self.state == ClientState.WAITING
 
+    def is_checking(self) -> bool:
+        """The server owes the proxy's check (see _prepare), the client's Sync held behind it."""
+        return self.state == ClientState.CHECKING
+
     # --- asyncio callbacks -----------------------------------------------------------------
 
     def peer(self) -> Endpoint | None:

@@ -259,6 +259,8 @@ class Held:
         self.c = await self.connect()
         t = self.table
         await run(self.c, x.parse("s1", f"SELECT * FROM {t}"), x.describe("S", "s1"))
+        # The same columns under a name never described: prepared again unchecked.
+        await run(self.c, x.parse("s9", f"SELECT a, b FROM {t}"))
         await run(self.c, x.parse("evict", "SELECT 2"))
         await self.admin.execute("BEGIN")
         await self.admin.execute(f"LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE")
@@ -801,3 +803,24 @@ async def test_close_parse_and_use_of_a_broken_name_in_one_batch(
         return out
 
     await raw_both(pg, start_proxy, scenario)
+
+
+@pytest.mark.parametrize("checked", [False, True])
+async def test_query_timeout_covers_a_held_check(
+    pg: LocalPostgres, start_proxy: StartProxy, checked: bool
+) -> None:
+    """pool.query_timeout_s gives up on a server that owes a reply and sends nothing: the
+    proxy's own check waiting on a lock is such a reply, though the client's Sync is held."""
+    proxy = start_proxy(
+        pool={"default_pool_size": 1, "max_prepared_statements": 1, "query_timeout_s": 0.5}
+    )
+    async with Held(pg, proxy) as h:
+        # s9, never described, is prepared again unchecked: the Bind itself waits.
+        h.c.send(x.bind("s1" if checked else "s9") + x.execute() + x.SYNC)
+        await waiting_on_lock(h.admin)
+        kinds: list[str] = []
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while not kinds or not kinds[-1].startswith(("Z", "E")):
+                t, body = await h.c.read_message(5)
+                kinds.extend(x.Reply([(t, body)]).kinds)
+        assert kinds[:1] == ["E:57014"]
