@@ -17,6 +17,7 @@ must act on are `Action` objects handled in Python.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import OrderedDict
 
@@ -380,7 +381,11 @@ FLUSH = _HDR.pack(b"H", 4)
 def result_shape(buf: bytearray, pos: int, n: int) -> bytes | None:
     """What PostgreSQL holds a statement's result to, from the RowDescription at buf[pos:pos+n]:
     each column's name, type, type length and modifier (not the table and column it comes from,
-    which a re-created table changes without changing the result). None when malformed."""
+    which a re-created table changes without changing the result). None when malformed.
+
+    Only compared, so kept as a digest: a short text can return 1600 columns of 63-byte names,
+    which the proxy keeps per statement and per client that was told (the client's budget
+    counts texts, not results)."""
     end = pos + n
     if n < 7:
         return None
@@ -394,7 +399,7 @@ def result_shape(buf: bytearray, pos: int, n: int) -> bytes | None:
         parts.append(buf[p : nul + 1])
         parts.append(buf[nul + 7 : nul + 17])
         p = nul + 19
-    return b"".join(parts)
+    return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
 
 
 def duplicate_parse(stmt: Stmt, key: bytes) -> bytes:

@@ -824,3 +824,38 @@ async def test_query_timeout_covers_a_held_check(
                 t, body = await h.c.read_message(5)
                 kinds.extend(x.Reply([(t, body)]).kinds)
         assert kinds[:1] == ["E:57014"]
+
+
+async def test_what_a_client_was_told_costs_little(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The proxy remembers what each Describe told the client (for its check): short texts
+    whose result is 1600 columns with long names must not make that memory thousands of times
+    the text the client's budget counts."""
+    proxy = start_proxy(pool={"default_pool_size": 1})
+    admin = await asyncpg.connect(pg.dsn(user="alice", password=PASSWORDS["alice"], dbname="app"))
+    t = f"wide_{next(_n)}"
+    cols = ", ".join(f"c{i:04d}_{'x' * 57} int" for i in range(1600))
+    await admin.execute(f"CREATE TABLE {t}({cols})")
+    c = await x.raw_login(proxy)
+    try:
+        n = 100
+        msgs = []
+        for i in range(n):
+            msgs += [x.parse(f"w{i}", f"SELECT * FROM {t} -- {i}"), x.describe("S", f"w{i}")]
+        await run(c, *msgs)
+        pid = c.pid
+
+        def told() -> tuple[int, int, int]:
+            client = proxy.server.clients[pid]  # type: ignore[union-attr]
+            stmts = client.stmts
+            shapes = sum(len(p) + len(s) for p, s in stmts.shapes.values())
+            shared = sum(len(s.shape or b"") for s in stmts.values())
+            return stmts.nbytes, shapes, shared
+
+        text, shapes, shared = proxy.call(told)
+        assert shapes + shared <= 64 * text, (text, shapes, shared)
+    finally:
+        await c.close()
+        await admin.execute(f"DROP TABLE {t}")
+        await admin.close()
