@@ -46,7 +46,7 @@ from ..protocol.framing import (
     FrameError,
     RecvBuffer,
 )
-from ..protocol.sqlscan import SQL_SCHEMA
+from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
 from ..session import replies
 from ..session.prepared import ServerStatements
 
@@ -527,7 +527,7 @@ class BackendConnection(Endpoint):
             if sc.dirty & SQL_SCHEMA:
                 # The schema change is visible to everyone now: plan afresh from here on.
                 self.pool.registry.new_epoch()
-                sc.dirty &= ~SQL_SCHEMA
+            sc.dirty &= ~SQL_TRANSIENT
             if sc.dirty:
                 self._flush(start, pos)
                 client.check_session(self)

@@ -566,9 +566,11 @@ class Pool:
                 client = backend.client
                 cs = client.scanner if client is not None else None
                 if (
-                    cs is None
+                    client is None
+                    or cs is None
                     or not spec.query_timeout_s
-                    or cs.pending <= 0
+                    # The proxy's own check is owed, with the client's Sync held behind it.
+                    or (cs.pending <= 0 and not client.is_checking())
                     # The client is the one talking (COPY FROM STDIN), or not reading what
                     # the server already sent: the server owes nothing.
                     or cs.copy_in

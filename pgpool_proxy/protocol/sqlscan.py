@@ -31,6 +31,11 @@ SQL_DDL = 64  # CREATE, ALTER or DROP: prepared statements may now mean somethin
 # mid-transaction, so that it is told once more (and only once) when the transaction ends.
 SQL_DDL_TOLD = 128
 SQL_SCHEMA = SQL_DDL | SQL_DDL_TOLD
+# SET LOCAL search_path (or SCHEMA): what a query text names differs until the transaction ends,
+# so a Parse after it shares no statement (ClientConnection._lookup); nothing to read back.
+SQL_PATH = 256
+# What the end of a transaction forgets without asking the server.
+SQL_TRANSIENT = SQL_SCHEMA | SQL_PATH
 
 SQL_ALL = SQL_SESSION | SQL_PINS | SQL_SETTINGS | SQL_FULL | SQL_OPAQUE
 _OPAQUE = SQL_SESSION | SQL_PINS | SQL_SETTINGS | SQL_OPAQUE
@@ -527,6 +532,8 @@ def _set(rest: list[bytes], names: list[str] | None) -> int:
         return _set_named(_dotted_name(rest), rest, names)
     second = rest[0] if rest else b""
     if second in (b"local", b"transaction", b"constraints"):
+        if second == b"local" and rest[1:2] in ([b"search_path"], [b"schema"]):
+            return SQL_PATH
         return 0  # over at the end of the transaction
     flags = SQL_SESSION | SQL_SETTINGS
     if second == b"session":

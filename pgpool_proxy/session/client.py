@@ -37,9 +37,10 @@ from ..protocol.sqlscan import (
     SQL_DEALLOCATE,
     SQL_FULL,
     SQL_OPAQUE,
+    SQL_PATH,
     SQL_PINS,
-    SQL_SCHEMA,
     SQL_SETTINGS,
+    SQL_TRANSIENT,
     classify,
     deallocation,
     drops_all_statements,
@@ -227,6 +228,10 @@ class ClientConnection(Endpoint):
 
     def is_waiting(self) -> bool:
         return self.state == ClientState.WAITING
+
+    def is_checking(self) -> bool:
+        """The server owes the proxy's check (see _prepare), the client's Sync held behind it."""
+        return self.state == ClientState.CHECKING
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
@@ -521,8 +526,15 @@ class ClientConnection(Endpoint):
                 # after the change, as PostgreSQL plans it, not answered from before it.
                 registry.new_epoch()
                 sc.dirty = (sc.dirty & ~SQL_DDL) | SQL_DDL_TOLD
-            stmt = registry.by_key.get(key) or self._new_stmt(
-                registry, key, buf, nul + 1, qend, self.server.config.pool.statement_cache_bytes
+            lookup = self._lookup(key, registry)
+            stmt = registry.by_key.get(lookup) or self._new_stmt(
+                registry,
+                key,
+                buf,
+                nul + 1,
+                qend,
+                self.server.config.pool.statement_cache_bytes,
+                lookup,
             )
             prev = self.stmts.get(name)
             if prev is not None:
@@ -594,7 +606,7 @@ class ClientConnection(Endpoint):
                 # PostgreSQL describes the parameters before it finds the result changed.
                 out.append(REFUSED_USE)
                 units.append(Action(A_REFUSED, U_DESCRIBE, described, reply=described.told_params))
-            elif self._prepare(backend, described, out, None, check=True):
+            elif self._prepare(backend, described, out, None, check=True, describing=True):
                 return pos, pos
             out.append(describe_statement(described.name))
             units.append(described.use_describe)
@@ -626,13 +638,32 @@ class ClientConnection(Endpoint):
             out.append(CLOSE_UNNAMED_STATEMENT)
             units.append(Action(A_INJECTED_CLOSE, U_CLOSE))
 
+    def _lookup(self, key: bytes, registry: StatementRegistry) -> bytes:
+        """Where a Parse of key is shared: one text names other tables under another
+        search_path, and PostgreSQL plans a statement under the path set when it is prepared.
+        A path this transaction set or may have set, unknown until it ends, shares nothing."""
+        sc = self.scanner
+        if sc.dirty & (SQL_PATH | SQL_FULL) or "search_path" in sc.names:
+            registry.counter += 1
+            return b"%s\0#%x" % (key, registry.counter)
+        path = self.extra_settings.get("search_path")
+        if path is None:
+            return key
+        return b"%s\0%s" % (key, path.encode())
+
     @staticmethod
     def _new_stmt(
-        registry: StatementRegistry, key: bytes, buf: bytearray, start: int, end: int, budget: int
+        registry: StatementRegistry,
+        key: bytes,
+        buf: bytearray,
+        start: int,
+        end: int,
+        budget: int,
+        lookup: bytes | None = None,
     ) -> Stmt:
         flags = classify(buf, start, end)
         names = setting_names(buf, start, end) if flags & SQL_SETTINGS else None
-        return registry.add(key, flags, names, budget)
+        return registry.add(key, flags, names, budget, lookup)
 
     def _inspect_query(
         self, buf: bytearray, pos: int, frame_end: int, out: list[Any], backend: BackendConnection
@@ -692,6 +723,7 @@ class ClientConnection(Endpoint):
         parse: Action | None,
         *,
         check: bool = False,
+        describing: bool = False,
     ) -> bool:
         """Make sure the server has stmt before the message being handled: send its Parse (the
         client's, when `parse` is given, else the proxy's own), first closing the least recently
@@ -730,11 +762,15 @@ class ClientConnection(Endpoint):
             units.append(Action(A_INJECTED_CLOSE, U_CLOSE, victim))
         out.append(stmt.parse_head)
         out.append(stmt.key)
-        units.append(parse or Action(A_INJECTED_PARSE, U_PARSE, stmt))
-        if not check or self.scanner.syncs == self.unchecked_until:
-            return False
         told = self.stmts.shapes.get(stmt)
-        if told is None:
+        if parse is None:
+            # Before a Describe, PostgreSQL sends the parameters it was told and only then
+            # replans (42P01 when the table is gone): the proxy's own Parse failing in its
+            # place gives the client the same (replies.on_unit).
+            params = told[0] if describing and told is not None else b""
+            parse = Action(A_INJECTED_PARSE, U_PARSE, stmt, reply=params)
+        units.append(parse)
+        if not check or self.scanner.syncs == self.unchecked_until or told is None:
             return False
         out.append(describe_statement(stmt.name))
         out.append(FLUSH)
@@ -1207,7 +1243,7 @@ class ClientConnection(Endpoint):
         if self.release_on_idle:
             # A session that still holds state (or may: statements since the last check) is
             # wiped before anyone else gets it.
-            reset = "DISCARD ALL" if pinned or sc.dirty & ~SQL_SCHEMA else ""
+            reset = "DISCARD ALL" if pinned or sc.dirty & ~SQL_TRANSIENT else ""
         else:
             reset = pool.spec.reset_query
             if len(backend.stmts) and not drops_all_statements(reset):

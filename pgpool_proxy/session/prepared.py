@@ -17,6 +17,7 @@ must act on are `Action` objects handled in Python.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections import OrderedDict
 
@@ -51,6 +52,7 @@ class Stmt:
         "evicted",
         "flags",
         "key",
+        "lookup",
         "name",
         "names",
         "parse_head",
@@ -60,9 +62,19 @@ class Stmt:
         "use_describe",
     )
 
-    def __init__(self, name: bytes, key: bytes, flags: int, names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: bytes,
+        key: bytes,
+        flags: int,
+        names: list[str] | None = None,
+        lookup: bytes | None = None,
+    ) -> None:
         self.name = name
         self.key = key  # the Parse body after the name: query, NUL, parameter types
+        # Its entry in StatementRegistry.by_key: the key, and the search_path it was planned
+        # under when the client set one (ClientConnection._lookup).
+        self.lookup = key if lookup is None else lookup
         self.flags = flags  # sqlscan flags of the query text
         self.names = names or []  # the settings the text names (sqlscan.setting_names)
         # The Parse frame is this head followed by `key`, written as two pieces: a statement's
@@ -187,12 +199,17 @@ class StatementRegistry:
         self.stale_error: bytes | None = None
 
     def add(
-        self, key: bytes, flags: int, names: list[str] | None = None, budget: int = _NO_BUDGET
+        self,
+        key: bytes,
+        flags: int,
+        names: list[str] | None = None,
+        budget: int = _NO_BUDGET,
+        lookup: bytes | None = None,
     ) -> Stmt:
-        """A new statement for key (callers look in `by_key` first)."""
+        """A new statement for key (callers look in `by_key` first, under `lookup`)."""
         self.counter += 1
-        stmt = Stmt(b"pgpool_%x" % self.counter, key, flags, names)
-        self.by_key[key] = stmt
+        stmt = Stmt(b"pgpool_%x" % self.counter, key, flags, names, lookup)
+        self.by_key[stmt.lookup] = stmt
         self._admit(stmt, budget)
         return stmt
 
@@ -214,13 +231,13 @@ class StatementRegistry:
             self.nbytes -= len(victim.key)
             victim.forget()
             self.evictions += 1
-            if self.by_key.get(victim.key) is victim:
-                del self.by_key[victim.key]
+            if self.by_key.get(victim.lookup) is victim:
+                del self.by_key[victim.lookup]
 
     def retire(self, stmt: Stmt) -> None:
         """The statement's plan went stale (DDL): the next Parse of its text gets a new one."""
-        if self.by_key.get(stmt.key) is stmt:
-            del self.by_key[stmt.key]
+        if self.by_key.get(stmt.lookup) is stmt:
+            del self.by_key[stmt.lookup]
 
     def new_epoch(self) -> None:
         """A client changed the schema (CREATE, ALTER, DROP). A client's Parse means a plan
@@ -364,7 +381,11 @@ FLUSH = _HDR.pack(b"H", 4)
 def result_shape(buf: bytearray, pos: int, n: int) -> bytes | None:
     """What PostgreSQL holds a statement's result to, from the RowDescription at buf[pos:pos+n]:
     each column's name, type, type length and modifier (not the table and column it comes from,
-    which a re-created table changes without changing the result). None when malformed."""
+    which a re-created table changes without changing the result). None when malformed.
+
+    Only compared, so kept as a digest: a short text can return 1600 columns of 63-byte names,
+    which the proxy keeps per statement and per client that was told (the client's budget
+    counts texts, not results)."""
     end = pos + n
     if n < 7:
         return None
@@ -378,7 +399,7 @@ def result_shape(buf: bytearray, pos: int, n: int) -> bytes | None:
         parts.append(buf[p : nul + 1])
         parts.append(buf[nul + 7 : nul + 17])
         p = nul + 19
-    return b"".join(parts)
+    return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
 
 
 def duplicate_parse(stmt: Stmt, key: bytes) -> bytes:

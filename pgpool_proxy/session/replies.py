@@ -105,6 +105,11 @@ def on_unit(
                 result = m.error_response(
                     fields.get("S", "ERROR"), "42P05", f'prepared statement "{name}" already exists'
                 )
+            elif u.kind == A_INJECTED_PARSE and u.reply and fields.get("C") != "25P02":
+                # Before a client's Describe (ClientConnection._prepare); in a failed
+                # transaction PostgreSQL refuses the Describe before sending anything.
+                result = u.reply + bytes(buf[pos : pos + n])
+                failed = fields
             elif u.kind == A_REFUSED:
                 registry = backend.pool.registry
                 result = u.reply + (
