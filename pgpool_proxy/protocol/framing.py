@@ -380,6 +380,11 @@ class ClientScanner:
                         named = True
                     elif t == F_DESCRIBE:
                         named = not self.unnamed_here
+                    elif units:
+                        # Close of the unnamed statement with replies owed: an error before it
+                        # makes the server skip it, and the drop must then be undone
+                        # (ClientConnection._inspect).
+                        named = True
                     else:
                         # Close of the unnamed statement: the server drops its own, if any.
                         named = False
@@ -453,13 +458,22 @@ class ClientScanner:
             self.unnamed_flags = 0
             self.unnamed_names = []
 
-    def drop_unnamed(self) -> None:
-        """A Close of the unnamed statement was sent: it drops the server's, and the client's."""
+    def drop_unnamed(self) -> tuple[object, ...]:
+        """A Close of the unnamed statement was sent: it drops the server's, and the client's.
+        Returns what undo_drop_unnamed needs if the server skips that Close."""
+        undo = (self.unnamed, self.unnamed_flags, self.unnamed_names)
         self.unnamed = None
         self.unnamed_flags = 0
         self.unnamed_names = []
         self.unnamed_here = True
         self.unnamed_drops += 1
+        return undo
+
+    def undo_drop_unnamed(self, undo: tuple[object, ...]) -> None:
+        """The server skipped that Close (an error earlier in the batch): its unnamed statement,
+        and the client's, are what they were; Parses after the Close were skipped too."""
+        self.unnamed, self.unnamed_flags, self.unnamed_names = undo  # type: ignore[assignment]
+        self.unnamed_drops -= 1
 
     def _bind_marks(self, buf: bytearray, pos: int, stop: int) -> None:
         """Without renaming: what a Bind runs may change the session (see _unnamed_kept)."""

@@ -57,6 +57,7 @@ from .prepared import (
     A_PARSE,
     A_REFUSED,
     A_SYNTH,
+    A_UCLOSE,
     CLOSE_COMPLETE,
     CLOSE_UNNAMED_STATEMENT,
     FLUSH,
@@ -612,6 +613,10 @@ class ClientConnection(Endpoint):
             units.append(described.use_describe)
             return frame_end, frame_end
         assert t == F_CLOSE
+        if not name and buf[pos + 5] == 0x53:  # S: the unnamed statement
+            undo = self.scanner.drop_unnamed()
+            units.append(Action(A_UCLOSE, U_CLOSE, undo=undo))
+            return frame_end, pos
         # Other clients may use the shared statement: closing it is the LRU's business.
         closed = self.stmts.pop(name) if name in self.stmts else None
         self._push(

@@ -34,6 +34,7 @@ A_SYNTH = 5  # answered by the proxy: `reply` is written when the unit reaches t
 A_DUPLICATE = 6  # a Parse of a name the client already uses: the server's 42P05, reworded
 A_CHECK = 7  # the proxy's own Describe after its own Parse, to compare results: drop it
 A_REFUSED = 8  # REFUSED_USE: the server's error becomes PostgreSQL's 0A000
+A_UCLOSE = 9  # the client's Close of its unnamed statement: undone when the server skips it
 
 _NO_BUDGET = 1 << 62
 
@@ -127,7 +128,7 @@ class Stmt:
 class Action:
     """A unit the proxy acts on when the server's reply (or the unit's turn) comes."""
 
-    __slots__ = ("client_name", "kind", "prev", "reply", "stmt", "unit", "z")
+    __slots__ = ("client_name", "kind", "prev", "reply", "stmt", "undo", "unit", "z")
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class Action:
         client_name: bytes = b"",
         prev: Stmt | None = None,
         z: bool = False,
+        undo: tuple[object, ...] = (),
     ) -> None:
         self.kind = kind
         self.unit = unit  # the U_* code whose terminator completes this unit
@@ -149,6 +151,7 @@ class Action:
         self.prev = prev
         # An answered Query: ends with ReadyForQuery, so it counts as one of the client's pending.
         self.z = z
+        self.undo = undo  # A_UCLOSE: the client's unnamed statement before the Close
 
 
 # The use actions of a forgotten statement (never queued: a statement is readmitted first).

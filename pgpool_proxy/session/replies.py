@@ -20,6 +20,7 @@ from .prepared import (
     A_PARSE,
     A_REFUSED,
     A_SYNTH,
+    A_UCLOSE,
     A_USE,
     CLOSE_COMPLETE,
     STALE_PLAN,
@@ -75,7 +76,10 @@ def ready(client: ClientConnection, backend: BackendConnection) -> None:
             if u == U_UPARSE:
                 client.scanner.unnamed_refused(answered=False)
             continue
-        skipped.append(u)
+        if u.kind == A_UCLOSE:
+            client.scanner.undo_drop_unnamed(u.undo)
+        else:
+            skipped.append(u)
     _undo_all(client, backend, skipped)
     emit_synths(client, backend)
 
@@ -131,7 +135,11 @@ def on_unit(
         while units and units[0] != U_Z:
             v = units.popleft()
             if v.__class__ is Action:
-                skipped.append(v)
+                if v.kind == A_UCLOSE:
+                    # In order: the unnamed Parses skipped after it are judged by what it undid.
+                    client.scanner.undo_drop_unnamed(v.undo)
+                else:
+                    skipped.append(v)
             elif v == U_QZ or v == U_FZ:
                 client.scanner.pending -= 1
             elif v == U_UPARSE:

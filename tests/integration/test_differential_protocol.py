@@ -294,6 +294,18 @@ def diff_proxy(pg: LocalPostgres) -> Iterator[ProxyThread]:
         Step("a", x.parse("", "SELECT $1::int + 1") + x.parse("s1", "SELECT $1::int + 1") + x.SYNC),
     ]
 )
+# Found by this test: a Close of the unnamed statement skipped after an error (the Describe of
+# a missing portal) still dropped the client's unnamed statement in the proxy's view (26000 on
+# the next Bind instead of PostgreSQL's 08P01 about its parameters).
+@example(
+    steps=[
+        Step(
+            "a",
+            x.parse("", "SELECT $1::int + 1") + x.describe("P", "") + x.close("S", "") + x.SYNC,
+        ),
+        Step("a", x.bind("") + x.SYNC),
+    ]
+)
 def test_proxy_answers_as_postgresql(
     pg: LocalPostgres, diff_proxy: ProxyThread, steps: list[Step]
 ) -> None:
