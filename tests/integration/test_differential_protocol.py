@@ -4,8 +4,9 @@ compared message by message.
 
 Hypothesis generates what a client may legally send: simple queries (several statements, errors,
 transaction control, COPY out, PREPARE/EXECUTE/DEALLOCATE, SET/RESET) and extended-protocol
-batches of Parse/Bind/Describe/Execute/Close with named and unnamed statements and portals, row
-limits (PortalSuspended) and errors in the middle of a pipeline, each batch ended by Sync. SQL
+batches of Parse/Bind/Describe/Execute/Close/Flush with named and unnamed statements and portals,
+row limits (PortalSuspended) and errors in the middle of a pipeline, each batch ended by Sync;
+the proxy keeps three statements per server connection, so prepared statements churn. SQL
 texts vary in case, whitespace, comments and a trailing semicolon. Schema changes (ALTER TABLE of
 a table the statements read) come in both protocols. A second client B takes turns
 on the proxy's two server connections between A's batches: it runs queries, leaves its own
@@ -122,8 +123,12 @@ class Op:
 @st.composite
 def ext_op(draw: st.DrawFn) -> Op:
     kind = draw(
-        st.sampled_from(["parse", "parse", "bind", "bind", "describe", "execute", "close", "query"])
+        st.sampled_from(
+            ["parse", "parse", "bind", "bind", "describe", "execute", "close", "query", "flush"]
+        )
     )
+    if kind == "flush":
+        return Op(x.FLUSH)
     if kind == "query":
         # A simple Query inside the batch: skipped by the server after an error before the Sync.
         return Op(m.query(draw(st.sampled_from(["SELECT 1", "SELECT 1/0", "BEGIN", "COMMIT"]))))
@@ -264,7 +269,13 @@ def diff_proxy(pg: LocalPostgres) -> Iterator[ProxyThread]:
     proxy = ProxyThread(
         make_config(
             pg,
-            pool={"default_pool_size": 2, "query_wait_timeout_s": 20},
+            # Three statements per server connection: the named ones churn past the cache, closed
+            # and prepared again by the proxy (with its result check) as they come back.
+            pool={
+                "default_pool_size": 2,
+                "query_wait_timeout_s": 20,
+                "max_prepared_statements": 3,
+            },
             proxy={"pool_mode": os.environ.get("PGPOOL_DIFF_MODE", "transaction")},
         )
     ).start()
