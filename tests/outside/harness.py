@@ -347,10 +347,16 @@ def compare(direct: SuiteRun, proxied: SuiteRun, expected: Expected) -> Comparis
 
 
 def _terminated_by_server(exc: BaseException | None) -> bool:
-    """The server's FATAL 57P01 (pg_terminate_backend) is in the chain of exc (asyncpg raises it,
-    and the transaction's rollback on the closed connection then raises its own error)."""
+    """The connection was ended under the client: the server's FATAL 57P01 (pg_terminate_backend)
+    is in the chain of exc (asyncpg raises it, and the transaction's rollback on the closed
+    connection then raises its own error), or, when the FATAL came while the client was idle in
+    its transaction, asyncpg reports only the closed connection. (A proxy that dropped clients
+    on its own would show here too: the count is in the report, and zero in suites that do not
+    terminate backends.)"""
     while exc is not None:
-        if isinstance(exc, asyncpg.AdminShutdownError):
+        if isinstance(exc, asyncpg.AdminShutdownError | asyncpg.ConnectionDoesNotExistError):
+            return True
+        if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
             return True
         exc = exc.__context__
     return False
