@@ -77,7 +77,11 @@ FAST_SELECT = [
 
 # Test classes that run against the database are named after its configuration, server version
 # included (CoreArrayRoundTripTest_postgresql+asyncpg_async_15_18): compared and listed without it.
-_VERSION_SUFFIX = re.compile(r"(_postgresql\+\w+?)(?:_\d+)+(?=::)")
+# Driver segments start with a letter, version segments with a digit: no two ways to split a
+# name, so no backtracking between them.
+_VERSION_SUFFIX = re.compile(
+    r"(_postgresql\+[A-Za-z0-9]+(?:_[A-Za-z][A-Za-z0-9]*)*)(?:_[0-9]+)+(?=::)"
+)
 
 
 def normalize_id(test_id: str) -> str:
