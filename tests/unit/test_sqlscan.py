@@ -249,7 +249,7 @@ def test_classify_prefix_at_every_end_never_raises() -> None:
     text = b"/* c */ SET x=1; -- d\nDISCARD ALL; select pg_advisory_lock(1); DO $x$ a $x$"
     for end in range(len(text) + 1):
         flags = classify(text, 0, end)
-        assert 0 <= flags <= SQL_ALL | SQL_DEALLOCATE
+        assert 0 <= flags <= SQL_ALL | SQL_DEALLOCATE | SQL_DDL
     assert classify(text, 0, len(text)) == SQL_ALL | SQL_DEALLOCATE
 
 
@@ -353,7 +353,7 @@ def test_classify_is_fast_on_hostile_text(text: bytes, scale: int) -> None:
 @settings(max_examples=400, deadline=None)
 def test_classify_total_on_any_bytes(data: bytes) -> None:
     flags = classify(data, 0, len(data))
-    assert 0 <= flags <= SQL_ALL | SQL_DEALLOCATE
+    assert 0 <= flags <= SQL_ALL | SQL_DEALLOCATE | SQL_DDL
     assert classify(bytearray(data), 0, len(data)) == flags
     setting_names(data, 0, len(data))
     drops_all_statements(data.decode("utf-8", "replace"))
