@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
+from ..auth.server_login import BackendLoginError
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link.prepared import StatementRegistry
 from ..net.connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
 from ..protocol.constants import TX_IDLE
-from .backend import BackendConnection, BackendLoginError, BackendState
+from .backend import BackendConnection, BackendState
 
 if TYPE_CHECKING:
     from ..config import PoolMode

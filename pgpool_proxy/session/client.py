@@ -7,6 +7,7 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..auth.server_login import server_sqlstate
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link.ends import at_boundary
 from ..link.prepared import (
@@ -33,7 +34,7 @@ from ..link.prepared import (
     rebuilt_bind_head,
 )
 from ..net.endpoint import Endpoint, Peer
-from ..pool.backend import BackendConnection, BackendState, InternalDone, server_sqlstate
+from ..pool.backend import BackendConnection, BackendState, InternalDone
 from ..protocol import messages as m
 from ..protocol.constants import (
     F_BIND,
