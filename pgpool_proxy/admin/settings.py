@@ -11,7 +11,7 @@ import enum
 from typing import TYPE_CHECKING, Any, Final
 
 from ..config import AdminSettings, Config, PoolSettings, ProxySettings
-from ..config_schema import _BAD, _SECTIONS, _Checker
+from ..config.schema import _BAD, _SECTIONS, _Checker
 from ..errors import SqlState
 from .commands import CommandError
 from .show import Result
@@ -140,7 +140,7 @@ def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
             hint="Edit the configuration file and RELOAD to remove every admin user.",
         )
     if section == "admin":
-        from ..config_admin import check_admin
+        from ..config import check_admin
 
         problems: list[str] = []
         check_admin(

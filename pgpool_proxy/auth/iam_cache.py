@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ..config_security import IamSettings
+from ..config import IamSettings
 from ..errors import SqlState
 from .iam import IamError, IamIdentity, TokenVerifier, parse_token, precheck, token_hash
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
-from ..config_topology import TopologySettings
+from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from .backend import BackendConnection, BackendLoginError, BackendState
 from .connect import ServerTls, open_server_transport

@@ -1,4 +1,4 @@
-"""Unit tests for pgpool_proxy.config and pgpool_proxy.config_check (no sockets)."""
+"""Unit tests for the pgpool_proxy.config package, check_config_main included (no sockets)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from pgpool_proxy.config import (
     ProxySettings,
     UserConfig,
     build_config,
+    check_config_main,
     load_config,
     parse_config,
 )
-from pgpool_proxy.config_check import check_config_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "proxy.example.toml"

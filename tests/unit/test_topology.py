@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgpool_proxy.config import ConfigError, DatabaseRole, build_config
-from pgpool_proxy.config_topology import parse_host_port
+from pgpool_proxy.config import ConfigError, DatabaseRole, build_config, parse_host_port
 from pgpool_proxy.pool.monitor import parse_lsn, parse_probe
 from pgpool_proxy.pool.topology import DOWN, REPLICA, STALE, WRITER, ProbeResult, Topology
 from tests.support.poolspec import pool_spec

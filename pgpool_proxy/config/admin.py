@@ -53,7 +53,7 @@ def build_admin(
     checker: Any, raw: object, databases: Iterable[Any], users: Iterable[Any]
 ) -> AdminSettings:
     """The ``[admin]`` part of a Config (``checker`` is config_schema's problem collector)."""
-    from .config_schema import _BAD, _valid
+    from .schema import _BAD, _valid
 
     values = checker.section("admin", raw)
     admin = AdminSettings(**_valid(values))

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from .config_schema import _Checker, _Key
+    from .schema import _Checker, _Key
 
 # Per array: reference key -> the key it supplies. password_env is older and resolved apart
 # (its value must never appear in a message).
@@ -45,7 +45,7 @@ def resolve_env_refs(
     values: dict[str, Any],
 ) -> None:
     """Replace each ``<key>_env`` in ``values`` with ``<key>`` read from the environment."""
-    from .config_schema import _BAD
+    from .schema import _BAD
 
     for ref, target in ENV_REFS.get(array, {}).items():
         var = values.pop(ref, None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config_schema import _Checker
+    from .schema import _Checker
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class MetricsSettings:
 
 def build_metrics(checker: _Checker, data: Mapping[str, Any]) -> MetricsSettings:
     """The [metrics] section of a Config; an empty ``listen`` means no endpoint."""
-    from .config_schema import _BAD, _valid
+    from .schema import _BAD, _valid
 
     values = checker.section("metrics", data.get("metrics"))
     listen = values.pop("listen", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pgpool_proxy.config import ConfigError, load_config
+from .build import ConfigError, load_config
 
 __all__ = ["check_config_main"]
 

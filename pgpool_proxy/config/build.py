@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .config_admin import AdminSettings, build_admin
-from .config_metrics import MetricsSettings
-from .config_security import (
+from .admin import AdminSettings, build_admin
+from .metrics import MetricsSettings
+from .security import (
     ClientTlsMode,
     ClientTlsSettings,
     IamRule,
@@ -30,7 +30,7 @@ from .config_security import (
     ServerTlsMode,
     ServerTlsSettings,
 )
-from .config_topology import DatabaseRole, TopologySettings
+from .topology import DatabaseRole, TopologySettings
 
 __all__ = [
     "AdminSettings",
@@ -286,7 +286,7 @@ def build_config(
     Raises `ConfigError` listing every problem found.
     """
     # Imported here, not at the top: the schema's key tables are built from this module's enums.
-    from .config_schema import (
+    from .schema import (
         _ARRAYS,
         _BAD,
         _SECTIONS,
@@ -390,7 +390,7 @@ def build_config(
     security = _build_security(checker, data, database_entries, users)
     topology = _build_topology(checker, data, databases, users)
     admin = build_admin(checker, data.get("admin"), databases, users)
-    from .config_metrics import build_metrics
+    from .metrics import build_metrics
 
     metrics = build_metrics(checker, data)
     checker.finish()

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any, Final
 
-from .config import AuthType, ConfigError, PoolMode
-from .config_envrefs import resolve_env_refs
-from .config_security import ClientTlsMode, IamVerifierKind, ServerTlsMode
-from .config_topology import DatabaseRole
+from .build import AuthType, ConfigError, PoolMode
+from .envrefs import resolve_env_refs
+from .security import ClientTlsMode, IamVerifierKind, ServerTlsMode
+from .topology import DatabaseRole
 
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _LOG_FORMATS: Final = ("text", "json")
@@ -576,7 +576,7 @@ def _build_security(
 ) -> dict[str, Any]:
     """The [client_tls], [server_tls], [iam], [secrets] and [[iam_rules]] parts of a Config,
     with their cross-key checks (see config_security)."""
-    from .config_security import (
+    from .security import (
         ClientTlsSettings,
         IamRule,
         IamSettings,
@@ -636,7 +636,7 @@ def _build_security(
 
 def _check_hosts(checker: _Checker, path: str, values: dict[str, Any]) -> None:
     """Parse a database's ``hosts`` into (host, port) pairs, or mark it invalid."""
-    from .config_topology import check_database_hosts
+    from .topology import check_database_hosts
 
     if values.get("hosts") is _BAD:
         return
@@ -649,7 +649,7 @@ def _build_topology(
     checker: _Checker, data: Mapping[str, Any], databases: Iterable[Any], users: Iterable[Any]
 ) -> Any:
     """The [topology] section, and each tracked database's monitor login."""
-    from .config_topology import TopologySettings, check_topology
+    from .topology import TopologySettings, check_topology
 
     values = checker.section("topology", data.get("topology"))
     settings = TopologySettings(**_valid(values))
