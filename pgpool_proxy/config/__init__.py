@@ -1,27 +1,28 @@
 """Owns the proxy's configuration: typed, immutable settings loaded from TOML plus environment.
 
-This is the public API; the modules inside are its implementation.
+This module is the public API; import from here, not from the modules inside. They import one
+way, each only from those listed before it:
+
+- `schema`: `Key`, `Checker` (value conversion collecting every problem), `ConfigError`;
+- `envrefs`, `tables`: ``*_env`` references; reading a section or an array against its keys;
+- `core` ([proxy], [pool], [auth]), `users`, `topology`, `databases`, `security` ([client_tls],
+  [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`: each section's
+  dataclasses, key table, cross-key checks and builder;
+- `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
+  (``pgpool-proxy check``).
 """
 
 from __future__ import annotations
 
 from .admin import AdminSettings, check_admin
-from .build import (
-    AuthSettings,
-    AuthType,
-    Config,
-    ConfigError,
-    DatabaseConfig,
-    PoolMode,
-    PoolSettings,
-    ProxySettings,
-    UserConfig,
-    build_config,
-    load_config,
-    parse_config,
-)
+from .build import build_config, load_config, parse_config
 from .check import check_config_main
+from .core import AuthSettings, AuthType, PoolMode, PoolSettings, ProxySettings
+from .databases import DatabaseConfig
+from .keys import SECTIONS, setting_from_text
 from .metrics import MetricsSettings
+from .model import Config
+from .schema import ConfigError
 from .security import (
     ClientTlsMode,
     ClientTlsSettings,
@@ -34,8 +35,10 @@ from .security import (
     region_of_secret_arn,
 )
 from .topology import DatabaseRole, TopologySettings, parse_host_port
+from .users import UserConfig
 
 __all__ = [
+    "SECTIONS",
     "AdminSettings",
     "AuthSettings",
     "AuthType",
@@ -64,4 +67,5 @@ __all__ = [
     "parse_config",
     "parse_host_port",
     "region_of_secret_arn",
+    "setting_from_text",
 ]
