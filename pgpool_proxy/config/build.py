@@ -65,9 +65,10 @@ def build_config(
     security = build_security(checker, data, database_entries, users)
     topology = build_topology(checker, data.get("topology"))
     check_monitor_logins(checker, databases, users)
-    admin = build_admin(
-        checker, data.get("admin"), (d.name for d in databases), (u.name for u in users)
-    )
+    # Every user the file names counts, valid or not: one whose password_env is unset is
+    # already a problem, and "not in [[users]]" on top of it would send the reader astray.
+    user_names = [values["name"] for _, values in user_entries if values["name"] is not BAD]
+    admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
     checker.finish()
     return Config(

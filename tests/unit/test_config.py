@@ -624,6 +624,21 @@ def test_password_env_problems() -> None:
     ]
 
 
+def test_admin_user_with_unset_password_env_is_one_problem() -> None:
+    # The user is in [[users]]; only its password is missing, so that is the one problem.
+    problems = problems_of(
+        '[[databases]]\nname = "app"\n'
+        '[[users]]\nname = "alice"\npassword_env = "ALICE_PW"\n'
+        '[admin]\nadmin_users = ["alice"]\nstats_users = ["alice", "bob"]\n',
+        env={},
+    )
+    assert problems == [
+        "t.toml: users[0].password_env: environment variable ALICE_PW is not set",
+        't.toml: admin.stats_users: user "bob" is not in [[users]]; admin users log in like any '
+        "other user",
+    ]
+
+
 # -- the Config object -------------------------------------------------------------------------
 
 
