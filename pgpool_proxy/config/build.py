@@ -64,10 +64,10 @@ def build_config(
     users = build_users(checker, user_entries, auth_type)
     security = build_security(checker, data, database_entries, users)
     topology = build_topology(checker, data.get("topology"))
-    check_monitor_logins(checker, databases, users)
     # Every user the file names counts, valid or not: one whose password_env is unset is
     # already a problem, and "not in [[users]]" on top of it would send the reader astray.
-    user_names = [values["name"] for _, values in user_entries if values["name"] is not BAD]
+    user_names = {values["name"] for _, values in user_entries if values["name"] is not BAD}
+    check_monitor_logins(checker, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
     checker.finish()

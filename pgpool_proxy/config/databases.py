@@ -4,7 +4,7 @@ and the login a multi-host database's topology monitor uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -125,13 +125,20 @@ def build_databases(
 
 
 def check_monitor_logins(
-    checker: Checker, databases: Iterable[DatabaseConfig], users: Iterable[UserConfig]
+    checker: Checker,
+    databases: Iterable[DatabaseConfig],
+    users: Iterable[UserConfig],
+    user_names: Collection[str],
 ) -> None:
-    """Each tracked database's topology monitor must be able to log in with a password."""
+    """Each tracked database's topology monitor must be able to log in with a password.
+
+    ``user_names`` are all the users the file names, ``users`` only the valid ones."""
     by_name = {u.name: u for u in users}
     for db in databases:
         if db.monitor_user is not None:
             user = by_name.get(db.monitor_user)
+            if user is None and db.monitor_user in user_names:
+                continue  # an invalid [[users]] entry: its own problem says what is wrong
             if user is None or not user.password or user.password.startswith(("md5", SCRAM_PREFIX)):
                 checker.add(
                     f"databases.{db.name}.monitor_user",

@@ -235,6 +235,22 @@ def test_config_problems(db: dict[str, object], extra: dict[str, object], proble
     assert problem in str(info.value)
 
 
+def test_monitor_user_with_unset_password_env_is_one_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(
+            {
+                "auth": {"type": "trust"},
+                "databases": [{"name": "a", "hosts": ["h1", "h2"], "monitor_user": "mon"}],
+                "users": [{"name": "mon", "password_env": "MON_PW"}],
+            },
+            source="t.toml",
+            env={},
+        )
+    assert info.value.problems == [
+        "t.toml: users[0].password_env: environment variable MON_PW is not set"
+    ]
+
+
 def _reader_spec(**overrides: object):  # type: ignore[no-untyped-def]
     return pool_spec(
         name="ro/u", host=A[0], port=A[1], reader=True, reader_fallback=False, **overrides
