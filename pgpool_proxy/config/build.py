@@ -65,7 +65,7 @@ def build_config(
     security = build_security(checker, data, database_entries, users)
     topology = build_topology(checker, data.get("topology"))
     # Every user the file names counts, valid or not: one whose password_env is unset is
-    # already a problem, and "not in [[users]]" on top of it would send the reader astray.
+    # already a problem, and a "not in [[users]]" on top of it would be wrong.
     user_names = {values["name"] for _, values in user_entries if values["name"] is not BAD}
     check_monitor_logins(checker, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
