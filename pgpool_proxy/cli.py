@@ -12,7 +12,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, build_config, check_config_main, load_config
-from .workers import WorkerIdentity, supervise
+from .runtime.workers import WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -117,11 +117,12 @@ async def serve(
     port: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads); returns the exit status."""
-    from .lifecycle import run_until_stopped
-    from .server import ProxyServer
-    from .services import StartupError
+    from .admin import HOOKS
+    from .runtime.lifecycle import run_until_stopped
+    from .runtime.server import ProxyServer
+    from .runtime.services import StartupError
 
-    server = ProxyServer(config, identity)
+    server = ProxyServer(config, identity, admin=HOOKS)
     try:
         await server.start(port)
     except StartupError as exc:

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 from ..auth.md5 import md5_response
 from ..auth.scram import MECHANISM, ScramClient, ScramError, ScramProtocolError
-from ..endpoint import Endpoint, EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..link import replies
+from ..link.prepared import ServerStatements
+from ..net.endpoint import Endpoint, EndpointClosed, Peer
 from ..protocol import messages as m
 from ..protocol.constants import (
     AUTH_CLEARTEXT,
@@ -47,11 +49,9 @@ from ..protocol.framing import (
     RecvBuffer,
 )
 from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
-from ..session import replies
-from ..session.prepared import ServerStatements
 
 if TYPE_CHECKING:
-    from ..session.client import ClientConnection
+    from .ends import PoolClient
     from .pool import Pool
 
 log = logging.getLogger("pgpool_proxy.backend")
@@ -99,7 +99,8 @@ class BackendState(enum.IntEnum):
     CLOSED = 5
 
 
-_ALLOWED: dict[BackendState, frozenset[BackendState]] = {
+# Which state may follow which (BackendConnection._to); tests/unit/test_transitions.py checks it.
+BACKEND_TRANSITIONS: dict[BackendState, frozenset[BackendState]] = {
     BackendState.CONNECTING: frozenset({BackendState.LOGIN, BackendState.CLOSED}),
     BackendState.LOGIN: frozenset({BackendState.IDLE, BackendState.CLOSED}),
     BackendState.IDLE: frozenset(
@@ -194,7 +195,7 @@ class BackendConnection(Endpoint):
         self.address: tuple[str, int] = pool.backend_address
         self.state = BackendState.CONNECTING
         self.scanner = BackendScanner()
-        self.client: ClientConnection | None = None
+        self.client: PoolClient | None = None
         self.params: dict[str, str] = {}
         # Non-reported settings the proxy replayed here for a client (reset for the next one).
         self.extra_keys: set[str] = set()
@@ -212,7 +213,7 @@ class BackendConnection(Endpoint):
         self.last_user = ""
         self.login_user = ""
         # The settings signature of the client this backend's settings last matched (see
-        # ClientConnection._compute_sig); None when unknown.
+        # PoolClient._compute_sig); None when unknown.
         self.applied_sig: tuple[object, ...] | None = None
         self.pid = 0
         self.secret = 0
@@ -242,17 +243,60 @@ class BackendConnection(Endpoint):
 
     # --- state -------------------------------------------------------------------------------
 
-    def to(self, new: BackendState) -> None:
-        if new not in _ALLOWED[self.state]:
+    # Every change of self.state goes through _to, called only by the methods below and the
+    # login: other modules say what they do with the connection, not which state it is in.
+
+    def _to(self, new: BackendState) -> None:
+        if new not in BACKEND_TRANSITIONS[self.state]:
             raise RuntimeError(f"illegal backend transition {self.state.name} -> {new.name}")
         self.state = new
+
+    def link(self, client: PoolClient) -> None:
+        """Serve `client` (handed over by the pool, or kept between a session's transactions)."""
+        self._to(BackendState.ACTIVE)
+        self.client = client
+        self.last_key_pid = client.key_pid
+        self.linked_at = self.loop.time()
+        self.scanner.units = client.scanner.units
+
+    def hold(self) -> None:
+        """Out of the pool and serving no client, until the pool takes it back (to_idle)."""
+        self._to(BackendState.RESETTING)
+
+    def to_idle(self) -> None:
+        """Free for the next client: the pool (or the topology monitor) has it back."""
+        self._to(BackendState.IDLE)
+
+    def run_own(
+        self, statements: Sequence[str], done: InternalDone | None, *, batch: bool = False
+    ) -> None:
+        """Run the proxy's own statements, their replies swallowed; `done` gets the errors and
+        rows once the last has answered (or the connection is lost). Each statement is one
+        simple Query; with `batch`, all are one extended-protocol batch (messages.internal_batch),
+        which leaves the session's unnamed statement (a session-mode client's own) as it is.
+        With no client linked, the connection is held out of the pool meanwhile."""
+        assert self.transport is not None
+        if self.client is None and self.state != BackendState.RESETTING:
+            self.hold()
+        self.on_internal_done = done
+        self.scanner.internal = True
+        if batch:
+            self.internal_pending += 1
+            self.transport.write(m.internal_batch(statements))
+            return
+        client = self.client
+        if client is not None:
+            # A simple Query drops the server's unnamed statement.
+            client.scanner.unnamed_here = False
+        self.internal_pending += len(statements)
+        self.transport.write(b"".join(m.query(sql) for sql in statements))
 
     def __repr__(self) -> str:
         return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def peer(self) -> Endpoint | None:
+    def peer(self) -> Peer | None:
         return self.client
 
     def is_closed(self) -> bool:
@@ -482,14 +526,14 @@ class BackendConnection(Endpoint):
         if client is not None:
             client.backend_ended()
 
-    def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
+    def _notification(self, buf: bytearray, pos: int, n: int, client: PoolClient) -> bytes:
         """The NotificationResponse at pos as the client must see it (see _notifier)."""
         mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client) if n >= 9 else None
         if mapped is None:
             return bytes(buf[pos : pos + n])
         return b"".join((buf[pos : pos + 5], INT32.pack(mapped), buf[pos + 9 : pos + n]))
 
-    def _notifier(self, pid: int, client: ClientConnection) -> int | None:
+    def _notifier(self, pid: int, client: PoolClient) -> int | None:
         """The pid a client knows for the session that sent a notification: its own (from
         BackendKeyData) when it notified itself, and for another of the proxy's server
         connections the client whose COMMIT sent it, as near as the proxy can tell. None for
@@ -519,7 +563,7 @@ class BackendConnection(Endpoint):
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)
         self.fail(DisconnectReason.PROTOCOL_ERROR, f"server sent too many parameters: {why}")
 
-    def _idle_point(self, client: ClientConnection, start: int, pos: int) -> bool:
+    def _idle_point(self, client: PoolClient, start: int, pos: int) -> bool:
         """The client owes nothing and the server is idle: release the backend, or first ask the
         server what state the client's statements left in the session. True when handed off."""
         sc = client.scanner
@@ -544,7 +588,7 @@ class BackendConnection(Endpoint):
         client.backend_released(self)
         return True
 
-    def release_if_done(self, client: ClientConnection, pos: int) -> bool:
+    def release_if_done(self, client: PoolClient, pos: int) -> bool:
         """After the proxy answered a Query itself: release if that was the last reply owed."""
         cs = client.scanner
         if cs.pending <= 0 and not cs.unsynced and not cs.skip and self.tx_status == TX_IDLE:
@@ -572,26 +616,7 @@ class BackendConnection(Endpoint):
         else:
             rb.consumed(pos)
 
-    # --- proxy-issued queries ----------------------------------------------------------------
-
-    def send_internal(self, sql: str) -> None:
-        """Send a simple query whose reply the proxy swallows (the client never sees it)."""
-        assert self.transport is not None
-        client = self.client
-        if client is not None:
-            # A simple Query drops the server's unnamed statement.
-            client.scanner.unnamed_here = False
-        self.internal_pending += 1
-        self.scanner.internal = True
-        self.transport.write(m.query(sql))
-
-    def send_internal_statements(self, statements: Sequence[str]) -> None:
-        """As send_internal, in extended protocol (messages.internal_batch): the session's
-        unnamed statement, a session-mode client's own, stays as it is."""
-        assert self.transport is not None
-        self.internal_pending += 1
-        self.scanner.internal = True
-        self.transport.write(m.internal_batch(statements))
+    # --- the proxy's own statements (run_own) ------------------------------------------------
 
     def _internal_finished(self) -> None:
         self.scanner.internal = False
@@ -658,7 +683,7 @@ class BackendConnection(Endpoint):
         # the idle check) get no answer now: whoever waits on them learns it here, not after
         # server_check_timeout_s. A linked client hears of the loss from fail().
         lost = self.on_internal_done if self.internal_pending and self.client is None else None
-        self.state = BackendState.CLOSED
+        self._to(BackendState.CLOSED)
         self.close_reason = reason
         self.client = None
         transport = self.transport
@@ -712,7 +737,7 @@ class BackendConnection(Endpoint):
         server_key: bytes | None,
     ) -> None:
         assert self.transport is not None
-        self.to(BackendState.LOGIN)
+        self._to(BackendState.LOGIN)
         self.transport.write(m.startup_message({"user": user, "database": dbname}))
         scram: ScramClient | None = None
         for _ in range(MAX_LOGIN_MESSAGES):
@@ -831,7 +856,7 @@ class BackendConnection(Endpoint):
                 raise ValueError("ReadyForQuery must be 1 byte")
             self.tx_status = body[0]
             self.login_user = self.params.get("session_authorization", "")
-            self.to(BackendState.IDLE)
+            self._to(BackendState.IDLE)
             self.idle_since = self.loop.time()
             # An idle server connection reads, to notice the server saying goodbye.
             self.resume_reading()

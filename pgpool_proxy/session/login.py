@@ -19,8 +19,8 @@ from ..counters import (
     AUTH_TLS_REQUIRED,
     AUTH_UNKNOWN_USER,
 )
-from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
 from . import canon
@@ -287,9 +287,7 @@ async def _login(client: ClientConnection) -> None:
         )
     if database == config.admin.database:
         # The virtual admin database: the console takes over (it refuses non-admin users).
-        from ..admin.console import start_console
-
-        start_console(client, params)
+        server.open_console(client, params)
         return
     if db is None:
         raise _Refusal(
