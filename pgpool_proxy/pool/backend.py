@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 from ..auth.md5 import md5_response
 from ..auth.scram import MECHANISM, ScramClient, ScramError, ScramProtocolError
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link import replies
+from ..link.ends import at_boundary
 from ..link.prepared import ServerStatements
 from ..net.endpoint import Endpoint, EndpointClosed, Peer
 from ..protocol import messages as m
@@ -317,7 +318,7 @@ class BackendConnection(Endpoint):
             except Exception:
                 # Never into the event loop's fatal-error path: that would leave the client
                 # linked to a backend in an unknown state.
-                self._internal_error()
+                self.fail_internal()
         elif state == BackendState.LOGIN:
             self.slow_path_data()
         elif state == BackendState.IDLE:
@@ -330,19 +331,16 @@ class BackendConnection(Endpoint):
         if self.state != BackendState.CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
 
-    def _internal_error(self) -> None:
+    def fail_internal(self) -> None:
         """A bug surfaced while handling this server's bytes: drop the server connection (its
         state is unknown) and give the linked client, only it, an internal error."""
-        log.exception("internal error handling server data: backend %s", self.pid)
+        err = internal_error(log, "handling server data: backend %s", self.pid)
         client = self.client
         try:
             self.close(DisconnectReason.INTERNAL_ERROR)
             if client is not None:
                 client.backend = None
-                client.fail(
-                    ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
-                    DisconnectReason.INTERNAL_ERROR,
-                )
+                client.fail(err, DisconnectReason.INTERNAL_ERROR)
         except Exception:
             log.exception("internal error closing backend %s", self.pid)
             for end in (self, client):
@@ -394,13 +392,7 @@ class BackendConnection(Endpoint):
                     self._write(start, pos)
                     start = pos
                     replies.ready(client, self)
-                if (
-                    cs.pending <= 0
-                    and not cs.unsynced
-                    and not cs.skip
-                    and scanner.status == TX_IDLE
-                    and self._idle_point(client, start, pos)
-                ):
+                if at_boundary(cs, scanner.status) and self._idle_point(client, start, pos):
                     return
                 continue
             if ev == EV_UNIT or ev == EV_AFTER:
@@ -591,7 +583,7 @@ class BackendConnection(Endpoint):
     def release_if_done(self, client: PoolClient, pos: int) -> bool:
         """After the proxy answered a Query itself: release if that was the last reply owed."""
         cs = client.scanner
-        if cs.pending <= 0 and not cs.unsynced and not cs.skip and self.tx_status == TX_IDLE:
+        if at_boundary(cs, self.tx_status):
             return self._idle_point(client, pos, pos)
         return False
 

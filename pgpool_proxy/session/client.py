@@ -7,7 +7,8 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..link.ends import at_boundary
 from ..link.prepared import (
     A_CHECK,
     A_DUPLICATE,
@@ -267,8 +268,8 @@ class ClientConnection(Endpoint):
         except FrameError as exc:
             self._frame_error(exc)
         except Exception:
-            # Never into the event loop's fatal-error path (see _internal_error).
-            self._internal_error()
+            # Never into the event loop's fatal-error path (see fail_internal).
+            self.fail_internal()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -799,7 +800,10 @@ class ClientConnection(Endpoint):
 
     def _resume_checked(self, backend: BackendConnection) -> None:
         if self.state == ClientState.CHECKING and self.backend is backend:
-            self._activate()
+            try:
+                self._activate()
+            except Exception:
+                self.fail_internal()  # a deferred callback: the loop must not see it
 
     def _break(self, stmt: Stmt) -> None:
         """stmt returns something else than this client was told: from now on, each use of a
@@ -1137,10 +1141,10 @@ class ClientConnection(Endpoint):
             )
             self.fail(err, DisconnectReason.PROTOCOL_ERROR)
 
-    def _internal_error(self) -> None:
+    def fail_internal(self) -> None:
         """A bug surfaced while handling this client's bytes: this client alone gets XX000, and
         its server connection, whose state is unknown, is closed rather than reused."""
-        log.exception("internal error handling client data: %s", self.addr)
+        err = internal_error(log, "handling client data: %s", self.addr)
         backend = self.backend
         try:
             if backend is not None:
@@ -1148,10 +1152,7 @@ class ClientConnection(Endpoint):
                 backend.client = None
                 backend.scanner.units = None
                 backend.close(DisconnectReason.INTERNAL_ERROR)
-            self.fail(
-                ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
-                DisconnectReason.INTERNAL_ERROR,
-            )
+            self.fail(err, DisconnectReason.INTERNAL_ERROR)
         except Exception:
             log.exception("internal error closing client %s", self.addr)
             for end in (self, backend):
@@ -1230,10 +1231,7 @@ class ClientConnection(Endpoint):
         """A client left while holding a backend: reuse it only if provably clean."""
         sc = self.scanner
         clean = (
-            sc.pending <= 0
-            and not sc.unsynced
-            and not sc.skip
-            and backend.tx_status == TX_IDLE
+            at_boundary(sc, backend.tx_status)
             and not backend.internal_pending
             and backend.state == BackendState.ACTIVE
         )
@@ -1290,7 +1288,10 @@ def _distrusts_catalog(search_path: str | None) -> bool:
 
 def _release_later(backend: BackendConnection) -> None:
     if backend.state == BackendState.RESETTING:
-        backend.pool.release(backend)
+        try:
+            backend.pool.release(backend)
+        except Exception:
+            backend.fail_internal()  # a deferred callback: the loop must not see it
 
 
 def _after_reset(
