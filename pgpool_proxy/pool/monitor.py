@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
 from ..auth.server_login import BackendLoginError
-from ..config_topology import TopologySettings
+from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import ServerTls, open_server_transport
 from .backend import BackendConnection, BackendState
