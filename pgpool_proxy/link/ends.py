@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from ..protocol.client_scan import ClientScanner
 from ..protocol.constants import TX_IDLE
-from ..protocol.framing import ClientScanner
 from .prepared import ClientStatements, ServerStatements, StatementRegistry, Stmt
 
 

@@ -6,8 +6,8 @@ import asyncio
 from typing import Protocol, cast
 
 from ..errors import ProxyError, SqlState
+from ..protocol.buffer import RecvBuffer
 from ..protocol.constants import INT32
-from ..protocol.framing import RecvBuffer
 
 # How long a connection closed after an error reply goes on discarding what its peer sends.
 LINGER_S = 2.0

@@ -15,12 +15,14 @@ from ..link.ends import at_boundary
 from ..link.prepared import ServerStatements
 from ..net.endpoint import Endpoint, EndpointClosed, Peer
 from ..protocol import messages as m
+from ..protocol.buffer import RecvBuffer
 from ..protocol.constants import (
     B_PARAMETER_STATUS,
     INT32,
     TX_IDLE,
 )
-from ..protocol.framing import (
+from ..protocol.framing import FrameError
+from ..protocol.server_scan import (
     EV_AFTER,
     EV_ERROR,
     EV_FATAL,
@@ -32,8 +34,6 @@ from ..protocol.framing import (
     EV_ROW,
     EV_UNIT,
     BackendScanner,
-    FrameError,
-    RecvBuffer,
 )
 from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
 

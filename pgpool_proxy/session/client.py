@@ -36,6 +36,8 @@ from ..link.prepared import (
 from ..net.endpoint import Endpoint, Peer
 from ..pool.backend import BackendConnection, BackendState, InternalDone
 from ..protocol import messages as m
+from ..protocol.buffer import RecvBuffer
+from ..protocol.client_scan import CEV_INSPECT, CEV_NEED, ClientScanner
 from ..protocol.constants import (
     F_BIND,
     F_CLOSE,
@@ -47,14 +49,7 @@ from ..protocol.constants import (
     TX_FAILED,
     TX_IDLE,
 )
-from ..protocol.framing import (
-    CEV_INSPECT,
-    CEV_NEED,
-    ClientScanner,
-    FrameError,
-    RecvBuffer,
-    peek_type,
-)
+from ..protocol.framing import FrameError, peek_type
 from ..protocol.sqlscan import (
     SQL_ALL,
     SQL_DDL,

@@ -14,7 +14,9 @@ from tests.fuzz._common import instrumented, main
 
 with instrumented("pgpool_proxy.protocol"):
     from pgpool_proxy.protocol import messages as m
-    from pgpool_proxy.protocol.framing import (
+    from pgpool_proxy.protocol.buffer import RecvBuffer
+    from pgpool_proxy.protocol.framing import FrameError
+    from pgpool_proxy.protocol.server_scan import (
         EV_AFTER,
         EV_ERROR,
         EV_FATAL,
@@ -26,8 +28,6 @@ with instrumented("pgpool_proxy.protocol"):
         EV_ROW,
         EV_UNIT,
         BackendScanner,
-        FrameError,
-        RecvBuffer,
     )
 
 EXPECTED = (FrameError, m.ProtocolViolation)

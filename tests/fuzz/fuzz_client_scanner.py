@@ -11,15 +11,9 @@ import contextlib
 from tests.fuzz._common import instrumented, main
 
 with instrumented("pgpool_proxy.protocol"):
-    from pgpool_proxy.protocol.framing import (
-        CEV_INSPECT,
-        CEV_NEED,
-        CEV_NONE,
-        ClientScanner,
-        FrameError,
-        RecvBuffer,
-        peek_type,
-    )
+    from pgpool_proxy.protocol.buffer import RecvBuffer
+    from pgpool_proxy.protocol.client_scan import CEV_INSPECT, CEV_NEED, CEV_NONE, ClientScanner
+    from pgpool_proxy.protocol.framing import FrameError, peek_type
 
 MAX_LEN = 1 << 16
 EXPECTED = (FrameError,)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tests.fuzz._common import instrumented, main
 
-with instrumented("pgpool_proxy.protocol.framing"):
-    from pgpool_proxy.protocol.framing import RecvBuffer
+with instrumented("pgpool_proxy.protocol.buffer"):
+    from pgpool_proxy.protocol.buffer import RecvBuffer
 
 EXPECTED: tuple[type[BaseException], ...] = ()
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.protocol.buffer import RecvBuffer
+from pgpool_proxy.protocol.client_scan import CEV_NEED, ClientScanner
 from pgpool_proxy.protocol.constants import TX_FAILED, TX_IDLE, TX_IN_BLOCK
-from pgpool_proxy.protocol.framing import (
-    CEV_NEED,
+from pgpool_proxy.protocol.framing import FrameError, peek_type
+from pgpool_proxy.protocol.server_scan import (
     EV_ERROR,
     EV_FATAL,
     EV_NEED,
@@ -16,11 +18,7 @@ from pgpool_proxy.protocol.framing import (
     EV_PARAM,
     EV_READY,
     BackendScanner,
-    ClientScanner,
-    FrameError,
-    RecvBuffer,
     is_fatal,
-    peek_type,
 )
 from pgpool_proxy.protocol.sqlscan import SQL_SESSION
 

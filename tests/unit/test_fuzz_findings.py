@@ -10,7 +10,8 @@ import pytest
 from pgpool_proxy.auth.iam import IamError, parse_token
 from pgpool_proxy.config import ConfigError, parse_config
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol.framing import BackendScanner, FrameError
+from pgpool_proxy.protocol.framing import FrameError
+from pgpool_proxy.protocol.server_scan import BackendScanner
 from tests.fuzz.make_corpus import iam_tokens
 
 # --- DataRow (the proxy's own queries: state probe, settings replay, monitor) ----------------

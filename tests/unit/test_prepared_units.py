@@ -28,11 +28,16 @@ from pgpool_proxy.link.prepared import (
     rebuilt_bind_head,
 )
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol.constants import TX_IDLE, TX_IN_BLOCK
-from pgpool_proxy.protocol.framing import (
+from pgpool_proxy.protocol.client_scan import (
     CEV_INSPECT,
     CEV_NEED,
     CEV_NONE,
+    INSPECT_LIMIT,
+    ClientScanner,
+)
+from pgpool_proxy.protocol.constants import TX_IDLE, TX_IN_BLOCK
+from pgpool_proxy.protocol.framing import FrameError
+from pgpool_proxy.protocol.server_scan import (
     EV_AFTER,
     EV_ERROR,
     EV_FATAL,
@@ -43,10 +48,7 @@ from pgpool_proxy.protocol.framing import (
     EV_READY,
     EV_ROW,
     EV_UNIT,
-    INSPECT_LIMIT,
     BackendScanner,
-    ClientScanner,
-    FrameError,
 )
 from pgpool_proxy.protocol.sqlscan import SQL_ALL, SQL_DEALLOCATE, SQL_SESSION, SQL_SETTINGS
 from pgpool_proxy.protocol.units import (

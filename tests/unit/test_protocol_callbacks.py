@@ -20,7 +20,7 @@ import pytest
 from pgpool_proxy.config import build_config
 from pgpool_proxy.pool.backend import BackendConnection
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol.framing import RecvBuffer
+from pgpool_proxy.protocol.buffer import RecvBuffer
 from pgpool_proxy.session.client import ClientConnection
 from tests.support.proxy import ProxyThread
 from tests.support.rawpg import RawClient

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pgpool_proxy.net.endpoint import Endpoint
-from pgpool_proxy.protocol.framing import RecvBuffer, RecvBufferFull
+from pgpool_proxy.protocol.buffer import RecvBuffer, RecvBufferFull
 
 
 def fill(rb: RecvBuffer, nbytes: int) -> int:
