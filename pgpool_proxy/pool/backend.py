@@ -35,7 +35,7 @@ from ..protocol.server_scan import (
     EV_UNIT,
     BackendScanner,
 )
-from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
+from ..protocol.sqltables import SQL_SCHEMA, SQL_TRANSIENT
 
 if TYPE_CHECKING:
     from .ends import PoolClient

@@ -27,7 +27,8 @@ from .constants import (
     INT32,
 )
 from .framing import FrameError
-from .sqlscan import MAX_NAMES, SQL_ALL, SQL_DEALLOCATE, SQL_SETTINGS, classify, setting_names
+from .sqlscan import classify, setting_names
+from .sqltables import MAX_NAMES, SQL_ALL, SQL_DEALLOCATE, SQL_SETTINGS
 from .units import (
     U_BIND,
     U_CLOSE,

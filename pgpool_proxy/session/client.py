@@ -49,8 +49,10 @@ from ..protocol.constants import (
     TX_FAILED,
     TX_IDLE,
 )
+from ..protocol.deallocate import deallocation, drops_all_statements
 from ..protocol.framing import FrameError, peek_type
-from ..protocol.sqlscan import (
+from ..protocol.sqlscan import classify, setting_names
+from ..protocol.sqltables import (
     SQL_ALL,
     SQL_DDL,
     SQL_DDL_TOLD,
@@ -61,10 +63,6 @@ from ..protocol.sqlscan import (
     SQL_PINS,
     SQL_SETTINGS,
     SQL_TRANSIENT,
-    classify,
-    deallocation,
-    drops_all_statements,
-    setting_names,
 )
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARAMS, U_PARSE, U_QUERY, U_QZ, U_Z
 from .canon import learn

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol import sqlscan
+from pgpool_proxy.protocol import sqlscan, sqltables
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
@@ -660,10 +660,10 @@ def _cost(text: bytes) -> float:
     """Seconds of event-loop time the proxy spends judging one Query with this text."""
     best = 1.0
     for _ in range(5):
-        sqlscan._cache.clear()
+        sqlscan.clear_cache()
         t0 = time.perf_counter()
         flags = sqlscan.classify(text, 0, len(text))
-        if flags & sqlscan.SQL_SETTINGS:
+        if flags & sqltables.SQL_SETTINGS:
             sqlscan.setting_names(text, 0, len(text))
         best = min(best, time.perf_counter() - t0)
     return best

@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from pgpool_proxy.protocol import deallocate, sqlscan, sqltables
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol import sqlscan
 from tests.integration.test_session_attacks import (
     SETUP,
     TEARDOWN,
@@ -480,17 +480,17 @@ async def test_leak2_deallocate_refused_in_an_aborted_transaction_still_forgets(
 
 def _deallocate_path_cost(text: bytes) -> float:
     """What the loop does for one Query naming DEALLOCATE in transaction mode: the framing's
-    classify, then ClientConnection._inspect_query (sqlscan.deallocation lexes the text once,
+    classify, then ClientConnection._inspect_query (deallocate.deallocation lexes the text once,
     with the framing's flags), then setting_names. Before: parse_deallocate and
     drops_all_statements each tokenized the text, and classify ran twice."""
     best = 1.0
     for _ in range(5):
-        sqlscan._cache.clear()
+        sqlscan.clear_cache()
         t0 = time.perf_counter()
         flags = sqlscan.classify(text, 0, len(text))
-        if flags & sqlscan.SQL_DEALLOCATE:
-            sqlscan.deallocation(text.decode("utf-8", "replace"))
-        if flags & sqlscan.SQL_SETTINGS:
+        if flags & sqltables.SQL_DEALLOCATE:
+            deallocate.deallocation(text.decode("utf-8", "replace"))
+        if flags & sqltables.SQL_SETTINGS:
             sqlscan.setting_names(text, 0, len(text))
         best = min(best, time.perf_counter() - t0)
     return best

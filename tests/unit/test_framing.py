@@ -20,7 +20,7 @@ from pgpool_proxy.protocol.server_scan import (
     BackendScanner,
     is_fatal,
 )
-from pgpool_proxy.protocol.sqlscan import SQL_SESSION
+from pgpool_proxy.protocol.sqltables import SQL_SESSION
 
 LIMIT = 1 << 20
 

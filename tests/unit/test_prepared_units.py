@@ -50,7 +50,7 @@ from pgpool_proxy.protocol.server_scan import (
     EV_UNIT,
     BackendScanner,
 )
-from pgpool_proxy.protocol.sqlscan import SQL_ALL, SQL_DEALLOCATE, SQL_SESSION, SQL_SETTINGS
+from pgpool_proxy.protocol.sqltables import SQL_ALL, SQL_DEALLOCATE, SQL_SESSION, SQL_SETTINGS
 from pgpool_proxy.protocol.units import (
     TERMINATES,
     U_BIND,

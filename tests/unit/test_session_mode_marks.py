@@ -11,7 +11,7 @@ import pytest
 
 from pgpool_proxy.protocol import messages as m
 from pgpool_proxy.protocol.client_scan import MAX_KEPT, ClientScanner
-from pgpool_proxy.protocol.sqlscan import SQL_ALL, SQL_FULL, SQL_SETTINGS
+from pgpool_proxy.protocol.sqltables import SQL_ALL, SQL_FULL, SQL_SETTINGS
 from tests.support import extproto as x
 from tests.unit.test_framing import LIMIT, feed_client
 

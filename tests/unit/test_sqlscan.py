@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgpool_proxy.protocol.sqlscan import (
+from pgpool_proxy.protocol.deallocate import drops_all_statements, parse_deallocate
+from pgpool_proxy.protocol.sqlscan import classify, setting_names
+from pgpool_proxy.protocol.sqltables import (
     CLASSIFY_LIMIT,
     MAX_NAMES,
     SQL_ALL,
@@ -21,10 +23,6 @@ from pgpool_proxy.protocol.sqlscan import (
     SQL_PINS,
     SQL_SESSION,
     SQL_SETTINGS,
-    classify,
-    drops_all_statements,
-    parse_deallocate,
-    setting_names,
 )
 
 S = SQL_SESSION
