@@ -1,6 +1,7 @@
-"""SCRAM-SHA-256 as PostgreSQL speaks it: SASLprep, stored verifiers, both sides of the exchange.
+"""SCRAM-SHA-256 as PostgreSQL speaks it: SASLprep, stored verifiers, and the primitives and
+message parsing both sides of the exchange share (auth.scram_server, auth.scram_client).
 
-Sans-IO: the classes here only turn message payloads (the bytes inside SASLInitialResponse,
+Sans-IO: the exchanges only turn message payloads (the bytes inside SASLInitialResponse,
 SASLResponse, AuthenticationSASLContinue and AuthenticationSASLFinal) into other payloads.
 Framing, sockets and mechanism negotiation belong to the caller.
 
@@ -28,17 +29,32 @@ from dataclasses import dataclass, field
 __all__ = [
     "DEFAULT_ITERATIONS",
     "DEFAULT_MAX_SERVER_ITERATIONS",
+    "KEY_LEN",
     "MAX_ITERATIONS",
     "MAX_MESSAGE_SIZE",
+    "MAX_SALT_LEN",
+    "MAX_SERVER_NONCE_PART",
     "MECHANISM",
-    "ScramClient",
+    "ExchangeState",
     "ScramError",
     "ScramProtocolError",
-    "ScramServer",
     "ScramVerifier",
+    "b64",
+    "b64decode",
+    "decode_message",
     "derive_verifier",
+    "encodable",
+    "expect_attr",
+    "hmac_sha256",
+    "is_printable_nonce",
+    "new_nonce",
     "pg_normalize_password",
+    "salted_password",
+    "salted_password_off_loop",
     "saslprep",
+    "sha256_digest",
+    "split_attrs",
+    "xor_bytes",
 ]
 
 MECHANISM = "SCRAM-SHA-256"
@@ -57,7 +73,7 @@ MAX_SALT_LEN = 256
 # Real SCRAM messages are ~100-200 bytes; anything near this is hostile or broken.
 MAX_MESSAGE_SIZE = 4096
 
-_KEY_LEN = 32  # SHA-256 digest size; StoredKey, ServerKey, ClientKey and proofs all have it.
+KEY_LEN = 32  # SHA-256 digest size; StoredKey, ServerKey, ClientKey and proofs all have it.
 _RAW_NONCE_LEN = 18  # Same as PostgreSQL's SCRAM_RAW_NONCE_LEN.
 _SALT_LEN = 16  # Same as PostgreSQL's SCRAM_DEFAULT_SALT_LEN.
 
@@ -139,7 +155,7 @@ def pg_normalize_password(password: str) -> str:
         # SASLprep leaves printable ASCII alone and would reject control characters, which
         # PostgreSQL then uses raw anyway; skipping the work changes nothing.
         return password
-    if not _encodable(password):
+    if not encodable(password):
         return password
     try:
         return saslprep(password)
@@ -160,30 +176,30 @@ def _password_bytes(password: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def _hmac(key: bytes, msg: bytes) -> bytes:
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
-def _h(data: bytes) -> bytes:
+def sha256_digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _xor(a: bytes, b: bytes) -> bytes:
+def xor_bytes(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b, strict=True))
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _b64decode(text: str, what: str) -> bytes:
+def b64decode(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise ScramProtocolError(f"malformed SCRAM message: invalid base64 in {what}") from None
 
 
-def _salted_password(password: str, salt: bytes, iterations: int) -> bytes:
+def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
     # PBKDF2-HMAC-SHA-256 with one output block is exactly SCRAM's Hi().
     return hashlib.pbkdf2_hmac("sha256", _password_bytes(password), salt, iterations)
 
@@ -205,19 +221,19 @@ def _pbkdf2_executor() -> concurrent.futures.ThreadPoolExecutor:
         return _pbkdf2_pool
 
 
-async def _salted_password_off_loop(password: str, salt: bytes, iterations: int) -> bytes:
+async def salted_password_off_loop(password: str, salt: bytes, iterations: int) -> bytes:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        _pbkdf2_executor(), _salted_password, password, salt, iterations
+        _pbkdf2_executor(), salted_password, password, salt, iterations
     )
 
 
-def _is_printable_nonce(nonce: str) -> bool:
+def is_printable_nonce(nonce: str) -> bool:
     # RFC 5802 "printable": %x21-2B / %x2D-7E, i.e. visible ASCII except ",".
     return bool(nonce) and all(0x21 <= ord(c) <= 0x7E and c != "," for c in nonce)
 
 
-def _encodable(text: str) -> bool:
+def encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -225,11 +241,11 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _new_nonce() -> str:
-    return _b64(secrets.token_bytes(_RAW_NONCE_LEN))
+def new_nonce() -> str:
+    return b64(secrets.token_bytes(_RAW_NONCE_LEN))
 
 
-def _decode_message(data: bytes, what: str) -> str:
+def decode_message(data: bytes, what: str) -> str:
     if len(data) > MAX_MESSAGE_SIZE:
         raise ScramProtocolError(f"malformed SCRAM message: {what} is too long")
     try:
@@ -241,7 +257,7 @@ def _decode_message(data: bytes, what: str) -> str:
     return text
 
 
-def _split_attrs(text: str, what: str) -> list[tuple[str, str]]:
+def split_attrs(text: str, what: str) -> list[tuple[str, str]]:
     """Split ``a=v,b=w`` into pairs; values never contain commas in SCRAM."""
     pairs: list[tuple[str, str]] = []
     for part in text.split(","):
@@ -251,7 +267,7 @@ def _split_attrs(text: str, what: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _expect(pairs: list[tuple[str, str]], index: int, name: str, what: str) -> str:
+def expect_attr(pairs: list[tuple[str, str]], index: int, name: str, what: str) -> str:
     if index >= len(pairs) or pairs[index][0] != name:
         raise ScramProtocolError(f"malformed SCRAM message: expected attribute {name!r} in {what}")
     return pairs[index][1]
@@ -277,7 +293,7 @@ class ScramVerifier:
             raise ValueError("iterations must be at least 1")
         if not self.salt:
             raise ValueError("salt must not be empty")
-        if len(self.stored_key) != _KEY_LEN or len(self.server_key) != _KEY_LEN:
+        if len(self.stored_key) != KEY_LEN or len(self.server_key) != KEY_LEN:
             raise ValueError("stored_key and server_key must be 32 bytes")
 
     @classmethod
@@ -293,13 +309,13 @@ class ScramVerifier:
             raise ValueError("iterations must be at least 1")
         if salt is None:
             salt = secrets.token_bytes(_SALT_LEN)
-        salted = _salted_password(password, salt, iterations)
-        client_key = _hmac(salted, b"Client Key")
+        salted = salted_password(password, salt, iterations)
+        client_key = hmac_sha256(salted, b"Client Key")
         return cls(
             iterations=iterations,
             salt=salt,
-            stored_key=_h(client_key),
-            server_key=_hmac(salted, b"Server Key"),
+            stored_key=sha256_digest(client_key),
+            server_key=hmac_sha256(salted, b"Server Key"),
         )
 
     @classmethod
@@ -314,9 +330,9 @@ class ScramVerifier:
         name = user.encode("utf-8", "surrogatepass")
         return cls(
             iterations=iterations,
-            salt=_hmac(secret, b"salt\0" + name)[:_SALT_LEN],
-            stored_key=_hmac(secret, b"stored\0" + name),
-            server_key=_hmac(secret, b"server\0" + name),
+            salt=hmac_sha256(secret, b"salt\0" + name)[:_SALT_LEN],
+            stored_key=hmac_sha256(secret, b"stored\0" + name),
+            server_key=hmac_sha256(secret, b"server\0" + name),
         )
 
     @classmethod
@@ -338,8 +354,8 @@ class ScramVerifier:
 
     def to_text(self) -> str:
         return (
-            f"{MECHANISM}${self.iterations}:{_b64(self.salt)}"
-            f"${_b64(self.stored_key)}:{_b64(self.server_key)}"
+            f"{MECHANISM}${self.iterations}:{b64(self.salt)}"
+            f"${b64(self.stored_key)}:{b64(self.server_key)}"
         )
 
 
@@ -348,332 +364,19 @@ async def derive_verifier(password: str, *, iterations: int = DEFAULT_ITERATIONS
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
     salt = secrets.token_bytes(_SALT_LEN)
-    salted = await _salted_password_off_loop(password, salt, iterations)
+    salted = await salted_password_off_loop(password, salt, iterations)
     return ScramVerifier(
         iterations=iterations,
         salt=salt,
-        stored_key=_h(_hmac(salted, b"Client Key")),
-        server_key=_hmac(salted, b"Server Key"),
+        stored_key=sha256_digest(hmac_sha256(salted, b"Client Key")),
+        server_key=hmac_sha256(salted, b"Server Key"),
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Server side
-# --------------------------------------------------------------------------------------------
+class ExchangeState(enum.Enum):
+    """Where one exchange is, on either side; FAILED is final."""
 
-
-class _State(enum.Enum):
     INITIAL = "initial"
     CONTINUE = "continue"
     DONE = "done"
     FAILED = "failed"
-
-
-class ScramServer:
-    """The server side of one SCRAM-SHA-256 exchange (the proxy authenticating a client).
-
-    Channel binding is never offered (no SCRAM-SHA-256-PLUS), so ``p=`` is refused and
-    ``y`` is accepted, as PostgreSQL does on a non-TLS connection.  Any ScramError leaves the
-    object failed; a new exchange needs a new instance.
-    """
-
-    def __init__(self, verifier: ScramVerifier, *, nonce: str | None = None) -> None:
-        if nonce is not None and not _is_printable_nonce(nonce):
-            raise ValueError("nonce must be non-empty printable ASCII without commas")
-        self._verifier = verifier
-        self._server_nonce = nonce if nonce is not None else _new_nonce()
-        self._state = _State.INITIAL
-        self._gs2_header = ""
-        self._client_first_bare = ""
-        self._server_first = ""
-        self._combined_nonce = ""
-        self._client_key: bytes | None = None
-
-    @property
-    def is_complete(self) -> bool:
-        """True once the client's proof has been verified."""
-        return self._state is _State.DONE
-
-    @property
-    def client_key(self) -> bytes:
-        """The client's ClientKey, recovered from its proof; only after a successful exchange.
-
-        Knowing it lets the proxy authenticate to a backend holding the same verifier.
-        """
-        if self._client_key is None:
-            raise ScramError("SCRAM exchange has not completed")
-        return self._client_key
-
-    def _fail(self, message: str) -> ScramError:
-        self._state = _State.FAILED
-        return ScramError(message)
-
-    def handle_client_first(self, data: bytes) -> bytes:
-        """Take the client-first-message and return the server-first-message."""
-        if self._state is not _State.INITIAL:
-            raise self._fail("unexpected SCRAM client-first-message")
-        try:
-            return self._client_first(data)
-        except ScramError:
-            self._state = _State.FAILED
-            raise
-
-    def _client_first(self, data: bytes) -> bytes:
-        text = _decode_message(data, "client-first-message")
-        parts = text.split(",", 2)
-        if len(parts) != 3:
-            raise ScramProtocolError("malformed SCRAM message: missing GS2 header")
-        cbind_flag, authzid, bare = parts
-        if cbind_flag.startswith("p="):
-            raise ScramError("client requires SCRAM channel binding, which is not supported")
-        if cbind_flag not in ("n", "y"):
-            raise ScramProtocolError("malformed SCRAM message: bad channel-binding flag")
-        if authzid:
-            raise ScramError("SCRAM authorization identity is not supported")
-
-        pairs = _split_attrs(bare, "client-first-message")
-        if pairs[0][0] == "m":
-            raise ScramError("client requires an unsupported SCRAM extension")
-        # The user name is deliberately ignored: the startup packet already named the role and
-        # libpq sends it empty.  Only its presence is required.
-        _expect(pairs, 0, "n", "client-first-message")
-        client_nonce = _expect(pairs, 1, "r", "client-first-message")
-        if not _is_printable_nonce(client_nonce):
-            raise ScramProtocolError("malformed SCRAM message: bad client nonce")
-
-        self._gs2_header = f"{cbind_flag},,"
-        self._client_first_bare = bare
-        self._combined_nonce = client_nonce + self._server_nonce
-        self._server_first = (
-            f"r={self._combined_nonce},s={_b64(self._verifier.salt)},i={self._verifier.iterations}"
-        )
-        self._state = _State.CONTINUE
-        return self._server_first.encode("ascii")
-
-    def handle_client_final(self, data: bytes) -> bytes:
-        """Verify the client-final-message and return the server-final-message (``v=...``)."""
-        if self._state is not _State.CONTINUE:
-            raise self._fail("unexpected SCRAM client-final-message")
-        try:
-            return self._client_final(data)
-        except ScramError:
-            self._state = _State.FAILED
-            raise
-
-    def _client_final(self, data: bytes) -> bytes:
-        text = _decode_message(data, "client-final-message")
-        pairs = _split_attrs(text, "client-final-message")
-        cbind = _expect(pairs, 0, "c", "client-final-message")
-        nonce = _expect(pairs, 1, "r", "client-final-message")
-        # Extensions may sit between r= and p=, but the proof must come last and only once.
-        proof_b64 = _expect(pairs, len(pairs) - 1, "p", "client-final-message")
-        if len(pairs) < 3 or any(name == "p" for name, _ in pairs[2:-1]):
-            raise ScramProtocolError(
-                "malformed SCRAM message: misplaced proof in client-final-message"
-            )
-
-        if _b64decode(cbind, "channel binding") != self._gs2_header.encode("ascii"):
-            raise ScramError("SCRAM channel binding check failed")
-        if not hmac.compare_digest(nonce.encode("utf-8"), self._combined_nonce.encode("ascii")):
-            raise ScramError("SCRAM nonce mismatch")
-        proof = _b64decode(proof_b64, "proof")
-        if len(proof) != _KEY_LEN:
-            raise ScramProtocolError("malformed SCRAM message: proof has the wrong length")
-
-        without_proof = text[: text.rindex(",p=")]
-        auth_message = ",".join((self._client_first_bare, self._server_first, without_proof))
-        auth_bytes = auth_message.encode("utf-8")
-        client_signature = _hmac(self._verifier.stored_key, auth_bytes)
-        client_key = _xor(proof, client_signature)
-        if not hmac.compare_digest(_h(client_key), self._verifier.stored_key):
-            raise ScramError("password authentication failed")
-
-        self._client_key = client_key
-        self._state = _State.DONE
-        server_signature = _hmac(self._verifier.server_key, auth_bytes)
-        return f"v={_b64(server_signature)}".encode("ascii")
-
-
-# --------------------------------------------------------------------------------------------
-# Client side
-# --------------------------------------------------------------------------------------------
-
-
-class ScramClient:
-    """The client side of one SCRAM-SHA-256 exchange (the proxy logging into PostgreSQL).
-
-    Built either from a password, or from a ClientKey recovered by ScramServer (pass-through).
-    In the latter case the server's signature can be checked only if ``server_key`` is known;
-    without it the server is not authenticated (``server_verified`` stays False).
-    ``username`` goes into ``n=``; leave it empty as libpq does.
-    """
-
-    def __init__(
-        self,
-        password: str | None = None,
-        *,
-        client_key: bytes | None = None,
-        server_key: bytes | None = None,
-        nonce: str | None = None,
-        username: str = "",
-        max_iterations: int = DEFAULT_MAX_SERVER_ITERATIONS,
-    ) -> None:
-        if not 1 <= max_iterations <= MAX_ITERATIONS:
-            raise ValueError(f"max_iterations must be between 1 and {MAX_ITERATIONS}")
-        if (password is None) == (client_key is None):
-            raise ValueError("exactly one of password and client_key must be given")
-        if client_key is not None and len(client_key) != _KEY_LEN:
-            raise ValueError("client_key must be 32 bytes")
-        if server_key is not None and (password is not None or len(server_key) != _KEY_LEN):
-            raise ValueError("server_key must be 32 bytes and is only used with client_key")
-        if nonce is not None and not _is_printable_nonce(nonce):
-            raise ValueError("nonce must be non-empty printable ASCII without commas")
-        if not (username.isprintable() and _encodable(username)):
-            raise ValueError("username must be printable UTF-8")
-        self._password = password
-        self._client_key = client_key
-        self._server_key = server_key
-        self._nonce = nonce if nonce is not None else _new_nonce()
-        self._state = _State.INITIAL
-        # PostgreSQL ignores this name (the startup packet decides), so libpq sends it empty;
-        # it is settable only so the RFC test vectors, which use "user", can be reproduced.
-        saslname = username.replace("=", "=3D").replace(",", "=2C")
-        self._client_first_bare = f"n={saslname},r={self._nonce}"
-        self._expected_server_signature: bytes | None = None
-        self._max_iterations = max_iterations
-        self.server_verified = False
-
-    def _fail(self, message: str) -> ScramError:
-        self._state = _State.FAILED
-        return ScramError(message)
-
-    def client_first(self) -> bytes:
-        """Return the client-first-message (the SASLInitialResponse payload)."""
-        if self._state is not _State.INITIAL:
-            raise self._fail("SCRAM client-first-message already sent")
-        self._state = _State.CONTINUE
-        return f"n,,{self._client_first_bare}".encode()
-
-    def handle_server_first(self, data: bytes) -> bytes:
-        """Take the server-first-message and return the client-final-message.
-
-        Runs PBKDF2 in the calling thread when built from a password; on an event loop use
-        handle_server_first_async.
-        """
-        parsed = self._begin_server_first(data)
-        salted = None
-        if self._password is not None:
-            try:
-                salted = _salted_password(self._password, parsed[1], parsed[2])
-            except ScramError:
-                self._state = _State.FAILED
-                raise
-        return self._end_server_first(parsed, salted)
-
-    async def handle_server_first_async(self, data: bytes) -> bytes:
-        """handle_server_first with PBKDF2 (if any) run off the event loop."""
-        parsed = self._begin_server_first(data)
-        salted = None
-        if self._password is not None:
-            try:
-                salted = await _salted_password_off_loop(self._password, parsed[1], parsed[2])
-            except ScramError:
-                self._state = _State.FAILED
-                raise
-        return self._end_server_first(parsed, salted)
-
-    def _begin_server_first(self, data: bytes) -> tuple[str, bytes, int, str]:
-        if self._state is not _State.CONTINUE or self._expected_server_signature is not None:
-            raise self._fail("unexpected SCRAM server-first-message")
-        try:
-            return self._parse_server_first(data)
-        except ScramError:
-            self._state = _State.FAILED
-            raise
-
-    def _parse_server_first(self, data: bytes) -> tuple[str, bytes, int, str]:
-        """(text, salt, iterations, combined nonce) of a server-first-message, all checked."""
-        text = _decode_message(data, "server-first-message")
-        pairs = _split_attrs(text, "server-first-message")
-        if pairs[0][0] == "m":
-            raise ScramError("server requires an unsupported SCRAM extension")
-        nonce = _expect(pairs, 0, "r", "server-first-message")
-        salt_b64 = _expect(pairs, 1, "s", "server-first-message")
-        iter_text = _expect(pairs, 2, "i", "server-first-message")
-
-        if (
-            not _is_printable_nonce(nonce)
-            or len(nonce) <= len(self._nonce)
-            or not nonce.startswith(self._nonce)
-        ):
-            raise ScramProtocolError(
-                "SCRAM nonce mismatch: the server's nonce does not extend the client's"
-            )
-        if len(nonce) > len(self._nonce) + MAX_SERVER_NONCE_PART:
-            raise ScramProtocolError(
-                f"SCRAM server nonce is too long ({len(nonce) - len(self._nonce)} characters, "
-                f"at most {MAX_SERVER_NONCE_PART} allowed)"
-            )
-        salt = _b64decode(salt_b64, "salt")
-        if not salt:
-            raise ScramProtocolError("malformed SCRAM message: empty salt")
-        if len(salt) > MAX_SALT_LEN:
-            raise ScramProtocolError(
-                f"SCRAM salt is too long ({len(salt)} bytes, at most {MAX_SALT_LEN} allowed)"
-            )
-        if not (iter_text.isascii() and iter_text.isdigit() and len(iter_text) <= 10):
-            raise ScramProtocolError("malformed SCRAM message: bad iteration count")
-        iterations = int(iter_text)
-        if iterations < 1:
-            raise ScramProtocolError("SCRAM iteration count out of range")
-        if iterations > self._max_iterations:
-            raise ScramProtocolError(
-                f"SCRAM iteration count {iterations} from the server exceeds the proxy's limit "
-                f"of {self._max_iterations} (pool.server_max_scram_iterations)"
-            )
-        return text, salt, iterations, nonce
-
-    def _end_server_first(self, parsed: tuple[str, bytes, int, str], salted: bytes | None) -> bytes:
-        text, _salt, _iterations, nonce = parsed
-        server_key: bytes | None
-        if salted is None:
-            assert self._client_key is not None
-            client_key = self._client_key
-            server_key = self._server_key
-        else:
-            client_key = _hmac(salted, b"Client Key")
-            server_key = _hmac(salted, b"Server Key")
-
-        without_proof = f"c=biws,r={nonce}"
-        auth_bytes = ",".join((self._client_first_bare, text, without_proof)).encode("utf-8")
-        proof = _xor(client_key, _hmac(_h(client_key), auth_bytes))
-        # An empty marker means "signature cannot be checked", distinct from "not yet received".
-        self._expected_server_signature = (
-            _hmac(server_key, auth_bytes) if server_key is not None else b""
-        )
-        return f"{without_proof},p={_b64(proof)}".encode("ascii")
-
-    def handle_server_final(self, data: bytes) -> None:
-        """Check the server-final-message; raise ScramError on ``e=`` or a bad signature."""
-        if self._state is not _State.CONTINUE or self._expected_server_signature is None:
-            raise self._fail("unexpected SCRAM server-final-message")
-        try:
-            self._server_final(data, self._expected_server_signature)
-        except ScramError:
-            self._state = _State.FAILED
-            raise
-        self._state = _State.DONE
-
-    def _server_final(self, data: bytes, expected: bytes) -> None:
-        text = _decode_message(data, "server-final-message")
-        pairs = _split_attrs(text, "server-final-message")
-        if pairs[0][0] == "e":
-            # server-error-value is a fixed token set; clip anything else to keep logs sane.
-            reason = pairs[0][1]
-            if not re.fullmatch(r"[a-z0-9-]{1,64}", reason):
-                reason = "unknown"
-            raise ScramError(f"SCRAM authentication rejected by server: {reason}")
-        signature = _b64decode(_expect(pairs, 0, "v", "server-final-message"), "server signature")
-        if expected and not hmac.compare_digest(signature, expected):
-            raise ScramError("SCRAM server signature mismatch")
-        self.server_verified = bool(expected)

@@ -33,7 +33,8 @@ from ..protocol.constants import (
     TX_IDLE,
 )
 from .md5 import md5_response
-from .scram import MECHANISM, ScramClient, ScramError, ScramProtocolError
+from .scram import MECHANISM, ScramError, ScramProtocolError
+from .scram_client import ScramClient
 
 # PostgreSQL sends ~20 messages during a login (a dozen ParameterStatus, a few notices at most);
 # a server that keeps talking is refused instead of holding the connect slot until its timeout.

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 from ..auth.iam import IamError
 from ..auth.md5 import verify_md5_response
-from ..auth.scram import MECHANISM, ScramError, ScramServer
+from ..auth.scram import MECHANISM, ScramError
+from ..auth.scram_server import ScramServer
 from ..config import AuthType, PoolMode
 from ..counters import (
     AUTH_IAM,

@@ -14,8 +14,9 @@ import hmac
 
 from tests.fuzz._common import instrumented, main
 
-with instrumented("pgpool_proxy.auth.scram"):
-    from pgpool_proxy.auth.scram import ScramClient, ScramError
+with instrumented("pgpool_proxy.auth.scram", "pgpool_proxy.auth.scram_client"):
+    from pgpool_proxy.auth.scram import ScramError
+    from pgpool_proxy.auth.scram_client import ScramClient
 
 EXPECTED = (ScramError,)
 CLIENT_NONCE = "CLINONCE"

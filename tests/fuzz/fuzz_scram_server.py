@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from tests.fuzz._common import instrumented, main
 
-with instrumented("pgpool_proxy.auth.scram"):
-    from pgpool_proxy.auth.scram import ScramError, ScramServer, ScramVerifier
+with instrumented("pgpool_proxy.auth.scram", "pgpool_proxy.auth.scram_server"):
+    from pgpool_proxy.auth.scram import ScramError, ScramVerifier
+    from pgpool_proxy.auth.scram_server import ScramServer
 
 EXPECTED = (ScramError,)
 SERVER_NONCE = "SRVNONCE"

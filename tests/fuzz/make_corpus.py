@@ -12,7 +12,8 @@ import struct
 from pathlib import Path
 
 from pgpool_proxy.auth.md5 import md5_response
-from pgpool_proxy.auth.scram import ScramClient, ScramServer
+from pgpool_proxy.auth.scram_client import ScramClient
+from pgpool_proxy.auth.scram_server import ScramServer
 from pgpool_proxy.protocol import messages as m
 from tests.fuzz import fuzz_scram_client, fuzz_scram_server
 from tests.fuzz._common import CORPUS_ROOT

@@ -532,7 +532,7 @@ async def _login_racing(
 ) -> dict[str, str] | None:
     """Log in with SCRAM, running `meanwhile()` while the proxy waits for the client's proof;
     the login's error fields, or None when it succeeded."""
-    from pgpool_proxy.auth.scram import ScramClient
+    from pgpool_proxy.auth.scram_client import ScramClient
 
     raw = await RawClient.connect(proxy.host, proxy.port)
     try:

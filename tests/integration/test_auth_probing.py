@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from pgpool_proxy.auth.scram import ScramClient
+from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 from tests.support.proxy import ProxyThread, StartProxy
 from tests.support.rawpg import RawClient

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pgpool_proxy.auth.scram import ScramClient
+from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 from tests.support.extproto import SYNC, bind, close, execute, parse, roundtrip
 from tests.support.pg import LocalPostgres

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from pgpool_proxy.auth.scram import ScramClient
+from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 from tests.integration.test_hostile import (
     PROTOCOL_3_0,

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import asyncpg
 import pytest
 
-from pgpool_proxy.auth.scram import ScramClient
+from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from pgpool_proxy.auth.scram import ScramClient
+from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 
 from .pg import LocalPostgres

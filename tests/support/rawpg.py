@@ -7,7 +7,7 @@ import contextlib
 import struct
 
 from pgpool_proxy.auth.md5 import md5_response
-from pgpool_proxy.auth.scram import ScramClient
+from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 
 

@@ -13,13 +13,13 @@ import pytest
 from pgpool_proxy.auth.scram import (
     MAX_MESSAGE_SIZE,
     MECHANISM,
-    ScramClient,
     ScramError,
-    ScramServer,
     ScramVerifier,
     pg_normalize_password,
     saslprep,
 )
+from pgpool_proxy.auth.scram_client import ScramClient
+from pgpool_proxy.auth.scram_server import ScramServer
 
 # --- RFC 7677 section 3 -----------------------------------------------------------------------
 RFC_CLIENT_NONCE = "rOprNGfwEbeRWgbNEkqO"

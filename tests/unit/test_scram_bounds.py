@@ -8,19 +8,19 @@ import threading
 
 import pytest
 
-from pgpool_proxy.auth import scram
+from pgpool_proxy.auth import scram, scram_client
 from pgpool_proxy.auth.scram import (
     DEFAULT_ITERATIONS,
     DEFAULT_MAX_SERVER_ITERATIONS,
     MAX_SALT_LEN,
     MAX_SERVER_NONCE_PART,
-    ScramClient,
     ScramError,
     ScramProtocolError,
-    ScramServer,
     ScramVerifier,
     derive_verifier,
 )
+from pgpool_proxy.auth.scram_client import ScramClient
+from pgpool_proxy.auth.scram_server import ScramServer
 
 SALT = base64.b64encode(b"saltsalt").decode()
 
@@ -80,13 +80,16 @@ async def test_async_server_first_matches_sync_and_runs_in_a_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     threads: list[str] = []
-    real = scram._salted_password
+    real = scram.salted_password
 
     def spy(password: str, salt: bytes, iterations: int) -> bytes:
         threads.append(threading.current_thread().name)
         return real(password, salt, iterations)
 
-    monkeypatch.setattr(scram, "_salted_password", spy)
+    # The client hashes through its own binding of the name; the off-loop path, through
+    # the executor in scram.
+    monkeypatch.setattr(scram_client, "salted_password", spy)
+    monkeypatch.setattr(scram, "salted_password", spy)
     first = f"r=CLISRV,s={SALT},i=4096".encode()
     sync_final = _client().handle_server_first(first)
     async_final = await _client().handle_server_first_async(first)

@@ -13,7 +13,8 @@ import struct
 import pytest
 
 from pgpool_proxy.auth.md5 import md5_response
-from pgpool_proxy.auth.scram import ScramServer, ScramVerifier
+from pgpool_proxy.auth.scram import ScramVerifier
+from pgpool_proxy.auth.scram_server import ScramServer
 from pgpool_proxy.auth.server_login import (
     MAX_LOGIN_MESSAGES,
     MAX_SERVER_PARAMS,
