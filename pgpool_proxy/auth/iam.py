@@ -119,6 +119,31 @@ def token_hash(token: str) -> str:
 
 def parse_token(token: str) -> TokenClaims:
     """Parse either token shape, checking format and the parameter whitelist."""
+    host, pairs, params = _query_of(token)
+    kind, clear = _kind_of(params)
+    signature, scope, amz_date, signed_at, expires_s = _sigv4_fields(params)
+    endpoint = _endpoint_of(kind, params, host)
+    signed = tuple((k, v) for k, v in pairs if k != "X-Amz-Signature" and k not in clear)
+    return TokenClaims(
+        kind=kind,
+        host=host,
+        signed_params=signed,
+        signature=signature,
+        access_key_id=scope[0],
+        scope_date=scope[1],
+        region=scope[2],
+        service=scope[3],
+        amz_date=amz_date,
+        signed_at=signed_at,
+        expires_s=expires_s,
+        db_user=params["DBUser"],
+        endpoint=endpoint,
+        has_session_token="X-Amz-Security-Token" in params,
+    )
+
+
+def _query_of(token: str) -> tuple[str, list[tuple[str, str]], dict[str, str]]:
+    """(host, query pairs in order, the same as a dict) of a token, each name at most once."""
     if len(token) > MAX_TOKEN_BYTES:
         raise _bad(f"IAM token is longer than {MAX_TOKEN_BYTES} bytes")
     if token.startswith(("https://", "http://")):
@@ -137,6 +162,11 @@ def parse_token(token: str) -> TokenClaims:
         if k in params:
             raise _bad(f"malformed IAM token: parameter {k} appears twice")
         params[k] = v
+    return host, pairs, params
+
+
+def _kind_of(params: dict[str, str]) -> tuple[TokenKind, frozenset[str]]:
+    """(token shape, the parameters sent in clear) by Action, with the whitelist checked."""
     action = params.get("Action")
     if action == "connect":
         kind: TokenKind = "rds"
@@ -155,6 +185,12 @@ def parse_token(token: str) -> TokenClaims:
     )
     if missing:
         raise _bad(f"malformed IAM token: missing parameter {missing[0]}")
+    return kind, clear
+
+
+def _sigv4_fields(params: dict[str, str]) -> tuple[str, list[str], str, float, int]:
+    """(signature, credential scope parts, X-Amz-Date, its epoch seconds, X-Amz-Expires),
+    each checked for form."""
     signature = params["X-Amz-Signature"]
     if not _SIG_RE.fullmatch(signature):
         raise _bad("malformed IAM token: X-Amz-Signature is not a SigV4 signature")
@@ -176,33 +212,20 @@ def parse_token(token: str) -> TokenClaims:
         1 <= int(expires) <= MAX_EXPIRES_S
     ):
         raise _bad(f"IAM token X-Amz-Expires must be 1..{MAX_EXPIRES_S} seconds")
+    return signature, scope, amz_date, signed_at, int(expires)
+
+
+def _endpoint_of(kind: TokenKind, params: dict[str, str], host: str) -> str:
+    """The proxy endpoint the token was made for, once the signed headers are the right ones."""
     if kind == "sts":
         if params["Version"] != STS_VERSION:
             raise _bad(f"malformed IAM token: STS Version must be {STS_VERSION}")
         if params["X-Amz-SignedHeaders"] != STS_SIGNED_HEADERS:
             raise _bad(f"IAM token must sign exactly the headers {STS_SIGNED_HEADERS}")
-        endpoint = params["Endpoint"]
-    else:
-        if params["X-Amz-SignedHeaders"] != "host":
-            raise _bad("IAM token must sign exactly the host header")
-        endpoint = host
-    signed = tuple((k, v) for k, v in pairs if k != "X-Amz-Signature" and k not in clear)
-    return TokenClaims(
-        kind=kind,
-        host=host,
-        signed_params=signed,
-        signature=signature,
-        access_key_id=scope[0],
-        scope_date=scope[1],
-        region=scope[2],
-        service=scope[3],
-        amz_date=amz_date,
-        signed_at=signed_at,
-        expires_s=int(expires),
-        db_user=params["DBUser"],
-        endpoint=endpoint,
-        has_session_token="X-Amz-Security-Token" in params,
-    )
+        return params["Endpoint"]
+    if params["X-Amz-SignedHeaders"] != "host":
+        raise _bad("IAM token must sign exactly the host header")
+    return host
 
 
 def _norm_endpoint(endpoint: str) -> str:
