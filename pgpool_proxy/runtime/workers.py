@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 log = logging.getLogger("pgpool_proxy.workers")
 
@@ -71,12 +72,47 @@ def supervise(
     """
     reservation, port = reserve_port(host, port)
     peer_dir = tempfile.mkdtemp(prefix="pgpool-proxy-peers-")
-    children: dict[int, int] = {}  # pid -> worker index
-    last_start: dict[int, float] = {}
-    stopping: list[int] = []
+    sup = _Supervisor(count, port, reservation, peer_dir, run_worker)
+    old_term = signal.signal(signal.SIGTERM, sup.on_signal)
+    old_int = signal.signal(signal.SIGINT, sup.on_signal)
+    old_hup = signal.signal(signal.SIGHUP, sup.on_signal)
+    try:
+        for i in range(count):
+            sup.start(i)
+        log.info("listening on %s:%s with %d workers", host, port, count)
+        return sup.wait_all()
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGHUP, old_hup)
+        reservation.close()
+        shutil.rmtree(peer_dir, ignore_errors=True)
 
-    def start(index: int) -> None:
-        ident = WorkerIdentity(index, count, peer_dir)
+
+class _Supervisor:
+    """What the supervisor holds while its workers run: them by pid, when each last started, and
+    the stop signals received."""
+
+    def __init__(
+        self,
+        count: int,
+        port: int,
+        reservation: socket.socket,
+        peer_dir: str,
+        run_worker: Callable[[WorkerIdentity, int], int],
+    ) -> None:
+        self.count = count
+        self.port = port
+        self.reservation = reservation
+        self.peer_dir = peer_dir
+        self.run_worker = run_worker
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.last_start: dict[int, float] = {}
+        self.stopping: list[int] = []
+
+    def start(self, index: int) -> None:
+        """Fork worker `index`; in the child, run it and exit with its status."""
+        ident = WorkerIdentity(index, self.count, self.peer_dir)
         # Signals wait until the child is recorded (parent) or its handlers reset (child):
         # otherwise a SIGTERM in between would never reach this worker.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
@@ -88,66 +124,62 @@ def supervise(
                 # Ignored until the worker's loop installs its reload handler.
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
             else:
-                children[pid] = index
-                last_start[index] = time.monotonic()
+                self.children[pid] = index
+                self.last_start[index] = time.monotonic()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         if pid == 0:
-            # The child must not keep the parent's reservation open.
-            reservation.close()
-            code = 1
-            try:
-                code = run_worker(ident, port)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            self._run_child(ident)
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def _run_child(self, ident: WorkerIdentity) -> NoReturn:
+        # The child must not keep the parent's reservation open.
+        self.reservation.close()
+        code = 1
+        try:
+            code = self.run_worker(ident, self.port)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def on_signal(self, signum: int, _frame: object) -> None:
         if signum != signal.SIGHUP:
-            stopping.append(signum)
-        for pid in list(children):
+            self.stopping.append(signum)
+        for pid in list(self.children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    old_term = signal.signal(signal.SIGTERM, on_signal)
-    old_int = signal.signal(signal.SIGINT, on_signal)
-    old_hup = signal.signal(signal.SIGHUP, on_signal)
-    try:
-        for i in range(count):
-            start(i)
-        log.info("listening on %s:%s with %d workers", host, port, count)
+    def wait_all(self) -> int:
+        """Reap workers until none is left; 1 if one failed while they were being stopped."""
         status = 0
-        while children:
+        while self.children:
             try:
                 pid, wstatus = os.wait()
             except ChildProcessError:
                 break
             except InterruptedError:
                 continue
-            index = children.pop(pid, None)
+            index = self.children.pop(pid, None)
             if index is None:
                 continue
-            code = os.waitstatus_to_exitcode(wstatus)
-            if code == EXIT_SHUTDOWN_ALL:
-                code = 0
-                if not stopping:
-                    log.info("worker %d was told to SHUT DOWN: stopping every worker", index)
-                    on_signal(signal.SIGTERM, None)
-            if stopping:
-                if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-                    status = 1
-                continue
-            log.error("worker %d (pid %d) exited with %s; restarting it", index, pid, code)
-            wait = RESTART_BACKOFF_S - (time.monotonic() - last_start.get(index, 0.0))
-            if wait > 0:
-                time.sleep(wait)
-            if not stopping:
-                start(index)
+            if self._exited(index, pid, os.waitstatus_to_exitcode(wstatus)):
+                status = 1
         return status
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGHUP, old_hup)
-        reservation.close()
-        shutil.rmtree(peer_dir, ignore_errors=True)
+
+    def _exited(self, index: int, pid: int, code: int) -> bool:
+        """Worker `index` left with `code`: restart it, unless stopping; True when it failed
+        while stopping."""
+        if code == EXIT_SHUTDOWN_ALL:
+            code = 0
+            if not self.stopping:
+                log.info("worker %d was told to SHUT DOWN: stopping every worker", index)
+                self.on_signal(signal.SIGTERM, None)
+        if self.stopping:
+            return code not in (0, -signal.SIGTERM, -signal.SIGINT)
+        log.error("worker %d (pid %d) exited with %s; restarting it", index, pid, code)
+        wait = RESTART_BACKOFF_S - (time.monotonic() - self.last_start.get(index, 0.0))
+        if wait > 0:
+            time.sleep(wait)
+        if not self.stopping:
+            self.start(index)
+        return False
