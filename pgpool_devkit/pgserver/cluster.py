@@ -118,6 +118,11 @@ class LocalPostgres:
         return self._socket_dir
 
     @property
+    def source_bindir(self) -> Path:
+        """The binaries as found (`bindir` is a world-readable copy when run_as needs one)."""
+        return self._source_bindir
+
+    @property
     def running(self) -> bool:
         return self._running
 

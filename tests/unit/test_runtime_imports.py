@@ -86,3 +86,10 @@ def test_demo_without_the_devkit_says_which_extra_to_install() -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert "pgpool_devkit" in lines[0] and "pip install 'pgpool-proxy[embedded]'" in lines[0]
+
+
+def test_the_cli_names_the_devkit_bindir_variable() -> None:
+    from pgpool_devkit.pgserver import BINDIR_ENV
+    from pgpool_proxy.cli import PG_BINDIR_ENV
+
+    assert PG_BINDIR_ENV == BINDIR_ENV
