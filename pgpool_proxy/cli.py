@@ -41,12 +41,19 @@ def escape_log_text(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """The text log format: one line per record whatever the message's arguments contain. A
-    traceback (exc_info) still follows on lines of its own, each indented, so none of them can
-    pass for a record either (an exception's message may quote a client)."""
+    """The text log format: one line per record whatever the message's arguments contain,
+    ending in ` event=NAME` for records that have an event (client_connect, failover, ...), so
+    that text logs can be searched for events as JSON logs can. The other structured fields
+    are in the message already. A traceback (exc_info) still follows on lines of its own, each
+    indented, so none of them can pass for a record either (an exception's message may quote a
+    client)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_log_text(record.message)
+        message = escape_log_text(record.message)
+        event = record.__dict__.get("event")
+        if event is not None:
+            message = f"{message} event={escape_log_text(str(event))}"
+        record.message = message
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -70,10 +71,13 @@ def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re
     raise AssertionError(f"{pattern!r} not seen; output:\n{''.join(seen)}")
 
 
-def test_run_serves_and_stops_on_sigterm(pg: LocalPostgres, tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_run_serves_and_stops_on_sigterm(
+    pg: LocalPostgres, tmp_path: Path, log_format: str
+) -> None:
     cfg = tmp_path / "proxy.toml"
     cfg.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:0"\n'
+        f'[proxy]\nlisten = "127.0.0.1:0"\nlog_format = "{log_format}"\n'
         f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
         f'[[users]]\nname = "alice"\npassword_env = "ALICE_PW"\n'
     )
@@ -109,6 +113,17 @@ def test_run_serves_and_stops_on_sigterm(pg: LocalPostgres, tmp_path: Path) -> N
             env={**os.environ, "PGPASSWORD": PASSWORDS["alice"], "PGSSLMODE": "disable"},
         )
         assert out.stdout.strip() == "through the proxy", out.stderr
+        # Either format names the event: text as key=value, JSON as a key of its own.
+        login = _read_until(proc, r"^.*client login: .*$", 10).group(0)
+        if log_format == "text":
+            assert login.endswith(" user=alice db=app mode=transaction event=client_connect")
+        else:
+            record = json.loads(login)
+            assert (record["event"], record["user"], record["db"]) == (
+                "client_connect",
+                "alice",
+                "app",
+            )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
