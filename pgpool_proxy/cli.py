@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, build_config, load_config
-from .config_check import check_config_main
+from .config import Config, ConfigError, build_config, check_config_main, load_config
 from .healthcheck import DEFAULT_CONFIG
-from .workers import BindError, WorkerIdentity, supervise
+from .runtime.workers import BindError, WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -126,13 +125,14 @@ async def serve(
     port: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads); returns the exit status."""
-    from .lifecycle import run_until_stopped
-    from .server import ProxyServer
-    from .services import StartupError
+    from .admin import HOOKS
+    from .runtime.lifecycle import run_until_stopped
+    from .runtime.server import ProxyServer
+    from .runtime.services import StartupError
 
     try:
         # Certificates that do not load, a malformed keyring: StartupError names the key.
-        server = ProxyServer(config, identity)
+        server = ProxyServer(config, identity, admin=HOOKS)
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import enum
 import logging
 import ssl
 from collections import deque
@@ -13,20 +14,37 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
+from ..auth.server_login import BackendLoginError
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..link.prepared import StatementRegistry
+from ..net.connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
 from ..protocol.constants import TX_IDLE
-from ..session.prepared import StatementRegistry
-from .backend import BackendConnection, BackendLoginError, BackendState
-from .connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
+from .backend import BackendConnection, BackendState
 
 if TYPE_CHECKING:
     from ..config import PoolMode
-    from ..session.client import ClientConnection
     from .budget import ServerBudget
+    from .ends import PoolClient
     from .topology import HostState, Topology
 
 log = logging.getLogger("pgpool_proxy.pool")
+
+
+class PoolState(enum.Enum):
+    OPEN = "open"  # hands out server connections
+    # PAUSE, KILL, a drain: transactions queue, no server connection opens, released ones close.
+    PAUSED = "paused"
+    CLOSED = "closed"  # the process is stopping: nothing more, ever
+
+
+# Which state may follow which (Pool._to); tests/unit/test_transitions.py checks it.
+POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.OPEN: frozenset({PoolState.PAUSED, PoolState.CLOSED}),
+    PoolState.PAUSED: frozenset({PoolState.OPEN, PoolState.CLOSED}),
+    PoolState.CLOSED: frozenset(),
+}
+_OPEN = PoolState.OPEN
 
 
 class CredentialSource(Protocol):
@@ -99,7 +117,7 @@ class Pool:
         self.backends: set[BackendConnection] = set()
         # The logged-in ones by server pid: whose notification is it (BackendConnection._notifier).
         self.by_pid: dict[int, BackendConnection] = {}
-        self.waiters: deque[ClientConnection] = deque()
+        self.waiters: deque[PoolClient] = deque()
         self.total = 0  # connecting + idle + linked + resetting
         self.connecting = 0
         self.generation = 0
@@ -115,7 +133,7 @@ class Pool:
         # SCRAM pass-through: a ClientKey recovered from a client's login, reused for the server.
         self.client_key: bytes | None = None
         self.server_key: bytes | None = None
-        self.closed = False
+        self.state = PoolState.OPEN
         # Named prepared statements shared by this pool's clients (transaction mode).
         self.registry = StatementRegistry(max(1000, 10 * spec.max_prepared_statements))
         self.pinned = 0  # clients holding a backend between transactions (session state)
@@ -147,7 +165,7 @@ class Pool:
 
     # --- hot path ----------------------------------------------------------------------------
 
-    def acquire(self, client: ClientConnection) -> BackendConnection | None:
+    def acquire(self, client: PoolClient) -> BackendConnection | None:
         """A backend for client now, or None after queueing client (FIFO) for the next one."""
         idle = self.idle
         if idle:
@@ -174,9 +192,9 @@ class Pool:
             # A client's transaction (or session) ends here; a fresh connection is no transaction.
             self.total_xacts += 1
             self.total_xact_s += now - backend.linked_at
-        if backend.generation != self.generation or self.closed:
+        if backend.generation != self.generation or self.state is not _OPEN:
             backend.close(
-                DisconnectReason.POOL_CLOSED if self.closed else DisconnectReason.FAILOVER
+                DisconnectReason.FAILOVER if self.state is _OPEN else DisconnectReason.POOL_CLOSED
             )
             return
         lifetime = self.spec.lifetime_s
@@ -184,7 +202,7 @@ class Pool:
             backend.close(DisconnectReason.LIFETIME)
             return
         if backend.state != BackendState.IDLE:
-            backend.to(BackendState.IDLE)
+            backend.to_idle()
         waiters = self.waiters
         while waiters:
             client = waiters.popleft()
@@ -199,7 +217,7 @@ class Pool:
         backend.parked = True  # see BackendConnection._notifier
         self.idle.append(backend)
 
-    def forget_waiter(self, client: ClientConnection) -> None:
+    def forget_waiter(self, client: PoolClient) -> None:
         """Drop a departed waiter now rather than when it reaches the head of the queue."""
         with contextlib.suppress(ValueError):
             self.waiters.remove(client)
@@ -233,7 +251,7 @@ class Pool:
         """Open a connection for queued clients, unless the server just refused one."""
         if (
             self.waiters
-            and not self.closed
+            and self.state is _OPEN
             and self.total < self.spec.size
             and self.loop.time() - self.last_connect_failure_at >= self.spec.login_retry_s
             and (self.topology is None or self._pick_address() is not None)
@@ -288,8 +306,7 @@ class Pool:
                     self.budget.released(self)
             if not isinstance(exc, ProxyError):
                 # A bug must not leave queued clients waiting for query_wait_timeout.
-                log.exception("server connect failed unexpectedly: pool=%s", self.name)
-                exc = ProxyError(SqlState.INTERNAL_ERROR, "internal error connecting to server")
+                exc = internal_error(log, "connecting a server for pool %s", self.name)
             self._connect_failed(exc)
             return
         except BaseException:
@@ -402,7 +419,7 @@ class Pool:
         """The server's reported settings, connecting a first backend if none is known yet."""
         waited_s = 0.0
         while self.server_params is None:
-            if self.paused:
+            if self.state is PoolState.PAUSED:
                 # PAUSE/KILL/drain: no server connection opens; the login waits like a queued
                 # transaction would.
                 timeout = self.spec.query_wait_timeout_s
@@ -533,7 +550,7 @@ class Pool:
                 backend.close(DisconnectReason.IDLE_TIMEOUT)
         self._watch(now)
         # Retry for queued clients and refill to the minimum, pacing attempts after a failure.
-        if not self.closed and now - self.last_connect_failure_at >= spec.login_retry_s:
+        if self.state is _OPEN and now - self.last_connect_failure_at >= spec.login_retry_s:
             if self.connecting == 0:
                 self._maybe_grow()
             while (
@@ -585,15 +602,13 @@ class Pool:
             elif now - backend.silent_since >= limit:
                 self._silent(backend, now - backend.silent_since)
         delay = spec.check_delay_s
-        if delay and not self.closed:
+        if delay and self.state is _OPEN:
             for backend in list(self.idle):
                 if now - max(backend.idle_since, backend.checked_at) >= delay:
                     self.idle.remove(backend)
-                    backend.to(BackendState.RESETTING)
                     backend.checked_at = now
-                    backend.on_internal_done = self._checked
                     # An empty query: EmptyQueryResponse + ReadyForQuery, no parse, no snapshot.
-                    backend.send_internal("")
+                    backend.run_own([""], self._checked)
 
     def _silent(self, backend: BackendConnection, silent_s: float) -> None:
         internal = bool(backend.internal_pending)
@@ -640,13 +655,24 @@ class Pool:
             backend.close(DisconnectReason.SERVER_SILENT)
             return
         since = backend.idle_since
-        backend.to(BackendState.IDLE)
+        backend.to_idle()
         self.release(backend)
         if backend.client is None and not backend.is_closed():
             backend.idle_since = since  # back in the idle list, not handed to a waiter
 
+    def _to(self, new: PoolState) -> None:
+        if new not in POOL_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal pool transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def paused(self) -> bool:
+        return self.state is PoolState.PAUSED
+
     def close(self) -> None:
-        self.closed = True
+        if self.state is PoolState.CLOSED:
+            return
+        self._to(PoolState.CLOSED)
         self.generation += 1
         for backend in list(self.idle):
             backend.close(DisconnectReason.POOL_CLOSED)
@@ -708,7 +734,7 @@ class Pool:
         return usable
 
     def _topology_changed(self, topo: Topology) -> None:
-        if self.closed:
+        if self.state is not _OPEN:
             return
         if not self.spec.reader:
             writer: HostState | None = topo.writer
@@ -778,10 +804,7 @@ class Pool:
             "prepared_statements": len(self.registry.by_key),
         }
 
-    # --- lifecycle: reload, PAUSE/RESUME (pgpool_proxy.lifecycle, the admin console) -----------
-
-    # Set by pause(): new transactions queue and no server connection is opened until resume().
-    paused = False
+    # --- lifecycle: reload, PAUSE/RESUME (runtime.lifecycle, the admin console) ----------------
 
     def reconfigure(self, spec: PoolSpec) -> None:
         """Adopt a reloaded spec. When the server identity changed, current backends retire:
@@ -803,21 +826,21 @@ class Pool:
                 if self.total <= spec.size:
                     break
                 backend.close(DisconnectReason.POOL_CLOSED)
-        if not self.paused:
+        if self.state is _OPEN:
             self._maybe_grow()  # a larger pool serves its queue at once
 
     def pause(self) -> None:
         """Stop handing out servers: idle ones close now, busy ones when released, and new
         transactions wait in the queue (bounded by query_wait_timeout_s)."""
-        self.paused = True
-        self.closed = True
+        if self.state is not _OPEN:
+            return
+        self._to(PoolState.PAUSED)
         self.retire(DisconnectReason.POOL_CLOSED)
 
     def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        self.closed = False
+        if self.state is not PoolState.PAUSED:
+            return  # open already, or closed for good
+        self._to(PoolState.OPEN)
         self.last_connect_failure_at = -1e9
         if self.topology is not None:
             # Writer changes were ignored while paused (closed): catch up first.

@@ -7,9 +7,34 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..endpoint import Endpoint
-from ..errors import DisconnectReason, ProxyError, SqlState
-from ..pool.backend import BackendConnection, BackendState, server_sqlstate
+from ..auth.server_login import server_sqlstate
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..link.ends import at_boundary
+from ..link.prepared import (
+    A_CHECK,
+    A_DUPLICATE,
+    A_INJECTED_CLOSE,
+    A_INJECTED_PARSE,
+    A_PARSE,
+    A_REFUSED,
+    A_SYNTH,
+    A_UCLOSE,
+    CLOSE_COMPLETE,
+    CLOSE_UNNAMED_STATEMENT,
+    FLUSH,
+    PARSE_COMPLETE,
+    REFUSED_USE,
+    Action,
+    ClientStatements,
+    StatementRegistry,
+    Stmt,
+    command_complete,
+    describe_statement,
+    duplicate_parse,
+    rebuilt_bind_head,
+)
+from ..net.endpoint import Endpoint, Peer
+from ..pool.backend import BackendConnection, BackendState, InternalDone
 from ..protocol import messages as m
 from ..protocol.constants import (
     F_BIND,
@@ -49,29 +74,6 @@ from ..protocol.sqlscan import (
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARAMS, U_PARSE, U_QUERY, U_QZ, U_Z
 from .canon import learn
 from .limits import settings_limit_error
-from .prepared import (
-    A_CHECK,
-    A_DUPLICATE,
-    A_INJECTED_CLOSE,
-    A_INJECTED_PARSE,
-    A_PARSE,
-    A_REFUSED,
-    A_SYNTH,
-    A_UCLOSE,
-    CLOSE_COMPLETE,
-    CLOSE_UNNAMED_STATEMENT,
-    FLUSH,
-    PARSE_COMPLETE,
-    REFUSED_USE,
-    Action,
-    ClientStatements,
-    StatementRegistry,
-    Stmt,
-    command_complete,
-    describe_statement,
-    duplicate_parse,
-    rebuilt_bind_head,
-)
 from .state import (
     ALWAYS_READ,
     MAX_READ,
@@ -89,7 +91,7 @@ from .state import (
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
-    from ..server import ProxyServer
+    from .host import SessionHost
 
 log = logging.getLogger("pgpool_proxy.client")
 
@@ -120,7 +122,8 @@ class ClientState(enum.IntEnum):
     CHECKING = 7
 
 
-_ALLOWED: dict[ClientState, frozenset[ClientState]] = {
+# Which state may follow which (ClientConnection.to); tests/unit/test_transitions.py checks it.
+CLIENT_TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     ClientState.LOGIN: frozenset({ClientState.IDLE, ClientState.CLOSED}),
     ClientState.IDLE: frozenset(
         {ClientState.WAITING, ClientState.REPLAYING, ClientState.ACTIVE, ClientState.CLOSED}
@@ -175,7 +178,7 @@ class ClientConnection(Endpoint):
         "wait_since",
     )
 
-    def __init__(self, server: ProxyServer, *, peer_channel: bool = False) -> None:
+    def __init__(self, server: SessionHost, *, peer_channel: bool = False) -> None:
         super().__init__(RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5))
         self.server = server
         # A connection from a sibling worker, allowed to deliver cancel requests only.
@@ -220,7 +223,7 @@ class ClientConnection(Endpoint):
     # --- state -------------------------------------------------------------------------------
 
     def to(self, new: ClientState) -> None:
-        if new not in _ALLOWED[self.state]:
+        if new not in CLIENT_TRANSITIONS[self.state]:
             raise RuntimeError(f"illegal client transition {self.state.name} -> {new.name}")
         self.state = new
 
@@ -236,7 +239,7 @@ class ClientConnection(Endpoint):
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def peer(self) -> Endpoint | None:
+    def peer(self) -> Peer | None:
         return self.backend
 
     def is_closed(self) -> bool:
@@ -266,8 +269,8 @@ class ClientConnection(Endpoint):
         except FrameError as exc:
             self._frame_error(exc)
         except Exception:
-            # Never into the event loop's fatal-error path (see _internal_error).
-            self._internal_error()
+            # Never into the event loop's fatal-error path (see fail_internal).
+            self.fail_internal()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -305,11 +308,7 @@ class ClientConnection(Endpoint):
         self._link(backend)
 
     def _link(self, backend: BackendConnection) -> None:
-        backend.to(BackendState.ACTIVE)
-        backend.client = self
-        backend.last_key_pid = self.key_pid
-        backend.linked_at = backend.loop.time()
-        backend.scanner.units = self.scanner.units
+        backend.link(self)
         # Whatever unnamed statement this server holds is not this client's. No reply is owed,
         # so what the client's unnamed statement is, is known.
         sc = self.scanner
@@ -338,8 +337,7 @@ class ClientConnection(Endpoint):
             # statement must never run under another client's search_path or timeouts.
             self.to(ClientState.REPLAYING)
             self._replay = (set_extra, stale, bool(reset), reported)
-            backend.on_internal_done = self._replay_done
-            backend.send_internal(UNTIMED + sql)
+            backend.run_own([UNTIMED + sql], self._replay_done)
             return
         backend.applied_sig = sig
         self._activate()
@@ -785,7 +783,7 @@ class ClientConnection(Endpoint):
         self.to(ClientState.CHECKING)
         return True
 
-    def checked(self, backend: BackendConnection, stmt: Stmt, same: bool | None) -> None:
+    def checked(self, backend: object, stmt: Stmt, same: bool | None) -> None:
         """The server answered the proxy's Describe of stmt (see _prepare): `same` tells whether
         it returns what the client was told; None when the server refused the Parse or skipped
         the Describe (an error earlier in the batch). The client's message goes on."""
@@ -796,13 +794,17 @@ class ClientConnection(Endpoint):
                 # The server skips everything up to the client's Sync, which waits behind the
                 # held message: no check may wait for an answer before that Sync is sent.
                 self.unchecked_until = self.scanner.syncs
-        if self.state == ClientState.CHECKING and self.backend is backend:
+        current = self.backend
+        if self.state == ClientState.CHECKING and current is backend and current is not None:
             # After the reply being handled, not inside it: the pump writes to this backend.
-            backend.loop.call_soon(self._resume_checked, backend)
+            current.loop.call_soon(self._resume_checked, current)
 
     def _resume_checked(self, backend: BackendConnection) -> None:
         if self.state == ClientState.CHECKING and self.backend is backend:
-            self._activate()
+            try:
+                self._activate()
+            except Exception:
+                self.fail_internal()  # a deferred callback: the loop must not see it
 
     def _break(self, stmt: Stmt) -> None:
         """stmt returns something else than this client was told: from now on, each use of a
@@ -889,7 +891,6 @@ class ClientConnection(Endpoint):
         self.probe_names = names
         # Rows come in the session's client_encoding: other than UTF8, values travel as hex.
         self.probe_hex = self.params.get("client_encoding", "UTF8").upper() != "UTF8"
-        backend.on_internal_done = self._session_checked
         self.probe_tries = 1
         self.probe_stmts = probe_statements(
             full=full,
@@ -900,22 +901,24 @@ class ClientConnection(Endpoint):
             hex_values=self.probe_hex,
             untimed=self._untimed(),
         )
-        self._send_own(backend, self.probe_stmts)
+        self._send_own(backend, self.probe_stmts, self._session_checked)
 
     def _untimed(self) -> tuple[str, ...]:
         """The statements that turn the client's timeouts off for the proxy's (see _send_own)."""
         return UNTIMED_STATEMENTS if self.release_on_idle else UNTIMED_EXTENDED
 
-    def _send_own(self, backend: BackendConnection, statements: list[str]) -> None:
+    def _send_own(
+        self, backend: BackendConnection, statements: list[str], done: InternalDone
+    ) -> None:
         """Run the proxy's own statements on the linked server connection, between two of the
         client's transactions. In session mode the client's unnamed statement lives there and
         must outlive them (a driver may Parse it before the check and Bind it after), so they
         go in extended protocol; in transaction mode a simple Query, and the client's unnamed
         statement is given again before its next use (see _unnamed_ready)."""
         if self.release_on_idle:
-            backend.send_internal("; ".join(statements))
+            backend.run_own(["; ".join(statements)], done)
         else:
-            backend.send_internal_statements(statements)
+            backend.run_own(statements, done, batch=True)
 
     def _session_checked(
         self,
@@ -931,8 +934,7 @@ class ClientConnection(Endpoint):
             # Only the first statement of the check (two settings read) runs under the client's
             # own timeouts, and a failed try changed nothing: try again.
             self.probe_tries += 1
-            backend.on_internal_done = self._session_checked
-            self._send_own(backend, self.probe_stmts)
+            self._send_own(backend, self.probe_stmts, self._session_checked)
             return
         if errors:
             log.warning(
@@ -963,10 +965,9 @@ class ClientConnection(Endpoint):
         if restore:
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
-            backend.on_internal_done = self._settings_restored
             self.probe_stmts = [*self._untimed(), set_sql(restore)]
             self.probe_tries = 1
-            self._send_own(backend, self.probe_stmts)
+            self._send_own(backend, self.probe_stmts, self._settings_restored)
             return
         self._session_known(backend)
 
@@ -996,8 +997,7 @@ class ClientConnection(Endpoint):
         if errors and errors[0].get("C") in _TIMED_OUT and self.probe_tries < _PROBE_TRIES:
             # Cancelled under the client's own timeouts before they were turned off: try again.
             self.probe_tries += 1
-            backend.on_internal_done = self._settings_restored
-            self._send_own(backend, self.probe_stmts)
+            self._send_own(backend, self.probe_stmts, self._settings_restored)
             return
         if errors:
             backend.close(DisconnectReason.RESET_FAILED)
@@ -1142,10 +1142,10 @@ class ClientConnection(Endpoint):
             )
             self.fail(err, DisconnectReason.PROTOCOL_ERROR)
 
-    def _internal_error(self) -> None:
+    def fail_internal(self) -> None:
         """A bug surfaced while handling this client's bytes: this client alone gets XX000, and
         its server connection, whose state is unknown, is closed rather than reused."""
-        log.exception("internal error handling client data: %s", self.addr)
+        err = internal_error(log, "handling client data: %s", self.addr)
         backend = self.backend
         try:
             if backend is not None:
@@ -1153,10 +1153,7 @@ class ClientConnection(Endpoint):
                 backend.client = None
                 backend.scanner.units = None
                 backend.close(DisconnectReason.INTERNAL_ERROR)
-            self.fail(
-                ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
-                DisconnectReason.INTERNAL_ERROR,
-            )
+            self.fail(err, DisconnectReason.INTERNAL_ERROR)
         except Exception:
             log.exception("internal error closing client %s", self.addr)
             for end in (self, backend):
@@ -1207,7 +1204,7 @@ class ClientConnection(Endpoint):
         if self.state == ClientState.CLOSED:
             return
         prev = self.state
-        self.state = ClientState.CLOSED
+        self.to(ClientState.CLOSED)
         self.close_reason = reason
         backend = self.backend
         self.backend = None
@@ -1235,10 +1232,7 @@ class ClientConnection(Endpoint):
         """A client left while holding a backend: reuse it only if provably clean."""
         sc = self.scanner
         clean = (
-            sc.pending <= 0
-            and not sc.unsynced
-            and not sc.skip
-            and backend.tx_status == TX_IDLE
+            at_boundary(sc, backend.tx_status)
             and not backend.internal_pending
             and backend.state == BackendState.ACTIVE
         )
@@ -1255,13 +1249,11 @@ class ClientConnection(Endpoint):
                 # A session-mode client may have dropped the shared statements: start afresh.
                 reset = f"{reset}; DEALLOCATE ALL" if reset else "DEALLOCATE ALL"
         if reset:
-            backend.to(BackendState.RESETTING)
-            backend.on_internal_done = _after_reset
-            backend.send_internal(reset)
+            backend.run_own([reset], _after_reset)
         else:
             # Not pool.release() inline: a chain of waiters that each take the backend and leave
             # at once would otherwise recurse one frame deeper per client.
-            backend.to(BackendState.RESETTING)
+            backend.hold()
             pool.loop.call_soon(_release_later, backend)
 
 
@@ -1297,7 +1289,10 @@ def _distrusts_catalog(search_path: str | None) -> bool:
 
 def _release_later(backend: BackendConnection) -> None:
     if backend.state == BackendState.RESETTING:
-        backend.pool.release(backend)
+        try:
+            backend.pool.release(backend)
+        except Exception:
+            backend.fail_internal()  # a deferred callback: the loop must not see it
 
 
 def _after_reset(

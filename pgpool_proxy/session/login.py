@@ -19,8 +19,8 @@ from ..counters import (
     AUTH_TLS_REQUIRED,
     AUTH_UNKNOWN_USER,
 )
-from ..endpoint import EndpointClosed
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
 from . import canon
@@ -160,10 +160,14 @@ async def run_login(client: ClientConnection) -> None:
         )
     except Exception:
         # A bug must not leave the client hanging in login with no timeout left to end it.
-        log.exception("login failed unexpectedly for %s", client.addr)
         client.fail(
-            ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy during login"),
-            DisconnectReason.PROTOCOL_ERROR,
+            internal_error(
+                log,
+                "during login of %s",
+                client.addr,
+                said="internal error in the proxy during login",
+            ),
+            DisconnectReason.INTERNAL_ERROR,
         )
 
 
@@ -287,9 +291,7 @@ async def _login(client: ClientConnection) -> None:
         )
     if database == config.admin.database:
         # The virtual admin database: the console takes over (it refuses non-admin users).
-        from ..admin.console import start_console
-
-        start_console(client, params)
+        server.open_console(client, params)
         return
     if db is None:
         raise _Refusal(

@@ -3,35 +3,77 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
-from .config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
-from .counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
-from .errors import DisconnectReason
+from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
+from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
+from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
+from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.connect import tcp_tuning, tune_socket
+from ..pool.budget import ServerBudget
+from ..pool.pool import Pool, PoolSpec
+from ..protocol.constants import TRACKED_PARAMS
+from ..protocol.messages import cancel_request as cancel_request_packet
+from ..session.client import ClientConnection, ClientState
+from ..session.login import run_login
 from .loopwatch import LoopWatch
-from .pool.budget import ServerBudget
-from .pool.connect import tcp_tuning, tune_socket
-from .pool.pool import Pool, PoolSpec
-from .pool.tracking import Tracking
-from .protocol.constants import TRACKED_PARAMS
-from .protocol.messages import cancel_request as cancel_request_packet
 from .services import Services
-from .session.client import ClientConnection, ClientState
-from .session.login import run_login
+from .tracking import Tracking
 from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
 
 if TYPE_CHECKING:
-    from .aws.discovery import AddressMap
+    from ..aws.discovery import AddressMap
 
 log = logging.getLogger("pgpool_proxy.server")
+
+
+class MetricsListener(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class AdminHooks(Protocol):
+    """The operator's side of the process (admin.HOOKS): the runtime calls it, never imports it,
+    so the admin package stays above the runtime it reports on."""
+
+    def start_console(
+        self, server: ProxyServer, client: ClientConnection, params: Mapping[str, str]
+    ) -> None: ...
+
+    async def start_metrics_endpoint(self, server: ProxyServer) -> MetricsListener | None: ...
+
+
+class ServerState(enum.Enum):
+    SERVING = "serving"
+    PAUSED = "paused"  # PAUSE without a database: every pool holds new transactions
+    DRAINING = "draining"  # SIGTERM or SHUTDOWN: listener closed, clients leave as they finish
+    CLOSED = "closed"
+
+
+# Which state may follow which (ProxyServer._to); tests/unit/test_transitions.py checks it.
+SERVER_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.SERVING: frozenset({ServerState.PAUSED, ServerState.DRAINING, ServerState.CLOSED}),
+    ServerState.PAUSED: frozenset({ServerState.SERVING, ServerState.DRAINING, ServerState.CLOSED}),
+    ServerState.DRAINING: frozenset({ServerState.CLOSED}),
+    ServerState.CLOSED: frozenset(),
+}
+
+
+class NoConsole(ProxyError):
+    """A login to the admin database in a process built without the admin package."""
+
+    reason = DisconnectReason.UNKNOWN_DATABASE
+
 
 JANITOR_INTERVAL_S = 0.25
 
@@ -42,8 +84,16 @@ class ProxyServer:
     # Rewrites server endpoints found by Aurora discovery (tests point them at local servers).
     address_map: AddressMap | None = None
 
-    def __init__(self, config: Config, identity: WorkerIdentity | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        identity: WorkerIdentity | None = None,
+        *,
+        admin: AdminHooks | None = None,
+    ) -> None:
         self.config = config
+        # The admin console and metrics endpoint (pgpool_proxy.admin.HOOKS); None: neither.
+        self.admin = admin
         self.identity = identity or WorkerIdentity()
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: dict[int, ClientConnection] = {}  # by proxy-issued cancel pid
@@ -67,14 +117,14 @@ class ProxyServer:
         # Plain ints read by the metrics collector at scrape time (see counters).
         self.counters = ProxyCounters()
         self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
-        self.metrics_endpoint: Any = None  # admin.http.MetricsEndpoint when [metrics] listen
+        self.metrics_endpoint: MetricsListener | None = None  # when [metrics] listen
         # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
-        self.draining = False  # SIGTERM/SHUTDOWN: listener closed, clients leaving
-        self.paused = False  # PAUSE without a database: every pool holds new transactions
+        self.state = ServerState.SERVING
         self.paused_dbs: set[str] = set()  # PAUSE db / KILL db, until RESUME
         self.admin_sessions: set[ClientConnection] = set()  # clients of the admin console
-        self.stop_requested = asyncio.Event()  # set by SIGTERM and the admin SHUTDOWN command
-        self.shutdown_requested = False  # the admin SHUTDOWN: with workers, all of them stop
+        # Wakes run_until_stopped: set by SIGTERM and the admin SHUTDOWN (request_stop).
+        self.stop_requested = asyncio.Event()
+        self.stop_all_workers = False  # the admin SHUTDOWN: with workers, every one stops
         self.started_at = time.time()
         # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
         self.services = Services(config, self.spawn)
@@ -118,15 +168,65 @@ class ProxyServer:
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
         self.spawn(self._warm_verifiers(), "warm-verifiers")
         self.loopwatch.start()
-        from .admin.http import start_metrics_endpoint
-
-        self.metrics_endpoint = await start_metrics_endpoint(self)
+        if self.admin is not None:
+            self.metrics_endpoint = await self.admin.start_metrics_endpoint(self)
         if ident.count > 1:
             log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
         else:
             log.info("listening on %s:%s", self.host, self.port)
 
+    # --- state: PAUSE/RESUME of everything, drain, close ----------------------------------------
+
+    def _to(self, new: ServerState) -> None:
+        if new not in SERVER_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal server transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def draining(self) -> bool:
+        """New logins are refused and new pools start paused."""
+        return self.state is ServerState.DRAINING or self.state is ServerState.CLOSED
+
+    @property
+    def paused(self) -> bool:
+        return self.state is ServerState.PAUSED
+
+    def pause_all(self) -> None:
+        if self.state is ServerState.SERVING:
+            self._to(ServerState.PAUSED)
+
+    def resume_all(self) -> None:
+        """Undo pause_all; a drain stays a drain."""
+        if self.state is ServerState.PAUSED:
+            self._to(ServerState.SERVING)
+
+    def begin_drain(self) -> None:
+        """Stop accepting; the caller (runtime.lifecycle.drain) lets the clients finish."""
+        if not self.draining:
+            self._to(ServerState.DRAINING)
+        if self._server is not None:
+            self._server.close()
+
+    def request_stop(self, *, all_workers: bool = False) -> None:
+        """Ask run_until_stopped for a graceful stop (SIGTERM; the admin SHUTDOWN, which with
+        workers stops all of them)."""
+        self.stop_all_workers = self.stop_all_workers or all_workers
+        self.stop_requested.set()
+
+    # --- read API for runtime.lifecycle and the admin package ---------------------------------
+
+    def all_clients(self) -> list[ClientConnection]:
+        """Every client connection, logged in or still logging in (a snapshot)."""
+        return list(self._all_clients)
+
+    def client_key_for(self, server_user: str, secret: str) -> bytes | None:
+        """A ClientKey recovered from a client's SCRAM login for this server login (see
+        remember_client_key)."""
+        return self._client_keys.get((server_user, secret))
+
     async def close(self) -> None:
+        if self.state is not ServerState.CLOSED:
+            self._to(ServerState.CLOSED)
         if self._server is not None:
             self._server.close()
         if self._peer_server is not None:
@@ -227,6 +327,15 @@ class ProxyServer:
                 "reason": reason.value,
             },
         )
+
+    def open_console(self, client: ClientConnection, params: Mapping[str, str]) -> None:
+        if self.admin is None:
+            raise NoConsole(
+                SqlState.INVALID_CATALOG_NAME,
+                f'database "{self.config.admin.database}" does not exist: '
+                "this process has no admin console",
+            )
+        self.admin.start_console(self, client, params)
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         """A pid and secret for the client's BackendKeyData, unique in this worker."""

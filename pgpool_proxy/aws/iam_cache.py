@@ -10,9 +10,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from ..config_security import IamSettings
+from ..auth.iam import IamError, IamIdentity, TokenVerifier, parse_token, precheck, token_hash
+from ..config import IamSettings
 from ..errors import SqlState
-from .iam import IamError, IamIdentity, TokenVerifier, parse_token, precheck, token_hash
 
 
 class IamAuthenticator:
