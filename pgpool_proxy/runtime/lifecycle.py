@@ -31,7 +31,7 @@ from ..config import Config, ConfigError, DatabaseConfig, load_config
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..link.ends import at_boundary
 from ..net.connect import tcp_tuning
-from ..session.client import ClientState
+from ..session.client_state import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
 
 if TYPE_CHECKING:
