@@ -31,11 +31,12 @@ from ..config import Config, ConfigError, DatabaseConfig, load_config
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..link.ends import at_boundary
 from ..net.connect import tcp_tuning
-from ..session.client import ClientState
+from ..session.client_state import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
 
 if TYPE_CHECKING:
-    from ..pool.pool import Pool, PoolSpec
+    from ..pool.pool import Pool
+    from ..pool.spec import PoolSpec
     from ..session.client import ClientConnection
     from .server import ProxyServer
 

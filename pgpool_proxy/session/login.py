@@ -25,7 +25,8 @@ from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
 from . import canon
-from .client import ClientConnection, ClientState
+from .client import ClientConnection
+from .client_state import ClientState
 
 if TYPE_CHECKING:
     from ..config import UserConfig
