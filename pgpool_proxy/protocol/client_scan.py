@@ -159,8 +159,8 @@ class ClientScanner:
 
         Hot-path loop: kept in one function because it runs once per client frame, and a call
         per frame (a method per message type) would cost more than the header work itself.
-        Only per-frame work is inline; COPY ends, FunctionCall and the rest of the rare cases
-        are in helpers.
+        Only per-frame work is inline: the stops (which end a scan), COPY ends, FunctionCall and
+        Describe/Close of a statement are in helpers.
         """
         self.event = CEV_NONE
         skip = self.skip
@@ -188,9 +188,7 @@ class ClientScanner:
                     if self.rename:
                         self._query_drops_unnamed()
                     if flags & SQL_DEALLOCATE and avail >= n:
-                        self.parse_flags = flags
-                        self.event = CEV_INSPECT
-                        return pos
+                        return self._deallocate_stop(pos, flags)
                     if avail < n:
                         self.dirty |= SQL_ALL
                     elif flags:
@@ -206,12 +204,7 @@ class ClientScanner:
                     first = not self.unsynced
                     self.unsynced = True
                     if self.rename and n > 5 and buf[pos + 5]:
-                        if avail < n:  # a named statement is kept whole, however long
-                            self.event = CEV_NEED
-                            self.need = n
-                            return pos
-                        self.event = CEV_INSPECT
-                        return pos
+                        return self._named_parse(pos, n, avail)
                     stop = min(pos + n, end)
                     q = buf.find(0, pos + 5, stop) + 1  # the query text follows the name
                     qend = buf.find(0, q, stop) if q else -1
@@ -254,25 +247,10 @@ class ClientScanner:
                         named = named or not self.unnamed_here or self.unnamed_flags != 0
                     elif buf[pos + 5] != _S:
                         named = False
-                    elif buf[pos + 6] != 0:
-                        named = True
-                    elif t == F_DESCRIBE:
-                        named = not self.unnamed_here
-                    elif units:
-                        # Close of the unnamed statement with replies owed: an error before it
-                        # makes the server skip it, and the drop must then be undone
-                        # (ClientConnection._inspect).
-                        named = True
                     else:
-                        # Close of the unnamed statement: the server drops its own, if any.
-                        named = False
-                        self.drop_unnamed()
+                        named = self._statement_needs_caller(t, buf[pos + 6] != 0)
                     if named:
-                        if not units and self.pending:
-                            self._track_pending()
-                        self.unsynced = True
-                        self.event = CEV_INSPECT
-                        return pos
+                        return self._inspect_stop(pos)
                 elif t == F_BIND and (self.opaque_binds or self.unnamed_flags or self.named_flags):
                     self._bind_marks(buf, pos, min(pos + n, end))
                 if not units and self.pending:
@@ -303,6 +281,44 @@ class ClientScanner:
                 self.skip = n - (end - pos)
                 return end
             pos += n
+        return pos
+
+    def _deallocate_stop(self, pos: int, flags: int) -> int:
+        """Stop at a Query naming DEALLOCATE or DISCARD: the caller reads it (deallocate)."""
+        self.parse_flags = flags
+        self.event = CEV_INSPECT
+        return pos
+
+    def _named_parse(self, pos: int, n: int, avail: int) -> int:
+        """Stop at a named Parse when renaming; a named statement is kept whole, however long."""
+        if avail < n:
+            self.event = CEV_NEED
+            self.need = n
+            return pos
+        self.event = CEV_INSPECT
+        return pos
+
+    def _statement_needs_caller(self, t: int, named: bool) -> bool:
+        """Whether a Describe or Close of a statement (not a portal) needs the caller when
+        renaming; a Close of the unnamed one it need not is applied here."""
+        if named:
+            return True
+        if t == F_DESCRIBE:
+            return not self.unnamed_here
+        if self.units:
+            # Close of the unnamed statement with replies owed: an error before it makes the
+            # server skip it, and the drop must then be undone (session.statements).
+            return True
+        # Close of the unnamed statement: the server drops its own, if any.
+        self.drop_unnamed()
+        return False
+
+    def _inspect_stop(self, pos: int) -> int:
+        """Stop at an extended-protocol message the caller handles (a rename, a local answer)."""
+        if not self.units and self.pending:
+            self._track_pending()
+        self.unsynced = True
+        self.event = CEV_INSPECT
         return pos
 
     def _function_call(self) -> None:

@@ -479,9 +479,9 @@ async def test_leak2_deallocate_refused_in_an_aborted_transaction_still_forgets(
 
 
 def _deallocate_path_cost(text: bytes) -> float:
-    """What the loop does for one Query naming DEALLOCATE in transaction mode: the framing's
-    classify, then ClientConnection._inspect_query (deallocate.deallocation lexes the text once,
-    with the framing's flags), then setting_names. Before: parse_deallocate and
+    """What the loop does for one Query naming DEALLOCATE in transaction mode: the client scanner's
+    classify, then session.statements.inspect (deallocate.deallocation lexes the text once,
+    with the client scanner's flags), then setting_names. Before: parse_deallocate and
     drops_all_statements each tokenized the text, and classify ran twice."""
     best = 1.0
     for _ in range(5):
