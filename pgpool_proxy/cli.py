@@ -13,7 +13,7 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, build_config, load_config
 from .config_check import check_config_main
-from .workers import WorkerIdentity, supervise
+from .runtime.workers import WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -118,9 +118,9 @@ async def serve(
     port: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads); returns the exit status."""
-    from .lifecycle import run_until_stopped
-    from .server import ProxyServer
-    from .services import StartupError
+    from .runtime.lifecycle import run_until_stopped
+    from .runtime.server import ProxyServer
+    from .runtime.services import StartupError
 
     server = ProxyServer(config, identity)
     try:

@@ -15,18 +15,19 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .. import __version__, lifecycle
+from .. import __version__
 from ..config import ConfigError
-from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import F_FLUSH, F_QUERY, F_SYNC, F_TERMINATE
+from ..runtime import lifecycle
 from . import show
 from .commands import HELP_TEXT, Command, CommandError, parse_command, split_statements
 from .settings import set_setting, show_config
 
 if TYPE_CHECKING:
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
     from ..session.client import ClientConnection
 
 log = logging.getLogger("pgpool_proxy.admin")

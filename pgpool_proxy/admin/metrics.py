@@ -28,7 +28,7 @@ from .health import readiness
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 POOL_LABELS = ["database", "user"]
 

@@ -17,7 +17,7 @@ from .commands import CommandError
 from .show import Result
 
 if TYPE_CHECKING:
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 # Settings that SET (and RELOAD) change in a running proxy; see lifecycle for what they affect.
 # auth.type is not among them: whether each user's stored password suits it is checked for the

@@ -21,7 +21,7 @@ from ..session.client import ClientState
 if TYPE_CHECKING:
     from ..pool.backend import BackendConnection
     from ..pool.pool import Pool
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 T, I4, I8 = OID_TEXT, OID_INT4, OID_INT8
 Row = list[str | None]

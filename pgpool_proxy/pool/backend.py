@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 from ..auth.md5 import md5_response
 from ..auth.scram import MECHANISM, ScramClient, ScramError, ScramProtocolError
-from ..endpoint import Endpoint, EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..link import replies
+from ..link.prepared import ServerStatements
+from ..net.endpoint import Endpoint, EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import (
     AUTH_CLEARTEXT,
@@ -47,8 +49,6 @@ from ..protocol.framing import (
     RecvBuffer,
 )
 from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
-from ..session import replies
-from ..session.prepared import ServerStatements
 
 if TYPE_CHECKING:
     from ..session.client import ClientConnection

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
 from ..config_topology import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.connect import ServerTls, open_server_transport
 from .backend import BackendConnection, BackendLoginError, BackendState
-from .connect import ServerTls, open_server_transport
 from .topology import DOWN, HostState, ProbeResult, Topology
 
 log = logging.getLogger("pgpool_proxy.topology")

@@ -13,8 +13,8 @@ from ..auth.md5 import md5_response
 from ..auth.scram import MECHANISM, ScramClient, ScramError
 from ..config import Config
 from ..errors import ProxyError, SqlState
+from ..net.connect import ServerTls, open_server_transport
 from ..protocol import messages as m
-from .connect import ServerTls, open_server_transport
 
 log = logging.getLogger("pgpool_proxy.iam")
 

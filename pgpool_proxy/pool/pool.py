@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..link.prepared import StatementRegistry
+from ..net.connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
 from ..protocol.constants import TX_IDLE
-from ..session.prepared import StatementRegistry
 from .backend import BackendConnection, BackendLoginError, BackendState
-from .connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
 
 if TYPE_CHECKING:
     from ..config import PoolMode

@@ -7,8 +7,31 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..endpoint import Endpoint
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..link.prepared import (
+    A_CHECK,
+    A_DUPLICATE,
+    A_INJECTED_CLOSE,
+    A_INJECTED_PARSE,
+    A_PARSE,
+    A_REFUSED,
+    A_SYNTH,
+    A_UCLOSE,
+    CLOSE_COMPLETE,
+    CLOSE_UNNAMED_STATEMENT,
+    FLUSH,
+    PARSE_COMPLETE,
+    REFUSED_USE,
+    Action,
+    ClientStatements,
+    StatementRegistry,
+    Stmt,
+    command_complete,
+    describe_statement,
+    duplicate_parse,
+    rebuilt_bind_head,
+)
+from ..net.endpoint import Endpoint
 from ..pool.backend import BackendConnection, BackendState, server_sqlstate
 from ..protocol import messages as m
 from ..protocol.constants import (
@@ -49,29 +72,6 @@ from ..protocol.sqlscan import (
 from ..protocol.units import U_BIND, U_CLOSE, U_DESCRIBE, U_PARAMS, U_PARSE, U_QUERY, U_QZ, U_Z
 from .canon import learn
 from .limits import settings_limit_error
-from .prepared import (
-    A_CHECK,
-    A_DUPLICATE,
-    A_INJECTED_CLOSE,
-    A_INJECTED_PARSE,
-    A_PARSE,
-    A_REFUSED,
-    A_SYNTH,
-    A_UCLOSE,
-    CLOSE_COMPLETE,
-    CLOSE_UNNAMED_STATEMENT,
-    FLUSH,
-    PARSE_COMPLETE,
-    REFUSED_USE,
-    Action,
-    ClientStatements,
-    StatementRegistry,
-    Stmt,
-    command_complete,
-    describe_statement,
-    duplicate_parse,
-    rebuilt_bind_head,
-)
 from .state import (
     ALWAYS_READ,
     MAX_READ,
@@ -89,7 +89,7 @@ from .state import (
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 log = logging.getLogger("pgpool_proxy.client")
 

@@ -19,8 +19,8 @@ from ..counters import (
     AUTH_TLS_REQUIRED,
     AUTH_UNKNOWN_USER,
 )
-from ..endpoint import EndpointClosed
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
 from . import canon

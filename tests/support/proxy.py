@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from pgpool_proxy.config import Config, build_config
-from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.runtime.server import ProxyServer
 
 from .pg import LocalPostgres
 

@@ -27,7 +27,7 @@ from pgpool_proxy.admin.worker_metrics import (
 from pgpool_proxy.cli import JsonFormatter
 from pgpool_proxy.config import ConfigError, build_config
 from pgpool_proxy.counters import WAIT_BOUNDS_S, wait_buckets
-from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.runtime.server import ProxyServer
 
 BASE = {
     "databases": [{"name": "app", "host": "10.0.0.5", "port": 5433}],

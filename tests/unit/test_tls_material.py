@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pgpool_proxy.config import ClientTlsMode, ClientTlsSettings, ServerTlsMode, ServerTlsSettings
-from pgpool_proxy.tls import TlsSetupError, client_side_context, server_side_context
+from pgpool_proxy.net.tls import TlsSetupError, client_side_context, server_side_context
 from pgpool_proxy.tls_material import ThrowawayCA
 
 

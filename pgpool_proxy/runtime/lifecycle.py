@@ -26,18 +26,18 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .auth.scram import ScramVerifier
-from .config import Config, ConfigError, DatabaseConfig, load_config
-from .errors import DisconnectReason, ProxyError, SqlState
-from .pool.connect import tcp_tuning
-from .protocol.constants import TX_IDLE
-from .session.client import ClientState
+from ..auth.scram import ScramVerifier
+from ..config import Config, ConfigError, DatabaseConfig, load_config
+from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.connect import tcp_tuning
+from ..protocol.constants import TX_IDLE
+from ..session.client import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
 
 if TYPE_CHECKING:
-    from .pool.pool import Pool, PoolSpec
+    from ..pool.pool import Pool, PoolSpec
+    from ..session.client import ClientConnection
     from .server import ProxyServer
-    from .session.client import ClientConnection
 
 log = logging.getLogger("pgpool_proxy.lifecycle")
 

@@ -10,15 +10,15 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .config import Config, DatabaseConfig, IamVerifierKind
-from .config_security import ClientTlsMode
-from .pool.connect import ServerTls
-from .tls import TlsSetupError, client_side_context, server_side_context
+from ..config import Config, DatabaseConfig, IamVerifierKind
+from ..config_security import ClientTlsMode
+from ..net.connect import ServerTls
+from ..net.tls import TlsSetupError, client_side_context, server_side_context
 
 if TYPE_CHECKING:
-    from .auth.iam_cache import IamAuthenticator
-    from .aws.secrets import SecretStore
-    from .pool.pool import CredentialSource
+    from ..aws.iam_cache import IamAuthenticator
+    from ..aws.secrets import SecretStore
+    from ..pool.pool import CredentialSource
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
@@ -43,37 +43,37 @@ class Services:
             self.iam = self._build_iam()
         self.secrets: SecretStore | None = None
         if any(db.secret_arn for db in config.databases):
-            from .aws.secrets import SecretStore
+            from ..aws.secrets import SecretStore
 
             self.secrets = SecretStore(config.secrets, config.databases, spawn)
 
     def _build_iam(self) -> IamAuthenticator:
-        from .auth.iam import TokenVerifier
-        from .auth.iam_cache import IamAuthenticator
+        from ..auth.iam import TokenVerifier
+        from ..aws.iam_cache import IamAuthenticator
 
         cfg = self.config
         iam = cfg.iam
         verifier: TokenVerifier
         if iam.verifier is IamVerifierKind.STS:
-            from .aws.sts_verifier import StsVerifier
+            from ..aws.sts_verifier import StsVerifier
 
             verifier = StsVerifier(iam.sts_endpoint_urls(), cfg.iam_rules, iam.sts_timeout_s)
         elif iam.verifier is IamVerifierKind.KEYRING:
-            from .aws.keyring import KeyringError, KeyringVerifier, load_keyring
+            from ..aws.keyring import KeyringError, KeyringVerifier, load_keyring
 
             try:
                 verifier = KeyringVerifier(load_keyring(iam.keyring_file))
             except KeyringError as exc:
                 raise StartupError(str(exc)) from None
         else:
-            from .pool.passthrough import PassthroughVerifier
+            from ..pool.passthrough import PassthroughVerifier
 
             verifier = PassthroughVerifier(cfg, self.server_tls, cfg.pool.server_connect_timeout_s)
         return IamAuthenticator(iam, verifier)
 
     async def start(self) -> None:
         if self.secrets is not None:
-            from .aws.secrets import SecretError
+            from ..aws.secrets import SecretError
 
             try:
                 await self.secrets.start()

@@ -10,9 +10,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from ..auth.iam import IamError, IamIdentity, TokenVerifier, parse_token, precheck, token_hash
 from ..config_security import IamSettings
 from ..errors import SqlState
-from .iam import IamError, IamIdentity, TokenVerifier, parse_token, precheck, token_hash
 
 
 class IamAuthenticator:

@@ -12,24 +12,24 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
-from .config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
-from .counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
-from .errors import DisconnectReason
+from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
+from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
+from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
+from ..errors import DisconnectReason
+from ..net.connect import tcp_tuning, tune_socket
+from ..pool.budget import ServerBudget
+from ..pool.pool import Pool, PoolSpec
+from ..protocol.constants import TRACKED_PARAMS
+from ..protocol.messages import cancel_request as cancel_request_packet
+from ..session.client import ClientConnection, ClientState
+from ..session.login import run_login
 from .loopwatch import LoopWatch
-from .pool.budget import ServerBudget
-from .pool.connect import tcp_tuning, tune_socket
-from .pool.pool import Pool, PoolSpec
-from .pool.tracking import Tracking
-from .protocol.constants import TRACKED_PARAMS
-from .protocol.messages import cancel_request as cancel_request_packet
 from .services import Services
-from .session.client import ClientConnection, ClientState
-from .session.login import run_login
+from .tracking import Tracking
 from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
 
 if TYPE_CHECKING:
-    from .aws.discovery import AddressMap
+    from ..aws.discovery import AddressMap
 
 log = logging.getLogger("pgpool_proxy.server")
 
@@ -118,7 +118,7 @@ class ProxyServer:
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
         self.spawn(self._warm_verifiers(), "warm-verifiers")
         self.loopwatch.start()
-        from .admin.http import start_metrics_endpoint
+        from ..admin.http import start_metrics_endpoint
 
         self.metrics_endpoint = await start_metrics_endpoint(self)
         if ident.count > 1:

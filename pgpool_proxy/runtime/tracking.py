@@ -9,13 +9,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..config import Config, DatabaseConfig
-from .monitor import MonitorLogin, Spawn, TopologyMonitor
-from .topology import UNKNOWN, Topology
+from ..pool.monitor import MonitorLogin, Spawn, TopologyMonitor
+from ..pool.topology import UNKNOWN, Topology
 
 if TYPE_CHECKING:
     from ..aws.discovery import AddressMap, AuroraDiscovery
-    from ..services import Services
-    from .pool import CredentialSource
+    from ..pool.pool import CredentialSource
+    from .services import Services
 
 log = logging.getLogger("pgpool_proxy.topology")
 

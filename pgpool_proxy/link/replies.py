@@ -33,7 +33,7 @@ from .prepared import (
 
 if TYPE_CHECKING:
     from ..pool.backend import BackendConnection
-    from .client import ClientConnection
+    from ..session.client import ClientConnection
 
 
 def synth_at_head(units: deque[Any]) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from .errors import ProxyError, SqlState
-from .protocol.constants import INT32
-from .protocol.framing import RecvBuffer
+from ..errors import ProxyError, SqlState
+from ..protocol.constants import INT32
+from ..protocol.framing import RecvBuffer
 
 # How long a connection closed after an error reply goes on discarding what its peer sends.
 LINGER_S = 2.0
