@@ -118,11 +118,12 @@ async def serve(
     port: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads); returns the exit status."""
+    from .admin import HOOKS
     from .runtime.lifecycle import run_until_stopped
     from .runtime.server import ProxyServer
     from .runtime.services import StartupError
 
-    server = ProxyServer(config, identity)
+    server = ProxyServer(config, identity, admin=HOOKS)
     try:
         await server.start(port)
     except StartupError as exc:

@@ -7,11 +7,12 @@ reply to drop, a reply the proxy writes itself, an error that undoes what the pr
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..protocol import messages as m
 from ..protocol.constants import B_ERROR, B_PARAMETER_DESCRIPTION, B_ROW_DESCRIPTION
 from ..protocol.units import TERMINATES, U_DESCRIBE, U_FZ, U_QUERY, U_QZ, U_UPARSE, U_Z
+from .ends import LinkClient, LinkServer
 from .prepared import (
     A_CHECK,
     A_DUPLICATE,
@@ -31,10 +32,6 @@ from .prepared import (
     stale_plan_error,
 )
 
-if TYPE_CHECKING:
-    from ..pool.backend import BackendConnection
-    from ..session.client import ClientConnection
-
 
 def synth_at_head(units: deque[Any]) -> bool:
     if not units:
@@ -43,7 +40,7 @@ def synth_at_head(units: deque[Any]) -> bool:
     return u.__class__ is Action and u.kind == A_SYNTH
 
 
-def emit_synths(client: ClientConnection, backend: BackendConnection) -> bool:
+def emit_synths(client: LinkClient, backend: LinkServer) -> bool:
     """Write the replies the proxy answers itself that are now due; True when one of them ended
     with ReadyForQuery (an answered Query)."""
     units = client.scanner.units
@@ -61,7 +58,7 @@ def emit_synths(client: ClientConnection, backend: BackendConnection) -> bool:
     return z
 
 
-def ready(client: ClientConnection, backend: BackendConnection) -> None:
+def ready(client: LinkClient, backend: LinkServer) -> None:
     """A ReadyForQuery arrived: it ends the oldest Query/Sync unit. Units before it that got no
     reply were skipped by the server after an error."""
     units = client.scanner.units
@@ -84,7 +81,7 @@ def ready(client: ClientConnection, backend: BackendConnection) -> None:
     emit_synths(client, backend)
 
 
-def _undo_all(client: ClientConnection, backend: BackendConnection, skipped: list[Action]) -> None:
+def _undo_all(client: LinkClient, backend: LinkServer, skipped: list[Action]) -> None:
     """Undo skipped units last first: each restores the view the one before it left (a Parse of
     s1 and then a Close of s1, both skipped, leave no s1)."""
     for a in reversed(skipped):
@@ -92,7 +89,7 @@ def _undo_all(client: ClientConnection, backend: BackendConnection, skipped: lis
 
 
 def on_unit(
-    client: ClientConnection, backend: BackendConnection, buf: bytearray, pos: int, n: int
+    client: LinkClient, backend: LinkServer, buf: bytearray, pos: int, n: int
 ) -> bool | bytes:
     """The frame at pos ends the unit at the head of the queue; returns True to forward it,
     False to drop it, or the bytes to send in its place."""
@@ -173,8 +170,8 @@ def on_unit(
 
 
 def _described(
-    client: ClientConnection,
-    backend: BackendConnection,
+    client: LinkClient,
+    backend: LinkServer,
     stmt: Stmt | None,
     buf: bytearray,
     pos: int,
@@ -198,7 +195,7 @@ def _described(
         stmt.shape = shape
 
 
-def _result_changed(backend: BackendConnection, stmt: Stmt) -> None:
+def _result_changed(backend: LinkServer, stmt: Stmt) -> None:
     """stmt's result differs from what a client was told: the next Parse of its text gets a new
     statement, and this server connection drops its copy (closed before its next Parse), so that
     every later use of it here is checked again."""
@@ -209,9 +206,7 @@ def _result_changed(backend: BackendConnection, stmt: Stmt) -> None:
         bs.closing.append(stmt.tombstone())
 
 
-def _failed(
-    client: ClientConnection, backend: BackendConnection, a: Action, fields: dict[str, str]
-) -> None:
+def _failed(client: LinkClient, backend: LinkServer, a: Action, fields: dict[str, str]) -> None:
     kind = a.kind
     stmt = a.stmt
     if stmt is None:
@@ -238,7 +233,7 @@ def _failed(
             backend.stmts.discard(stmt)
 
 
-def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> None:
+def _undo(client: LinkClient, backend: LinkServer, a: Action) -> None:
     """The server skipped this unit's message (an earlier error in the pipeline)."""
     stmt = a.stmt
     kind = a.kind
@@ -261,7 +256,7 @@ def _undo(client: ClientConnection, backend: BackendConnection, a: Action) -> No
             _forget(client, a)
 
 
-def _forget(client: ClientConnection, a: Action) -> None:
+def _forget(client: LinkClient, a: Action) -> None:
     """Undo a Parse in the client's view: its name means what it meant before."""
     if client.stmts.get(a.client_name) is a.stmt:
         if a.prev is not None:

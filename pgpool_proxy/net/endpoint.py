@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+from typing import Protocol, cast
 
 from ..errors import ProxyError, SqlState
 from ..protocol.constants import INT32
@@ -15,6 +15,14 @@ LINGER_S = 2.0
 
 class EndpointClosed(Exception):
     """The connection went away while a slow-path reader waited for bytes."""
+
+
+class Peer(Protocol):
+    """The other end of a link, as backpressure needs it."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
 
 
 class Endpoint(asyncio.BufferedProtocol):
@@ -43,7 +51,7 @@ class Endpoint(asyncio.BufferedProtocol):
         self._wakeup: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
 
-    def peer(self) -> Endpoint | None:
+    def peer(self) -> Peer | None:
         """The endpoint linked to this one, if any."""
         raise NotImplementedError
 

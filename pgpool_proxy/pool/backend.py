@@ -14,7 +14,7 @@ from ..auth.scram import MECHANISM, ScramClient, ScramError, ScramProtocolError
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..link import replies
 from ..link.prepared import ServerStatements
-from ..net.endpoint import Endpoint, EndpointClosed
+from ..net.endpoint import Endpoint, EndpointClosed, Peer
 from ..protocol import messages as m
 from ..protocol.constants import (
     AUTH_CLEARTEXT,
@@ -51,7 +51,7 @@ from ..protocol.framing import (
 from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
 
 if TYPE_CHECKING:
-    from ..session.client import ClientConnection
+    from .ends import PoolClient
     from .pool import Pool
 
 log = logging.getLogger("pgpool_proxy.backend")
@@ -194,7 +194,7 @@ class BackendConnection(Endpoint):
         self.address: tuple[str, int] = pool.backend_address
         self.state = BackendState.CONNECTING
         self.scanner = BackendScanner()
-        self.client: ClientConnection | None = None
+        self.client: PoolClient | None = None
         self.params: dict[str, str] = {}
         # Non-reported settings the proxy replayed here for a client (reset for the next one).
         self.extra_keys: set[str] = set()
@@ -212,7 +212,7 @@ class BackendConnection(Endpoint):
         self.last_user = ""
         self.login_user = ""
         # The settings signature of the client this backend's settings last matched (see
-        # ClientConnection._compute_sig); None when unknown.
+        # PoolClient._compute_sig); None when unknown.
         self.applied_sig: tuple[object, ...] | None = None
         self.pid = 0
         self.secret = 0
@@ -252,7 +252,7 @@ class BackendConnection(Endpoint):
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def peer(self) -> Endpoint | None:
+    def peer(self) -> Peer | None:
         return self.client
 
     def is_closed(self) -> bool:
@@ -482,14 +482,14 @@ class BackendConnection(Endpoint):
         if client is not None:
             client.backend_ended()
 
-    def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
+    def _notification(self, buf: bytearray, pos: int, n: int, client: PoolClient) -> bytes:
         """The NotificationResponse at pos as the client must see it (see _notifier)."""
         mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client) if n >= 9 else None
         if mapped is None:
             return bytes(buf[pos : pos + n])
         return b"".join((buf[pos : pos + 5], INT32.pack(mapped), buf[pos + 9 : pos + n]))
 
-    def _notifier(self, pid: int, client: ClientConnection) -> int | None:
+    def _notifier(self, pid: int, client: PoolClient) -> int | None:
         """The pid a client knows for the session that sent a notification: its own (from
         BackendKeyData) when it notified itself, and for another of the proxy's server
         connections the client whose COMMIT sent it, as near as the proxy can tell. None for
@@ -519,7 +519,7 @@ class BackendConnection(Endpoint):
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)
         self.fail(DisconnectReason.PROTOCOL_ERROR, f"server sent too many parameters: {why}")
 
-    def _idle_point(self, client: ClientConnection, start: int, pos: int) -> bool:
+    def _idle_point(self, client: PoolClient, start: int, pos: int) -> bool:
         """The client owes nothing and the server is idle: release the backend, or first ask the
         server what state the client's statements left in the session. True when handed off."""
         sc = client.scanner
@@ -544,7 +544,7 @@ class BackendConnection(Endpoint):
         client.backend_released(self)
         return True
 
-    def release_if_done(self, client: ClientConnection, pos: int) -> bool:
+    def release_if_done(self, client: PoolClient, pos: int) -> bool:
         """After the proxy answered a Query itself: release if that was the last reply owed."""
         cs = client.scanner
         if cs.pending <= 0 and not cs.unsynced and not cs.skip and self.tx_status == TX_IDLE:

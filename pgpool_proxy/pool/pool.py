@@ -22,8 +22,8 @@ from .backend import BackendConnection, BackendLoginError, BackendState
 
 if TYPE_CHECKING:
     from ..config import PoolMode
-    from ..session.client import ClientConnection
     from .budget import ServerBudget
+    from .ends import PoolClient
     from .topology import HostState, Topology
 
 log = logging.getLogger("pgpool_proxy.pool")
@@ -99,7 +99,7 @@ class Pool:
         self.backends: set[BackendConnection] = set()
         # The logged-in ones by server pid: whose notification is it (BackendConnection._notifier).
         self.by_pid: dict[int, BackendConnection] = {}
-        self.waiters: deque[ClientConnection] = deque()
+        self.waiters: deque[PoolClient] = deque()
         self.total = 0  # connecting + idle + linked + resetting
         self.connecting = 0
         self.generation = 0
@@ -147,7 +147,7 @@ class Pool:
 
     # --- hot path ----------------------------------------------------------------------------
 
-    def acquire(self, client: ClientConnection) -> BackendConnection | None:
+    def acquire(self, client: PoolClient) -> BackendConnection | None:
         """A backend for client now, or None after queueing client (FIFO) for the next one."""
         idle = self.idle
         if idle:
@@ -199,7 +199,7 @@ class Pool:
         backend.parked = True  # see BackendConnection._notifier
         self.idle.append(backend)
 
-    def forget_waiter(self, client: ClientConnection) -> None:
+    def forget_waiter(self, client: PoolClient) -> None:
         """Drop a departed waiter now rather than when it reaches the head of the queue."""
         with contextlib.suppress(ValueError):
             self.waiters.remove(client)

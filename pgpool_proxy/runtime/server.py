@@ -9,13 +9,13 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
 from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
 from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
-from ..errors import DisconnectReason
+from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import tcp_tuning, tune_socket
 from ..pool.budget import ServerBudget
 from ..pool.pool import Pool, PoolSpec
@@ -33,6 +33,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgpool_proxy.server")
 
+
+class MetricsListener(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class AdminHooks(Protocol):
+    """The operator's side of the process (admin.HOOKS): the runtime calls it, never imports it,
+    so the admin package stays above the runtime it reports on."""
+
+    def start_console(
+        self, server: ProxyServer, client: ClientConnection, params: Mapping[str, str]
+    ) -> None: ...
+
+    async def start_metrics_endpoint(self, server: ProxyServer) -> MetricsListener | None: ...
+
+
+class NoConsole(ProxyError):
+    """A login to the admin database in a process built without the admin package."""
+
+    reason = DisconnectReason.UNKNOWN_DATABASE
+
+
 JANITOR_INTERVAL_S = 0.25
 
 
@@ -42,8 +67,16 @@ class ProxyServer:
     # Rewrites server endpoints found by Aurora discovery (tests point them at local servers).
     address_map: AddressMap | None = None
 
-    def __init__(self, config: Config, identity: WorkerIdentity | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        identity: WorkerIdentity | None = None,
+        *,
+        admin: AdminHooks | None = None,
+    ) -> None:
         self.config = config
+        # The admin console and metrics endpoint (pgpool_proxy.admin.HOOKS); None: neither.
+        self.admin = admin
         self.identity = identity or WorkerIdentity()
         self.pools: dict[tuple[str, str], Pool] = {}
         self.clients: dict[int, ClientConnection] = {}  # by proxy-issued cancel pid
@@ -67,7 +100,7 @@ class ProxyServer:
         # Plain ints read by the metrics collector at scrape time (see counters).
         self.counters = ProxyCounters()
         self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
-        self.metrics_endpoint: Any = None  # admin.http.MetricsEndpoint when [metrics] listen
+        self.metrics_endpoint: MetricsListener | None = None  # when [metrics] listen
         # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
         self.draining = False  # SIGTERM/SHUTDOWN: listener closed, clients leaving
         self.paused = False  # PAUSE without a database: every pool holds new transactions
@@ -118,9 +151,8 @@ class ProxyServer:
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
         self.spawn(self._warm_verifiers(), "warm-verifiers")
         self.loopwatch.start()
-        from ..admin.http import start_metrics_endpoint
-
-        self.metrics_endpoint = await start_metrics_endpoint(self)
+        if self.admin is not None:
+            self.metrics_endpoint = await self.admin.start_metrics_endpoint(self)
         if ident.count > 1:
             log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
         else:
@@ -227,6 +259,15 @@ class ProxyServer:
                 "reason": reason.value,
             },
         )
+
+    def open_console(self, client: ClientConnection, params: Mapping[str, str]) -> None:
+        if self.admin is None:
+            raise NoConsole(
+                SqlState.INVALID_CATALOG_NAME,
+                f'database "{self.config.admin.database}" does not exist: '
+                "this process has no admin console",
+            )
+        self.admin.start_console(self, client, params)
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         """A pid and secret for the client's BackendKeyData, unique in this worker."""

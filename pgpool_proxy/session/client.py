@@ -31,7 +31,7 @@ from ..link.prepared import (
     duplicate_parse,
     rebuilt_bind_head,
 )
-from ..net.endpoint import Endpoint
+from ..net.endpoint import Endpoint, Peer
 from ..pool.backend import BackendConnection, BackendState, server_sqlstate
 from ..protocol import messages as m
 from ..protocol.constants import (
@@ -89,7 +89,7 @@ from .state import (
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
-    from ..runtime.server import ProxyServer
+    from .host import SessionHost
 
 log = logging.getLogger("pgpool_proxy.client")
 
@@ -175,7 +175,7 @@ class ClientConnection(Endpoint):
         "wait_since",
     )
 
-    def __init__(self, server: ProxyServer, *, peer_channel: bool = False) -> None:
+    def __init__(self, server: SessionHost, *, peer_channel: bool = False) -> None:
         super().__init__(RecvBuffer(CLIENT_BUFFER, server.config.proxy.max_message_size_bytes + 5))
         self.server = server
         # A connection from a sibling worker, allowed to deliver cancel requests only.
@@ -236,7 +236,7 @@ class ClientConnection(Endpoint):
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def peer(self) -> Endpoint | None:
+    def peer(self) -> Peer | None:
         return self.backend
 
     def is_closed(self) -> bool:
@@ -785,7 +785,7 @@ class ClientConnection(Endpoint):
         self.to(ClientState.CHECKING)
         return True
 
-    def checked(self, backend: BackendConnection, stmt: Stmt, same: bool | None) -> None:
+    def checked(self, backend: object, stmt: Stmt, same: bool | None) -> None:
         """The server answered the proxy's Describe of stmt (see _prepare): `same` tells whether
         it returns what the client was told; None when the server refused the Parse or skipped
         the Describe (an error earlier in the batch). The client's message goes on."""
@@ -796,9 +796,10 @@ class ClientConnection(Endpoint):
                 # The server skips everything up to the client's Sync, which waits behind the
                 # held message: no check may wait for an answer before that Sync is sent.
                 self.unchecked_until = self.scanner.syncs
-        if self.state == ClientState.CHECKING and self.backend is backend:
+        current = self.backend
+        if self.state == ClientState.CHECKING and current is backend and current is not None:
             # After the reply being handled, not inside it: the pump writes to this backend.
-            backend.loop.call_soon(self._resume_checked, backend)
+            current.loop.call_soon(self._resume_checked, current)
 
     def _resume_checked(self, backend: BackendConnection) -> None:
         if self.state == ClientState.CHECKING and self.backend is backend:

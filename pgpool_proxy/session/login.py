@@ -287,9 +287,7 @@ async def _login(client: ClientConnection) -> None:
         )
     if database == config.admin.database:
         # The virtual admin database: the console takes over (it refuses non-admin users).
-        from ..admin.console import start_console
-
-        start_console(client, params)
+        server.open_console(client, params)
         return
     if db is None:
         raise _Refusal(
