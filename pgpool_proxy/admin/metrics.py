@@ -117,7 +117,7 @@ def _loop_families(server: ProxyServer) -> list[Metric]:
 def _client_families(server: ProxyServer) -> list[Metric]:
     counters = server.counters
     by_state = dict.fromkeys(CLIENT_STATES, 0)
-    for client in list(server._all_clients):
+    for client in server.all_clients():
         name = _CLIENT_STATE.get(client.state)
         if name is not None:
             by_state[name] += 1
@@ -167,7 +167,7 @@ def _pool_families(server: ProxyServer) -> list[Metric]:
     pools = list(server.pools.items())
     # One pass over the clients: per pool, (idle, waiting, active, linked server connections).
     per_pool: dict[int, list[int]] = {id(pool): [0, 0, 0, 0] for _key, pool in pools}
-    for client in list(server._all_clients):
+    for client in server.all_clients():
         pool = client.pool
         row = per_pool.get(id(pool)) if pool is not None else None
         if row is None:

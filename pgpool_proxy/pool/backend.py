@@ -99,7 +99,8 @@ class BackendState(enum.IntEnum):
     CLOSED = 5
 
 
-_ALLOWED: dict[BackendState, frozenset[BackendState]] = {
+# Which state may follow which (BackendConnection._to); tests/unit/test_transitions.py checks it.
+BACKEND_TRANSITIONS: dict[BackendState, frozenset[BackendState]] = {
     BackendState.CONNECTING: frozenset({BackendState.LOGIN, BackendState.CLOSED}),
     BackendState.LOGIN: frozenset({BackendState.IDLE, BackendState.CLOSED}),
     BackendState.IDLE: frozenset(
@@ -242,10 +243,53 @@ class BackendConnection(Endpoint):
 
     # --- state -------------------------------------------------------------------------------
 
-    def to(self, new: BackendState) -> None:
-        if new not in _ALLOWED[self.state]:
+    # Every change of self.state goes through _to, called only by the methods below and the
+    # login: other modules say what they do with the connection, not which state it is in.
+
+    def _to(self, new: BackendState) -> None:
+        if new not in BACKEND_TRANSITIONS[self.state]:
             raise RuntimeError(f"illegal backend transition {self.state.name} -> {new.name}")
         self.state = new
+
+    def link(self, client: PoolClient) -> None:
+        """Serve `client` (handed over by the pool, or kept between a session's transactions)."""
+        self._to(BackendState.ACTIVE)
+        self.client = client
+        self.last_key_pid = client.key_pid
+        self.linked_at = self.loop.time()
+        self.scanner.units = client.scanner.units
+
+    def hold(self) -> None:
+        """Out of the pool and serving no client, until the pool takes it back (to_idle)."""
+        self._to(BackendState.RESETTING)
+
+    def to_idle(self) -> None:
+        """Free for the next client: the pool (or the topology monitor) has it back."""
+        self._to(BackendState.IDLE)
+
+    def run_own(
+        self, statements: Sequence[str], done: InternalDone | None, *, batch: bool = False
+    ) -> None:
+        """Run the proxy's own statements, their replies swallowed; `done` gets the errors and
+        rows once the last has answered (or the connection is lost). Each statement is one
+        simple Query; with `batch`, all are one extended-protocol batch (messages.internal_batch),
+        which leaves the session's unnamed statement (a session-mode client's own) as it is.
+        With no client linked, the connection is held out of the pool meanwhile."""
+        assert self.transport is not None
+        if self.client is None and self.state != BackendState.RESETTING:
+            self.hold()
+        self.on_internal_done = done
+        self.scanner.internal = True
+        if batch:
+            self.internal_pending += 1
+            self.transport.write(m.internal_batch(statements))
+            return
+        client = self.client
+        if client is not None:
+            # A simple Query drops the server's unnamed statement.
+            client.scanner.unnamed_here = False
+        self.internal_pending += len(statements)
+        self.transport.write(b"".join(m.query(sql) for sql in statements))
 
     def __repr__(self) -> str:
         return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
@@ -572,26 +616,7 @@ class BackendConnection(Endpoint):
         else:
             rb.consumed(pos)
 
-    # --- proxy-issued queries ----------------------------------------------------------------
-
-    def send_internal(self, sql: str) -> None:
-        """Send a simple query whose reply the proxy swallows (the client never sees it)."""
-        assert self.transport is not None
-        client = self.client
-        if client is not None:
-            # A simple Query drops the server's unnamed statement.
-            client.scanner.unnamed_here = False
-        self.internal_pending += 1
-        self.scanner.internal = True
-        self.transport.write(m.query(sql))
-
-    def send_internal_statements(self, statements: Sequence[str]) -> None:
-        """As send_internal, in extended protocol (messages.internal_batch): the session's
-        unnamed statement, a session-mode client's own, stays as it is."""
-        assert self.transport is not None
-        self.internal_pending += 1
-        self.scanner.internal = True
-        self.transport.write(m.internal_batch(statements))
+    # --- the proxy's own statements (run_own) ------------------------------------------------
 
     def _internal_finished(self) -> None:
         self.scanner.internal = False
@@ -658,7 +683,7 @@ class BackendConnection(Endpoint):
         # the idle check) get no answer now: whoever waits on them learns it here, not after
         # server_check_timeout_s. A linked client hears of the loss from fail().
         lost = self.on_internal_done if self.internal_pending and self.client is None else None
-        self.state = BackendState.CLOSED
+        self._to(BackendState.CLOSED)
         self.close_reason = reason
         self.client = None
         transport = self.transport
@@ -712,7 +737,7 @@ class BackendConnection(Endpoint):
         server_key: bytes | None,
     ) -> None:
         assert self.transport is not None
-        self.to(BackendState.LOGIN)
+        self._to(BackendState.LOGIN)
         self.transport.write(m.startup_message({"user": user, "database": dbname}))
         scram: ScramClient | None = None
         for _ in range(MAX_LOGIN_MESSAGES):
@@ -831,7 +856,7 @@ class BackendConnection(Endpoint):
                 raise ValueError("ReadyForQuery must be 1 byte")
             self.tx_status = body[0]
             self.login_user = self.params.get("session_authorization", "")
-            self.to(BackendState.IDLE)
+            self._to(BackendState.IDLE)
             self.idle_since = self.loop.time()
             # An idle server connection reads, to notice the server saying goodbye.
             self.resume_reading()

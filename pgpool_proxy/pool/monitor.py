@@ -168,15 +168,13 @@ class ProbeConnection:
             if not fut.done():
                 fut.set_result((errors, rows))
 
-        backend.to(BackendState.RESETTING)
-        backend.on_internal_done = done
-        backend.send_internal(sql)
+        backend.run_own([sql], done)
         try:
             errors, rows = await fut
         finally:
             self._waiting = None
         if not backend.is_closed():
-            backend.to(BackendState.IDLE)
+            backend.to_idle()
         if errors:
             raise RuntimeError(f"{errors[0].get('C', '?')} {errors[0].get('M', 'probe failed')}")
         return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import enum
 import logging
 import ssl
 from collections import deque
@@ -27,6 +28,22 @@ if TYPE_CHECKING:
     from .topology import HostState, Topology
 
 log = logging.getLogger("pgpool_proxy.pool")
+
+
+class PoolState(enum.Enum):
+    OPEN = "open"  # hands out server connections
+    # PAUSE, KILL, a drain: transactions queue, no server connection opens, released ones close.
+    PAUSED = "paused"
+    CLOSED = "closed"  # the process is stopping: nothing more, ever
+
+
+# Which state may follow which (Pool._to); tests/unit/test_transitions.py checks it.
+POOL_TRANSITIONS: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.OPEN: frozenset({PoolState.PAUSED, PoolState.CLOSED}),
+    PoolState.PAUSED: frozenset({PoolState.OPEN, PoolState.CLOSED}),
+    PoolState.CLOSED: frozenset(),
+}
+_OPEN = PoolState.OPEN
 
 
 class CredentialSource(Protocol):
@@ -115,7 +132,7 @@ class Pool:
         # SCRAM pass-through: a ClientKey recovered from a client's login, reused for the server.
         self.client_key: bytes | None = None
         self.server_key: bytes | None = None
-        self.closed = False
+        self.state = PoolState.OPEN
         # Named prepared statements shared by this pool's clients (transaction mode).
         self.registry = StatementRegistry(max(1000, 10 * spec.max_prepared_statements))
         self.pinned = 0  # clients holding a backend between transactions (session state)
@@ -174,9 +191,9 @@ class Pool:
             # A client's transaction (or session) ends here; a fresh connection is no transaction.
             self.total_xacts += 1
             self.total_xact_s += now - backend.linked_at
-        if backend.generation != self.generation or self.closed:
+        if backend.generation != self.generation or self.state is not _OPEN:
             backend.close(
-                DisconnectReason.POOL_CLOSED if self.closed else DisconnectReason.FAILOVER
+                DisconnectReason.FAILOVER if self.state is _OPEN else DisconnectReason.POOL_CLOSED
             )
             return
         lifetime = self.spec.lifetime_s
@@ -184,7 +201,7 @@ class Pool:
             backend.close(DisconnectReason.LIFETIME)
             return
         if backend.state != BackendState.IDLE:
-            backend.to(BackendState.IDLE)
+            backend.to_idle()
         waiters = self.waiters
         while waiters:
             client = waiters.popleft()
@@ -233,7 +250,7 @@ class Pool:
         """Open a connection for queued clients, unless the server just refused one."""
         if (
             self.waiters
-            and not self.closed
+            and self.state is _OPEN
             and self.total < self.spec.size
             and self.loop.time() - self.last_connect_failure_at >= self.spec.login_retry_s
             and (self.topology is None or self._pick_address() is not None)
@@ -402,7 +419,7 @@ class Pool:
         """The server's reported settings, connecting a first backend if none is known yet."""
         waited_s = 0.0
         while self.server_params is None:
-            if self.paused:
+            if self.state is PoolState.PAUSED:
                 # PAUSE/KILL/drain: no server connection opens; the login waits like a queued
                 # transaction would.
                 timeout = self.spec.query_wait_timeout_s
@@ -533,7 +550,7 @@ class Pool:
                 backend.close(DisconnectReason.IDLE_TIMEOUT)
         self._watch(now)
         # Retry for queued clients and refill to the minimum, pacing attempts after a failure.
-        if not self.closed and now - self.last_connect_failure_at >= spec.login_retry_s:
+        if self.state is _OPEN and now - self.last_connect_failure_at >= spec.login_retry_s:
             if self.connecting == 0:
                 self._maybe_grow()
             while (
@@ -585,15 +602,13 @@ class Pool:
             elif now - backend.silent_since >= limit:
                 self._silent(backend, now - backend.silent_since)
         delay = spec.check_delay_s
-        if delay and not self.closed:
+        if delay and self.state is _OPEN:
             for backend in list(self.idle):
                 if now - max(backend.idle_since, backend.checked_at) >= delay:
                     self.idle.remove(backend)
-                    backend.to(BackendState.RESETTING)
                     backend.checked_at = now
-                    backend.on_internal_done = self._checked
                     # An empty query: EmptyQueryResponse + ReadyForQuery, no parse, no snapshot.
-                    backend.send_internal("")
+                    backend.run_own([""], self._checked)
 
     def _silent(self, backend: BackendConnection, silent_s: float) -> None:
         internal = bool(backend.internal_pending)
@@ -640,13 +655,24 @@ class Pool:
             backend.close(DisconnectReason.SERVER_SILENT)
             return
         since = backend.idle_since
-        backend.to(BackendState.IDLE)
+        backend.to_idle()
         self.release(backend)
         if backend.client is None and not backend.is_closed():
             backend.idle_since = since  # back in the idle list, not handed to a waiter
 
+    def _to(self, new: PoolState) -> None:
+        if new not in POOL_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal pool transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def paused(self) -> bool:
+        return self.state is PoolState.PAUSED
+
     def close(self) -> None:
-        self.closed = True
+        if self.state is PoolState.CLOSED:
+            return
+        self._to(PoolState.CLOSED)
         self.generation += 1
         for backend in list(self.idle):
             backend.close(DisconnectReason.POOL_CLOSED)
@@ -708,7 +734,7 @@ class Pool:
         return usable
 
     def _topology_changed(self, topo: Topology) -> None:
-        if self.closed:
+        if self.state is not _OPEN:
             return
         if not self.spec.reader:
             writer: HostState | None = topo.writer
@@ -778,10 +804,7 @@ class Pool:
             "prepared_statements": len(self.registry.by_key),
         }
 
-    # --- lifecycle: reload, PAUSE/RESUME (pgpool_proxy.lifecycle, the admin console) -----------
-
-    # Set by pause(): new transactions queue and no server connection is opened until resume().
-    paused = False
+    # --- lifecycle: reload, PAUSE/RESUME (runtime.lifecycle, the admin console) ----------------
 
     def reconfigure(self, spec: PoolSpec) -> None:
         """Adopt a reloaded spec. When the server identity changed, current backends retire:
@@ -803,21 +826,21 @@ class Pool:
                 if self.total <= spec.size:
                     break
                 backend.close(DisconnectReason.POOL_CLOSED)
-        if not self.paused:
+        if self.state is _OPEN:
             self._maybe_grow()  # a larger pool serves its queue at once
 
     def pause(self) -> None:
         """Stop handing out servers: idle ones close now, busy ones when released, and new
         transactions wait in the queue (bounded by query_wait_timeout_s)."""
-        self.paused = True
-        self.closed = True
+        if self.state is not _OPEN:
+            return
+        self._to(PoolState.PAUSED)
         self.retire(DisconnectReason.POOL_CLOSED)
 
     def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        self.closed = False
+        if self.state is not PoolState.PAUSED:
+            return  # open already, or closed for good
+        self._to(PoolState.OPEN)
         self.last_connect_failure_at = -1e9
         if self.topology is not None:
             # Writer changes were ignored while paused (closed): catch up first.

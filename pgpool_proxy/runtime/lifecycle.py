@@ -113,7 +113,7 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
             verifier = ScramVerifier.parse(secret) if secret is not None else None
             pool.server_key = verifier.server_key if verifier is not None else None
             pool.client_key = (
-                server._client_keys.get((server_user, secret))
+                server.client_key_for(server_user, secret)
                 if verifier is not None and secret is not None
                 else None
             )
@@ -238,7 +238,7 @@ def known_database(server: ProxyServer, db: str) -> bool:
 def pause_now(server: ProxyServer, db: str | None) -> list[Pool]:
     """Mark `db` (or everything) paused; returns the pools that now drain."""
     if db is None:
-        server.paused = True
+        server.pause_all()
     else:
         server.paused_dbs.add(db)
     pools = pools_of(server, db)
@@ -259,7 +259,7 @@ async def pause(server: ProxyServer, db: str | None, wanted: Callable[[], bool])
 def resume(server: ProxyServer, db: str | None) -> None:
     """RESUME: undo PAUSE or KILL (RESUME without a database resumes everything)."""
     if db is None:
-        server.paused = False
+        server.resume_all()
         server.paused_dbs.clear()
     else:
         server.paused_dbs.discard(db)
@@ -287,7 +287,7 @@ def kill(server: ProxyServer, db: str) -> int:
         f'terminating connection due to administrator command (KILL "{db}")',
     )
     killed = 0
-    for client in list(server._all_clients):
+    for client in server.all_clients():
         if client.pool in pools and client not in server.admin_sessions:
             client.fail(err, DisconnectReason.ADMIN_KILL)
             killed += 1
@@ -320,7 +320,7 @@ def _idle_between_transactions(server: ProxyServer, client: ClientConnection) ->
 def terminate_all(server: ProxyServer, message: str) -> int:
     """Send every client 57P01 and close it (a transaction still running is rolled back)."""
     err = ProxyError(SqlState.ADMIN_SHUTDOWN, message)
-    clients = list(server._all_clients)
+    clients = server.all_clients()
     for client in clients:
         client.fail(err, DisconnectReason.SHUTDOWN)
     return len(clients)
@@ -331,24 +331,21 @@ async def drain(server: ProxyServer, timeout_s: float) -> None:
     `timeout_s`, close whoever is left."""
     loop = asyncio.get_running_loop()
     # Before pausing: get_pool pauses any pool a login creates from now on.
-    server.draining = True
-    listener = server._server
-    if listener is not None:
-        listener.close()
+    server.begin_drain()
     for pool in server.pools.values():
         pool.pause()  # no new transactions start; released servers close
     log.info(
         "draining: stopped accepting; %d clients, waiting up to %gs for their transactions",
-        len(server._all_clients),
+        server.client_count,
         timeout_s,
     )
     err = ProxyError(SqlState.ADMIN_SHUTDOWN, "terminating connection: the proxy is shutting down")
     deadline = loop.time() + timeout_s
     while True:
-        for client in list(server._all_clients):
+        for client in server.all_clients():
             if _idle_between_transactions(server, client):
                 client.fail(err, DisconnectReason.SHUTDOWN)
-        if not server._all_clients or loop.time() >= deadline:
+        if not server.client_count or loop.time() >= deadline:
             break
         await asyncio.sleep(POLL_S)
     left = terminate_all(
@@ -375,8 +372,7 @@ async def _first(*aws: Coroutine[Any, Any, Any]) -> None:
 def request_shutdown(server: ProxyServer) -> None:
     """The admin SHUTDOWN: drain like SIGTERM, and with workers stop every worker (the exit
     status tells the supervisor; see workers.EXIT_SHUTDOWN_ALL)."""
-    server.shutdown_requested = True
-    server.stop_requested.set()
+    server.request_stop(all_workers=True)
 
 
 async def run_until_stopped(server: ProxyServer) -> int:
@@ -391,7 +387,7 @@ async def run_until_stopped(server: ProxyServer) -> int:
             immediate.set()
         else:
             log.info("SIGTERM: graceful shutdown")
-            graceful.set()
+            server.request_stop()
 
     def on_int() -> None:
         log.info("SIGINT: stopping now")
@@ -415,6 +411,6 @@ async def run_until_stopped(server: ProxyServer) -> int:
         log.info("shutting down")
         terminate_all(server, "terminating connection: the proxy is shutting down")
         await server.close()
-    if server.shutdown_requested and server.identity.count > 1:
+    if server.stop_all_workers and server.identity.count > 1:
         return EXIT_SHUTDOWN_ALL  # not restarted: the supervisor stops the other workers too
     return 0

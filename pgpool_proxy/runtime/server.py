@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import os
@@ -50,6 +51,22 @@ class AdminHooks(Protocol):
     ) -> None: ...
 
     async def start_metrics_endpoint(self, server: ProxyServer) -> MetricsListener | None: ...
+
+
+class ServerState(enum.Enum):
+    SERVING = "serving"
+    PAUSED = "paused"  # PAUSE without a database: every pool holds new transactions
+    DRAINING = "draining"  # SIGTERM or SHUTDOWN: listener closed, clients leave as they finish
+    CLOSED = "closed"
+
+
+# Which state may follow which (ProxyServer._to); tests/unit/test_transitions.py checks it.
+SERVER_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.SERVING: frozenset({ServerState.PAUSED, ServerState.DRAINING, ServerState.CLOSED}),
+    ServerState.PAUSED: frozenset({ServerState.SERVING, ServerState.DRAINING, ServerState.CLOSED}),
+    ServerState.DRAINING: frozenset({ServerState.CLOSED}),
+    ServerState.CLOSED: frozenset(),
+}
 
 
 class NoConsole(ProxyError):
@@ -102,12 +119,12 @@ class ProxyServer:
         self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
         self.metrics_endpoint: MetricsListener | None = None  # when [metrics] listen
         # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
-        self.draining = False  # SIGTERM/SHUTDOWN: listener closed, clients leaving
-        self.paused = False  # PAUSE without a database: every pool holds new transactions
+        self.state = ServerState.SERVING
         self.paused_dbs: set[str] = set()  # PAUSE db / KILL db, until RESUME
         self.admin_sessions: set[ClientConnection] = set()  # clients of the admin console
-        self.stop_requested = asyncio.Event()  # set by SIGTERM and the admin SHUTDOWN command
-        self.shutdown_requested = False  # the admin SHUTDOWN: with workers, all of them stop
+        # Wakes run_until_stopped: set by SIGTERM and the admin SHUTDOWN (request_stop).
+        self.stop_requested = asyncio.Event()
+        self.stop_all_workers = False  # the admin SHUTDOWN: with workers, every one stops
         self.started_at = time.time()
         # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
         self.services = Services(config, self.spawn)
@@ -158,7 +175,58 @@ class ProxyServer:
         else:
             log.info("listening on %s:%s", self.host, self.port)
 
+    # --- state: PAUSE/RESUME of everything, drain, close ----------------------------------------
+
+    def _to(self, new: ServerState) -> None:
+        if new not in SERVER_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal server transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def draining(self) -> bool:
+        """New logins are refused and new pools start paused."""
+        return self.state is ServerState.DRAINING or self.state is ServerState.CLOSED
+
+    @property
+    def paused(self) -> bool:
+        return self.state is ServerState.PAUSED
+
+    def pause_all(self) -> None:
+        if self.state is ServerState.SERVING:
+            self._to(ServerState.PAUSED)
+
+    def resume_all(self) -> None:
+        """Undo pause_all; a drain stays a drain."""
+        if self.state is ServerState.PAUSED:
+            self._to(ServerState.SERVING)
+
+    def begin_drain(self) -> None:
+        """Stop accepting; the caller (runtime.lifecycle.drain) lets the clients finish."""
+        if not self.draining:
+            self._to(ServerState.DRAINING)
+        if self._server is not None:
+            self._server.close()
+
+    def request_stop(self, *, all_workers: bool = False) -> None:
+        """Ask run_until_stopped for a graceful stop (SIGTERM; the admin SHUTDOWN, which with
+        workers stops all of them)."""
+        self.stop_all_workers = self.stop_all_workers or all_workers
+        self.stop_requested.set()
+
+    # --- read API for runtime.lifecycle and the admin package ---------------------------------
+
+    def all_clients(self) -> list[ClientConnection]:
+        """Every client connection, logged in or still logging in (a snapshot)."""
+        return list(self._all_clients)
+
+    def client_key_for(self, server_user: str, secret: str) -> bytes | None:
+        """A ClientKey recovered from a client's SCRAM login for this server login (see
+        remember_client_key)."""
+        return self._client_keys.get((server_user, secret))
+
     async def close(self) -> None:
+        if self.state is not ServerState.CLOSED:
+            self._to(ServerState.CLOSED)
         if self._server is not None:
             self._server.close()
         if self._peer_server is not None:

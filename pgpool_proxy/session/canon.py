@@ -100,7 +100,6 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
     if not pool.idle:
         return {}
     backend = pool.idle.pop()
-    backend.to(BackendState.RESETTING)
     fut: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
     fut = pool.loop.create_future()
 
@@ -115,16 +114,14 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
             return
         # A refused value is an answer, not a fault of the server connection.
         if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
-            b.to(BackendState.IDLE)
+            b.to_idle()
             pool.release(b)
         else:
             b.close(DisconnectReason.RESET_FAILED)
         if not fut.done():
             fut.set_result((errors, rows))
 
-    backend.on_internal_done = done
-    for k, v in items:
-        backend.send_internal(check_sql(k, v))
+    backend.run_own([check_sql(k, v) for k, v in items], done)
     try:
         answer = await asyncio.wait_for(fut, pool.spec.check_timeout_s or None)
     except TimeoutError:

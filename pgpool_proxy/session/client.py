@@ -32,7 +32,7 @@ from ..link.prepared import (
     rebuilt_bind_head,
 )
 from ..net.endpoint import Endpoint, Peer
-from ..pool.backend import BackendConnection, BackendState, server_sqlstate
+from ..pool.backend import BackendConnection, BackendState, InternalDone, server_sqlstate
 from ..protocol import messages as m
 from ..protocol.constants import (
     F_BIND,
@@ -120,7 +120,8 @@ class ClientState(enum.IntEnum):
     CHECKING = 7
 
 
-_ALLOWED: dict[ClientState, frozenset[ClientState]] = {
+# Which state may follow which (ClientConnection.to); tests/unit/test_transitions.py checks it.
+CLIENT_TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     ClientState.LOGIN: frozenset({ClientState.IDLE, ClientState.CLOSED}),
     ClientState.IDLE: frozenset(
         {ClientState.WAITING, ClientState.REPLAYING, ClientState.ACTIVE, ClientState.CLOSED}
@@ -220,7 +221,7 @@ class ClientConnection(Endpoint):
     # --- state -------------------------------------------------------------------------------
 
     def to(self, new: ClientState) -> None:
-        if new not in _ALLOWED[self.state]:
+        if new not in CLIENT_TRANSITIONS[self.state]:
             raise RuntimeError(f"illegal client transition {self.state.name} -> {new.name}")
         self.state = new
 
@@ -305,11 +306,7 @@ class ClientConnection(Endpoint):
         self._link(backend)
 
     def _link(self, backend: BackendConnection) -> None:
-        backend.to(BackendState.ACTIVE)
-        backend.client = self
-        backend.last_key_pid = self.key_pid
-        backend.linked_at = backend.loop.time()
-        backend.scanner.units = self.scanner.units
+        backend.link(self)
         # Whatever unnamed statement this server holds is not this client's. No reply is owed,
         # so what the client's unnamed statement is, is known.
         sc = self.scanner
@@ -338,8 +335,7 @@ class ClientConnection(Endpoint):
             # statement must never run under another client's search_path or timeouts.
             self.to(ClientState.REPLAYING)
             self._replay = (set_extra, stale, bool(reset), reported)
-            backend.on_internal_done = self._replay_done
-            backend.send_internal(UNTIMED + sql)
+            backend.run_own([UNTIMED + sql], self._replay_done)
             return
         backend.applied_sig = sig
         self._activate()
@@ -890,7 +886,6 @@ class ClientConnection(Endpoint):
         self.probe_names = names
         # Rows come in the session's client_encoding: other than UTF8, values travel as hex.
         self.probe_hex = self.params.get("client_encoding", "UTF8").upper() != "UTF8"
-        backend.on_internal_done = self._session_checked
         self.probe_tries = 1
         self.probe_stmts = probe_statements(
             full=full,
@@ -901,22 +896,24 @@ class ClientConnection(Endpoint):
             hex_values=self.probe_hex,
             untimed=self._untimed(),
         )
-        self._send_own(backend, self.probe_stmts)
+        self._send_own(backend, self.probe_stmts, self._session_checked)
 
     def _untimed(self) -> tuple[str, ...]:
         """The statements that turn the client's timeouts off for the proxy's (see _send_own)."""
         return UNTIMED_STATEMENTS if self.release_on_idle else UNTIMED_EXTENDED
 
-    def _send_own(self, backend: BackendConnection, statements: list[str]) -> None:
+    def _send_own(
+        self, backend: BackendConnection, statements: list[str], done: InternalDone
+    ) -> None:
         """Run the proxy's own statements on the linked server connection, between two of the
         client's transactions. In session mode the client's unnamed statement lives there and
         must outlive them (a driver may Parse it before the check and Bind it after), so they
         go in extended protocol; in transaction mode a simple Query, and the client's unnamed
         statement is given again before its next use (see _unnamed_ready)."""
         if self.release_on_idle:
-            backend.send_internal("; ".join(statements))
+            backend.run_own(["; ".join(statements)], done)
         else:
-            backend.send_internal_statements(statements)
+            backend.run_own(statements, done, batch=True)
 
     def _session_checked(
         self,
@@ -932,8 +929,7 @@ class ClientConnection(Endpoint):
             # Only the first statement of the check (two settings read) runs under the client's
             # own timeouts, and a failed try changed nothing: try again.
             self.probe_tries += 1
-            backend.on_internal_done = self._session_checked
-            self._send_own(backend, self.probe_stmts)
+            self._send_own(backend, self.probe_stmts, self._session_checked)
             return
         if errors:
             log.warning(
@@ -964,10 +960,9 @@ class ClientConnection(Endpoint):
         if restore:
             # The client reset settings it gave at startup: as PostgreSQL does, RESET returns
             # them to the startup values.
-            backend.on_internal_done = self._settings_restored
             self.probe_stmts = [*self._untimed(), set_sql(restore)]
             self.probe_tries = 1
-            self._send_own(backend, self.probe_stmts)
+            self._send_own(backend, self.probe_stmts, self._settings_restored)
             return
         self._session_known(backend)
 
@@ -997,8 +992,7 @@ class ClientConnection(Endpoint):
         if errors and errors[0].get("C") in _TIMED_OUT and self.probe_tries < _PROBE_TRIES:
             # Cancelled under the client's own timeouts before they were turned off: try again.
             self.probe_tries += 1
-            backend.on_internal_done = self._settings_restored
-            self._send_own(backend, self.probe_stmts)
+            self._send_own(backend, self.probe_stmts, self._settings_restored)
             return
         if errors:
             backend.close(DisconnectReason.RESET_FAILED)
@@ -1208,7 +1202,7 @@ class ClientConnection(Endpoint):
         if self.state == ClientState.CLOSED:
             return
         prev = self.state
-        self.state = ClientState.CLOSED
+        self.to(ClientState.CLOSED)
         self.close_reason = reason
         backend = self.backend
         self.backend = None
@@ -1256,13 +1250,11 @@ class ClientConnection(Endpoint):
                 # A session-mode client may have dropped the shared statements: start afresh.
                 reset = f"{reset}; DEALLOCATE ALL" if reset else "DEALLOCATE ALL"
         if reset:
-            backend.to(BackendState.RESETTING)
-            backend.on_internal_done = _after_reset
-            backend.send_internal(reset)
+            backend.run_own([reset], _after_reset)
         else:
             # Not pool.release() inline: a chain of waiters that each take the backend and leave
             # at once would otherwise recurse one frame deeper per client.
-            backend.to(BackendState.RESETTING)
+            backend.hold()
             pool.loop.call_soon(_release_later, backend)
 
 
