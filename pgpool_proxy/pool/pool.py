@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
+from ..auth.server_login import BackendLoginError
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link.prepared import StatementRegistry
 from ..net.connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
 from ..protocol.constants import TX_IDLE
-from .backend import BackendConnection, BackendLoginError, BackendState
+from .backend import BackendConnection, BackendState
 
 if TYPE_CHECKING:
     from ..config import PoolMode
@@ -305,8 +306,7 @@ class Pool:
                     self.budget.released(self)
             if not isinstance(exc, ProxyError):
                 # A bug must not leave queued clients waiting for query_wait_timeout.
-                log.exception("server connect failed unexpectedly: pool=%s", self.name)
-                exc = ProxyError(SqlState.INTERNAL_ERROR, "internal error connecting to server")
+                exc = internal_error(log, "connecting a server for pool %s", self.name)
             self._connect_failed(exc)
             return
         except BaseException:

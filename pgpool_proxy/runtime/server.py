@@ -22,7 +22,8 @@ from ..pool.budget import ServerBudget
 from ..pool.pool import Pool, PoolSpec
 from ..protocol.constants import TRACKED_PARAMS
 from ..protocol.messages import cancel_request as cancel_request_packet
-from ..session.client import ClientConnection, ClientState
+from ..session.client import ClientConnection
+from ..session.client_state import ClientState
 from ..session.login import run_login
 from .loopwatch import LoopWatch
 from .services import Services

@@ -10,8 +10,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..config import Config, DatabaseConfig, IamVerifierKind
-from ..config_security import ClientTlsMode
+from ..config import ClientTlsMode, Config, DatabaseConfig, IamVerifierKind
 from ..net.connect import ServerTls
 from ..net.tls import TlsSetupError, client_side_context, server_side_context
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgpool_proxy.config import ConfigError, DatabaseRole, build_config
-from pgpool_proxy.config_topology import parse_host_port
+from pgpool_proxy.config import ConfigError, DatabaseRole, build_config, parse_host_port
 from pgpool_proxy.pool.monitor import parse_lsn, parse_probe
 from pgpool_proxy.pool.topology import DOWN, REPLICA, STALE, WRITER, ProbeResult, Topology
 from tests.support.poolspec import pool_spec
@@ -234,6 +233,22 @@ def test_config_problems(db: dict[str, object], extra: dict[str, object], proble
     with pytest.raises(ConfigError) as info:
         _cfg(db, **extra)
     assert problem in str(info.value)
+
+
+def test_monitor_user_with_unset_password_env_is_one_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(
+            {
+                "auth": {"type": "trust"},
+                "databases": [{"name": "a", "hosts": ["h1", "h2"], "monitor_user": "mon"}],
+                "users": [{"name": "mon", "password_env": "MON_PW"}],
+            },
+            source="t.toml",
+            env={},
+        )
+    assert info.value.problems == [
+        "t.toml: users[0].password_env: environment variable MON_PW is not set"
+    ]
 
 
 def _reader_spec(**overrides: object):  # type: ignore[no-untyped-def]
