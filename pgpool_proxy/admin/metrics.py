@@ -134,8 +134,13 @@ def _client_families(server: ProxyServer) -> list[Metric]:
         value=counters.accepted,
     )
     logins = CounterMetricFamily(
-        "pgpool_proxy_client_logins", "Client logins completed", value=counters.logins
+        "pgpool_proxy_client_logins",
+        "Client logins completed, by kind (pool: a database served through a pool; admin: "
+        "the admin console)",
+        labels=["kind"],
     )
+    logins.add_metric(["pool"], counters.logins)
+    logins.add_metric(["admin"], counters.admin_logins)
     auth = CounterMetricFamily(
         "pgpool_proxy_auth_failures", "Client logins refused, by reason", labels=["reason"]
     )

@@ -284,6 +284,13 @@ class BackendConnection(Endpoint):
     # --- hot path ----------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        """Server -> client, once per read: forward every frame, stopping only at the events
+        the scanner reports (ReadyForQuery, a unit the proxy answers, an error, a notification,
+        a setting, the proxy's own replies).
+
+        Hot-path loop, kept in one function on purpose (issue 16 allows it): each branch is a
+        handful of attribute reads, and a call per event would cost more than the work; the rare
+        events call out (replies, _idle_point, _notification, _refuse_params)."""
         rb = self.rbuf
         buf = rb.buf
         start = pos = rb.start

@@ -35,7 +35,8 @@ from ..session.client_state import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
 
 if TYPE_CHECKING:
-    from ..pool.pool import Pool, PoolSpec
+    from ..pool.pool import Pool
+    from ..pool.spec import PoolSpec
     from ..session.client import ClientConnection
     from .server import ProxyServer
 

@@ -17,7 +17,7 @@ from ..net.tls import TlsSetupError, client_side_context, server_side_context
 if TYPE_CHECKING:
     from ..aws.iam_cache import IamAuthenticator
     from ..aws.secrets import SecretStore
-    from ..pool.pool import CredentialSource
+    from ..pool.spec import CredentialSource
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 

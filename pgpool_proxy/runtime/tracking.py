@@ -14,7 +14,7 @@ from ..pool.topology import UNKNOWN, Topology
 
 if TYPE_CHECKING:
     from ..aws.discovery import AddressMap, AuroraDiscovery
-    from ..pool.pool import CredentialSource
+    from ..pool.spec import CredentialSource
     from .services import Services
 
 log = logging.getLogger("pgpool_proxy.topology")

@@ -50,13 +50,22 @@ class WorkerIdentity:
         return os.path.join(self.peer_dir, f"w{index}.sock")
 
 
+class BindError(Exception):
+    """A port the supervisor reserves cannot be bound (taken, privileged, no such address)."""
+
+
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     """Bind (without listening) a SO_REUSEPORT socket: resolves port 0 to one port all workers
-    share, and fails early, in the supervisor, when the address is taken."""
+    share, and fails early, in the supervisor, when the address is taken (BindError)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise BindError(f"cannot bind {host}:{port}: {reason.lower()}") from None
     return sock, sock.getsockname()[1]
 
 

@@ -8,6 +8,7 @@ so the connection's own module holds only its state machine and the byte pump.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -81,107 +82,162 @@ def inspect(
     if t == F_QUERY:
         return _inspect_query(client, buf, pos, frame_end, out, backend)
     if t == F_PARSE:
-        nul = buf.find(0, pos + 5, frame_end)
-        qend = buf.find(0, nul + 1, frame_end)
-        if nul < 0 or qend < 0:
-            return _malformed(client, pos)
-        name = bytes(buf[pos + 5 : nul])
-        key = bytes(buf[nul + 1 : frame_end])
-        if name not in client.stmts:
-            limit = client.server.config.proxy.max_client_statement_bytes
-            if client.stmts.nbytes + len(key) > limit:
-                return _statements_over_budget(client, pos, len(key), limit)
-        registry = backend.pool.registry
-        sc = client.scanner
-        if sc.dirty & SQL_DDL:
-            # The schema changed earlier in this transaction: this Parse must be planned
-            # after the change, as PostgreSQL plans it, not answered from before it.
-            registry.new_epoch()
-            sc.dirty = (sc.dirty & ~SQL_DDL) | SQL_DDL_TOLD
-        lookup = _lookup(client, key, registry)
-        stmt = registry.by_key.get(lookup) or _new_stmt(
-            registry,
-            key,
-            buf,
-            nul + 1,
-            qend,
-            client.server.config.pool.statement_cache_bytes,
-            lookup,
-        )
-        prev = client.stmts.get(name)
-        if prev is not None:
-            # PostgreSQL refuses to redefine a name; so does the server, in its own order of
-            # checks, when asked to reuse the name of a statement it holds.
-            _prepare(client, backend, prev, out, None)
-            out.append(duplicate_parse(prev, key))
-            units.append(Action(A_DUPLICATE, U_PARSE, prev, client_name=name))
-            return frame_end, frame_end
-        client.stmts[name] = stmt
-        if stmt in backend.stmts:
-            backend.stmts.touch(stmt)
-            registry.hits += 1
-            done = Action(A_SYNTH, U_PARSE, stmt, reply=PARSE_COMPLETE, client_name=name, prev=prev)
-            _push(client, done, backend)
-        else:
-            parse = Action(A_PARSE, U_PARSE, stmt, client_name=name, prev=prev)
-            _prepare(client, backend, stmt, out, parse)
-        return frame_end, frame_end
+        return _on_parse(client, buf, pos, frame_end, end, out, backend, units)
     if t == F_BIND:
-        stop = min(frame_end, end)
-        p1 = pos + 5 if buf[pos + 5] == 0 else buf.find(0, pos + 5, stop)
-        p2 = buf.find(0, p1 + 1, stop) if p1 >= 0 else -1
-        if p2 < 0:
-            return _malformed(client, pos)
-        if p2 == p1 + 1:
-            _unnamed_ready(client, out)
-            sc = client.scanner
-            if sc.unnamed_flags:
-                sc.dirty |= sc.unnamed_flags
-                if sc.unnamed_names:
-                    sc.note_names(sc.unnamed_names)
-            units.append(U_BIND)
-            return _through(client, frame_end, end), pos
-        bound = client.stmts.get(bytes(buf[p1 + 1 : p2]))
-        if bound is None:
-            # Unknown to the proxy: the server answers "does not exist" in its own words, or
-            # runs a statement made by SQL PREPARE, whose text the proxy never judged.
-            units.append(U_BIND)
-            client.scanner.dirty |= SQL_ALL
-            return _through(client, frame_end, end), pos
-        if bound.broken:
-            out.append(REFUSED_USE)
-            units.append(Action(A_REFUSED, U_DESCRIBE, bound))
-        elif _prepare(client, backend, bound, out, None, check=True):
-            return pos, pos
-        out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
-        units.append(bound.use_bind)
-        if bound.flags:
-            client.scanner.dirty |= bound.flags
-            if bound.names:
-                client.scanner.note_names(bound.names)
-        return _through(client, frame_end, end), p2 + 1
+        return _on_bind(client, buf, pos, frame_end, end, out, backend, units)
     if frame_end > end:
         return _malformed(client, pos)
-    name = bytes(buf[pos + 6 : frame_end - 1])
     if t == F_DESCRIBE:
-        if not name:
-            _unnamed_ready(client, out)
-            units.append(U_DESCRIBE)
-            return frame_end, pos
-        described = client.stmts.get(name)
-        if described is None:
-            units.append(U_DESCRIBE)
-            return frame_end, pos
-        if described.broken:
-            # PostgreSQL describes the parameters before it finds the result changed.
-            out.append(REFUSED_USE)
-            units.append(Action(A_REFUSED, U_DESCRIBE, described, reply=described.told_params))
-        elif _prepare(client, backend, described, out, None, check=True, describing=True):
-            return pos, pos
-        out.append(describe_statement(described.name))
-        units.append(described.use_describe)
-        return frame_end, frame_end
+        return _on_describe(client, buf, pos, frame_end, out, backend, units)
     assert t == F_CLOSE
+    return _on_close(client, buf, pos, frame_end, backend, units)
+
+
+def _on_parse(
+    client: ClientConnection,
+    buf: bytearray,
+    pos: int,
+    frame_end: int,
+    end: int,
+    out: list[Any],
+    backend: BackendConnection,
+    units: deque[Any],
+) -> tuple[int, int]:
+    """Parse: share the statement through the pool's registry, answering it from the
+    server connection's own copy when it holds one."""
+    nul = buf.find(0, pos + 5, frame_end)
+    qend = buf.find(0, nul + 1, frame_end)
+    if nul < 0 or qend < 0:
+        return _malformed(client, pos)
+    name = bytes(buf[pos + 5 : nul])
+    key = bytes(buf[nul + 1 : frame_end])
+    if name not in client.stmts:
+        limit = client.server.config.proxy.max_client_statement_bytes
+        if client.stmts.nbytes + len(key) > limit:
+            return _statements_over_budget(client, pos, len(key), limit)
+    registry = backend.pool.registry
+    sc = client.scanner
+    if sc.dirty & SQL_DDL:
+        # The schema changed earlier in this transaction: this Parse must be planned
+        # after the change, as PostgreSQL plans it, not answered from before it.
+        registry.new_epoch()
+        sc.dirty = (sc.dirty & ~SQL_DDL) | SQL_DDL_TOLD
+    lookup = _lookup(client, key, registry)
+    stmt = registry.by_key.get(lookup) or _new_stmt(
+        registry,
+        key,
+        buf,
+        nul + 1,
+        qend,
+        client.server.config.pool.statement_cache_bytes,
+        lookup,
+    )
+    prev = client.stmts.get(name)
+    if prev is not None:
+        # PostgreSQL refuses to redefine a name; so does the server, in its own order of
+        # checks, when asked to reuse the name of a statement it holds.
+        _prepare(client, backend, prev, out, None)
+        out.append(duplicate_parse(prev, key))
+        units.append(Action(A_DUPLICATE, U_PARSE, prev, client_name=name))
+        return frame_end, frame_end
+    client.stmts[name] = stmt
+    if stmt in backend.stmts:
+        backend.stmts.touch(stmt)
+        registry.hits += 1
+        done = Action(A_SYNTH, U_PARSE, stmt, reply=PARSE_COMPLETE, client_name=name, prev=prev)
+        _push(client, done, backend)
+    else:
+        parse = Action(A_PARSE, U_PARSE, stmt, client_name=name, prev=prev)
+        _prepare(client, backend, stmt, out, parse)
+    return frame_end, frame_end
+
+
+def _on_bind(
+    client: ClientConnection,
+    buf: bytearray,
+    pos: int,
+    frame_end: int,
+    end: int,
+    out: list[Any],
+    backend: BackendConnection,
+    units: deque[Any],
+) -> tuple[int, int]:
+    """Bind: rename to the shared statement, preparing it first where this server lacks it."""
+    stop = min(frame_end, end)
+    p1 = pos + 5 if buf[pos + 5] == 0 else buf.find(0, pos + 5, stop)
+    p2 = buf.find(0, p1 + 1, stop) if p1 >= 0 else -1
+    if p2 < 0:
+        return _malformed(client, pos)
+    if p2 == p1 + 1:
+        _unnamed_ready(client, out)
+        sc = client.scanner
+        if sc.unnamed_flags:
+            sc.dirty |= sc.unnamed_flags
+            if sc.unnamed_names:
+                sc.note_names(sc.unnamed_names)
+        units.append(U_BIND)
+        return _through(client, frame_end, end), pos
+    bound = client.stmts.get(bytes(buf[p1 + 1 : p2]))
+    if bound is None:
+        # Unknown to the proxy: the server answers "does not exist" in its own words, or
+        # runs a statement made by SQL PREPARE, whose text the proxy never judged.
+        units.append(U_BIND)
+        client.scanner.dirty |= SQL_ALL
+        return _through(client, frame_end, end), pos
+    if bound.broken:
+        out.append(REFUSED_USE)
+        units.append(Action(A_REFUSED, U_DESCRIBE, bound))
+    elif _prepare(client, backend, bound, out, None, check=True):
+        return pos, pos
+    out.append(rebuilt_bind_head(bytes(buf[pos + 5 : p1]), bound.name, frame_end - p2 - 1))
+    units.append(bound.use_bind)
+    if bound.flags:
+        client.scanner.dirty |= bound.flags
+        if bound.names:
+            client.scanner.note_names(bound.names)
+    return _through(client, frame_end, end), p2 + 1
+
+
+def _on_describe(
+    client: ClientConnection,
+    buf: bytearray,
+    pos: int,
+    frame_end: int,
+    out: list[Any],
+    backend: BackendConnection,
+    units: deque[Any],
+) -> tuple[int, int]:
+    """Describe of a statement (a portal's goes through), checked like a Bind."""
+    name = bytes(buf[pos + 6 : frame_end - 1])
+    if not name:
+        _unnamed_ready(client, out)
+        units.append(U_DESCRIBE)
+        return frame_end, pos
+    described = client.stmts.get(name)
+    if described is None:
+        units.append(U_DESCRIBE)
+        return frame_end, pos
+    if described.broken:
+        # PostgreSQL describes the parameters before it finds the result changed.
+        out.append(REFUSED_USE)
+        units.append(Action(A_REFUSED, U_DESCRIBE, described, reply=described.told_params))
+    elif _prepare(client, backend, described, out, None, check=True, describing=True):
+        return pos, pos
+    out.append(describe_statement(described.name))
+    units.append(described.use_describe)
+    return frame_end, frame_end
+
+
+def _on_close(
+    client: ClientConnection,
+    buf: bytearray,
+    pos: int,
+    frame_end: int,
+    backend: BackendConnection,
+    units: deque[Any],
+) -> tuple[int, int]:
+    """Close: the client forgets its name; the shared statement stays for the LRU."""
+    name = bytes(buf[pos + 6 : frame_end - 1])
     if not name and buf[pos + 5] == 0x53:  # S: the unnamed statement
         undo = client.scanner.drop_unnamed()
         units.append(Action(A_UCLOSE, U_CLOSE, undo=undo))

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("session",),
     ("runtime",),
     ("admin",),
-    ("healthcheck", "pgserver", "tls_material"),  # TRANSITIONAL: pgserver, tls_material
+    ("healthcheck",),
     ("cli",),
     ("__main__",),
 )

