@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, build_config, load_config
-from .config_check import check_config_main
+from .config import Config, ConfigError, build_config, check_config_main, load_config
 from .runtime.workers import WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import ConfigError
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import F_FLUSH, F_QUERY, F_SYNC, F_TERMINATE
@@ -124,10 +124,15 @@ async def _serve(server: ProxyServer, client: ClientConnection) -> None:
         client.fail(exc, DisconnectReason.PROTOCOL_ERROR)
     except Exception:
         # A bug must not leave the client hanging (nor a SIGTERM drain waiting for it).
-        log.exception("admin console failed for %s user=%s", client.addr, client.user)
         client.fail(
-            ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy's admin console"),
-            DisconnectReason.PROTOCOL_ERROR,
+            internal_error(
+                log,
+                "in the admin console for %s user=%s",
+                client.addr,
+                client.user,
+                said="internal error in the proxy's admin console",
+            ),
+            DisconnectReason.INTERNAL_ERROR,
         )
     finally:
         server.admin_sessions.discard(client)

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import __version__
 from ..counters import WAIT_BOUNDS_S
-from ..session.client import ClientState
+from ..session.client_state import ClientState
 from .health import readiness
 
 if TYPE_CHECKING:

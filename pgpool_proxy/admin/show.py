@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__
 from ..protocol.messages import OID_INT4, OID_INT8, OID_TEXT
-from ..session.client import ClientState
+from ..session.client_state import ClientState
 
 if TYPE_CHECKING:
     from ..pool.backend import BackendConnection

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from ..auth.iam import IamError, IamIdentity, TokenVerifier, parse_token, precheck, token_hash
-from ..config_security import IamSettings
+from ..config import IamSettings
 from ..errors import SqlState
 
 

@@ -18,8 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import DatabaseConfig, SecretsSettings
-from ..config_security import region_of_secret_arn
+from ..config import DatabaseConfig, SecretsSettings, region_of_secret_arn
 from ..errors import ProxyError, SqlState
 from .clients import boto_client
 

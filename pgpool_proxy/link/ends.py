@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from ..protocol.constants import TX_IDLE
 from ..protocol.framing import ClientScanner
 from .prepared import ClientStatements, ServerStatements, StatementRegistry, Stmt
 
@@ -48,3 +49,14 @@ class LinkServer(Protocol):
 
     @property
     def pool(self) -> LinkPool: ...
+
+
+def at_boundary(scanner: ClientScanner, tx_status: int) -> bool:
+    """The link is between two transactions: the client is owed no reply (every Query and Sync
+    answered), has sent no extended-protocol message that still waits for its Sync, is not
+    mid-way through skipping a message, and the server is outside a transaction block. Only
+    here may the server connection go to another client, or the client be closed losing
+    nothing."""
+    return (
+        scanner.pending <= 0 and not scanner.unsynced and not scanner.skip and tx_status == TX_IDLE
+    )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config_security import ServerTlsMode
+from ..config import ServerTlsMode
 from ..errors import ProxyError, SqlState
 from ..protocol.constants import SSL_REQUEST_CODE
 

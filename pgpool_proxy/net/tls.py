@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from ..config_security import ClientTlsMode, ClientTlsSettings, ServerTlsMode, ServerTlsSettings
+from ..config import ClientTlsMode, ClientTlsSettings, ServerTlsMode, ServerTlsSettings
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 

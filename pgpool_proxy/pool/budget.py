@@ -15,7 +15,7 @@ from ..errors import DisconnectReason
 if TYPE_CHECKING:
     from .pool import Pool
 
-from .pool import PoolState
+from .spec import PoolState
 
 
 class ServerBudget:

@@ -17,10 +17,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
-from ..config_topology import TopologySettings
+from ..auth.server_login import BackendLoginError
+from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import ServerTls, open_server_transport
-from .backend import BackendConnection, BackendLoginError, BackendState
+from .backend import BackendConnection, BackendState
 from .topology import DOWN, HostState, ProbeResult, Topology
 
 log = logging.getLogger("pgpool_proxy.topology")

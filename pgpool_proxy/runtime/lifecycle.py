@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 from ..auth.scram import ScramVerifier
 from ..config import Config, ConfigError, DatabaseConfig, load_config
 from ..errors import DisconnectReason, ProxyError, SqlState
+from ..link.ends import at_boundary
 from ..net.connect import tcp_tuning
-from ..protocol.constants import TX_IDLE
-from ..session.client import ClientState
+from ..session.client_state import ClientState
 from .workers import EXIT_SHUTDOWN_ALL
 
 if TYPE_CHECKING:
-    from ..pool.pool import Pool, PoolSpec
+    from ..pool.pool import Pool
+    from ..pool.spec import PoolSpec
     from ..session.client import ClientConnection
     from .server import ProxyServer
 
@@ -309,9 +310,7 @@ def _idle_between_transactions(server: ProxyServer, client: ClientConnection) ->
         sc = client.scanner
         return (
             backend is not None
-            and backend.tx_status == TX_IDLE
-            and sc.pending <= 0
-            and not sc.unsynced
+            and at_boundary(sc, backend.tx_status)
             and not backend.internal_pending
         )
     return False

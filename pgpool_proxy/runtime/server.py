@@ -19,10 +19,12 @@ from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN,
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import tcp_tuning, tune_socket
 from ..pool.budget import ServerBudget
-from ..pool.pool import Pool, PoolSpec
+from ..pool.pool import Pool
+from ..pool.spec import PoolSpec
 from ..protocol.constants import TRACKED_PARAMS
 from ..protocol.messages import cancel_request as cancel_request_packet
-from ..session.client import ClientConnection, ClientState
+from ..session.client import ClientConnection
+from ..session.client_state import ClientState
 from ..session.login import run_login
 from .loopwatch import LoopWatch
 from .services import Services

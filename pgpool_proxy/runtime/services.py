@@ -10,15 +10,14 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..config import Config, DatabaseConfig, IamVerifierKind
-from ..config_security import ClientTlsMode
+from ..config import ClientTlsMode, Config, DatabaseConfig, IamVerifierKind
 from ..net.connect import ServerTls
 from ..net.tls import TlsSetupError, client_side_context, server_side_context
 
 if TYPE_CHECKING:
     from ..aws.iam_cache import IamAuthenticator
     from ..aws.secrets import SecretStore
-    from ..pool.pool import CredentialSource
+    from ..pool.spec import CredentialSource
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 

@@ -14,7 +14,7 @@ from ..pool.topology import UNKNOWN, Topology
 
 if TYPE_CHECKING:
     from ..aws.discovery import AddressMap, AuroraDiscovery
-    from ..pool.pool import CredentialSource
+    from ..pool.spec import CredentialSource
     from .services import Services
 
 log = logging.getLogger("pgpool_proxy.topology")
@@ -80,9 +80,9 @@ class Tracking:
             return _SecretLogin(source)
         if db.monitor_user is not None:
             user_cfg = config.user(db.monitor_user)
-            assert user_cfg is not None  # checked by config_schema
+            assert user_cfg is not None  # checked at load (config.databases.check_monitor_logins)
             return _FixedLogin(user_cfg.name, user_cfg.password)
-        assert db.user is not None  # checked by config_schema
+        assert db.user is not None  # checked at load (config.databases.check_monitor_logins)
         forced = config.user(db.user)
         return _FixedLogin(db.user, db.password or (forced.password if forced else None))
 

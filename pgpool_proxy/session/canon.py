@@ -13,8 +13,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..auth.server_login import server_sqlstate
 from ..errors import DisconnectReason, ProxyError, SqlState
-from ..pool.backend import BackendConnection, BackendState, server_sqlstate
+from ..pool.backend import BackendConnection, BackendState
 from ..protocol.constants import TRACKED_PARAMS, TX_IDLE
 from .state import check_sql
 

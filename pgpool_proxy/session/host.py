@@ -18,7 +18,8 @@ from ..pool.pool import Pool
 
 if TYPE_CHECKING:
     from ..aws.iam_cache import IamAuthenticator
-    from .client import ClientConnection, ClientState
+    from .client import ClientConnection
+    from .client_state import ClientState
 
 
 class SessionServices(Protocol):

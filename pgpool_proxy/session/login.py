@@ -19,12 +19,13 @@ from ..counters import (
     AUTH_TLS_REQUIRED,
     AUTH_UNKNOWN_USER,
 )
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
 from . import canon
-from .client import ClientConnection, ClientState
+from .client import ClientConnection
+from .client_state import ClientState
 
 if TYPE_CHECKING:
     from ..config import UserConfig
@@ -160,10 +161,14 @@ async def run_login(client: ClientConnection) -> None:
         )
     except Exception:
         # A bug must not leave the client hanging in login with no timeout left to end it.
-        log.exception("login failed unexpectedly for %s", client.addr)
         client.fail(
-            ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy during login"),
-            DisconnectReason.PROTOCOL_ERROR,
+            internal_error(
+                log,
+                "during login of %s",
+                client.addr,
+                said="internal error in the proxy during login",
+            ),
+            DisconnectReason.INTERNAL_ERROR,
         )
 
 

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgpool_proxy.runtime.server import ServerState
 from tests.support.pg import LocalPostgres, find_pg_bindir
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 
@@ -325,14 +326,15 @@ def test_readyz_reports_draining_and_unknown_writer(mproxy: ProxyThread) -> None
     def set_attr(name: str, val: Any) -> None:
         mproxy.call(lambda: setattr(server, name, val))
 
-    set_attr("draining", True)
+    # The state alone, not a drain: the listener stays open for the probes below.
+    set_attr("state", ServerState.DRAINING)
     try:
         status, _, body = get(mproxy, "/readyz")
         assert (status, body) == (503, "draining (shutting down)\n")
         assert get(mproxy, "/healthz")[0] == 200
         assert value(scrape(mproxy), "pgpool_proxy_ready") == 0
     finally:
-        set_attr("draining", False)
+        set_attr("state", ServerState.SERVING)
     # A tracked database whose writer is not known (yet, or during a failover).
     lost = types.SimpleNamespace(name="app", writer=None, failovers=2, hosts=[])
     set_attr("topologies", {"app": lost})

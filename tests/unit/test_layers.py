@@ -40,8 +40,6 @@ def layer_of(module: str) -> tuple[int, str]:
     """(layer index, unit) of a dotted module name inside pgpool_proxy."""
     parts = module.split(".")
     unit = parts[1] if len(parts) > 1 else "__init__"
-    if unit.startswith("config_"):  # TRANSITIONAL: until config/ is one package
-        unit = "config"
     if unit in BASE:
         return -1, unit
     for i, names in enumerate(LAYERS):

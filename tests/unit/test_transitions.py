@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from pgpool_proxy.pool.backend import BACKEND_TRANSITIONS, BackendConnection, BackendState
-from pgpool_proxy.pool.pool import POOL_TRANSITIONS, Pool, PoolState
+from pgpool_proxy.pool.pool import Pool
+from pgpool_proxy.pool.spec import POOL_TRANSITIONS, PoolState
 from pgpool_proxy.runtime.server import SERVER_TRANSITIONS, ProxyServer, ServerState
-from pgpool_proxy.session.client import CLIENT_TRANSITIONS, ClientConnection, ClientState
+from pgpool_proxy.session.client import ClientConnection
+from pgpool_proxy.session.client_state import CLIENT_TRANSITIONS, ClientState
 
 Table = Mapping[Any, frozenset[Any]]
 

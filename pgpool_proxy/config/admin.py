@@ -1,16 +1,18 @@
-"""Owns the admin console settings: the ``[admin]`` section and its cross-key checks.
+"""Owns the admin console settings: the ``[admin]`` section, its key table and cross-key checks.
 
-`pgpool_proxy.config` re-exports `AdminSettings`; the key table lives with the others in
-`pgpool_proxy.config_schema`, and `build_config` calls `check_admin`.
+The console's SET runs `check_admin` on a single changed value, so it takes an `Add` callback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Final
 
-Add = Callable[[str, str], None]
+from .schema import Add, Checker, Key, Kind, all_valid, only_valid
+from .tables import read_section
+
+__all__ = ["ADMIN_KEYS", "AdminSettings", "build_admin", "check_admin"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,13 @@ class AdminSettings:
     def allowed(self, user: str) -> bool:
         """Whether ``user`` may log into the console at all."""
         return user in self.admin_users or user in self.stats_users
+
+
+ADMIN_KEYS: Final[dict[str, Key]] = {
+    "database": Key(Kind.STR, nonempty=True),
+    "admin_users": Key(Kind.STRLIST),
+    "stats_users": Key(Kind.STRLIST),
+}
 
 
 def check_admin(
@@ -50,13 +59,11 @@ def check_admin(
 
 
 def build_admin(
-    checker: Any, raw: object, databases: Iterable[Any], users: Iterable[Any]
+    checker: Checker, raw: object, database_names: Iterable[str], user_names: Iterable[str]
 ) -> AdminSettings:
-    """The ``[admin]`` part of a Config (``checker`` is config_schema's problem collector)."""
-    from .config_schema import _BAD, _valid
-
-    values = checker.section("admin", raw)
-    admin = AdminSettings(**_valid(values))
-    if all(v is not _BAD for v in values.values()):
-        check_admin(checker.add, admin, (d.name for d in databases), (u.name for u in users))
+    """The ``[admin]`` section, checked against the databases and users the file names."""
+    values = read_section(checker, "admin", raw, ADMIN_KEYS)
+    admin = AdminSettings(**only_valid(values))
+    if all_valid(values):
+        check_admin(checker.add, admin, database_names, user_names)
     return admin

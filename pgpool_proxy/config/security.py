@@ -1,7 +1,6 @@
 """Owns the TLS, IAM and Secrets Manager settings: their dataclasses and cross-key checks.
 
-`pgpool_proxy.config` re-exports these and builds them; the key tables live with the others in
-`pgpool_proxy.config_schema`. Nothing here does I/O except checking that configured files exist.
+Nothing here does I/O except checking that configured files exist.
 """
 
 from __future__ import annotations
@@ -9,9 +8,37 @@ from __future__ import annotations
 import enum
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+
+from .schema import Add, Checker, Key, Kind, all_valid, only_valid
+from .tables import read_entries, read_section
+from .users import UserConfig
+
+__all__ = [
+    "CLIENT_TLS_KEYS",
+    "DEFAULT_STS_ENDPOINTS",
+    "IAM_KEYS",
+    "IAM_RULE_KEYS",
+    "SECRETS_KEYS",
+    "SERVER_TLS_KEYS",
+    "TLS_VERSIONS",
+    "ClientTlsMode",
+    "ClientTlsSettings",
+    "IamRule",
+    "IamSettings",
+    "IamVerifierKind",
+    "SecretsSettings",
+    "ServerTlsMode",
+    "ServerTlsSettings",
+    "build_security",
+    "check_client_tls",
+    "check_iam",
+    "check_secret_ref",
+    "check_server_tls",
+    "region_of_secret_arn",
+]
 
 
 class ClientTlsMode(enum.Enum):
@@ -111,9 +138,6 @@ def region_of_secret_arn(arn: str) -> str | None:
     return match.group(1) if match else None
 
 
-Add = Callable[[str, str], None]
-
-
 def check_client_tls(add: Add, tls: ClientTlsSettings, iam_users: Sequence[str]) -> None:
     """Cross-key checks of ``[client_tls]``: files present when TLS is on; IAM needs TLS."""
     if tls.mode is not ClientTlsMode.DISABLE:
@@ -187,3 +211,96 @@ def check_secret_ref(
             f"{path}.secret_arn",
             "the secret supplies the server user and password: remove user/password",
         )
+
+
+CLIENT_TLS_KEYS: Final[dict[str, Key]] = {
+    "mode": Key(Kind.ENUM, enum_type=ClientTlsMode),
+    "cert_file": Key(Kind.STR),
+    "key_file": Key(Kind.STR),
+    "min_version": Key(Kind.STR),
+}
+
+SERVER_TLS_KEYS: Final[dict[str, Key]] = {
+    "mode": Key(Kind.ENUM, enum_type=ServerTlsMode),
+    "ca_file": Key(Kind.STR),
+    "min_version": Key(Kind.STR),
+}
+
+IAM_KEYS: Final[dict[str, Key]] = {
+    "verifier": Key(Kind.ENUM, enum_type=IamVerifierKind),
+    "endpoint": Key(Kind.STR),
+    "region": Key(Kind.STR),
+    "max_clock_skew_s": Key(Kind.FLOAT, lo=0, hi=900),
+    "sts_endpoints": Key(Kind.STRLIST, nonempty=True),
+    "sts_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+    "keyring_file": Key(Kind.STR),
+    "cache_size": Key(Kind.INT, lo=0),
+}
+
+SECRETS_KEYS: Final[dict[str, Key]] = {
+    "refresh_interval_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+    "refresh_jitter": Key(Kind.FLOAT, lo=0, hi=0.9),
+    "retry_interval_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+    "request_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+}
+
+IAM_RULE_KEYS: Final[dict[str, Key]] = {
+    "arn": Key(Kind.STR, nonempty=True),
+    "users": Key(Kind.STRLIST, nonempty=True),
+}
+
+
+def build_security(
+    checker: Checker,
+    data: Mapping[str, Any],
+    database_entries: list[tuple[str, dict[str, Any]]],
+    users: Iterable[UserConfig],
+) -> dict[str, Any]:
+    """The [client_tls], [server_tls], [iam], [secrets] and [[iam_rules]] parts of a Config
+    (by field name), with their cross-key checks."""
+    client_values = read_section(checker, "client_tls", data.get("client_tls"), CLIENT_TLS_KEYS)
+    server_values = read_section(checker, "server_tls", data.get("server_tls"), SERVER_TLS_KEYS)
+    iam_values = read_section(checker, "iam", data.get("iam"), IAM_KEYS)
+    secrets_values = read_section(checker, "secrets", data.get("secrets"), SECRETS_KEYS)
+    rules: list[IamRule] = []
+    for path, values in read_entries(
+        checker, "iam_rules", data.get("iam_rules"), IAM_RULE_KEYS, named=False
+    ):
+        if "arn" not in values:
+            checker.add(f"{path}.arn", "required")
+        elif "users" not in values:
+            checker.add(f"{path}.users", "required")
+        elif all_valid(values):
+            rules.append(IamRule(**values))
+    client_tls = ClientTlsSettings(**only_valid(client_values))
+    server_tls = ServerTlsSettings(**only_valid(server_values))
+    iam = IamSettings(**only_valid(iam_values))
+    iam_users = [u.name for u in users if u.iam]
+    add = checker.add
+    if all_valid(client_values):
+        check_client_tls(add, client_tls, iam_users)
+    if all_valid(server_values):
+        check_server_tls(add, server_tls)
+    if all_valid(iam_values):
+        check_iam(add, iam, iam_users, len(rules))
+    for path, values in database_entries:
+        arn = values.get("secret_arn")
+        if isinstance(arn, str):
+            region = values.get("secret_region")
+            check_secret_ref(
+                add,
+                path,
+                arn,
+                region if isinstance(region, str) else None,
+                "user" in values,
+                "password" in values,
+            )
+        elif "secret_region" in values or "secret_endpoint_url" in values:
+            add(f"{path}.secret_arn", "required with secret_region / secret_endpoint_url")
+    return {
+        "client_tls": client_tls,
+        "server_tls": server_tls,
+        "iam": iam,
+        "iam_rules": tuple(rules),
+        "secrets": SecretsSettings(**only_valid(secrets_values)),
+    }

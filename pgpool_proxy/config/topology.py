@@ -1,18 +1,30 @@
 """Owns the multi-host settings: the ``[topology]`` section and a database's hosts and role.
 
-`pgpool_proxy.config` re-exports these; the key tables live with the others in
-`pgpool_proxy.config_schema`, which calls `build_topology` and `check_database_hosts`.
+`databases` holds the per-database keys (``hosts``, ``role``, ``aurora_*``) and calls
+`check_hosts`; the monitor's login is checked there too, with the users at hand.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-Add = Callable[[str, str], None]
+from .schema import BAD, Add, Checker, Key, Kind, all_valid, only_valid
+from .tables import read_section
+
+__all__ = [
+    "TOPOLOGY_KEYS",
+    "DatabaseRole",
+    "TopologySettings",
+    "build_topology",
+    "check_database_hosts",
+    "check_hosts",
+    "check_topology",
+    "parse_host_port",
+]
 
 _HOST_PORT_RE: Final = re.compile(
     r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s\[\]]+))(?::(?P<port>[0-9]+))?"
@@ -95,9 +107,37 @@ def check_database_hosts(
 
 
 def check_topology(add: Add, settings: TopologySettings) -> None:
+    """The fast poll (after a failure) must not be slower than the steady one."""
     if settings.fast_poll_interval_s > settings.poll_interval_s:
         add(
             "topology.fast_poll_interval_s",
             f"must not exceed topology.poll_interval_s ({settings.poll_interval_s:g}), "
             f"got {settings.fast_poll_interval_s:g}",
         )
+
+
+TOPOLOGY_KEYS: Final[dict[str, Key]] = {
+    "poll_interval_s": Key(Kind.FLOAT, lo=0.05, hi=60),
+    "fast_poll_interval_s": Key(Kind.FLOAT, lo=0.02, hi=60),
+    "probe_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True, hi=60),
+    "failover_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+    "discovery_interval_s": Key(Kind.FLOAT, lo=1),
+}
+
+
+def check_hosts(checker: Checker, path: str, values: dict[str, Any]) -> None:
+    """Parse a database's ``hosts`` into (host, port) pairs, or mark it invalid."""
+    if values.get("hosts") is BAD:
+        return
+    hosts = check_database_hosts(checker.add, path, values)
+    if "hosts" in values:
+        values["hosts"] = BAD if hosts is None else hosts
+
+
+def build_topology(checker: Checker, raw: object) -> TopologySettings:
+    """The [topology] section, with its cross-key check."""
+    values = read_section(checker, "topology", raw, TOPOLOGY_KEYS)
+    settings = TopologySettings(**only_valid(values))
+    if all_valid(values):
+        check_topology(checker.add, settings)
+    return settings

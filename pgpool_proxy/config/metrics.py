@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Final
 
-if TYPE_CHECKING:
-    from .config_schema import _Checker
+from .schema import BAD, Checker, Key, Kind, only_valid
+from .tables import read_section
+
+__all__ = ["METRICS_KEYS", "MetricsSettings", "build_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,17 +25,22 @@ class MetricsSettings:
         return bool(self.listen_host)
 
 
-def build_metrics(checker: _Checker, data: Mapping[str, Any]) -> MetricsSettings:
-    """The [metrics] section of a Config; an empty ``listen`` means no endpoint."""
-    from .config_schema import _BAD, _valid
+# An empty listen turns the endpoint off, so it is a plain string checked here, not a LISTEN key.
+METRICS_KEYS: Final[dict[str, Key]] = {
+    "listen": Key(Kind.STR),
+    "request_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True, hi=300),
+}
 
-    values = checker.section("metrics", data.get("metrics"))
+
+def build_metrics(checker: Checker, raw: object) -> MetricsSettings:
+    """The [metrics] section of a Config; an empty ``listen`` means no endpoint."""
+    values = read_section(checker, "metrics", raw, METRICS_KEYS)
     listen = values.pop("listen", None)
     if isinstance(listen, str) and listen.strip():
         where = "metrics.listen"
         if "PGPOOL_METRICS_LISTEN" in checker.env:
             where += " (from environment variable PGPOOL_METRICS_LISTEN)"
-        address = checker._listen(listen.strip(), where)
-        if address is not _BAD:
+        address = checker.listen(listen.strip(), where)
+        if address is not BAD:
             values["listen_host"], values["listen_port"] = address
-    return MetricsSettings(**_valid(values))
+    return MetricsSettings(**only_valid(values))

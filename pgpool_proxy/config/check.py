@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from pgpool_proxy.config import ConfigError, load_config
+from .build import load_config
+from .schema import ConfigError
 
 __all__ = ["check_config_main"]
 
