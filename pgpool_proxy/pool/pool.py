@@ -114,9 +114,10 @@ class Pool:
         # Texts of statements the registry forgot are let go here, not when next used.
         if backend.stmts.swept != self.registry.evictions:
             backend.stmts.sweep(self.registry)
-        if backend.cancels_in_flight:
+        if backend.cancelling:
             # Reuse only after the cancel has reached the server, so it cannot hit the next client.
-            backend.release_when_cancelled = True
+            if backend.state != BackendState.CANCELLING:
+                backend.await_cancel()
             return
         now = self.loop.time()
         if backend.state != BackendState.IDLE:
