@@ -28,6 +28,7 @@ from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
 from tests.support.proxyproc import ProxyProcess, write_config
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +100,7 @@ class Writers:
                 self.connect_failures.append(repr(exc))
                 if not self.reconnect:
                     return
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # reconnect pacing, not a wait
                 continue
             try:
                 while not self.stop.is_set():
@@ -121,6 +122,11 @@ class Writers:
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 2)
+
+    async def wait_commits(self, more: int = 20) -> None:
+        """Wait until `more` transactions beyond those committed so far have committed."""
+        want = len(self.committed) + more
+        await wait_for(lambda: len(self.committed) >= want, what=f"{more} more commits")
 
     async def finish(self) -> None:
         self.stop.set()
@@ -192,7 +198,7 @@ async def test_sigterm_drains_under_load(
     slow = await asyncpg.connect(dsn(port))
     stuck = await asyncpg.connect(dsn(port))
     try:
-        await asyncio.sleep(1.0)
+        await writers.wait_commits()
         # A transaction in flight when SIGTERM arrives finishes and commits.
         slow_tx = slow.transaction()
         await slow_tx.start()
@@ -203,7 +209,7 @@ async def test_sigterm_drains_under_load(
         await stuck.execute("INSERT INTO ledger VALUES (200, 1)")
         t0 = time.monotonic()
         proxy.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(proxy.wait_for, "draining: stopped accepting")
         await slow.execute("SELECT pg_sleep(0.5)")
         await slow_tx.commit()
         writers.committed.add((100, 1))
@@ -213,7 +219,9 @@ async def test_sigterm_drains_under_load(
         code = await asyncio.to_thread(proxy.wait, 15)
         elapsed = time.monotonic() - t0
         assert code == 0, proxy.log()
-        assert 2.5 <= elapsed < 6, elapsed
+        # The stuck transaction holds the drain until shutdown_timeout_s (3 s) and no longer:
+        # the bound is the behaviour, 5x the timeout for a loaded machine.
+        assert 2.5 <= elapsed < 15, elapsed
         await writers.finish()
         # The idle client was told why it was closed.
         err = await idle.read_error(1)
@@ -243,7 +251,7 @@ async def test_shutdown_command_and_sigint(
     tx = conn.transaction()
     await tx.start()
     assert await admin_query(port, "SHUTDOWN") == []
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(proxy.wait_for, "draining: stopped accepting")
     assert await conn.fetchval("SELECT 5") == 5  # its transaction goes on
     await tx.commit()
     assert await asyncio.to_thread(proxy.wait, 10) == 0
@@ -255,10 +263,10 @@ async def test_shutdown_command_and_sigint(
     conn2 = await asyncpg.connect(dsn(port))
     tx2 = conn2.transaction()
     await tx2.start()
-    t0 = time.monotonic()
     proxy2.signal(signal.SIGINT)
+    # Immediate: a drain would wait for the open transaction up to shutdown_timeout_s (30 s).
     assert await asyncio.to_thread(proxy2.wait, 10) == 0
-    assert time.monotonic() - t0 < 2
+    assert "draining" not in proxy2.log(), proxy2.log()
     conn2.terminate()
 
 
@@ -275,17 +283,14 @@ async def test_rolling_restart_keeps_serving(
     processes.append(old)
     old.wait_listening()
     writers = Writers(port, 6, reconnect=True)
-    await asyncio.sleep(1.0)
+    await writers.wait_commits()
     new = ProxyProcess(config, port, tmp_path / "new.log")
     processes.append(new)
-    new.wait_listening()
-    await asyncio.sleep(0.5)
+    await asyncio.to_thread(new.wait_listening)
     old.signal(signal.SIGTERM)
     assert await asyncio.to_thread(old.wait, 10) == 0, old.log()
-    before = len(writers.committed)
-    await asyncio.sleep(1.0)
+    await writers.wait_commits()  # through the new proxy
     await writers.finish()
-    assert len(writers.committed) > before, "nothing committed through the new proxy"
     assert writers.connect_failures == [], writers.connect_failures[:5]
     await assert_no_commit_lost(ledger, writers.committed)
     # Clients moved: the old proxy told them it was shutting down, the new one served them.
@@ -309,17 +314,17 @@ async def test_workers_two_drain_on_sigterm(
     writers = Writers(port, 8, reconnect=False)
     slow = await asyncpg.connect(dsn(port))
     try:
-        await asyncio.sleep(1.0)
+        await writers.wait_commits()
         tx = slow.transaction()
         await tx.start()
         await slow.execute("INSERT INTO ledger VALUES (100, 1)")
-        t0 = time.monotonic()
         proxy.signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(proxy.wait_for, "draining: stopped accepting", 2)
         await tx.commit()
         writers.committed.add((100, 1))
         assert await asyncio.to_thread(proxy.wait, 15) == 0, proxy.log()
-        assert time.monotonic() - t0 < 6
+        # Both drains ended when their clients finished, not at shutdown_timeout_s.
+        assert "ran out" not in proxy.log(), proxy.log()
         await writers.finish()
         await assert_no_commit_lost(ledger, writers.committed)
         assert proxy.log().count("drain: every client finished") == 2, proxy.log()
