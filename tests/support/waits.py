@@ -21,12 +21,13 @@ async def wait_for(
     cond: Callable[[], T | Awaitable[T]],
     *,
     timeout: float = 10.0,
-    what: str,
+    what: str | Callable[[], str],
     interval: float = INTERVAL_S,
 ) -> T:
     """Poll ``cond()`` (a plain or async callable) until it returns something truthy and return
     that; after ``timeout`` seconds fail with an AssertionError naming ``what`` never happened
-    and the last value seen."""
+    (a callable ``what`` is called then, to describe the state at that moment) and the last
+    value seen."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -35,7 +36,7 @@ async def wait_for(
         if value:
             return value  # type: ignore[return-value]
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+            raise AssertionError(_timed_out(timeout, what, value))
         await asyncio.sleep(interval)
 
 
@@ -43,7 +44,7 @@ def wait_for_sync(
     cond: Callable[[], T],
     *,
     timeout: float = 10.0,
-    what: str,
+    what: str | Callable[[], str],
     interval: float = INTERVAL_S,
 ) -> T:
     """`wait_for` for code that runs outside an event loop (threads, subprocesses)."""
@@ -53,5 +54,10 @@ def wait_for_sync(
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+            raise AssertionError(_timed_out(timeout, what, value))
         time.sleep(interval)
+
+
+def _timed_out(timeout: float, what: str | Callable[[], str], value: object) -> str:
+    said = what() if callable(what) else what
+    return f"timed out after {timeout}s waiting for {said} (last: {value!r})"
