@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from signal import SIGINT
+from typing import TypeVar
 
 from .pg import LocalPostgres
 from .proxy import PASSWORDS
@@ -71,8 +72,13 @@ def write_config(
     pool_size: int = 5,
     users: tuple[str, ...] = ("alice", "bob"),
     proxy: str = "",
+    auth: str | None = None,
+    sections: str = "",
 ) -> None:
+    """A config file for the test server: `proxy` adds lines to [proxy], `auth` sets the
+    auth type, `sections` adds whole sections (TOML text)."""
     user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
+    auth_lines = f'[auth]\ntype = "{auth}"\n' if auth else ""
     path.write_text(
         f"""
 [proxy]
@@ -85,6 +91,9 @@ default_pool_size = {pool_size}
 [admin]
 admin_users = ["alice"]
 
+{auth_lines}
+{sections}
+
 [[databases]]
 name = "app"
 host = "{pg.host}"
@@ -92,3 +101,39 @@ port = {pg.port}
 
 {user_lines}"""
     )
+
+
+P = TypeVar("P", bound=ProxyProcess)
+
+
+def start_workers(
+    pg: LocalPostgres,
+    tmp_path: Path,
+    workers: int,
+    *,
+    pool_size: int,
+    sections: str = "",
+    cls: type[P] = ProxyProcess,  # type: ignore[assignment]
+) -> P:
+    """`workers = N` on a port the kernel picks (read from the log), alice with md5 (cheap
+    logins), once every worker listens."""
+    cfg = tmp_path / "proxy.toml"
+    write_config(
+        cfg,
+        pg,
+        0,
+        pool_size=pool_size,
+        users=("alice",),
+        proxy=f"workers = {workers}",
+        auth="md5",
+        sections=sections,
+    )
+    proc = cls(cfg, 0, tmp_path / "proxy.log")
+    try:
+        (found,) = proc.wait_for(r"listening on 127\.0\.0\.1:(\d+) with")
+        proc.port = int(found.group(1))
+        proc.wait_for(r"\[w\d+\]: .*listening on", count=workers)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
