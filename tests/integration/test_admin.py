@@ -22,8 +22,8 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.proxyproc import write_config
-from tests.support.rawpg import RawClient, RawError
-from tests.support.robustness import eventually, login, one_value
+from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.robustness import eventually, one_value
 from tests.support.waits import wait_for
 
 ADMIN = {"admin_users": ["alice"], "stats_users": ["bob"]}
@@ -262,7 +262,7 @@ async def test_kill_drops_clients_and_holds_new_ones(
     start_proxy: StartProxy, pg: LocalPostgres
 ) -> None:
     proxy = start_proxy(admin=ADMIN)
-    victims = [await login(proxy) for _ in range(3)]
+    victims = [await raw_login(proxy) for _ in range(3)]
     admin = await console(proxy)
     direct = await asyncpg.connect(pg.dsn(dbname="app"))
     try:
@@ -431,7 +431,7 @@ async def test_console_bounds_what_one_query_may_cost(
 
     # A stats user that does not read its replies: the console waits for the client instead
     # of buffering every reply, and other clients are served meanwhile.
-    others = [await login(proxy) for _ in range(60)]
+    others = [await raw_login(proxy) for _ in range(60)]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((proxy.host, proxy.port))

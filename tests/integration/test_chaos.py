@@ -29,8 +29,8 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.chaos import ChaosRelay, Mode
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy, make_config
-from tests.support.rawpg import RawClient, RawError
-from tests.support.robustness import backends, eventually, login, one_value, settle
+from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.robustness import backends, eventually, one_value, settle
 from tests.support.waits import wait_for
 
 T = TypeVar("T")
@@ -90,7 +90,7 @@ async def test_keepalive_and_user_timeout_on_both_sides(
     proxy = start_proxy(
         pool={"tcp_keepidle_s": 7, "tcp_keepintvl_s": 3, "tcp_keepcnt": 4, "tcp_user_timeout_s": 9}
     )
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         assert await one_value(c, "select 1") == "1"
 
@@ -126,7 +126,7 @@ async def test_keepalive_and_user_timeout_on_both_sides(
         pool = proxy.call(lambda: proxy.server.pools[("app", "alice")])  # type: ignore[union-attr]
         proxy.call(lambda: pool.retire(DisconnectReason.POOL_CLOSED))  # the idle server goes
         await c.close()
-        c = await login(proxy)
+        c = await raw_login(proxy)
         assert await one_value(c, "select 1") == "1"
         got = proxy.call(options)
         assert len(got) == 2, got
@@ -143,8 +143,8 @@ async def test_rst_mid_transaction(
     start_proxy: StartProxy, relay: ChaosRelay, admin: asyncpg.Connection, chaos_table: str
 ) -> None:
     proxy = start_proxy(**via(relay, default_pool_size=3))
-    busy = await login(proxy)
-    idle = await login(proxy)
+    busy = await raw_login(proxy)
+    idle = await raw_login(proxy)
     try:
         assert await idle.simple_query(f"INSERT INTO {chaos_table} VALUES ('rst-committed')") == []
         assert await busy.simple_query("BEGIN") == []
@@ -178,8 +178,8 @@ async def test_blackhole_mid_transaction_is_bounded_by_query_timeout(
 ) -> None:
     await settle(admin, "alice")
     proxy = start_proxy(**via(relay, default_pool_size=2, query_timeout_s=1))
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query(f"INSERT INTO {chaos_table} VALUES ('bh-committed')") == []
         assert await a.simple_query("BEGIN") == []
@@ -209,7 +209,7 @@ async def test_blackhole_mid_transaction_is_bounded_by_query_timeout(
             lambda: asyncio.to_thread(proxy.pool_stats), lambda s: s.get("connecting") == 0, 5
         )
         assert stats["connecting"] == 0, stats
-        c = await login(proxy)
+        c = await raw_login(proxy)
         try:
             assert await c.simple_query(f"INSERT INTO {chaos_table} VALUES ('bh-after')") == []
         finally:
@@ -231,8 +231,8 @@ async def test_blackhole_during_settings_replay_is_bounded_without_query_timeout
     """query_timeout_s is off (the default): the proxy's own statements are still bounded."""
     await settle(admin, "alice")
     proxy = start_proxy(**via(relay, default_pool_size=1, server_check_timeout_s=0.5))
-    a = await login(proxy, application_name="tenant-a")
-    b = await login(proxy, application_name="tenant-b")
+    a = await raw_login(proxy, application_name="tenant-a")
+    b = await raw_login(proxy, application_name="tenant-b")
     try:
         assert await one_value(a, "show application_name") == "tenant-a"
         relay.mode = Mode.BLACKHOLE
@@ -271,7 +271,7 @@ async def test_blackholed_idle_server_is_checked_and_replaced(
             server_check_timeout_s=0.5,
         )
     )
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         assert await one_value(c, "select 1") == "1"
         stats = await until(
@@ -335,7 +335,7 @@ async def test_latency_is_not_a_timeout(
     relay.latency_s = 0.2  # per chunk and direction: each round trip >= 0.4 s
 
     async def one(i: int) -> float:
-        c = await login(proxy)
+        c = await raw_login(proxy)
         try:
             t0 = time.monotonic()
             rows = await c.simple_query(
@@ -358,7 +358,7 @@ async def test_query_timeout_cancels_a_long_query(
 ) -> None:
     await settle(admin, "alice")
     proxy = start_proxy(pool={"default_pool_size": 1, "query_timeout_s": 0.5})
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         pid = int(await one_value(c, "select pg_backend_pid()") or 0)
         t0 = time.monotonic()
@@ -376,7 +376,7 @@ async def test_query_timeout_cancels_a_long_query(
             5,
         )
         assert gone == 0
-        d = await login(proxy)
+        d = await raw_login(proxy)
         try:
             assert await one_value(d, "select 'next'") == "next"
         finally:
@@ -413,7 +413,7 @@ async def test_one_byte_fragments_change_nothing(
         assert await conn.fetchval("select 'still in sync'") == "still in sync"
     finally:
         await conn.close()
-    raw = await login(proxy)
+    raw = await raw_login(proxy)
     try:
         raw.send(m.query(f"COPY {chaos_table} FROM STDIN"))
         t, _ = await raw.read_message(5)

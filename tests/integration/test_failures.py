@@ -19,11 +19,10 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.chaos import ChaosRelay
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, StartProxy
-from tests.support.rawpg import RawClient, RawError
+from tests.support.rawpg import RawClient, RawError, raw_login
 from tests.support.robustness import (
     backends,
     eventually,
-    login,
     one_value,
     proxy_client_count,
     settle,
@@ -38,8 +37,8 @@ async def test_backend_terminated_mid_transaction(
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 3})
     await settle(admin, "alice")
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query("BEGIN") == []
         pid_a = int(await one_value(a, "select pg_backend_pid()") or 0)
@@ -58,7 +57,7 @@ async def test_backend_terminated_mid_transaction(
         assert await b.simple_query("COMMIT") == []
         # New clients work, and the dead backend's slot was given back: three clients can hold
         # three backends at once again.
-        holders = [await login(proxy) for _ in range(3)]
+        holders = [await raw_login(proxy) for _ in range(3)]
         pids = set()
         for h in holders:
             assert await h.simple_query("BEGIN") == []
@@ -79,7 +78,7 @@ async def test_idle_pooled_backend_terminated(
     start_proxy: StartProxy, admin: asyncpg.Connection
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1})
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         pid = int(await one_value(c, "select pg_backend_pid()") or 0)
         assert await admin.fetchval("select pg_terminate_backend($1)", pid) is True
@@ -107,8 +106,8 @@ async def test_backend_terminated_while_others_wait(
 ) -> None:
     """The only backend dies under A while B is queued for it: B gets a new backend."""
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 10})
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query("BEGIN") == []
         pid = int(await one_value(a, "select pg_backend_pid()") or 0)
@@ -162,7 +161,7 @@ async def test_client_vanishes_mid_transaction(
 ) -> None:
     user = "carol"
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 5})
-    a = await login(proxy, user)
+    a = await raw_login(proxy, user)
     assert await a.simple_query("BEGIN") == []
     pid = int(await one_value(a, "select pg_backend_pid()") or 0)
     assert await a.simple_query(f"INSERT INTO {marker_table} VALUES ('vanish-{how}')") == []
@@ -195,7 +194,7 @@ async def test_client_vanishes_mid_transaction(
     assert await _rows(admin, f"vanish-{how}") == 0
     assert await _rows(admin, f"copy-{how}") == 0
     # The single pool slot is free again.
-    c = await login(proxy, user)
+    c = await raw_login(proxy, user)
     try:
         assert await c.simple_query(f"INSERT INTO {marker_table} VALUES ('after-{how}')") == []
         assert await one_value(c, "select 'next'") == "next"
@@ -208,7 +207,7 @@ async def test_client_vanishes_while_query_runs(
     start_proxy: StartProxy, admin: asyncpg.Connection
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 5})
-    a = await login(proxy, "carol")
+    a = await raw_login(proxy, "carol")
     a.send(m.query("select pg_sleep(2) /* vanish-busy */"))
     sleeping = await wait_for(
         lambda: admin.fetchval(
@@ -220,7 +219,7 @@ async def test_client_vanishes_while_query_runs(
     a.writer.transport.abort()
     # The busy backend is not handed to the next client (its reply would go to the wrong
     # client): a new one is opened, so the next query does not wait for the sleep to end.
-    c = await login(proxy, "carol")
+    c = await raw_login(proxy, "carol")
     try:
         assert await one_value(c, "select 'fresh'") == "fresh"
         assert await one_value(c, "select pg_backend_pid()") != str(sleeping)
@@ -255,9 +254,9 @@ async def test_server_crash_and_recovery(pg: LocalPostgres, start_proxy: StartPr
         pool={"default_pool_size": 2, "query_wait_timeout_s": 30},
     )
     try:
-        idle = await login(proxy)
+        idle = await raw_login(proxy)
         assert await one_value(idle, "select 'up'") == "up"
-        busy = await login(proxy)
+        busy = await raw_login(proxy)
         assert await busy.simple_query("BEGIN") == []
         await relay.cut()
         # Mid-transaction: told at once that the server connection is gone, then closed.
@@ -275,7 +274,7 @@ async def test_server_crash_and_recovery(pg: LocalPostgres, start_proxy: StartPr
 
         async def served() -> bool:
             try:
-                again = await login(proxy)
+                again = await raw_login(proxy)
             except RawError as exc:
                 assert exc.sqlstate == "08001", exc.fields
                 return False
@@ -319,11 +318,11 @@ async def test_failed_server_connects_are_paced(pg: LocalPostgres, start_proxy: 
         pool={"default_pool_size": 2, "query_wait_timeout_s": 2},
     )
     try:
-        a = await login(proxy)
+        a = await raw_login(proxy)
         assert await a.simple_query("BEGIN") == []  # one healthy backend stays in use
         relay.reject = True  # from now on every new server connection is reset at once
         relay.accepted = 0
-        b = await login(proxy)
+        b = await raw_login(proxy)
         b.send(m.query("select 'b'"))  # needs a second backend, which cannot be had
         err = await b.read_error(6)
         assert err["C"] in ("57014", "08001", "08006"), err

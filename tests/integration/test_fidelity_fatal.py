@@ -22,8 +22,8 @@ from tests.support import extproto as x
 from tests.support.hostile_server import READY, HostileConn, error
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
-from tests.support.rawpg import RawClient, RawError
-from tests.support.robustness import backends, eventually, login, settle
+from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.robustness import backends, eventually, settle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,15 +68,15 @@ async def run_both(
     Through the proxy, a bystander client holding a server connection in a transaction is
     untouched and the pool is back to the connections still in use."""
     want = await scenario(await direct(pg), admin)
-    bystander = await login(proxy)
+    bystander = await raw_login(proxy)
     try:
         assert await bystander.simple_query("BEGIN") == []
         assert await bystander.simple_query("SELECT 'before'") == [["before"]]
-        got = await scenario(await login(proxy), admin)
+        got = await scenario(await raw_login(proxy), admin)
         assert await bystander.simple_query("SELECT 'after'") == [["after"]]
         assert await bystander.simple_query("COMMIT") == []
         # The dead server connection is gone from the pool; a new client gets a live one.
-        c = await login(proxy)
+        c = await raw_login(proxy)
         assert await c.simple_query("SELECT 'new'") == [["new"]]
         await c.close()
 

@@ -16,11 +16,10 @@ import pytest
 
 from pgpool_proxy.protocol import messages as m
 from tests.support.proxy import PASSWORDS, StartProxy
-from tests.support.rawpg import RawClient, RawError
+from tests.support.rawpg import RawClient, RawError, raw_login
 from tests.support.robustness import (
     backends,
     eventually,
-    login,
     one_value,
     proxy_client_count,
     settle,
@@ -31,8 +30,8 @@ from tests.support.robustness import (
 
 async def test_query_wait_timeout(start_proxy: StartProxy) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 1})
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query("BEGIN") == []
         assert await one_value(a, "SELECT 1") == "1"
@@ -47,7 +46,7 @@ async def test_query_wait_timeout(start_proxy: StartProxy) -> None:
         # A's transaction is untouched; after it commits new clients are served.
         assert await one_value(a, "SELECT 2") == "2"
         assert await a.simple_query("COMMIT") == []
-        c = await login(proxy)
+        c = await raw_login(proxy)
         assert await one_value(c, "SELECT 'c'") == "c"
         await c.close()
         assert await one_value(a, "SELECT 3") == "3"
@@ -58,7 +57,7 @@ async def test_query_wait_timeout(start_proxy: StartProxy) -> None:
 
 async def test_max_client_conn(start_proxy: StartProxy) -> None:
     proxy = start_proxy(proxy={"max_client_conn": 3})
-    clients = [await login(proxy) for _ in range(3)]
+    clients = [await raw_login(proxy) for _ in range(3)]
     try:
         extra = await RawClient.connect(proxy.host, proxy.port)
         with pytest.raises(RawError) as err:
@@ -77,7 +76,7 @@ async def test_max_client_conn(start_proxy: StartProxy) -> None:
             assert await one_value(c, "select 1") == "1"
         await clients.pop().close()
         assert await proxy_client_count(proxy, 2) == 2
-        again = await login(proxy)
+        again = await raw_login(proxy)
         clients.append(again)
         assert await one_value(again, "select 'again'") == "again"
     finally:
@@ -87,8 +86,8 @@ async def test_max_client_conn(start_proxy: StartProxy) -> None:
 
 async def test_waiting_client_that_leaves_is_forgotten(start_proxy: StartProxy) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 10})
-    a = await login(proxy)
-    waiters = [await login(proxy) for _ in range(3)]
+    a = await raw_login(proxy)
+    waiters = [await raw_login(proxy) for _ in range(3)]
     try:
         assert await a.simple_query("BEGIN") == []
         for w in waiters:
@@ -123,7 +122,7 @@ async def test_server_idle_timeout(start_proxy: StartProxy, admin: asyncpg.Conne
     user = "carol"
     await settle(admin, user)
     proxy = start_proxy(pool={"default_pool_size": 3, "server_idle_timeout_s": 0.5})
-    clients = [await login(proxy, user) for _ in range(3)]
+    clients = [await raw_login(proxy, user) for _ in range(3)]
     try:
         for c in clients:
             assert await c.simple_query("BEGIN") == []
@@ -144,7 +143,7 @@ async def test_min_pool_size(start_proxy: StartProxy, admin: asyncpg.Connection)
     user = "carol"
     await settle(admin, user)
     proxy = start_proxy(pool={"min_pool_size": 2})
-    c = await login(proxy, user)
+    c = await raw_login(proxy, user)
     try:
         n, _ = await eventually(lambda: backends(admin, user), lambda n: n >= 2, 3)
         assert n == 2
@@ -157,7 +156,7 @@ async def test_min_pool_size(start_proxy: StartProxy, admin: asyncpg.Connection)
 
 async def test_server_lifetime(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "server_lifetime_s": 0.5})
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         first = await one_value(c, "select pg_backend_pid()")
         await asyncio.sleep(1.0)

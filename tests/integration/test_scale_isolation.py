@@ -16,11 +16,10 @@ import pytest
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import StartProxy
-from tests.support.rawpg import RawError
+from tests.support.rawpg import RawError, raw_login
 from tests.support.robustness import (
     backends,
     client_count,
-    login,
     one_value,
     proxy_client_count,
     raw_cancel,
@@ -57,7 +56,7 @@ async def test_2000_clients_share_10_backends(
     async def one(i: int) -> None:
         nonlocal logged_in, done
         async with connect_gate:
-            client = await login(proxy, user)
+            client = await raw_login(proxy, user)
         try:
             logged_in += 1
             if logged_in == n_clients:
@@ -182,8 +181,8 @@ async def test_cancel_keys_reach_only_their_own_query(
     start_proxy: StartProxy, admin: asyncpg.Connection
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 30})
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert a.pid and b.pid and a.pid != b.pid
         # A is idle (holds no backend): its 50 cancels must not touch B's query on the one
@@ -219,8 +218,8 @@ async def test_late_cancel_never_hits_the_next_client(start_proxy: StartProxy) -
     """Cancels that race the end of A's query must not land on B's query, which runs next on the
     same (single) backend."""
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 30})
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     rng = random.Random(11)
     b_errors: list[str] = []
     stop = asyncio.Event()

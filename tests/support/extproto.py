@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 from pgpool_proxy.protocol import messages as m
 
-from .proxy import PASSWORDS, ProxyThread
-from .rawpg import RawClient
+from .proxy import ProxyThread
+from .rawpg import RawClient, raw_login
+
+__all__ = ["raw_login"]  # the one raw_login lives in rawpg; tests reach it as x.raw_login too
 
 
 def _frame(type_byte: bytes, body: bytes) -> bytes:
@@ -118,12 +120,6 @@ async def roundtrip(client: RawClient, *msgs: bytes, timeout: float = 10) -> Rep
         got.append((t, body))
         if t == b"Z":
             return Reply(got)
-
-
-async def raw_login(proxy: ProxyThread, user: str = "alice", **params: str) -> RawClient:
-    client = await RawClient.connect(proxy.host, proxy.port)
-    await client.login(user, PASSWORDS[user], "app", **params)
-    return client
 
 
 class Shuffler:

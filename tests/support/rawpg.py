@@ -10,6 +10,8 @@ from pgpool_proxy.auth.md5 import md5_response
 from pgpool_proxy.auth.scram import ScramClient
 from pgpool_proxy.protocol import messages as m
 
+from .proxy import PASSWORDS, ProxyThread
+
 
 class RawError(Exception):
     def __init__(self, fields: dict[str, str]) -> None:
@@ -135,3 +137,10 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+async def raw_login(proxy: ProxyThread, user: str = "alice", **params: str) -> RawClient:
+    """A RawClient logged into database "app" through `proxy` as `user` (startup `params`)."""
+    client = await RawClient.connect(proxy.host, proxy.port)
+    await client.login(user, PASSWORDS[user], "app", **params)
+    return client

@@ -1,4 +1,4 @@
-"""Robustness-test helpers: backends as PostgreSQL counts them, polling, raw clients, cancels."""
+"""Robustness-test helpers: backends as PostgreSQL counts them, polling, cancels."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import asyncpg
 
 from pgpool_proxy.protocol import messages as m
 
-from .proxy import PASSWORDS, ProxyThread
+from .proxy import ProxyThread
 from .rawpg import RawClient
 
 T = TypeVar("T")
@@ -44,12 +44,6 @@ async def settle(admin: asyncpg.Connection, user: str, timeout: float = 10) -> N
     """Wait until no backend of `user` is left over from an earlier test."""
     n, _ = await eventually(lambda: backends(admin, user), lambda n: n == 0, timeout)
     assert n == 0, f"{n} backends of {user} left over"
-
-
-async def login(proxy: ProxyThread, user: str = "alice", **params: str) -> RawClient:
-    client = await RawClient.connect(proxy.host, proxy.port)
-    await client.login(user, PASSWORDS[user], "app", **params)
-    return client
 
 
 async def raw_cancel(host: str, port: int, pid: int, secret: int) -> None:
