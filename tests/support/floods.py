@@ -34,6 +34,7 @@ from pgpool_proxy.protocol import messages as m
 from .pg import LocalPostgres
 from .proxyproc import REPO, ProxyProcess, write_config
 from .rawpg import RawClient, RawError
+from .waits import wait_for
 
 T = TypeVar("T")
 
@@ -200,10 +201,7 @@ class Phase:
         return self._event.is_set()
 
     async def wait(self, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._event.is_set():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.02)
+        await wait_for(self._event.is_set, timeout=timeout, what=what)
 
 
 class _CancelRequest(asyncio.Protocol):
@@ -299,7 +297,7 @@ def _probe(port: int, user: str, password: str, seconds: float) -> dict[str, flo
             t0 = time.perf_counter()
             conn.execute("select 1").fetchall()
             samples.append(time.perf_counter() - t0)
-            time.sleep(0.005)
+            time.sleep(0.005)  # the probe's pace: a bystander, not a flood of its own
     samples.sort()
     return {
         "n": len(samples),
