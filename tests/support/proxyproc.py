@@ -72,11 +72,13 @@ def write_config(
     pool_size: int = 5,
     users: tuple[str, ...] = ("alice", "bob"),
     proxy: str = "",
+    pool: str = "",
+    admin: str = "",
     auth: str | None = None,
     sections: str = "",
 ) -> None:
-    """A config file for the test server: `proxy` adds lines to [proxy], `auth` sets the
-    auth type, `sections` adds whole sections (TOML text)."""
+    """A config file for the test server: `proxy`, `pool` and `admin` add lines to their
+    sections, `auth` sets the auth type, `sections` adds whole sections (TOML text)."""
     user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
     auth_lines = f'[auth]\ntype = "{auth}"\n' if auth else ""
     path.write_text(
@@ -87,9 +89,11 @@ listen = "127.0.0.1:{port}"
 
 [pool]
 default_pool_size = {pool_size}
+{pool}
 
 [admin]
 admin_users = ["alice"]
+{admin}
 
 {auth_lines}
 {sections}
