@@ -24,6 +24,7 @@ from tests.support.hostile_server import msg as hmsg
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -234,11 +235,11 @@ async def waiting_on_lock(locker: asyncpg.Connection, want: int = 1) -> None:
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
     )
-    for _ in range(500):
-        if await locker.fetchval(q) >= want:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("nothing waits for the lock")
+
+    async def waiting() -> bool:
+        return bool(await locker.fetchval(q) >= want)
+
+    await wait_for(waiting, what=f"{want} waiting for the lock")
 
 
 class Held:
@@ -346,15 +347,25 @@ async def test_megabytes_pipelined_behind_a_held_message(
         batches = (8 << 20) // len(one)
         h.c.send(one * batches)
         pid = h.c.pid
-        await asyncio.sleep(0.5)  # let the proxy read what it will
-        held = proxy.call(lambda: len(proxy.server.clients[pid].rbuf.buf))
-        assert held <= 1 << 20, held
-        # Another user's pool is served while this client is held.
+
+        def buffered() -> int:
+            return proxy.call(lambda: len(proxy.server.clients[pid].rbuf.buf))  # type: ignore[union-attr]
+
+        # Another user's pool is served while this client is held; the proxy has read what it
+        # will once its buffer stays the same across one of that user's round trips.
         bob = await asyncpg.connect(proxy.dsn(user="bob", password=PASSWORDS["bob"]))
         try:
-            assert await asyncio.wait_for(bob.fetchval("SELECT 7"), 2) == 7
+
+            async def settled() -> tuple[int] | None:
+                before = buffered()
+                assert await asyncio.wait_for(bob.fetchval("SELECT 7"), 10) == 7
+                after = buffered()
+                return (after,) if after == before else None
+
+            (held,) = await wait_for(settled, what="the proxy to stop reading the client")
         finally:
             await bob.close()
+        assert held <= 1 << 20, held
         await h.release()
         first = (await x.roundtrip(h.c)).kinds
         assert first == ["2", "D", "C", "Z:I"]
