@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from signal import SIGINT
 from typing import TypeVar
 
 from .pg import LocalPostgres
 from .proxy import PASSWORDS
+from .waits import wait_for_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,15 +34,22 @@ class ProxyProcess:
 
     def wait_for(self, pattern: str, count: int = 1, timeout_s: float = 30) -> list[re.Match[str]]:
         """The first ``count`` matches of ``pattern`` in the log, once there are that many."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = list(re.finditer(pattern, self.log()))
-            if len(found) >= count:
-                return found[:count]
+
+        def found() -> list[re.Match[str]] | None:
+            got = list(re.finditer(pattern, self.log()))
+            if len(got) >= count:
+                return got[:count]
             assert self.proc.poll() is None, f"proxy exited:\n{self.log()}"
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {count} x {pattern!r} in the proxy's log:\n{self.log()}")
-            time.sleep(0.05)
+            return None
+
+        matches = wait_for_sync(
+            found,
+            timeout=timeout_s,
+            what=lambda: f"{count} x {pattern!r} in the proxy's log:\n{self.log()}",
+            interval=0.05,
+        )
+        assert matches is not None
+        return matches
 
     def wait_listening(self, marker: str = "listening on") -> None:
         self.wait_for(re.escape(marker), timeout_s=20)
