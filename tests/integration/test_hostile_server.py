@@ -24,7 +24,6 @@ import pytest
 from pgpool_proxy.auth.scram import MAX_MESSAGE_SIZE
 from pgpool_proxy.pool.backend import MAX_LOGIN_MESSAGES, MAX_SERVER_PARAMS
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol.framing import RecvBuffer
 from tests.support.hostile_server import (
     READY,
     HostileConn,
@@ -35,6 +34,7 @@ from tests.support.hostile_server import (
     notice,
     one_row,
     param_status,
+    record_capacity_requests,
 )
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
@@ -560,14 +560,7 @@ async def test_trickled_frame_grows_the_buffer_with_what_arrives(
     """A frame the proxy reads whole (here an ErrorResponse) whose header claims 1 GB, sent a
     byte per read: the buffer grows with the bytes that came, not by doubling at each read
     (before: 64 KB, 128 KB, ... 1 GB after some 15 reads)."""
-    asked: list[int] = []
-    ensure = RecvBuffer.ensure_capacity
-
-    def recording(self: RecvBuffer, nbytes: int) -> None:
-        asked.append(nbytes)
-        ensure(self, nbytes)
-
-    monkeypatch.setattr(RecvBuffer, "ensure_capacity", recording)
+    asked = record_capacity_requests(monkeypatch)
 
     async def script(conn: HostileConn) -> None:
         await conn.normal_login()
