@@ -110,14 +110,19 @@ async def proxy(
     )
 
 
+async def terminate_running(c: RawClient, admin: asyncpg.Connection, marker: str) -> Messages:
+    """Terminate the backend running the query marked `marker`; what `c` got until EOF."""
+    pid = await pid_running(admin, marker)
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    return await until_eof(c)
+
+
 async def test_terminated_mid_simple_query(
     pg: LocalPostgres, proxy: ProxyThread, admin: asyncpg.Connection
 ) -> None:
     async def scenario(c: RawClient, admin: asyncpg.Connection) -> Messages:
         c.send(m.query("SELECT pg_sleep(30) -- fatal-simple"))
-        pid = await pid_running(admin, "fatal-simple")
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        return await until_eof(c)
+        return await terminate_running(c, admin, "fatal-simple")
 
     got = await run_both(pg, proxy, admin, scenario)
     assert fatal(got)["C"] == "57P01"
@@ -136,9 +141,7 @@ async def test_terminated_mid_extended_query(
             + x.execute()
             + x.SYNC
         )
-        pid = await pid_running(admin, "fatal-extended")
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        return await until_eof(c)
+        return await terminate_running(c, admin, "fatal-extended")
 
     got = await run_both(pg, proxy, admin, scenario)
     assert [t for t, _ in got] == [b"1", b"2", b"E"]
