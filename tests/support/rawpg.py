@@ -10,6 +10,7 @@ from pgpool_proxy.auth.md5 import md5_response
 from pgpool_proxy.auth.scram import ScramClient
 from pgpool_proxy.protocol import messages as m
 
+from .pg import LocalPostgres
 from .proxy import PASSWORDS, ProxyThread
 
 
@@ -139,8 +140,11 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-async def raw_login(proxy: ProxyThread, user: str = "alice", **params: str) -> RawClient:
-    """A RawClient logged into database "app" through `proxy` as `user` (startup `params`)."""
-    client = await RawClient.connect(proxy.host, proxy.port)
+async def raw_login(
+    to: ProxyThread | LocalPostgres, user: str = "alice", **params: str
+) -> RawClient:
+    """A RawClient logged into database "app" as `user` (startup `params`), through the proxy
+    or directly to the server (the test roles have the same passwords there)."""
+    client = await RawClient.connect(to.host, to.port)
     await client.login(user, PASSWORDS[user], "app", **params)
     return client
