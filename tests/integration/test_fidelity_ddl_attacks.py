@@ -268,11 +268,7 @@ class Held:
         return self
 
     async def connect(self) -> RawClient:
-        if self.proxy is not None:
-            return await x.raw_login(self.proxy)
-        c = await RawClient.connect(self.pg.host, self.pg.port)
-        await c.login("alice", PASSWORDS["alice"], "app")
-        return c
+        return await x.raw_login(self.proxy or self.pg)
 
     @property
     def where(self) -> tuple[str, int]:
@@ -410,11 +406,7 @@ async def test_one_text_under_two_search_paths(pg: LocalPostgres, start_proxy: S
         for via in (None, proxy):
             got = []
             for schema in ("a", "b"):
-                if via is None:
-                    c = await RawClient.connect(pg.host, pg.port)
-                    await c.login("alice", PASSWORDS["alice"], "app")
-                else:
-                    c = await x.raw_login(proxy)
+                c = await x.raw_login(via or pg)
                 try:
                     await c.simple_query(f"SET search_path = {s}{schema}")
                     got.append(
@@ -616,11 +608,7 @@ async def copy_both(
         for via in (None, proxy):
             table = f"ddl_{next(_n)}"
             await admin.execute(f"CREATE TABLE {table}(a int, b int)")
-            if via is None:
-                c = await RawClient.connect(pg.host, pg.port)
-                await c.login("alice", PASSWORDS["alice"], "app")
-            else:
-                c = await x.raw_login(via)
+            c = await x.raw_login(via or pg)
             try:
                 outcomes.append(await scenario(c, table))
             finally:
@@ -675,11 +663,7 @@ async def test_session_mode_is_postgresql_itself(
     outcomes = []
     for via in (None, proxy):
         table = f"ddl_{next(_n)}"
-        if via is None:
-            c = await RawClient.connect(pg.host, pg.port)
-            await c.login("alice", PASSWORDS["alice"], "app")
-        else:
-            c = await x.raw_login(via)
+        c = await x.raw_login(via or pg)
         try:
             await run(
                 c, x.parse("", f"CREATE TABLE {table}(a int, b int)"), x.bind(""), x.execute()

@@ -31,9 +31,7 @@ Messages = list[tuple[bytes, bytes]]
 
 
 async def direct(pg: LocalPostgres) -> RawClient:
-    c = await RawClient.connect(pg.host, pg.port)
-    await c.login("alice", PASSWORDS["alice"], "app")
-    return c
+    return await raw_login(pg)
 
 
 async def until_eof(c: RawClient) -> Messages:
