@@ -4,17 +4,26 @@ drive the proxy as an operator does (signals, workers, restarts)."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from signal import SIGINT
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .pg import LocalPostgres
 from .proxy import PASSWORDS
 from .waits import wait_for_sync
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port the kernel just handed out, for a proxy whose tests must know its port before it
+    starts (restarts on the same port, reuse_port); otherwise listen on port 0."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class ProxyProcess:
@@ -148,3 +157,33 @@ def start_workers(
         proc.stop()
         raise
     return proc
+
+
+class Launcher:
+    """Proxy processes on one config file and one port (the `launch` fixture): write the
+    config, start one or more processes on it (a rolling restart), stop them all at the end."""
+
+    def __init__(self, pg: LocalPostgres, tmp_path: Path) -> None:
+        self.pg = pg
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.config = tmp_path / "proxy.toml"
+        self.started: list[ProxyProcess] = []
+
+    def configure(self, **options: Any) -> None:
+        """(Re)write the config: `write_config`'s options."""
+        write_config(self.config, self.pg, self.port, **options)
+
+    def start(
+        self, log: str = "proxy.log", wait: tuple[str, ...] = ("listening on",)
+    ) -> ProxyProcess:
+        """Start a process on the config; return once each of `wait` is in its log."""
+        proc = ProxyProcess(self.config, self.port, self.tmp_path / log)
+        self.started.append(proc)
+        for marker in wait:
+            proc.wait_listening(marker)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            proc.stop()
