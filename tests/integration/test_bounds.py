@@ -23,17 +23,11 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.extproto import SYNC, bind, close, execute, parse, roundtrip
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
-from tests.support.proxyproc import ProxyProcess, write_config
+from tests.support.proxyproc import ProxyProcess, free_port, write_config
 from tests.support.rawpg import RawClient
 from tests.support.waits import wait_for
 
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:

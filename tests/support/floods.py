@@ -14,7 +14,6 @@ import hmac
 import json
 import os
 import resource
-import socket
 import statistics
 import struct
 import subprocess
@@ -32,7 +31,7 @@ from pgpool_proxy.auth.scram import ScramClient
 from pgpool_proxy.protocol import messages as m
 
 from .pg import LocalPostgres
-from .proxyproc import REPO, ProxyProcess, write_config
+from .proxyproc import REPO, ProxyProcess, free_port, write_config
 from .rawpg import RawClient, RawError
 from .waits import wait_for
 
@@ -60,12 +59,6 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FloodProxy:
