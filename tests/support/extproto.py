@@ -7,15 +7,14 @@ to force a client onto another server connection between two of its transactions
 
 from __future__ import annotations
 
-import asyncio
 import struct
-import time
 from collections.abc import Sequence
 
 from pgpool_proxy.protocol import messages as m
 
 from .proxy import ProxyThread
 from .rawpg import RawClient, raw_login
+from .waits import eventually
 
 __all__ = ["raw_login"]  # the one raw_login lives in rawpg; tests reach it as x.raw_login too
 
@@ -154,9 +153,9 @@ def pinned(proxy: ProxyThread, db: str = "app", user: str = "alice") -> int:
 
 async def wait_pinned(proxy: ProxyThread, want: int, timeout: float = 3) -> int:
     """Poll the pinned count until it equals `want` (or the timeout passes); return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        n = pinned(proxy)
-        if n == want or time.monotonic() > deadline:
-            return n
-        await asyncio.sleep(0.02)
+
+    async def probe() -> int:
+        return pinned(proxy)
+
+    n, _ = await eventually(probe, lambda n: n == want, timeout)
+    return n

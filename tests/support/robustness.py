@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
@@ -13,6 +11,7 @@ from pgpool_proxy.protocol import messages as m
 
 from .proxy import ProxyThread
 from .rawpg import RawClient
+from .waits import eventually
 
 T = TypeVar("T")
 
@@ -24,20 +23,6 @@ COUNT_SQL = (
 
 async def backends(admin: asyncpg.Connection, user: str) -> int:
     return int(await admin.fetchval(COUNT_SQL, user))
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float
-) -> tuple[T, float]:
-    """Poll probe() every 20 ms until ok(value) or timeout; return the last value and the time
-    it took."""
-    t0 = time.monotonic()
-    while True:
-        value = await probe()
-        elapsed = time.monotonic() - t0
-        if ok(value) or elapsed > timeout:
-            return value, elapsed
-        await asyncio.sleep(0.02)
 
 
 async def settle(admin: asyncpg.Connection, user: str, timeout: float = 10) -> None:

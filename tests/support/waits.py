@@ -61,3 +61,17 @@ def wait_for_sync(
 def _timed_out(timeout: float, what: str | Callable[[], str], value: object) -> str:
     said = what() if callable(what) else what
     return f"timed out after {timeout}s waiting for {said} (last: {value!r})"
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float
+) -> tuple[T, float]:
+    """Poll ``probe()`` until ``ok(value)`` or ``timeout``; return the last value and the time
+    it took, without failing: for a test that asserts on the value itself."""
+    t0 = time.monotonic()
+    while True:
+        value = await probe()
+        elapsed = time.monotonic() - t0
+        if ok(value) or elapsed > timeout:
+            return value, elapsed
+        await asyncio.sleep(INTERVAL_S)
