@@ -23,8 +23,8 @@ from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.proxyproc import write_config
 from tests.support.rawpg import RawClient, RawError, raw_login
-from tests.support.robustness import eventually, one_value
-from tests.support.waits import wait_for
+from tests.support.robustness import one_value
+from tests.support.waits import eventually, wait_for
 
 ADMIN = {"admin_users": ["alice"], "stats_users": ["bob"]}
 

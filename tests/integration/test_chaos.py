@@ -30,8 +30,8 @@ from tests.support.chaos import ChaosRelay, Mode
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy, make_config
 from tests.support.rawpg import RawClient, RawError, raw_login
-from tests.support.robustness import backends, eventually, one_value, settle
-from tests.support.waits import wait_for
+from tests.support.robustness import backends, one_value, settle
+from tests.support.waits import eventually, wait_for
 
 T = TypeVar("T")
 

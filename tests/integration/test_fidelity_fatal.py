@@ -23,7 +23,8 @@ from tests.support.hostile_server import READY, HostileConn, error
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient, RawError, raw_login
-from tests.support.robustness import backends, eventually, settle
+from tests.support.robustness import backends, settle
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.timeout(60)
 

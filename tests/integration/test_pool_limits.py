@@ -19,12 +19,11 @@ from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient, RawError, raw_login
 from tests.support.robustness import (
     backends,
-    eventually,
     one_value,
     proxy_client_count,
     settle,
 )
-from tests.support.waits import wait_for
+from tests.support.waits import eventually, wait_for
 
 # --- 5. pool limits --------------------------------------------------------------------------
 
