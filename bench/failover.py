@@ -27,7 +27,7 @@ from pathlib import Path
 
 import asyncpg
 
-from pgpool_proxy.pgserver import ReplicatedCluster
+from pgpool_devkit.pgserver import ReplicatedCluster
 
 from .targets import Database, ProxyTarget
 

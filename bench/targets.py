@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pgpool_proxy.pgserver import LocalPostgres
+from pgpool_devkit.pgserver import LocalPostgres
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent

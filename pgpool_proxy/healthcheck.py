@@ -32,8 +32,10 @@ def metrics_url(config_path: str, path: str, env: Mapping[str, str] | None = Non
         try:
             with open(config_path, "rb") as handle:
                 data = tomllib.load(handle)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise HealthcheckError(f"cannot read {config_path}: {exc}") from None
+        except OSError as exc:
+            raise HealthcheckError(f"cannot read {config_path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise HealthcheckError(f"{config_path}: invalid TOML: {exc}") from None
         section = data.get("metrics")
         value = section.get("listen") if isinstance(section, dict) else None
         listen = value if isinstance(value, str) else ""

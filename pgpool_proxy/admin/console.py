@@ -15,18 +15,19 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from .. import __version__, lifecycle
+from .. import __version__
 from ..config import ConfigError
-from ..endpoint import EndpointClosed
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import F_FLUSH, F_QUERY, F_SYNC, F_TERMINATE
+from ..runtime import lifecycle
 from . import show
 from .commands import HELP_TEXT, Command, CommandError, parse_command, split_statements
 from .settings import set_setting, show_config
 
 if TYPE_CHECKING:
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
     from ..session.client import ClientConnection
 
 log = logging.getLogger("pgpool_proxy.admin")
@@ -47,10 +48,9 @@ class AdminRefusal(ProxyError):
     auth_reason = "admin_denied"
 
 
-def start_console(client: ClientConnection, params: Mapping[str, str]) -> None:
+def start_console(server: ProxyServer, client: ClientConnection, params: Mapping[str, str]) -> None:
     """Called by login once the user is authenticated for the admin database: welcome the
     client and hand it to a console task owned by the server."""
-    server = client.server
     admin = server.config.admin
     if not admin.allowed(client.user):
         raise AdminRefusal(
@@ -86,12 +86,12 @@ def start_console(client: ClientConnection, params: Mapping[str, str]) -> None:
             )
         )
     )
+    server.counters.admin_logins += 1
     log.info("admin login: %s user=%s", client.addr, client.user)
-    server.spawn(_serve(client), "admin")
+    server.spawn(_serve(server, client), "admin")
 
 
-async def _serve(client: ClientConnection) -> None:
-    server = client.server
+async def _serve(server: ProxyServer, client: ClientConnection) -> None:
     skipping = False  # after an extended-protocol message, until Sync
     try:
         while True:
@@ -99,7 +99,7 @@ async def _serve(client: ClientConnection) -> None:
                 MAX_ADMIN_MESSAGE, f"admin console (a query is at most {MAX_ADMIN_MESSAGE} bytes)"
             )
             if t == F_QUERY:
-                await _query(client, body)
+                await _query(server, client, body)
             elif t == F_TERMINATE:
                 client.close(DisconnectReason.CLIENT_TERMINATE)
                 return
@@ -125,10 +125,15 @@ async def _serve(client: ClientConnection) -> None:
         client.fail(exc, DisconnectReason.PROTOCOL_ERROR)
     except Exception:
         # A bug must not leave the client hanging (nor a SIGTERM drain waiting for it).
-        log.exception("admin console failed for %s user=%s", client.addr, client.user)
         client.fail(
-            ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy's admin console"),
-            DisconnectReason.PROTOCOL_ERROR,
+            internal_error(
+                log,
+                "in the admin console for %s user=%s",
+                client.addr,
+                client.user,
+                said="internal error in the proxy's admin console",
+            ),
+            DisconnectReason.INTERNAL_ERROR,
         )
     finally:
         server.admin_sessions.discard(client)
@@ -159,7 +164,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-async def _query(client: ClientConnection, body: bytes) -> None:
+async def _query(server: ProxyServer, client: ClientConnection, body: bytes) -> None:
     raw = body[:-1] if body.endswith(b"\0") else body
     if b"\0" in raw:
         _write(
@@ -188,22 +193,22 @@ async def _query(client: ClientConnection, body: bytes) -> None:
             await asyncio.sleep(0)  # other clients' turn between commands
         try:
             command = parse_command(statement)
-            _check_allowed(client, command)
-            out = await _run(client, command)
+            _check_allowed(server, client, command)
+            out = await _run(server, client, command)
         except CommandError as exc:
             _write(client, _error(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
             break
         _write(client, out)
         if command.verb == "SHUTDOWN":
             _write(client, _READY)
-            lifecycle.request_shutdown(client.server)
+            lifecycle.request_shutdown(server)
             return
         await _drain(client)
     _write(client, _READY)
 
 
-def _check_allowed(client: ClientConnection, command: Command) -> None:
-    admin = client.server.config.admin
+def _check_allowed(server: ProxyServer, client: ClientConnection, command: Command) -> None:
+    admin = server.config.admin
     if command.mutating and client.user not in admin.admin_users:
         raise CommandError(
             SqlState.INSUFFICIENT_PRIVILEGE,
@@ -257,9 +262,8 @@ def _apply(apply: Callable[[], list[str]], what: str) -> list[str]:
         ) from None
 
 
-async def _run(client: ClientConnection, command: Command) -> bytes:
+async def _run(server: ProxyServer, client: ClientConnection, command: Command) -> bytes:
     """The reply to one command (without ReadyForQuery)."""
-    server = client.server
     verb, arg = command.verb, command.arg
     if verb == "SHOW":
         assert arg is not None

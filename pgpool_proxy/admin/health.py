@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 
 def readiness(server: ProxyServer) -> tuple[bool, str]:

@@ -22,7 +22,7 @@ from .worker_metrics import SnapshotServer, StaticCollector, all_ready, gather, 
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 log = logging.getLogger("pgpool_proxy.metrics")
 
@@ -215,7 +215,7 @@ def reserve_metrics_port(config: Config) -> tuple[Config, socket.socket | None]:
     """With workers, resolve ``[metrics] listen`` port 0 once, in the supervisor, so that every
     worker binds the same port (SO_REUSEPORT); returns the config to give the workers and the
     reservation to keep open while they run."""
-    from ..workers import reserve_port
+    from ..runtime.workers import reserve_port
 
     m = config.metrics
     if not m.enabled or config.proxy.workers <= 1:

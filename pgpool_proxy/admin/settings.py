@@ -10,14 +10,22 @@ import dataclasses
 import enum
 from typing import TYPE_CHECKING, Any, Final
 
-from ..config import AdminSettings, Config, PoolSettings, ProxySettings
-from ..config_schema import _BAD, _SECTIONS, _Checker
+from ..config import (
+    SECTIONS,
+    AdminSettings,
+    Config,
+    ConfigError,
+    PoolSettings,
+    ProxySettings,
+    check_admin,
+    setting_from_text,
+)
 from ..errors import SqlState
 from .commands import CommandError
 from .show import Result
 
 if TYPE_CHECKING:
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 # Settings that SET (and RELOAD) change in a running proxy; see lifecycle for what they affect.
 # auth.type is not among them: whether each user's stored password suits it is checked for the
@@ -85,10 +93,10 @@ def show_config(server: ProxyServer) -> Result:
 def _resolve(key: str) -> tuple[str, str]:
     if "." in key:
         section, _, name = key.partition(".")
-        if name in _SECTIONS.get(section, {}):
+        if name in SECTIONS.get(section, {}):
             return section, name
     else:
-        matches = [(s, key) for s in ("proxy", "pool", "admin", "auth") if key in _SECTIONS[s]]
+        matches = [(s, key) for s in ("proxy", "pool", "admin", "auth") if key in SECTIONS[s]]
         if len(matches) == 1:
             return matches[0]
     raise CommandError(
@@ -116,14 +124,10 @@ def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
             SqlState.CANT_CHANGE_RUNTIME_PARAM,
             f'parameter "{full}" cannot be changed without restarting the proxy',
         )
-    spec = _SECTIONS[section][name]
-    checker = _Checker("SET", {})
-    value = checker.env_value(spec, raw, full)
-    if value is not _BAD:
-        value = checker.convert(spec, value, full)
-    if checker.problems or value is _BAD:
-        problem = checker.problems[0].removeprefix("SET: ")
-        raise CommandError(SqlState.INVALID_PARAMETER_VALUE, problem)
+    try:
+        value = setting_from_text(section, name, raw)
+    except ConfigError as exc:
+        raise CommandError(SqlState.INVALID_PARAMETER_VALUE, exc.problems[0]) from None
     cfg = server.config
     new_section: Any = dataclasses.replace(getattr(cfg, section), **{name: value})
     if section == "pool" and new_section.min_pool_size > new_section.default_pool_size:
@@ -140,8 +144,6 @@ def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
             hint="Edit the configuration file and RELOAD to remove every admin user.",
         )
     if section == "admin":
-        from ..config_admin import check_admin
-
         problems: list[str] = []
         check_admin(
             lambda path, msg: problems.append(f"{path}: {msg}"),

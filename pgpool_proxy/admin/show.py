@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__
 from ..protocol.messages import OID_INT4, OID_INT8, OID_TEXT
-from ..session.client import ClientState
+from ..session.client_state import ClientState
 
 if TYPE_CHECKING:
     from ..pool.backend import BackendConnection
     from ..pool.pool import Pool
-    from ..server import ProxyServer
+    from ..runtime.server import ProxyServer
 
 T, I4, I8 = OID_TEXT, OID_INT4, OID_INT8
 Row = list[str | None]
@@ -207,7 +207,7 @@ def pool_server(pool: Pool) -> tuple[str, int]:
 
 def _linked_by_pool(server: ProxyServer) -> dict[int, int]:
     linked: dict[int, int] = {}
-    for client in server._all_clients:
+    for client in server.all_clients():
         if client.backend is not None and client.pool is not None:
             linked[id(client.pool)] = linked.get(id(client.pool), 0) + 1
     return linked
@@ -367,7 +367,7 @@ def show_clients(server: ProxyServer) -> Result:
     worker = _s(server.identity.index)
     admin_db = server.config.admin.database
     result = Result(SOCKET_COLUMNS)
-    for client in server._all_clients:
+    for client in server.all_clients():
         if client.peer_channel:
             continue
         admin = client in server.admin_sessions
@@ -410,7 +410,7 @@ def _backends(server: ProxyServer) -> Iterable[tuple[Pool, BackendConnection, st
     for pool in server.pools.values():
         for backend in pool.idle:
             yield pool, backend, "idle"
-    for client in server._all_clients:
+    for client in server.all_clients():
         linked = client.backend
         if linked is not None and client.pool is not None:
             yield client.pool, linked, "active"
@@ -498,7 +498,7 @@ def show_databases(server: ProxyServer) -> Result:
 
 
 def show_lists(server: ProxyServer) -> Result:
-    clients = [c for c in server._all_clients if not c.peer_channel]
+    clients = [c for c in server.all_clients() if not c.peer_channel]
     login = sum(
         1 for c in clients if c.state == ClientState.LOGIN and c not in server.admin_sessions
     )

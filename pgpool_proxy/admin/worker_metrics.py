@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .health import readiness
 
 if TYPE_CHECKING:
-    from ..server import ProxyServer
-    from ..workers import WorkerIdentity
+    from ..runtime.server import ProxyServer
+    from ..runtime.workers import WorkerIdentity
 
 log = logging.getLogger("pgpool_proxy.metrics")
 

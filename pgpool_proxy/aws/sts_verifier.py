@@ -19,7 +19,7 @@ from ..auth.iam import (
     TokenKind,
     rule_allows,
 )
-from ..config_security import IamRule
+from ..config import IamRule
 from ..errors import SqlState
 
 log = logging.getLogger("pgpool_proxy.iam")

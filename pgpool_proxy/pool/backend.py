@@ -5,29 +5,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..auth.md5 import md5_response
-from ..auth.scram import MECHANISM, ScramClient, ScramError, ScramProtocolError
-from ..endpoint import Endpoint, EndpointClosed
-from ..errors import DisconnectReason, ProxyError, SqlState
+from ..auth.server_login import MAX_SERVER_PARAMS_BYTES, ServerLogin, params_overflow
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..link import replies
+from ..link.ends import at_boundary
+from ..link.prepared import ServerStatements
+from ..net.endpoint import Endpoint, EndpointClosed, Peer
 from ..protocol import messages as m
 from ..protocol.constants import (
-    AUTH_CLEARTEXT,
-    AUTH_MD5,
-    AUTH_OK,
-    AUTH_SASL,
-    AUTH_SASL_CONTINUE,
-    AUTH_SASL_FINAL,
-    B_AUTH,
-    B_BACKEND_KEY_DATA,
-    B_ERROR,
-    B_NEGOTIATE_PROTOCOL,
-    B_NOTICE,
     B_PARAMETER_STATUS,
-    B_READY_FOR_QUERY,
     INT32,
     TX_IDLE,
 )
@@ -47,11 +36,9 @@ from ..protocol.framing import (
     RecvBuffer,
 )
 from ..protocol.sqlscan import SQL_SCHEMA, SQL_TRANSIENT
-from ..session import replies
-from ..session.prepared import ServerStatements
 
 if TYPE_CHECKING:
-    from ..session.client import ClientConnection
+    from .ends import PoolClient
     from .pool import Pool
 
 log = logging.getLogger("pgpool_proxy.backend")
@@ -59,35 +46,6 @@ log = logging.getLogger("pgpool_proxy.backend")
 BACKEND_BUFFER = 64 * 1024
 # Login replies are small; a server that sends more before ReadyForQuery is not PostgreSQL.
 MAX_LOGIN_MESSAGE = 1024 * 1024
-# PostgreSQL sends ~20 messages during a login (a dozen ParameterStatus, a few notices at most);
-# a server that keeps talking is refused instead of holding the connect slot until its timeout.
-MAX_LOGIN_MESSAGES = 1000
-# PostgreSQL reports ~15 parameters; a server that reports far more, or far larger values, is
-# not PostgreSQL and must not make the proxy keep its memory (issue 17, finding 8).
-MAX_SERVER_PARAMS = 64
-MAX_SERVER_PARAMS_BYTES = 1024 * 1024
-# Authentication request codes PostgreSQL defines that the proxy does not implement.
-_KNOWN_AUTH_CODES = {2: "Kerberos V5", 6: "SCM credentials", 7: "GSSAPI", 8: "GSSAPI", 9: "SSPI"}
-
-
-def server_sqlstate(fields: dict[str, str], default: str) -> str:
-    """The SQLSTATE of a server's ErrorResponse, or `default` when it has none or a malformed
-    one (five digits or upper-case letters), so a client never gets an empty or forged code."""
-    code = fields.get("C", "")
-    if len(code) == 5 and all(c.isdigit() or "A" <= c <= "Z" for c in code):
-        return code
-    return default
-
-
-def params_overflow(params: dict[str, str], name: str, value: str) -> str | None:
-    """Why storing name=value in `params` would pass the bounds above, or None if it fits."""
-    if name not in params and len(params) >= MAX_SERVER_PARAMS:
-        return f"server reported more than {MAX_SERVER_PARAMS} distinct parameters"
-    # The dict holds at most MAX_SERVER_PARAMS entries, so this sum is short.
-    size = sum(len(k) + len(v) for k, v in params.items() if k != name)
-    if size + len(name) + len(value) > MAX_SERVER_PARAMS_BYTES:
-        return f"server reported more than {MAX_SERVER_PARAMS_BYTES} bytes of parameters"
-    return None
 
 
 class BackendState(enum.IntEnum):
@@ -99,7 +57,8 @@ class BackendState(enum.IntEnum):
     CLOSED = 5
 
 
-_ALLOWED: dict[BackendState, frozenset[BackendState]] = {
+# Which state may follow which (BackendConnection._to); tests/unit/test_transitions.py checks it.
+BACKEND_TRANSITIONS: dict[BackendState, frozenset[BackendState]] = {
     BackendState.CONNECTING: frozenset({BackendState.LOGIN, BackendState.CLOSED}),
     BackendState.LOGIN: frozenset({BackendState.IDLE, BackendState.CLOSED}),
     BackendState.IDLE: frozenset(
@@ -116,29 +75,6 @@ _ALLOWED: dict[BackendState, frozenset[BackendState]] = {
 
 
 InternalDone = Callable[["BackendConnection", list[dict[str, str]], list[list[str | None]]], None]
-
-
-class BackendLoginError(ProxyError):
-    """The server refused the proxy's login; carries the server's SQLSTATE and message."""
-
-    def __init__(self, sqlstate: str, message: str, **kw: str | None) -> None:
-        # The client logged into the proxy; without this, a 28P01 here reads like its own
-        # wrong password.
-        ours = (
-            "The proxy's own login to the server was refused; the client's login to the proxy "
-            "succeeded. Check the credentials the proxy holds for this database."
-        )
-        server = kw.get("detail")
-        kw["detail"] = f"{server} {ours}" if server else ours
-        super().__init__(sqlstate, message, **kw)  # type: ignore[arg-type]
-
-
-def _scram_login_error(exc: ScramError) -> BackendLoginError:
-    # A server breaking the protocol (foreign nonce, iterations over the cap) is 08P01, as libpq
-    # reports it; a refused proof stays 28P01 so rotated credentials are tried.
-    if isinstance(exc, ScramProtocolError):
-        return BackendLoginError(SqlState.PROTOCOL_VIOLATION, f"server login: {exc}")
-    return BackendLoginError(SqlState.INVALID_PASSWORD, str(exc))
 
 
 class BackendConnection(Endpoint):
@@ -194,7 +130,7 @@ class BackendConnection(Endpoint):
         self.address: tuple[str, int] = pool.backend_address
         self.state = BackendState.CONNECTING
         self.scanner = BackendScanner()
-        self.client: ClientConnection | None = None
+        self.client: PoolClient | None = None
         self.params: dict[str, str] = {}
         # Non-reported settings the proxy replayed here for a client (reset for the next one).
         self.extra_keys: set[str] = set()
@@ -212,7 +148,7 @@ class BackendConnection(Endpoint):
         self.last_user = ""
         self.login_user = ""
         # The settings signature of the client this backend's settings last matched (see
-        # ClientConnection._compute_sig); None when unknown.
+        # PoolClient._compute_sig); None when unknown.
         self.applied_sig: tuple[object, ...] | None = None
         self.pid = 0
         self.secret = 0
@@ -242,17 +178,60 @@ class BackendConnection(Endpoint):
 
     # --- state -------------------------------------------------------------------------------
 
-    def to(self, new: BackendState) -> None:
-        if new not in _ALLOWED[self.state]:
+    # Every change of self.state goes through _to, called only by the methods below and the
+    # login: other modules say what they do with the connection, not which state it is in.
+
+    def _to(self, new: BackendState) -> None:
+        if new not in BACKEND_TRANSITIONS[self.state]:
             raise RuntimeError(f"illegal backend transition {self.state.name} -> {new.name}")
         self.state = new
+
+    def link(self, client: PoolClient) -> None:
+        """Serve `client` (handed over by the pool, or kept between a session's transactions)."""
+        self._to(BackendState.ACTIVE)
+        self.client = client
+        self.last_key_pid = client.key_pid
+        self.linked_at = self.loop.time()
+        self.scanner.units = client.scanner.units
+
+    def hold(self) -> None:
+        """Out of the pool and serving no client, until the pool takes it back (to_idle)."""
+        self._to(BackendState.RESETTING)
+
+    def to_idle(self) -> None:
+        """Free for the next client: the pool (or the topology monitor) has it back."""
+        self._to(BackendState.IDLE)
+
+    def run_own(
+        self, statements: Sequence[str], done: InternalDone | None, *, batch: bool = False
+    ) -> None:
+        """Run the proxy's own statements, their replies swallowed; `done` gets the errors and
+        rows once the last has answered (or the connection is lost). Each statement is one
+        simple Query; with `batch`, all are one extended-protocol batch (messages.internal_batch),
+        which leaves the session's unnamed statement (a session-mode client's own) as it is.
+        With no client linked, the connection is held out of the pool meanwhile."""
+        assert self.transport is not None
+        if self.client is None and self.state != BackendState.RESETTING:
+            self.hold()
+        self.on_internal_done = done
+        self.scanner.internal = True
+        if batch:
+            self.internal_pending += 1
+            self.transport.write(m.internal_batch(statements))
+            return
+        client = self.client
+        if client is not None:
+            # A simple Query drops the server's unnamed statement.
+            client.scanner.unnamed_here = False
+        self.internal_pending += len(statements)
+        self.transport.write(b"".join(m.query(sql) for sql in statements))
 
     def __repr__(self) -> str:
         return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
-    def peer(self) -> Endpoint | None:
+    def peer(self) -> Peer | None:
         return self.client
 
     def is_closed(self) -> bool:
@@ -273,7 +252,7 @@ class BackendConnection(Endpoint):
             except Exception:
                 # Never into the event loop's fatal-error path: that would leave the client
                 # linked to a backend in an unknown state.
-                self._internal_error()
+                self.fail_internal()
         elif state == BackendState.LOGIN:
             self.slow_path_data()
         elif state == BackendState.IDLE:
@@ -286,19 +265,16 @@ class BackendConnection(Endpoint):
         if self.state != BackendState.CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
 
-    def _internal_error(self) -> None:
+    def fail_internal(self) -> None:
         """A bug surfaced while handling this server's bytes: drop the server connection (its
         state is unknown) and give the linked client, only it, an internal error."""
-        log.exception("internal error handling server data: backend %s", self.pid)
+        err = internal_error(log, "handling server data: backend %s", self.pid)
         client = self.client
         try:
             self.close(DisconnectReason.INTERNAL_ERROR)
             if client is not None:
                 client.backend = None
-                client.fail(
-                    ProxyError(SqlState.INTERNAL_ERROR, "internal error in the proxy"),
-                    DisconnectReason.INTERNAL_ERROR,
-                )
+                client.fail(err, DisconnectReason.INTERNAL_ERROR)
         except Exception:
             log.exception("internal error closing backend %s", self.pid)
             for end in (self, client):
@@ -308,6 +284,13 @@ class BackendConnection(Endpoint):
     # --- hot path ----------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        """Server -> client, once per read: forward every frame, stopping only at the events
+        the scanner reports (ReadyForQuery, a unit the proxy answers, an error, a notification,
+        a setting, the proxy's own replies).
+
+        Hot-path loop, kept in one function on purpose (issue 16 allows it): each branch is a
+        handful of attribute reads, and a call per event would cost more than the work; the rare
+        events call out (replies, _idle_point, _notification, _refuse_params)."""
         rb = self.rbuf
         buf = rb.buf
         start = pos = rb.start
@@ -350,13 +333,7 @@ class BackendConnection(Endpoint):
                     self._write(start, pos)
                     start = pos
                     replies.ready(client, self)
-                if (
-                    cs.pending <= 0
-                    and not cs.unsynced
-                    and not cs.skip
-                    and scanner.status == TX_IDLE
-                    and self._idle_point(client, start, pos)
-                ):
+                if at_boundary(cs, scanner.status) and self._idle_point(client, start, pos):
                     return
                 continue
             if ev == EV_UNIT or ev == EV_AFTER:
@@ -482,14 +459,14 @@ class BackendConnection(Endpoint):
         if client is not None:
             client.backend_ended()
 
-    def _notification(self, buf: bytearray, pos: int, n: int, client: ClientConnection) -> bytes:
+    def _notification(self, buf: bytearray, pos: int, n: int, client: PoolClient) -> bytes:
         """The NotificationResponse at pos as the client must see it (see _notifier)."""
         mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client) if n >= 9 else None
         if mapped is None:
             return bytes(buf[pos : pos + n])
         return b"".join((buf[pos : pos + 5], INT32.pack(mapped), buf[pos + 9 : pos + n]))
 
-    def _notifier(self, pid: int, client: ClientConnection) -> int | None:
+    def _notifier(self, pid: int, client: PoolClient) -> int | None:
         """The pid a client knows for the session that sent a notification: its own (from
         BackendKeyData) when it notified itself, and for another of the proxy's server
         connections the client whose COMMIT sent it, as near as the proxy can tell. None for
@@ -519,7 +496,7 @@ class BackendConnection(Endpoint):
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)
         self.fail(DisconnectReason.PROTOCOL_ERROR, f"server sent too many parameters: {why}")
 
-    def _idle_point(self, client: ClientConnection, start: int, pos: int) -> bool:
+    def _idle_point(self, client: PoolClient, start: int, pos: int) -> bool:
         """The client owes nothing and the server is idle: release the backend, or first ask the
         server what state the client's statements left in the session. True when handed off."""
         sc = client.scanner
@@ -544,10 +521,10 @@ class BackendConnection(Endpoint):
         client.backend_released(self)
         return True
 
-    def release_if_done(self, client: ClientConnection, pos: int) -> bool:
+    def release_if_done(self, client: PoolClient, pos: int) -> bool:
         """After the proxy answered a Query itself: release if that was the last reply owed."""
         cs = client.scanner
-        if cs.pending <= 0 and not cs.unsynced and not cs.skip and self.tx_status == TX_IDLE:
+        if at_boundary(cs, self.tx_status):
             return self._idle_point(client, pos, pos)
         return False
 
@@ -572,26 +549,7 @@ class BackendConnection(Endpoint):
         else:
             rb.consumed(pos)
 
-    # --- proxy-issued queries ----------------------------------------------------------------
-
-    def send_internal(self, sql: str) -> None:
-        """Send a simple query whose reply the proxy swallows (the client never sees it)."""
-        assert self.transport is not None
-        client = self.client
-        if client is not None:
-            # A simple Query drops the server's unnamed statement.
-            client.scanner.unnamed_here = False
-        self.internal_pending += 1
-        self.scanner.internal = True
-        self.transport.write(m.query(sql))
-
-    def send_internal_statements(self, statements: Sequence[str]) -> None:
-        """As send_internal, in extended protocol (messages.internal_batch): the session's
-        unnamed statement, a session-mode client's own, stays as it is."""
-        assert self.transport is not None
-        self.internal_pending += 1
-        self.scanner.internal = True
-        self.transport.write(m.internal_batch(statements))
+    # --- the proxy's own statements (run_own) ------------------------------------------------
 
     def _internal_finished(self) -> None:
         self.scanner.internal = False
@@ -658,7 +616,7 @@ class BackendConnection(Endpoint):
         # the idle check) get no answer now: whoever waits on them learns it here, not after
         # server_check_timeout_s. A linked client hears of the loss from fail().
         lost = self.on_internal_done if self.internal_pending and self.client is None else None
-        self.state = BackendState.CLOSED
+        self._to(BackendState.CLOSED)
         self.close_reason = reason
         self.client = None
         transport = self.transport
@@ -712,145 +670,38 @@ class BackendConnection(Endpoint):
         server_key: bytes | None,
     ) -> None:
         assert self.transport is not None
-        self.to(BackendState.LOGIN)
-        self.transport.write(m.startup_message({"user": user, "database": dbname}))
-        scram: ScramClient | None = None
-        for _ in range(MAX_LOGIN_MESSAGES):
-            t, body = await self._read_message()
-            try:
-                done, scram = await self._login_message(
-                    t, body, user, secret, scram, client_key, server_key
-                )
-            except (struct.error, IndexError, ValueError, m.ProtocolViolation) as exc:
-                # struct.error: a message too short for its type.
-                raise BackendLoginError(
-                    SqlState.PROTOCOL_VIOLATION,
-                    f"server sent a malformed {chr(t)!r} message during login: {exc}",
-                ) from None
-            if done:
-                return
-        raise BackendLoginError(
-            SqlState.PROTOCOL_VIOLATION,
-            f"server sent more than {MAX_LOGIN_MESSAGES} messages during login",
+        self._to(BackendState.LOGIN)
+        login = ServerLogin(
+            user,
+            dbname,
+            secret,
+            max_iterations=self.pool.spec.max_scram_iterations,
+            client_key=client_key,
+            server_key=server_key,
         )
-
-    async def _login_message(
-        self,
-        t: int,
-        body: bytes,
-        user: str,
-        secret: str | None,
-        scram: ScramClient | None,
-        client_key: bytes | None,
-        server_key: bytes | None,
-    ) -> tuple[bool, ScramClient | None]:
-        """Handle one login message; (True, _) once ReadyForQuery arrived."""
-        transport = self.transport
-        assert transport is not None
-        if t == B_AUTH:
-            code = INT32.unpack_from(body, 0)[0]
-            if code == AUTH_OK:
-                return False, scram
-            if code == AUTH_CLEARTEXT:
-                if secret is None or secret.startswith(("md5", "SCRAM-SHA-256$")):
-                    raise self._no_password(user, "a cleartext password")
-                transport.write(m.password_message(secret))
-            elif code == AUTH_MD5:
-                if secret is None or secret.startswith("SCRAM-SHA-256$"):
-                    raise self._no_password(user, "md5 authentication")
-                if len(body) != 8:
-                    raise ValueError("md5 salt must be 4 bytes")
-                transport.write(m.password_message(md5_response(secret, user, body[4:8])))
-            elif code == AUTH_SASL:
-                if scram is not None:
-                    raise ValueError("a second SASL exchange")
-                if MECHANISM not in m.parse_sasl_mechanisms(body[4:]):
-                    raise BackendLoginError(
-                        SqlState.FEATURE_NOT_SUPPORTED,
-                        "server offered no SASL mechanism the proxy supports",
-                    )
-                limit = self.pool.spec.max_scram_iterations
-                if client_key is not None:
-                    scram = ScramClient(
-                        client_key=client_key, server_key=server_key, max_iterations=limit
-                    )
-                elif secret is not None and not secret.startswith(("md5", "SCRAM-SHA-256$")):
-                    scram = ScramClient(secret, max_iterations=limit)
-                else:
-                    raise self._no_password(user, "SCRAM-SHA-256 authentication")
-                transport.write(m.sasl_initial_response(MECHANISM, scram.client_first()))
-            elif code == AUTH_SASL_CONTINUE and scram is not None:
-                try:
-                    # PBKDF2 runs in a thread: a server's iteration count never stalls the loop.
-                    reply = await scram.handle_server_first_async(body[4:])
-                except ScramError as exc:
-                    raise _scram_login_error(exc) from exc
+        self.transport.write(login.startup())
+        while True:
+            t, body = await self._read_message()
+            step = login.feed(t, body)
+            out = step.send
+            if step.challenge is not None:
+                out = await login.prove(step.challenge)
+            if out:
                 if self.transport is None:
                     raise ProxyError(
                         SqlState.CONNECTION_FAILURE, "server closed the connection during login"
                     )
-                self.transport.write(m.sasl_response(reply))
-            elif code == AUTH_SASL_FINAL and scram is not None:
-                try:
-                    scram.handle_server_final(body[4:])
-                except ScramError as exc:
-                    raise _scram_login_error(exc) from exc
-            elif code in (AUTH_SASL_CONTINUE, AUTH_SASL_FINAL):
-                raise ValueError(f"SASL message (code {code}) before the SASL exchange began")
-            elif code in _KNOWN_AUTH_CODES:
-                raise BackendLoginError(
-                    SqlState.FEATURE_NOT_SUPPORTED,
-                    f"server requested {_KNOWN_AUTH_CODES[code]} authentication, which the "
-                    f"proxy does not support (code {code})",
-                )
-            else:
-                raise BackendLoginError(
-                    SqlState.PROTOCOL_VIOLATION,
-                    f"server sent an invalid authentication request (code {code})",
-                )
-        elif t == B_PARAMETER_STATUS:
-            name, value = m.parse_parameter_status(body)
-            why = params_overflow(self.params, name, value)
-            if why:
-                raise BackendLoginError(SqlState.PROTOCOL_VIOLATION, why)
-            self.params[name] = value
-        elif t == B_BACKEND_KEY_DATA:
-            if len(body) != 8:
-                raise ValueError("BackendKeyData must be 8 bytes")
-            self.pid, self.secret = INT32.unpack_from(body, 0)[0], INT32.unpack_from(body, 4)[0]
-        elif t == B_ERROR:
-            fields = m.parse_error_fields(body)
-            raise BackendLoginError(
-                server_sqlstate(fields, SqlState.CONNECTION_FAILURE),
-                fields.get("M") or "server refused the login",
-                detail=fields.get("D"),
-                hint=fields.get("H"),
-            )
-        elif t == B_READY_FOR_QUERY:
-            if len(body) != 1:
-                raise ValueError("ReadyForQuery must be 1 byte")
-            self.tx_status = body[0]
-            self.login_user = self.params.get("session_authorization", "")
-            self.to(BackendState.IDLE)
-            self.idle_since = self.loop.time()
-            # An idle server connection reads, to notice the server saying goodbye.
-            self.resume_reading()
-            return True, scram
-        elif t not in (B_NOTICE, B_NEGOTIATE_PROTOCOL):
-            raise BackendLoginError(
-                SqlState.PROTOCOL_VIOLATION,
-                f"unexpected message {chr(t)!r} from server during login",
-            )
-        return False, scram
-
-    def _no_password(self, user: str, what: str) -> BackendLoginError:
-        return BackendLoginError(
-            SqlState.INVALID_PASSWORD,
-            f'the server requires {what} for user "{user}" and the proxy has no usable password '
-            "for it",
-            hint="Give the user a plaintext password in the proxy configuration, or log in once "
-            "with SCRAM so the proxy can reuse the client key.",
-        )
+                self.transport.write(out)
+            if step.ready:
+                break
+        self.params = login.params
+        self.pid, self.secret = login.pid, login.cancel_secret
+        self.tx_status = login.tx_status
+        self.login_user = self.params.get("session_authorization", "")
+        self._to(BackendState.IDLE)
+        self.idle_since = self.loop.time()
+        # An idle server connection reads, to notice the server saying goodbye.
+        self.resume_reading()
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> None:

@@ -15,6 +15,8 @@ from ..errors import DisconnectReason
 if TYPE_CHECKING:
     from .pool import Pool
 
+from .spec import PoolState
+
 
 class ServerBudget:
     def __init__(self, limit: int, pools: Iterable[Pool]) -> None:
@@ -68,5 +70,5 @@ class ServerBudget:
     def _wake(self) -> None:
         self._wake_pending = False
         for pool in list(self._pools):
-            if pool.waiters and not pool.closed:
+            if pool.waiters and pool.state is PoolState.OPEN:
                 pool.grow_for_waiters()

@@ -17,10 +17,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
-from ..config_topology import TopologySettings
+from ..auth.server_login import BackendLoginError
+from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
-from .backend import BackendConnection, BackendLoginError, BackendState
-from .connect import ServerTls, open_server_transport
+from ..net.connect import ServerTls, open_server_transport
+from .backend import BackendConnection, BackendState
 from .topology import DOWN, HostState, ProbeResult, Topology
 
 log = logging.getLogger("pgpool_proxy.topology")
@@ -168,15 +169,13 @@ class ProbeConnection:
             if not fut.done():
                 fut.set_result((errors, rows))
 
-        backend.to(BackendState.RESETTING)
-        backend.on_internal_done = done
-        backend.send_internal(sql)
+        backend.run_own([sql], done)
         try:
             errors, rows = await fut
         finally:
             self._waiting = None
         if not backend.is_closed():
-            backend.to(BackendState.IDLE)
+            backend.to_idle()
         if errors:
             raise RuntimeError(f"{errors[0].get('C', '?')} {errors[0].get('M', 'probe failed')}")
         return rows

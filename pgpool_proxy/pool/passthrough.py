@@ -9,12 +9,13 @@ import ssl
 import struct
 
 from ..auth.iam import IamError, IamIdentity, TokenClaims, TokenKind
-from ..auth.md5 import md5_response
-from ..auth.scram import MECHANISM, ScramClient, ScramError
+from ..auth.scram import ScramError
+from ..auth.server_login import BackendLoginError, ServerLogin
 from ..config import Config
 from ..errors import ProxyError, SqlState
+from ..net.connect import ServerTls, open_server_transport
 from ..protocol import messages as m
-from .connect import ServerTls, open_server_transport
+from ..protocol.constants import INT32
 
 log = logging.getLogger("pgpool_proxy.iam")
 
@@ -66,45 +67,32 @@ class PassthroughVerifier:
         proto = asyncio.StreamReaderProtocol(reader)
         transport = await open_server_transport(lambda: proto, host, port, self.tls)
         writer = asyncio.StreamWriter(transport, proto, reader, loop)  # type: ignore[arg-type]
+        login = ServerLogin(
+            user, dbname, token, max_iterations=self.config.pool.server_max_scram_iterations
+        )
         try:
-            writer.write(m.startup_message({"user": user, "database": dbname}))
-            scram: ScramClient | None = None
+            writer.write(login.startup())
             while True:
                 head = await reader.readexactly(5)
-                t, length = head[0], struct.unpack("!I", head[1:])[0]
+                t, length = head[0], INT32.unpack_from(head, 1)[0]
                 if length < 4 or length > _MAX_REPLY:
                     raise m.ProtocolViolation("invalid message length from server")
                 body = await reader.readexactly(length - 4)
-                if t == ord("E"):
-                    fields = m.parse_error_fields(body)
-                    if fields.get("C", "").startswith("28"):
+                try:
+                    step = login.feed(t, body)
+                    if step.authenticated:
+                        return  # AuthenticationOk: the token is good
+                    out = step.send
+                    if step.challenge is not None:
+                        out = await login.prove(step.challenge)
+                except BackendLoginError as exc:
+                    if exc.sqlstate.startswith("28"):
                         raise IamError(
                             SqlState.INVALID_PASSWORD,
-                            f"the database refused the IAM token: {fields.get('M', '')}",
-                        )
-                    raise ProxyError(fields.get("C", "08006"), fields.get("M", "login failed"))
-                if t != ord("R"):
-                    continue
-                code = struct.unpack("!I", body[:4])[0]
-                if code == 0:
-                    return  # AuthenticationOk: the token is good
-                if code == 3:
-                    writer.write(m.password_message(token))
-                elif code == 5:
-                    writer.write(m.password_message(md5_response(token, user, body[4:8])))
-                elif code == 10:
-                    scram = ScramClient(
-                        token, max_iterations=self.config.pool.server_max_scram_iterations
-                    )
-                    writer.write(m.sasl_initial_response(MECHANISM, scram.client_first()))
-                elif code == 11 and scram is not None:
-                    writer.write(m.sasl_response(await scram.handle_server_first_async(body[4:])))
-                elif code == 12 and scram is not None:
-                    scram.handle_server_final(body[4:])
-                else:
-                    raise ProxyError(
-                        SqlState.FEATURE_NOT_SUPPORTED, f"unsupported server auth method {code}"
-                    )
+                            f"the database refused the IAM token: {exc.server_message}",
+                        ) from None
+                    raise ProxyError(exc.sqlstate, exc.server_message) from None
+                writer.write(out)
         finally:
             with contextlib.suppress(Exception):
                 writer.write(m.TERMINATE)

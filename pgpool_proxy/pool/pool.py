@@ -9,75 +9,24 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ..auth.scram import DEFAULT_MAX_SERVER_ITERATIONS
+from ..auth.server_login import BackendLoginError
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
-from ..errors import DisconnectReason, ProxyError, SqlState
-from ..protocol.constants import TX_IDLE
-from ..session.prepared import StatementRegistry
-from .backend import BackendConnection, BackendLoginError, BackendState
-from .connect import DEFAULT_TCP, NO_TLS, ServerTls, TcpTuning, open_server_transport
+from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..link.prepared import StatementRegistry
+from ..net.connect import open_server_transport
+from . import health
+from .backend import BackendConnection, BackendState
+from .spec import POOL_TRANSITIONS, PoolSpec, PoolState
 
 if TYPE_CHECKING:
-    from ..config import PoolMode
-    from ..session.client import ClientConnection
     from .budget import ServerBudget
+    from .ends import PoolClient
     from .topology import HostState, Topology
 
 log = logging.getLogger("pgpool_proxy.pool")
-
-
-class CredentialSource(Protocol):
-    """Server credentials that can change while the proxy runs (Secrets Manager rotation)."""
-
-    async def current(self) -> tuple[str, str]:
-        """(user, password) to log in with now; raises ProxyError when none is known."""
-        ...
-
-    async def after_auth_failure(self, failed_password: str) -> list[tuple[str, str]]:
-        """Credentials to try after the server refused `failed_password` (refreshed)."""
-        ...
-
-    def note_success(self, user: str, password: str) -> None:
-        """Credentials from after_auth_failure worked: use them until the secret moves on."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
-    """Everything a pool needs to open server connections, resolved from the config."""
-
-    name: str  # "<database>/<server user>", for logs
-    host: str
-    port: int
-    dbname: str
-    user: str
-    secret: str | None  # plaintext, md5 hash or SCRAM verifier
-    size: int
-    min_size: int
-    mode: PoolMode
-    query_wait_timeout_s: float
-    idle_timeout_s: float
-    lifetime_s: float
-    connect_timeout_s: float
-    login_retry_s: float
-    reset_query: str
-    max_prepared_statements: int
-    tls: ServerTls = NO_TLS
-    credentials: CredentialSource | None = None  # replaces user/secret when set
-    # Multi-host databases (a Topology decides the server): see attach_topology.
-    reader: bool = False  # replicas, balanced, instead of the writer
-    reader_fallback: bool = True
-    max_replica_lag_bytes: int = 0
-    failover_timeout_s: float = 30.0
-    max_scram_iterations: int = DEFAULT_MAX_SERVER_ITERATIONS
-    # Silent servers (see Pool._watch) and kernel dead-peer detection (connect.TcpTuning).
-    query_timeout_s: float = 0.0
-    check_delay_s: float = 30.0
-    check_timeout_s: float = 10.0
-    tcp: TcpTuning = DEFAULT_TCP
+_OPEN = PoolState.OPEN
 
 
 class Pool:
@@ -99,7 +48,7 @@ class Pool:
         self.backends: set[BackendConnection] = set()
         # The logged-in ones by server pid: whose notification is it (BackendConnection._notifier).
         self.by_pid: dict[int, BackendConnection] = {}
-        self.waiters: deque[ClientConnection] = deque()
+        self.waiters: deque[PoolClient] = deque()
         self.total = 0  # connecting + idle + linked + resetting
         self.connecting = 0
         self.generation = 0
@@ -115,7 +64,7 @@ class Pool:
         # SCRAM pass-through: a ClientKey recovered from a client's login, reused for the server.
         self.client_key: bytes | None = None
         self.server_key: bytes | None = None
-        self.closed = False
+        self.state = PoolState.OPEN
         # Named prepared statements shared by this pool's clients (transaction mode).
         self.registry = StatementRegistry(max(1000, 10 * spec.max_prepared_statements))
         self.pinned = 0  # clients holding a backend between transactions (session state)
@@ -147,7 +96,7 @@ class Pool:
 
     # --- hot path ----------------------------------------------------------------------------
 
-    def acquire(self, client: ClientConnection) -> BackendConnection | None:
+    def acquire(self, client: PoolClient) -> BackendConnection | None:
         """A backend for client now, or None after queueing client (FIFO) for the next one."""
         idle = self.idle
         if idle:
@@ -155,7 +104,7 @@ class Pool:
             return idle.pop()
         client.wait_since = self.loop.time()
         self.waiters.append(client)
-        self._maybe_grow()
+        self.maybe_grow()
         return None
 
     def release(self, backend: BackendConnection) -> None:
@@ -174,9 +123,9 @@ class Pool:
             # A client's transaction (or session) ends here; a fresh connection is no transaction.
             self.total_xacts += 1
             self.total_xact_s += now - backend.linked_at
-        if backend.generation != self.generation or self.closed:
+        if backend.generation != self.generation or self.state is not _OPEN:
             backend.close(
-                DisconnectReason.POOL_CLOSED if self.closed else DisconnectReason.FAILOVER
+                DisconnectReason.FAILOVER if self.state is _OPEN else DisconnectReason.POOL_CLOSED
             )
             return
         lifetime = self.spec.lifetime_s
@@ -184,7 +133,7 @@ class Pool:
             backend.close(DisconnectReason.LIFETIME)
             return
         if backend.state != BackendState.IDLE:
-            backend.to(BackendState.IDLE)
+            backend.to_idle()
         waiters = self.waiters
         while waiters:
             client = waiters.popleft()
@@ -199,7 +148,7 @@ class Pool:
         backend.parked = True  # see BackendConnection._notifier
         self.idle.append(backend)
 
-    def forget_waiter(self, client: ClientConnection) -> None:
+    def forget_waiter(self, client: PoolClient) -> None:
         """Drop a departed waiter now rather than when it reaches the head of the queue."""
         with contextlib.suppress(ValueError):
             self.waiters.remove(client)
@@ -207,12 +156,9 @@ class Pool:
     # --- connections -------------------------------------------------------------------------
 
     def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
-        self.total -= 1
         self.backends.discard(backend)
         if self.by_pid.get(backend.pid) is backend:
             del self.by_pid[backend.pid]
-        if self.budget is not None:
-            self.budget.released(self)
         if self.topology is not None:
             by_address = self.by_address
             left = by_address.get(backend.address, 0) - 1
@@ -224,80 +170,60 @@ class Pool:
                 # A server connection died: maybe its server did; look now, not in a second.
                 self.topology.suspect()
         self.server_disconnects[backend.close_reason or DisconnectReason.BACKEND_FAILED] += 1
+        if prev == BackendState.CONNECTING or prev == BackendState.LOGIN:
+            # Not logged in: the slot is its connect's, to retry in or to free (_connect).
+            return
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self)
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
-        self._maybe_grow()
+        self.maybe_grow()
 
-    def _maybe_grow(self) -> None:
+    def maybe_grow(self) -> None:
         """Open a connection for queued clients, unless the server just refused one."""
         if (
             self.waiters
-            and not self.closed
+            and self.state is _OPEN
             and self.total < self.spec.size
             and self.loop.time() - self.last_connect_failure_at >= self.spec.login_retry_s
-            and (self.topology is None or self._pick_address() is not None)
+            and (self.topology is None or self.pick_address() is not None)
             and (self.budget is None or self.budget.allows(self))
         ):
-            self._launch()
+            self.launch()
 
-    def _launch(self) -> None:
+    def launch(self) -> None:
         self.total += 1
         self.connecting += 1
         self.spawn(self._connect(), "connect")
 
     async def _connect(self) -> None:
-        spec = self.spec
-        creds = spec.credentials
-        slot_held = True  # the slot _launch took; a failed attempt's backend gives it back
+        """Open one server connection in the slot launch took.
+
+        The slot is this task's until a backend has logged in (the backend owns it from then
+        on, see backend_closed) or the task gives up: a login the server refuses and the retry
+        with fresh credentials run in that one slot, so a rotation never opens more server
+        connections than the pool's size, nor frees a slot for a login with the stale password.
+        """
         task = asyncio.current_task()
         if task is not None:
             # retire() cancels connects of an older generation (a hung old writer must not
             # hold slots that the new one needs).
             self._connect_tasks[task] = self.generation
         try:
-            attempts = [(spec.user, spec.secret) if creds is None else await creds.current()]
-            i = 0
-            while True:
-                user, secret = attempts[i]
-                slot_held = False
-                try:
-                    backend = await self._attempt(user, secret)
-                    if i and creds is not None and secret is not None:
-                        creds.note_success(user, secret)
-                    break
-                except BackendLoginError as exc:
-                    if creds is None or exc.sqlstate != SqlState.INVALID_PASSWORD:
-                        raise
-                    if i == 0:
-                        # Rotation: the password changed on the server before (AWSPENDING) or
-                        # after (AWSCURRENT) our cached copy; refresh and try those.
-                        assert secret is not None
-                        attempts += await creds.after_auth_failure(secret)
-                    i += 1
-                    if i >= len(attempts):
-                        raise
-                    self.total += 1
-                    slot_held = True
-                    log.info("server login: pool=%s: retrying with fresh credentials", self.name)
-        except (ProxyError, Exception) as exc:
+            backend = await self._log_in()
+        except Exception as exc:
             self.connecting -= 1
-            if slot_held:
-                self.total -= 1
-                if self.budget is not None:
-                    self.budget.released(self)
             if not isinstance(exc, ProxyError):
                 # A bug must not leave queued clients waiting for query_wait_timeout.
-                log.exception("server connect failed unexpectedly: pool=%s", self.name)
-                exc = ProxyError(SqlState.INTERNAL_ERROR, "internal error connecting to server")
+                exc = internal_error(log, "connecting a server for pool %s", self.name)
             self._connect_failed(exc)
+            self._free_slot()
             return
         except BaseException:
             self.connecting -= 1
-            if slot_held:
-                self.total -= 1
-            if self.budget is not None:
-                self.budget.released(self)
+            self._free_slot()
             raise
         finally:
             if task is not None:
@@ -313,16 +239,48 @@ class Pool:
         self._wake_params_waiters(None)
         self.release(backend)
 
+    async def _log_in(self) -> BackendConnection:
+        """A logged-in backend, retrying with refreshed credentials when the server refuses
+        the password it was given."""
+        spec = self.spec
+        creds = spec.credentials
+        if creds is None:
+            return await self._attempt(spec.user, spec.secret)
+        user, secret = await creds.current()
+        try:
+            return await self._attempt(user, secret)
+        except BackendLoginError as exc:
+            if exc.sqlstate != SqlState.INVALID_PASSWORD:
+                raise
+            refused = exc
+        # Rotation: the password changed on the server before (AWSPENDING) or after
+        # (AWSCURRENT) our cached copy; refresh and try those.
+        for user, fresh in await creds.after_auth_failure(secret):
+            log.info("server login: pool=%s: retrying with fresh credentials", self.name)
+            try:
+                backend = await self._attempt(user, fresh)
+            except BackendLoginError as exc:
+                if exc.sqlstate != SqlState.INVALID_PASSWORD:
+                    raise
+                refused = exc
+                continue
+            creds.note_success(user, fresh)
+            return backend
+        raise refused
+
+    def _free_slot(self) -> None:
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self)
+        self.maybe_grow()
+
     async def _attempt(self, user: str, secret: str | None) -> BackendConnection:
-        """Connect and log in one backend; on failure it is closed (giving its slot back)."""
+        """Connect and log in one backend; on failure it is closed (the slot stays _connect's)."""
         spec = self.spec
         backend = BackendConnection(self, self.generation)
         if self.topology is not None:
-            address = self._pick_address()
+            address = self.pick_address()
             if address is None:
-                self.total -= 1  # no backend took the slot
-                if self.budget is not None:
-                    self.budget.released(self)
                 raise ProxyError(
                     SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
                     f"no usable server for pool {self.name}: {self.topology.describe()}",
@@ -365,7 +323,7 @@ class Pool:
                     f"could not connect to the server at {host}:{port}: {exc.strerror or exc}",
                 ) from None
         except BaseException:
-            # connection_lost may already have closed it and released its slot.
+            # connection_lost may already have closed it.
             if backend.state != BackendState.CLOSED:
                 backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
             raise
@@ -402,7 +360,7 @@ class Pool:
         """The server's reported settings, connecting a first backend if none is known yet."""
         waited_s = 0.0
         while self.server_params is None:
-            if self.paused:
+            if self.state is PoolState.PAUSED:
                 # PAUSE/KILL/drain: no server connection opens; the login waits like a queued
                 # transaction would.
                 timeout = self.spec.query_wait_timeout_s
@@ -419,7 +377,7 @@ class Pool:
                 topo is not None
                 and self.connecting == 0
                 and (
-                    self._pick_address() is None
+                    self.pick_address() is None
                     or self.loop.time() - self.last_connect_failure_at < self.spec.login_retry_s
                 )
             ):
@@ -457,7 +415,7 @@ class Pool:
             if self.connecting == 0:
                 if self.total >= self.spec.size:
                     raise ProxyError(SqlState.CONNECTION_FAILURE, "pool has no usable server")
-                self._launch()
+                self.launch()
             await fut
         return self.server_params
 
@@ -474,179 +432,21 @@ class Pool:
 
     # --- janitor -----------------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Periodic upkeep: waiter timeouts, idle timeout, lifetime and the minimum size."""
-        spec = self.spec
-        timeout = spec.query_wait_timeout_s
-        waiters = self.waiters
-        while waiters:
-            head = waiters[0]
-            if not head.is_waiting():
-                waiters.popleft()
-                continue
-            if timeout and now - head.wait_since >= timeout:
-                waiters.popleft()
-                head.pool_failed(
-                    ProxyError(
-                        SqlState.QUERY_CANCELED,
-                        f"query_wait_timeout: no server connection became free within "
-                        f"{timeout:g}s (pool {self.name}, size {spec.size})",
-                        hint="Raise pool.default_pool_size or pool.query_wait_timeout_s, or "
-                        "shorten transactions.",
-                    ),
-                    reason=DisconnectReason.POOL_TIMEOUT,
-                )
-                continue
-            if (
-                self.topology is not None
-                and now - head.wait_since >= spec.failover_timeout_s
-                and (
-                    self._pick_address() is None
-                    or (
-                        self.last_connect_error is not None
-                        and self.last_connect_failure_at >= head.wait_since
-                    )
-                )
-            ):
-                waiters.popleft()
-                what = "replica or writer" if spec.reader else "writer"
-                head.pool_failed(
-                    ProxyError(
-                        SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                        f"no {what} for pool {self.name} could be reached within "
-                        f"{spec.failover_timeout_s:g}s (topology.failover_timeout_s); servers: "
-                        f"{self.topology.describe()}",
-                        hint="Retry later; the proxy keeps probing every host.",
-                    ),
-                    reason=DisconnectReason.BACKEND_CONNECT_FAILED,
-                )
-                continue
-            break
-        for backend in list(self.idle):
-            if spec.lifetime_s and now - backend.created_at > spec.lifetime_s:
-                backend.close(DisconnectReason.LIFETIME)
-            elif (
-                spec.idle_timeout_s
-                and now - backend.idle_since > spec.idle_timeout_s
-                and self.total > spec.min_size
-            ):
-                backend.close(DisconnectReason.IDLE_TIMEOUT)
-        self._watch(now)
-        # Retry for queued clients and refill to the minimum, pacing attempts after a failure.
-        if not self.closed and now - self.last_connect_failure_at >= spec.login_retry_s:
-            if self.connecting == 0:
-                self._maybe_grow()
-            while (
-                self.total < spec.min_size
-                and (self.topology is None or self._pick_address() is not None)
-                and (self.budget is None or self.budget.in_use() < self.budget.limit)
-            ):
-                self._launch()
-
     # --- silent servers ----------------------------------------------------------------------
 
-    def _watch(self, now: float) -> None:
-        """Give up on server connections that owe a reply and send nothing, and check the ones
-        idle in the pool for a while.
+    def _to(self, new: PoolState) -> None:
+        if new not in POOL_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal pool transition {self.state.name} -> {new.name}")
+        self.state = new
 
-        Keepalive and TCP_USER_TIMEOUT find a dead host or a cut path; they cannot find a
-        server (or a middlebox) that keeps the TCP connection alive and answers nothing. Only
-        silence while a reply is owed tells: the janitor samples each connection's byte count,
-        so the hot path pays one integer add per read and no timer.
-        """
-        spec = self.spec
-        for backend in list(self.backends):
-            state = backend.state
-            if state == BackendState.IDLE or state == BackendState.CLOSED:
-                continue
-            if backend.internal_pending:
-                # The proxy's own statements (check, reset, settings replay) are trivial.
-                limit = spec.check_timeout_s
-            else:
-                client = backend.client
-                cs = client.scanner if client is not None else None
-                if (
-                    client is None
-                    or cs is None
-                    or not spec.query_timeout_s
-                    # The proxy's own check is owed, with the client's Sync held behind it.
-                    or (cs.pending <= 0 and not client.is_checking())
-                    # The client is the one talking (COPY FROM STDIN), or not reading what
-                    # the server already sent: the server owes nothing.
-                    or cs.copy_in
-                    or backend.reading_paused
-                ):
-                    backend.silent_since = None
-                    continue
-                limit = spec.query_timeout_s
-            if backend.silent_since is None or backend.rx_bytes != backend.rx_mark:
-                backend.rx_mark = backend.rx_bytes
-                backend.silent_since = now
-            elif now - backend.silent_since >= limit:
-                self._silent(backend, now - backend.silent_since)
-        delay = spec.check_delay_s
-        if delay and not self.closed:
-            for backend in list(self.idle):
-                if now - max(backend.idle_since, backend.checked_at) >= delay:
-                    self.idle.remove(backend)
-                    backend.to(BackendState.RESETTING)
-                    backend.checked_at = now
-                    backend.on_internal_done = self._checked
-                    # An empty query: EmptyQueryResponse + ReadyForQuery, no parse, no snapshot.
-                    backend.send_internal("")
-
-    def _silent(self, backend: BackendConnection, silent_s: float) -> None:
-        internal = bool(backend.internal_pending)
-        client = backend.client
-        what = "the proxy's own statement" if internal else "a query"
-        log.warning(
-            "server silent: pool=%s pid=%s sent nothing for %.1fs while it owed a reply to %s; "
-            "closing it",
-            self.name,
-            backend.pid,
-            silent_s,
-            what,
-            extra={"event": "server_silent", "pool": self.name},
-        )
-        # A live server stops the query (and frees its process); a dead one costs one bounded
-        # attempt (connect_timeout_s).
-        backend.send_cancel()
-        backend.close(
-            DisconnectReason.SERVER_SILENT if internal else DisconnectReason.QUERY_TIMEOUT
-        )
-        if client is None:
-            return
-        if internal:
-            err = ProxyError(
-                SqlState.CONNECTION_FAILURE,
-                f"server connection lost: the server did not answer within "
-                f"{self.spec.check_timeout_s:g}s (pool.server_check_timeout_s)",
-            )
-        else:
-            err = ProxyError(
-                SqlState.QUERY_CANCELED,
-                f"query_timeout: the server sent nothing for {self.spec.query_timeout_s:g}s "
-                "while this query waited (pool.query_timeout_s); the query was cancelled and "
-                "the server connection closed",
-                hint="Retry the transaction; raise pool.query_timeout_s for longer queries.",
-            )
-        client.backend_failed(err)
-
-    def _checked(
-        self, backend: BackendConnection, errors: list[dict[str, str]], rows: object
-    ) -> None:
-        """The idle check answered: back to the pool, keeping its idle time for idle_timeout."""
-        if errors or backend.tx_status != TX_IDLE or backend.state != BackendState.RESETTING:
-            backend.close(DisconnectReason.SERVER_SILENT)
-            return
-        since = backend.idle_since
-        backend.to(BackendState.IDLE)
-        self.release(backend)
-        if backend.client is None and not backend.is_closed():
-            backend.idle_since = since  # back in the idle list, not handed to a waiter
+    @property
+    def paused(self) -> bool:
+        return self.state is PoolState.PAUSED
 
     def close(self) -> None:
-        self.closed = True
+        if self.state is PoolState.CLOSED:
+            return
+        self._to(PoolState.CLOSED)
         self.generation += 1
         for backend in list(self.idle):
             backend.close(DisconnectReason.POOL_CLOSED)
@@ -672,7 +472,7 @@ class Pool:
         for task in list(self._connect_tasks):
             task.cancel()
 
-    def _pick_address(self) -> tuple[str, int] | None:
+    def pick_address(self) -> tuple[str, int] | None:
         """Where the next server connection goes; None while there is nowhere to go."""
         topo = self.topology
         if topo is None or not self.spec.reader:
@@ -708,7 +508,7 @@ class Pool:
         return usable
 
     def _topology_changed(self, topo: Topology) -> None:
-        if self.closed:
+        if self.state is not _OPEN:
             return
         if not self.spec.reader:
             writer: HostState | None = topo.writer
@@ -761,9 +561,13 @@ class Pool:
         """Open connections for as many queued clients as the limits allow."""
         for _ in range(len(self.waiters) - self.connecting):
             before = self.total
-            self._maybe_grow()
+            self.maybe_grow()
             if self.total == before:
                 break
+
+    def tick(self, now: float) -> None:
+        """The janitor's round (pool.health)."""
+        health.tick(self, now)
 
     def stats(self) -> dict[str, int]:
         active = self.total - len(self.idle) - self.connecting
@@ -778,10 +582,7 @@ class Pool:
             "prepared_statements": len(self.registry.by_key),
         }
 
-    # --- lifecycle: reload, PAUSE/RESUME (pgpool_proxy.lifecycle, the admin console) -----------
-
-    # Set by pause(): new transactions queue and no server connection is opened until resume().
-    paused = False
+    # --- lifecycle: reload, PAUSE/RESUME (runtime.lifecycle, the admin console) ----------------
 
     def reconfigure(self, spec: PoolSpec) -> None:
         """Adopt a reloaded spec. When the server identity changed, current backends retire:
@@ -803,27 +604,27 @@ class Pool:
                 if self.total <= spec.size:
                     break
                 backend.close(DisconnectReason.POOL_CLOSED)
-        if not self.paused:
-            self._maybe_grow()  # a larger pool serves its queue at once
+        if self.state is _OPEN:
+            self.maybe_grow()  # a larger pool serves its queue at once
 
     def pause(self) -> None:
         """Stop handing out servers: idle ones close now, busy ones when released, and new
         transactions wait in the queue (bounded by query_wait_timeout_s)."""
-        self.paused = True
-        self.closed = True
+        if self.state is not _OPEN:
+            return
+        self._to(PoolState.PAUSED)
         self.retire(DisconnectReason.POOL_CLOSED)
 
     def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        self.closed = False
+        if self.state is not PoolState.PAUSED:
+            return  # open already, or closed for good
+        self._to(PoolState.OPEN)
         self.last_connect_failure_at = -1e9
         if self.topology is not None:
             # Writer changes were ignored while paused (closed): catch up first.
             self._topology_changed(self.topology)
         for _ in range(len(self.waiters)):
             before = self.total
-            self._maybe_grow()
+            self.maybe_grow()
             if self.total == before:
                 break

@@ -13,8 +13,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..auth.server_login import server_sqlstate
 from ..errors import DisconnectReason, ProxyError, SqlState
-from ..pool.backend import BackendConnection, BackendState, server_sqlstate
+from ..pool.backend import BackendConnection, BackendState
 from ..protocol.constants import TRACKED_PARAMS, TX_IDLE
 from .state import check_sql
 
@@ -100,7 +101,6 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
     if not pool.idle:
         return {}
     backend = pool.idle.pop()
-    backend.to(BackendState.RESETTING)
     fut: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
     fut = pool.loop.create_future()
 
@@ -115,16 +115,14 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
             return
         # A refused value is an answer, not a fault of the server connection.
         if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
-            b.to(BackendState.IDLE)
+            b.to_idle()
             pool.release(b)
         else:
             b.close(DisconnectReason.RESET_FAILED)
         if not fut.done():
             fut.set_result((errors, rows))
 
-    backend.on_internal_done = done
-    for k, v in items:
-        backend.send_internal(check_sql(k, v))
+    backend.run_own([check_sql(k, v) for k, v in items], done)
     try:
         answer = await asyncio.wait_for(fut, pool.spec.check_timeout_s or None)
     except TimeoutError:

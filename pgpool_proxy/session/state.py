@@ -88,7 +88,7 @@ _SEED = secrets.SystemRandom()
 # session) or a replay be refused. SET LOCAL lasts for the implicit transaction of the one Query.
 UNTIMED_STATEMENTS = ("SET LOCAL statement_timeout = 0", "SET LOCAL lock_timeout = 0")
 UNTIMED = "; ".join(UNTIMED_STATEMENTS) + "; "
-# The same in an extended-protocol batch (BackendConnection.send_internal_statements), which is
+# The same in an extended-protocol batch (BackendConnection.run_own with batch), which is
 # no transaction block: there SET LOCAL draws a WARNING in the server's log each time, and
 # set_config(..., true) does not. Its row has two columns, which read_probe passes over.
 UNTIMED_EXTENDED = (

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pgpool_proxy.tls_material import CertFiles
+from pgpool_devkit.tls_material import CertFiles
 from tests.support.fake_sts import FakeSts
 from tests.support.tlsfiles import TlsDir
 

@@ -12,7 +12,7 @@ import boto3
 import pytest
 
 from pgpool_proxy.aws.discovery import AuroraDiscovery, DiscoveryError
-from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.runtime.server import ProxyServer
 from tests.aws.conftest import REGION
 from tests.support.cluster import DBNAME, PASSWORD, USER, ReplicatedCluster
 from tests.support.proxy import ProxyThread

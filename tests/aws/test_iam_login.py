@@ -18,9 +18,9 @@ import psycopg
 import pytest
 from botocore.credentials import Credentials
 
+from pgpool_devkit.tls_material import CertFiles
 from pgpool_proxy.aws.sigv4 import make_sts_token
 from pgpool_proxy.cli import main as cli_main
-from pgpool_proxy.tls_material import CertFiles
 from tests.aws.conftest import ENDPOINT_HOST, ENDPOINT_PORT, REGION, STS_KEYS, tls_section
 from tests.support.fake_sts import FakeSts
 from tests.support.pg import LocalPostgres

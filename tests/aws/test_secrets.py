@@ -14,7 +14,7 @@ import boto3
 import pytest
 
 from pgpool_proxy.aws.secrets import DbCredentials, SecretError, parse_db_secret
-from pgpool_proxy.services import StartupError
+from pgpool_proxy.runtime.services import StartupError
 from tests.aws.conftest import REGION
 from tests.support.pg import LocalPostgres, quote_literal
 from tests.support.proxy import ProxyThread, make_config

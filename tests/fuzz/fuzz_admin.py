@@ -13,7 +13,7 @@ from tests.fuzz._common import instrumented, main
 with instrumented(
     "pgpool_proxy.admin.commands",
     "pgpool_proxy.admin.settings",
-    "pgpool_proxy.config_schema",
+    "pgpool_proxy.config",
 ):
     from pgpool_proxy.admin.commands import CommandError, parse_command, split_statements
     from pgpool_proxy.admin.settings import set_setting

@@ -8,17 +8,7 @@ from __future__ import annotations
 
 from tests.fuzz._common import instrumented, main
 
-with instrumented(
-    "pgpool_proxy.config",
-    "pgpool_proxy.config_schema",
-    "pgpool_proxy.config_security",
-    "pgpool_proxy.config_topology",
-    "pgpool_proxy.config_admin",
-    "pgpool_proxy.config_metrics",
-    "pgpool_proxy.config_envrefs",
-):
-    import pgpool_proxy.config_envrefs
-    import pgpool_proxy.config_schema  # noqa: F401  (imported by build_config on first use)
+with instrumented("pgpool_proxy.config"):  # the package: every module of the loader
     from pgpool_proxy.config import ConfigError, parse_config
 
 EXPECTED = (ConfigError,)

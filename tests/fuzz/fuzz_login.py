@@ -24,12 +24,12 @@ with instrumented(
     "pgpool_proxy.session.login",
     "pgpool_proxy.protocol.messages",
     "pgpool_proxy.auth",
-    "pgpool_proxy.endpoint",
+    "pgpool_proxy.net.endpoint",
 ):
     from pgpool_proxy.auth.iam import IamError, IamIdentity, parse_token, precheck
     from pgpool_proxy.auth.scram import ScramVerifier
     from pgpool_proxy.config import parse_config
-    from pgpool_proxy.endpoint import EndpointClosed
+    from pgpool_proxy.net.endpoint import EndpointClosed
     from pgpool_proxy.protocol import messages as m
     from pgpool_proxy.session.client import ClientConnection
     from pgpool_proxy.session.login import run_login

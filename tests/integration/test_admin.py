@@ -479,8 +479,8 @@ async def test_console_bounds_what_one_query_may_cost(
 async def test_unexpected_console_failures_are_reported(
     start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pgpool_proxy import lifecycle
     from pgpool_proxy.admin import console as console_module
+    from pgpool_proxy.runtime import lifecycle
 
     def broken(_server: object) -> object:
         raise RuntimeError("boom")
@@ -628,7 +628,7 @@ async def test_reload_keeps_a_databases_forced_user(pg: LocalPostgres, tmp_path:
 
 
 async def test_drain_holds_new_pools_and_refuses_resume(start_proxy: StartProxy) -> None:
-    from pgpool_proxy import lifecycle
+    from pgpool_proxy.runtime import lifecycle
 
     proxy = start_proxy(admin=ADMIN, proxy={"shutdown_timeout_s": 10})
     busy = await app(proxy)

@@ -24,8 +24,8 @@ import asyncpg
 import pytest
 
 from pgpool_proxy.errors import DisconnectReason
-from pgpool_proxy.lifecycle import apply_config
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.runtime.lifecycle import apply_config
 from tests.support.chaos import ChaosRelay, Mode
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy, make_config

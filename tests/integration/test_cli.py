@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import signal
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pgpool_proxy.cli import build_parser
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
 
@@ -68,10 +71,13 @@ def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float) -> re
     raise AssertionError(f"{pattern!r} not seen; output:\n{''.join(seen)}")
 
 
-def test_run_serves_and_stops_on_sigterm(pg: LocalPostgres, tmp_path: Path) -> None:
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_run_serves_and_stops_on_sigterm(
+    pg: LocalPostgres, tmp_path: Path, log_format: str
+) -> None:
     cfg = tmp_path / "proxy.toml"
     cfg.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:0"\n'
+        f'[proxy]\nlisten = "127.0.0.1:0"\nlog_format = "{log_format}"\n'
         f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
         f'[[users]]\nname = "alice"\npassword_env = "ALICE_PW"\n'
     )
@@ -107,12 +113,126 @@ def test_run_serves_and_stops_on_sigterm(pg: LocalPostgres, tmp_path: Path) -> N
             env={**os.environ, "PGPASSWORD": PASSWORDS["alice"], "PGSSLMODE": "disable"},
         )
         assert out.stdout.strip() == "through the proxy", out.stderr
+        # Either format names the event: text as key=value, JSON as a key of its own.
+        login = _read_until(proc, r"^.*client login: .*$", 10).group(0)
+        if log_format == "text":
+            assert login.endswith(" user=alice db=app mode=transaction event=client_connect")
+        else:
+            record = json.loads(login)
+            assert (record["event"], record["user"], record["db"]) == (
+                "client_connect",
+                "alice",
+                "app",
+            )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _busy_port() -> socket.socket:
+    """A listening socket on 127.0.0.1 holding a free port (close it when done)."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    return busy
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    """The operator error: exit status 1, no traceback, exactly one line of stderr naming it
+    (log lines before it, such as "starting", are allowed)."""
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [line for line in out.stderr.splitlines() if all(f in line for f in fragments)]
+    assert len(lines) == 1, out.stderr
+    errors = [line for line in out.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) <= 1, out.stderr
+    return lines[0]
+
+
+def _config(tmp_path: Path, *, listen_port: int = 0, workers: int = 1, extra: str = "") -> Path:
+    cfg = tmp_path / "proxy.toml"
+    cfg.write_text(
+        f'[proxy]\nlisten = "127.0.0.1:{listen_port}"\nworkers = {workers}\n'
+        '[[databases]]\nname = "app"\nhost = "127.0.0.1"\nport = 1\n'
+        '[[users]]\nname = "alice"\npassword = "secret"\n'
+        f"{extra}"
+    )
+    return cfg
+
+
+def _run(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# With workers the supervisor reserves both ports before forking; alone, the server binds them.
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("which", ["listen", "metrics"])
+def test_run_with_a_port_in_use_says_so_in_one_line(
+    tmp_path: Path, workers: int, which: str
+) -> None:
+    with _busy_port() as busy:
+        port = busy.getsockname()[1]
+        if which == "listen":
+            cfg = _config(tmp_path, listen_port=port, workers=workers)
+        else:
+            metrics = f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            cfg = _config(tmp_path, workers=workers, extra=metrics)
+        out = _run("run", "--config", str(cfg))
+    line = _one_line_error(out, "cannot start:")
+    assert str(port) in line and "address already in use" in line, out.stderr
+
+
+def test_run_with_unusable_tls_files_says_so_in_one_line(tmp_path: Path) -> None:
+    cert, key = tmp_path / "proxy.crt", tmp_path / "proxy.key"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    tls = f'[client_tls]\nmode = "require"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+    out = _run("run", "--config", str(_config(tmp_path, extra=tls)))
+    line = _one_line_error(out, "cannot start:")
+    assert "client_tls" in line and str(cert) in line, out.stderr
+
+
+@pytest.mark.parametrize("what", ["missing", "directory", "not utf-8", "not toml"])
+def test_run_and_check_config_with_an_unreadable_file_say_so_in_one_line(
+    tmp_path: Path, what: str
+) -> None:
+    path = tmp_path / "proxy.toml"
+    if what == "directory":
+        path.mkdir()
+    elif what == "not utf-8":
+        path.write_bytes(b"\xff\xfe[proxy]\n")
+    elif what == "not toml":
+        path.write_text("[proxy\n")
+    for args in (["run", "--config", str(path)], ["check-config", str(path)]):
+        out = _run(*args)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+        assert out.stderr.startswith(f"{path}: "), out.stderr
+
+
+def test_demo_with_no_postgresql_binaries_says_so_in_one_line(tmp_path: Path) -> None:
+    out = _run("demo", "--port", "0", env={**os.environ, "PGPOOL_PG_BINDIR": str(tmp_path)})
+    line = _one_line_error(out, "PGPOOL_PG_BINDIR")
+    assert "has no executable initdb" in line and line.startswith("pgpool-proxy demo: ")
+    assert out.stderr.strip() == line
+
+
+def test_every_command_has_a_description_and_option_help() -> None:
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"run", "check-config", "demo", "token", "healthcheck"}
+    for name, sub in commands.choices.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+    out = _run("demo", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "PGPOOL_PG_BINDIR" in out.stdout and "pgpool-proxy[embedded]" in out.stdout
 
 
 @pytest.mark.slow
@@ -134,14 +254,22 @@ def test_demo_refuses_a_bad_log_level_and_a_busy_port() -> None:
 
 
 def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
+    # The binaries the demo runs are the ones PGPOOL_PG_BINDIR names, and it says so.
+    bindir = str(pg.source_bindir)
     proc = subprocess.Popen(
         [*CLI, "demo", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env={**os.environ, "PGPOOL_PG_BINDIR": bindir},
     )
     try:
-        url = _read_until(proc, r"psql '(postgresql://[^']+)'", 90).group(1)
+        binaries = _read_until(proc, r"binaries: (\S+) \(found by ([^;,]+)", 30)
+        assert binaries.groups() == (bindir, "PGPOOL_PG_BINDIR")
+        version = _read_until(proc, r"serving PostgreSQL (\d+)\.(\d+) ", 90).groups()
+        num = pg.version()
+        assert (int(version[0]), int(version[1])) == (num // 10000, num % 10000)
+        url = _read_until(proc, r"psql '(postgresql://[^']+)'", 5).group(1)
         admin = _read_until(proc, r"admin: +psql '(postgresql://[^']+)'", 5).group(1)
         metrics = _read_until(proc, r"metrics: +curl (http://\S+)", 5).group(1)
         server = _read_until(proc, r"server: +127\.0\.0\.1:(\d+) \(data in (.+)\)", 5)

@@ -49,7 +49,8 @@ EXTENDED_TEXTS = [
     ("SELECT 1/0", 0),
     ("SELECT * FROM no_such_table", 0),
     # nullif: a custom setting another client set and reset reads as '' where a fresh session
-    # reads NULL (PostgreSQL keeps the placeholder for the session's life; README, known limits).
+    # reads NULL (PostgreSQL keeps the placeholder for the session's life; docs/behaviour.md,
+    # known limits).
     ("SELECT nullif(current_setting('app.x', true), '')", 0),
     ("SET app.x = 'ext'", 0),
     ("SELECT set_config('app.x', $1, false)", 1),

@@ -259,7 +259,7 @@ class _Login:
 
 async def test_a_host_that_stays_down_is_probed_at_the_steady_pace(pg: LocalPostgres) -> None:
     from pgpool_proxy.config import TopologySettings
-    from pgpool_proxy.pool.connect import NO_TLS
+    from pgpool_proxy.net.connect import NO_TLS
     from pgpool_proxy.pool.monitor import TopologyMonitor
     from pgpool_proxy.pool.topology import Topology
 

@@ -634,7 +634,8 @@ async def copy_both(
     strict=True,
     reason="only a Describe of the statement tells the proxy what the client was told; "
     "libpq's PQexecPrepared (psycopg 3, pgbench -M prepared) describes the portal, so the "
-    "statement is prepared again unchecked and runs with the new result (README, Limitations)",
+    "statement is prepared again unchecked and runs with the new result (docs/behaviour.md, "
+    "known limits)",
 )
 async def test_statement_described_only_through_its_portal(
     pg: LocalPostgres, start_proxy: StartProxy

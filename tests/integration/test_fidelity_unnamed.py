@@ -349,7 +349,8 @@ async def test_session_mode_named_and_unnamed_mixed(
         r = await x.roundtrip(a, x.bind(""), x.execute(), x.bind("s2"), x.execute(), x.SYNC)
         out.append(settled(r))
         # The RESET in a batch of its own: the proxy restores the startup value after the
-        # transaction (README, known limits), so inside it the setting reads the server's default.
+        # transaction (docs/behaviour.md, known limits), so inside it the setting reads the
+        # server's default.
         out.append(settled(await x.roundtrip(a, x.bind("s3"), x.execute(), x.SYNC)))
         out.append(settled(await x.roundtrip(a, x.bind("s2"), x.execute(), x.SYNC)))
         out.append(await a.simple_query(READ_SESSION))

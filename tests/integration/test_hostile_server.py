@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from pgpool_proxy.auth.scram import MAX_MESSAGE_SIZE
-from pgpool_proxy.pool.backend import MAX_LOGIN_MESSAGES, MAX_SERVER_PARAMS
+from pgpool_proxy.auth.server_login import MAX_LOGIN_MESSAGES, MAX_SERVER_PARAMS
 from pgpool_proxy.protocol import messages as m
 from tests.support.hostile_server import (
     READY,

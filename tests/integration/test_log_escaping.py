@@ -63,6 +63,16 @@ def test_text_formatter_keeps_records_on_one_line() -> None:
     assert "mallory\\n2026-12-02" in line
 
 
+def test_text_formatter_ends_a_line_with_its_event() -> None:
+    record = logging.makeLogRecord({"msg": "client login: x", "event": "client_connect"})
+    assert TextFormatter("%(message)s").format(record) == "client login: x event=client_connect"
+    # An event is the proxy's own word, but it is escaped like the rest of the line.
+    record = logging.makeLogRecord({"msg": "m", "event": "a\nb"})
+    assert TextFormatter("%(message)s").format(record) == "m event=a\\nb"
+    plain = logging.makeLogRecord({"msg": "no event here"})
+    assert TextFormatter("%(message)s").format(plain) == "no event here"
+
+
 @pytest.mark.parametrize("database", [DATABASE, "app"], ids=["bad-db", "good-db"])
 async def test_client_strings_cannot_forge_log_lines(
     start_proxy: StartProxy, logs: tuple[io.StringIO, io.StringIO], database: str

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from botocore.credentials import Credentials
 
+from pgpool_devkit.tls_material import CertFiles
 from pgpool_proxy.aws.sigv4 import make_rds_token, make_sts_token
-from pgpool_proxy.cli import JsonFormatter
-from pgpool_proxy.tls_material import CertFiles
+from pgpool_proxy.cli import JsonFormatter, TextFormatter
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
@@ -51,7 +51,7 @@ def captured() -> Iterator[Captured]:
     """Every pgpool_proxy log record at DEBUG, through the text and the JSON formatter."""
     cap = Captured()
     text = logging.StreamHandler(cap.text)
-    text.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    text.setFormatter(TextFormatter("%(levelname)s %(name)s: %(message)s"))
     js = logging.StreamHandler(cap.json)
     js.setFormatter(JsonFormatter())
     logger = logging.getLogger("pgpool_proxy")
@@ -162,6 +162,12 @@ async def test_connect_and_disconnect_lines_are_structured(
     gone = next(r for r in disconnects if r["reason"] == "client_terminate")
     assert gone["addr"] == connects[0]["addr"] and gone["user"] == "alice"
     assert all(r["level"] and r["logger"].startswith("pgpool_proxy") for r in captured.records())
+    # The text format names the same events (key=value at the end of the line).
+    lines = captured.text.getvalue().splitlines()
+    (login,) = [line for line in lines if "client login:" in line]
+    assert login.endswith(" event=client_connect") and "user=alice db=app" in login
+    closed = [line for line in lines if "client closed:" in line]
+    assert len(closed) == 2 and all(line.endswith(" event=client_disconnect") for line in closed)
 
 
 async def test_pool_error_line(start_proxy: StartProxy, captured: Captured) -> None:

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgpool_proxy.runtime.server import ServerState
 from tests.support.pg import LocalPostgres, find_pg_bindir
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.waits import wait_for, wait_for_sync
@@ -110,7 +111,7 @@ async def test_transactions_queries_and_clients(mproxy: ProxyThread) -> None:
     assert delta("pgpool_proxy_transactions_total", **APP) == 30
     # BEGIN, two statements and COMMIT per transaction, each ending with ReadyForQuery.
     assert delta("pgpool_proxy_queries_total", **APP) >= 4 * 30
-    assert delta("pgpool_proxy_client_logins_total") == 3
+    assert delta("pgpool_proxy_client_logins_total", kind="pool") == 3
     assert delta("pgpool_proxy_client_accepted_total") == 3
     assert delta("pgpool_proxy_client_disconnects_total", reason="client_terminate") == 3
     assert value(after, "pgpool_proxy_transaction_seconds_total", **APP) >= 0
@@ -201,7 +202,30 @@ async def test_auth_failures_by_reason(mproxy: ProxyThread) -> None:
     assert delta("pgpool_proxy_auth_failures_total", reason="unknown_user") == 1
     assert delta("pgpool_proxy_auth_failures_total", reason="iam") == 0
     assert delta("pgpool_proxy_client_disconnects_total", reason="auth_failed") == 2
-    assert delta("pgpool_proxy_client_logins_total") == 0
+    assert delta("pgpool_proxy_client_logins_total", kind="pool") == 0
+    assert delta("pgpool_proxy_client_logins_total", kind="admin") == 0
+
+
+async def test_admin_console_logins_are_counted_apart(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(metrics=METRICS, admin={"admin_users": ["alice"]})
+    before = scrape(proxy)
+    async with await psycopg.AsyncConnection.connect(
+        proxy.dsn("alice", "pgbouncer"), autocommit=True
+    ) as console:
+        await console.execute("SHOW VERSION")
+    # Authenticated but not an admin: refused by the console, so not a login.
+    with pytest.raises(psycopg.OperationalError, match="not allowed to use the admin console"):
+        await psycopg.AsyncConnection.connect(proxy.dsn("bob", "pgbouncer"))
+    conn = await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    await conn.close()
+    after = scrape(proxy)
+
+    def delta(**labels: str) -> float:
+        name = "pgpool_proxy_client_logins_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta(kind="admin") == 1
+    assert delta(kind="pool") == 1
 
 
 async def test_disconnect_reasons(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
@@ -333,14 +357,15 @@ def test_readyz_reports_draining_and_unknown_writer(mproxy: ProxyThread) -> None
     def set_attr(name: str, val: Any) -> None:
         mproxy.call(lambda: setattr(server, name, val))
 
-    set_attr("draining", True)
+    # The state alone, not a drain: the listener stays open for the probes below.
+    set_attr("state", ServerState.DRAINING)
     try:
         status, _, body = get(mproxy, "/readyz")
         assert (status, body) == (503, "draining (shutting down)\n")
         assert get(mproxy, "/healthz")[0] == 200
         assert value(scrape(mproxy), "pgpool_proxy_ready") == 0
     finally:
-        set_attr("draining", False)
+        set_attr("state", ServerState.SERVING)
     # A tracked database whose writer is not known (yet, or during a failover).
     lost = types.SimpleNamespace(name="app", writer=None, failovers=2, hosts=[])
     set_attr("topologies", {"app": lost})

@@ -70,7 +70,7 @@ async def test_scrape_sees_every_worker(supervised: Supervised) -> None:
     dsn = f"postgresql://alice:{PASSWORDS['alice']}@127.0.0.1:{supervised.port}/app"
     status, body = supervised.get("/metrics")
     assert status == 200
-    logins_before = per_worker(body, "pgpool_proxy_client_logins_total")
+    logins_before = per_worker(body, "pgpool_proxy_client_logins_total", kind="pool")
     assert set(logins_before) == {"0", "1"}
 
     # Enough connections that SO_REUSEPORT spreads them over both workers.
@@ -92,7 +92,7 @@ async def test_scrape_sees_every_worker(supervised: Supervised) -> None:
         await asyncio.gather(*(c.close() for c in conns))
 
     status, body = supervised.get("/metrics")
-    logins = per_worker(body, "pgpool_proxy_client_logins_total")
+    logins = per_worker(body, "pgpool_proxy_client_logins_total", kind="pool")
     gained = {w: logins[w] - logins_before.get(w, 0) for w in logins}
     assert sum(gained.values()) == 24
     assert all(n > 0 for n in gained.values()), f"one worker got no clients: {gained}"
@@ -130,7 +130,8 @@ def test_a_stuck_worker_shows_as_down(supervised: Supervised) -> None:
         up = per_worker(answered[1], "pgpool_proxy_worker_up")
         assert sorted(up.values()) == [0.0, 1.0]
         silent = next(w for w, v in up.items() if v == 0)
-        assert silent not in per_worker(answered[1], "pgpool_proxy_client_logins_total")
+        logins = per_worker(answered[1], "pgpool_proxy_client_logins_total", kind="pool")
+        assert silent not in logins
         status, body = 0, ""
         for _ in range(20):
             try:

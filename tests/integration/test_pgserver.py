@@ -1,4 +1,4 @@
-"""Integration tests for pgpool_proxy.pgserver against real PostgreSQL servers."""
+"""Integration tests for pgpool_devkit.pgserver against real PostgreSQL servers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pgpool_proxy.pgserver.binaries import _install_reachable, _resolve_account
+from pgpool_devkit.pgserver.binaries import _install_reachable, _resolve_account
 from tests.support.pg import (
     LocalPostgres,
     PgServerError,

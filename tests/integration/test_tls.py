@@ -13,8 +13,8 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgpool_devkit.tls_material import CertFiles
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.tls_material import CertFiles
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy, make_config
 from tests.support.robustness import proxy_client_count

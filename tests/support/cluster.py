@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pgpool_devkit.pgserver import ReplicatedCluster as _Cluster
 from pgpool_proxy.config import Config, build_config
-from pgpool_proxy.pgserver import ReplicatedCluster as _Cluster
 
 USER, PASSWORD, DBNAME = "alice", "alice-pw", "app"
 

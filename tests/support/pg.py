@@ -1,8 +1,8 @@
-"""Re-exports for tests that run against a real, throwaway PostgreSQL (pgpool_proxy.pgserver)."""
+"""Re-exports for tests that run against a real, throwaway PostgreSQL (pgpool_devkit.pgserver)."""
 
 from __future__ import annotations
 
-from pgpool_proxy.pgserver import (
+from pgpool_devkit.pgserver import (
     HOST,
     LocalPostgres,
     PgServerError,

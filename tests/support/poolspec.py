@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgpool_proxy.config import PoolMode
-from pgpool_proxy.pool.pool import PoolSpec
+from pgpool_proxy.pool.spec import PoolSpec
 
 
 def pool_spec(**overrides: Any) -> PoolSpec:

@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 import uvloop
 
+from pgpool_proxy.admin import HOOKS
 from pgpool_proxy.config import Config, build_config
-from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.runtime.server import ProxyServer
 
 from .pg import LocalPostgres
 
@@ -76,7 +77,7 @@ class ProxyThread:
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
-        self.server = self.server_class(self.config)
+        self.server = self.server_class(self.config, admin=HOOKS)
         await self.server.start()
         self._ready.set()
         await self._stopped.wait()

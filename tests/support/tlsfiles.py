@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pgpool_proxy.tls_material import CertFiles, ThrowawayCA
+from pgpool_devkit.tls_material import CertFiles, ThrowawayCA
 
 
 class TlsDir:

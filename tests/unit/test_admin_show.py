@@ -9,8 +9,9 @@ from pgpool_proxy.admin import show
 from pgpool_proxy.admin.commands import CommandError
 from pgpool_proxy.admin.settings import set_setting, show_config
 from pgpool_proxy.config import build_config
-from pgpool_proxy.server import ProxyServer
-from pgpool_proxy.session.client import ClientConnection, ClientState
+from pgpool_proxy.runtime.server import ProxyServer
+from pgpool_proxy.session.client import ClientConnection
+from pgpool_proxy.session.client_state import ClientState
 
 
 def _server() -> ProxyServer:

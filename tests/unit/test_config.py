@@ -1,4 +1,4 @@
-"""Unit tests for pgpool_proxy.config and pgpool_proxy.config_check (no sockets)."""
+"""Unit tests for the pgpool_proxy.config package, check_config_main included (no sockets)."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from pgpool_proxy.config import (
     ProxySettings,
     UserConfig,
     build_config,
+    check_config_main,
     load_config,
     parse_config,
 )
-from pgpool_proxy.config_check import check_config_main
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "proxy.example.toml"
@@ -621,6 +621,21 @@ def test_password_env_problems() -> None:
         "t.toml: users[0].password_env: environment variable EMPTY_PW is set but empty",
         "t.toml: users[1].password_env: give either password or password_env, not both",
         "t.toml: users[2].password_env: must not be empty",
+    ]
+
+
+def test_admin_user_with_unset_password_env_is_one_problem() -> None:
+    # The user is in [[users]]; only its password is missing, so that is the one problem.
+    problems = problems_of(
+        '[[databases]]\nname = "app"\n'
+        '[[users]]\nname = "alice"\npassword_env = "ALICE_PW"\n'
+        '[admin]\nadmin_users = ["alice"]\nstats_users = ["alice", "bob"]\n',
+        env={},
+    )
+    assert problems == [
+        "t.toml: users[0].password_env: environment variable ALICE_PW is not set",
+        't.toml: admin.stats_users: user "bob" is not in [[users]]; admin users log in like any '
+        "other user",
     ]
 
 

@@ -19,7 +19,7 @@ from pgpool_proxy.auth.iam import (
     precheck,
     rule_allows,
 )
-from pgpool_proxy.auth.iam_cache import IamAuthenticator
+from pgpool_proxy.aws.iam_cache import IamAuthenticator
 from pgpool_proxy.aws.sigv4 import make_rds_token, make_sts_token, signature_matches
 from pgpool_proxy.config import IamSettings
 from tests.support.fake_sts import sigv4_query_signature

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgpool_proxy.admin.metrics import build_registry
 from pgpool_proxy.config import build_config
-from pgpool_proxy.loopwatch import LAG_BOUNDS_S, WARN_EVERY_S, LoopWatch
-from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.runtime.loopwatch import LAG_BOUNDS_S, WARN_EVERY_S, LoopWatch
+from pgpool_proxy.runtime.server import ProxyServer
 from tests.support.waits import wait_for
 
 LOGGER = "pgpool_proxy.loopwatch"

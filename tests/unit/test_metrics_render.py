@@ -27,7 +27,7 @@ from pgpool_proxy.admin.worker_metrics import (
 from pgpool_proxy.cli import JsonFormatter
 from pgpool_proxy.config import ConfigError, build_config
 from pgpool_proxy.counters import WAIT_BOUNDS_S, wait_buckets
-from pgpool_proxy.server import ProxyServer
+from pgpool_proxy.runtime.server import ProxyServer
 
 BASE = {
     "databases": [{"name": "app", "host": "10.0.0.5", "port": 5433}],
@@ -158,7 +158,7 @@ def test_merge_labels_each_worker_and_marks_silent_ones() -> None:
     logins = {
         dict(labels)["worker"]: v
         for (name, labels), v in samples.items()
-        if name == "pgpool_proxy_client_logins_total"
+        if name == "pgpool_proxy_client_logins_total" and ("kind", "pool") in labels
     }
     assert logins == {"0": 0, "1": 5}
     up = {dict(k[1])["worker"]: v for k, v in samples.items() if k[0] == "pgpool_proxy_worker_up"}

@@ -10,6 +10,23 @@ from typing import Any
 
 import pytest
 
+from pgpool_proxy.link.prepared import (
+    A_INJECTED_CLOSE,
+    A_INJECTED_PARSE,
+    A_PARSE,
+    A_SYNTH,
+    A_USE,
+    CLOSE_COMPLETE,
+    PARSE_COMPLETE,
+    Action,
+    ServerStatements,
+    StatementRegistry,
+    Stmt,
+    command_complete,
+    describe_statement,
+    duplicate_parse,
+    rebuilt_bind_head,
+)
 from pgpool_proxy.protocol import messages as m
 from pgpool_proxy.protocol.constants import TX_IDLE, TX_IN_BLOCK
 from pgpool_proxy.protocol.framing import (
@@ -46,23 +63,6 @@ from pgpool_proxy.protocol.units import (
     U_UPARSE,
     U_Z,
     UNIT_STOP,
-)
-from pgpool_proxy.session.prepared import (
-    A_INJECTED_CLOSE,
-    A_INJECTED_PARSE,
-    A_PARSE,
-    A_SYNTH,
-    A_USE,
-    CLOSE_COMPLETE,
-    PARSE_COMPLETE,
-    Action,
-    ServerStatements,
-    StatementRegistry,
-    Stmt,
-    command_complete,
-    describe_statement,
-    duplicate_parse,
-    rebuilt_bind_head,
 )
 
 LIMIT = 1 << 20

@@ -187,3 +187,30 @@ async def test_a_frame_header_alone_does_not_allocate_what_it_claims(
     assert "parameter of 1073741824 bytes" in fields["M"], fields
     assert all(n <= 256 * 1024 for n in asked), max(asked)
     assert await bystander.simple_query("select 1") == [["1"]]
+
+
+async def test_bug_during_login_gives_that_client_xx000(
+    proxy: ProxyThread, logs: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pgpool_proxy.session import login as login_module
+
+    bystander = await _client(proxy)
+    real = login_module._login
+    broken: list[object] = []
+
+    async def buggy(client: ClientConnection) -> None:
+        if not broken:
+            broken.append(client)
+            raise ZeroDivisionError("a bug")
+        await real(client)
+
+    monkeypatch.setattr(login_module, "_login", buggy)
+    victim = await RawClient.connect(proxy.host, proxy.port)
+    fields = await victim.read_error()
+    assert fields["C"] == "XX000" and "during login" in fields["M"], fields
+    assert await victim.closed()
+    records = [r for r in logs.records if "internal error during login" in r.getMessage()]
+    assert records and records[0].exc_info, [r.getMessage() for r in logs.records]
+    assert any("reason=internal_error" in r.getMessage() for r in logs.records)
+    assert await bystander.simple_query("select 1") == [["1"]]
+    assert await (await _client(proxy)).simple_query("select 1") == [["1"]]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pgpool_proxy.endpoint import Endpoint
+from pgpool_proxy.net.endpoint import Endpoint
 from pgpool_proxy.protocol.framing import RecvBuffer, RecvBufferFull
 
 
@@ -169,7 +169,7 @@ def _key(n: int, size: int) -> bytes:
 
 
 def test_registry_keeps_statement_texts_within_its_byte_budget() -> None:
-    from pgpool_proxy.session.prepared import StatementRegistry
+    from pgpool_proxy.link.prepared import StatementRegistry
 
     reg = StatementRegistry(1000)
     budget = 10_000
@@ -188,7 +188,7 @@ def test_registry_keeps_statement_texts_within_its_byte_budget() -> None:
 
 
 def test_server_connections_drop_forgotten_statements_and_close_them() -> None:
-    from pgpool_proxy.session.prepared import ServerStatements, StatementRegistry
+    from pgpool_proxy.link.prepared import ServerStatements, StatementRegistry
 
     reg = StatementRegistry(1000)
     server = ServerStatements(200)
@@ -213,7 +213,7 @@ def test_server_connections_drop_forgotten_statements_and_close_them() -> None:
 
 
 def test_client_statements_count_their_bytes() -> None:
-    from pgpool_proxy.session.prepared import ClientStatements, Stmt
+    from pgpool_proxy.link.prepared import ClientStatements, Stmt
 
     s1, s2 = Stmt(b"p1", _key(1, 10), 0), Stmt(b"p2", _key(2, 20), 0)
     held = ClientStatements()

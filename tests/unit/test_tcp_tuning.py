@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from pgpool_proxy.config import ConfigError, build_config
-from pgpool_proxy.pool.connect import TcpTuning, tcp_tuning, tune_socket
+from pgpool_proxy.net.connect import TcpTuning, tcp_tuning, tune_socket
 
 
 def _opts(s: socket.socket) -> dict[str, int]:

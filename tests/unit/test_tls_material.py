@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pgpool_devkit.tls_material import ThrowawayCA
 from pgpool_proxy.config import ClientTlsMode, ClientTlsSettings, ServerTlsMode, ServerTlsSettings
-from pgpool_proxy.tls import TlsSetupError, client_side_context, server_side_context
-from pgpool_proxy.tls_material import ThrowawayCA
+from pgpool_proxy.net.tls import TlsSetupError, client_side_context, server_side_context
 
 
 def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, name: str) -> None:

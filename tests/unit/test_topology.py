@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgpool_proxy.config import ConfigError, DatabaseRole, build_config
-from pgpool_proxy.config_topology import parse_host_port
+from pgpool_proxy.config import ConfigError, DatabaseRole, build_config, parse_host_port
 from pgpool_proxy.pool.monitor import parse_lsn, parse_probe
 from pgpool_proxy.pool.topology import DOWN, REPLICA, STALE, WRITER, ProbeResult, Topology
 from tests.support.poolspec import pool_spec
@@ -236,6 +235,22 @@ def test_config_problems(db: dict[str, object], extra: dict[str, object], proble
     assert problem in str(info.value)
 
 
+def test_monitor_user_with_unset_password_env_is_one_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(
+            {
+                "auth": {"type": "trust"},
+                "databases": [{"name": "a", "hosts": ["h1", "h2"], "monitor_user": "mon"}],
+                "users": [{"name": "mon", "password_env": "MON_PW"}],
+            },
+            source="t.toml",
+            env={},
+        )
+    assert info.value.problems == [
+        "t.toml: users[0].password_env: environment variable MON_PW is not set"
+    ]
+
+
 def _reader_spec(**overrides: object):  # type: ignore[no-untyped-def]
     return pool_spec(
         name="ro/u", host=A[0], port=A[1], reader=True, reader_fallback=False, **overrides
@@ -251,15 +266,15 @@ async def test_reader_lag_bound_uses_measured_lag_only() -> None:
     # Aurora: no WAL positions, so no lag figure: the replica is used.
     topo.observe(_h(topo, A), ProbeResult(False, instance_id="a"), 0.0)
     topo.observe(_h(topo, B), ProbeResult(True, instance_id="b"), 0.0)
-    assert pool._pick_address() == B
+    assert pool.pick_address() == B
     # Measured lag over the bound excludes it; back in only below half the bound.
     topo.observe(_h(topo, A), primary(1, 10_000), 1.0)
     topo.observe(_h(topo, B), standby(8_000), 1.0)
-    assert pool._pick_address() is None
+    assert pool.pick_address() is None
     topo.observe(_h(topo, B), standby(9_300), 2.0)  # 700 behind: still out
-    assert pool._pick_address() is None
+    assert pool.pick_address() is None
     topo.observe(_h(topo, B), standby(9_600), 3.0)  # 400 behind
-    assert pool._pick_address() == B
+    assert pool.pick_address() == B
     pool.close()
 
 
@@ -273,13 +288,13 @@ async def test_reader_pool_retires_once_per_server_leaving() -> None:
     topo.observe(_h(topo, A), primary(1, 100), 0.0)
     topo.observe(_h(topo, B), standby(100), 0.0)
     topo.observe(_h(topo, C), standby(100), 0.0)
-    assert pool._pick_address() == B  # fewest connections, configured order on ties
+    assert pool.pick_address() == B  # fewest connections, configured order on ties
     pool.by_address = {B: 1, C: 1}  # one busy connection to each replica
-    assert pool._pick_address() == B
+    assert pool.pick_address() == B
     gen = pool.generation
     topo.observe_failure(_h(topo, B), "lost", 1.0, definitive=True)
     assert pool.generation == gen + 1
-    assert pool._pick_address() == C
+    assert pool.pick_address() == C
     # Later observations while B's busy connection is still counted do not retire again.
     topo.observe(_h(topo, C), standby(100), 1.5)
     topo.observe(_h(topo, A), primary(1, 100), 1.6)
@@ -290,5 +305,5 @@ async def test_reader_pool_retires_once_per_server_leaving() -> None:
     assert pool.generation == gen + 2
     # No replica and no fallback: nowhere to go.
     topo.observe_failure(_h(topo, C), "lost", 4.0, definitive=True)
-    assert pool._pick_address() is None
+    assert pool.pick_address() is None
     pool.close()

@@ -1,0 +1,71 @@
+"""Owns the proxy's configuration: typed, immutable settings loaded from TOML plus environment.
+
+This module is the public API; import from here, not from the modules inside. They import one
+way, each only from those listed before it:
+
+- `schema`: `Key`, `Checker` (value conversion collecting every problem), `ConfigError`;
+- `envrefs`, `tables`: ``*_env`` references; reading a section or an array against its keys;
+- `core` ([proxy], [pool], [auth]), `users`, `topology`, `databases`, `security` ([client_tls],
+  [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`: each section's
+  dataclasses, key table, cross-key checks and builder;
+- `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
+  (``pgpool-proxy check``).
+"""
+
+from __future__ import annotations
+
+from .admin import AdminSettings, check_admin
+from .build import build_config, load_config, parse_config
+from .check import check_config_main
+from .core import AuthSettings, AuthType, PoolMode, PoolSettings, ProxySettings
+from .databases import DatabaseConfig
+from .keys import SECTIONS, setting_from_text
+from .metrics import MetricsSettings
+from .model import Config
+from .schema import ConfigError
+from .security import (
+    ClientTlsMode,
+    ClientTlsSettings,
+    IamRule,
+    IamSettings,
+    IamVerifierKind,
+    SecretsSettings,
+    ServerTlsMode,
+    ServerTlsSettings,
+    region_of_secret_arn,
+)
+from .topology import DatabaseRole, TopologySettings, parse_host_port
+from .users import UserConfig
+
+__all__ = [
+    "SECTIONS",
+    "AdminSettings",
+    "AuthSettings",
+    "AuthType",
+    "ClientTlsMode",
+    "ClientTlsSettings",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "DatabaseRole",
+    "IamRule",
+    "IamSettings",
+    "IamVerifierKind",
+    "MetricsSettings",
+    "PoolMode",
+    "PoolSettings",
+    "ProxySettings",
+    "SecretsSettings",
+    "ServerTlsMode",
+    "ServerTlsSettings",
+    "TopologySettings",
+    "UserConfig",
+    "build_config",
+    "check_admin",
+    "check_config_main",
+    "load_config",
+    "parse_config",
+    "parse_host_port",
+    "region_of_secret_arn",
+    "setting_from_text",
+]

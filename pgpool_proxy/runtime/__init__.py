@@ -1,0 +1,1 @@
+"""The proxy process: server (listener, cancel keys), lifecycle, services, workers, tracking."""

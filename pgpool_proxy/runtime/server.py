@@ -1,0 +1,517 @@
+"""The proxy process: listener, pools, cancel keys, janitor, and the owner of every task."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
+from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
+from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
+from ..errors import DisconnectReason, ProxyError, SqlState
+from ..net.connect import tcp_tuning, tune_socket
+from ..pool.budget import ServerBudget
+from ..pool.pool import Pool
+from ..pool.spec import PoolSpec
+from ..protocol.constants import TRACKED_PARAMS
+from ..protocol.messages import cancel_request as cancel_request_packet
+from ..session.client import ClientConnection
+from ..session.client_state import ClientState
+from ..session.login import run_login
+from .loopwatch import LoopWatch
+from .services import Services
+from .tracking import Tracking
+from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
+
+if TYPE_CHECKING:
+    from ..aws.discovery import AddressMap
+
+log = logging.getLogger("pgpool_proxy.server")
+
+
+class MetricsListener(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class AdminHooks(Protocol):
+    """The operator's side of the process (admin.HOOKS): the runtime calls it, never imports it,
+    so the admin package stays above the runtime it reports on."""
+
+    def start_console(
+        self, server: ProxyServer, client: ClientConnection, params: Mapping[str, str]
+    ) -> None: ...
+
+    async def start_metrics_endpoint(self, server: ProxyServer) -> MetricsListener | None: ...
+
+
+class ServerState(enum.Enum):
+    SERVING = "serving"
+    PAUSED = "paused"  # PAUSE without a database: every pool holds new transactions
+    DRAINING = "draining"  # SIGTERM or SHUTDOWN: listener closed, clients leave as they finish
+    CLOSED = "closed"
+
+
+# Which state may follow which (ProxyServer._to); tests/unit/test_transitions.py checks it.
+SERVER_TRANSITIONS: dict[ServerState, frozenset[ServerState]] = {
+    ServerState.SERVING: frozenset({ServerState.PAUSED, ServerState.DRAINING, ServerState.CLOSED}),
+    ServerState.PAUSED: frozenset({ServerState.SERVING, ServerState.DRAINING, ServerState.CLOSED}),
+    ServerState.DRAINING: frozenset({ServerState.CLOSED}),
+    ServerState.CLOSED: frozenset(),
+}
+
+
+class NoConsole(ProxyError):
+    """A login to the admin database in a process built without the admin package."""
+
+    reason = DisconnectReason.UNKNOWN_DATABASE
+
+
+JANITOR_INTERVAL_S = 0.25
+
+
+class ProxyServer:
+    """One proxy instance. `start()` binds the listener; `close()` stops everything it started."""
+
+    # Rewrites server endpoints found by Aurora discovery (tests point them at local servers).
+    address_map: AddressMap | None = None
+
+    def __init__(
+        self,
+        config: Config,
+        identity: WorkerIdentity | None = None,
+        *,
+        admin: AdminHooks | None = None,
+    ) -> None:
+        self.config = config
+        # The admin console and metrics endpoint (pgpool_proxy.admin.HOOKS); None: neither.
+        self.admin = admin
+        self.identity = identity or WorkerIdentity()
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.clients: dict[int, ClientConnection] = {}  # by proxy-issued cancel pid
+        self.client_count = 0
+        self.tracked_params = TRACKED_PARAMS
+        self.tracked_lower = {p.lower(): p for p in TRACKED_PARAMS}
+        # Interned client settings signatures, so equal settings compare by identity.
+        self.settings_sigs: dict[tuple[object, ...], tuple[object, ...]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._peer_server: asyncio.base_events.Server | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
+        self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
+        # Unknown users get a verifier derived from their name with this key (PostgreSQL's
+        # mock_auth_nonce), so their salts differ per name and stay stable, like real users'.
+        self._mock_secret = secrets.token_bytes(32)
+        self._mock_iterations: tuple[object, int] | None = None
+        self._all_clients: set[ClientConnection] = set()
+        self._client_keys: dict[tuple[str, str], bytes] = {}
+        # Plain ints read by the metrics collector at scrape time (see counters).
+        self.counters = ProxyCounters()
+        self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
+        self.metrics_endpoint: MetricsListener | None = None  # when [metrics] listen
+        # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
+        self.state = ServerState.SERVING
+        self.paused_dbs: set[str] = set()  # PAUSE db / KILL db, until RESUME
+        self.admin_sessions: set[ClientConnection] = set()  # clients of the admin console
+        # Wakes run_until_stopped: set by SIGTERM and the admin SHUTDOWN (request_stop).
+        self.stop_requested = asyncio.Event()
+        self.stop_all_workers = False  # the admin SHUTDOWN: with workers, every one stops
+        self.started_at = time.time()
+        # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
+        self.services = Services(config, self.spawn)
+        # Writer tracking for multi-host databases (pool.tracking); tests may map addresses.
+        self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
+        self.topologies = self.tracking.topologies
+        self.budget: ServerBudget | None = None
+        self.set_server_budget(config.pool.max_server_connections)
+        self.host = config.proxy.listen_host
+        self.port = config.proxy.listen_port
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, port: int | None = None) -> None:
+        """Listen; `port` overrides the configured one (workers share a resolved port)."""
+        loop = asyncio.get_running_loop()
+        ident = self.identity
+        await self.services.start()
+        await self.tracking.start()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self),
+            self.config.proxy.listen_host,
+            self.config.proxy.listen_port if port is None else port,
+            reuse_address=True,
+            reuse_port=ident.count > 1 or self.config.proxy.reuse_port,
+            backlog=4096,
+        )
+        if ident.count > 1:
+            # Sibling workers relay cancel requests for this worker's clients here.
+            self._peer_server = await loop.create_unix_server(
+                lambda: ClientConnection(self, peer_channel=True),
+                ident.peer_socket(ident.index),
+            )
+        sock = self._server.sockets[0]
+        self.host, self.port = sock.getsockname()[:2]
+        for s in self._server.sockets:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.tune_listeners()
+        self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
+        # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
+        # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
+        self.spawn(self._warm_verifiers(), "warm-verifiers")
+        self.loopwatch.start()
+        if self.admin is not None:
+            self.metrics_endpoint = await self.admin.start_metrics_endpoint(self)
+        if ident.count > 1:
+            log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
+        else:
+            log.info("listening on %s:%s", self.host, self.port)
+
+    # --- state: PAUSE/RESUME of everything, drain, close ----------------------------------------
+
+    def _to(self, new: ServerState) -> None:
+        if new not in SERVER_TRANSITIONS[self.state]:
+            raise RuntimeError(f"illegal server transition {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def draining(self) -> bool:
+        """New logins are refused and new pools start paused."""
+        return self.state is ServerState.DRAINING or self.state is ServerState.CLOSED
+
+    @property
+    def paused(self) -> bool:
+        return self.state is ServerState.PAUSED
+
+    def pause_all(self) -> None:
+        if self.state is ServerState.SERVING:
+            self._to(ServerState.PAUSED)
+
+    def resume_all(self) -> None:
+        """Undo pause_all; a drain stays a drain."""
+        if self.state is ServerState.PAUSED:
+            self._to(ServerState.SERVING)
+
+    def begin_drain(self) -> None:
+        """Stop accepting; the caller (runtime.lifecycle.drain) lets the clients finish."""
+        if not self.draining:
+            self._to(ServerState.DRAINING)
+        if self._server is not None:
+            self._server.close()
+
+    def request_stop(self, *, all_workers: bool = False) -> None:
+        """Ask run_until_stopped for a graceful stop (SIGTERM; the admin SHUTDOWN, which with
+        workers stops all of them)."""
+        self.stop_all_workers = self.stop_all_workers or all_workers
+        self.stop_requested.set()
+
+    # --- read API for runtime.lifecycle and the admin package ---------------------------------
+
+    def all_clients(self) -> list[ClientConnection]:
+        """Every client connection, logged in or still logging in (a snapshot)."""
+        return list(self._all_clients)
+
+    def client_key_for(self, server_user: str, secret: str) -> bytes | None:
+        """A ClientKey recovered from a client's SCRAM login for this server login (see
+        remember_client_key)."""
+        return self._client_keys.get((server_user, secret))
+
+    async def close(self) -> None:
+        if self.state is not ServerState.CLOSED:
+            self._to(ServerState.CLOSED)
+        if self._server is not None:
+            self._server.close()
+        if self._peer_server is not None:
+            self._peer_server.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        self.loopwatch.stop()
+        self.tracking.stop()
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.close()
+        for client in list(self._all_clients):
+            client.close(DisconnectReason.SHUTDOWN)
+        for pool in self.pools.values():
+            pool.close()
+            for waiter in list(pool.waiters):
+                waiter.close(DisconnectReason.SHUTDOWN)
+        # Verifier derivations outlive the logins that started them (shared, see scram_verifier):
+        # they end here too, or the loop is closed under them.
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._deriving.values()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)
+
+    def tune_listeners(self) -> None:
+        """Accepted sockets inherit keepalive and TCP_USER_TIMEOUT from the listener (Linux): a
+        client host that vanished mid-transaction frees its server connection."""
+        if self._server is not None:
+            for s in self._server.sockets:
+                tune_socket(s, tcp_tuning(self.config.pool))
+
+    def set_server_budget(self, limit: int) -> None:
+        """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
+        lower cap closes nothing at once: pools shrink as connections are released or idle."""
+        if not limit:
+            self.budget = None
+        elif self.budget is None:
+            self.budget = ServerBudget(limit, self.pools.values())
+        else:
+            self.budget.limit = limit
+        for pool in self.pools.values():
+            pool.budget = self.budget
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a task owned by this server: kept referenced, logged if it fails, cancelled on
+        close."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _janitor_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(JANITOR_INTERVAL_S)
+            now = loop.time()
+            for pool in list(self.pools.values()):
+                try:
+                    pool.tick(now)
+                except Exception:
+                    log.exception("janitor failed on pool %s", pool.name)
+
+    # --- clients -----------------------------------------------------------------------------
+
+    def client_connected(self, client: ClientConnection) -> None:
+        self.client_count += 1
+        self.counters.accepted += 1
+        self._all_clients.add(client)
+        self.spawn(run_login(client), "login")
+
+    def client_closed(self, client: ClientConnection, prev: ClientState) -> None:
+        self.client_count -= 1
+        self._all_clients.discard(client)
+        if client.key_pid:
+            self.clients.pop(client.key_pid, None)
+        if prev != ClientState.LOGIN and client.pool is not None:
+            client.pool.clients -= 1
+        reason = client.close_reason or DisconnectReason.CLIENT_EOF
+        self.counters.client_disconnects[reason] += 1
+        # A cancel request is a connection of its own; logging each would drown the log.
+        log.log(
+            logging.DEBUG if reason == DisconnectReason.CANCEL_REQUEST else logging.INFO,
+            "client closed: %s user=%s db=%s reason=%s",
+            client.addr,
+            client.user or "-",
+            client.database or "-",
+            reason.value,
+            extra={
+                "event": "client_disconnect",
+                "addr": client.addr,
+                "user": client.user or None,
+                "db": client.database or None,
+                "reason": reason.value,
+            },
+        )
+
+    def open_console(self, client: ClientConnection, params: Mapping[str, str]) -> None:
+        if self.admin is None:
+            raise NoConsole(
+                SqlState.INVALID_CATALOG_NAME,
+                f'database "{self.config.admin.database}" does not exist: '
+                "this process has no admin console",
+            )
+        self.admin.start_console(self, client, params)
+
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        """A pid and secret for the client's BackendKeyData, unique in this worker."""
+        prefix = self.identity.index << WORKER_SHIFT
+        while True:
+            # One urandom call per key: logins under churn are counted in syscalls.
+            raw = int.from_bytes(os.urandom(7), "big")
+            pid = prefix | (raw & ((1 << WORKER_SHIFT) - 1))
+            # Never a pid a server process can have (Linux caps pids at 2**22): a client compares
+            # a notification's pid with its own to tell its own notifications from others', and
+            # the proxy passes other sessions' pids on unchanged.
+            if pid >= MIN_CLIENT_PID and pid not in self.clients:
+                break
+        self.clients[pid] = client
+        return pid, raw >> WORKER_SHIFT
+
+    def cancel_request(self, pid: int, secret: int) -> None:
+        ident = self.identity
+        results = self.counters.cancel_requests
+        owner = pid >> WORKER_SHIFT
+        if owner != ident.index:
+            if ident.count > 1 and owner < ident.count:
+                results[CANCEL_RELAYED] += 1
+                self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
+            else:
+                results[CANCEL_UNKNOWN] += 1
+            return
+        client = self.clients.get(pid)
+        if client is None or not secrets.compare_digest(
+            client.key_secret.to_bytes(4, "big"), secret.to_bytes(4, "big")
+        ):
+            results[CANCEL_UNKNOWN] += 1
+            log.debug("cancel request with an unknown key ignored")
+            return
+        backend = client.backend
+        # Only the backend serving this client right now may be cancelled.
+        if backend is not None and client.state in (ClientState.ACTIVE, ClientState.CHECKING):
+            results[CANCEL_SENT] += 1
+            backend.send_cancel()
+        else:
+            results[CANCEL_IDLE] += 1
+
+    async def _relay_cancel(self, owner: int, pid: int, secret: int) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.identity.peer_socket(owner)), 5
+            )
+            writer.write(cancel_request_packet(pid, secret))
+            await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("could not relay a cancel request to worker %d: %s", owner, exc)
+
+    # --- pools and credentials ---------------------------------------------------------------
+
+    def get_pool(self, db: DatabaseConfig, user_cfg: UserConfig | None, user: str) -> Pool:
+        server_user = self.services.server_user(db, user)
+        key = (db.name, server_user)
+        pool = self.pools.get(key)
+        if pool is None:
+            if db.user:
+                forced = self.config.user(db.user)
+                secret = db.password or (forced.password if forced else None)
+            else:
+                secret = db.password or (user_cfg.password if user_cfg else None)
+            cfg = self.config
+            spec = PoolSpec(
+                name=f"{db.name}/{server_user}",
+                host=db.host,
+                port=db.port,
+                dbname=db.dbname or db.name,
+                user=server_user,
+                secret=secret,
+                size=cfg.pool_size_for(db),
+                min_size=min(cfg.pool.min_pool_size, cfg.pool_size_for(db)),
+                mode=cfg.pool_mode_for(db, user_cfg),
+                query_wait_timeout_s=cfg.pool.query_wait_timeout_s,
+                idle_timeout_s=cfg.pool.server_idle_timeout_s,
+                lifetime_s=cfg.pool.server_lifetime_s,
+                connect_timeout_s=cfg.pool.server_connect_timeout_s,
+                login_retry_s=cfg.pool.server_login_retry_s,
+                reset_query=cfg.pool.server_reset_query,
+                max_prepared_statements=cfg.pool.max_prepared_statements,
+                max_scram_iterations=cfg.pool.server_max_scram_iterations,
+                tls=self.services.server_tls,
+                credentials=self.services.credentials_for(db),
+                reader=db.role is DatabaseRole.READER,
+                reader_fallback=db.reader_fallback,
+                max_replica_lag_bytes=db.max_replica_lag_bytes,
+                failover_timeout_s=cfg.topology.failover_timeout_s,
+                query_timeout_s=cfg.pool.query_timeout_s,
+                check_delay_s=cfg.pool.server_check_delay_s,
+                check_timeout_s=cfg.pool.server_check_timeout_s,
+                tcp=tcp_tuning(cfg.pool),
+            )
+            pool = Pool(spec, self.spawn)
+            pool.budget = self.budget
+            topology = self.tracking.for_database(db)
+            if topology is not None:
+                pool.attach_topology(topology)
+            if secret is not None:
+                verifier = ScramVerifier.parse(secret)
+                if verifier is not None:
+                    pool.server_key = verifier.server_key
+                    pool.client_key = self._client_keys.get((server_user, secret))
+            if self.paused or db.name in self.paused_dbs or self.draining:
+                pool.pause()
+            self.pools[key] = pool
+        return pool
+
+    async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
+        """The verifier to check a client against; computed once per password, not per login
+        (PBKDF2 off the event loop), or a per-name mock one for a user that does not exist."""
+        if secret is None:
+            return ScramVerifier.mock(self._mock_secret, user, self.mock_scram_iterations())
+        key = (user, hashlib.sha256(secret.encode()).hexdigest())
+        v = self._verifiers.get(key)
+        if v is not None:
+            return v
+        parsed = ScramVerifier.parse(secret)
+        if parsed is not None:
+            self._verifiers[key] = parsed
+            return parsed
+        # One derivation per password, shared by every login that asks meanwhile: two would
+        # give the user two salts (the second challenge would differ from the first, which
+        # tells a prober this user exists) and cost PBKDF2 twice.
+        pending = self._deriving.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(derive_verifier(secret))
+            self._deriving[key] = pending
+            pending.add_done_callback(lambda f: self._derived(key, f))
+        v = await asyncio.shield(pending)
+        return self._verifiers.get(key, v)
+
+    def _derived(self, key: tuple[str, str], f: asyncio.Future[ScramVerifier]) -> None:
+        # Stored here, not by the login that started it: that one may have left meanwhile.
+        if self._deriving.get(key) is f:
+            del self._deriving[key]
+        if not f.cancelled() and f.exception() is None:
+            self._verifiers.setdefault(key, f.result())
+
+    async def _warm_verifiers(self) -> None:
+        if self.config.auth.type is not AuthType.SCRAM_SHA_256:
+            return
+        for u in self.config.users:
+            if u.password is not None and not u.iam:
+                await self.scram_verifier(u.name, u.password)
+
+    def mock_scram_iterations(self) -> int:
+        """The iteration count most configured users' verifiers have, so an unknown user's
+        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS)."""
+        cached = self._mock_iterations
+        if cached is not None and cached[0] is self.config:
+            return cached[1]
+        counts: dict[int, int] = {}
+        for u in self.config.users:
+            if u.password is None or u.iam:
+                continue
+            v = ScramVerifier.parse(u.password)
+            n = v.iterations if v is not None else DEFAULT_ITERATIONS
+            counts[n] = counts.get(n, 0) + 1
+        best = max(counts, key=lambda n: (counts[n], n == DEFAULT_ITERATIONS), default=None)
+        iterations = DEFAULT_ITERATIONS if best is None else best
+        self._mock_iterations = (self.config, iterations)
+        return iterations
+
+    def remember_client_key(self, user: str, verifier: ScramVerifier, client_key: bytes) -> None:
+        """Keep a ClientKey so the proxy can log into servers that store the same verifier."""
+        cfg = self.config.user(user)
+        if cfg is None or cfg.password is None or ScramVerifier.parse(cfg.password) is None:
+            return
+        self._client_keys[(user, cfg.password)] = client_key
+        for (_db, server_user), pool in self.pools.items():
+            if server_user == user and pool.spec.secret == cfg.password:
+                pool.client_key = client_key
