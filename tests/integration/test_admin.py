@@ -596,6 +596,7 @@ async def test_reload_during_a_login_uses_the_new_config(pg: LocalPostgres, tmp_
             )
             assert err is not None and err["C"] == "3D000", err
             assert proxy.call(lambda: [k for k in proxy.server.pools if k[0] == "app2"]) == []  # type: ignore[union-attr]
+            # No racing action (a no-op coroutine): the login goes through.
             assert await _login_racing(proxy, "bob", "app", lambda: asyncio.sleep(0)) is None
         finally:
             await admin.close()
