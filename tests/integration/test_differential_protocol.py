@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from pgpool_proxy.protocol import messages as m
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
-from tests.support.proxy import PASSWORDS, ProxyThread, make_config
+from tests.support.proxy import ProxyThread, make_config
 from tests.support.rawpg import RawClient
 
 pytestmark = pytest.mark.timeout(600)
@@ -248,9 +248,7 @@ async def converse(connect: Connect, steps: list[Step]) -> list[object]:
 
 def check(pg: LocalPostgres, proxy: ProxyThread, steps: list[Step]) -> None:
     async def direct() -> RawClient:
-        c = await RawClient.connect(pg.host, pg.port)
-        await c.login("alice", PASSWORDS["alice"], "app")
-        return c
+        return await x.raw_login(pg)
 
     async def proxied() -> RawClient:
         return await x.raw_login(proxy)

@@ -37,12 +37,7 @@ Outcome = list[object]
 
 
 def direct(pg: LocalPostgres, **params: str) -> Connect:
-    async def connect() -> RawClient:
-        c = await RawClient.connect(pg.host, pg.port)
-        await c.login("alice", PASSWORDS["alice"], "app", **params)
-        return c
-
-    return connect
+    return lambda: x.raw_login(pg, **params)
 
 
 def proxied(proxy: ProxyThread, **params: str) -> Connect:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -86,13 +85,6 @@ VIEW = (
     " (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory'"
     "  AND pid = pg_backend_pid())"
 )
-
-
-@pytest.fixture(scope="module")
-def atk(pg: LocalPostgres) -> Iterator[LocalPostgres]:
-    pg.psql(SETUP, dbname="app")
-    yield pg
-    pg.psql(TEARDOWN, dbname="app")
 
 
 def direct_dsn(pg: LocalPostgres, user: str = "alice") -> str:

@@ -11,7 +11,6 @@ three strict xfails, each a known limit of docs/behaviour.md named in its reason
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -20,8 +19,6 @@ import pytest
 from pgpool_proxy.protocol import messages as m
 from pgpool_proxy.protocol import sqlscan
 from tests.integration.test_session_attacks import (
-    SETUP,
-    TEARDOWN,
     _cost,
     a_then_b,
     direct_dsn,
@@ -34,13 +31,6 @@ from tests.support.proxy import StartProxy
 from tests.support.rawpg import RawError
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def atk(pg: LocalPostgres) -> Iterator[LocalPostgres]:
-    pg.psql(SETUP, dbname="app")
-    yield pg
-    pg.psql(TEARDOWN, dbname="app")
 
 
 async def _setting(dsn: str, name: str) -> Any:
