@@ -7,7 +7,7 @@
 #     -e PGPOOL_DB_SECRET_ARN=arn:aws:secretsmanager:... -e PGPOOL_APP_PASSWORD=... pgpool-proxy
 #
 # Mount another configuration over /etc/pgpool-proxy/pgpool-proxy.toml to change more than the
-# environment can (see deploy/pgpool-proxy.toml and README "Deploying").
+# environment can (see deploy/pgpool-proxy.toml and docs/deploying.md).
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import Config, ConfigError, build_config, check_config_main, load_config
@@ -241,47 +241,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
         # Clients may use TLS (sslmode=prefer does); the CA lives and dies with the demo.
         tls = ThrowawayCA().issue(pg.work_dir / "tls", "proxy", ["127.0.0.1", "localhost"])
-        config = build_config(
-            {
-                "proxy": {"listen": f"127.0.0.1:{args.port}", "pool_mode": args.pool_mode},
-                "client_tls": {
-                    "mode": "allow",
-                    "cert_file": str(tls.cert_file),
-                    "key_file": str(tls.key_file),
-                },
-                "pool": {"default_pool_size": 10},
-                "auth": {"type": "scram-sha-256"},
-                "databases": [{"name": "demo", "host": pg.host, "port": pg.port}],
-                "users": [{"name": "demo", "password": "demo"}],
-                # The console and the metrics endpoint, so that the README's examples work here.
-                "admin": {"admin_users": ["demo"]},
-                "metrics": {"listen": f"127.0.0.1:{args.metrics_port}"},
-            },
-            source="<demo>",
-        )
+        config = _demo_config(args, pg.host, pg.port, tls.cert_file, tls.key_file)
 
         def ready(server: Any) -> None:
-            base = f"postgresql://demo:demo@{server.host}:{server.port}"
-            url = f"{base}/demo"
-            ep = server.metrics_endpoint
-            metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
-            num = pg.version()
-            print(
-                f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
-                f"({args.pool_mode} pooling)\n"
-                f"  connect:  psql '{url}'\n"
-                f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={tls.ca_file}'\n"
-                f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
-                f"  metrics:  {metrics}\n"
-                f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
-                f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
-                "Press Ctrl-C to stop (the demo server and its data are removed).\n",
-                flush=True,
-            )
+            print(_demo_banner(server, config, args.pool_mode, pg, tls.ca_file), flush=True)
 
         return run_loop(lambda: serve(config, ready))
     finally:
         pg.cleanup()
+
+
+def _demo_config(
+    args: argparse.Namespace, host: str, port: int, cert_file: Any, key_file: Any
+) -> Config:
+    return build_config(
+        {
+            "proxy": {"listen": f"127.0.0.1:{args.port}", "pool_mode": args.pool_mode},
+            "client_tls": {
+                "mode": "allow",
+                "cert_file": str(cert_file),
+                "key_file": str(key_file),
+            },
+            "pool": {"default_pool_size": 10},
+            "auth": {"type": "scram-sha-256"},
+            "databases": [{"name": "demo", "host": host, "port": port}],
+            "users": [{"name": "demo", "password": "demo"}],
+            # The console and the metrics endpoint, so that the README's examples work here.
+            "admin": {"admin_users": ["demo"]},
+            "metrics": {"listen": f"127.0.0.1:{args.metrics_port}"},
+        },
+        source="<demo>",
+    )
+
+
+def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: Any) -> str:
+    """What the demo prints once it serves: how to connect, administer, measure."""
+    base = f"postgresql://demo:demo@{server.host}:{server.port}"
+    url = f"{base}/demo"
+    ep = server.metrics_endpoint
+    metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
+    num = pg.version()
+    return (
+        f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
+        f"({pool_mode} pooling)\n"
+        f"  connect:  psql '{url}'\n"
+        f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
+        f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
+        f"  metrics:  {metrics}\n"
+        f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
+        f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
+        "Press Ctrl-C to stop (the demo server and its data are removed).\n"
+    )
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -329,6 +339,11 @@ environment:
 As root, the server runs as the OS user "postgres" (or "nobody")."""
 
 
+# What add_subparsers returns (argparse keeps the class private).
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pgpool-proxy",
@@ -337,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"pgpool-proxy {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run_and_check, _add_demo, _add_token, _add_healthcheck):
+        add(sub)
+    return p
+
+
+def _add_run_and_check(sub: Subcommands) -> None:
     r = sub.add_parser(
         "run",
         help="serve with a configuration file",
@@ -354,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("config", help="path to the TOML configuration")
     c.set_defaults(func=cmd_check_config)
+
+
+def _add_demo(sub: Subcommands) -> None:
     d = sub.add_parser(
         "demo",
         help="start a local PostgreSQL and serve it through the proxy",
@@ -384,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the proxy's log level (default info); logs go to stderr",
     )
     d.set_defaults(func=cmd_demo)
+
+
+def _add_token(sub: Subcommands) -> None:
     t = sub.add_parser(
         "token",
         help="print an IAM auth token to use as the password (AWS credentials chain)",
@@ -404,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='"sts" for the sts verifier (default), "rds" for keyring/passthrough',
     )
     t.set_defaults(func=cmd_token)
+
+
+def _add_healthcheck(sub: Subcommands) -> None:
     h = sub.add_parser(
         "healthcheck",
         help="probe the metrics endpoint (container health check)",
@@ -419,7 +449,6 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--path", default="/healthz", help="endpoint path (default /healthz)")
     h.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     h.set_defaults(func=cmd_healthcheck)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

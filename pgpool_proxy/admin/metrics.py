@@ -168,10 +168,50 @@ def _client_families(server: ProxyServer) -> list[Metric]:
 # --- pools -----------------------------------------------------------------------------------
 
 
-def _pool_families(server: ProxyServer) -> list[Metric]:
-    pools = list(server.pools.items())
-    # One pass over the clients: per pool, (idle, waiting, active, linked server connections).
-    per_pool: dict[int, list[int]] = {id(pool): [0, 0, 0, 0] for _key, pool in pools}
+# (kind, name, help, extra label) of each per-pool family, in the order they are exposed.
+_POOL_FAMILIES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("gauge", "pgpool_proxy_pool_client_connections", "Logged-in clients of each pool by state",
+     "state"),
+    ("gauge", "pgpool_proxy_server_connections",
+     "Server connections of each pool by state (resetting: between clients, running the "
+     "proxy's reset or waiting for a cancel)", "state"),
+    ("gauge", "pgpool_proxy_pool_size", "Maximum server connections of each pool", None),
+    ("gauge", "pgpool_proxy_pool_max_wait_seconds",
+     "How long the oldest queued client of each pool has waited", None),
+    ("histogram", "pgpool_proxy_pool_wait_seconds",
+     "Time clients waited for a server connection (borrow latency); an idle one taken at "
+     "once counts as 0", None),
+    ("counter", "pgpool_proxy_transactions",
+     "Transactions that returned a server connection to the pool (transaction mode; in "
+     "session mode, sessions)", None),
+    ("counter", "pgpool_proxy_transaction_seconds",
+     "Time server connections spent linked to clients, summed over those transactions", None),
+    ("counter", "pgpool_proxy_queries",
+     "Queries answered (ReadyForQuery forwarded to a client: one per simple query or Sync)",
+     None),
+    ("gauge", "pgpool_proxy_pinned_sessions",
+     "Clients pinned to their server connection by session state (advisory lock, temp "
+     "table, LISTEN, WITH HOLD cursor)", None),
+    ("gauge", "pgpool_proxy_prepared_statements",
+     "Distinct named prepared statements each pool shares among its clients", None),
+    ("counter", "pgpool_proxy_prepared_statement_hits",
+     "Uses of a shared prepared statement already prepared on the server connection", None),
+    ("counter", "pgpool_proxy_prepared_statement_misses",
+     "Uses of a shared prepared statement the proxy first had to prepare on the server "
+     "connection", None),
+    ("counter", "pgpool_proxy_server_disconnects", "Server connections closed, by typed reason",
+     "reason"),
+)  # fmt: skip
+_FAMILY_TYPES = {
+    "gauge": GaugeMetricFamily,
+    "counter": CounterMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
+
+
+def _clients_by_pool(server: ProxyServer) -> dict[int, list[int]]:
+    """One pass over the clients: per pool (by id), [idle, waiting, active, linked servers]."""
+    per_pool: dict[int, list[int]] = {id(pool): [0, 0, 0, 0] for pool in server.pools.values()}
     for client in server.all_clients():
         pool = client.pool
         row = per_pool.get(id(pool)) if pool is not None else None
@@ -186,114 +226,49 @@ def _pool_families(server: ProxyServer) -> list[Metric]:
             row[2] += 1
         if client.backend is not None:
             row[3] += 1
-    f_clients = GaugeMetricFamily(
-        "pgpool_proxy_pool_client_connections",
-        "Logged-in clients of each pool by state",
-        labels=[*POOL_LABELS, "state"],
-    )
-    f_servers = GaugeMetricFamily(
-        "pgpool_proxy_server_connections",
-        "Server connections of each pool by state (resetting: between clients, running the "
-        "proxy's reset or waiting for a cancel)",
-        labels=[*POOL_LABELS, "state"],
-    )
-    f_size = GaugeMetricFamily(
-        "pgpool_proxy_pool_size", "Maximum server connections of each pool", labels=POOL_LABELS
-    )
-    f_maxwait = GaugeMetricFamily(
-        "pgpool_proxy_pool_max_wait_seconds",
-        "How long the oldest queued client of each pool has waited",
-        labels=POOL_LABELS,
-    )
-    f_wait = HistogramMetricFamily(
-        "pgpool_proxy_pool_wait_seconds",
-        "Time clients waited for a server connection (borrow latency); an idle one taken at "
-        "once counts as 0",
-        labels=POOL_LABELS,
-    )
-    f_xacts = CounterMetricFamily(
-        "pgpool_proxy_transactions",
-        "Transactions that returned a server connection to the pool (transaction mode; in "
-        "session mode, sessions)",
-        labels=POOL_LABELS,
-    )
-    f_xact_time = CounterMetricFamily(
-        "pgpool_proxy_transaction_seconds",
-        "Time server connections spent linked to clients, summed over those transactions",
-        labels=POOL_LABELS,
-    )
-    f_queries = CounterMetricFamily(
-        "pgpool_proxy_queries",
-        "Queries answered (ReadyForQuery forwarded to a client: one per simple query or Sync)",
-        labels=POOL_LABELS,
-    )
-    f_pinned = GaugeMetricFamily(
-        "pgpool_proxy_pinned_sessions",
-        "Clients pinned to their server connection by session state (advisory lock, temp "
-        "table, LISTEN, WITH HOLD cursor)",
-        labels=POOL_LABELS,
-    )
-    f_stmts = GaugeMetricFamily(
-        "pgpool_proxy_prepared_statements",
-        "Distinct named prepared statements each pool shares among its clients",
-        labels=POOL_LABELS,
-    )
-    f_hits = CounterMetricFamily(
-        "pgpool_proxy_prepared_statement_hits",
-        "Uses of a shared prepared statement already prepared on the server connection",
-        labels=POOL_LABELS,
-    )
-    f_misses = CounterMetricFamily(
-        "pgpool_proxy_prepared_statement_misses",
-        "Uses of a shared prepared statement the proxy first had to prepare on the server "
-        "connection",
-        labels=POOL_LABELS,
-    )
-    f_gone = CounterMetricFamily(
-        "pgpool_proxy_server_disconnects",
-        "Server connections closed, by typed reason",
-        labels=[*POOL_LABELS, "reason"],
-    )
+    return per_pool
+
+
+def _pool_families(server: ProxyServer) -> list[Metric]:
+    fams: dict[str, Any] = {
+        name: _FAMILY_TYPES[kind](
+            name, text, labels=[*POOL_LABELS, extra] if extra else list(POOL_LABELS)
+        )
+        for kind, name, text, extra in _POOL_FAMILIES
+    }
+    per_pool = _clients_by_pool(server)
     loop_now: float | None = None
-    for key, pool in pools:
-        labels = _pool_labels(key)
-        idle_c, waiting_c, active_c, linked = per_pool[id(pool)]
-        for state, n in (("idle", idle_c), ("waiting", waiting_c), ("active", active_c)):
-            f_clients.add_metric([*labels, state], n)
-        idle = len(pool.idle)
-        other = max(0, pool.total - idle - pool.connecting - linked)
-        for state, n in zip(SERVER_STATES, (linked, idle, pool.connecting, other), strict=True):
-            f_servers.add_metric([*labels, state], n)
-        f_size.add_metric(labels, pool.spec.size)
+    for key, pool in server.pools.items():
         if loop_now is None:
             loop_now = pool.loop.time()
-        f_maxwait.add_metric(labels, _oldest_wait(pool, loop_now))
-        f_wait.add_metric(labels, _wait_buckets(pool), pool.total_wait_s)
-        f_xacts.add_metric(labels, pool.total_xacts)
-        f_xact_time.add_metric(labels, getattr(pool, "total_xact_s", 0.0))
-        f_queries.add_metric(labels, getattr(pool, "total_queries", 0))
-        f_pinned.add_metric(labels, pool.pinned)
-        registry = pool.registry
-        f_stmts.add_metric(labels, len(registry.by_key))
-        f_hits.add_metric(labels, getattr(registry, "hits", 0))
-        f_misses.add_metric(labels, getattr(registry, "misses", 0))
-        for why, count in getattr(pool, "server_disconnects", {}).items():
-            f_gone.add_metric([*labels, why.value], count)
-    return [
-        f_clients,
-        f_servers,
-        f_size,
-        f_maxwait,
-        f_wait,
-        f_xacts,
-        f_xact_time,
-        f_queries,
-        f_pinned,
-        f_stmts,
-        f_hits,
-        f_misses,
-        f_gone,
-    ]
+        _pool_samples(fams, _pool_labels(key), pool, per_pool[id(pool)], loop_now)
+    return list(fams.values())
+
+
+def _pool_samples(
+    fams: dict[str, Any], labels: list[str], pool: Pool, clients: list[int], now: float
+) -> None:
+    idle_c, waiting_c, active_c, linked = clients
+    f = fams
+    for state, n in (("idle", idle_c), ("waiting", waiting_c), ("active", active_c)):
+        f["pgpool_proxy_pool_client_connections"].add_metric([*labels, state], n)
+    idle = len(pool.idle)
+    other = max(0, pool.total - idle - pool.connecting - linked)
+    for state, n in zip(SERVER_STATES, (linked, idle, pool.connecting, other), strict=True):
+        f["pgpool_proxy_server_connections"].add_metric([*labels, state], n)
+    f["pgpool_proxy_pool_size"].add_metric(labels, pool.spec.size)
+    f["pgpool_proxy_pool_max_wait_seconds"].add_metric(labels, _oldest_wait(pool, now))
+    f["pgpool_proxy_pool_wait_seconds"].add_metric(labels, _wait_buckets(pool), pool.total_wait_s)
+    f["pgpool_proxy_transactions"].add_metric(labels, pool.total_xacts)
+    f["pgpool_proxy_transaction_seconds"].add_metric(labels, getattr(pool, "total_xact_s", 0.0))
+    f["pgpool_proxy_queries"].add_metric(labels, getattr(pool, "total_queries", 0))
+    f["pgpool_proxy_pinned_sessions"].add_metric(labels, pool.pinned)
+    registry = pool.registry
+    f["pgpool_proxy_prepared_statements"].add_metric(labels, len(registry.by_key))
+    f["pgpool_proxy_prepared_statement_hits"].add_metric(labels, getattr(registry, "hits", 0))
+    f["pgpool_proxy_prepared_statement_misses"].add_metric(labels, getattr(registry, "misses", 0))
+    for why, count in getattr(pool, "server_disconnects", {}).items():
+        f["pgpool_proxy_server_disconnects"].add_metric([*labels, why.value], count)
 
 
 def _oldest_wait(pool: Pool, now: float) -> float:

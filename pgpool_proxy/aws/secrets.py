@@ -132,6 +132,12 @@ class CachedSecret:
     # --- CredentialSource ----------------------------------------------------------------
 
     async def current(self) -> tuple[str, str]:
+        refreshing = self._refreshing
+        if refreshing is not None and self._last_attempt[1]:
+            # A server refused the cached password and the refresh it forced is under way: a
+            # login with the cached copy now would only be refused too (and cost another
+            # forced refresh).
+            await asyncio.shield(refreshing)
         value = self.preferred or self.value
         if value is None:
             await self.refresh()

@@ -55,6 +55,9 @@ class BackendState(enum.IntEnum):
     ACTIVE = 3  # linked to a client
     RESETTING = 4  # running the proxy's own queries with no client attached
     CLOSED = 5
+    # Released while a client's cancel is on its way to the server: reused only once it has
+    # landed, so it cannot hit the next client's query.
+    CANCELLING = 6
 
 
 # Which state may follow which (BackendConnection._to); tests/unit/test_transitions.py checks it.
@@ -65,11 +68,12 @@ BACKEND_TRANSITIONS: dict[BackendState, frozenset[BackendState]] = {
         {BackendState.ACTIVE, BackendState.RESETTING, BackendState.CLOSED}
     ),
     BackendState.ACTIVE: frozenset(
-        {BackendState.IDLE, BackendState.RESETTING, BackendState.CLOSED}
+        {BackendState.IDLE, BackendState.RESETTING, BackendState.CANCELLING, BackendState.CLOSED}
     ),
     BackendState.RESETTING: frozenset(
-        {BackendState.IDLE, BackendState.ACTIVE, BackendState.CLOSED}
+        {BackendState.IDLE, BackendState.ACTIVE, BackendState.CANCELLING, BackendState.CLOSED}
     ),
+    BackendState.CANCELLING: frozenset({BackendState.IDLE, BackendState.CLOSED}),
     BackendState.CLOSED: frozenset(),
 }
 
@@ -88,7 +92,7 @@ class BackendConnection(Endpoint):
     __slots__ = (
         "address",
         "applied_sig",
-        "cancels_in_flight",
+        "cancelling",
         "checked_at",
         "client",
         "close_reason",
@@ -110,7 +114,6 @@ class BackendConnection(Endpoint):
         "parked",
         "pid",
         "pool",
-        "release_when_cancelled",
         "rx_bytes",
         "rx_mark",
         "scanner",
@@ -166,8 +169,7 @@ class BackendConnection(Endpoint):
         self.on_internal_done: InternalDone | None = None
         # Shared prepared statements this server connection holds (transaction mode).
         self.stmts = ServerStatements(pool.spec.max_prepared_statements)
-        self.cancels_in_flight = 0
-        self.release_when_cancelled = False
+        self.cancelling = False  # a cancel of this session is on its way (one at a time)
         self.close_reason: DisconnectReason | None = None
         # Liveness (Pool._watch): bytes received so far, the count the janitor last saw, since
         # when it has seen no new byte while a reply was owed, and the last idle check.
@@ -197,6 +199,10 @@ class BackendConnection(Endpoint):
     def hold(self) -> None:
         """Out of the pool and serving no client, until the pool takes it back (to_idle)."""
         self._to(BackendState.RESETTING)
+
+    def await_cancel(self) -> None:
+        """Released while a cancel is in flight: out of use until it lands (see _cancel)."""
+        self._to(BackendState.CANCELLING)
 
     def to_idle(self) -> None:
         """Free for the next client: the pool (or the topology monitor) has it back."""
@@ -255,7 +261,7 @@ class BackendConnection(Endpoint):
                 self.fail_internal()
         elif state == BackendState.LOGIN:
             self.slow_path_data()
-        elif state == BackendState.IDLE:
+        elif state == BackendState.IDLE or state == BackendState.CANCELLING:
             # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
             self.close(DisconnectReason.BACKEND_FAILED)
 
@@ -572,9 +578,9 @@ class BackendConnection(Endpoint):
 
     def send_cancel(self) -> None:
         """Forward a client's cancel; the backend is not reused until the cancel has landed."""
-        if self.cancels_in_flight or self.transport is None:
+        if self.cancelling or self.transport is None:
             return  # one cancel at a time: a flood of them must not outlive this transaction
-        self.cancels_in_flight += 1
+        self.cancelling = True
         self.pool.spawn(self._cancel(), "cancel")
 
     async def _cancel(self) -> None:
@@ -591,9 +597,8 @@ class BackendConnection(Endpoint):
         except (OSError, TimeoutError) as exc:
             log.warning("cancel for backend %s failed: %s", self.pid, exc)
         finally:
-            self.cancels_in_flight -= 1
-            if self.release_when_cancelled:
-                self.release_when_cancelled = False
+            self.cancelling = False
+            if self.state == BackendState.CANCELLING:
                 self.pool.release(self)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -621,7 +626,7 @@ class BackendConnection(Endpoint):
         self.client = None
         transport = self.transport
         if transport is not None:
-            if prev in (BackendState.IDLE, BackendState.ACTIVE, BackendState.RESETTING):
+            if prev not in (BackendState.CONNECTING, BackendState.LOGIN):
                 transport.write(m.TERMINATE)
             transport.close()
         self.wake()

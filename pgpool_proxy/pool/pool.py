@@ -114,9 +114,10 @@ class Pool:
         # Texts of statements the registry forgot are let go here, not when next used.
         if backend.stmts.swept != self.registry.evictions:
             backend.stmts.sweep(self.registry)
-        if backend.cancels_in_flight:
+        if backend.cancelling:
             # Reuse only after the cancel has reached the server, so it cannot hit the next client.
-            backend.release_when_cancelled = True
+            if backend.state != BackendState.CANCELLING:
+                backend.await_cancel()
             return
         now = self.loop.time()
         if backend.state != BackendState.IDLE:
@@ -156,12 +157,9 @@ class Pool:
     # --- connections -------------------------------------------------------------------------
 
     def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
-        self.total -= 1
         self.backends.discard(backend)
         if self.by_pid.get(backend.pid) is backend:
             del self.by_pid[backend.pid]
-        if self.budget is not None:
-            self.budget.released(self)
         if self.topology is not None:
             by_address = self.by_address
             left = by_address.get(backend.address, 0) - 1
@@ -173,6 +171,12 @@ class Pool:
                 # A server connection died: maybe its server did; look now, not in a second.
                 self.topology.suspect()
         self.server_disconnects[backend.close_reason or DisconnectReason.BACKEND_FAILED] += 1
+        if prev == BackendState.CONNECTING or prev == BackendState.LOGIN:
+            # Not logged in: the slot is its connect's, to retry in or to free (_connect).
+            return
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self)
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
@@ -196,56 +200,31 @@ class Pool:
         self.spawn(self._connect(), "connect")
 
     async def _connect(self) -> None:
-        spec = self.spec
-        creds = spec.credentials
-        slot_held = True  # the slot launch took; a failed attempt's backend gives it back
+        """Open one server connection in the slot launch took.
+
+        The slot is this task's until a backend has logged in (the backend owns it from then
+        on, see backend_closed) or the task gives up: a login the server refuses and the retry
+        with fresh credentials run in that one slot, so a rotation never opens more server
+        connections than the pool's size, nor frees a slot for a login with the stale password.
+        """
         task = asyncio.current_task()
         if task is not None:
             # retire() cancels connects of an older generation (a hung old writer must not
             # hold slots that the new one needs).
             self._connect_tasks[task] = self.generation
         try:
-            attempts = [(spec.user, spec.secret) if creds is None else await creds.current()]
-            i = 0
-            while True:
-                user, secret = attempts[i]
-                slot_held = False
-                try:
-                    backend = await self._attempt(user, secret)
-                    if i and creds is not None and secret is not None:
-                        creds.note_success(user, secret)
-                    break
-                except BackendLoginError as exc:
-                    if creds is None or exc.sqlstate != SqlState.INVALID_PASSWORD:
-                        raise
-                    if i == 0:
-                        # Rotation: the password changed on the server before (AWSPENDING) or
-                        # after (AWSCURRENT) our cached copy; refresh and try those.
-                        assert secret is not None
-                        attempts += await creds.after_auth_failure(secret)
-                    i += 1
-                    if i >= len(attempts):
-                        raise
-                    self.total += 1
-                    slot_held = True
-                    log.info("server login: pool=%s: retrying with fresh credentials", self.name)
-        except (ProxyError, Exception) as exc:
+            backend = await self._log_in()
+        except Exception as exc:
             self.connecting -= 1
-            if slot_held:
-                self.total -= 1
-                if self.budget is not None:
-                    self.budget.released(self)
             if not isinstance(exc, ProxyError):
                 # A bug must not leave queued clients waiting for query_wait_timeout.
                 exc = internal_error(log, "connecting a server for pool %s", self.name)
             self._connect_failed(exc)
+            self._free_slot()
             return
         except BaseException:
             self.connecting -= 1
-            if slot_held:
-                self.total -= 1
-            if self.budget is not None:
-                self.budget.released(self)
+            self._free_slot()
             raise
         finally:
             if task is not None:
@@ -261,16 +240,48 @@ class Pool:
         self._wake_params_waiters(None)
         self.release(backend)
 
+    async def _log_in(self) -> BackendConnection:
+        """A logged-in backend, retrying with refreshed credentials when the server refuses
+        the password it was given."""
+        spec = self.spec
+        creds = spec.credentials
+        if creds is None:
+            return await self._attempt(spec.user, spec.secret)
+        user, secret = await creds.current()
+        try:
+            return await self._attempt(user, secret)
+        except BackendLoginError as exc:
+            if exc.sqlstate != SqlState.INVALID_PASSWORD:
+                raise
+            refused = exc
+        # Rotation: the password changed on the server before (AWSPENDING) or after
+        # (AWSCURRENT) our cached copy; refresh and try those.
+        for user, fresh in await creds.after_auth_failure(secret):
+            log.info("server login: pool=%s: retrying with fresh credentials", self.name)
+            try:
+                backend = await self._attempt(user, fresh)
+            except BackendLoginError as exc:
+                if exc.sqlstate != SqlState.INVALID_PASSWORD:
+                    raise
+                refused = exc
+                continue
+            creds.note_success(user, fresh)
+            return backend
+        raise refused
+
+    def _free_slot(self) -> None:
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self)
+        self.maybe_grow()
+
     async def _attempt(self, user: str, secret: str | None) -> BackendConnection:
-        """Connect and log in one backend; on failure it is closed (giving its slot back)."""
+        """Connect and log in one backend; on failure it is closed (the slot stays _connect's)."""
         spec = self.spec
         backend = BackendConnection(self, self.generation)
         if self.topology is not None:
             address = self.pick_address()
             if address is None:
-                self.total -= 1  # no backend took the slot
-                if self.budget is not None:
-                    self.budget.released(self)
                 raise ProxyError(
                     SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
                     f"no usable server for pool {self.name}: {self.topology.describe()}",
@@ -313,7 +324,7 @@ class Pool:
                     f"could not connect to the server at {host}:{port}: {exc.strerror or exc}",
                 ) from None
         except BaseException:
-            # connection_lost may already have closed it and released its slot.
+            # connection_lost may already have closed it.
             if backend.state != BackendState.CLOSED:
                 backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
             raise

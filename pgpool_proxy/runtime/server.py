@@ -245,7 +245,9 @@ class ProxyServer:
             pool.close()
             for waiter in list(pool.waiters):
                 waiter.close(DisconnectReason.SHUTDOWN)
-        tasks = list(self._tasks)
+        # Verifier derivations outlive the logins that started them (shared, see scram_verifier):
+        # they end here too, or the loop is closed under them.
+        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._deriving.values()]
         for t in tasks:
             t.cancel()
         if tasks:

@@ -12,7 +12,7 @@ from ..auth.iam import IamError
 from ..auth.md5 import verify_md5_response
 from ..auth.scram import MECHANISM, ScramError
 from ..auth.scram_server import ScramServer
-from ..config import AuthType, PoolMode
+from ..config import AuthType, DatabaseConfig, PoolMode, UserConfig
 from ..counters import (
     AUTH_IAM,
     AUTH_PASSWORD,
@@ -188,8 +188,22 @@ class _Refusal(ProxyError):
 
 
 async def _login(client: ClientConnection) -> None:
+    """Startup (TLS, cancel requests), authentication, admission, the pool, the welcome."""
+    packet = await _startup(client)
+    if packet is None:
+        return  # a cancel request, delivered
+    params, user, database = _check_startup(client, packet)
+    user_cfg = await _authenticated(client, user)
+    db = _admit(client, database, params)
+    if db is None:
+        return  # the admin console took over
+    pool, server_params = await _join_pool(client, db, user_cfg, params)
+    _welcome(client, pool, server_params)
+
+
+async def _startup(client: ClientConnection) -> m.StartupMessage | None:
+    """The startup packet, after any TLS negotiation; None when it was a cancel request."""
     server = client.server
-    config = server.config
     while True:
         packet = m.parse_startup_packet(await read_startup_packet(client))
         if isinstance(packet, m.SSLRequest | m.GSSENCRequest):
@@ -214,8 +228,17 @@ async def _login(client: ClientConnection) -> None:
         if isinstance(packet, m.CancelRequest):
             server.cancel_request(packet.pid, packet.secret)
             client.close(DisconnectReason.CANCEL_REQUEST)
-            return
-        break
+            return None
+        return packet
+
+
+def _check_startup(
+    client: ClientConnection, packet: m.StartupMessage
+) -> tuple[dict[str, str], str, str]:
+    """What the startup packet asks for, refused early when the proxy cannot serve it:
+    (parameters, user, database)."""
+    server = client.server
+    config = server.config
     if client.peer_channel:
         raise _Refusal(
             SqlState.PROTOCOL_VIOLATION,
@@ -270,6 +293,14 @@ async def _login(client: ClientConnection) -> None:
             f"no more connections allowed (max_client_conn={config.proxy.max_client_conn})",
             DisconnectReason.TOO_MANY_CLIENTS,
         )
+    return params, user, database
+
+
+async def _authenticated(client: ClientConnection, user: str) -> UserConfig | None:
+    """Authenticate `user`; its configuration as in force after (a reload may have happened
+    while the client answered)."""
+    server = client.server
+    config = server.config
     user_cfg = config.user(user)
     await _authenticate(client, user, user_cfg)
     # Authentication waited for the client: a reload may have happened meanwhile. Go on with
@@ -284,6 +315,15 @@ async def _login(client: ClientConnection) -> None:
                 DisconnectReason.AUTH_FAILED,
                 AUTH_UNKNOWN_USER,
             )
+    return user_cfg
+
+
+def _admit(
+    client: ClientConnection, database: str, params: dict[str, str]
+) -> DatabaseConfig | None:
+    """The database the client may use now; None when the admin console took it over."""
+    server = client.server
+    config = server.config
     db = config.database(database)
     if server.draining:
         raise _Refusal(
@@ -294,20 +334,33 @@ async def _login(client: ClientConnection) -> None:
     if database == config.admin.database:
         # The virtual admin database: the console takes over (it refuses non-admin users).
         server.open_console(client, params)
-        return
+        return None
     if db is None:
         raise _Refusal(
             SqlState.INVALID_CATALOG_NAME,
             f'database "{database}" does not exist',
             DisconnectReason.UNKNOWN_DATABASE,
         )
+    return db
+
+
+async def _join_pool(
+    client: ClientConnection,
+    db: DatabaseConfig,
+    user_cfg: UserConfig | None,
+    params: dict[str, str],
+) -> tuple[Pool, dict[str, str]]:
+    """The client's pool, mode and settings (in the server's spelling); the server's own
+    reported settings."""
+    server = client.server
+    config = server.config
     settings: dict[str, str] = {}
     if "options" in params:
         settings.update(parse_options(params["options"]))
     for k, v in params.items():
         if k not in _NOT_SETTINGS and not k.startswith("_pq_."):
             settings[k] = v
-    pool = server.get_pool(db, user_cfg, user)
+    pool = server.get_pool(db, user_cfg, client.user)
     client.pool = pool
     # Per client, not per pool: users sharing a forced server user may differ in mode.
     client.release_on_idle = config.pool_mode_for(db, user_cfg) == PoolMode.TRANSACTION
@@ -335,6 +388,13 @@ async def _login(client: ClientConnection) -> None:
             # GUC names are case-insensitive; the server reports them in lower case.
             client.extra_settings[k.lower()] = v
             client.startup_settings[k.lower()] = v
+    return pool, server_params
+
+
+def _welcome(client: ClientConnection, pool: Pool, server_params: dict[str, str]) -> None:
+    """AuthenticationOk through ReadyForQuery; from here on the hot path reads."""
+    server = client.server
+    user, database = client.user, client.database
     pool.clients += 1
     client.key_pid, client.key_secret = server.register_cancel_key(client)
     _send(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from pgpool_proxy.runtime.server import ProxyServer
 from tests.aws.conftest import REGION
 from tests.support.cluster import DBNAME, PASSWORD, USER, ReplicatedCluster
 from tests.support.proxy import ProxyThread
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -125,10 +125,10 @@ async def test_proxy_routes_by_discovered_members_and_follows_failover(
             Engine="aurora-postgresql",
             DBInstanceClass="db.r6g.large",
         )
-        deadline = time.monotonic() + 10
-        while topo_hosts().get("disc-b-3") != "down":
-            assert time.monotonic() < deadline, topo_hosts()
-            await asyncio.sleep(0.1)
+        await wait_for(
+            lambda: topo_hosts().get("disc-b-3") == "down",
+            what=lambda: f"disc-b-3 discovered and probed ({topo_hosts()})",
+        )
 
         # Failover: the primary dies, the replica is promoted (AWS flips its flag too).
         await asyncio.to_thread(cluster.primary.stop, "immediate")
@@ -136,15 +136,14 @@ async def test_proxy_routes_by_discovered_members_and_follows_failover(
         _rds(moto_server).failover_db_cluster(
             DBClusterIdentifier="disc-b", TargetDBInstanceIdentifier="disc-b-2"
         )
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def on_new_writer() -> bool:
             try:
-                port = await conn.fetchval("SELECT inet_server_port()")
-                if port == cluster.replicas[0].port:
-                    break
+                return bool(await conn.fetchval("SELECT inet_server_port()") == new_port)
             except asyncpg.PostgresError:
-                pass
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+                return False
+
+        new_port = cluster.replicas[0].port
+        await wait_for(on_new_writer, what="the client served by the new writer", interval=0.1)
         assert not conn.is_closed()
         await conn.close()

@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import asyncpg
 import boto3
 import pytest
 
-from pgpool_proxy.aws.secrets import SecretError, parse_db_secret
+from pgpool_proxy.aws.secrets import DbCredentials, SecretError, parse_db_secret
 from pgpool_proxy.runtime.services import StartupError
 from tests.aws.conftest import REGION
 from tests.support.pg import LocalPostgres, quote_literal
 from tests.support.proxy import ProxyThread, make_config
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.usefixtures("aws_env")
 
@@ -82,22 +83,44 @@ def proxy_for(pg: LocalPostgres, arn: str, url: str, **sections: Any) -> ProxyTh
     return ProxyThread(config)
 
 
-async def hammer(proxy: ProxyThread, stop: asyncio.Event, errors: list[BaseException]) -> int:
-    """One client running short transactions until `stop`; returns how many succeeded."""
-    done = 0
-    conn = await asyncpg.connect(proxy.dsn(), ssl=False, statement_cache_size=0)
-    try:
-        while not stop.is_set():
-            try:
-                assert await conn.fetchval("select current_user") == "app_user"
-                done += 1
-            except Exception as exc:
-                errors.append(exc)
-                return done
-            await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-    return done
+class Hammers:
+    """Clients running short transactions until stopped, counting those that succeeded."""
+
+    def __init__(self, proxy: ProxyThread, clients: int) -> None:
+        self.proxy = proxy
+        self.counts = [0] * clients
+        self.errors: list[BaseException] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run(i)) for i in range(clients)]
+
+    async def _run(self, i: int) -> None:
+        conn = await asyncpg.connect(self.proxy.dsn(), ssl=False, statement_cache_size=0)
+        try:
+            while not self._stop.is_set():
+                try:
+                    assert await conn.fetchval("select current_user") == "app_user"
+                    self.counts[i] += 1
+                except Exception as exc:
+                    self.errors.append(exc)
+                    return
+                await asyncio.sleep(0.01)  # pacing: a steady load, not a busy loop
+        finally:
+            await conn.close()
+
+    async def advance(self, more: int, also: Callable[[], object] = lambda: True) -> None:
+        """Wait until every client has had `more` more transactions succeed (and `also()`)."""
+        want = [n + more for n in self.counts]
+
+        def done() -> object:
+            assert not self.errors, self.errors
+            return all(n >= w for n, w in zip(self.counts, want, strict=True)) and also()
+
+        await wait_for(done, timeout=30, what=f"{more} more transactions of every client")
+
+    async def stop(self) -> list[int]:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        return self.counts
 
 
 async def test_rotation_while_clients_run(sm_pg: LocalPostgres, moto_server: str) -> None:
@@ -106,26 +129,30 @@ async def test_rotation_while_clients_run(sm_pg: LocalPostgres, moto_server: str
     old_version = client.describe_secret(SecretId=arn)["VersionIdsToStages"]
     (old_id,) = [v for v, stages in old_version.items() if "AWSCURRENT" in stages]
     with proxy_for(sm_pg, arn, moto_server, secrets={"refresh_interval_s": 600}) as proxy:
-        stop, errors = asyncio.Event(), []
-        tasks = [asyncio.create_task(hammer(proxy, stop, errors)) for _ in range(6)]
-        await asyncio.sleep(0.5)
+        hammers = Hammers(proxy, 6)
+        await hammers.advance(5)
         # The rotation Lambda's steps: createSecret, setSecret, (testSecret), finishSecret.
         new_id = client.put_secret_value(
             SecretId=arn, SecretString=secret_json(sm_pg, "pw-2"), VersionStages=["AWSPENDING"]
         )["VersionId"]
         sm_pg.psql(f"ALTER ROLE app_user PASSWORD {quote_literal('pw-2')}")
         changed_at = time.time()
-        await asyncio.sleep(1.5)  # only AWSPENDING works now
+
+        def in_use() -> DbCredentials | None:
+            secret = proxy.call(lambda: proxy.server.services.secrets.secrets[arn])  # type: ignore[union-attr]
+            return secret.preferred or secret.value
+
+        # Only AWSPENDING works now: the proxy finds it, and the clients go on meanwhile.
+        await hammers.advance(10, lambda: (c := in_use()) is not None and c.password == "pw-2")
         client.update_secret_version_stage(
             SecretId=arn,
             VersionStage="AWSCURRENT",
             MoveToVersionId=new_id,
             RemoveFromVersionId=old_id,
         )
-        await asyncio.sleep(1.0)
-        stop.set()
-        counts = await asyncio.gather(*tasks)
-        assert errors == []
+        await hammers.advance(10)
+        counts = await hammers.stop()
+        assert hammers.errors == []
         assert all(n > 20 for n in counts), counts
         # A server connection born after the password change serves clients: it logged in
         # with the new password.
@@ -139,8 +166,8 @@ async def test_rotation_while_clients_run(sm_pg: LocalPostgres, moto_server: str
         finally:
             await conn.close()
         secret = proxy.call(lambda: proxy.server.services.secrets.secrets[arn])  # type: ignore[union-attr]
-        in_use = secret.preferred or secret.value
-        assert in_use is not None and in_use.password == "pw-2"
+        now_used = secret.preferred or secret.value
+        assert now_used is not None and now_used.password == "pw-2"
         # Startup fetch, then forced refreshes only for the first 28P01s of the rotation
         # window (at most one per concurrent login, pool size 4; after that AWSPENDING is
         # used directly), not one per new server connection (~20 here). No polling:
@@ -167,18 +194,20 @@ async def test_keeps_serving_when_secrets_manager_is_gone(sm_pg: LocalPostgres) 
             secrets={"refresh_interval_s": 0.2, "retry_interval_s": 0.2, "request_timeout_s": 1},
         )
         with proxy:
-            stop, errors = asyncio.Event(), []
-            tasks = [asyncio.create_task(hammer(proxy, stop, errors)) for _ in range(3)]
-            await asyncio.sleep(0.3)
+            hammers = Hammers(proxy, 3)
+            await hammers.advance(5)
             moto.stop()
             stopped = True
-            await asyncio.sleep(2.0)  # background refreshes fail; backends keep being replaced
-            stop.set()
-            counts = await asyncio.gather(*tasks)
-            assert errors == []
+
+            def refresh_failed() -> bool:
+                secret = proxy.call(lambda: proxy.server.services.secrets.secrets[arn])  # type: ignore[union-attr]
+                return "unreachable" in secret.last_error or "refused" in secret.last_error
+
+            # Background refreshes fail; backends (server_lifetime_s 0.3) keep being replaced.
+            await hammers.advance(20, refresh_failed)
+            counts = await hammers.stop()
+            assert hammers.errors == []
             assert all(n > 20 for n in counts), counts
-            secret = proxy.call(lambda: proxy.server.services.secrets.secrets[arn])  # type: ignore[union-attr]
-            assert "unreachable" in secret.last_error or "refused" in secret.last_error
     finally:
         if not stopped:
             moto.stop()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.deploy import dockerfile
 from tests.deploy.conftest import APP_PASSWORD, SHUTDOWN_TIMEOUT_S
+from tests.support.waits import wait_for_sync
 
 # python:3.12-slim is ~125 MB; the proxy and its dependencies (botocore is most of it) add
 # ~70 MB. Well above that means build tools or caches leaked into the runtime stage.
@@ -87,13 +87,17 @@ def test_container_is_healthy_serves_and_stops_cleanly(
     run = _docker("run", "-d", "--name", name, "--network", "host", *env_args, image)
     assert run.returncode == 0, run.stderr
     try:
-        deadline = time.monotonic() + 90
-        status = ""
-        while time.monotonic() < deadline:
-            status = _docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
-            if status in ("healthy", "unhealthy"):
-                break
-            time.sleep(1)
+
+        def decided() -> str:
+            got = _docker("inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
+            return got if got in ("healthy", "unhealthy") else ""
+
+        status = wait_for_sync(
+            decided,
+            timeout=90,
+            what="Docker's health check to decide",
+            interval=1,  # a docker command a try
+        )
         assert status == "healthy", _docker("logs", name).stderr[-3000:]
         port = int(container_env["PGPOOL_PROXY_LISTEN"].rpartition(":")[2])
         with psycopg.connect(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -18,3 +18,14 @@ async def admin(pg: LocalPostgres) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+def atk(pg: LocalPostgres) -> Iterator[LocalPostgres]:
+    """The test server with the session-attack tests' objects (roles, schema, functions), made
+    once per module that asks for them."""
+    from tests.integration.test_session_attacks import SETUP, TEARDOWN
+
+    pg.psql(SETUP, dbname="app")
+    yield pg
+    pg.psql(TEARDOWN, dbname="app")

@@ -22,8 +22,9 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.proxyproc import write_config
-from tests.support.rawpg import RawClient, RawError
-from tests.support.robustness import eventually, login, one_value
+from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.robustness import one_value
+from tests.support.waits import eventually, wait_for
 
 ADMIN = {"admin_users": ["alice"], "stats_users": ["bob"]}
 
@@ -62,6 +63,16 @@ async def show(
 
 async def app(proxy: ProxyThread, user: str = "alice") -> asyncpg.Connection:
     return await asyncpg.connect(proxy.dsn(user, "app"))
+
+
+async def db_paused(proxy: ProxyThread, db: str = "app") -> bool:
+    """Whether SHOW DATABASES says `db` is paused (read on a console connection of its own)."""
+    conn = await console(proxy)
+    try:
+        _, dbs = await show(conn, "DATABASES")
+        return any(d["name"] == db and d["paused"] == 1 for d in dbs)
+    finally:
+        await conn.close()
 
 
 async def test_show_commands_use_pgbouncer_columns(start_proxy: StartProxy) -> None:
@@ -195,7 +206,7 @@ async def test_pause_waits_for_transactions_and_holds_new_ones(start_proxy: Star
         await tx.start()
         await a.execute("INSERT INTO pause_t VALUES (0)")
         pause = asyncio.ensure_future(admin.execute("PAUSE app"))
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: db_paused(proxy), what="PAUSE app to take effect")
         assert not pause.done(), "PAUSE returned while a transaction was still running"
         await a.execute("INSERT INTO pause_t VALUES (1)")
         await tx.commit()
@@ -203,7 +214,7 @@ async def test_pause_waits_for_transactions_and_holds_new_ones(start_proxy: Star
         assert cur.statusmessage == "PAUSE"
         assert proxy.pool_stats()["total"] == 0
         held = asyncio.ensure_future(b.fetchval("SELECT 42"))
-        await asyncio.sleep(0.7)
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="the query to queue")
         assert not held.done(), "a transaction ran while the database was paused"
         assert not b.is_closed()
         _, dbs = await show(admin, "DATABASES")
@@ -231,7 +242,8 @@ async def test_pause_everything_then_resume(start_proxy: StartProxy) -> None:
         # A pool created while paused starts paused too: a login that needs the server's
         # settings waits, and no server connection opens, until RESUME.
         login_b = asyncio.ensure_future(app(proxy, "bob"))
-        await asyncio.sleep(0.7)
+        # The pool exists once bob authenticated; the login then waits for the settings.
+        await wait_for(lambda: proxy.pool_stats("app", "bob"), what="bob's pool to be created")
         assert not login_b.done()
         assert proxy.pool_stats("app", "bob")["total"] == 0
         await admin.execute("RESUME")
@@ -250,7 +262,7 @@ async def test_kill_drops_clients_and_holds_new_ones(
     start_proxy: StartProxy, pg: LocalPostgres
 ) -> None:
     proxy = start_proxy(admin=ADMIN)
-    victims = [await login(proxy) for _ in range(3)]
+    victims = [await raw_login(proxy) for _ in range(3)]
     admin = await console(proxy)
     direct = await asyncpg.connect(pg.dsn(dbname="app"))
     try:
@@ -274,7 +286,7 @@ async def test_kill_drops_clients_and_holds_new_ones(
         # New clients log in, and wait until RESUME.
         late = await app(proxy)
         held = asyncio.ensure_future(late.fetchval("SELECT 3"))
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="the query to queue")
         assert not held.done()
         await admin.execute("RESUME app")
         assert await asyncio.wait_for(held, 5) == 3
@@ -326,7 +338,7 @@ async def test_set_changes_a_live_setting(start_proxy: StartProxy) -> None:
         await conns[0].execute("SELECT 1")
         await conns[1].execute("SELECT 1")
         third = asyncio.ensure_future(conns[2].fetchval("SELECT 3"))
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="the third to queue")
         assert not third.done()
         assert proxy.pool_stats()["total"] == 2
         await txs[0].commit()
@@ -419,7 +431,7 @@ async def test_console_bounds_what_one_query_may_cost(
 
     # A stats user that does not read its replies: the console waits for the client instead
     # of buffering every reply, and other clients are served meanwhile.
-    others = [await login(proxy) for _ in range(60)]
+    others = [await raw_login(proxy) for _ in range(60)]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((proxy.host, proxy.port))
@@ -439,8 +451,17 @@ async def test_console_bounds_what_one_query_may_cost(
 
     proxy.call(admin_buffer)
     slow.send(m.query(";".join(["SHOW CLIENTS"] * MAX_STATEMENTS)))
-    await asyncio.sleep(1.0)
-    buffered = proxy.call(admin_buffer)
+
+    async def settled_buffer() -> int:
+        # Unchanged across another client's round trip: the console had its turns on the loop
+        # meanwhile, and wrote no more (the test client's StreamReader takes up to 128 KB, so
+        # how much stays in the proxy varies).
+        before = proxy.call(admin_buffer)
+        assert await one_value(others[1], "SELECT 1") == "1"
+        after = proxy.call(admin_buffer)
+        return after if after == before else 0
+
+    buffered = await wait_for(settled_buffer, what="the console's buffer to stop growing")
     # At most the mark plus about one reply (each SHOW CLIENTS here is about 10 KB); without
     # the wait, every reply would be buffered (about 70 KB).
     assert 0 < buffered < high + 20 * 1024, buffered
@@ -501,7 +522,7 @@ async def test_set_max_server_connections_applies(start_proxy: StartProxy) -> No
         assert await b.fetchval("SELECT 2") == 2
         # Two pools, two server connections: a third transaction waits for the cap.
         third = asyncio.ensure_future(a2.fetchval("SELECT 3"))
-        await asyncio.sleep(0.7)
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="the third to queue")
         assert not third.done(), "the new max_server_connections was not applied"
         await tx_a.commit()
         assert await asyncio.wait_for(third, 5) == 3
@@ -575,6 +596,7 @@ async def test_reload_during_a_login_uses_the_new_config(pg: LocalPostgres, tmp_
             )
             assert err is not None and err["C"] == "3D000", err
             assert proxy.call(lambda: [k for k in proxy.server.pools if k[0] == "app2"]) == []  # type: ignore[union-attr]
+            # No racing action (a no-op coroutine): the login goes through.
             assert await _login_racing(proxy, "bob", "app", lambda: asyncio.sleep(0)) is None
         finally:
             await admin.close()
@@ -621,7 +643,7 @@ async def test_drain_holds_new_pools_and_refuses_resume(start_proxy: StartProxy)
     async def start_drain() -> None:
         nonlocal drained
         drained = asyncio.run_coroutine_threadsafe(lifecycle.drain(server, 10), proxy.loop)  # type: ignore[arg-type]
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: proxy.call(lambda: server.draining), what="the drain to begin")
 
     # A login that authenticates once the drain has begun is refused, and gets no pool.
     err = await _login_racing(proxy, "bob", "app", start_drain)

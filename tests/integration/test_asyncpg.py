@@ -15,6 +15,7 @@ import pytest
 from tests.support.clients import MODES, Boom, apg, direct, start, table
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import StartProxy
+from tests.support.waits import wait_for
 
 # --------------------------------------------------------------------------------------------
 # 3. asyncpg
@@ -162,7 +163,7 @@ async def test_asyncpg_failed_transaction_keeps_its_backend(start_proxy: StartPr
         with pytest.raises(asyncpg.DivisionByZeroError):
             await a.fetchval("select 1/0")
         waiting = asyncio.ensure_future(b.fetchrow("select pg_backend_pid(), now() = now()"))
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="the other client to queue")
         assert not waiting.done(), "another client got the backend of a failed transaction"
         with pytest.raises(asyncpg.InFailedSQLTransactionError):
             await a.fetchval("select 1")

@@ -18,6 +18,7 @@ from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 from tests.support.proxy import ProxyThread, StartProxy
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 
 async def challenge(proxy: ProxyThread, user: str) -> tuple[bytes, int, int, dict[str, str]]:
@@ -92,9 +93,8 @@ async def test_real_verifiers_are_ready_before_the_first_login(start_proxy: Star
         assert proxy.server is not None
         return len(proxy.server._verifiers)
 
-    async with asyncio.timeout(5):
-        while cached() < 3:  # alice, bob and carol have plaintext passwords
-            await asyncio.sleep(0.01)
+    # alice, bob and carol have plaintext passwords.
+    await wait_for(lambda: cached() >= 3, timeout=5, what="three verifiers derived")
     await challenge(proxy, "alice")
     assert cached() == 3
 

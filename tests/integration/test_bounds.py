@@ -23,16 +23,11 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.extproto import SYNC, bind, close, execute, parse, roundtrip
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import ProxyProcess, free_port, write_config
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:
@@ -72,32 +67,17 @@ class Proxy:
 def start(pg: LocalPostgres, tmp_path: Path) -> Iterator[object]:
     started: list[ProxyProcess] = []
 
-    def run(proxy: str = "", pool: str = "default_pool_size = 4") -> Proxy:
+    def run(proxy: str = "", pool_size: int = 4, pool: str = "") -> Proxy:
         port = free_port()
         config = tmp_path / f"proxy{len(started)}.toml"
-        users = "".join(
-            f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in ("alice", "bob")
-        )
-        config.write_text(
-            f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-client_login_timeout_s = 30
-{proxy}
-
-[pool]
-{pool}
-
-[admin]
-admin_users = ["alice"]
-stats_users = ["bob"]
-
-[[databases]]
-name = "app"
-host = "{pg.host}"
-port = {pg.port}
-
-{users}"""
+        write_config(
+            config,
+            pg,
+            port,
+            pool_size=pool_size,
+            proxy=f"client_login_timeout_s = 30\n{proxy}",
+            pool=pool,
+            admin='stats_users = ["bob"]',
         )
         proc = ProxyProcess(config, port, tmp_path / f"proxy{len(started)}.log")
         started.append(proc)
@@ -170,7 +150,7 @@ async def test_console_client_that_never_reads_is_stopped_not_buffered(start) ->
     assert latency < max(10 * idle, 1.0), (latency, idle)
     # Nothing is spinning while the flood is held back.
     busy0 = cpu_s(proxy.pid)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the window the CPU time is measured over, not a wait
     assert cpu_s(proxy.pid) - busy0 < 0.2
     print(
         f"flood: {sent / MB:.1f} MB taken, RSS +{grown / MB:.1f} MB, "
@@ -196,10 +176,11 @@ async def test_login_waiting_for_a_paused_pool_stops_reading(start) -> None:  # 
     )
     assert blocked, f"the proxy was still reading after {sent / MB:.0f} MB"
     assert proxy.rss() - rss0 < 16 * MB
-    # The proxy is not busy meanwhile: the console answers at once.
+    # The proxy is not busy meanwhile: the console answers (within 5 s, 5x the bound this
+    # had on an idle machine; a proxy still reading the flood would not get round to it).
     t0 = time.monotonic()
     assert await admin.simple_query("SHOW VERSION")
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 5
     await admin.simple_query("RESUME app")
     await admin.close()
     sock.close()
@@ -268,7 +249,7 @@ async def test_big_statements_are_not_kept_after_the_client_leaves(  # type: ign
     cache = 32 * MB
     proxy = start(
         proxy=f"max_client_statement_bytes = {1024 * MB}",
-        pool=f"default_pool_size = 4\nstatement_cache_bytes = {cache}",
+        pool=f"statement_cache_bytes = {cache}",
     )
     warm = await proxy.client()
     assert await warm.simple_query("SELECT 1") == [["1"]]
@@ -287,9 +268,12 @@ async def test_big_statements_are_not_kept_after_the_client_leaves(  # type: ign
     d = await proxy.client()
     assert await prepare(d, "small", "SELECT 1") == ["1", "Z:I"]
     await d.close()
-    deadline = time.monotonic() + 10
-    while (kept := proxy.rss() - rss0) > cache + 24 * MB and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    await wait_for(
+        lambda: proxy.rss() - rss0 <= cache + 24 * MB,
+        what=lambda: f"RSS back to the cache's bound (+{(proxy.rss() - rss0) / MB:.0f} MB)",
+        interval=0.1,
+    )
+    kept = proxy.rss() - rss0
     print(f"statements: held while connected +{held / MB:.0f} MB, kept after +{kept / MB:.0f} MB")
     assert kept <= cache + 24 * MB, f"{kept / MB:.0f} MB kept after the client left"
 
@@ -298,7 +282,7 @@ async def test_huge_settings_end_the_session_and_never_reach_another_client(star
     """A 100-byte query sets an 8 MB search_path: the proxy would keep it and replay it on every
     server connection. Over max_client_settings_bytes the session ends with 54000, and the
     server connection holding the setting is closed, not handed on."""
-    proxy = start(pool="default_pool_size = 1")
+    proxy = start(pool_size=1)
     c = await proxy.client()
     # Below the bound: kept and replayed as usual.
     await c.simple_query("SET application_name = 'below'; SET app.note = '" + "n" * 100_000 + "'")

@@ -48,7 +48,10 @@ from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 pytestmark = pytest.mark.timeout(240)
 
 ROUNDS = 4  # transactions per scenario
-PAUSE_S = 0.15  # between transactions: longer than server_lifetime_s
+# Between transactions: longer than server_lifetime_s. These pauses are the scenario, not
+# synchronisation: they let the server connection outlive its lifetime, so that the next
+# transaction runs on a fresh one (re-prepare, replay of settings).
+PAUSE_S = 0.15
 WORK_MEM = "3MB"
 
 

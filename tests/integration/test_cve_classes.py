@@ -28,12 +28,11 @@ from tests.integration.test_hostile import (
     canary,
     connect,
     finish_login,
-    login,
     only_error,
     startup,
 )
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
-from tests.support.rawpg import RawClient, RawError
+from tests.support.rawpg import RawClient, RawError, raw_login
 
 ADMIN = {"admin_users": ["alice"], "stats_users": ["bob"]}
 SYNC = m.frame(b"S")
@@ -193,7 +192,7 @@ async def test_startup_shaped_packet_inside_a_session(cproxy: ProxyThread, untyp
     byte, which is not a message type; the session ends with 08P01 and the one pooled server
     connection is not left half-fed (the canary shares it)."""
     async with canary(cproxy):
-        c = await login(cproxy)
+        c = await raw_login(cproxy)
         assert await c.simple_query("select 'in'") == [["in"]]
         c.send(untyped)
         err = await c.read_error(5)
@@ -303,7 +302,7 @@ async def test_stats_user_cannot_mutate(cproxy: ProxyThread) -> None:
     """PgBouncer's console authorisation class (stats_users may only SHOW): every mutating
     command, in any case, spacing, quoting or position in a multi-statement query, and through
     the extended protocol, is refused with 42501 (0A000 for extended) and changes nothing."""
-    app_client = await login(cproxy)  # a pool exists, so RECONNECT/KILL would show
+    app_client = await raw_login(cproxy)  # a pool exists, so RECONNECT/KILL would show
     assert await app_client.simple_query("select 1") == [["1"]]
     before = _state(cproxy)
     stats = await RawClient.connect(cproxy.host, cproxy.port)

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from pgpool_proxy.protocol import messages as m
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
-from tests.support.proxy import PASSWORDS, ProxyThread, make_config
+from tests.support.proxy import ProxyThread, make_config
 from tests.support.rawpg import RawClient
 
 pytestmark = pytest.mark.timeout(600)
@@ -49,7 +49,8 @@ EXTENDED_TEXTS = [
     ("SELECT 1/0", 0),
     ("SELECT * FROM no_such_table", 0),
     # nullif: a custom setting another client set and reset reads as '' where a fresh session
-    # reads NULL (PostgreSQL keeps the placeholder for the session's life; README, known limits).
+    # reads NULL (PostgreSQL keeps the placeholder for the session's life; docs/behaviour.md,
+    # known limits).
     ("SELECT nullif(current_setting('app.x', true), '')", 0),
     ("SET app.x = 'ext'", 0),
     ("SELECT set_config('app.x', $1, false)", 1),
@@ -247,9 +248,7 @@ async def converse(connect: Connect, steps: list[Step]) -> list[object]:
 
 def check(pg: LocalPostgres, proxy: ProxyThread, steps: list[Step]) -> None:
     async def direct() -> RawClient:
-        c = await RawClient.connect(pg.host, pg.port)
-        await c.login("alice", PASSWORDS["alice"], "app")
-        return c
+        return await x.raw_login(pg)
 
     async def proxied() -> RawClient:
         return await x.raw_login(proxy)

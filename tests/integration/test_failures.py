@@ -19,15 +19,14 @@ from pgpool_proxy.protocol import messages as m
 from tests.support.chaos import ChaosRelay
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, StartProxy
-from tests.support.rawpg import RawClient, RawError
+from tests.support.rawpg import RawClient, RawError, raw_login
 from tests.support.robustness import (
     backends,
-    eventually,
-    login,
     one_value,
     proxy_client_count,
     settle,
 )
+from tests.support.waits import eventually, wait_for
 
 # --- 6. dead backends ------------------------------------------------------------------------
 
@@ -37,8 +36,8 @@ async def test_backend_terminated_mid_transaction(
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 3})
     await settle(admin, "alice")
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query("BEGIN") == []
         pid_a = int(await one_value(a, "select pg_backend_pid()") or 0)
@@ -57,7 +56,7 @@ async def test_backend_terminated_mid_transaction(
         assert await b.simple_query("COMMIT") == []
         # New clients work, and the dead backend's slot was given back: three clients can hold
         # three backends at once again.
-        holders = [await login(proxy) for _ in range(3)]
+        holders = [await raw_login(proxy) for _ in range(3)]
         pids = set()
         for h in holders:
             assert await h.simple_query("BEGIN") == []
@@ -78,7 +77,7 @@ async def test_idle_pooled_backend_terminated(
     start_proxy: StartProxy, admin: asyncpg.Connection
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1})
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         pid = int(await one_value(c, "select pg_backend_pid()") or 0)
         assert await admin.fetchval("select pg_terminate_backend($1)", pid) is True
@@ -106,13 +105,13 @@ async def test_backend_terminated_while_others_wait(
 ) -> None:
     """The only backend dies under A while B is queued for it: B gets a new backend."""
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 10})
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query("BEGIN") == []
         pid = int(await one_value(a, "select pg_backend_pid()") or 0)
         b_query = asyncio.create_task(b.simple_query("select pg_backend_pid()"))
-        await asyncio.sleep(0.2)
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="B to queue")
         assert not b_query.done()
         assert await admin.fetchval("select pg_terminate_backend($1)", pid) is True
         err = await a.read_error(5)
@@ -147,6 +146,10 @@ async def _idle_in_tx(admin: asyncpg.Connection, user: str) -> int:
     )
 
 
+async def _no_idle_in_tx(admin: asyncpg.Connection, user: str) -> bool:
+    return await _idle_in_tx(admin, user) == 0
+
+
 async def _rows(admin: asyncpg.Connection, marker: str) -> int:
     return int(await admin.fetchval("select count(*) from robust_t7 where marker = $1", marker))
 
@@ -157,7 +160,7 @@ async def test_client_vanishes_mid_transaction(
 ) -> None:
     user = "carol"
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 5})
-    a = await login(proxy, user)
+    a = await raw_login(proxy, user)
     assert await a.simple_query("BEGIN") == []
     pid = int(await one_value(a, "select pg_backend_pid()") or 0)
     assert await a.simple_query(f"INSERT INTO {marker_table} VALUES ('vanish-{how}')") == []
@@ -167,6 +170,9 @@ async def test_client_vanishes_mid_transaction(
         assert t == b"G"  # CopyInResponse
         a.send(m.frame(b"d", f"copy-{how}\n".encode()))
         await a.writer.drain()
+        # A chance for the CopyData to pass the proxy before the abort. Nothing shows when it
+        # has (the proxy counts no bytes per client), and the outcome asserted is the same
+        # either way: nothing of the transaction is kept.
         await asyncio.sleep(0.05)
     if how in ("abort", "mid_copy"):
         a.writer.transport.abort()
@@ -174,8 +180,10 @@ async def test_client_vanishes_mid_transaction(
         a.send(m.TERMINATE)
         assert await a.closed(3)
         a.writer.close()
-    left, elapsed = await eventually(lambda: _idle_in_tx(admin, user), lambda n: n == 0, 3)
-    assert left == 0 and elapsed < 1.0, (left, elapsed)
+    # Rolled back when the client goes, not by a timer.
+    await wait_for(
+        lambda: _no_idle_in_tx(admin, user), timeout=3, what="the transaction rolled back"
+    )
     gone, _ = await eventually(
         lambda: admin.fetchval("select count(*) from pg_stat_activity where pid = $1", pid),
         lambda n: n == 0,
@@ -185,7 +193,7 @@ async def test_client_vanishes_mid_transaction(
     assert await _rows(admin, f"vanish-{how}") == 0
     assert await _rows(admin, f"copy-{how}") == 0
     # The single pool slot is free again.
-    c = await login(proxy, user)
+    c = await raw_login(proxy, user)
     try:
         assert await c.simple_query(f"INSERT INTO {marker_table} VALUES ('after-{how}')") == []
         assert await one_value(c, "select 'next'") == "next"
@@ -198,18 +206,22 @@ async def test_client_vanishes_while_query_runs(
     start_proxy: StartProxy, admin: asyncpg.Connection
 ) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 5})
-    a = await login(proxy, "carol")
-    a.send(m.query("select pg_sleep(2)"))
-    await asyncio.sleep(0.3)
+    a = await raw_login(proxy, "carol")
+    a.send(m.query("select pg_sleep(2) /* vanish-busy */"))
+    sleeping = await wait_for(
+        lambda: admin.fetchval(
+            "select pid from pg_stat_activity where query like '%vanish-busy%' "
+            "and state = 'active' and pid <> pg_backend_pid()"
+        ),
+        what="the query on the server",
+    )
     a.writer.transport.abort()
     # The busy backend is not handed to the next client (its reply would go to the wrong
     # client): a new one is opened, so the next query does not wait for the sleep to end.
-    t0 = time.monotonic()
-    c = await login(proxy, "carol")
+    c = await raw_login(proxy, "carol")
     try:
         assert await one_value(c, "select 'fresh'") == "fresh"
-        assert await one_value(c, "select 'again'") == "again"
-        assert time.monotonic() - t0 < 1.5
+        assert await one_value(c, "select pg_backend_pid()") != str(sleeping)
     finally:
         await c.close()
 
@@ -223,14 +235,12 @@ async def test_backend_down_gives_08001(start_proxy: StartProxy) -> None:
         port = s.getsockname()[1]
     proxy = start_proxy(databases=[{"name": "app", "host": "127.0.0.1", "port": port}])
     for _ in range(2):  # the second attempt must not hang behind the first failure either
-        t0 = time.monotonic()
         client = await RawClient.connect(proxy.host, proxy.port)
         with pytest.raises(RawError) as err:
             await client.login("alice", PASSWORDS["alice"], "app")
-        elapsed = time.monotonic() - t0
+        # A hang would end in client_login_timeout_s's error instead of this one.
         assert err.value.sqlstate == "08001", err.value.fields
         assert f"127.0.0.1:{port}" in err.value.fields["M"]
-        assert elapsed < 3, elapsed
         assert await client.closed(3)
     assert await proxy_client_count(proxy, 0) == 0
     assert proxy.pool_stats().get("total", 0) == 0
@@ -243,35 +253,36 @@ async def test_server_crash_and_recovery(pg: LocalPostgres, start_proxy: StartPr
         pool={"default_pool_size": 2, "query_wait_timeout_s": 30},
     )
     try:
-        idle = await login(proxy)
+        idle = await raw_login(proxy)
         assert await one_value(idle, "select 'up'") == "up"
-        busy = await login(proxy)
+        busy = await raw_login(proxy)
         assert await busy.simple_query("BEGIN") == []
         await relay.cut()
         # Mid-transaction: told at once that the server connection is gone, then closed.
         err = await busy.read_error(5)
         assert err["C"] == "08006", err
         assert await busy.closed(3)
-        # Idle: the next query cannot get a server; the client hears why well before
-        # query_wait_timeout (30 s).
-        t0 = time.monotonic()
+        # Idle: the next query cannot get a server; the client hears why (read_error's 5 s)
+        # well before query_wait_timeout (30 s).
         idle.send(m.query("select 'down'"))
         err = await idle.read_error(5)
         assert err["C"] == "08001", err
         assert f"127.0.0.1:{relay.port}" in err["M"]
-        assert time.monotonic() - t0 < 3
         # The server comes back on the same address: new clients are served again.
         await relay.start()
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    again = await login(proxy)
-                    assert await one_value(again, "select 'back'") == "back"
-                    await again.close()
-                    break
-                except RawError as exc:
-                    assert exc.sqlstate == "08001", exc.fields
-                    await asyncio.sleep(0.2)
+
+        async def served() -> bool:
+            try:
+                again = await raw_login(proxy)
+            except RawError as exc:
+                assert exc.sqlstate == "08001", exc.fields
+                return False
+            assert await one_value(again, "select 'back'") == "back"
+            await again.close()
+            return True
+
+        # A login a poll: each failed one is a client the proxy logs and refuses.
+        await wait_for(served, what="a login after the server came back", interval=0.2)
         assert proxy.pool_stats()["total"] <= 2
     finally:
         await relay.cut()
@@ -292,7 +303,8 @@ async def test_server_that_never_answers(pg: LocalPostgres, start_proxy: StartPr
         elapsed = time.monotonic() - t0
         assert err.value.sqlstate == "08001", err.value.fields
         assert "timed out" in err.value.fields["M"]
-        assert 0.9 <= elapsed < 2.5, elapsed
+        # server_connect_timeout_s (1 s) is the behaviour: not before it, and within 5x it.
+        assert 0.9 <= elapsed < 5, elapsed
         assert await client.closed(3)
     finally:
         await relay.cut()
@@ -305,11 +317,11 @@ async def test_failed_server_connects_are_paced(pg: LocalPostgres, start_proxy: 
         pool={"default_pool_size": 2, "query_wait_timeout_s": 2},
     )
     try:
-        a = await login(proxy)
+        a = await raw_login(proxy)
         assert await a.simple_query("BEGIN") == []  # one healthy backend stays in use
         relay.reject = True  # from now on every new server connection is reset at once
         relay.accepted = 0
-        b = await login(proxy)
+        b = await raw_login(proxy)
         b.send(m.query("select 'b'"))  # needs a second backend, which cannot be had
         err = await b.read_error(6)
         assert err["C"] in ("57014", "08001", "08006"), err

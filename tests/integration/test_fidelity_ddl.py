@@ -271,11 +271,7 @@ async def raw_both(
     outcomes = []
     for direct in (True, False):
         table = f"ddl_{next(_n)}"
-        if direct:
-            c = await RawClient.connect(pg.host, pg.port)
-            await c.login("alice", PASSWORDS["alice"], "app")
-        else:
-            c = await x.raw_login(proxy)
+        c = await x.raw_login(pg if direct else proxy)
         try:
             await x.roundtrip(
                 c,

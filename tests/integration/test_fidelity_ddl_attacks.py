@@ -24,6 +24,7 @@ from tests.support.hostile_server import msg as hmsg
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -234,11 +235,11 @@ async def waiting_on_lock(locker: asyncpg.Connection, want: int = 1) -> None:
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
     )
-    for _ in range(500):
-        if await locker.fetchval(q) >= want:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("nothing waits for the lock")
+
+    async def waiting() -> bool:
+        return bool(await locker.fetchval(q) >= want)
+
+    await wait_for(waiting, what=f"{want} waiting for the lock")
 
 
 class Held:
@@ -267,11 +268,7 @@ class Held:
         return self
 
     async def connect(self) -> RawClient:
-        if self.proxy is not None:
-            return await x.raw_login(self.proxy)
-        c = await RawClient.connect(self.pg.host, self.pg.port)
-        await c.login("alice", PASSWORDS["alice"], "app")
-        return c
+        return await x.raw_login(self.proxy or self.pg)
 
     @property
     def where(self) -> tuple[str, int]:
@@ -346,15 +343,25 @@ async def test_megabytes_pipelined_behind_a_held_message(
         batches = (8 << 20) // len(one)
         h.c.send(one * batches)
         pid = h.c.pid
-        await asyncio.sleep(0.5)  # let the proxy read what it will
-        held = proxy.call(lambda: len(proxy.server.clients[pid].rbuf.buf))
-        assert held <= 1 << 20, held
-        # Another user's pool is served while this client is held.
+
+        def buffered() -> int:
+            return proxy.call(lambda: len(proxy.server.clients[pid].rbuf.buf))  # type: ignore[union-attr]
+
+        # Another user's pool is served while this client is held; the proxy has read what it
+        # will once its buffer stays the same across one of that user's round trips.
         bob = await asyncpg.connect(proxy.dsn(user="bob", password=PASSWORDS["bob"]))
         try:
-            assert await asyncio.wait_for(bob.fetchval("SELECT 7"), 2) == 7
+
+            async def settled() -> tuple[int] | None:
+                before = buffered()
+                assert await asyncio.wait_for(bob.fetchval("SELECT 7"), 10) == 7
+                after = buffered()
+                return (after,) if after == before else None
+
+            (held,) = await wait_for(settled, what="the proxy to stop reading the client")
         finally:
             await bob.close()
+        assert held <= 1 << 20, held
         await h.release()
         first = (await x.roundtrip(h.c)).kinds
         assert first == ["2", "D", "C", "Z:I"]
@@ -399,11 +406,7 @@ async def test_one_text_under_two_search_paths(pg: LocalPostgres, start_proxy: S
         for via in (None, proxy):
             got = []
             for schema in ("a", "b"):
-                if via is None:
-                    c = await RawClient.connect(pg.host, pg.port)
-                    await c.login("alice", PASSWORDS["alice"], "app")
-                else:
-                    c = await x.raw_login(proxy)
+                c = await x.raw_login(via or pg)
                 try:
                     await c.simple_query(f"SET search_path = {s}{schema}")
                     got.append(
@@ -605,11 +608,7 @@ async def copy_both(
         for via in (None, proxy):
             table = f"ddl_{next(_n)}"
             await admin.execute(f"CREATE TABLE {table}(a int, b int)")
-            if via is None:
-                c = await RawClient.connect(pg.host, pg.port)
-                await c.login("alice", PASSWORDS["alice"], "app")
-            else:
-                c = await x.raw_login(via)
+            c = await x.raw_login(via or pg)
             try:
                 outcomes.append(await scenario(c, table))
             finally:
@@ -635,7 +634,8 @@ async def copy_both(
     strict=True,
     reason="only a Describe of the statement tells the proxy what the client was told; "
     "libpq's PQexecPrepared (psycopg 3, pgbench -M prepared) describes the portal, so the "
-    "statement is prepared again unchecked and runs with the new result (README, Limitations)",
+    "statement is prepared again unchecked and runs with the new result (docs/behaviour.md, "
+    "known limits)",
 )
 async def test_statement_described_only_through_its_portal(
     pg: LocalPostgres, start_proxy: StartProxy
@@ -664,11 +664,7 @@ async def test_session_mode_is_postgresql_itself(
     outcomes = []
     for via in (None, proxy):
         table = f"ddl_{next(_n)}"
-        if via is None:
-            c = await RawClient.connect(pg.host, pg.port)
-            await c.login("alice", PASSWORDS["alice"], "app")
-        else:
-            c = await x.raw_login(via)
+        c = await x.raw_login(via or pg)
         try:
             await run(
                 c, x.parse("", f"CREATE TABLE {table}(a int, b int)"), x.bind(""), x.execute()

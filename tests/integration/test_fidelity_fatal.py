@@ -22,8 +22,9 @@ from tests.support import extproto as x
 from tests.support.hostile_server import READY, HostileConn, error
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
-from tests.support.rawpg import RawClient, RawError
-from tests.support.robustness import backends, eventually, login, settle
+from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.robustness import backends, settle
+from tests.support.waits import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,9 +32,7 @@ Messages = list[tuple[bytes, bytes]]
 
 
 async def direct(pg: LocalPostgres) -> RawClient:
-    c = await RawClient.connect(pg.host, pg.port)
-    await c.login("alice", PASSWORDS["alice"], "app")
-    return c
+    return await raw_login(pg)
 
 
 async def until_eof(c: RawClient) -> Messages:
@@ -68,15 +67,15 @@ async def run_both(
     Through the proxy, a bystander client holding a server connection in a transaction is
     untouched and the pool is back to the connections still in use."""
     want = await scenario(await direct(pg), admin)
-    bystander = await login(proxy)
+    bystander = await raw_login(proxy)
     try:
         assert await bystander.simple_query("BEGIN") == []
         assert await bystander.simple_query("SELECT 'before'") == [["before"]]
-        got = await scenario(await login(proxy), admin)
+        got = await scenario(await raw_login(proxy), admin)
         assert await bystander.simple_query("SELECT 'after'") == [["after"]]
         assert await bystander.simple_query("COMMIT") == []
         # The dead server connection is gone from the pool; a new client gets a live one.
-        c = await login(proxy)
+        c = await raw_login(proxy)
         assert await c.simple_query("SELECT 'new'") == [["new"]]
         await c.close()
 
@@ -110,14 +109,19 @@ async def proxy(
     )
 
 
+async def terminate_running(c: RawClient, admin: asyncpg.Connection, marker: str) -> Messages:
+    """Terminate the backend running the query marked `marker`; what `c` got until EOF."""
+    pid = await pid_running(admin, marker)
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    return await until_eof(c)
+
+
 async def test_terminated_mid_simple_query(
     pg: LocalPostgres, proxy: ProxyThread, admin: asyncpg.Connection
 ) -> None:
     async def scenario(c: RawClient, admin: asyncpg.Connection) -> Messages:
         c.send(m.query("SELECT pg_sleep(30) -- fatal-simple"))
-        pid = await pid_running(admin, "fatal-simple")
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        return await until_eof(c)
+        return await terminate_running(c, admin, "fatal-simple")
 
     got = await run_both(pg, proxy, admin, scenario)
     assert fatal(got)["C"] == "57P01"
@@ -136,9 +140,7 @@ async def test_terminated_mid_extended_query(
             + x.execute()
             + x.SYNC
         )
-        pid = await pid_running(admin, "fatal-extended")
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        return await until_eof(c)
+        return await terminate_running(c, admin, "fatal-extended")
 
     got = await run_both(pg, proxy, admin, scenario)
     assert [t for t, _ in got] == [b"1", b"2", b"E"]

@@ -37,12 +37,7 @@ Outcome = list[object]
 
 
 def direct(pg: LocalPostgres, **params: str) -> Connect:
-    async def connect() -> RawClient:
-        c = await RawClient.connect(pg.host, pg.port)
-        await c.login("alice", PASSWORDS["alice"], "app", **params)
-        return c
-
-    return connect
+    return lambda: x.raw_login(pg, **params)
 
 
 def proxied(proxy: ProxyThread, **params: str) -> Connect:
@@ -354,7 +349,8 @@ async def test_session_mode_named_and_unnamed_mixed(
         r = await x.roundtrip(a, x.bind(""), x.execute(), x.bind("s2"), x.execute(), x.SYNC)
         out.append(settled(r))
         # The RESET in a batch of its own: the proxy restores the startup value after the
-        # transaction (README, known limits), so inside it the setting reads the server's default.
+        # transaction (docs/behaviour.md, known limits), so inside it the setting reads the
+        # server's default.
         out.append(settled(await x.roundtrip(a, x.bind("s3"), x.execute(), x.SYNC)))
         out.append(settled(await x.roundtrip(a, x.bind("s2"), x.execute(), x.SYNC)))
         out.append(await a.simple_query(READ_SESSION))

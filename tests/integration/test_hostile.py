@@ -20,9 +20,10 @@ import pytest
 
 from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
-from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread
-from tests.support.rawpg import RawClient, RawError
+from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.robustness import client_count, proxy_client_count
+from tests.support.waits import wait_for
 
 StartProxy = Callable[..., ProxyThread]
 
@@ -37,25 +38,8 @@ def startup(params: dict[str, str], protocol: int = PROTOCOL_3_0) -> bytes:
     return struct.pack("!I", len(body) + 4) + body
 
 
-async def login(proxy: ProxyThread, user: str = "alice") -> RawClient:
-    client = await RawClient.connect(proxy.host, proxy.port)
-    await client.login(user, PASSWORDS[user], "app")
-    return client
-
-
 async def connect(proxy: ProxyThread) -> RawClient:
     return await RawClient.connect(proxy.host, proxy.port)
-
-
-def client_count(proxy: ProxyThread) -> int:
-    return proxy.call(lambda: proxy.server.client_count if proxy.server else -1)
-
-
-async def wait_client_count(proxy: ProxyThread, want: int, timeout: float = 5) -> int:
-    deadline = time.monotonic() + timeout
-    while (n := client_count(proxy)) != want and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return n
 
 
 async def finish_login(client: RawClient, user: str, password: str) -> list[bytes]:
@@ -105,17 +89,17 @@ def hproxy(start_proxy: StartProxy) -> ProxyThread:
 @contextlib.asynccontextmanager
 async def canary(proxy: ProxyThread) -> AsyncIterator[RawClient]:
     """A well-behaved client that must work before and after (and a new one after)."""
-    good = await login(proxy)
+    good = await raw_login(proxy)
     try:
         assert await good.simple_query("select 'before'") == [["before"]]
         baseline = client_count(proxy)
         yield good
         assert await good.simple_query("select 'after'") == [["after"]]
-        fresh = await login(proxy)
+        fresh = await raw_login(proxy)
         assert await fresh.simple_query("select 'fresh'") == [["fresh"]]
         await fresh.close()
         # Every hostile connection is gone from the proxy's books.
-        assert await wait_client_count(proxy, baseline) == baseline
+        assert await proxy_client_count(proxy, baseline) == baseline
     finally:
         await good.close()
 
@@ -144,12 +128,12 @@ async def test_garbage_startup(hproxy: ProxyThread, garbage: bytes) -> None:
 async def test_huge_startup_length_is_refused_without_waiting(hproxy: ProxyThread) -> None:
     async with canary(hproxy):
         c = await connect(hproxy)
-        t0 = time.monotonic()
-        # Only the header: a proxy that tried to read (or allocate) 2 GB would wait for more.
+        # Only the header: a proxy that tried to read (or allocate) 2 GB would wait for more,
+        # and end with client_login_timeout_s's error instead of this one.
         c.send(struct.pack("!II", 0x7FFFFFFF, PROTOCOL_3_0))
         err = await only_error(c)
         assert err["C"] == "08P01", err
-        assert time.monotonic() - t0 < 1.0
+        assert "client_login_timeout_s" not in err["M"], err
 
 
 async def test_silent_client_hits_login_timeout(start_proxy: StartProxy) -> None:
@@ -160,10 +144,11 @@ async def test_silent_client_hits_login_timeout(start_proxy: StartProxy) -> None
         half.send(struct.pack("!I", 40) + b"\x00\x03")  # a startup packet that never completes
         t0 = time.monotonic()
         for c in (silent, half):
-            err = await only_error(c, 3)
+            err = await only_error(c, 6)
             assert err["C"] == "08P01", err
             assert "login" in err["M"], err
-        assert 0.8 <= time.monotonic() - t0 <= 2.0
+        # client_login_timeout_s (1 s) is the behaviour: not before it, and within 5x it.
+        assert 0.8 <= time.monotonic() - t0 < 5
 
 
 @pytest.mark.parametrize("first", [[SSL_REQUEST], [GSSENC_REQUEST], [GSSENC_REQUEST, SSL_REQUEST]])
@@ -263,11 +248,11 @@ async def _start_scram(proxy: ProxyThread) -> RawClient:
 async def test_garbage_sasl_initial_response(hproxy: ProxyThread, garbage: bytes) -> None:
     async with canary(hproxy):
         c = await _start_scram(hproxy)
-        t0 = time.monotonic()
         c.send(garbage)
         err = await only_error(c, 3)
         assert err["C"] in ("28P01", "08P01"), err
-        assert time.monotonic() - t0 < 2
+        # Refused at once, not left to client_login_timeout_s.
+        assert "client_login_timeout_s" not in err["M"], err
 
 
 @pytest.mark.parametrize(
@@ -305,21 +290,21 @@ async def test_garbage_md5_password(start_proxy: StartProxy) -> None:
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["idle", "in_tx"])
 async def test_256mb_message_header_after_login(hproxy: ProxyThread, in_transaction: bool) -> None:
     async with canary(hproxy):
-        c = await login(hproxy)
+        c = await raw_login(hproxy)
         if in_transaction:
             # Holds the single backend: it must be discarded (or cleaned), not leaked.
             assert await c.simple_query("BEGIN") == []
-        t0 = time.monotonic()
+        # Refused from the header alone: a proxy waiting for the 256 MB would give no answer
+        # within only_error's 5 s (no timeout applies after login).
         c.send(b"Q" + (256 * 1024 * 1024 + 4).to_bytes(4, "big"))
         err = await only_error(c)
         assert err["C"] == "54000", err
-        assert time.monotonic() - t0 < 1.0
 
 
 @pytest.mark.parametrize("length", [0, 3], ids=["len0", "len3"])
 async def test_invalid_message_length_after_login(hproxy: ProxyThread, length: int) -> None:
     async with canary(hproxy):
-        c = await login(hproxy)
+        c = await raw_login(hproxy)
         c.send(b"Q" + length.to_bytes(4, "big"))
         err = await only_error(c)
         assert err["C"] == "08P01", err
@@ -336,12 +321,15 @@ async def test_invalid_message_length_after_login(hproxy: ProxyThread, length: i
 )
 async def test_truncated_message_then_disconnect(hproxy: ProxyThread, partial: bytes) -> None:
     async with canary(hproxy):
-        c = await login(hproxy)
+        c = await raw_login(hproxy)
         if partial == b"BEGIN":
             assert await c.simple_query("BEGIN") == []
             partial = b"Q\x00\x00\x00\x64select 1"
         c.send(partial)
         await c.writer.drain()
+        # A chance for the partial message to reach the proxy before the abort; nothing
+        # shows when it has (the proxy counts no bytes per client), and either way the
+        # canary below must find the backend clean.
         await asyncio.sleep(0.05)
         c.writer.transport.abort()
         # The canary's next query runs on the single pooled backend (or its replacement): a
@@ -455,7 +443,7 @@ async def test_fuzzed_messages_after_login(start_proxy: StartProxy) -> None:
         return out
 
     async def one() -> None:
-        c = await login(proxy)
+        c = await raw_login(proxy)
         try:
             c.send(frames())
             with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
@@ -477,15 +465,6 @@ async def test_fuzzed_messages_after_login(start_proxy: StartProxy) -> None:
 # --- clients that do not read, and hostile startup settings ----------------------------------
 
 
-@pytest.fixture
-async def admin(pg: LocalPostgres) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(pg.dsn(dbname="app"))
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def _wait_event(admin: asyncpg.Connection, tag: str) -> str | None:
     return await admin.fetchval(
         # Between pipelined queries the state reads 'idle' while the backend waits to write.
@@ -494,12 +473,15 @@ async def _wait_event(admin: asyncpg.Connection, tag: str) -> str | None:
     )
 
 
-async def _server_blocks_on_client_write(admin: asyncpg.Connection, tag: str) -> float:
-    t0 = time.monotonic()
-    while await _wait_event(admin, tag) != "ClientWrite":
-        assert time.monotonic() - t0 < 5, "the server never blocked: the proxy buffers unboundedly"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - t0
+async def _server_blocks_on_client_write(admin: asyncpg.Connection, tag: str) -> None:
+    async def blocked() -> bool:
+        return await _wait_event(admin, tag) == "ClientWrite"
+
+    await wait_for(
+        blocked,
+        timeout=5,
+        what="the server to block in ClientWrite (else the proxy buffers unboundedly)",
+    )
 
 
 async def test_slow_reader_gets_backpressure(
@@ -508,8 +490,8 @@ async def test_slow_reader_gets_backpressure(
     """A client that does not read a 50 MB result: the proxy stops reading from the server (so
     PostgreSQL waits in ClientWrite) instead of buffering, and other clients are unaffected."""
     proxy = start_proxy(pool={"default_pool_size": 2})
-    slow = await login(proxy)
-    other = await login(proxy)
+    slow = await raw_login(proxy)
+    other = await raw_login(proxy)
     try:
         slow.send(
             m.query("select repeat('x', 10000) /* slow-reader */ from generate_series(1, 5000)")
@@ -541,8 +523,8 @@ async def test_pipelined_flood_without_reading(
     """A client pipelines ~30 MB of queries and never reads: everyone blocks on the flooder's
     link only, and when it vanishes its backend is discarded and the pool recovers."""
     proxy = start_proxy(pool={"default_pool_size": 2, "query_wait_timeout_s": 10})
-    flood = await login(proxy)
-    other = await login(proxy)
+    flood = await raw_login(proxy)
+    other = await raw_login(proxy)
     try:
         one = m.query("select repeat('y', 2000) /* flood */")
         flood.send(one * 15000)
@@ -551,7 +533,7 @@ async def test_pipelined_flood_without_reading(
             assert await other.simple_query(f"select {i}") == [[str(i)]]
         flood.writer.transport.abort()
         # Both pool slots are usable again: two clients hold a transaction each at once.
-        holders = [await login(proxy) for _ in range(2)]
+        holders = [await raw_login(proxy) for _ in range(2)]
         for h in holders:
             assert await h.simple_query("BEGIN") == []
             assert await h.simple_query("select 1") == [["1"]]

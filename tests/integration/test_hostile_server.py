@@ -24,7 +24,6 @@ import pytest
 from pgpool_proxy.auth.scram import MAX_MESSAGE_SIZE
 from pgpool_proxy.auth.server_login import MAX_LOGIN_MESSAGES, MAX_SERVER_PARAMS
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol.buffer import RecvBuffer
 from tests.support.hostile_server import (
     READY,
     HostileConn,
@@ -35,6 +34,7 @@ from tests.support.hostile_server import (
     notice,
     one_row,
     param_status,
+    record_capacity_requests,
 )
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
@@ -90,7 +90,7 @@ class Canary:
             assert await self.client.simple_query("select 1") == [["1"]]
             self.worst = max(self.worst, time.monotonic() - t0)
             self.count += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield to the test's other tasks, not a wait
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
@@ -136,12 +136,11 @@ async def test_cve_class_scram_iteration_overflow(
     """Huge (or 32-bit-overflowing) iteration counts are refused before any hashing."""
     script = scram_script(lambda nonce: f"r={nonce}SRV,s={SALT},i={iterations}".encode())
     async with hostile(start_proxy, pg, script) as (proxy, server), Canary(proxy) as canary:
-        t0 = time.monotonic()
+        # Refused within evil_login's 5 s: hashing such counts would take minutes.
         fields = await evil_login(proxy)
         assert fields["C"] == "08P01", fields
         if iterations <= 10**10 - 1 and iterations < 2**32:
             assert "exceeds the proxy's limit of 100000" in fields["M"], fields
-        assert time.monotonic() - t0 < 2
         assert server.accepted == 1
     assert canary.worst < 0.5, canary.worst
 
@@ -369,10 +368,9 @@ async def test_bad_lengths_and_frames_at_login(
         await conn.reader.read()  # until the proxy hangs up
 
     async with hostile(start_proxy, pg, script) as (proxy, _), Canary(proxy) as canary:
-        t0 = time.monotonic()
+        # Refused within evil_login's 5 s, not left waiting for bytes that never come.
         fields = await evil_login(proxy)
         assert fields["C"] == "08P01", fields
-        assert time.monotonic() - t0 < 2
     assert canary.worst < 0.5
 
 
@@ -562,21 +560,15 @@ async def test_trickled_frame_grows_the_buffer_with_what_arrives(
     """A frame the proxy reads whole (here an ErrorResponse) whose header claims 1 GB, sent a
     byte per read: the buffer grows with the bytes that came, not by doubling at each read
     (before: 64 KB, 128 KB, ... 1 GB after some 15 reads)."""
-    asked: list[int] = []
-    ensure = RecvBuffer.ensure_capacity
-
-    def recording(self: RecvBuffer, nbytes: int) -> None:
-        asked.append(nbytes)
-        ensure(self, nbytes)
-
-    monkeypatch.setattr(RecvBuffer, "ensure_capacity", recording)
+    asked = record_capacity_requests(monkeypatch)
 
     async def script(conn: HostileConn) -> None:
         await conn.normal_login()
         await conn.read_message()
         await conn.send(b"E" + struct.pack("!I", 0x3FFFFFFF) + b"S")
         for _ in range(8):
-            await asyncio.sleep(0.02)  # one read each on the proxy's side
+            # The trickle is the test: one read each on the proxy's side.
+            await asyncio.sleep(0.02)
             await conn.send(b"F")
 
     async with hostile(start_proxy, pg, script) as (proxy, _):

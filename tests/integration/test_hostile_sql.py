@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, StartProxy
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -76,8 +77,7 @@ async def test_hostile_text_same_answer_and_no_stall(
     idle: list[float] = []
     stop = asyncio.Event()
     pinger = asyncio.ensure_future(pings(proxy.dsn(), stop, idle))
-    while len(idle) < 50:
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: len(idle) >= 50, what="50 idle pings")
     baseline = statistics.median(idle)
     during: list[float] = []
     stop.set()

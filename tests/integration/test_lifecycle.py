@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,24 +25,20 @@ import pytest
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
-from tests.support.proxyproc import ProxyProcess, write_config
+from tests.support.proxyproc import Launcher, write_config
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+WORKERS_LISTENING = ("worker 0 listening", "worker 1 listening")
 
 
 @pytest.fixture
-def processes() -> Iterator[list[ProxyProcess]]:
-    started: list[ProxyProcess] = []
-    yield started
-    for p in started:
-        p.stop()
+def launch(pg: LocalPostgres, tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(pg, tmp_path)
+    yield launcher
+    launcher.stop_all()
 
 
 def dsn(port: int, user: str = "alice", db: str = "app") -> str:
@@ -99,7 +94,7 @@ class Writers:
                 self.connect_failures.append(repr(exc))
                 if not self.reconnect:
                     return
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # reconnect pacing, not a wait
                 continue
             try:
                 while not self.stop.is_set():
@@ -122,6 +117,11 @@ class Writers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 2)
 
+    async def wait_commits(self, more: int = 20) -> None:
+        """Wait until `more` transactions beyond those committed so far have committed."""
+        want = len(self.committed) + more
+        await wait_for(lambda: len(self.committed) >= want, what=f"{more} more commits")
+
     async def finish(self) -> None:
         self.stop.set()
         await asyncio.wait_for(asyncio.gather(*self.tasks), 30)
@@ -140,20 +140,17 @@ async def assert_no_commit_lost(
 
 
 async def test_sighup_reloads_pool_size_and_users(
-    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess]
+    launch: Launcher,
 ) -> None:
-    port = free_port()
-    config = tmp_path / "proxy.toml"
-    write_config(config, pg, port, pool_size=2, users=("alice",))
-    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
-    processes.append(proxy)
-    proxy.wait_listening()
+    port, config = launch.port, launch.config
+    launch.configure(pool_size=2, users=("alice",))
+    proxy = launch.start()
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(dsn(port, "bob"))
     alice = await asyncpg.connect(dsn(port))
     try:
         assert await config_value(port, "pool.default_pool_size") == "2"
-        write_config(config, pg, port, pool_size=4, users=("alice", "bob"))
+        launch.configure(pool_size=4, users=("alice", "bob"))
         proxy.signal(signal.SIGHUP)
         proxy.wait_listening("configuration applied")
         assert await config_value(port, "pool.default_pool_size") == "4"
@@ -177,22 +174,17 @@ async def test_sighup_reloads_pool_size_and_users(
 # --- graceful shutdown ---------------------------------------------------------------------------
 
 
-async def test_sigterm_drains_under_load(
-    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess], ledger: asyncpg.Connection
-) -> None:
-    port = free_port()
-    config = tmp_path / "proxy.toml"
-    write_config(config, pg, port, pool_size=6, proxy="shutdown_timeout_s = 3")
-    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
-    processes.append(proxy)
-    proxy.wait_listening()
+async def test_sigterm_drains_under_load(launch: Launcher, ledger: asyncpg.Connection) -> None:
+    port = launch.port
+    launch.configure(pool_size=6, proxy="shutdown_timeout_s = 3")
+    proxy = launch.start()
     writers = Writers(port, 6, reconnect=False)
     idle = await RawClient.connect("127.0.0.1", port)
     await idle.login("alice", PASSWORDS["alice"], "app")
     slow = await asyncpg.connect(dsn(port))
     stuck = await asyncpg.connect(dsn(port))
     try:
-        await asyncio.sleep(1.0)
+        await writers.wait_commits()
         # A transaction in flight when SIGTERM arrives finishes and commits.
         slow_tx = slow.transaction()
         await slow_tx.start()
@@ -203,7 +195,7 @@ async def test_sigterm_drains_under_load(
         await stuck.execute("INSERT INTO ledger VALUES (200, 1)")
         t0 = time.monotonic()
         proxy.signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(proxy.wait_for, "draining: stopped accepting")
         await slow.execute("SELECT pg_sleep(0.5)")
         await slow_tx.commit()
         writers.committed.add((100, 1))
@@ -213,7 +205,9 @@ async def test_sigterm_drains_under_load(
         code = await asyncio.to_thread(proxy.wait, 15)
         elapsed = time.monotonic() - t0
         assert code == 0, proxy.log()
-        assert 2.5 <= elapsed < 6, elapsed
+        # The stuck transaction holds the drain until shutdown_timeout_s (3 s) and no longer:
+        # the bound is the behaviour, 5x the timeout for a loaded machine.
+        assert 2.5 <= elapsed < 15, elapsed
         await writers.finish()
         # The idle client was told why it was closed.
         err = await idle.read_error(1)
@@ -231,61 +225,46 @@ async def test_sigterm_drains_under_load(
 
 
 async def test_shutdown_command_and_sigint(
-    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess]
+    launch: Launcher,
 ) -> None:
-    port = free_port()
-    config = tmp_path / "proxy.toml"
-    write_config(config, pg, port)
-    proxy = ProxyProcess(config, port, tmp_path / "a.log")
-    processes.append(proxy)
-    proxy.wait_listening()
+    port = launch.port
+    launch.configure()
+    proxy = launch.start("a.log")
     conn = await asyncpg.connect(dsn(port))
     tx = conn.transaction()
     await tx.start()
     assert await admin_query(port, "SHUTDOWN") == []
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(proxy.wait_for, "draining: stopped accepting")
     assert await conn.fetchval("SELECT 5") == 5  # its transaction goes on
     await tx.commit()
     assert await asyncio.to_thread(proxy.wait, 10) == 0
     await conn.close()
     # SIGINT: immediate, even with a transaction open.
-    proxy2 = ProxyProcess(config, port, tmp_path / "b.log")
-    processes.append(proxy2)
-    proxy2.wait_listening()
+    proxy2 = launch.start("b.log")
     conn2 = await asyncpg.connect(dsn(port))
     tx2 = conn2.transaction()
     await tx2.start()
-    t0 = time.monotonic()
     proxy2.signal(signal.SIGINT)
+    # Immediate: a drain would wait for the open transaction up to shutdown_timeout_s (30 s).
     assert await asyncio.to_thread(proxy2.wait, 10) == 0
-    assert time.monotonic() - t0 < 2
+    assert "draining" not in proxy2.log(), proxy2.log()
     conn2.terminate()
 
 
 # --- rolling restart and workers -----------------------------------------------------------------
 
 
-async def test_rolling_restart_keeps_serving(
-    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess], ledger: asyncpg.Connection
-) -> None:
-    port = free_port()
-    config = tmp_path / "proxy.toml"
-    write_config(config, pg, port, proxy="reuse_port = true\nshutdown_timeout_s = 5")
-    old = ProxyProcess(config, port, tmp_path / "old.log")
-    processes.append(old)
-    old.wait_listening()
+async def test_rolling_restart_keeps_serving(launch: Launcher, ledger: asyncpg.Connection) -> None:
+    port = launch.port
+    launch.configure(proxy="reuse_port = true\nshutdown_timeout_s = 5")
+    old = launch.start("old.log")
     writers = Writers(port, 6, reconnect=True)
-    await asyncio.sleep(1.0)
-    new = ProxyProcess(config, port, tmp_path / "new.log")
-    processes.append(new)
-    new.wait_listening()
-    await asyncio.sleep(0.5)
+    await writers.wait_commits()
+    new = await asyncio.to_thread(launch.start, "new.log")
     old.signal(signal.SIGTERM)
     assert await asyncio.to_thread(old.wait, 10) == 0, old.log()
-    before = len(writers.committed)
-    await asyncio.sleep(1.0)
+    await writers.wait_commits()  # through the new proxy
     await writers.finish()
-    assert len(writers.committed) > before, "nothing committed through the new proxy"
     assert writers.connect_failures == [], writers.connect_failures[:5]
     await assert_no_commit_lost(ledger, writers.committed)
     # Clients moved: the old proxy told them it was shutting down, the new one served them.
@@ -294,32 +273,26 @@ async def test_rolling_restart_keeps_serving(
     assert all(any(x in e for x in expected) for e in writers.errors), writers.errors[:5]
 
 
-async def test_workers_two_drain_on_sigterm(
-    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess], ledger: asyncpg.Connection
-) -> None:
-    port = free_port()
-    config = tmp_path / "proxy.toml"
-    write_config(config, pg, port, proxy="workers = 2\nshutdown_timeout_s = 5")
-    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
-    processes.append(proxy)
-    proxy.wait_listening("worker 0 listening")
-    proxy.wait_listening("worker 1 listening")
+async def test_workers_two_drain_on_sigterm(launch: Launcher, ledger: asyncpg.Connection) -> None:
+    port = launch.port
+    launch.configure(proxy="workers = 2\nshutdown_timeout_s = 5")
+    proxy = launch.start(wait=WORKERS_LISTENING)
     versions = {(await admin_query(port, "SHOW VERSION"))[0][0] for _ in range(20)}
     assert {any(f"worker {i} of 2" in v for v in versions) for i in (0, 1)} == {True}, versions
     writers = Writers(port, 8, reconnect=False)
     slow = await asyncpg.connect(dsn(port))
     try:
-        await asyncio.sleep(1.0)
+        await writers.wait_commits()
         tx = slow.transaction()
         await tx.start()
         await slow.execute("INSERT INTO ledger VALUES (100, 1)")
-        t0 = time.monotonic()
         proxy.signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(proxy.wait_for, "draining: stopped accepting", 2)
         await tx.commit()
         writers.committed.add((100, 1))
         assert await asyncio.to_thread(proxy.wait, 15) == 0, proxy.log()
-        assert time.monotonic() - t0 < 6
+        # Both drains ended when their clients finished, not at shutdown_timeout_s.
+        assert "ran out" not in proxy.log(), proxy.log()
         await writers.finish()
         await assert_no_commit_lost(ledger, writers.committed)
         assert proxy.log().count("drain: every client finished") == 2, proxy.log()
@@ -328,15 +301,11 @@ async def test_workers_two_drain_on_sigterm(
 
 
 async def test_workers_two_shutdown_command_stops_every_worker(
-    pg: LocalPostgres, tmp_path: Path, processes: list[ProxyProcess]
+    launch: Launcher,
 ) -> None:
-    port = free_port()
-    config = tmp_path / "proxy.toml"
-    write_config(config, pg, port, proxy="workers = 2\nshutdown_timeout_s = 5")
-    proxy = ProxyProcess(config, port, tmp_path / "proxy.log")
-    processes.append(proxy)
-    proxy.wait_listening("worker 0 listening")
-    proxy.wait_listening("worker 1 listening")
+    port = launch.port
+    launch.configure(proxy="workers = 2\nshutdown_timeout_s = 5")
+    proxy = launch.start(wait=WORKERS_LISTENING)
     # SHUTDOWN reaches one worker (whichever the kernel picks); the supervisor stops both and
     # exits instead of restarting the one that left.
     assert await admin_query(port, "SHUTDOWN") == []

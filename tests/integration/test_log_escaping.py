@@ -7,7 +7,6 @@ logs about it must stay one line, and the JSON format must still carry the exact
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -19,6 +18,7 @@ import pytest
 from pgpool_proxy.cli import JsonFormatter, TextFormatter, escape_log_text
 from tests.support.proxy import StartProxy
 from tests.support.rawpg import RawClient, RawError
+from tests.support.waits import wait_for
 
 # Names stay within PostgreSQL's 63 bytes: longer ones are refused (42622) before any lookup.
 FORGED = "2026-12-02 12:00:00,000 INFO pgpool_proxy: FORGED"
@@ -84,9 +84,7 @@ async def test_client_strings_cannot_forge_log_lines(
         await client.login(USER, "wrong", database, application_name=APP)
     assert err.value.sqlstate in ("28P01", "3D000"), err.value.fields
     await client.closed(5)
-    async with asyncio.timeout(5):
-        while "mallory" not in text.getvalue():
-            await asyncio.sleep(0.02)
+    await wait_for(lambda: "mallory" in text.getvalue(), what="the login failure logged")
     lines = text.getvalue().splitlines()
     records = [json.loads(line) for line in js.getvalue().splitlines()]
     # One text line per record, as in JSON: nothing the client sent started a line of its own.

@@ -3,7 +3,6 @@ text and JSON; never a password or an IAM token, even at debug level."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -20,6 +19,7 @@ from pgpool_proxy.aws.sigv4 import make_rds_token, make_sts_token
 from pgpool_proxy.cli import JsonFormatter, TextFormatter
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.tlsfiles import TlsDir
+from tests.support.waits import wait_for
 
 ENDPOINT = ("db-proxy.example.com", 5432)
 REGION = "us-east-1"
@@ -38,12 +38,12 @@ class Captured:
 
     async def events(self, name: str, count: int) -> list[dict[str, Any]]:
         """The records of event `name`, once there are `count` (the proxy logs on its thread)."""
-        for _ in range(100):
-            found = [r for r in self.records() if r.get("event") == name]
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.05)
-        return found
+
+        def found() -> list[dict[str, Any]]:
+            return [r for r in self.records() if r.get("event") == name]
+
+        await wait_for(lambda: len(found()) >= count, what=f"{count} x {name} logged")
+        return found()
 
 
 @pytest.fixture

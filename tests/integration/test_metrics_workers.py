@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import ProxyProcess, start_workers
 
 WORKERS = 2
 
@@ -36,19 +36,15 @@ class Supervised(ProxyProcess):
 
 @pytest.fixture
 def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[Supervised]:
-    cfg = tmp_path / "proxy.toml"
-    cfg.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = {WORKERS}\n'
-        '[metrics]\nlisten = "127.0.0.1:0"\nrequest_timeout_s = 2\n'
-        "[pool]\ndefault_pool_size = 4\n"
-        '[auth]\ntype = "md5"\n'
-        f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
-        f'[[users]]\nname = "alice"\npassword = "{PASSWORDS["alice"]}"\n'
+    proxy = start_workers(
+        pg,
+        tmp_path,
+        WORKERS,
+        pool_size=4,
+        sections='[metrics]\nlisten = "127.0.0.1:0"\nrequest_timeout_s = 2\n',
+        cls=Supervised,
     )
-    proxy = Supervised(cfg, 0, tmp_path / "proxy.log")
     try:
-        (found,) = proxy.wait_for(r"listening on 127\.0\.0\.1:(\d+) with")
-        proxy.port = int(found.group(1))
         (found,) = proxy.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics for all")
         proxy.metrics_port = int(found.group(1))
         proxy.wait_for(r"\[w\d+\]: .*metrics on http", count=WORKERS)

@@ -15,39 +15,39 @@ import asyncpg
 import pytest
 
 from pgpool_proxy.protocol import messages as m
-from tests.support.proxy import PASSWORDS, StartProxy
-from tests.support.rawpg import RawClient, RawError
+from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.rawpg import RawClient, RawError, raw_login
 from tests.support.robustness import (
     backends,
-    eventually,
-    login,
     one_value,
     proxy_client_count,
     settle,
 )
+from tests.support.waits import eventually, wait_for
 
 # --- 5. pool limits --------------------------------------------------------------------------
 
 
 async def test_query_wait_timeout(start_proxy: StartProxy) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 1})
-    a = await login(proxy)
-    b = await login(proxy)
+    a = await raw_login(proxy)
+    b = await raw_login(proxy)
     try:
         assert await a.simple_query("BEGIN") == []
         assert await one_value(a, "SELECT 1") == "1"
         t0 = time.monotonic()
         b.send(m.query("SELECT 'b'"))
-        err = await b.read_error(5)
+        err = await b.read_error(10)
         elapsed = time.monotonic() - t0
         assert err["C"] == "57014", err
         assert "query_wait_timeout" in err["M"]
-        assert 0.8 <= elapsed <= 3, elapsed
+        # query_wait_timeout_s (1 s) is the behaviour: not before it, and within 5x it.
+        assert 0.8 <= elapsed < 5, elapsed
         assert await b.closed(3)
         # A's transaction is untouched; after it commits new clients are served.
         assert await one_value(a, "SELECT 2") == "2"
         assert await a.simple_query("COMMIT") == []
-        c = await login(proxy)
+        c = await raw_login(proxy)
         assert await one_value(c, "SELECT 'c'") == "c"
         await c.close()
         assert await one_value(a, "SELECT 3") == "3"
@@ -58,7 +58,7 @@ async def test_query_wait_timeout(start_proxy: StartProxy) -> None:
 
 async def test_max_client_conn(start_proxy: StartProxy) -> None:
     proxy = start_proxy(proxy={"max_client_conn": 3})
-    clients = [await login(proxy) for _ in range(3)]
+    clients = [await raw_login(proxy) for _ in range(3)]
     try:
         extra = await RawClient.connect(proxy.host, proxy.port)
         with pytest.raises(RawError) as err:
@@ -77,7 +77,7 @@ async def test_max_client_conn(start_proxy: StartProxy) -> None:
             assert await one_value(c, "select 1") == "1"
         await clients.pop().close()
         assert await proxy_client_count(proxy, 2) == 2
-        again = await login(proxy)
+        again = await raw_login(proxy)
         clients.append(again)
         assert await one_value(again, "select 'again'") == "again"
     finally:
@@ -87,8 +87,8 @@ async def test_max_client_conn(start_proxy: StartProxy) -> None:
 
 async def test_waiting_client_that_leaves_is_forgotten(start_proxy: StartProxy) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "query_wait_timeout_s": 10})
-    a = await login(proxy)
-    waiters = [await login(proxy) for _ in range(3)]
+    a = await raw_login(proxy)
+    waiters = [await raw_login(proxy) for _ in range(3)]
     try:
         assert await a.simple_query("BEGIN") == []
         for w in waiters:
@@ -123,7 +123,7 @@ async def test_server_idle_timeout(start_proxy: StartProxy, admin: asyncpg.Conne
     user = "carol"
     await settle(admin, user)
     proxy = start_proxy(pool={"default_pool_size": 3, "server_idle_timeout_s": 0.5})
-    clients = [await login(proxy, user) for _ in range(3)]
+    clients = [await raw_login(proxy, user) for _ in range(3)]
     try:
         for c in clients:
             assert await c.simple_query("BEGIN") == []
@@ -131,7 +131,8 @@ async def test_server_idle_timeout(start_proxy: StartProxy, admin: asyncpg.Conne
             assert await c.simple_query("COMMIT") == []
         assert await backends(admin, user) == 3
         n, elapsed = await eventually(lambda: backends(admin, user), lambda n: n == 0, 5)
-        assert n == 0 and elapsed <= 1.5, (n, elapsed)
+        # server_idle_timeout_s (0.5 s, checked on janitor ticks) is the behaviour: within 5x.
+        assert n == 0 and elapsed < 2.5, (n, elapsed)
         assert proxy.pool_stats(user=user)["total"] == 0
         # Clients stay connected and get a fresh backend on demand.
         assert await one_value(clients[0], "select 'still here'") == "still here"
@@ -140,15 +141,36 @@ async def test_server_idle_timeout(start_proxy: StartProxy, admin: asyncpg.Conne
             await c.close()
 
 
+def count_janitor_ticks(proxy: ProxyThread, key: tuple[str, str]) -> list[int]:
+    """Count the pool's janitor ticks from now on (in [0] of the list returned)."""
+    ticks = [0]
+
+    def install() -> None:
+        assert proxy.server is not None
+        pool = proxy.server.pools[key]
+        tick = pool.tick
+
+        def counted(now: float) -> None:
+            ticks[0] += 1
+            tick(now)
+
+        pool.tick = counted  # type: ignore[method-assign]
+
+    proxy.call(install)
+    return ticks
+
+
 async def test_min_pool_size(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
     user = "carol"
     await settle(admin, user)
     proxy = start_proxy(pool={"min_pool_size": 2})
-    c = await login(proxy, user)
+    c = await raw_login(proxy, user)
     try:
         n, _ = await eventually(lambda: backends(admin, user), lambda n: n >= 2, 3)
         assert n == 2
-        await asyncio.sleep(0.6)  # a few janitor ticks: no more than the minimum is opened
+        # A few janitor ticks: no more than the minimum is opened.
+        ticks = count_janitor_ticks(proxy, ("app", user))
+        await wait_for(lambda: ticks[0] >= 3, what="three janitor ticks")
         assert await backends(admin, user) == 2
         assert proxy.pool_stats(user=user)["total"] == 2
     finally:
@@ -157,9 +179,10 @@ async def test_min_pool_size(start_proxy: StartProxy, admin: asyncpg.Connection)
 
 async def test_server_lifetime(start_proxy: StartProxy, admin: asyncpg.Connection) -> None:
     proxy = start_proxy(pool={"default_pool_size": 1, "server_lifetime_s": 0.5})
-    c = await login(proxy)
+    c = await raw_login(proxy)
     try:
         first = await one_value(c, "select pg_backend_pid()")
+        # Time passing is the test: the server connection outlives server_lifetime_s.
         await asyncio.sleep(1.0)
         second = await one_value(c, "select pg_backend_pid()")
         assert first != second

@@ -9,6 +9,7 @@ import asyncpg
 
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import ProxyThread
+from tests.support.waits import wait_for
 
 
 async def _server_conns(admin: asyncpg.Connection) -> int:
@@ -34,9 +35,10 @@ async def test_cap_across_pools_waits_then_evicts_idle(
         bob = await asyncpg.connect(proxy.dsn("bob"))
         # Every allowed connection is in a transaction: bob's query waits in the queue.
         query = asyncio.create_task(bob.fetchval("SELECT 42"))
-        await asyncio.sleep(0.5)
+        await wait_for(
+            lambda: proxy.pool_stats("app", "bob").get("waiting") == 1, what="bob's query to queue"
+        )
         assert not query.done()
-        assert proxy.pool_stats("app", "bob")["waiting"] == 1
         assert await _server_conns(admin) <= 3
         # alice ends one transaction: her connection goes idle and bob's pool takes its place.
         await alice[0].execute("COMMIT")

@@ -4,11 +4,11 @@ fresh direct PostgreSQL session: B must see what it sees.
 
 Tests named `test_leak_*` reproduce leaks found against the session-isolation work (lexer
 bypasses, state the probe did not count, settings that did not survive a replay); each passes
-now, except the user functions of the README's known limits (strict xfail: it fails the suite
-the day they are handled, so the README gets updated). The others are attacks the proxy
+now, except the user functions of docs/behaviour.md's known limits (strict xfail: it fails the suite
+the day they are handled, so docs/behaviour.md gets updated). The others are attacks the proxy
 handled from the start, kept so it stays that way.
 `test_implicit_code_known_limits` measures the documented limit (code run implicitly by a
-harmless-looking statement) and fails when that set changes, so the README stays true.
+harmless-looking statement) and fails when that set changes, so docs/behaviour.md stays true.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -86,13 +85,6 @@ VIEW = (
     " (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory'"
     "  AND pid = pg_backend_pid())"
 )
-
-
-@pytest.fixture(scope="module")
-def atk(pg: LocalPostgres) -> Iterator[LocalPostgres]:
-    pg.psql(SETUP, dbname="app")
-    yield pg
-    pg.psql(TEARDOWN, dbname="app")
 
 
 def direct_dsn(pg: LocalPostgres, user: str = "alice") -> str:
@@ -225,8 +217,8 @@ USER_FUNCTIONS = {
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (README): the lexer judges a call by its name, not by the signature "
-    "PostgreSQL resolves; user functions named like keywords or built-ins are not seen",
+    reason="known limit (docs/behaviour.md): the lexer judges a call by its name, not by the "
+    "signature PostgreSQL resolves; user functions named like keywords or built-ins are not seen",
 )
 @pytest.mark.parametrize("sql", USER_FUNCTIONS.values(), ids=USER_FUNCTIONS.keys())
 async def test_leak_user_functions_the_lexer_takes_for_syntax_or_builtins(
@@ -616,7 +608,7 @@ IMPLICIT = {
     "advisory-lock-in-trigger": "INSERT INTO atk.locks VALUES (1)",
     "functional-notation": "SELECT d.leak FROM atk.t d",
 }
-# What reaches B today (README "known limits"): every one of them.
+# What reaches B today (docs/behaviour.md, "known limits"): every one of them.
 KNOWN_TO_LEAK = set(IMPLICIT)
 
 

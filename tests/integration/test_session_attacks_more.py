@@ -5,13 +5,12 @@ on a proxy with one server connection, client B (or A itself, for its own settin
 the session, and the oracle is a fresh direct PostgreSQL session (or A's direct session).
 
 Every `test_leak2_*` here failed against the code it was written against; all pass now except
-three strict xfails, each a README known limit named in its reason.
+three strict xfails, each a known limit of docs/behaviour.md named in its reason.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -20,8 +19,6 @@ import pytest
 from pgpool_proxy.protocol import deallocate, sqlscan, sqltables
 from pgpool_proxy.protocol import messages as m
 from tests.integration.test_session_attacks import (
-    SETUP,
-    TEARDOWN,
     _cost,
     a_then_b,
     direct_dsn,
@@ -36,17 +33,10 @@ from tests.support.rawpg import RawError
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def atk(pg: LocalPostgres) -> Iterator[LocalPostgres]:
-    pg.psql(SETUP, dbname="app")
-    yield pg
-    pg.psql(TEARDOWN, dbname="app")
-
-
 async def _setting(dsn: str, name: str) -> Any:
     conn = await asyncpg.connect(dsn, statement_cache_size=0)
     try:
-        # nullif: a placeholder set and reset reads '' (README, known limits), not a leak.
+        # nullif: a placeholder set and reset reads '' (behaviour.md, known limits), not a leak.
         return await conn.fetchval("SELECT nullif(current_setting($1, true), '')", name)
     finally:
         await conn.close()
@@ -132,7 +122,7 @@ async def test_leak2_sql_execute_of_a_protocol_statement(
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "known limit (README): one check reads at most 64 settings by name; custom "
+        "known limit (docs/behaviour.md): one check reads at most 64 settings by name; custom "
         "settings past that are lost after a full check"
     ),
 )
@@ -242,8 +232,8 @@ def _recover_prng(outs: list[int]) -> tuple[int, int] | None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "known limit (README): random()'s state passes with the server connection unless "
-        "the last client's code was opaque (then it is reseeded)"
+        "known limit (docs/behaviour.md): random()'s state passes with the server connection "
+        "unless the last client's code was opaque (then it is reseeded)"
     ),
 )
 async def test_leak2_random_state_recovered_predicts_the_next_clients_random(
@@ -368,7 +358,9 @@ async def test_leak2_other_users_statement_texts_in_pg_prepared_statements(
 
 @pytest.mark.xfail(
     strict=True,
-    reason=("known limit (README): real-valued settings read back with 6 significant digits"),
+    reason=(
+        "known limit (docs/behaviour.md): real-valued settings read back with 6 significant digits"
+    ),
 )
 async def test_leak2_real_settings_lose_precision_in_the_replay(
     atk: LocalPostgres, start_proxy: StartProxy
@@ -404,8 +396,8 @@ async def test_leak2_any_function_containing_advisory_counts_only_pins(
 ) -> None:
     """_call_site takes any name containing `advisory` for an advisory-lock function: a call of
     `public.tenant_advisory(...)` (not a built-in's name, not a keyword) is judged "pins only",
-    not opaque, and the setting it makes goes to B. Same precondition as the README's limit on
-    user functions (CREATE on a schema of the path), but wider than "named like a built-in"."""
+    not opaque, and the setting it makes goes to B. Same precondition as docs/behaviour.md's limit
+    on user functions (CREATE on a schema of the path), but wider than "named like a built-in"."""
     atk.psql(
         "CREATE OR REPLACE FUNCTION public.tenant_advisory(t text) RETURNS text"
         " LANGUAGE plpgsql AS $$BEGIN PERFORM set_config('app.tenant', t, false);"

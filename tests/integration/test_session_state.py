@@ -257,7 +257,7 @@ async def test_advisory_lock_pins_until_unlock_all(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_listen_pins_and_delivers_notifications(
-    start_proxy: StartProxy, admin: asyncpg.Connection, mode: str
+    start_proxy: StartProxy, admin: asyncpg.Connection, pg: LocalPostgres, mode: str
 ) -> None:
     proxy = proxy_for(start_proxy, mode, size=2, clients=2)
     chan = f"tc_chan_{secrets.token_hex(4)}"
@@ -288,9 +288,18 @@ async def test_listen_pins_and_delivers_notifications(
         await a.execute("UNLISTEN *")
         if mode == "transaction":
             assert await x.wait_pinned(proxy, 0) == 0
-        await admin.execute(f"NOTIFY {chan}, 'after-unlisten'")
-        await asyncio.sleep(0.3)
+        # A direct listener hears the notification: PostgreSQL has signalled every listener by
+        # then, and a round trip on each client lets anything the proxy forwards arrive.
+        sentinel = await asyncpg.connect(pg.dsn(dbname="app"))
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        try:
+            await sentinel.add_listener(chan, lambda _c, _pid, _ch, p: heard.put_nowait(p))
+            await admin.execute(f"NOTIFY {chan}, 'after-unlisten'")
+            assert await asyncio.wait_for(heard.get(), 5) == "after-unlisten"
+        finally:
+            await sentinel.close()
         await a.fetchval("select 1")
+        await b.execute("select 1")
         assert got.empty()
         assert b_got == []
     finally:

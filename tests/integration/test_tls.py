@@ -17,6 +17,7 @@ from pgpool_devkit.tls_material import CertFiles
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy, make_config
+from tests.support.robustness import proxy_client_count
 from tests.support.tlsfiles import TlsDir
 
 SSL_REQUEST = struct.pack("!II", 8, 80877103)
@@ -141,8 +142,7 @@ async def test_plaintext_instead_of_handshake(
     rest = await asyncio.wait_for(reader.read(), 10)
     assert b"R" not in rest[:1]  # no authentication request: the login never started
     writer.close()
-    await asyncio.sleep(0.2)
-    assert proxy.call(lambda: proxy.server.client_count if proxy.server else -1) == 0
+    assert await proxy_client_count(proxy, 0) == 0
 
 
 async def test_second_sslrequest_inside_tls(start_proxy: StartProxy, proxy_cert: CertFiles) -> None:

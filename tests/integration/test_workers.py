@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import ProxyProcess, start_workers
 from tests.support.rawpg import RawClient
+from tests.support.waits import wait_for
 
 WORKERS = 2
 
@@ -30,19 +31,8 @@ def _children(pid: int) -> set[int]:
 
 @pytest.fixture
 def supervised(pg: LocalPostgres, tmp_path: Path) -> Iterator[ProxyProcess]:
-    cfg = tmp_path / "proxy.toml"
-    cfg.write_text(
-        f'[proxy]\nlisten = "127.0.0.1:0"\nworkers = {WORKERS}\n'
-        "[pool]\ndefault_pool_size = 8\n"
-        '[auth]\ntype = "md5"\n'
-        f'[[databases]]\nname = "app"\nhost = "{pg.host}"\nport = {pg.port}\n'
-        f'[[users]]\nname = "alice"\npassword = "{PASSWORDS["alice"]}"\n'
-    )
-    proxy = ProxyProcess(cfg, 0, tmp_path / "proxy.log")
+    proxy = start_workers(pg, tmp_path, WORKERS, pool_size=8)
     try:
-        (found,) = proxy.wait_for(r"listening on 127\.0\.0\.1:(\d+) with")
-        proxy.port = int(found.group(1))
-        proxy.wait_for(r"\[w\d+\]: .*listening on", count=WORKERS)
         yield proxy
     finally:
         proxy.stop(signal.SIGTERM)
@@ -57,7 +47,9 @@ async def _query(port: int, sql: str) -> list[list[str | None]]:
         await c.close()
 
 
-async def test_cancels_reach_the_worker_that_owns_the_client(supervised: ProxyProcess) -> None:
+async def test_cancels_reach_the_worker_that_owns_the_client(
+    supervised: ProxyProcess, admin: asyncpg.Connection
+) -> None:
     port = supervised.port
     clients = [await RawClient.connect("127.0.0.1", port) for _ in range(12)]
     try:
@@ -65,18 +57,25 @@ async def test_cancels_reach_the_worker_that_owns_the_client(supervised: ProxyPr
             await c.login("alice", PASSWORDS["alice"], "app")
         # Keys carry the worker number in their top bits: both workers issued some.
         assert len({c.pid >> 24 for c in clients}) == WORKERS
-        started = time.monotonic()
         # pool_size 8 per worker: all 8 run at once, however the kernel spread the clients.
         for c in clients[:8]:
-            c.send(m.query("select pg_sleep(20)"))
-        await asyncio.sleep(0.5)
+            c.send(m.query("select pg_sleep(20) /* workers-cancel */"))
+
+        async def all_running() -> bool:
+            n = await admin.fetchval(
+                "select count(*) from pg_stat_activity where state = 'active' "
+                "and query like '%workers-cancel%' and pid <> pg_backend_pid()"
+            )
+            return bool(n == 8)
+
+        await wait_for(all_running, what="8 queries running on the server")
         # Each cancel is a new connection the kernel may hand to either worker.
         await asyncio.gather(*(c.cancel("127.0.0.1", port) for c in clients[:8]))
+        # 57014 and no query timeout configured: cancelled, not run out (20 s).
         codes = [(await c.read_error(15))["C"] for c in clients[:8]]
         assert codes == ["57014"] * 8
         for c in clients[:8]:
             await c.read_until_ready()
-        assert time.monotonic() - started < 10
         for c in clients:
             assert await c.simple_query("select 1") == [["1"]]
     finally:
@@ -92,15 +91,14 @@ async def test_workers_share_the_port_and_survive_a_crash(supervised: ProxyProce
     assert len(workers) == WORKERS
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def restarted() -> bool:
         now = _children(supervised.proc.pid)
-        if len(now) == WORKERS and victim not in now:
-            break
-        await asyncio.sleep(0.1)
-    now = _children(supervised.proc.pid)
-    assert len(now) == WORKERS and victim not in now, "the supervisor did not restart the worker"
-    await asyncio.sleep(1.0)
+        return len(now) == WORKERS and victim not in now
+
+    await wait_for(restarted, what="the supervisor to restart the worker")
+    # The new worker listens too (the others' lines are in the log already).
+    await asyncio.to_thread(supervised.wait_for, r"\[w\d+\]: .*listening on", WORKERS + 1)
     for _ in range(20):
         assert await _query(port, "select 42") == [["42"]]
 

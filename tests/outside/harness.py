@@ -430,7 +430,7 @@ class BackgroundLoad:
                     conn = await asyncpg.connect(self.dsn, timeout=30)
                     continue
                 self.transactions += 1
-                await asyncio.sleep(self.pause_s)
+                await asyncio.sleep(self.pause_s)  # the background load's pace, not a wait
         except Exception as exc:
             self.errors.append(f"client {n}: {exc!r}")
         finally:

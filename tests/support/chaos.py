@@ -78,7 +78,7 @@ class ChaosRelay:
                 if mode is Mode.BLACKHOLE:
                     continue
                 if mode is Mode.LATENCY and self.latency_s:
-                    await asyncio.sleep(self.latency_s)
+                    await asyncio.sleep(self.latency_s)  # the latency is the fault injected
                 if mode is Mode.FRAGMENT:
                     for i in range(len(data)):
                         writer.write(data[i : i + 1])

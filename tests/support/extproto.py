@@ -7,15 +7,16 @@ to force a client onto another server connection between two of its transactions
 
 from __future__ import annotations
 
-import asyncio
 import struct
-import time
 from collections.abc import Sequence
 
 from pgpool_proxy.protocol import messages as m
 
-from .proxy import PASSWORDS, ProxyThread
-from .rawpg import RawClient
+from .proxy import ProxyThread
+from .rawpg import RawClient, raw_login
+from .waits import eventually
+
+__all__ = ["raw_login"]  # the one raw_login lives in rawpg; tests reach it as x.raw_login too
 
 
 def _frame(type_byte: bytes, body: bytes) -> bytes:
@@ -120,12 +121,6 @@ async def roundtrip(client: RawClient, *msgs: bytes, timeout: float = 10) -> Rep
             return Reply(got)
 
 
-async def raw_login(proxy: ProxyThread, user: str = "alice", **params: str) -> RawClient:
-    client = await RawClient.connect(proxy.host, proxy.port)
-    await client.login(user, PASSWORDS[user], "app", **params)
-    return client
-
-
 class Shuffler:
     """Makes the next transaction of a client run on a different server connection.
 
@@ -158,9 +153,9 @@ def pinned(proxy: ProxyThread, db: str = "app", user: str = "alice") -> int:
 
 async def wait_pinned(proxy: ProxyThread, want: int, timeout: float = 3) -> int:
     """Poll the pinned count until it equals `want` (or the timeout passes); return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        n = pinned(proxy)
-        if n == want or time.monotonic() > deadline:
-            return n
-        await asyncio.sleep(0.02)
+
+    async def probe() -> int:
+        return pinned(proxy)
+
+    n, _ = await eventually(probe, lambda n: n == want, timeout)
+    return n

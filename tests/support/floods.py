@@ -14,7 +14,6 @@ import hmac
 import json
 import os
 import resource
-import socket
 import statistics
 import struct
 import subprocess
@@ -32,8 +31,9 @@ from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 
 from .pg import LocalPostgres
-from .proxyproc import REPO, ProxyProcess, write_config
+from .proxyproc import REPO, ProxyProcess, free_port, write_config
 from .rawpg import RawClient, RawError
+from .waits import wait_for
 
 T = TypeVar("T")
 
@@ -59,12 +59,6 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class FloodProxy:
@@ -200,10 +194,7 @@ class Phase:
         return self._event.is_set()
 
     async def wait(self, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not self._event.is_set():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            await asyncio.sleep(0.02)
+        await wait_for(self._event.is_set, timeout=timeout, what=what)
 
 
 class _CancelRequest(asyncio.Protocol):
@@ -299,7 +290,7 @@ def _probe(port: int, user: str, password: str, seconds: float) -> dict[str, flo
             t0 = time.perf_counter()
             conn.execute("select 1").fetchall()
             samples.append(time.perf_counter() - t0)
-            time.sleep(0.005)
+            time.sleep(0.005)  # the probe's pace: a bystander, not a flood of its own
     samples.sort()
     return {
         "n": len(samples),

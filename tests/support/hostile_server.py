@@ -13,7 +13,10 @@ import contextlib
 import struct
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.protocol.buffer import RecvBuffer
 
 Script = Callable[["HostileConn"], Awaitable[None]]
 
@@ -179,3 +182,17 @@ class HostileServer:
                 await task
         if self._server is not None:
             await self._server.wait_closed()
+
+
+def record_capacity_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every size a receive buffer is asked to make room for from now on (to show that a
+    header's claim alone sizes no buffer)."""
+    asked: list[int] = []
+    ensure = RecvBuffer.ensure_capacity
+
+    def recording(self: RecvBuffer, nbytes: int) -> None:
+        asked.append(nbytes)
+        ensure(self, nbytes)
+
+    monkeypatch.setattr(RecvBuffer, "ensure_capacity", recording)
+    return asked

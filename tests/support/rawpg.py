@@ -10,6 +10,9 @@ from pgpool_proxy.auth.md5 import md5_response
 from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.protocol import messages as m
 
+from .pg import LocalPostgres
+from .proxy import PASSWORDS, ProxyThread
+
 
 class RawError(Exception):
     def __init__(self, fields: dict[str, str]) -> None:
@@ -135,3 +138,13 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
+
+
+async def raw_login(
+    to: ProxyThread | LocalPostgres, user: str = "alice", **params: str
+) -> RawClient:
+    """A RawClient logged into database "app" as `user` (startup `params`), through the proxy
+    or directly to the server (the test roles have the same passwords there)."""
+    client = await RawClient.connect(to.host, to.port)
+    await client.login(user, PASSWORDS[user], "app", **params)
+    return client

@@ -1,18 +1,17 @@
-"""Robustness-test helpers: backends as PostgreSQL counts them, polling, raw clients, cancels."""
+"""Robustness-test helpers: backends as PostgreSQL counts them, polling, cancels."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import asyncpg
 
 from pgpool_proxy.protocol import messages as m
 
-from .proxy import PASSWORDS, ProxyThread
+from .proxy import ProxyThread
 from .rawpg import RawClient
+from .waits import eventually
 
 T = TypeVar("T")
 
@@ -26,30 +25,10 @@ async def backends(admin: asyncpg.Connection, user: str) -> int:
     return int(await admin.fetchval(COUNT_SQL, user))
 
 
-async def eventually(
-    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout: float
-) -> tuple[T, float]:
-    """Poll probe() every 20 ms until ok(value) or timeout; return the last value and the time
-    it took."""
-    t0 = time.monotonic()
-    while True:
-        value = await probe()
-        elapsed = time.monotonic() - t0
-        if ok(value) or elapsed > timeout:
-            return value, elapsed
-        await asyncio.sleep(0.02)
-
-
 async def settle(admin: asyncpg.Connection, user: str, timeout: float = 10) -> None:
     """Wait until no backend of `user` is left over from an earlier test."""
     n, _ = await eventually(lambda: backends(admin, user), lambda n: n == 0, timeout)
     assert n == 0, f"{n} backends of {user} left over"
-
-
-async def login(proxy: ProxyThread, user: str = "alice", **params: str) -> RawClient:
-    client = await RawClient.connect(proxy.host, proxy.port)
-    await client.login(user, PASSWORDS[user], "app", **params)
-    return client
 
 
 async def raw_cancel(host: str, port: int, pid: int, secret: int) -> None:

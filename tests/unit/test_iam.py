@@ -168,6 +168,7 @@ class CountingVerifier:
 
     async def verify(self, claims: TokenClaims, token: str, database: str) -> IamIdentity:
         self.calls += 1
+        # A verification that takes a while, so that concurrent logins overlap it.
         await asyncio.sleep(0.05)
         if self.fail:
             raise IamError("28P01", "nope")

@@ -17,6 +17,7 @@ from pgpool_proxy.admin.metrics import build_registry
 from pgpool_proxy.config import build_config
 from pgpool_proxy.runtime.loopwatch import LAG_BOUNDS_S, WARN_EVERY_S, LoopWatch
 from pgpool_proxy.runtime.server import ProxyServer
+from tests.support.waits import wait_for
 
 LOGGER = "pgpool_proxy.loopwatch"
 
@@ -24,10 +25,7 @@ LOGGER = "pgpool_proxy.loopwatch"
 async def ticks(watch: LoopWatch, n: int, timeout: float = 10) -> None:
     """Wait until the watch has ticked n more times."""
     want = watch.count + n
-    deadline = time.monotonic() + timeout
-    while watch.count < want:
-        assert time.monotonic() < deadline, "the watchdog stopped ticking"
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: watch.count >= want, timeout=timeout, what=f"{n} watchdog ticks")
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
@@ -39,7 +37,8 @@ def test_a_held_loop_is_counted_and_logged(
         watch.start()
         try:
             await ticks(watch, 2)
-            # A callback that blocks, as a runaway regex or a sync call would.
+            # A callback that blocks, as a runaway regex or a sync call would: the hold is the
+            # test, so it is a sleep.
             asyncio.get_running_loop().call_soon(time.sleep, 0.3)
             await ticks(watch, 2)
         finally:

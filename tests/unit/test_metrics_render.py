@@ -178,7 +178,7 @@ async def test_a_large_snapshot_arrives_whole(tmp_path: Path) -> None:
         for i in range(0, len(payload), 65536):
             writer.write(payload[i : i + 65536])
             await writer.drain()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a loop turn between chunks: the reader sees several reads
         writer.close()
 
     path = str(tmp_path / "s.sock")

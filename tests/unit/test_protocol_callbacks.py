@@ -20,8 +20,14 @@ import pytest
 from pgpool_proxy.config import build_config
 from pgpool_proxy.pool.backend import BackendConnection
 from pgpool_proxy.protocol import messages as m
-from pgpool_proxy.protocol.buffer import RecvBuffer
 from pgpool_proxy.session.client import ClientConnection
+from tests.support.hostile_server import (
+    AUTH_OK,
+    KEY_DATA,
+    LOGIN_PARAMS,
+    READY,
+    record_capacity_requests,
+)
 from tests.support.proxy import ProxyThread
 from tests.support.rawpg import RawClient
 
@@ -44,24 +50,7 @@ HOSTILE = {
 }
 # A ParameterStatus header claiming 1 GB, then silence (found by fuzz_backend_scanner).
 HUGE_HEADER = {"huge_param": b"S\x3f\xff\xff\xffTimeZone\0"}
-_WELCOME = (
-    m.auth_ok()
-    + b"".join(
-        m.parameter_status(k, v)
-        for k, v in {
-            "server_version": "15.0",
-            "server_encoding": "UTF8",
-            "client_encoding": "UTF8",
-            "DateStyle": "ISO, MDY",
-            "TimeZone": "UTC",
-            "IntervalStyle": "postgres",
-            "standard_conforming_strings": "on",
-            "integer_datetimes": "on",
-        }.items()
-    )
-    + m.backend_key_data(1, 2)
-    + m.ready_for_query()
-)
+_WELCOME = AUTH_OK + LOGIN_PARAMS + KEY_DATA + READY  # a normal login's reply
 
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -191,14 +180,7 @@ async def test_a_frame_header_alone_does_not_allocate_what_it_claims(
 ) -> None:
     """Before: the buffer grew at once to the 1 GB the header claimed. Now the header alone is
     enough to refuse the server connection, and no buffer is sized from it."""
-    asked: list[int] = []
-    ensure = RecvBuffer.ensure_capacity
-
-    def recording(self: RecvBuffer, nbytes: int) -> None:
-        asked.append(nbytes)
-        ensure(self, nbytes)
-
-    monkeypatch.setattr(RecvBuffer, "ensure_capacity", recording)
+    asked = record_capacity_requests(monkeypatch)
     bystander = await _client(proxy)
     victim = await _client(proxy)
     fields = await _error_then_close(victim, "huge_param")

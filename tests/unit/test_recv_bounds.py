@@ -128,6 +128,7 @@ async def test_a_reader_that_is_not_consuming_pauses_at_its_buffer_size() -> Non
         t, body = await ep.read_frame(1024, "test")
         assert (t, body) == (ord("Q"), b"SHOW CONFIG\0")
     reader = asyncio.ensure_future(ep.read_frame(1024, "test"))
+    # One loop turn (not a wait on time): the task runs to its first await. Likewise below.
     await asyncio.sleep(0)
     assert ep.transport.reading  # type: ignore[union-attr]
     ep.deliver(flood[taken:])
