@@ -509,7 +509,7 @@ async def test_refused_logins_keep_their_slot(rot_pg: LocalPostgres, budget: int
 
 async def test_logins_during_a_forced_refresh_get_its_result(moto_server: str) -> None:
     from pgpool_proxy.aws.secrets import CachedSecret, SecretsClient
-    from pgpool_proxy.config.security import SecretsSettings
+    from pgpool_proxy.config import SecretsSettings
 
     class HeldClient(SecretsClient):
         """Secrets Manager answering only once the test opens the gate."""
