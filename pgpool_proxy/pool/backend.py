@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -36,6 +35,8 @@ from ..protocol.server_scan import (
     BackendScanner,
 )
 from ..protocol.sqltables import SQL_SCHEMA, SQL_TRANSIENT
+from . import cancel, notify
+from .backend_state import BACKEND_TRANSITIONS, BackendState
 
 if TYPE_CHECKING:
     from .ends import PoolClient
@@ -46,36 +47,6 @@ log = logging.getLogger("pgpool_proxy.backend")
 BACKEND_BUFFER = 64 * 1024
 # Login replies are small; a server that sends more before ReadyForQuery is not PostgreSQL.
 MAX_LOGIN_MESSAGE = 1024 * 1024
-
-
-class BackendState(enum.IntEnum):
-    CONNECTING = 0
-    LOGIN = 1
-    IDLE = 2  # in the pool
-    ACTIVE = 3  # linked to a client
-    RESETTING = 4  # running the proxy's own queries with no client attached
-    CLOSED = 5
-    # Released while a client's cancel is on its way to the server: reused only once it has
-    # landed, so it cannot hit the next client's query.
-    CANCELLING = 6
-
-
-# Which state may follow which (BackendConnection._to); tests/unit/test_transitions.py checks it.
-BACKEND_TRANSITIONS: dict[BackendState, frozenset[BackendState]] = {
-    BackendState.CONNECTING: frozenset({BackendState.LOGIN, BackendState.CLOSED}),
-    BackendState.LOGIN: frozenset({BackendState.IDLE, BackendState.CLOSED}),
-    BackendState.IDLE: frozenset(
-        {BackendState.ACTIVE, BackendState.RESETTING, BackendState.CLOSED}
-    ),
-    BackendState.ACTIVE: frozenset(
-        {BackendState.IDLE, BackendState.RESETTING, BackendState.CANCELLING, BackendState.CLOSED}
-    ),
-    BackendState.RESETTING: frozenset(
-        {BackendState.IDLE, BackendState.ACTIVE, BackendState.CANCELLING, BackendState.CLOSED}
-    ),
-    BackendState.CANCELLING: frozenset({BackendState.IDLE, BackendState.CLOSED}),
-    BackendState.CLOSED: frozenset(),
-}
 
 
 InternalDone = Callable[["BackendConnection", list[dict[str, str]], list[list[str | None]]], None]
@@ -394,12 +365,12 @@ class BackendConnection(Endpoint):
                     # The replies to the proxy's own statements are dropped; a notification
                     # among them is the client's (its LISTEN pins this session).
                     if client is not None and client.transport is not None:
-                        client.transport.write(self._notification(buf, pos, n, client))
+                        client.transport.write(notify.notification(self, buf, pos, n, client))
                     pos += n
                     start = pos
                     continue
                 if client is not None and n >= 9:
-                    mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client)
+                    mapped = notify.notifier_pid(self, INT32.unpack_from(buf, pos + 5)[0], client)
                     if mapped is not None:
                         self._write(start, pos)
                         if client.transport is not None:
@@ -464,39 +435,6 @@ class BackendConnection(Endpoint):
         self.close(DisconnectReason.BACKEND_FAILED)
         if client is not None:
             client.backend_ended()
-
-    def _notification(self, buf: bytearray, pos: int, n: int, client: PoolClient) -> bytes:
-        """The NotificationResponse at pos as the client must see it (see _notifier)."""
-        mapped = self._notifier(INT32.unpack_from(buf, pos + 5)[0], client) if n >= 9 else None
-        if mapped is None:
-            return bytes(buf[pos : pos + n])
-        return b"".join((buf[pos : pos + 5], INT32.pack(mapped), buf[pos + 9 : pos + n]))
-
-    def _notifier(self, pid: int, client: PoolClient) -> int | None:
-        """The pid a client knows for the session that sent a notification: its own (from
-        BackendKeyData) when it notified itself, and for another of the proxy's server
-        connections the client whose COMMIT sent it, as near as the proxy can tell. None for
-        a session outside the proxy: its pid is passed on, and never equals a pid the proxy
-        gives clients (see ProxyServer.register_cancel_key).
-
-        PostgreSQL answers the COMMIT and signals the listeners at the same time, so the
-        listener's copy may arrive after the proxy has handed the notifier's connection to the
-        next client, or before the reply to the COMMIT that sent it."""
-        if pid == self.pid:
-            return client.key_pid
-        # One lookup per pool, not a scan of every server connection: a NOTIFY flood from
-        # outside the proxy must not cost the loop per connection.
-        for pool in client.server.pools.values():
-            b = pool.by_pid.get(pid)
-            if b is not None and b.address == self.address:
-                if b.client is not None and b.parked:
-                    # It waited in the pool after its last transaction ended and serves a
-                    # client again: most likely that client's COMMIT, its reply overtaken. (A
-                    # notification of the earlier transaction would have come while it waited.)
-                    return b.last_key_pid or None
-                # Idle, or handed straight on: the transaction that ended there last.
-                return b.done_key_pid or b.last_key_pid or None
-        return None
 
     def _refuse_params(self, why: str) -> None:
         log.error("backend %s (pool %s): %s; closing it", self.pid, self.pool.name, why)
@@ -577,29 +515,8 @@ class BackendConnection(Endpoint):
     # --- cancel ------------------------------------------------------------------------------
 
     def send_cancel(self) -> None:
-        """Forward a client's cancel; the backend is not reused until the cancel has landed."""
-        if self.cancelling or self.transport is None:
-            return  # one cancel at a time: a flood of them must not outlive this transaction
-        self.cancelling = True
-        self.pool.spawn(self._cancel(), "cancel")
-
-    async def _cancel(self) -> None:
-        try:
-            host, port = self.address
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self.pool.connect_timeout_s
-            )
-            writer.write(m.cancel_request(self.pid, self.secret))
-            # The postmaster signals the backend before it closes this socket. It sends nothing;
-            # whatever a server does send is dropped as it comes, not gathered until EOF.
-            await asyncio.wait_for(_until_eof(reader), self.pool.connect_timeout_s)
-            writer.close()
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel for backend %s failed: %s", self.pid, exc)
-        finally:
-            self.cancelling = False
-            if self.state == BackendState.CANCELLING:
-                self.pool.release(self)
+        """Forward a client's cancel (pool.cancel)."""
+        cancel.send_cancel(self)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -707,8 +624,3 @@ class BackendConnection(Endpoint):
         self.idle_since = self.loop.time()
         # An idle server connection reads, to notice the server saying goodbye.
         self.resume_reading()
-
-
-async def _until_eof(reader: asyncio.StreamReader) -> None:
-    while await reader.read(4096):
-        pass

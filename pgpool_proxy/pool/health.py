@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..protocol.constants import TX_IDLE
-from .backend import BackendConnection, BackendState
+from .backend import BackendConnection
+from .backend_state import BackendState
 
 if TYPE_CHECKING:
     from .pool import Pool

@@ -21,7 +21,8 @@ from ..auth.server_login import BackendLoginError
 from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import ServerTls, open_server_transport
-from .backend import BackendConnection, BackendState
+from .backend import BackendConnection
+from .backend_state import BackendState
 from .topology import DOWN, HostState, ProbeResult, Topology
 
 log = logging.getLogger("pgpool_proxy.topology")

@@ -17,7 +17,8 @@ from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link.prepared import StatementRegistry
 from ..net.connect import open_server_transport
 from . import health
-from .backend import BackendConnection, BackendState
+from .backend import BackendConnection
+from .backend_state import BackendState
 from .spec import POOL_TRANSITIONS, PoolSpec, PoolState
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..auth.server_login import server_sqlstate
 from ..errors import DisconnectReason, ProxyError, SqlState
-from ..pool.backend import BackendConnection, BackendState
+from ..pool.backend import BackendConnection
+from ..pool.backend_state import BackendState
 from ..protocol.constants import TRACKED_PARAMS, TX_IDLE
 from .state import check_sql
 

@@ -14,7 +14,8 @@ from ..link.prepared import (
     Stmt,
 )
 from ..net.endpoint import Endpoint, Peer
-from ..pool.backend import BackendConnection, BackendState
+from ..pool.backend import BackendConnection
+from ..pool.backend_state import BackendState
 from ..protocol import messages as m
 from ..protocol.buffer import RecvBuffer
 from ..protocol.client_scan import CEV_INSPECT, CEV_NEED, ClientScanner

@@ -23,7 +23,8 @@ from tests.fuzz._common import instrumented, main
 with instrumented("pgpool_proxy.pool.backend", "pgpool_proxy.protocol", "pgpool_proxy.auth"):
     from pgpool_proxy.auth.md5 import md5_hash
     from pgpool_proxy.errors import ProxyError
-    from pgpool_proxy.pool.backend import BackendConnection, BackendState
+    from pgpool_proxy.pool.backend import BackendConnection
+    from pgpool_proxy.pool.backend_state import BackendState
 
 EXPECTED = (ProxyError,)
 _SALTED = hashlib.pbkdf2_hmac("sha256", b"secret", b"0123456789abcdef", 4096)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from pgpool_proxy.pool.backend import BACKEND_TRANSITIONS, BackendConnection, BackendState
+from pgpool_proxy.pool.backend import BackendConnection
+from pgpool_proxy.pool.backend_state import BACKEND_TRANSITIONS, BackendState
 from pgpool_proxy.pool.pool import Pool
 from pgpool_proxy.pool.spec import POOL_TRANSITIONS, PoolState
 from pgpool_proxy.runtime.server import SERVER_TRANSITIONS, ProxyServer, ServerState
