@@ -194,6 +194,7 @@ async def _query(server: ProxyServer, client: ClientConnection, body: bytes) -> 
         try:
             command = parse_command(statement)
             _check_allowed(server, client, command)
+            server.counters.admin_commands += 1
             out = await _run(server, client, command)
         except CommandError as exc:
             _write(client, _error(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
@@ -237,6 +238,8 @@ _SHOW = {
     "VERSION": show.show_version,
     "TOTALS": show.show_totals,
     "CONFIG": show_config,
+    "USERS": show.show_users,
+    "PEERS": show.show_peers,
 }
 
 
@@ -269,6 +272,15 @@ async def _run(server: ProxyServer, client: ClientConnection, command: Command) 
         assert arg is not None
         if arg == "HELP":
             return m.notice_response("Console usage", detail=HELP_TEXT) + m.command_complete("SHOW")
+        if arg == "FDS":
+            raise CommandError(
+                SqlState.FEATURE_NOT_SUPPORTED,
+                "SHOW FDS is not supported: it is PgBouncer's online restart (pgbouncer -R), "
+                "which hands its sockets to a new process; pgpool-proxy has none",
+                hint="For a restart without dropping clients, start a new proxy on the same "
+                "port with proxy.reuse_port = true and SIGTERM the old one (it drains). "
+                "SHOW CLIENTS and SHOW SERVERS list the connections.",
+            )
         if arg.startswith("STATS"):
             return _result(show.show_stats(server, arg))
         return _result(_SHOW[arg](server))
