@@ -243,9 +243,13 @@ _SHOW = {
 }
 
 
-def _check_database(server: ProxyServer, db: str | None) -> None:
+def _check_database(server: ProxyServer, verb: str, db: str | None) -> None:
     if db is not None and db == server.config.admin.database:
-        raise CommandError(SqlState.FEATURE_NOT_SUPPORTED, "the admin database has no pools")
+        # Its SHOW POOLS row stands for the consoles; there are no server connections to act on.
+        raise CommandError(
+            SqlState.FEATURE_NOT_SUPPORTED,
+            f"{verb} does not apply to the admin database (it has no server connections)",
+        )
     if db is not None and not lifecycle.known_database(server, db):
         raise CommandError(SqlState.INVALID_CATALOG_NAME, f'database "{db}" does not exist')
 
@@ -306,7 +310,7 @@ async def _run(server: ProxyServer, client: ClientConnection, command: Command) 
             ) from None
         log.info("admin %s: RELOAD", who)
         return b"".join(m.notice_response(n) for n in notes) + m.command_complete("RELOAD")
-    _check_database(server, arg)
+    _check_database(server, verb, arg)
     log.info("admin %s: %s", who, printable(command.text))
     if verb == "PAUSE":
         await lifecycle.pause(server, arg, client.is_open)

@@ -534,7 +534,7 @@ async def test_unexpected_console_failures_are_reported(
         assert "SET failed while applying" in str(exc.value) and "boom" in str(exc.value)
         cols, _ = await show(admin, "VERSION")
         assert cols == ["version"]
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="no pools"):
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="KILL does not apply"):
             await admin.execute("KILL pgbouncer")
     finally:
         await admin.close()
