@@ -187,6 +187,15 @@ def test_run_with_a_port_in_use_says_so_in_one_line(
     assert str(port) in line and "address already in use" in line, out.stderr
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_with_an_unknown_listen_host_names_it(tmp_path: Path, workers: int) -> None:
+    cfg = _config(tmp_path, workers=workers)
+    cfg.write_text(cfg.read_text().replace("127.0.0.1:0", "nosuchhost.invalid:0", 1))
+    out = _run("run", "--config", str(cfg))
+    line = _one_line_error(out, "cannot start:")
+    assert "nosuchhost.invalid" in line, out.stderr
+
+
 def test_run_with_unusable_tls_files_says_so_in_one_line(tmp_path: Path) -> None:
     cert, key = tmp_path / "proxy.crt", tmp_path / "proxy.key"
     cert.write_text("not a certificate\n")
