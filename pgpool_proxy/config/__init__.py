@@ -9,7 +9,10 @@ way, each only from those listed before it:
   [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`: each section's
   dataclasses, key table, cross-key checks and builder;
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
-  (``pgpool-proxy check``).
+  (``pgpool-proxy check``);
+- `tomlwrite` (a configuration mapping as TOML text), `pgbouncer` (reading pgbouncer.ini and
+  its auth_file, mapped onto this configuration: ``pgpool-proxy convert`` and
+  ``run --pgbouncer-ini``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ from .databases import DatabaseConfig
 from .keys import SECTIONS, setting_from_text
 from .metrics import MetricsSettings
 from .model import Config
+from .pgbouncer import (
+    PGBOUNCER_DATABASE_PARAMS,
+    PGBOUNCER_SETTINGS,
+    PGBOUNCER_USER_PARAMS,
+    PgBouncerConversion,
+    PgBouncerNote,
+    convert_pgbouncer_ini,
+    load_pgbouncer_config,
+    looks_like_pgbouncer_ini,
+)
 from .schema import ConfigError
 from .security import (
     ClientTlsMode,
@@ -38,6 +51,9 @@ from .topology import DatabaseRole, TopologySettings, parse_host_port
 from .users import UserConfig
 
 __all__ = [
+    "PGBOUNCER_DATABASE_PARAMS",
+    "PGBOUNCER_SETTINGS",
+    "PGBOUNCER_USER_PARAMS",
     "SECTIONS",
     "AdminSettings",
     "AuthSettings",
@@ -52,6 +68,8 @@ __all__ = [
     "IamSettings",
     "IamVerifierKind",
     "MetricsSettings",
+    "PgBouncerConversion",
+    "PgBouncerNote",
     "PoolMode",
     "PoolSettings",
     "ProxySettings",
@@ -63,7 +81,10 @@ __all__ = [
     "build_config",
     "check_admin",
     "check_config_main",
+    "convert_pgbouncer_ini",
     "load_config",
+    "load_pgbouncer_config",
+    "looks_like_pgbouncer_ini",
     "parse_config",
     "parse_host_port",
     "region_of_secret_arn",

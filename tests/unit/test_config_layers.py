@@ -33,6 +33,8 @@ LAYERS = (
     "keys",
     "build",
     "check",
+    "tomlwrite",
+    "pgbouncer",
 )
 
 
