@@ -10,9 +10,9 @@ way, each only from those listed before it:
   dataclasses, key table, cross-key checks and builder;
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
   (``pgpool-proxy check``);
-- `tomlwrite` (a configuration mapping as TOML text), `pgbouncer` (reading pgbouncer.ini and
-  its auth_file, mapped onto this configuration: ``pgpool-proxy convert`` and
-  ``run --pgbouncer-ini``).
+- `tomlwrite` (a configuration mapping as TOML text), `ini` (reading pgbouncer.ini, its
+  connection strings and its auth_file), `pgbouncer` (what each PgBouncer setting becomes:
+  ``pgpool-proxy convert`` and ``run --pgbouncer-ini``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .build import build_config, load_config, parse_config
 from .check import check_config_main
 from .core import AuthSettings, AuthType, PoolMode, PoolSettings, ProxySettings
 from .databases import DatabaseConfig
+from .ini import PgBouncerNote, looks_like_pgbouncer_ini
 from .keys import SECTIONS, setting_from_text
 from .metrics import MetricsSettings
 from .model import Config
@@ -30,10 +31,8 @@ from .pgbouncer import (
     PGBOUNCER_SETTINGS,
     PGBOUNCER_USER_PARAMS,
     PgBouncerConversion,
-    PgBouncerNote,
     convert_pgbouncer_ini,
     load_pgbouncer_config,
-    looks_like_pgbouncer_ini,
 )
 from .schema import ConfigError
 from .security import (

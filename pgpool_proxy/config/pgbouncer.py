@@ -6,18 +6,18 @@ every PgBouncer setting that has no equivalent (never dropped silently). Problem
 the file unusable (a malformed line, a bad number, a missing include) are collected and raised
 together as one `ConfigError`, one ``FILE:LINE: ...`` line each.
 
-Everything is read line by line with string methods, in time linear in the input: no regular
-expression ever runs over file text.
+Reading the files is `ini`'s part; this module decides what each setting becomes.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from .build import build_config
+from .ini import IniEntry, IniFiles, PgBouncerNote, parse_params, read_auth_file, read_ini
 from .model import Config
 from .schema import ConfigError
 from .tomlwrite import toml_text
@@ -27,14 +27,10 @@ __all__ = [
     "PGBOUNCER_SETTINGS",
     "PGBOUNCER_USER_PARAMS",
     "PgBouncerConversion",
-    "PgBouncerNote",
     "convert_pgbouncer_ini",
     "load_pgbouncer_config",
-    "looks_like_pgbouncer_ini",
 ]
 
-# PgBouncer's own include depth is small too; the bound also stops an include cycle.
-MAX_INCLUDE_DEPTH: Final = 10
 _MIB: Final = 1024 * 1024
 _GIB: Final = 1024 * _MIB
 
@@ -232,7 +228,6 @@ _ALWAYS_HARMLESS: Final = frozenset(
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
-_SECTIONS: Final = ("databases", "users", "pgbouncer", "peers")
 _TLS_ORDER: Final = ("tlsv1.0", "tlsv1.1", "tlsv1.2", "tlsv1.3")
 _TLS_SHORTCUTS: Final[Mapping[str, tuple[str, ...]]] = {
     "all": _TLS_ORDER,
@@ -241,22 +236,6 @@ _TLS_SHORTCUTS: Final[Mapping[str, tuple[str, ...]]] = {
     "normal": ("tlsv1.2", "tlsv1.3"),
     "default": ("tlsv1.2", "tlsv1.3"),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class PgBouncerNote:
-    """A PgBouncer setting that was not converted (or not exactly), and why.
-
-    ``severity`` is ``"warning"`` when behaviour differs from PgBouncer's, ``"info"`` when the
-    setting's value means what pgpool-proxy does anyway."""
-
-    where: str
-    setting: str
-    message: str
-    severity: str = "warning"
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.setting}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,193 +263,6 @@ class PgBouncerConversion:
         return toml_text(self.data, header)
 
 
-@dataclass(slots=True)
-class _Entry:
-    section: str
-    key: str
-    value: str
-    where: str
-    base: str  # directory of the file the entry is in (relative paths are taken from it)
-
-
-@dataclass(slots=True)
-class _Ini:
-    entries: list[_Entry] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    notes: list[PgBouncerNote] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)  # in the order they were read
-
-
-# --- reading the ini file ---------------------------------------------------------------------
-
-
-def _read_text(path: str) -> str:
-    """The file's text; OSError or UnicodeDecodeError as PgBouncer users would want them."""
-    with open(path, "rb") as handle:
-        raw = handle.read()
-    return raw.decode("utf-8").removeprefix("\ufeff")
-
-
-def _parse_ini(path: str, ini: _Ini, depth: int, section: str | None) -> str | None:
-    """Adds the entries of ``path`` (and of what it includes) to ``ini``; returns the section
-    in effect at its end, since an include continues the including file's section."""
-    try:
-        text = _read_text(path)
-    except OSError as exc:
-        ini.problems.append(f"{path}: cannot read file: {exc.strerror or exc}")
-        return section
-    except UnicodeDecodeError as exc:
-        ini.problems.append(f"{path}: file is not valid UTF-8 (byte offset {exc.start})")
-        return section
-    base = os.path.dirname(os.path.abspath(path))
-    ini.files.append(path)
-    for number, raw_line in enumerate(text.splitlines(), 1):
-        where = f"{path}:{number}"
-        line = raw_line.strip()
-        if not line or line[0] in ";#":
-            continue
-        if line.startswith("%include"):
-            target = line.removeprefix("%include").strip()
-            if not target or line[len("%include")] not in " \t":
-                ini.problems.append(f"{where}: expected %include FILENAME")
-                continue
-            if depth >= MAX_INCLUDE_DEPTH:
-                ini.problems.append(
-                    f"{where}: %include nested more than {MAX_INCLUDE_DEPTH} deep "
-                    "(an include cycle?)"
-                )
-                continue
-            section = _parse_ini(os.path.join(base, target), ini, depth + 1, section)
-            continue
-        if line[0] == "[":
-            if line[-1] != "]" or len(line) < 3:
-                ini.problems.append(f"{where}: expected a section header such as [pgbouncer]")
-                continue
-            section = line[1:-1].strip().lower()
-            if section not in _SECTIONS:
-                ini.notes.append(
-                    PgBouncerNote(where, f"[{section}]", "not a PgBouncer section; ignored")
-                )
-            continue
-        key, value, problem = _split_key_value(line)
-        if problem:
-            ini.problems.append(f"{where}: {problem}")
-        elif section is None:
-            ini.problems.append(f"{where}: {key!r} is outside any section; put it under one")
-        elif section in _SECTIONS:
-            ini.entries.append(_Entry(section, key, value, where, base))
-    return section
-
-
-def _split_key_value(line: str) -> tuple[str, str, str]:
-    """(key, value, problem) of a ``key = value`` line; a key may be double-quoted as an SQL
-    identifier (``"my db" = ...``, with ``""`` for a quote)."""
-    if line[0] == '"':
-        key, end = _quoted(line, 0, '"')
-        if end < 0:
-            return "", "", "unterminated quoted name"
-        rest = line[end:].lstrip()
-        if not rest.startswith("="):
-            return "", "", "expected = after the quoted name"
-        return key, rest[1:].strip(), ""
-    key, sep, value = line.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        return "", "", "expected key = value, a [section] header or %include FILENAME"
-    return key, value.strip(), ""
-
-
-def _quoted(text: str, start: int, quote: str) -> tuple[str, int]:
-    """The quoted string opening at ``text[start]`` (a doubled quote stands for one, and a
-    backslash escapes the next character when ``quote`` is ``'``), and the index after it;
-    the index is -1 when the string never ends."""
-    out: list[str] = []
-    i = start + 1
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == quote:
-            if i + 1 < n and text[i + 1] == quote:
-                out.append(quote)
-                i += 2
-                continue
-            return "".join(out), i + 1
-        if c == "\\" and quote == "'" and i + 1 < n:
-            out.append(text[i + 1])
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out), -1
-
-
-def _parse_params(text: str) -> tuple[list[tuple[str, str]], str]:
-    """The ``key=value`` pairs of a libpq-style connection string (values may be single-quoted),
-    in order, and a problem ("" when none)."""
-    pairs: list[tuple[str, str]] = []
-    i, n = 0, len(text)
-    while True:
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n:
-            return pairs, ""
-        start = i
-        while i < n and text[i] != "=" and not text[i].isspace():
-            i += 1
-        key = text[start:i].lower()
-        while i < n and text[i].isspace():
-            i += 1
-        if i >= n or text[i] != "=" or not key:
-            return pairs, f"expected key=value at {text[start : start + 20]!r}"
-        i += 1
-        while i < n and text[i].isspace():
-            i += 1
-        if i < n and text[i] == "'":
-            value, end = _quoted(text, i, "'")
-            if end < 0:
-                return pairs, f"unterminated quoted value of {key}"
-            i = end
-        else:
-            start = i
-            while i < n and not text[i].isspace():
-                i += 1
-            value = text[start:i]
-        pairs.append((key, value))
-
-
-def _read_auth_file(path: str, problems: list[str]) -> dict[str, tuple[str, str]]:
-    """user -> (password, "file:line") from an auth_file: lines of ``"user" "password" ...``."""
-    users: dict[str, tuple[str, str]] = {}
-    try:
-        text = _read_text(path)
-    except OSError as exc:
-        problems.append(f"{path}: cannot read auth_file: {exc.strerror or exc}")
-        return users
-    except UnicodeDecodeError as exc:
-        problems.append(f"{path}: auth_file is not valid UTF-8 (byte offset {exc.start})")
-        return users
-    for number, raw_line in enumerate(text.splitlines(), 1):
-        line = raw_line.strip()
-        if not line or line[0] in ";#":
-            continue
-        where = f"{path}:{number}"
-        fields: list[str] = []
-        i = 0
-        while len(fields) < 2 and i < len(line) and line[i] == '"':
-            value, end = _quoted(line, i, '"')
-            if end < 0:
-                break
-            fields.append(value)
-            i = end
-            while i < len(line) and line[i].isspace():
-                i += 1
-        if len(fields) < 2 or not fields[0]:
-            problems.append(f'{where}: expected "user" "password" (each in double quotes)')
-            continue
-        users[fields[0]] = (fields[1], where)
-    return users
-
-
 # --- mapping ----------------------------------------------------------------------------------
 
 
@@ -490,7 +282,7 @@ def _is_scram(secret: str) -> bool:
 class _Mapper:
     """Turns parsed ini entries into pgpool-proxy's configuration layout, noting the rest."""
 
-    def __init__(self, ini: _Ini) -> None:
+    def __init__(self, ini: IniFiles) -> None:
         self.problems = ini.problems
         self.notes = ini.notes
         self.files = ini.files
@@ -503,9 +295,9 @@ class _Mapper:
         self.databases: list[dict[str, Any]] = []
         self.users: list[dict[str, Any]] = []
         # The last value of each [pgbouncer] setting wins, as in PgBouncer.
-        self.settings: dict[str, _Entry] = {}
-        self.db_entries: dict[str, _Entry] = {}
-        self.user_entries: dict[str, _Entry] = {}
+        self.settings: dict[str, IniEntry] = {}
+        self.db_entries: dict[str, IniEntry] = {}
+        self.user_entries: dict[str, IniEntry] = {}
         for entry in ini.entries:
             if entry.section == "pgbouncer":
                 self.settings[entry.key.lower()] = entry
@@ -522,13 +314,13 @@ class _Mapper:
 
     # helpers
 
-    def note(self, entry: _Entry, setting: str, message: str, severity: str = "warning") -> None:
+    def note(self, entry: IniEntry, setting: str, message: str, severity: str = "warning") -> None:
         self.notes.append(PgBouncerNote(entry.where, setting, message, severity))
 
-    def bad(self, entry: _Entry, setting: str, message: str) -> None:
+    def bad(self, entry: IniEntry, setting: str, message: str) -> None:
         self.problems.append(f"{entry.where}: {setting}: {message}")
 
-    def integer(self, entry: _Entry, value: str, setting: str, lo: int, hi: int) -> int | None:
+    def integer(self, entry: IniEntry, value: str, setting: str, lo: int, hi: int) -> int | None:
         text = value.strip()
         digits = text.removeprefix("-")
         if not digits.isdigit() or not digits.isascii() or len(digits) > 18:
@@ -540,7 +332,7 @@ class _Mapper:
             return None
         return number
 
-    def seconds(self, entry: _Entry, setting: str) -> float | None:
+    def seconds(self, entry: IniEntry, setting: str) -> float | None:
         try:
             number = float(entry.value) if len(entry.value) <= 40 else float("nan")
         except ValueError:
@@ -550,7 +342,7 @@ class _Mapper:
             return None
         return number
 
-    def boolean(self, entry: _Entry, setting: str) -> bool | None:
+    def boolean(self, entry: IniEntry, setting: str) -> bool | None:
         lowered = entry.value.lower()
         if lowered in _TRUE:
             return True
@@ -559,10 +351,10 @@ class _Mapper:
         self.bad(entry, setting, f"expected 0 or 1, got {entry.value!r}")
         return None
 
-    def path(self, entry: _Entry) -> str:
+    def path(self, entry: IniEntry) -> str:
         return os.path.normpath(os.path.join(entry.base, entry.value))
 
-    def pool_mode(self, entry: _Entry, value: str, setting: str) -> str | None:
+    def pool_mode(self, entry: IniEntry, value: str, setting: str) -> str | None:
         lowered = value.lower()
         if lowered in ("session", "transaction"):
             return lowered
@@ -580,7 +372,7 @@ class _Mapper:
     # [pgbouncer]
 
     def map_settings(self) -> None:
-        handlers: dict[str, Callable[[_Entry], None]] = {
+        handlers: dict[str, Callable[[IniEntry], None]] = {
             "pool_mode": self._pool_mode,
             "max_client_conn": self._int_to(self.proxy, "max_client_conn", 1, 2**31 - 1),
             "default_pool_size": self._int_to(self.pool, "default_pool_size", 1, 2**31 - 1),
@@ -657,24 +449,24 @@ class _Mapper:
 
     def _int_to(
         self, table: dict[str, Any], key: str, lo: int, hi: int
-    ) -> Callable[[_Entry], None]:
-        def apply(entry: _Entry) -> None:
+    ) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
             number = self.integer(entry, entry.value, f"[pgbouncer] {entry.key}", lo, hi)
             if number is not None:
                 table[key] = number
 
         return apply
 
-    def _seconds_to(self, table: dict[str, Any], key: str) -> Callable[[_Entry], None]:
-        def apply(entry: _Entry) -> None:
+    def _seconds_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
             number = self.seconds(entry, f"[pgbouncer] {entry.key}")
             if number is not None:
                 table[key] = number
 
         return apply
 
-    def _positive_seconds_to(self, table: dict[str, Any], key: str) -> Callable[[_Entry], None]:
-        def apply(entry: _Entry) -> None:
+    def _positive_seconds_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
             setting = f"[pgbouncer] {entry.key}"
             number = self.seconds(entry, setting)
             if number == 0:
@@ -689,16 +481,16 @@ class _Mapper:
 
         return apply
 
-    def _bool_to(self, table: dict[str, Any], key: str) -> Callable[[_Entry], None]:
-        def apply(entry: _Entry) -> None:
+    def _bool_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
             value = self.boolean(entry, f"[pgbouncer] {entry.key}")
             if value is not None:
                 table[key] = value
 
         return apply
 
-    def _path_to(self, table: dict[str, Any], key: str) -> Callable[[_Entry], None]:
-        def apply(entry: _Entry) -> None:
+    def _path_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
             table[key] = self.path(entry) if entry.value else ""
 
         return apply
@@ -741,12 +533,12 @@ class _Mapper:
                 host = f"[{host}]"
         self.proxy["listen"] = f"{host}:{port}"
 
-    def _pool_mode(self, entry: _Entry) -> None:
+    def _pool_mode(self, entry: IniEntry) -> None:
         mode = self.pool_mode(entry, entry.value, "[pgbouncer] pool_mode")
         if mode is not None:
             self.proxy["pool_mode"] = mode
 
-    def _max_prepared_statements(self, entry: _Entry) -> None:
+    def _max_prepared_statements(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] max_prepared_statements"
         number = self.integer(entry, entry.value, setting, 0, 2**31 - 1)
         if number is not None and number > 100_000:
@@ -755,15 +547,15 @@ class _Mapper:
         if number is not None:
             self.pool["max_prepared_statements"] = number
 
-    def _verbose(self, entry: _Entry) -> None:
+    def _verbose(self, entry: IniEntry) -> None:
         number = self.integer(entry, entry.value, "[pgbouncer] verbose", 0, 100)
         if number is not None:
             self.proxy["log_level"] = "debug" if number > 0 else "info"
 
-    def _server_reset_query(self, entry: _Entry) -> None:
+    def _server_reset_query(self, entry: IniEntry) -> None:
         self.pool["server_reset_query"] = entry.value
 
-    def _server_check_delay(self, entry: _Entry) -> None:
+    def _server_check_delay(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_check_delay"
         number = self.seconds(entry, setting)
         if number == 0:
@@ -777,7 +569,7 @@ class _Mapper:
         elif number is not None and "server_check_delay_s" not in self.pool:
             self.pool["server_check_delay_s"] = number
 
-    def _server_check_query(self, entry: _Entry) -> None:
+    def _server_check_query(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_check_query"
         if entry.value == "":
             # An empty value turns PgBouncer's check off.
@@ -789,7 +581,7 @@ class _Mapper:
                 "pgpool-proxy checks server connections with an empty query; this query is not run",
             )
 
-    def _server_lifetime(self, entry: _Entry) -> None:
+    def _server_lifetime(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_lifetime"
         number = self.seconds(entry, setting)
         if number == 0:
@@ -805,7 +597,7 @@ class _Mapper:
         elif number is not None:
             self.pool["server_lifetime_s"] = number
 
-    def _client_tls_mode(self, entry: _Entry) -> None:
+    def _client_tls_mode(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] client_tls_sslmode"
         mode = entry.value.lower()
         mapped = {"disable": "disable", "allow": "allow", "prefer": "allow", "require": "require"}
@@ -821,7 +613,7 @@ class _Mapper:
         else:
             self.bad(entry, setting, f"unknown mode {entry.value!r}")
 
-    def _server_tls_mode(self, entry: _Entry) -> None:
+    def _server_tls_mode(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_tls_sslmode"
         mode = entry.value.lower()
         if mode in ("disable", "prefer", "require", "verify-ca", "verify-full"):
@@ -832,8 +624,8 @@ class _Mapper:
         else:
             self.bad(entry, setting, f"unknown mode {entry.value!r}")
 
-    def _tls_protocols(self, table: dict[str, Any]) -> Callable[[_Entry], None]:
-        def apply(entry: _Entry) -> None:
+    def _tls_protocols(self, table: dict[str, Any]) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
             setting = f"[pgbouncer] {entry.key}"
             versions: set[str] = set()
             for token in entry.value.replace(",", " ").replace(":", " ").lower().split():
@@ -856,7 +648,7 @@ class _Mapper:
 
         return apply
 
-    def _max_packet_size(self, entry: _Entry) -> None:
+    def _max_packet_size(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] max_packet_size"
         number = self.integer(entry, entry.value, setting, 0, 2**31 - 1)
         if number is None:
@@ -870,7 +662,7 @@ class _Mapper:
             )
         self.proxy["max_message_size_bytes"] = bounded
 
-    def _tcp_user_timeout(self, entry: _Entry) -> None:
+    def _tcp_user_timeout(self, entry: IniEntry) -> None:
         number = self.integer(entry, entry.value, "[pgbouncer] tcp_user_timeout", 0, 2**31 - 1)
         if number is not None:
             self.pool["tcp_user_timeout_s"] = number / 1000
@@ -885,7 +677,7 @@ class _Mapper:
         if file_entry is not None and file_entry.value:
             path = self.path(file_entry)
             self.files.append(path)
-            secrets = _read_auth_file(path, self.problems)
+            secrets = read_auth_file(path, self.problems)
         auth_type = self._auth_type(type_entry, pgb_type, secrets)
         for name, (secret, where) in secrets.items():
             entry: dict[str, Any] = {"name": name}
@@ -919,7 +711,7 @@ class _Mapper:
         self._admin_users(pgb_type)
 
     def _auth_type(
-        self, entry: _Entry | None, pgb_type: str, secrets: Mapping[str, tuple[str, str]]
+        self, entry: IniEntry | None, pgb_type: str, secrets: Mapping[str, tuple[str, str]]
     ) -> str:
         setting = "[pgbouncer] auth_type"
         md5_hashes = any(_is_md5_hash(s) for s, _ in secrets.values())
@@ -968,7 +760,7 @@ class _Mapper:
     def _user_modes(self, auth_type: str) -> None:
         by_name = {user["name"]: user for user in self.users}
         for name, entry in self.user_entries.items():
-            params, problem = _parse_params(entry.value)
+            params, problem = parse_params(entry.value)
             if problem:
                 self.bad(entry, f"[users] {name}", problem)
                 continue
@@ -1042,7 +834,7 @@ class _Mapper:
     def _database(
         self,
         name: str,
-        entry: _Entry,
+        entry: IniEntry,
         default_size: int,
         global_cap: int,
         uncapped: list[str],
@@ -1059,7 +851,7 @@ class _Mapper:
         if name == "pgbouncer":
             self.note(entry, label, "the name is the admin console's; the entry is left out")
             return None
-        params, problem = _parse_params(entry.value)
+        params, problem = parse_params(entry.value)
         if problem:
             self.bad(entry, label, problem)
             return None
@@ -1113,7 +905,7 @@ class _Mapper:
                 uncapped.append(name)
         return db
 
-    def _db_host(self, entry: _Entry, setting: str, value: str, db: dict[str, Any]) -> None:
+    def _db_host(self, entry: IniEntry, setting: str, value: str, db: dict[str, Any]) -> None:
         hosts = [h.strip() for h in value.split(",") if h.strip()]
         if not hosts:
             return
@@ -1174,8 +966,7 @@ def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
     configuration. Raises `ConfigError` listing every problem that makes the files unusable;
     what has no equivalent comes back as notes."""
     source = os.fspath(path)
-    ini = _Ini()
-    _parse_ini(source, ini, 0, None)
+    ini = read_ini(source)
     if ini.problems:
         raise ConfigError(ini.problems)
     mapper = _Mapper(ini)
@@ -1202,20 +993,3 @@ def load_pgbouncer_config(
     `ConfigError` when the files are unusable or the result is invalid."""
     conversion = convert_pgbouncer_ini(path)
     return conversion.config(env), conversion.notes
-
-
-def looks_like_pgbouncer_ini(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a PgBouncer ini file rather than a TOML configuration: it has a
-    ``[pgbouncer]`` or ``[databases]`` section header (TOML uses ``[[databases]]``)."""
-    try:
-        text = _read_text(os.fspath(path))
-    except (OSError, UnicodeDecodeError):
-        return False
-    return any(_is_ini_header(line) for line in text.splitlines())
-
-
-def _is_ini_header(line: str) -> bool:
-    stripped = line.strip().lower()
-    return stripped in ("[pgbouncer]", "[databases]", "[users]", "[peers]") or stripped.startswith(
-        "%include"
-    )

@@ -34,6 +34,7 @@ LAYERS = (
     "build",
     "check",
     "tomlwrite",
+    "ini",
     "pgbouncer",
 )
 
