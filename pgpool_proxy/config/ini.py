@@ -18,15 +18,28 @@ __all__ = [
     "IniEntry",
     "IniFiles",
     "PgBouncerNote",
+    "cut",
     "looks_like_pgbouncer_ini",
     "parse_params",
     "read_auth_file",
     "read_ini",
+    "shown",
 ]
 
 # PgBouncer's own include depth is small too; the bound also stops an include cycle.
 MAX_INCLUDE_DEPTH: Final = 10
 INI_SECTIONS: Final = ("databases", "users", "pgbouncer", "peers")
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message, cut at ``limit`` characters: one line per problem even
+    when a file holds a megabyte on one line."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def cut(text: str, limit: int = 120) -> str:
+    """``text`` cut at ``limit`` characters (for names inside a message)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +127,7 @@ def _read_ini(path: str, ini: IniFiles, depth: int, section: str | None) -> str 
         if problem:
             ini.problems.append(f"{where}: {problem}")
         elif section is None:
-            ini.problems.append(f"{where}: {key!r} is outside any section; put it under one")
+            ini.problems.append(f"{where}: {shown(key)} is outside any section; put it under one")
         elif section in INI_SECTIONS:
             ini.entries.append(IniEntry(section, key, value, where, base))
     return section
@@ -179,7 +192,7 @@ def parse_params(text: str) -> tuple[list[tuple[str, str]], str]:
         while i < n and text[i].isspace():
             i += 1
         if i >= n or text[i] != "=" or not key:
-            return pairs, f"expected key=value at {text[start : start + 20]!r}"
+            return pairs, f"expected key=value at {shown(text[start:], 20)}"
         i += 1
         while i < n and text[i].isspace():
             i += 1

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .build import build_config
-from .ini import IniEntry, IniFiles, PgBouncerNote, parse_params, read_auth_file, read_ini
+from .ini import (
+    IniEntry,
+    IniFiles,
+    PgBouncerNote,
+    cut,
+    parse_params,
+    read_auth_file,
+    read_ini,
+    shown,
+)
 from .model import Config
 from .schema import ConfigError
 from .tomlwrite import toml_text
@@ -315,16 +324,16 @@ class _Mapper:
     # helpers
 
     def note(self, entry: IniEntry, setting: str, message: str, severity: str = "warning") -> None:
-        self.notes.append(PgBouncerNote(entry.where, setting, message, severity))
+        self.notes.append(PgBouncerNote(entry.where, cut(setting), message, severity))
 
     def bad(self, entry: IniEntry, setting: str, message: str) -> None:
-        self.problems.append(f"{entry.where}: {setting}: {message}")
+        self.problems.append(f"{entry.where}: {cut(setting)}: {message}")
 
     def integer(self, entry: IniEntry, value: str, setting: str, lo: int, hi: int) -> int | None:
         text = value.strip()
         digits = text.removeprefix("-")
         if not digits.isdigit() or not digits.isascii() or len(digits) > 18:
-            self.bad(entry, setting, f"expected an integer, got {value!r}")
+            self.bad(entry, setting, f"expected an integer, got {shown(value)}")
             return None
         number = int(text)
         if not lo <= number <= hi:
@@ -338,7 +347,7 @@ class _Mapper:
         except ValueError:
             number = float("nan")
         if number != number or number in (float("inf"), float("-inf")) or number < 0:
-            self.bad(entry, setting, f"expected a number of seconds >= 0, got {entry.value!r}")
+            self.bad(entry, setting, f"expected a number of seconds >= 0, got {shown(entry.value)}")
             return None
         return number
 
@@ -348,7 +357,7 @@ class _Mapper:
             return True
         if lowered in _FALSE:
             return False
-        self.bad(entry, setting, f"expected 0 or 1, got {entry.value!r}")
+        self.bad(entry, setting, f"expected 0 or 1, got {shown(entry.value)}")
         return None
 
     def path(self, entry: IniEntry) -> str:
@@ -366,7 +375,7 @@ class _Mapper:
                 "every workload statement pooling accepts)",
             )
             return "transaction"
-        self.bad(entry, setting, f"expected session, transaction or statement, got {value!r}")
+        self.bad(entry, setting, f"expected session, transaction or statement, got {shown(value)}")
         return None
 
     # [pgbouncer]
@@ -611,7 +620,7 @@ class _Mapper:
                 f"{mode}: client certificates are not verified; TLS is required (require)",
             )
         else:
-            self.bad(entry, setting, f"unknown mode {entry.value!r}")
+            self.bad(entry, setting, f"unknown mode {shown(entry.value)}")
 
     def _server_tls_mode(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_tls_sslmode"
@@ -622,7 +631,7 @@ class _Mapper:
             self.server_tls["mode"] = "prefer"
             self.note(entry, setting, "allow is mapped to prefer (TLS when the server offers it)")
         else:
-            self.bad(entry, setting, f"unknown mode {entry.value!r}")
+            self.bad(entry, setting, f"unknown mode {shown(entry.value)}")
 
     def _tls_protocols(self, table: dict[str, Any]) -> Callable[[IniEntry], None]:
         def apply(entry: IniEntry) -> None:
@@ -634,7 +643,7 @@ class _Mapper:
                 elif token in _TLS_ORDER:
                     versions.add(token)
                 else:
-                    self.bad(entry, setting, f"unknown TLS protocol {token!r}")
+                    self.bad(entry, setting, f"unknown TLS protocol {shown(token)}")
                     return
             if not versions:
                 return
@@ -690,7 +699,7 @@ class _Mapper:
                     self.notes.append(
                         PgBouncerNote(
                             where,
-                            f"auth_file user {name}",
+                            f"auth_file user {cut(name)}",
                             f"{kind} cannot be used with auth.type = {auth_type!r}; the user "
                             "is left out (store the plaintext password to keep it)",
                         )
@@ -701,7 +710,7 @@ class _Mapper:
                 self.notes.append(
                     PgBouncerNote(
                         where,
-                        f"auth_file user {name}",
+                        f"auth_file user {cut(name)}",
                         "empty password: the user cannot log in with a password and is left out",
                     )
                 )
@@ -753,7 +762,7 @@ class _Mapper:
         else:
             auth_type = by_file
             if entry is not None:
-                self.bad(entry, setting, f"unknown auth_type {entry.value!r}")
+                self.bad(entry, setting, f"unknown auth_type {shown(entry.value)}")
         self.auth["type"] = auth_type
         return auth_type
 
