@@ -17,13 +17,16 @@ from pgpool_proxy.config import (
     PGBOUNCER_DATABASE_PARAMS,
     PGBOUNCER_SETTINGS,
     PGBOUNCER_USER_PARAMS,
+    SECTIONS,
     AuthType,
     ClientTlsMode,
     Config,
     ConfigError,
+    DatabaseConfig,
     PgBouncerConversion,
     PoolMode,
     ServerTlsMode,
+    UserConfig,
     convert_pgbouncer_ini,
     looks_like_pgbouncer_ini,
     parse_config,
@@ -762,3 +765,17 @@ def test_the_round_trip_keeps_every_field(tmp_path: Path) -> None:
     direct = conversion.config(env={})
     loaded = parse_config(conversion.toml(), source="proxy.toml", env={})
     assert dataclasses.replace(loaded, source=direct.source) == direct
+
+
+def test_every_mapping_target_is_a_real_key() -> None:
+    fields = {
+        "databases": {f.name for f in dataclasses.fields(DatabaseConfig)},
+        "users": {f.name for f in dataclasses.fields(UserConfig)},
+    }
+    for table in (PGBOUNCER_SETTINGS, PGBOUNCER_DATABASE_PARAMS, PGBOUNCER_USER_PARAMS):
+        for name, target in table.items():
+            if target.startswith("-") or target == "users":
+                continue
+            section, key = target.split(".")
+            known = SECTIONS[section] if section in SECTIONS else fields[section]
+            assert key in known, f"{name} maps to {target}, which is not a key"
