@@ -360,7 +360,8 @@ class _Mapper:
         return None
 
     def path(self, entry: IniEntry) -> str:
-        return os.path.normpath(os.path.join(entry.base, entry.value))
+        # PgBouncer expands ~ in file names, as a shell would.
+        return os.path.normpath(os.path.join(entry.base, os.path.expanduser(entry.value)))
 
     def pool_mode(self, entry: IniEntry, value: str, setting: str) -> str | None:
         lowered = value.lower()
@@ -687,6 +688,13 @@ class _Mapper:
             self.files.append(path)
             secrets = read_auth_file(path, self.problems)
         auth_type = self._auth_type(type_entry, pgb_type, secrets)
+        anchor = file_entry or type_entry or next(iter(self.settings.values()), None)
+        if not secrets and auth_type != "trust" and anchor is not None:
+            self.note(
+                anchor,
+                f"[pgbouncer] {anchor.key}",
+                "no users: without an auth_file (auth_query is not supported) nobody can log in",
+            )
         for name, (secret, where) in secrets.items():
             entry: dict[str, Any] = {"name": name}
             if secret:

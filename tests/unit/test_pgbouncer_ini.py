@@ -779,3 +779,25 @@ def test_every_mapping_target_is_a_real_key() -> None:
             section, key = target.split(".")
             known = SECTIONS[section] if section in SECTIONS else fields[section]
             assert key in known, f"{name} maps to {target}, which is not a key"
+
+
+def test_without_an_auth_file_nobody_can_log_in_and_it_is_said(tmp_path: Path) -> None:
+    conversion = convert(
+        tmp_path,
+        {
+            "pgbouncer.ini": """\
+                [databases]
+                app = host=db
+                [pgbouncer]
+                listen_addr = 127.0.0.1
+                auth_type = scram-sha-256
+                auth_user = pgbouncer
+                auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
+                """,
+        },
+    )
+    assert round_trip(conversion).users == ()
+    (note,) = notes_about(conversion, "[pgbouncer] auth_type")
+    assert "nobody can log in" in note
+    assert notes_about(conversion, "[pgbouncer] auth_user")
+    assert notes_about(conversion, "[pgbouncer] auth_query")
