@@ -106,7 +106,7 @@ class PoolSettings:
     # settings replay) is closed and replaced (0: no periodic check).
     server_check_delay_s: float = 30.0
     server_check_timeout_s: float = 10.0
-    # Kernel dead-peer detection on client and server sockets (see pool.connect.TcpTuning).
+    # Kernel dead-peer detection on client and server sockets (see net.connect.TcpTuning).
     tcp_keepalive: bool = True
     tcp_keepidle_s: int = 15
     tcp_keepintvl_s: int = 5
@@ -132,7 +132,7 @@ PROXY_KEYS: Final[dict[str, Key]] = {
     "log_level": Key(Kind.CHOICE, choices=LOG_LEVELS),
     "log_format": Key(Kind.CHOICE, choices=LOG_FORMATS),
     "workers": Key(Kind.INT, lo=1, hi=64),
-    # Lifecycle (pgpool_proxy.lifecycle): SIGTERM drain bound; SO_REUSEPORT for rolling restarts.
+    # Lifecycle (runtime.lifecycle): SIGTERM drain bound; SO_REUSEPORT for rolling restarts.
     "shutdown_timeout_s": Key(Kind.FLOAT, lo=0),
     "reuse_port": Key(Kind.BOOL),
     # pgpool_proxy.loopwatch: warn when the event loop was held this long (0: never).
@@ -152,7 +152,7 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "statement_cache_bytes": Key(Kind.INT, lo=0, hi=64 * _GIB),
     "max_server_connections": Key(Kind.INT, lo=0),
     "server_max_scram_iterations": Key(Kind.INT, lo=1, hi=10_000_000),
-    # Silent servers (pool.pool.Pool._watch) and kernel dead-peer detection (pool.connect).
+    # Silent servers (pool.health._watch) and kernel dead-peer detection (net.connect).
     "query_timeout_s": Key(Kind.FLOAT, lo=0),
     "server_check_delay_s": Key(Kind.FLOAT, lo=0),
     "server_check_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),

@@ -30,7 +30,7 @@ class LinkClient(Protocol):
 
     def checked(self, backend: object, stmt: Stmt, same: bool | None) -> None:
         """The server answered the proxy's Describe of stmt on `backend` (see
-        ClientConnection._prepare)."""
+        session.statements._prepare)."""
 
 
 class LinkPool(Protocol):

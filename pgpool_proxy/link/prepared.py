@@ -74,7 +74,7 @@ class Stmt:
         self.name = name
         self.key = key  # the Parse body after the name: query, NUL, parameter types
         # Its entry in StatementRegistry.by_key: the key, and the search_path it was planned
-        # under when the client set one (ClientConnection._lookup).
+        # under when the client set one (session.statements._lookup).
         self.lookup = key if lookup is None else lookup
         self.flags = flags  # sqlscan flags of the query text
         self.names = names or []  # the settings the text names (sqlscan.setting_names)
@@ -197,7 +197,7 @@ class StatementRegistry:
         self.hits = 0
         self.misses = 0
         self.epochs = 0  # schema changes seen (new_epoch)
-        self.checks = 0  # results compared after the proxy's own Parse (ClientConnection._prepare)
+        self.checks = 0  # results compared after the proxy's own Parse (statements._prepare)
         # The server's own ErrorResponse for a statement whose result changed, once seen.
         self.stale_error: bytes | None = None
 
@@ -249,7 +249,7 @@ class StatementRegistry:
         already hold stay what they are: their server connections keep the old plans, which
         PostgreSQL itself revalidates (0A000 when the result changed), and the proxy's own
         Parse of one on another connection is checked against what the client was told
-        (ClientConnection._prepare)."""
+        (session.statements._prepare)."""
         self.epochs += 1
         self.by_key.clear()
 

@@ -1,6 +1,6 @@
 """Backend -> client: matching the server's replies to the reply units of a link.
 
-Called by the backend's hot path only where a unit needs the proxy (see session.prepared): a
+Called by the backend's hot path only where a unit needs the proxy (see link.prepared): a
 reply to drop, a reply the proxy writes itself, an error that undoes what the proxy assumed.
 """
 
@@ -107,7 +107,7 @@ def on_unit(
                     fields.get("S", "ERROR"), "42P05", f'prepared statement "{name}" already exists'
                 )
             elif u.kind == A_INJECTED_PARSE and u.reply and fields.get("C") != "25P02":
-                # Before a client's Describe (ClientConnection._prepare); in a failed
+                # Before a client's Describe (session.statements._prepare); in a failed
                 # transaction PostgreSQL refuses the Describe before sending anything.
                 result = u.reply + bytes(buf[pos : pos + n])
                 failed = fields
@@ -178,7 +178,7 @@ def _described(
     n: int,
 ) -> None:
     """The client is told what stmt returns: PostgreSQL holds the statement to that from now on
-    (the proxy holds it to it on other server connections: ClientConnection._prepare)."""
+    (the proxy holds it to it on other server connections: session.statements._prepare)."""
     if stmt is None:
         return
     shape = result_shape(buf, pos, n)
@@ -210,7 +210,7 @@ def _failed(client: LinkClient, backend: LinkServer, a: Action, fields: dict[str
     kind = a.kind
     stmt = a.stmt
     if stmt is None:
-        return  # the unnamed statement, given again (ClientConnection._unnamed_ready)
+        return  # the unnamed statement, given again (session.statements._unnamed_ready)
     if kind == A_CHECK:
         if a.unit == U_DESCRIBE:
             client.checked(backend, stmt, None)

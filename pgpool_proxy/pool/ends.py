@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 class PoolDirectory(Protocol):
     """Every pool of the process, by (database, server user): where a notification's sender is
-    looked up (BackendConnection._notifier)."""
+    looked up (pool.notify.notifier_pid)."""
 
     @property
     def pools(self) -> Mapping[tuple[str, str], Pool]: ...

@@ -47,7 +47,7 @@ class Pool:
         self.idle: list[BackendConnection] = []
         # Every server connection this pool opened and has not closed (the janitor's watch).
         self.backends: set[BackendConnection] = set()
-        # The logged-in ones by server pid: whose notification is it (BackendConnection._notifier).
+        # The logged-in ones by server pid: whose notification is it (pool.notify.notifier_pid).
         self.by_pid: dict[int, BackendConnection] = {}
         self.waiters: deque[PoolClient] = deque()
         self.total = 0  # connecting + idle + linked + resetting
@@ -147,7 +147,7 @@ class Pool:
                 client.backend_assigned(backend)
                 return
         backend.idle_since = now
-        backend.parked = True  # see BackendConnection._notifier
+        backend.parked = True  # see pool.notify.notifier_pid
         self.idle.append(backend)
 
     def forget_waiter(self, client: PoolClient) -> None:

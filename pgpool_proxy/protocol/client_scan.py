@@ -107,7 +107,7 @@ class ClientScanner:
         # the settings they name (read back by that check).
         self.dirty = 0
         self.names: list[str] = []
-        # Reply units owed by the server (see session.prepared). Empty while only Query/Sync
+        # Reply units owed by the server (see link.prepared). Empty while only Query/Sync
         # replies are owed: those are counted by `pending` alone.
         self.units: deque[Any] = deque()
         # Set (from the server's CopyInResponse) while the server is in copy-in mode, where it
@@ -118,7 +118,7 @@ class ClientScanner:
         # Transaction mode: the client's unnamed statement. A driver may Parse it in one batch and
         # Bind it in the next (asyncpg without a statement cache), on another server connection
         # or after the proxy's own Query (which drops the server's unnamed statement); the
-        # session layer gives it to the server again (session.client, session.replies).
+        # session layer gives it to the server again (session.client, link.replies).
         # `unnamed`: (Parse frame, flags, setting names) of the one the server last accepted
         # (frame None: too long to keep), None when the client has none. `unnamed_fifo`: the
         # unnamed Parses sent and not yet settled, in order, each (frame or None, flags, names,
@@ -355,7 +355,7 @@ class ClientScanner:
         self.unnamed_here = True  # the server's and the client's: both none, or both kept
         if not self.units:
             # Nothing is in flight: the effect is known now. Otherwise it comes in reply order
-            # (session.replies.ready), or never, if the server skips the Query.
+            # (link.replies.ready), or never, if the server skips the Query.
             self.unnamed = None
             self.unnamed_flags = 0
             self.unnamed_names = []

@@ -72,7 +72,7 @@ class BackendScanner:
     NotificationResponse (its pid may need rewriting).
 
     ErrorResponse and DataRow frames are stopped at only when `internal` is set (the proxy's own
-    queries). When `units` holds reply units (see session.prepared), frames that end a unit are
+    queries). When `units` holds reply units (see link.prepared), frames that end a unit are
     matched against it inline, and the scan stops where a unit needs the caller. Any other
     ErrorResponse is read whole (never streamed in pieces) to see whether it is the server's
     last word (FATAL or PANIC), where the scan stops too.

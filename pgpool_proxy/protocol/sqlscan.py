@@ -406,7 +406,7 @@ def _statement(head: list[bytes], names: list[str] | None) -> int:
         # code the proxy could not see.
         return OPAQUE_FLAGS
     if first in DDL_FIRST:
-        # A plan prepared before it may have another result now (session.prepared: epochs).
+        # A plan prepared before it may have another result now (link.prepared: epochs).
         return (PINS_FLAGS | SQL_DDL) if first in PIN_FIRST else SQL_DDL
     if first in PIN_FIRST:
         return PINS_FLAGS

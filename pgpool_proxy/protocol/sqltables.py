@@ -21,7 +21,7 @@ SQL_DDL = 64  # CREATE, ALTER or DROP: prepared statements may now mean somethin
 SQL_DDL_TOLD = 128
 SQL_SCHEMA = SQL_DDL | SQL_DDL_TOLD
 # SET LOCAL search_path (or SCHEMA): what a query text names differs until the transaction ends,
-# so a Parse after it shares no statement (ClientConnection._lookup); nothing to read back.
+# so a Parse after it shares no statement (session.statements._lookup); nothing to read back.
 SQL_PATH = 256
 # What the end of a transaction forgets without asking the server.
 SQL_TRANSIENT = SQL_SCHEMA | SQL_PATH

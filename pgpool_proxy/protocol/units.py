@@ -1,6 +1,6 @@
 """Reply units: which backend message completes the reply to each kind of client request.
 
-See `session.prepared` for why the proxy keeps a queue of them.
+See `link.prepared` for why the proxy keeps a queue of them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .constants import (
 # Plain unit codes (ints in the queue).
 U_Z = 0  # Query, Sync, FunctionCall: ends with ReadyForQuery
 # Units that end with ReadyForQuery are the ones <= 0. While units are queued, a Query gets its
-# own code: PostgreSQL drops the session's unnamed statement when it runs it (session.replies
+# own code: PostgreSQL drops the session's unnamed statement when it runs it (link.replies
 # applies that in reply order). Inside an extended-protocol batch (after Parse/Bind/... and
 # before their Sync) a Query or FunctionCall is skipped, ReadyForQuery included, once an error
 # in the batch has made the server wait for the Sync.

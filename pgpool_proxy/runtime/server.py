@@ -120,7 +120,7 @@ class ProxyServer:
         self.counters = ProxyCounters()
         self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
         self.metrics_endpoint: MetricsListener | None = None  # when [metrics] listen
-        # Lifecycle (see pgpool_proxy.lifecycle): read by the admin console and /readyz.
+        # Lifecycle (see runtime.lifecycle): read by the admin console and /readyz.
         self.state = ServerState.SERVING
         self.paused_dbs: set[str] = set()  # PAUSE db / KILL db, until RESUME
         self.admin_sessions: set[ClientConnection] = set()  # clients of the admin console
@@ -130,7 +130,7 @@ class ProxyServer:
         self.started_at = time.time()
         # TLS contexts, IAM and Secrets Manager (raises services.StartupError if unusable).
         self.services = Services(config, self.spawn)
-        # Writer tracking for multi-host databases (pool.tracking); tests may map addresses.
+        # Writer tracking for multi-host databases (runtime.tracking); tests may map addresses.
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
         self.budget: ServerBudget | None = None

@@ -98,7 +98,7 @@ async def canonical(
 
 async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """Ask an idle server connection; {} when none is idle or it does not answer in time (the
-    client's first transaction then tells, see ClientConnection._replay_done)."""
+    client's first transaction then tells, see session.sync.replay_done)."""
     if not pool.idle:
         return {}
     backend = pool.idle.pop()

@@ -1,5 +1,5 @@
 """Bounds on what the proxy keeps for one client: the settings it changed (replayed on every
-server connection it uses). Statement texts are bounded in session.prepared."""
+server connection it uses). Statement texts are bounded in link.prepared."""
 
 from __future__ import annotations
 
