@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .build import build_config
@@ -254,10 +254,29 @@ class PgBouncerConversion:
     data: dict[str, Any]
     notes: tuple[PgBouncerNote, ...]
     source: str
+    # "section.key", "databases[0]", "users[1]" -> "FILE:LINE" it came from.
+    origins: Mapping[str, str] = field(default_factory=dict)
 
     def config(self, env: Mapping[str, str] | None = None) -> Config:
-        """The validated `Config` (raises `ConfigError`, naming the ini file, when invalid)."""
-        return build_config(self.data, source=self.source, env=env)
+        """The validated `Config`; raises `ConfigError` when invalid, each problem naming the
+        ini (or auth_file) line the offending value came from where it is known."""
+        try:
+            return build_config(self.data, source=self.source, env=env)
+        except ConfigError as exc:
+            raise ConfigError([self._locate(problem) for problem in exc.problems]) from None
+
+    def _locate(self, problem: str) -> str:
+        prefix = f"{self.source}: "
+        if not problem.startswith(prefix):
+            return problem
+        path, sep, message = problem[len(prefix) :].partition(": ")
+        # The most precise origin known: databases[1].pool_size, then databases[1].
+        key = path.partition(" (")[0]
+        while key:
+            if key in self.origins:
+                return f"{self.origins[key]}: {path}{sep}{message}"
+            key = key.rpartition(".")[0]
+        return problem
 
     def toml(self) -> str:
         """The configuration as a TOML file for ``pgpool-proxy run --config``."""
@@ -294,6 +313,7 @@ class _Mapper:
         self.problems = ini.problems
         self.notes = ini.notes
         self.files = ini.files
+        self.origins: dict[str, str] = {}
         self.proxy: dict[str, Any] = {}
         self.pool: dict[str, Any] = {}
         self.auth: dict[str, Any] = {}
@@ -722,6 +742,8 @@ class _Mapper:
                     )
                 )
                 continue
+            self.origins[f"users[{len(self.users)}]"] = where
+            self.origins[f"users.{name}"] = where
             self.users.append(entry)
         self._user_modes(auth_type)
         self._admin_users(pgb_type)
@@ -836,6 +858,8 @@ class _Mapper:
         for name, entry in self.db_entries.items():
             db = self._database(name, entry, default_size, global_cap, uncapped)
             if db is not None:
+                self.origins[f"databases[{len(self.databases)}]"] = entry.where
+                self.origins[f"databases.{name}"] = entry.where
                 self.databases.append(db)
         if global_cap and uncapped and global_cap_entry is not None:
             self.note(
@@ -999,7 +1023,13 @@ def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
         return rank.get(path, len(rank)), int(line) if line.isdigit() else 0
 
     notes = tuple(sorted(mapper.notes, key=file_order))
-    return PgBouncerConversion(mapper.data(), notes, source)
+    for name, entry in mapper.settings.items():
+        target = PGBOUNCER_SETTINGS.get(name, "-")
+        if not target.startswith("-") and target.partition(".")[0] not in ("databases", "users"):
+            mapper.origins.setdefault(target, entry.where)
+            # A key the ini did not set (a missing cert_file) is named at its section's line.
+            mapper.origins.setdefault(target.partition(".")[0], entry.where)
+    return PgBouncerConversion(mapper.data(), notes, source, mapper.origins)
 
 
 def load_pgbouncer_config(

@@ -801,3 +801,34 @@ def test_without_an_auth_file_nobody_can_log_in_and_it_is_said(tmp_path: Path) -
     assert "nobody can log in" in note
     assert notes_about(conversion, "[pgbouncer] auth_user")
     assert notes_about(conversion, "[pgbouncer] auth_query")
+
+
+def test_problems_of_the_result_name_the_ini_line(tmp_path: Path) -> None:
+    conversion = convert(
+        tmp_path,
+        {
+            "pgbouncer.ini": """\
+                [databases]
+                app = host=db
+                [pgbouncer]
+                listen_addr = 127.0.0.1
+                auth_type = scram-sha-256
+                auth_file = userlist.txt
+                client_tls_sslmode = require
+                server_tls_sslmode = verify-full
+                """,
+            "userlist.txt": f'"alice" "{SCRAM[:-10]}"\n',
+        },
+    )
+    with pytest.raises(ConfigError) as caught:
+        conversion.config(env={})
+    ini, userlist = tmp_path / "pgbouncer.ini", tmp_path / "userlist.txt"
+    problems = caught.value.problems
+    assert problems, problems
+    for problem in problems:
+        assert problem.startswith(
+            (f"{ini}:7: client_tls.", f"{ini}:8: server_tls.", f"{userlist}:1: users[0].")
+        ), problem
+    assert any(
+        p.startswith(f"{userlist}:1: users[0].password: looks like a SCRAM") for p in problems
+    )
