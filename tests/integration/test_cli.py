@@ -234,7 +234,14 @@ def test_demo_with_no_postgresql_binaries_says_so_in_one_line(tmp_path: Path) ->
 def test_every_command_has_a_description_and_option_help() -> None:
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(commands.choices) == {"run", "check-config", "demo", "token", "healthcheck"}
+    assert set(commands.choices) == {
+        "run",
+        "check-config",
+        "convert",
+        "demo",
+        "token",
+        "healthcheck",
+    }
     for name, sub in commands.choices.items():
         assert sub.description, name
         for action in sub._actions:
