@@ -18,7 +18,12 @@ from typing import Any, Final
 
 from .admin import build_admin
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS, build_auth, build_pool, build_proxy
-from .databases import DATABASE_KEYS, build_databases, check_monitor_logins
+from .databases import (
+    DATABASE_KEYS,
+    build_databases,
+    check_auth_lookups,
+    check_monitor_logins,
+)
 from .keys import ARRAYS, SECTIONS
 from .metrics import build_metrics
 from .model import Config
@@ -68,6 +73,7 @@ def build_config(
     # already a problem, and a "not in [[users]]" on top of it would be wrong.
     user_names = {values["name"] for _, values in user_entries if values["name"] is not BAD}
     check_monitor_logins(checker, databases, users, user_names)
+    check_auth_lookups(checker, auth, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
     checker.finish()

@@ -14,6 +14,7 @@ from .schema import BAD, Checker, Key, Kind, only_valid
 
 __all__ = [
     "AUTH_KEYS",
+    "DEFAULT_AUTH_QUERY",
     "POOL_KEYS",
     "PROXY_KEYS",
     "AuthSettings",
@@ -30,6 +31,10 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
 _MIB: Final = 1024 * 1024
 _GIB: Final = 1024 * _MIB
+
+
+# PgBouncer's documented default auth_query.
+DEFAULT_AUTH_QUERY: Final = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 
 class PoolMode(enum.Enum):
@@ -119,6 +124,20 @@ class AuthSettings:
     """The ``[auth]`` section: client authentication."""
 
     type: AuthType = AuthType.SCRAM_SHA_256
+    # PgBouncer's auth_query: users not in [[users]] are looked up in PostgreSQL by this query
+    # ($1 is the client's user name), run as auth_user (a [[users]] entry) on a server
+    # connection of auth_user's own pool, in auth_dbname (default: the client's database).
+    # Empty auth_user: no look-up (a database's own auth_user still turns it on there).
+    auth_user: str = ""
+    auth_query: str = DEFAULT_AUTH_QUERY
+    auth_dbname: str = ""
+    # How long a looked-up verifier is trusted, and how long a "no such user" answer is; a
+    # failed login refreshes a cached verifier at most once per auth_refresh_s.
+    auth_cache_s: float = 60.0
+    auth_negative_cache_s: float = 5.0
+    auth_refresh_s: float = 1.0
+    # The look-up's bound (the client waits for it within client_login_timeout_s).
+    auth_query_timeout_s: float = 5.0
 
 
 PROXY_KEYS: Final[dict[str, Key]] = {
@@ -165,6 +184,13 @@ POOL_KEYS: Final[dict[str, Key]] = {
 
 AUTH_KEYS: Final[dict[str, Key]] = {
     "type": Key(Kind.ENUM, enum_type=AuthType),
+    "auth_user": Key(Kind.STR),
+    "auth_query": Key(Kind.STR, nonempty=True),
+    "auth_dbname": Key(Kind.STR),
+    "auth_cache_s": Key(Kind.FLOAT, lo=0),
+    "auth_negative_cache_s": Key(Kind.FLOAT, lo=0),
+    "auth_refresh_s": Key(Kind.FLOAT, lo=0),
+    "auth_query_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
 }
 
 

@@ -63,6 +63,17 @@ class Config:
         """The configured user ``name``, or None."""
         return self._users_by_name.get(name)
 
+    def auth_lookup_for(self, db: DatabaseConfig | None) -> tuple[str, str, str | None] | None:
+        """(auth_user, auth_query, auth_dbname or None for the client's own) for users not in
+        [[users]] who log into ``db``; None when they are not looked up."""
+        auth = self.auth
+        user = (db.auth_user if db is not None else None) or auth.auth_user
+        if not user:
+            return None
+        query = (db.auth_query if db is not None else None) or auth.auth_query
+        dbname = (db.auth_dbname if db is not None else None) or auth.auth_dbname or None
+        return user, query, dbname
+
     def pool_size_for(self, db: DatabaseConfig) -> int:
         """Maximum server connections for ``db``."""
         return db.pool_size if db.pool_size is not None else self.pool.default_pool_size
