@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .constants import (
@@ -176,16 +176,32 @@ _EXECUTE_ALL = frame(b"E", b"\0" + INT32.pack(0))
 _SYNC = frame(b"S")
 
 
-def internal_batch(statements: Iterable[str]) -> bytes:
+def _bind_internal(params: Sequence[str | None]) -> bytes:
+    """Bind of the proxy's own statement to the unnamed portal with text parameters: values
+    travel apart from the SQL text, never spliced into it."""
+    body = [b"\0" + INTERNAL_STATEMENT + b"\0" + b"\0\0" + INT16.pack(len(params))]
+    for value in params:
+        if value is None:
+            body.append(INT32.pack(-1))
+        else:
+            data = value.encode("utf-8", "surrogateescape")
+            body.append(INT32.pack(len(data)) + data)
+    body.append(b"\0\0")
+    return frame(b"B", b"".join(body))
+
+
+def internal_batch(statements: Iterable[str | tuple[str, Sequence[str | None]]]) -> bytes:
     """The statements as one extended-protocol batch that leaves the session's unnamed
     statement alone (any simple Query drops it): each is parsed as the proxy's own named
     statement, run in the unnamed portal and closed. Until the Sync they run in one implicit
     transaction, as a simple Query's list does, and an error skips the rest; the first Close
-    removes what a failed batch left."""
+    removes what a failed batch left. A statement given as (sql, params) has its $n bound to
+    params as text."""
     parts = [_CLOSE_INTERNAL]
-    for sql in statements:
+    for item in statements:
+        sql, params = (item, ()) if isinstance(item, str) else item
         parts.append(frame(b"P", INTERNAL_STATEMENT + b"\0" + cstr(sql) + b"\0\0"))
-        parts.append(_BIND_INTERNAL)
+        parts.append(_bind_internal(params) if params else _BIND_INTERNAL)
         parts.append(_EXECUTE_ALL)
         parts.append(_CLOSE_INTERNAL)
     parts.append(_SYNC)

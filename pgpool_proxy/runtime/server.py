@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import hashlib
 import logging
@@ -26,6 +27,7 @@ from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
 from ..session.login import run_login
+from .authquery import AuthLookups
 from .loopwatch import LoopWatch
 from .services import Services
 from .tracking import Tracking
@@ -78,6 +80,8 @@ class NoConsole(ProxyError):
 
 
 JANITOR_INTERVAL_S = 0.25
+# ClientKeys kept for SCRAM pass-through (see remember_client_key).
+MAX_CLIENT_KEYS = 100_000
 
 
 class ProxyServer:
@@ -133,6 +137,8 @@ class ProxyServer:
         # Writer tracking for multi-host databases (runtime.tracking); tests may map addresses.
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
+        # auth_query: stored passwords of users not in [[users]], looked up in PostgreSQL.
+        self.auth_lookups = AuthLookups(self, self.spawn)
         self.budget: ServerBudget | None = None
         self.set_server_budget(config.pool.max_server_connections)
         self.host = config.proxy.listen_host
@@ -255,7 +261,11 @@ class ProxyServer:
                 waiter.close(DisconnectReason.SHUTDOWN)
         # Verifier derivations outlive the logins that started them (shared, see scram_verifier):
         # they end here too, or the loop is closed under them.
-        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._deriving.values()]
+        tasks: list[asyncio.Future[Any]] = [
+            *self._tasks,
+            *self._deriving.values(),
+            *self.auth_lookups.pending(),
+        ]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -403,16 +413,26 @@ class ProxyServer:
 
     # --- pools and credentials ---------------------------------------------------------------
 
-    def get_pool(self, db: DatabaseConfig, user_cfg: UserConfig | None, user: str) -> Pool:
+    def get_pool(
+        self,
+        db: DatabaseConfig,
+        user_cfg: UserConfig | None,
+        user: str,
+        looked_up: str | None = None,
+    ) -> Pool:
+        """The pool of (db, server user); `looked_up` is the stored password auth_query found
+        for a user not in [[users]] (the server login uses it, as a listed user's)."""
         server_user = self.services.server_user(db, user)
         key = (db.name, server_user)
         pool = self.pools.get(key)
+        if pool is not None and looked_up is not None:
+            self._adopt_looked_up(pool, db, server_user, looked_up)
         if pool is None:
             if db.user:
                 forced = self.config.user(db.user)
                 secret = db.password or (forced.password if forced else None)
             else:
-                secret = db.password or (user_cfg.password if user_cfg else None)
+                secret = db.password or (user_cfg.password if user_cfg else looked_up)
             cfg = self.config
             spec = PoolSpec(
                 name=f"{db.name}/{server_user}",
@@ -457,6 +477,26 @@ class ProxyServer:
                 pool.pause()
             self.pools[key] = pool
         return pool
+
+    def _adopt_looked_up(
+        self, pool: Pool, db: DatabaseConfig, server_user: str, secret: str
+    ) -> None:
+        """The password changed in PostgreSQL (auth_query saw it): the pool logs in with the new
+        one, and its connections made with the old one retire as they are released."""
+        if (
+            db.user
+            or db.password
+            or pool.spec.credentials is not None
+            or self.config.user(server_user) is not None
+            or pool.spec.secret == secret
+        ):
+            return
+        pool.reconfigure(dataclasses.replace(pool.spec, secret=secret))
+        verifier = ScramVerifier.parse(secret)
+        pool.server_key = verifier.server_key if verifier is not None else None
+        pool.client_key = (
+            self._client_keys.get((server_user, secret)) if verifier is not None else None
+        )
 
     async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
         """The verifier to check a client against; computed once per password, not per login
@@ -514,12 +554,23 @@ class ProxyServer:
         self._mock_iterations = (self.config, iterations)
         return iterations
 
-    def remember_client_key(self, user: str, verifier: ScramVerifier, client_key: bytes) -> None:
-        """Keep a ClientKey so the proxy can log into servers that store the same verifier."""
+    def remember_client_key(
+        self,
+        user: str,
+        verifier: ScramVerifier,
+        client_key: bytes,
+        looked_up: str | None = None,
+    ) -> None:
+        """Keep a ClientKey so the proxy can log into servers that store the same verifier
+        (a listed user's, or the one auth_query found: `looked_up`)."""
         cfg = self.config.user(user)
-        if cfg is None or cfg.password is None or ScramVerifier.parse(cfg.password) is None:
+        stored = cfg.password if cfg is not None else looked_up
+        if stored is None or ScramVerifier.parse(stored) is None:
             return
-        self._client_keys[(user, cfg.password)] = client_key
+        if len(self._client_keys) >= MAX_CLIENT_KEYS and (user, stored) not in self._client_keys:
+            # Looked-up users are not bounded by the config: forget the oldest.
+            del self._client_keys[next(iter(self._client_keys))]
+        self._client_keys[(user, stored)] = client_key
         for (_db, server_user), pool in self.pools.items():
-            if server_user == user and pool.spec.secret == cfg.password:
+            if server_user == user and pool.spec.secret == stored:
                 pool.client_key = client_key
