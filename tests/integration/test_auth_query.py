@@ -1,0 +1,248 @@
+"""auth_query: users not in [[users]] looked up in PostgreSQL (PgBouncer's auth_user/auth_query).
+
+A server of its own (roles created here with SCRAM and md5 passwords, an hba that accepts
+both), so the session server's roles and hba stay as the other tests expect them. Every outcome
+is one the server produced: current_user over the proxy, pg_stat_activity, the proxy's count of
+look-ups sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgpool_proxy.config import build_config
+from tests.support.pg import LocalPostgres, quote_ident, quote_literal
+from tests.support.proxy import ProxyThread
+from tests.support.waits import wait_for
+
+AUTH_USER, AUTH_PW = "pgb_auth", "auth-pw"
+LOOKUP_FN = "SELECT * FROM public.user_lookup($1)"
+
+
+@pytest.fixture(scope="module")
+def apg_server() -> Iterator[LocalPostgres]:
+    server = LocalPostgres()
+    server.start()
+    try:
+        # The default query reads pg_shadow, which only a superuser may.
+        server.create_role(AUTH_USER, AUTH_PW, superuser=True)
+        server.create_role("lookup_only", "lookup-pw")
+        server.create_role("dave", "dave-pw")
+        server.create_role("erin", "erin-pw", password_encryption="md5")
+        server.create_database("app")
+        # PgBouncer's recommended set-up for a non-superuser auth_user.
+        server.psql(
+            "CREATE FUNCTION public.user_lookup(i_user text, OUT uname text, OUT phash text) "
+            "RETURNS record AS $$ SELECT usename::text, passwd::text FROM pg_catalog.pg_shadow "
+            "WHERE usename = i_user $$ LANGUAGE sql SECURITY DEFINER; "
+            "REVOKE ALL ON FUNCTION public.user_lookup(text) FROM public; "
+            "GRANT EXECUTE ON FUNCTION public.user_lookup(text) TO lookup_only;",
+            dbname="app",
+        )
+        # md5 also lets SCRAM-stored roles in with SCRAM, as PostgreSQL documents.
+        server.set_hba(["host all all 127.0.0.1/32 md5"])
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def start(apg_server: LocalPostgres) -> Iterator[Callable[..., ProxyThread]]:
+    started: list[ProxyThread] = []
+
+    def run(
+        auth: dict[str, Any] | None = None,
+        users: list[dict[str, Any]] | None = None,
+        pool: dict[str, Any] | None = None,
+    ) -> ProxyThread:
+        data: dict[str, Any] = {
+            "proxy": {"listen": "127.0.0.1:0", "client_login_timeout_s": 10},
+            "pool": {"default_pool_size": 3, "query_wait_timeout_s": 30, **(pool or {})},
+            "auth": {"type": "scram-sha-256", "auth_user": AUTH_USER, **(auth or {})},
+            "databases": [{"name": "app", "host": apg_server.host, "port": apg_server.port}],
+            "users": users if users is not None else [{"name": AUTH_USER, "password": AUTH_PW}],
+        }
+        proxy = ProxyThread(build_config(data, source="<test>")).start()
+        started.append(proxy)
+        return proxy
+
+    yield run
+    for proxy in started:
+        proxy.stop()
+
+
+def dsn(proxy: ProxyThread, user: str, password: str) -> str:
+    return f"postgresql://{user}:{password}@{proxy.host}:{proxy.port}/app"
+
+
+async def current_user(proxy: ProxyThread, user: str, password: str) -> str:
+    conn = await asyncpg.connect(dsn(proxy, user, password), ssl=False, timeout=10)
+    try:
+        return str(await conn.fetchval("select current_user"))
+    finally:
+        await conn.close()
+
+
+async def refusal(proxy: ProxyThread, user: str, password: str) -> asyncpg.PostgresError:
+    with pytest.raises(asyncpg.PostgresError) as err:
+        await current_user(proxy, user, password)
+    return err.value
+
+
+def lookups(proxy: ProxyThread) -> int:
+    def read() -> int:
+        assert proxy.server is not None
+        return proxy.server.auth_lookups.queries
+
+    return proxy.call(read)
+
+
+async def test_scram_user_not_listed_logs_in_and_server_login_passes_through(
+    start: Callable[..., ProxyThread],
+) -> None:
+    proxy = start()
+    assert await current_user(proxy, "dave", "dave-pw") == "dave"
+    # The second login is served from the cache, and the pool's server login reused the
+    # ClientKey from the first client's SCRAM exchange (the proxy never knew the password).
+    conn = await asyncpg.connect(dsn(proxy, "dave", "dave-pw"), ssl=False)
+    try:
+        assert await conn.fetchval("select count(*) from pg_class where relname = 'pg_class'") == 1
+        assert await conn.fetchval("select current_user") == "dave"
+    finally:
+        await conn.close()
+    assert lookups(proxy) == 1
+
+
+def test_md5_user_not_listed_logs_in(apg_server: LocalPostgres, start: Any) -> None:
+    proxy = start(auth={"type": "md5"})
+    with psycopg.connect(
+        dsn(proxy, "erin", "erin-pw"), sslmode="disable", require_auth="md5"
+    ) as conn:
+        assert conn.execute("select current_user, 1 + 1").fetchone() == ("erin", 2)
+    # A SCRAM-stored role under md5 runs SCRAM, as PostgreSQL does.
+    with psycopg.connect(
+        dsn(proxy, "dave", "dave-pw"), sslmode="disable", require_auth="scram-sha-256"
+    ) as conn:
+        assert conn.execute("select current_user").fetchone() == ("dave",)
+    with pytest.raises(
+        psycopg.OperationalError, match='password authentication failed for user "erin"'
+    ):
+        psycopg.connect(dsn(proxy, "erin", "nope"), sslmode="disable", require_auth="md5")
+
+
+async def test_wrong_password_and_unknown_user_are_refused_alike(
+    start: Callable[..., ProxyThread],
+) -> None:
+    proxy = start(
+        users=[{"name": AUTH_USER, "password": AUTH_PW}, {"name": "listed", "password": "x"}]
+    )
+    seen = []
+    for user, password in (
+        ("dave", "wrong"),
+        ("nobody", "whatever"),
+        ("listed", "wrong"),
+        ("erin", "erin-pw"),  # md5-stored: cannot answer SCRAM, refused like the others
+        ("o'brien\"; select 1 --", "x"),  # bound as $1, never part of the SQL
+    ):
+        err = await refusal(proxy, user, password)
+        assert err.sqlstate == "28P01", (user, err)
+        seen.append(str(err).replace(user, "<user>"))
+    assert len(set(seen)) == 1, seen
+    assert seen[0] == 'password authentication failed for user "<user>"'
+
+
+async def test_password_changed_in_postgresql_is_picked_up(
+    apg_server: LocalPostgres, start: Callable[..., ProxyThread]
+) -> None:
+    apg_server.create_role("frank", "frank-old")
+    proxy = start(auth={"auth_cache_s": 3600, "auth_refresh_s": 0.1})
+    assert await current_user(proxy, "frank", "frank-old") == "frank"
+    apg_server.psql(f"ALTER ROLE {quote_ident('frank')} PASSWORD {quote_literal('frank-new')}")
+
+    # The cached verifier is the old one: a refused login refreshes it in the background.
+    async def logs_in() -> bool:
+        try:
+            return await current_user(proxy, "frank", "frank-new") == "frank"
+        except asyncpg.InvalidPasswordError:
+            return False
+
+    await wait_for(logs_in, timeout=10, what="the new password to be accepted")
+    err = await refusal(proxy, "frank", "frank-old")
+    assert err.sqlstate == "28P01"
+
+
+async def test_non_superuser_auth_user_with_a_lookup_function(
+    start: Callable[..., ProxyThread],
+) -> None:
+    proxy = start(
+        auth={"auth_user": "lookup_only", "auth_query": LOOKUP_FN},
+        users=[{"name": "lookup_only", "password": "lookup-pw"}],
+    )
+    assert await current_user(proxy, "dave", "dave-pw") == "dave"
+    assert (await refusal(proxy, "nobody", "x")).sqlstate == "28P01"
+
+
+async def test_wrong_auth_user_password_is_an_operator_error(
+    start: Callable[..., ProxyThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = start(users=[{"name": AUTH_USER, "password": "not-its-password"}])
+    with caplog.at_level(logging.ERROR, logger="pgpool_proxy.auth_query"):
+        err = await refusal(proxy, "dave", "dave-pw")
+        assert err.sqlstate == "28P01"
+        assert str(err) == 'password authentication failed for user "dave"'
+        await wait_for(
+            lambda: any("auth_query" in r.getMessage() for r in caplog.records),
+            what="the operator error in the log",
+        )
+    line = next(r.getMessage() for r in caplog.records if "auth_query" in r.getMessage())
+    assert AUTH_USER in line and "28P01" in line, line
+
+
+async def test_unknown_user_flood_is_bounded(
+    apg_server: LocalPostgres, start: Callable[..., ProxyThread]
+) -> None:
+    proxy = start(auth={"auth_negative_cache_s": 60})
+
+    async def attempt(user: str) -> str | None:
+        try:
+            await current_user(proxy, user, "x")
+        except asyncpg.PostgresError as exc:
+            return exc.sqlstate
+        return None
+
+    # One name, 100 logins at once: one look-up, shared, then cached.
+    results = await asyncio.gather(*(attempt("ghost") for _ in range(100)))
+    assert set(results) == {"28P01"}
+    assert lookups(proxy) == 1
+    # 40 distinct names: one look-up each, never more server connections than the pool's size.
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        conn = await asyncpg.connect(apg_server.dsn(dbname="postgres"))
+        try:
+            while True:
+                n = await conn.fetchval(
+                    "select count(*) from pg_stat_activity where usename = $1", AUTH_USER
+                )
+                peak = max(peak, n)
+                await asyncio.sleep(0.01)
+        finally:
+            await conn.close()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        results = await asyncio.gather(*(attempt(f"ghost{i}") for i in range(40)))
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert set(results) == {"28P01"}
+    assert lookups(proxy) == 41
+    assert 1 <= peak <= 3
