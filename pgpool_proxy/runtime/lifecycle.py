@@ -201,6 +201,8 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
     else:
         user_cfg = cfg.user(server_user)
         secret = db.password or (user_cfg.password if user_cfg else None)
+        if user_cfg is None and secret is None and cfg.auth_lookup_for(db) is not None:
+            secret = old.secret  # what auth_query found (kept current by each login)
     if old.credentials is not None:
         secret = old.secret  # Secrets Manager supplies the credentials
     size = cfg.pool_size_for(db)

@@ -18,6 +18,8 @@ import psycopg
 import pytest
 
 from pgpool_proxy.config import build_config
+from pgpool_proxy.errors import DisconnectReason
+from pgpool_proxy.runtime.lifecycle import apply_config
 from tests.support.pg import LocalPostgres, quote_ident, quote_literal
 from tests.support.proxy import ProxyThread
 from tests.support.waits import wait_for
@@ -118,6 +120,20 @@ async def test_scram_user_not_listed_logs_in_and_server_login_passes_through(
     finally:
         await conn.close()
     assert lookups(proxy) == 1
+
+    # A reload keeps the looked-up verifier as the pool's server password, and new server
+    # connections (the old ones retired) still log in with the recovered ClientKey.
+    def reload_and_retire() -> str | None:
+        server = proxy.server
+        assert server is not None
+        apply_config(server, server.config)
+        pool = server.pools[("app", "dave")]
+        pool.retire(DisconnectReason.POOL_CLOSED)
+        return pool.spec.secret
+
+    secret = proxy.call(reload_and_retire)
+    assert secret is not None and secret.startswith("SCRAM-SHA-256$")
+    assert await current_user(proxy, "dave", "dave-pw") == "dave"
 
 
 def test_md5_user_not_listed_logs_in(apg_server: LocalPostgres, start: Any) -> None:
