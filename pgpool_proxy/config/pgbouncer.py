@@ -83,9 +83,9 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "auth_hba_file": "-no hba file: one auth.type for every client",
     "auth_ident_file": "-no ident maps",
     "auth_file": "users",
-    "auth_user": "-no auth_query user look-up: list every user in the auth_file",
-    "auth_query": "-no auth_query user look-up: list every user in the auth_file",
-    "auth_dbname": "-no auth_query user look-up",
+    "auth_user": "auth.auth_user",
+    "auth_query": "auth.auth_query",
+    "auth_dbname": "auth.auth_dbname",
     "auth_ldap_options": "-no LDAP authentication",
     # logging
     "syslog": '-pgpool-proxy logs to stderr only (proxy.log_format = "json" for collectors)',
@@ -166,9 +166,9 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
     "port": "databases.port",
     "user": "databases.user",
     "password": "databases.password",
-    "auth_user": "-no auth_query user look-up",
-    "auth_query": "-no auth_query user look-up",
-    "auth_dbname": "-no auth_query user look-up",
+    "auth_user": "databases.auth_user",
+    "auth_query": "databases.auth_query",
+    "auth_dbname": "databases.auth_dbname",
     "pool_size": "databases.pool_size",
     "min_pool_size": "-pool.min_pool_size applies to every database",
     "reserve_pool_size": "-no reserve pool",
@@ -434,6 +434,9 @@ class _Mapper:
             "tcp_keepidle": self._int_to(self.pool, "tcp_keepidle_s", 1, 32767),
             "tcp_keepintvl": self._int_to(self.pool, "tcp_keepintvl_s", 1, 32767),
             "tcp_user_timeout": self._tcp_user_timeout,
+            "auth_user": self._text_to(self.auth, "auth_user"),
+            "auth_query": self._text_to(self.auth, "auth_query"),
+            "auth_dbname": self._text_to(self.auth, "auth_dbname"),
         }
         # Handled with the listener, the users or the databases.
         elsewhere = {
@@ -561,6 +564,13 @@ class _Mapper:
             if ":" in host:
                 host = f"[{host}]"
         self.proxy["listen"] = f"{host}:{port}"
+
+    def _text_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
+            if entry.value:
+                table[key] = entry.value
+
+        return apply
 
     def _pool_mode(self, entry: IniEntry) -> None:
         mode = self.pool_mode(entry, entry.value, "[pgbouncer] pool_mode")
@@ -709,11 +719,14 @@ class _Mapper:
             secrets = read_auth_file(path, self.problems)
         auth_type = self._auth_type(type_entry, pgb_type, secrets)
         anchor = file_entry or type_entry or next(iter(self.settings.values()), None)
-        if not secrets and auth_type != "trust" and anchor is not None:
+        looked_up = "auth_user" in self.settings or any(
+            "auth_user=" in entry.value.replace(" ", "") for entry in self.db_entries.values()
+        )
+        if not secrets and auth_type != "trust" and anchor is not None and not looked_up:
             self.note(
                 anchor,
                 f"[pgbouncer] {anchor.key}",
-                "no users: without an auth_file (auth_query is not supported) nobody can log in",
+                "no users: without an auth_file (or auth_user for auth_query) nobody can log in",
             )
         for name, (secret, where) in secrets.items():
             entry: dict[str, Any] = {"name": name}
@@ -905,7 +918,7 @@ class _Mapper:
                 number = self.integer(entry, value, setting, 1, 65535)
                 if number is not None:
                     db["port"] = number
-            elif key in ("dbname", "user", "password"):
+            elif key in ("dbname", "user", "password", "auth_user", "auth_query", "auth_dbname"):
                 if value:
                     db[key] = value
             elif key == "pool_size":
