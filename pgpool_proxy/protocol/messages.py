@@ -182,7 +182,7 @@ def _bind_internal(params: Sequence[str | None]) -> bytes:
     body = [b"\0" + INTERNAL_STATEMENT + b"\0" + b"\0\0" + INT16.pack(len(params))]
     for value in params:
         if value is None:
-            body.append(INT32.pack(-1))
+            body.append(b"\xff\xff\xff\xff")  # NULL
         else:
             data = value.encode("utf-8", "surrogateescape")
             body.append(INT32.pack(len(data)) + data)
