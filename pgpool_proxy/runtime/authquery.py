@@ -119,7 +119,7 @@ class AuthLookups:
             db = cfg.database(dbname)
             if db is None:
                 raise ProxyError("3D000", f'auth_dbname "{dbname}" is not a [[databases]] entry')
-            pool = server.get_pool(db, cfg.user(auth_user), auth_user)
+            pool = server.get_pool(db, cfg.user(auth_user), auth_user, as_user=True)
             rows = await pool.own_query(query, [user], cfg.auth.auth_query_timeout_s)
         except TimeoutError:
             self.failures += 1

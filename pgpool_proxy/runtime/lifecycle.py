@@ -194,7 +194,11 @@ def _keep_restart_only(server: ProxyServer, old: Config, new: Config) -> tuple[C
 
 def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) -> PoolSpec:
     """`old` with every setting the config decides recomputed (as ProxyServer.get_pool does)."""
-    if db.user:
+    if db.user and server_user != db.user and old.credentials is None:
+        # auth_query's pool: auth_user logs in as itself whatever the database forces.
+        user_cfg = cfg.user(server_user)
+        secret = user_cfg.password if user_cfg is not None else old.secret
+    elif db.user:
         forced = cfg.user(db.user)
         secret = db.password or (forced.password if forced else None)
         user_cfg = None

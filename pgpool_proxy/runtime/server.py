@@ -419,16 +419,22 @@ class ProxyServer:
         user_cfg: UserConfig | None,
         user: str,
         looked_up: str | None = None,
+        *,
+        as_user: bool = False,
     ) -> Pool:
         """The pool of (db, server user); `looked_up` is the stored password auth_query found
-        for a user not in [[users]] (the server login uses it, as a listed user's)."""
-        server_user = self.services.server_user(db, user)
+        for a user not in [[users]] (the server login uses it, as a listed user's). With
+        `as_user` the pool logs in as `user` with its own [[users]] password whatever the
+        database forces (auth_query's auth_user)."""
+        server_user = user if as_user else self.services.server_user(db, user)
         key = (db.name, server_user)
         pool = self.pools.get(key)
         if pool is not None and looked_up is not None:
             self._adopt_looked_up(pool, db, server_user, looked_up)
         if pool is None:
-            if db.user:
+            if as_user:
+                secret = user_cfg.password if user_cfg else None
+            elif db.user:
                 forced = self.config.user(db.user)
                 secret = db.password or (forced.password if forced else None)
             else:
@@ -453,7 +459,7 @@ class ProxyServer:
                 max_prepared_statements=cfg.pool.max_prepared_statements,
                 max_scram_iterations=cfg.pool.server_max_scram_iterations,
                 tls=self.services.server_tls,
-                credentials=self.services.credentials_for(db),
+                credentials=None if as_user else self.services.credentials_for(db),
                 reader=db.role is DatabaseRole.READER,
                 reader_fallback=db.reader_fallback,
                 max_replica_lag_bytes=db.max_replica_lag_bytes,

@@ -63,12 +63,16 @@ def start(apg_server: LocalPostgres) -> Iterator[Callable[..., ProxyThread]]:
         auth: dict[str, Any] | None = None,
         users: list[dict[str, Any]] | None = None,
         pool: dict[str, Any] | None = None,
+        databases: list[dict[str, Any]] | None = None,
     ) -> ProxyThread:
         data: dict[str, Any] = {
             "proxy": {"listen": "127.0.0.1:0", "client_login_timeout_s": 10},
             "pool": {"default_pool_size": 3, "query_wait_timeout_s": 30, **(pool or {})},
             "auth": {"type": "scram-sha-256", "auth_user": AUTH_USER, **(auth or {})},
-            "databases": [{"name": "app", "host": apg_server.host, "port": apg_server.port}],
+            "databases": [
+                {"name": "app", "host": apg_server.host, "port": apg_server.port},
+                *(databases or []),
+            ],
             "users": users if users is not None else [{"name": AUTH_USER, "password": AUTH_PW}],
         }
         proxy = ProxyThread(build_config(data, source="<test>")).start()
@@ -203,6 +207,38 @@ async def test_non_superuser_auth_user_with_a_lookup_function(
     )
     assert await current_user(proxy, "dave", "dave-pw") == "dave"
     assert (await refusal(proxy, "nobody", "x")).sqlstate == "28P01"
+
+
+async def test_lookup_runs_as_auth_user_even_where_the_database_forces_a_user(
+    apg_server: LocalPostgres, start: Callable[..., ProxyThread]
+) -> None:
+    forced = {
+        "name": "forced",
+        "dbname": "app",
+        "host": apg_server.host,
+        "port": apg_server.port,
+        "user": "lookup_only",
+    }
+    proxy = start(
+        users=[
+            {"name": AUTH_USER, "password": AUTH_PW},
+            {"name": "lookup_only", "password": "lookup-pw"},
+        ],
+        databases=[forced],
+    )
+    conn = await asyncpg.connect(
+        f"postgresql://dave:dave-pw@{proxy.host}:{proxy.port}/forced", ssl=False
+    )
+    try:
+        assert await conn.fetchval("select current_user") == "lookup_only"
+    finally:
+        await conn.close()
+
+    def pools() -> set[tuple[str, str]]:
+        assert proxy.server is not None
+        return set(proxy.server.pools)
+
+    assert pools() == {("forced", AUTH_USER), ("forced", "lookup_only")}
 
 
 async def test_wrong_auth_user_password_is_an_operator_error(
