@@ -562,12 +562,16 @@ async def _authenticate(
     # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
     # no SCRAM verifier under md5), so there is no silent downgrade here. What auth_query finds
     # is checked as PostgreSQL checks it: an md5 hash cannot answer SCRAM (refused like an
-    # unknown user), and a SCRAM verifier under md5 runs SCRAM.
-    scram_stored = secret is not None and secret.startswith("SCRAM-SHA-256$")
+    # unknown user), and under md5 a SCRAM verifier runs SCRAM. Under md5 a name with nothing
+    # stored also runs SCRAM (against a mock verifier), as PostgreSQL does with its default
+    # password_encryption: an unknown name looks like the usual (SCRAM-stored) role.
     if auth_type == AuthType.SCRAM_SHA_256 and looked_up is not None and is_md5_hash(looked_up):
         secret = None
     refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
-    if auth_type == AuthType.MD5 and not (looked_up is not None and scram_stored):
+    md5_exchange = auth_type == AuthType.MD5 and (
+        lookup_key is None or (secret is not None and not secret.startswith("SCRAM-SHA-256$"))
+    )
+    if md5_exchange:
         salt = secrets.token_bytes(4)
         _send(client, m.auth_md5(salt))
         response = m.parse_password(await read_password_message(client))

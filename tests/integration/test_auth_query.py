@@ -155,6 +155,14 @@ def test_md5_user_not_listed_logs_in(apg_server: LocalPostgres, start: Any) -> N
         psycopg.OperationalError, match='password authentication failed for user "erin"'
     ):
         psycopg.connect(dsn(proxy, "erin", "nope"), sslmode="disable", require_auth="md5")
+    # An unknown name runs SCRAM (against a mock verifier), as PostgreSQL does for it with its
+    # default password_encryption: it looks like a SCRAM-stored role, and is refused alike.
+    for user in ("ghost", "dave"):
+        with pytest.raises(psycopg.OperationalError) as err:
+            psycopg.connect(
+                dsn(proxy, user, "nope"), sslmode="disable", require_auth="scram-sha-256"
+            )
+        assert f'password authentication failed for user "{user}"' in str(err.value)
 
 
 async def test_wrong_password_and_unknown_user_are_refused_alike(
