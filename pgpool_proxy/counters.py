@@ -61,6 +61,13 @@ CANCEL_RELAYED: Final = "relayed"  # the key belongs to another worker: passed o
 CANCEL_RESULTS: Final = (CANCEL_SENT, CANCEL_IDLE, CANCEL_UNKNOWN, CANCEL_RELAYED)
 
 
+# What an auth_query look-up sent to PostgreSQL found (pgpool_proxy_auth_query_lookups_total).
+LOOKUP_FOUND: Final = "found"  # a stored password
+LOOKUP_NOT_FOUND: Final = "not_found"  # no row, or no password
+LOOKUP_FAILED: Final = "failed"  # refused, timed out, or no server connection (logged)
+LOOKUP_RESULTS: Final = (LOOKUP_FOUND, LOOKUP_NOT_FOUND, LOOKUP_FAILED)
+
+
 def disconnect_counts() -> dict[DisconnectReason, int]:
     """One slot per DisconnectReason, all present so a scrape shows zeros too."""
     return dict.fromkeys(DisconnectReason, 0)
@@ -74,6 +81,7 @@ class ProxyCounters:
         "admin_commands",
         "admin_logins",
         "auth_failures",
+        "auth_lookups",
         "cancel_requests",
         "client_disconnects",
         "logins",
@@ -87,6 +95,8 @@ class ProxyCounters:
         # PgBouncer shows them in SHOW STATS).
         self.admin_commands = 0
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
+        # auth_query look-ups sent to PostgreSQL, by result (cache hits are not counted).
+        self.auth_lookups: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
         self.client_disconnects = disconnect_counts()
         # Cancel requests by outcome. Counted, not logged one by one: anyone can send them
         # without logging in, so a log line each would let a flood fill the disk.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..config import DatabaseConfig
+from ..counters import LOOKUP_FAILED, LOOKUP_FOUND, LOOKUP_NOT_FOUND
 from ..errors import ProxyError
 
 if TYPE_CHECKING:
@@ -53,9 +54,12 @@ class AuthLookups:
         self._spawn = spawn
         self._cache: dict[LookupKey, _Entry] = {}
         self._inflight: dict[LookupKey, asyncio.Future[str | None]] = {}
-        # Look-ups sent to PostgreSQL, and those that failed (read by tests and metrics).
-        self.queries = 0
-        self.failures = 0
+        self._results = server.counters.auth_lookups  # by result, for the metrics
+
+    @property
+    def queries(self) -> int:
+        """Look-ups sent to PostgreSQL so far."""
+        return sum(self._results.values())
 
     def pending(self) -> list[asyncio.Future[str | None]]:
         """Look-ups under way (ProxyServer.close cancels them)."""
@@ -114,7 +118,7 @@ class AuthLookups:
         started = loop.time()
         secret: str | None = None
         ttl = cfg.auth.auth_negative_cache_s
-        self.queries += 1
+        result = LOOKUP_FAILED
         try:
             db = cfg.database(dbname)
             if db is None:
@@ -122,7 +126,6 @@ class AuthLookups:
             pool = server.get_pool(db, cfg.user(auth_user), auth_user, as_user=True)
             rows = await pool.own_query(query, [user], cfg.auth.auth_query_timeout_s)
         except TimeoutError:
-            self.failures += 1
             log.error(
                 "auth_query for user %r as %r in %r did not answer within %gs "
                 "(auth.auth_query_timeout_s); the login is refused",
@@ -132,7 +135,6 @@ class AuthLookups:
                 cfg.auth.auth_query_timeout_s,
             )
         except ProxyError as exc:
-            self.failures += 1
             log.error(
                 "auth_query for user %r as %r in %r failed: %s %s; the login is refused "
                 "(check auth_user's password and its right to run auth_query)",
@@ -144,18 +146,20 @@ class AuthLookups:
             )
         else:
             if len(rows) > 1:
-                self.failures += 1
                 log.error(
                     "auth_query for user %r returned %d rows (at most one expected); the "
                     "login is refused",
                     user,
                     len(rows),
                 )
-            elif rows:
-                row = rows[0]
+            else:
+                result = LOOKUP_NOT_FOUND
+                row = rows[0] if rows else []
                 if len(row) >= 2 and row[1]:
                     secret = row[1]
                     ttl = cfg.auth.auth_cache_s
+                    result = LOOKUP_FOUND
+        self._results[result] += 1
         cache = self._cache
         cache.pop(key, None)
         while len(cache) >= MAX_CACHED:

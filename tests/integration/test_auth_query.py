@@ -103,9 +103,15 @@ async def refusal(proxy: ProxyThread, user: str, password: str) -> asyncpg.Postg
 
 
 def lookups(proxy: ProxyThread) -> int:
-    def read() -> int:
+    return sum(lookup_results(proxy).values())
+
+
+def lookup_results(proxy: ProxyThread) -> dict[str, int]:
+    """Look-ups sent to PostgreSQL by result (the pgpool_proxy_auth_query_lookups counter)."""
+
+    def read() -> dict[str, int]:
         assert proxy.server is not None
-        return proxy.server.auth_lookups.queries
+        return dict(proxy.server.counters.auth_lookups)
 
     return proxy.call(read)
 
@@ -263,6 +269,7 @@ async def test_wrong_auth_user_password_is_an_operator_error(
         )
     line = next(r.getMessage() for r in caplog.records if "auth_query" in r.getMessage())
     assert AUTH_USER in line and "28P01" in line, line
+    assert lookup_results(proxy) == {"found": 0, "not_found": 0, "failed": 1}
 
 
 async def test_unknown_user_flood_is_bounded(
@@ -281,6 +288,7 @@ async def test_unknown_user_flood_is_bounded(
     results = await asyncio.gather(*(attempt("ghost") for _ in range(100)))
     assert set(results) == {"28P01"}
     assert lookups(proxy) == 1
+    assert lookup_results(proxy)["not_found"] == 1
     # 40 distinct names: one look-up each, never more server connections than the pool's size.
     peak = 0
 
