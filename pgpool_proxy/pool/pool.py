@@ -199,6 +199,8 @@ class Pool:
                 backend = self.acquire(cast(PoolClient, borrower))
                 if backend is None:
                     backend = await borrower.assigned
+                if backend.transport is None:
+                    raise ProxyError(SqlState.CONNECTION_FAILURE, "server connection lost")
                 backend.run_own_query(sql, params, done)
                 result = await answer
         except BaseException:

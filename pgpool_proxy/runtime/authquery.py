@@ -144,6 +144,9 @@ class AuthLookups:
                 exc.sqlstate,
                 exc.message,
             )
+        except Exception:
+            # A bug refuses this login cleanly (and is cached briefly), never the process.
+            log.exception("auth_query for user %r as %r in %r failed", user, auth_user, dbname)
         else:
             if len(rows) > 1:
                 log.error(

@@ -314,3 +314,48 @@ async def test_unknown_user_flood_is_bounded(
     assert set(results) == {"28P01"}
     assert lookups(proxy) == 41
     assert 1 <= peak <= 3
+
+
+async def test_a_refused_or_slow_lookup_is_refused_cleanly_and_bounded(
+    start: Callable[..., ProxyThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    # lookup_only may not read pg_shadow: the server refuses the query (42501).
+    denied = start(
+        auth={"auth_user": "lookup_only"},
+        users=[{"name": "lookup_only", "password": "lookup-pw"}],
+    )
+    with caplog.at_level(logging.ERROR, logger="pgpool_proxy.auth_query"):
+        err = await refusal(denied, "dave", "dave-pw")
+        assert (err.sqlstate, str(err)) == (
+            "28P01",
+            'password authentication failed for user "dave"',
+        )
+        await wait_for(
+            lambda: any("42501" in r.getMessage() for r in caplog.records),
+            what="the server's refusal of the query in the log",
+        )
+    # A look-up slower than auth_query_timeout_s: refused within the bound, its server
+    # connection closed (its state is unknown), nothing left behind in the pool.
+    slow = start(
+        auth={
+            "auth_query": "SELECT usename, passwd FROM pg_shadow, pg_sleep(5) WHERE usename=$1",
+            "auth_query_timeout_s": 0.5,
+        }
+    )
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    err = await refusal(slow, "dave", "dave-pw")
+    assert err.sqlstate == "28P01"
+    assert loop.time() - began < 3
+    assert lookup_results(slow)["failed"] == 1
+
+    # Nothing held out of the pool: the connection that ran the slow query is closed (or, when
+    # the timeout came while it was still logging in, idle and reusable).
+    def settled() -> bool:
+        stats = slow.pool_stats("app", AUTH_USER)
+        return stats["active"] == 0 and stats["connecting"] == 0 and stats["waiting"] == 0
+
+    await wait_for(
+        settled,
+        what=lambda: f"the look-up's connection to settle: {slow.pool_stats('app', AUTH_USER)}",
+    )
