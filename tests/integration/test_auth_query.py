@@ -64,6 +64,7 @@ def start(apg_server: LocalPostgres) -> Iterator[Callable[..., ProxyThread]]:
         users: list[dict[str, Any]] | None = None,
         pool: dict[str, Any] | None = None,
         databases: list[dict[str, Any]] | None = None,
+        admin: dict[str, Any] | None = None,
     ) -> ProxyThread:
         data: dict[str, Any] = {
             "proxy": {"listen": "127.0.0.1:0", "client_login_timeout_s": 10},
@@ -74,6 +75,7 @@ def start(apg_server: LocalPostgres) -> Iterator[Callable[..., ProxyThread]]:
                 *(databases or []),
             ],
             "users": users if users is not None else [{"name": AUTH_USER, "password": AUTH_PW}],
+            **({"admin": admin} if admin else {}),
         }
         proxy = ProxyThread(build_config(data, source="<test>")).start()
         started.append(proxy)
@@ -359,3 +361,25 @@ async def test_a_refused_or_slow_lookup_is_refused_cleanly_and_bounded(
         settled,
         what=lambda: f"the look-up's connection to settle: {slow.pool_stats('app', AUTH_USER)}",
     )
+
+
+async def test_console_shows_pgbouncer_names_and_sets_only_what_is_safe(
+    start: Callable[..., ProxyThread],
+) -> None:
+    proxy = start(admin={"admin_users": [AUTH_USER]})
+    url = f"postgresql://{AUTH_USER}:{AUTH_PW}@{proxy.host}:{proxy.port}/pgbouncer"
+    async with await psycopg.AsyncConnection.connect(
+        url, sslmode="disable", autocommit=True
+    ) as conn:
+        rows = await (await conn.execute("SHOW CONFIG")).fetchall()
+        shown = {r[0]: r[1] for r in rows}
+        assert shown["auth_user"] == AUTH_USER
+        assert shown["auth_query"] == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+        await conn.execute("SET auth.auth_negative_cache_s = 0")
+        with pytest.raises(psycopg.errors.CantChangeRuntimeParam, match="RELOAD"):
+            await conn.execute("SET auth_user = 'mallory'")
+    # Negative answers are no longer cached: each login under an unknown name asks again.
+    before = lookups(proxy)
+    for _ in range(2):
+        assert (await refusal(proxy, "ghost", "x")).sqlstate == "28P01"
+    assert lookups(proxy) == before + 2
