@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..auth.scram import ScramVerifier
 from ..config import DatabaseConfig
 from ..counters import LOOKUP_FAILED, LOOKUP_FOUND, LOOKUP_NOT_FOUND
 from ..errors import ProxyError
@@ -55,6 +56,9 @@ class AuthLookups:
         self._cache: dict[LookupKey, _Entry] = {}
         self._inflight: dict[LookupKey, asyncio.Future[str | None]] = {}
         self._results = server.counters.auth_lookups  # by result, for the metrics
+        # Iteration counts of the SCRAM verifiers found, by count: unknown names' mock
+        # challenges use the most common (ProxyServer.mock_scram_iterations).
+        self.iterations: dict[int, int] = {}
 
     @property
     def queries(self) -> int:
@@ -162,6 +166,12 @@ class AuthLookups:
                     secret = row[1]
                     ttl = cfg.auth.auth_cache_s
                     result = LOOKUP_FOUND
+                    verifier = ScramVerifier.parse(secret)
+                    if verifier is not None and (
+                        verifier.iterations in self.iterations or len(self.iterations) < 16
+                    ):
+                        n = verifier.iterations
+                        self.iterations[n] = self.iterations.get(n, 0) + 1
         self._results[result] += 1
         cache = self._cache
         cache.pop(key, None)

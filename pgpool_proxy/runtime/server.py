@@ -544,7 +544,12 @@ class ProxyServer:
 
     def mock_scram_iterations(self) -> int:
         """The iteration count most configured users' verifiers have, so an unknown user's
-        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS)."""
+        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS). With
+        auth_query, the count PostgreSQL's verifiers have (the most common one looked up): the
+        names a prober tries are looked up, not listed."""
+        seen = self.auth_lookups.iterations
+        if seen:
+            return max(seen, key=lambda n: (seen[n], n == DEFAULT_ITERATIONS))
         cached = self._mock_iterations
         if cached is not None and cached[0] is self.config:
             return cached[1]

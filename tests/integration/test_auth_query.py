@@ -17,9 +17,11 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgpool_proxy.auth.scram import ScramVerifier
 from pgpool_proxy.config import build_config
 from pgpool_proxy.errors import DisconnectReason
 from pgpool_proxy.runtime.lifecycle import apply_config
+from tests.integration.test_auth_probing import challenge
 from tests.support.pg import LocalPostgres, quote_ident, quote_literal
 from tests.support.proxy import ProxyThread
 from tests.support.waits import wait_for
@@ -383,3 +385,19 @@ async def test_console_shows_pgbouncer_names_and_sets_only_what_is_safe(
     for _ in range(2):
         assert (await refusal(proxy, "ghost", "x")).sqlstate == "28P01"
     assert lookups(proxy) == before + 2
+
+
+async def test_unknown_names_get_the_iteration_count_postgresql_uses(
+    apg_server: LocalPostgres, start: Callable[..., ProxyThread]
+) -> None:
+    # A role whose verifier has 8192 iterations (PostgreSQL stores a given verifier as is).
+    verifier = ScramVerifier.from_password("gina-pw", iterations=8192).to_text()
+    apg_server.create_role("gina", None)
+    apg_server.psql(f"ALTER ROLE gina PASSWORD {quote_literal(verifier)}")
+    proxy = start()
+    real = await challenge(proxy, "gina")
+    ghost = await challenge(proxy, "ghost-gina")
+    assert real[1] == ghost[1] == 8192
+    assert len(real[0]) == len(ghost[0]) == 16
+    assert real[3]["C"] == ghost[3]["C"] == "28P01"
+    assert await current_user(proxy, "gina", "gina-pw") == "gina"
