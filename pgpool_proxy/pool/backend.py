@@ -72,6 +72,7 @@ class BackendConnection(Endpoint):
         "extra_keys",
         "generation",
         "idle_since",
+        "idle_tx_since",
         "internal_errors",
         "internal_pending",
         "internal_rows",
@@ -148,6 +149,9 @@ class BackendConnection(Endpoint):
         self.rx_mark = 0
         self.silent_since: float | None = None
         self.checked_at = self.created_at
+        # Since when the janitor has seen the linked client idle inside a transaction, with no
+        # new byte from the server (pool.idle_transaction_timeout_s; see pool.health).
+        self.idle_tx_since: float | None = None
 
     # --- state -------------------------------------------------------------------------------
 

@@ -1,8 +1,13 @@
-"""Owns the per-proxy cap on server connections across all pools (pool.max_server_connections).
+"""Owns the caps on server connections that span pools: the whole process
+(pool.max_server_connections), each database (pool.max_db_connections) and each server user
+(pool.max_user_connections).
 
-Many proxies behind a load balancer share one database's max_connections; this cap is each
-proxy's share. Usage is summed from the pools when a pool wants to grow (not per message), and
-a pool with clients waiting may close another pool's longest-idle connection to make room.
+Many proxies behind a load balancer share one database's max_connections; the process cap is
+each proxy's share, and the database and user caps are PgBouncer's max_db_connections and
+max_user_connections. Usage is summed from the pools when a pool wants to grow (not per
+message). A pool at a cap queues its clients (FIFO, bounded by query_wait_timeout_s); a pool
+with clients waiting may close the longest-idle connection of another pool under the same cap
+to make room.
 """
 
 from __future__ import annotations
@@ -13,38 +18,90 @@ from typing import TYPE_CHECKING
 from ..errors import DisconnectReason
 
 if TYPE_CHECKING:
+    from .backend import BackendConnection
     from .pool import Pool
 
 from .spec import PoolState
 
+# Scopes a cap applies to: every pool, the pools of one database, the pools of one server user.
+_ALL = 0
+_DB = 1
+_USER = 2
+
 
 class ServerBudget:
-    def __init__(self, limit: int, pools: Iterable[Pool]) -> None:
-        self.limit = limit
+    def __init__(
+        self, limit: int, pools: Iterable[Pool], *, per_db: int = 0, per_user: int = 0
+    ) -> None:
+        self.limit = limit  # across every pool of the process (0: none)
+        self.per_db = per_db  # across the pools of one [[databases]] entry (0: none)
+        self.per_user = per_user  # across the pools of one server user (0: none)
         self._pools = pools  # a live view (the server's dict values)
         self.evictions = 0
         self._wake_pending = False
 
+    @property
+    def active(self) -> bool:
+        return bool(self.limit or self.per_db or self.per_user)
+
     def in_use(self) -> int:
         return sum(p.total for p in self._pools)
 
+    def _caps(self) -> list[tuple[int, int]]:
+        """(scope, limit) of every cap, the narrow ones first: making room under one of them
+        usually makes room under the process-wide cap too."""
+        caps = []
+        if self.per_db:
+            caps.append((_DB, self.per_db))
+        if self.per_user:
+            caps.append((_USER, self.per_user))
+        if self.limit:
+            caps.append((_ALL, self.limit))
+        return caps
+
+    @staticmethod
+    def _shares(scope: int, pool: Pool, other: Pool) -> bool:
+        if scope == _DB:
+            return other.spec.database == pool.spec.database
+        if scope == _USER:
+            return other.spec.user == pool.spec.user
+        return True
+
+    def _used(self, scope: int, pool: Pool) -> int:
+        return sum(p.total for p in self._pools if self._shares(scope, pool, p))
+
+    def full(self, pool: Pool) -> str | None:
+        """The cap that keeps ``pool`` from opening one more connection now (named for
+        messages), or None when there is room. Evicts nothing."""
+        for scope, limit in self._caps():
+            if self._used(scope, pool) >= limit:
+                return _describe(scope, limit, pool)
+        return None
+
     def allows(self, pool: Pool) -> bool:
-        """Whether ``pool`` may open one more connection now, evicting an idle connection of
-        another pool when that makes room."""
-        if self.in_use() < self.limit:
-            return True
-        victim = None
-        for other in self._pools:
-            if other is pool or not other.idle:
+        """Whether ``pool`` may open one more connection now, evicting the longest-idle
+        connection of another pool under each full cap when that makes room (and nothing
+        when some full cap has none to give)."""
+        victims: list[BackendConnection] = []
+        for scope, limit in self._caps():
+            used = self._used(scope, pool)
+            used -= sum(1 for v in victims if self._shares(scope, pool, v.pool))
+            if used < limit:
                 continue
-            oldest = min(other.idle, key=lambda b: b.idle_since)
-            if victim is None or oldest.idle_since < victim.idle_since:
-                victim = oldest
-        if victim is None:
-            return False
-        self.evictions += 1
-        victim.close(DisconnectReason.BUDGET_EVICTED)
-        return self.in_use() < self.limit
+            victim = None
+            for other in self._pools:
+                if other is pool or not other.idle or not self._shares(scope, pool, other):
+                    continue
+                for b in other.idle:
+                    if b not in victims and (victim is None or b.idle_since < victim.idle_since):
+                        victim = b
+            if victim is None:
+                return False
+            victims.append(victim)
+        for victim in victims:
+            self.evictions += 1
+            victim.close(DisconnectReason.BUDGET_EVICTED)
+        return True
 
     def params_for(self, pool: Pool) -> dict[str, str] | None:
         """Server settings another pool of the same server and database has seen."""
@@ -69,6 +126,17 @@ class ServerBudget:
 
     def _wake(self) -> None:
         self._wake_pending = False
-        for pool in list(self._pools):
-            if pool.waiters and pool.state is PoolState.OPEN:
-                pool.grow_for_waiters()
+        # The pool whose client has waited longest goes first: across pools sharing a cap, the
+        # freed room goes in queue order, as it does within a pool.
+        waiting = [p for p in self._pools if p.waiters and p.state is PoolState.OPEN]
+        waiting.sort(key=lambda p: p.waiters[0].wait_since)
+        for pool in waiting:
+            pool.grow_for_waiters()
+
+
+def _describe(scope: int, limit: int, pool: Pool) -> str:
+    if scope == _DB:
+        return f"pool.max_db_connections ({limit}, database {pool.spec.database})"
+    if scope == _USER:
+        return f"pool.max_user_connections ({limit}, user {pool.spec.user})"
+    return f"pool.max_server_connections ({limit})"

@@ -76,3 +76,7 @@ class PoolSpec:
     check_delay_s: float = 30.0
     check_timeout_s: float = 10.0
     tcp: TcpTuning = DEFAULT_TCP
+    # The [[databases]] entry (pool.max_db_connections counts per entry, as PgBouncer does).
+    database: str = ""
+    # Linked clients idle inside a transaction this long are closed (see pool.health; 0: off).
+    idle_transaction_timeout_s: float = 0.0

@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
-from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
+from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, PoolSettings, UserConfig
 from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import tcp_tuning, tune_socket
@@ -25,6 +25,7 @@ from ..protocol.constants import TRACKED_PARAMS
 from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
+from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
 from .loopwatch import LoopWatch
 from .services import Services
@@ -134,7 +135,7 @@ class ProxyServer:
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
         self.budget: ServerBudget | None = None
-        self.set_server_budget(config.pool.max_server_connections)
+        self.set_server_budget(config.pool)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
 
@@ -263,15 +264,21 @@ class ProxyServer:
             for s in self._server.sockets:
                 tune_socket(s, tcp_tuning(self.config.pool))
 
-    def set_server_budget(self, limit: int) -> None:
-        """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
-        lower cap closes nothing at once: pools shrink as connections are released or idle."""
-        if not limit:
+    def set_server_budget(self, settings: PoolSettings) -> None:
+        """Apply pool.max_server_connections, max_db_connections and max_user_connections
+        (0: no cap) to every pool, now and later ones. A lower cap closes nothing at once:
+        pools shrink as connections are released or idle."""
+        limit = settings.max_server_connections
+        per_db = settings.max_db_connections
+        per_user = settings.max_user_connections
+        if not (limit or per_db or per_user):
             self.budget = None
         elif self.budget is None:
-            self.budget = ServerBudget(limit, self.pools.values())
+            self.budget = ServerBudget(limit, self.pools.values(), per_db=per_db, per_user=per_user)
         else:
             self.budget.limit = limit
+            self.budget.per_db = per_db
+            self.budget.per_user = per_user
         for pool in self.pools.values():
             pool.budget = self.budget
 
@@ -297,6 +304,12 @@ class ProxyServer:
                     pool.tick(now)
                 except Exception:
                     log.exception("janitor failed on pool %s", pool.name)
+            idle_limit = self.config.pool.client_idle_timeout_s
+            if idle_limit:
+                try:
+                    sweep_idle_clients(self._all_clients, now, idle_limit, self.admin_sessions)
+                except Exception:
+                    log.exception("janitor failed sweeping idle clients")
 
     # --- clients -----------------------------------------------------------------------------
 
@@ -431,6 +444,8 @@ class ProxyServer:
                 max_replica_lag_bytes=db.max_replica_lag_bytes,
                 failover_timeout_s=cfg.topology.failover_timeout_s,
                 query_timeout_s=cfg.pool.query_timeout_s,
+                idle_transaction_timeout_s=cfg.pool.idle_transaction_timeout_s,
+                database=db.name,
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
                 tcp=tcp_tuning(cfg.pool),
