@@ -37,11 +37,14 @@ def tick(pool: Pool, now: float) -> None:
             continue
         if timeout and now - head.wait_since >= timeout:
             waiters.popleft()
+            # A cap across pools may be what kept this pool from growing: say which.
+            cap = pool.budget.full(pool) if pool.budget is not None else None
+            at = f"; at {cap}" if cap and pool.total < spec.size else ""
             head.pool_failed(
                 ProxyError(
                     SqlState.QUERY_CANCELED,
                     f"query_wait_timeout: no server connection became free within "
-                    f"{timeout:g}s (pool {pool.name}, size {spec.size})",
+                    f"{timeout:g}s (pool {pool.name}, size {spec.size}{at})",
                     hint="Raise pool.default_pool_size or pool.query_wait_timeout_s, or "
                     "shorten transactions.",
                 ),

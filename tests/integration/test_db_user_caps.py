@@ -1,0 +1,143 @@
+"""pool.max_db_connections and pool.max_user_connections (PgBouncer's): server connections per
+database entry and per server user across pools, never exceeded, clients waiting meanwhile.
+
+The bound is checked the way a DBA would: sampling pg_stat_activity over a direct superuser
+connection, as fast as it answers, while many clients of several pools run transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+
+from tests.support.pg import LocalPostgres
+from tests.support.proxy import ProxyThread, StartProxy
+from tests.support.waits import wait_for
+
+CLIENTS_PER_POOL = 6
+ROUNDS = 8
+
+
+async def _sample_until(
+    admin: asyncpg.Connection, sql: str, done: asyncio.Future[Any]
+) -> list[int]:
+    samples = []
+    while not done.done():
+        samples.append(int(await admin.fetchval(sql)))
+    return samples
+
+
+async def _run_clients(proxy: ProxyThread, targets: list[tuple[str, str]]) -> None:
+    """CLIENTS_PER_POOL clients per (user, database), each running ROUNDS short transactions
+    that hold their server connection a moment."""
+
+    async def one(user: str, db: str) -> None:
+        conn = await asyncpg.connect(proxy.dsn(user, db))
+        try:
+            for _ in range(ROUNDS):
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_sleep(0.02)")
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(one(u, d) for u, d in targets for _ in range(CLIENTS_PER_POOL)))
+
+
+async def test_max_db_connections_across_users(
+    start_proxy: StartProxy, pg: LocalPostgres, admin: asyncpg.Connection
+) -> None:
+    cap = 3
+    proxy = start_proxy(pool={"default_pool_size": 5, "max_db_connections": cap})
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' "
+        "AND usename IN ('alice', 'bob') AND backend_type = 'client backend'"
+    )
+    work = asyncio.ensure_future(_run_clients(proxy, [("alice", "app"), ("bob", "app")]))
+    samples = await _sample_until(admin, sql, work)
+    await work  # every client finished every transaction: they waited, none was refused
+    assert max(samples) <= cap, max(samples)
+    assert max(samples) == cap, "the cap was never reached: the test proves nothing"
+    assert len(samples) > 50, len(samples)
+    assert sum(proxy.pool_stats("app", u)["total"] for u in ("alice", "bob")) <= cap
+
+    # At the cap, a pool with clients queued takes the longest-idle connection of another
+    # pool of the same database (PgBouncer evicts too) rather than waiting for it to expire.
+    alice = [await asyncpg.connect(proxy.dsn("alice")) for _ in range(cap)]
+    bob = await asyncpg.connect(proxy.dsn("bob"))
+    try:
+        txs = [c.transaction() for c in alice]
+        for c, tx in zip(alice, txs, strict=True):
+            await tx.start()
+            await c.fetchval("SELECT 1")
+        await wait_for(
+            lambda: proxy.pool_stats("app", "alice")["total"] == cap,
+            what="alice's pool to hold every connection the database may have",
+        )
+        query = asyncio.ensure_future(bob.fetchval("SELECT 42"))
+        await wait_for(lambda: proxy.pool_stats("app", "bob")["waiting"] == 1, what="bob queued")
+        assert int(await admin.fetchval(sql)) <= cap
+        t0 = time.monotonic()
+        await txs[0].commit()  # one of alice's connections goes idle: bob's pool takes it over
+        assert await asyncio.wait_for(query, 10) == 42
+        assert time.monotonic() - t0 < 5
+        assert int(await admin.fetchval(sql)) <= cap
+        for tx in txs[1:]:
+            await tx.commit()
+    finally:
+        for c in [*alice, bob]:
+            await c.close()
+
+
+async def test_max_user_connections_across_databases(
+    start_proxy: StartProxy, pg: LocalPostgres, admin: asyncpg.Connection
+) -> None:
+    cap = 2
+    # Two database entries for the same server database: two pools of alice, one cap.
+    proxy = start_proxy(
+        pool={"default_pool_size": 5, "max_user_connections": cap},
+        databases=[
+            {"name": "app", "host": pg.host, "port": pg.port},
+            {"name": "app2", "host": pg.host, "port": pg.port, "dbname": "app"},
+        ],
+    )
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice' "
+        "AND backend_type = 'client backend'"
+    )
+    work = asyncio.ensure_future(
+        _run_clients(proxy, [("alice", "app"), ("alice", "app2"), ("bob", "app")])
+    )
+    samples = await _sample_until(admin, sql, work)
+    await work
+    assert max(samples) <= cap, max(samples)
+    assert max(samples) == cap, "the cap was never reached: the test proves nothing"
+    # Bob's pool is under no cap of alice's.
+    assert 1 <= proxy.pool_stats("app", "bob")["total"] <= 5
+
+
+async def test_queued_past_query_wait_timeout_at_the_cap(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(
+        pool={"default_pool_size": 5, "max_db_connections": 1, "query_wait_timeout_s": 1}
+    )
+    alice = await asyncpg.connect(proxy.dsn("alice"))
+    bob = await asyncpg.connect(proxy.dsn("bob"))
+    try:
+        tx = alice.transaction()
+        await tx.start()
+        await alice.fetchval("SELECT 1")
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(bob.fetchval("SELECT 2"), 10)
+            raise AssertionError("bob got a server connection past max_db_connections")
+        except asyncpg.PostgresError as exc:
+            # FATAL 57014 (asyncpg reports the closed connection; the message is the proxy's).
+            assert "query_wait_timeout" in str(exc), exc
+            assert "at pool.max_db_connections (1, database app)" in str(exc), exc
+        assert 0.8 <= time.monotonic() - t0 < 5
+        await tx.commit()
+    finally:
+        await alice.close()
+        await bob.close()
