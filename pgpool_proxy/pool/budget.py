@@ -30,31 +30,28 @@ _USER = 2
 
 
 class ServerBudget:
-    def __init__(
-        self, limit: int, pools: Iterable[Pool], *, per_db: int = 0, per_user: int = 0
-    ) -> None:
+    """The caps across pools. The process-wide one is ``limit``; a database's and a server
+    user's come with each pool's spec (the same for every pool of that database or user, as
+    they are resolved from the same config entries)."""
+
+    def __init__(self, limit: int, pools: Iterable[Pool]) -> None:
         self.limit = limit  # across every pool of the process (0: none)
-        self.per_db = per_db  # across the pools of one [[databases]] entry (0: none)
-        self.per_user = per_user  # across the pools of one server user (0: none)
         self._pools = pools  # a live view (the server's dict values)
         self.evictions = 0
         self._wake_pending = False
 
-    @property
-    def active(self) -> bool:
-        return bool(self.limit or self.per_db or self.per_user)
-
     def in_use(self) -> int:
         return sum(p.total for p in self._pools)
 
-    def _caps(self) -> list[tuple[int, int]]:
-        """(scope, limit) of every cap, the narrow ones first: making room under one of them
-        usually makes room under the process-wide cap too."""
+    def _caps(self, pool: Pool) -> list[tuple[int, int]]:
+        """(scope, limit) of every cap on ``pool``, the narrow ones first: making room under
+        one of them usually makes room under the process-wide cap too."""
+        spec = pool.spec
         caps = []
-        if self.per_db:
-            caps.append((_DB, self.per_db))
-        if self.per_user:
-            caps.append((_USER, self.per_user))
+        if spec.max_db_connections:
+            caps.append((_DB, spec.max_db_connections))
+        if spec.max_user_connections:
+            caps.append((_USER, spec.max_user_connections))
         if self.limit:
             caps.append((_ALL, self.limit))
         return caps
@@ -73,7 +70,7 @@ class ServerBudget:
     def full(self, pool: Pool) -> str | None:
         """The cap that keeps ``pool`` from opening one more connection now (named for
         messages), or None when there is room. Evicts nothing."""
-        for scope, limit in self._caps():
+        for scope, limit in self._caps(pool):
             if self._used(scope, pool) >= limit:
                 return _describe(scope, limit, pool)
         return None
@@ -83,7 +80,7 @@ class ServerBudget:
         connection of another pool under each full cap when that makes room (and nothing
         when some full cap has none to give)."""
         victims: list[BackendConnection] = []
-        for scope, limit in self._caps():
+        for scope, limit in self._caps(pool):
             used = self._used(scope, pool)
             used -= sum(1 for v in victims if self._shares(scope, pool, v.pool))
             if used < limit:
@@ -135,8 +132,9 @@ class ServerBudget:
 
 
 def _describe(scope: int, limit: int, pool: Pool) -> str:
+    # The cap may come from [pool] or from the database's or user's own entry.
     if scope == _DB:
-        return f"pool.max_db_connections ({limit}, database {pool.spec.database})"
+        return f"max_db_connections ({limit}) of database {pool.spec.database}"
     if scope == _USER:
-        return f"pool.max_user_connections ({limit}, user {pool.spec.user})"
+        return f"max_user_connections ({limit}) of user {pool.spec.user}"
     return f"pool.max_server_connections ({limit})"

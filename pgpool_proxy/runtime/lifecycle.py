@@ -98,9 +98,8 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
     server.config = new
     if new.proxy.log_level != old.proxy.log_level:
         logging.getLogger().setLevel(new.proxy.log_level.upper())
-    caps = ("max_server_connections", "max_db_connections", "max_user_connections")
-    if any(getattr(new.pool, k) != getattr(old.pool, k) for k in caps):
-        server.set_server_budget(new.pool)
+    # Caps across pools may come from any database or user entry: always re-derived.
+    server.set_server_budget(new)
     if tcp_tuning(new.pool) != tcp_tuning(old.pool):
         server.tune_listeners()  # clients accepted from now on; server sockets as they open
     for (db_name, server_user), pool in list(server.pools.items()):
@@ -212,6 +211,8 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "max_scram_iterations": pool.server_max_scram_iterations,
         "query_timeout_s": pool.query_timeout_s,
         "idle_transaction_timeout_s": pool.idle_transaction_timeout_s,
+        "max_db_connections": cfg.max_db_connections_for(db),
+        "max_user_connections": cfg.max_user_connections_for(server_user),
         "check_delay_s": pool.server_check_delay_s,
         "check_timeout_s": pool.server_check_timeout_s,
         "tcp": tcp_tuning(pool),

@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
-from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, PoolSettings, UserConfig
+from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
 from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import tcp_tuning, tune_socket
@@ -135,7 +135,7 @@ class ProxyServer:
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
         self.budget: ServerBudget | None = None
-        self.set_server_budget(config.pool)
+        self.set_server_budget(config)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
 
@@ -264,21 +264,18 @@ class ProxyServer:
             for s in self._server.sockets:
                 tune_socket(s, tcp_tuning(self.config.pool))
 
-    def set_server_budget(self, settings: PoolSettings) -> None:
-        """Apply pool.max_server_connections, max_db_connections and max_user_connections
-        (0: no cap) to every pool, now and later ones. A lower cap closes nothing at once:
-        pools shrink as connections are released or idle."""
-        limit = settings.max_server_connections
-        per_db = settings.max_db_connections
-        per_user = settings.max_user_connections
-        if not (limit or per_db or per_user):
+    def set_server_budget(self, config: Config) -> None:
+        """Apply the caps across pools (pool.max_server_connections, max_db_connections,
+        max_user_connections and their per-database and per-user values) to every pool, now
+        and later ones; None when there are none. A lower cap closes nothing at once: pools
+        shrink as connections are released or idle."""
+        limit = config.pool.max_server_connections
+        if not config.has_connection_caps():
             self.budget = None
         elif self.budget is None:
-            self.budget = ServerBudget(limit, self.pools.values(), per_db=per_db, per_user=per_user)
+            self.budget = ServerBudget(limit, self.pools.values())
         else:
             self.budget.limit = limit
-            self.budget.per_db = per_db
-            self.budget.per_user = per_user
         for pool in self.pools.values():
             pool.budget = self.budget
 
@@ -446,6 +443,8 @@ class ProxyServer:
                 query_timeout_s=cfg.pool.query_timeout_s,
                 idle_transaction_timeout_s=cfg.pool.idle_transaction_timeout_s,
                 database=db.name,
+                max_db_connections=cfg.max_db_connections_for(db),
+                max_user_connections=cfg.max_user_connections_for(server_user),
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
                 tcp=tcp_tuning(cfg.pool),

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.support.pg import LocalPostgres
-from tests.support.proxy import ProxyThread, StartProxy
+from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.waits import wait_for
 
 CLIENTS_PER_POOL = 6
@@ -118,26 +119,54 @@ async def test_max_user_connections_across_databases(
     assert 1 <= proxy.pool_stats("app", "bob")["total"] <= 5
 
 
-async def test_queued_past_query_wait_timeout_at_the_cap(start_proxy: StartProxy) -> None:
-    proxy = start_proxy(
-        pool={"default_pool_size": 5, "max_db_connections": 1, "query_wait_timeout_s": 1}
-    )
-    alice = await asyncpg.connect(proxy.dsn("alice"))
-    bob = await asyncpg.connect(proxy.dsn("bob"))
+def _two_entries(pg: LocalPostgres, **app: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": "app", "host": pg.host, "port": pg.port, **app},
+        {"name": "app2", "host": pg.host, "port": pg.port, "dbname": "app"},
+    ]
+
+
+@pytest.mark.parametrize("where", ["pool", "database", "user"])
+async def test_queued_past_query_wait_timeout_at_the_cap(
+    start_proxy: StartProxy, pg: LocalPostgres, where: str
+) -> None:
+    """A cap of 1, from [pool] or from the database's or the user's own entry: the second
+    pool under it queues, then gets query_wait_timeout naming the cap."""
+    pool: dict[str, Any] = {"default_pool_size": 5, "query_wait_timeout_s": 1}
+    sections: dict[str, Any] = {"databases": _two_entries(pg)}
+    first, second = ("alice", "app"), ("bob", "app")
+    cap = "max_db_connections (1) of database app"
+    if where == "pool":
+        pool["max_db_connections"] = 1
+    elif where == "database":
+        sections["databases"] = _two_entries(pg, max_db_connections=1)
+    else:
+        sections["users"] = [
+            {"name": "alice", "password": PASSWORDS["alice"], "max_user_connections": 1},
+            {"name": "bob", "password": PASSWORDS["bob"]},
+        ]
+        second = ("alice", "app2")
+        cap = "max_user_connections (1) of user alice"
+    proxy = start_proxy(pool=pool, **sections)
+    holder = await asyncpg.connect(proxy.dsn(*first))
+    waiter = await asyncpg.connect(proxy.dsn(*second))
+    other = await asyncpg.connect(proxy.dsn("bob", "app2"))
     try:
-        tx = alice.transaction()
+        tx = holder.transaction()
         await tx.start()
-        await alice.fetchval("SELECT 1")
+        await holder.fetchval("SELECT 1")
         t0 = time.monotonic()
         try:
-            await asyncio.wait_for(bob.fetchval("SELECT 2"), 10)
-            raise AssertionError("bob got a server connection past max_db_connections")
+            await asyncio.wait_for(waiter.fetchval("SELECT 2"), 10)
+            raise AssertionError(f"a server connection past {cap}")
         except asyncpg.PostgresError as exc:
             # FATAL 57014 (asyncpg reports the closed connection; the message is the proxy's).
             assert "query_wait_timeout" in str(exc), exc
-            assert "at pool.max_db_connections (1, database app)" in str(exc), exc
+            assert f"at {cap}" in str(exc), exc
         assert 0.8 <= time.monotonic() - t0 < 5
+        # A pool under no full cap is served meanwhile.
+        assert await asyncio.wait_for(other.fetchval("SELECT 3"), 10) == 3
         await tx.commit()
     finally:
-        await alice.close()
-        await bob.close()
+        for c in (holder, waiter, other):
+            await c.close()
