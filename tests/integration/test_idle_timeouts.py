@@ -46,10 +46,19 @@ async def _locks_of(admin: asyncpg.Connection, pid: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-@pytest.mark.parametrize(("mode", "failed"), [("transaction", False), ("session", True)])
+@pytest.mark.parametrize(
+    ("mode", "case"),
+    [
+        ("transaction", "in block"),
+        ("session", "failed"),
+        # A session-level lock outlives ROLLBACK: the reset after it (DISCARD ALL) must go.
+        ("transaction", "session lock"),
+    ],
+)
 async def test_idle_in_transaction_is_closed_and_its_server_rolled_back_and_reused(
-    start_proxy: StartProxy, admin: asyncpg.Connection, mode: str, failed: bool
+    start_proxy: StartProxy, admin: asyncpg.Connection, mode: str, case: str
 ) -> None:
+    failed = case == "failed"
     await admin.execute(
         "DROP TABLE IF EXISTS idle_tx_t; CREATE TABLE idle_tx_t (id int PRIMARY KEY, v int); "
         "INSERT INTO idle_tx_t VALUES (1, 0); GRANT ALL ON idle_tx_t TO alice"
@@ -68,7 +77,11 @@ async def test_idle_in_transaction_is_closed_and_its_server_rolled_back_and_reus
         )
         pid = int(rows[0][0] or 0)
         want = b"T"
-        assert await _locks_of(admin, pid) == ["advisory", "transactionid"]
+        held = ["advisory", "transactionid"]
+        if case == "session lock":
+            assert await a.simple_query(f"SELECT pg_advisory_lock({LOCK_KEY + 1})") == [[""]]
+            held = ["advisory", "advisory", "transactionid"]
+        assert await _locks_of(admin, pid) == held
         if failed:
             # A failed transaction ('E') has let its locks go; it still holds the connection
             # until the client rolls back.
@@ -102,6 +115,7 @@ async def test_idle_in_transaction_is_closed_and_its_server_rolled_back_and_reus
         # Others can take what a held.
         async with admin.transaction():
             assert await admin.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_KEY)
+            assert await admin.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_KEY + 1)
             await admin.execute("SELECT * FROM idle_tx_t WHERE id = 1 FOR UPDATE NOWAIT")
         assert proxy.pool_stats()["total"] == 1
     finally:
