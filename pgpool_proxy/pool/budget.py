@@ -83,18 +83,21 @@ class ServerBudget:
         for scope, limit in self._caps(pool):
             used = self._used(scope, pool)
             used -= sum(1 for v in victims if self._shares(scope, pool, v.pool))
-            if used < limit:
-                continue
-            victim = None
-            for other in self._pools:
-                if other is pool or not other.idle or not self._shares(scope, pool, other):
-                    continue
-                for b in other.idle:
-                    if b not in victims and (victim is None or b.idle_since < victim.idle_since):
-                        victim = b
-            if victim is None:
-                return False
-            victims.append(victim)
+            # Over a cap lowered live, one eviction may not be enough room.
+            while used >= limit:
+                victim = None
+                for other in self._pools:
+                    if other is pool or not other.idle or not self._shares(scope, pool, other):
+                        continue
+                    for b in other.idle:
+                        if b not in victims and (
+                            victim is None or b.idle_since < victim.idle_since
+                        ):
+                            victim = b
+                if victim is None:
+                    return False
+                victims.append(victim)
+                used -= 1
         for victim in victims:
             self.evictions += 1
             victim.close(DisconnectReason.BUDGET_EVICTED)

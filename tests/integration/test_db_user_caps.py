@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import asyncpg
+import psycopg
 import pytest
 
 from tests.support.pg import LocalPostgres
@@ -169,4 +170,33 @@ async def test_queued_past_query_wait_timeout_at_the_cap(
         await tx.commit()
     finally:
         for c in (holder, waiter, other):
+            await c.close()
+
+
+async def test_set_max_db_connections_live(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(admin={"admin_users": ["alice"]})
+    console = await psycopg.AsyncConnection.connect(
+        proxy.dsn("alice", "pgbouncer"), autocommit=True
+    )
+    a1, a2, b = [await asyncpg.connect(proxy.dsn(u)) for u in ("alice", "alice", "bob")]
+    try:
+        # Both pools exist, each with an idle server connection, before the cap is set.
+        assert await a1.fetchval("SELECT 1") == 1
+        assert await b.fetchval("SELECT 1") == 1
+        await console.execute("SET pool.max_db_connections = 1")
+        tx = a1.transaction()
+        await tx.start()
+        assert await a1.fetchval("SELECT 1") == 1
+        # A second connection for alice would make two busy ones: it waits (bob's idle one
+        # alone would not make room).
+        second = asyncio.ensure_future(a2.fetchval("SELECT 2"))
+        await wait_for(lambda: proxy.pool_stats("app", "alice")["waiting"] == 1, what="a2 to queue")
+        assert not second.done()
+        await tx.commit()
+        assert await asyncio.wait_for(second, 10) == 2
+        await console.execute("SET pool.max_db_connections = 0")
+        assert proxy.call(lambda: proxy.server.budget) is None  # type: ignore[union-attr]
+    finally:
+        await console.close()
+        for c in (a1, a2, b):
             await c.close()

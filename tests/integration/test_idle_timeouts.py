@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import asyncpg
+import psycopg
 import pytest
 
 from pgpool_proxy.protocol import messages as m
@@ -172,4 +173,35 @@ async def test_client_idle_timeout_closes_idle_clients_only(start_proxy: StartPr
         assert await talking.simple_query("SELECT 2") == [["2"]]
     finally:
         for c in (idle, in_tx, talking):
+            await c.close()
+
+
+async def test_set_live_on_the_console_which_is_never_idle_timed_out(
+    start_proxy: StartProxy,
+) -> None:
+    proxy = start_proxy(admin={"admin_users": ["alice"]})
+    console = await psycopg.AsyncConnection.connect(
+        proxy.dsn("alice", "pgbouncer"), autocommit=True
+    )
+    in_tx = await raw_login(proxy)
+    idle = await raw_login(proxy)
+    try:
+        # Opened before either timeout exists: the new values apply to clients already there.
+        assert await in_tx.simple_query("BEGIN") == []
+        assert await idle.simple_query("SELECT 1") == [["1"]]
+        await console.execute(f"SET pool.idle_transaction_timeout_s = {LIMIT_S}")
+        await console.execute(f"SET pool.client_idle_timeout_s = {LIMIT_S}")
+        t0 = time.monotonic()
+        # The idle period under test.
+        assert (await in_tx.read_error(LIMIT_S * 10))["M"] == "idle transaction timeout"
+        assert (await idle.read_error(LIMIT_S * 10))["M"] == "client_idle_timeout"
+        assert time.monotonic() - t0 < LIMIT_S * 5
+        # The console session sat idle as long: PgBouncer's janitor spares its admin clients too.
+        cur = await console.execute("SHOW VERSION")
+        assert await cur.fetchall()
+        await console.execute("SET pool.client_idle_timeout_s = 0")
+        await console.execute("SET pool.idle_transaction_timeout_s = 0")
+    finally:
+        await console.close()
+        for c in (in_tx, idle):
             await c.close()
