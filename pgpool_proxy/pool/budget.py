@@ -38,6 +38,8 @@ class ServerBudget:
         self.limit = limit  # across every pool of the process (0: none)
         self._pools = pools  # a live view (the server's dict values)
         self.evictions = 0
+        # Connections closed to make room whose servers have not gone yet: they still count.
+        self._evicted: set[BackendConnection] = set()
         self._wake_pending = False
 
     def in_use(self) -> int:
@@ -76,14 +78,20 @@ class ServerBudget:
         return None
 
     def allows(self, pool: Pool) -> bool:
-        """Whether ``pool`` may open one more connection now, evicting the longest-idle
-        connection of another pool under each full cap when that makes room (and nothing
-        when some full cap has none to give)."""
+        """Whether ``pool`` may open one more connection now. At a full cap, the longest-idle
+        connection of another pool under it is closed to make room: the room is there once
+        that server has gone (BackendConnection.close with wait_exit), when the pools with
+        clients queued are woken (released); nothing more is evicted meanwhile, and nothing
+        at all when some full cap has no idle connection to give."""
         victims: list[BackendConnection] = []
         for scope, limit in self._caps(pool):
             used = self._used(scope, pool)
-            used -= sum(1 for v in victims if self._shares(scope, pool, v.pool))
+            if used < limit:
+                continue
+            if any(self._shares(scope, pool, b.pool) for b in self._evicted):
+                return False  # room under this cap is on its way
             # Over a cap lowered live, one eviction may not be enough room.
+            used -= sum(1 for v in victims if self._shares(scope, pool, v.pool))
             while used >= limit:
                 victim = None
                 for other in self._pools:
@@ -98,10 +106,15 @@ class ServerBudget:
                     return False
                 victims.append(victim)
                 used -= 1
+        if not victims:
+            return True
         for victim in victims:
             self.evictions += 1
-            victim.close(DisconnectReason.BUDGET_EVICTED)
-        return True
+            self._evicted.add(victim)
+            victim.close(DisconnectReason.BUDGET_EVICTED, wait_exit=True)
+            if victim.leaving is None:
+                self._evicted.discard(victim)  # its slot was freed at once
+        return False
 
     def params_for(self, pool: Pool) -> dict[str, str] | None:
         """Server settings another pool of the same server and database has seen."""
@@ -116,9 +129,11 @@ class ServerBudget:
                 return other.server_params
         return None
 
-    def released(self, pool: Pool) -> None:
-        """A connection closed somewhere: let pools with queued clients grow (soon, not inside
-        the close that is running now)."""
+    def released(self, pool: Pool, backend: BackendConnection | None = None) -> None:
+        """A connection's slot was freed somewhere: let pools with queued clients grow (soon,
+        not inside the close that is running now)."""
+        if backend is not None:
+            self._evicted.discard(backend)
         if self._wake_pending:
             return
         self._wake_pending = True

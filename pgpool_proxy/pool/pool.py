@@ -175,12 +175,19 @@ class Pool:
         if prev == BackendState.CONNECTING or prev == BackendState.LOGIN:
             # Not logged in: the slot is its connect's, to retry in or to free (_connect).
             return
-        self.total -= 1
-        if self.budget is not None:
-            self.budget.released(self)
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
+        if backend.leaving is None:
+            self.slot_released()
+        # else: the slot is freed once its server has gone (BackendConnection._gone)
+
+    def slot_released(self, backend: BackendConnection | None = None) -> None:
+        """A logged-in connection's slot is free: queued clients (here or, under a cap across
+        pools, elsewhere) may get a new one."""
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self, backend)
         self.maybe_grow()
 
     def maybe_grow(self) -> None:
