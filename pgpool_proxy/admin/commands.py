@@ -27,6 +27,10 @@ SHOW_TOPICS: Final = frozenset(
         "VERSION",
         "LISTS",
         "STATE",
+        "USERS",
+        "PEERS",
+        # Refused with a reason (PgBouncer's online restart); parsed so the refusal says so.
+        "FDS",
     }
 )
 # Commands that change something: admin_users only (stats_users may SHOW).
@@ -49,7 +53,7 @@ _TOKEN_RE: Final = re.compile(
 
 HELP_TEXT: Final = """\
 SHOW HELP|POOLS|STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS|CLIENTS|SERVERS|DATABASES|CONFIG
-SHOW VERSION|LISTS|STATE
+SHOW VERSION|LISTS|STATE|USERS|PEERS
 SET key = value
 RELOAD
 PAUSE [db]

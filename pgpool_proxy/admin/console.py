@@ -194,6 +194,7 @@ async def _query(server: ProxyServer, client: ClientConnection, body: bytes) -> 
         try:
             command = parse_command(statement)
             _check_allowed(server, client, command)
+            server.counters.admin_commands += 1
             out = await _run(server, client, command)
         except CommandError as exc:
             _write(client, _error(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint))
@@ -237,12 +238,18 @@ _SHOW = {
     "VERSION": show.show_version,
     "TOTALS": show.show_totals,
     "CONFIG": show_config,
+    "USERS": show.show_users,
+    "PEERS": show.show_peers,
 }
 
 
-def _check_database(server: ProxyServer, db: str | None) -> None:
+def _check_database(server: ProxyServer, verb: str, db: str | None) -> None:
     if db is not None and db == server.config.admin.database:
-        raise CommandError(SqlState.FEATURE_NOT_SUPPORTED, "the admin database has no pools")
+        # Its SHOW POOLS row stands for the consoles; there are no server connections to act on.
+        raise CommandError(
+            SqlState.FEATURE_NOT_SUPPORTED,
+            f"{verb} does not apply to the admin database (it has no server connections)",
+        )
     if db is not None and not lifecycle.known_database(server, db):
         raise CommandError(SqlState.INVALID_CATALOG_NAME, f'database "{db}" does not exist')
 
@@ -269,6 +276,15 @@ async def _run(server: ProxyServer, client: ClientConnection, command: Command) 
         assert arg is not None
         if arg == "HELP":
             return m.notice_response("Console usage", detail=HELP_TEXT) + m.command_complete("SHOW")
+        if arg == "FDS":
+            raise CommandError(
+                SqlState.FEATURE_NOT_SUPPORTED,
+                "SHOW FDS is not supported: it is PgBouncer's online restart (pgbouncer -R), "
+                "which hands its sockets to a new process; pgpool-proxy has none",
+                hint="For a restart without dropping clients, start a new proxy on the same "
+                "port with proxy.reuse_port = true and SIGTERM the old one (it drains). "
+                "SHOW CLIENTS and SHOW SERVERS list the connections.",
+            )
         if arg.startswith("STATS"):
             return _result(show.show_stats(server, arg))
         return _result(_SHOW[arg](server))
@@ -294,7 +310,7 @@ async def _run(server: ProxyServer, client: ClientConnection, command: Command) 
             ) from None
         log.info("admin %s: RELOAD", who)
         return b"".join(m.notice_response(n) for n in notes) + m.command_complete("RELOAD")
-    _check_database(server, arg)
+    _check_database(server, verb, arg)
     log.info("admin %s: %s", who, printable(command.text))
     if verb == "PAUSE":
         await lifecycle.pause(server, arg, client.is_open)

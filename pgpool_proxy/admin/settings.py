@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from ..config import (
     SECTIONS,
     AdminSettings,
+    AuthSettings,
     Config,
     ConfigError,
     PoolSettings,
@@ -22,7 +25,7 @@ from ..config import (
 )
 from ..errors import SqlState
 from .commands import CommandError
-from .show import Result
+from .show import Result, Row
 
 if TYPE_CHECKING:
     from ..runtime.server import ProxyServer
@@ -46,13 +49,74 @@ LIVE: Final = frozenset(
     }
 )
 
-_SHOWN: Final = (
-    ("proxy", ProxySettings),
-    ("pool", PoolSettings),
-    ("admin", AdminSettings),
-)
+# The sections SHOW CONFIG shows (and SET may change), in this order.
+_SHOWN: Final[Mapping[str, type[Any]]] = {
+    "proxy": ProxySettings,
+    "pool": PoolSettings,
+    "admin": AdminSettings,
+    "auth": AuthSettings,
+}
 
 CONFIG_COLUMNS: Final = (("key", 25), ("value", 25), ("default", 25), ("changeable", 25))
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A PgBouncer setting that is one of ours under another name (and maybe another unit)."""
+
+    section: str
+    field: str  # the settings dataclass's attribute
+    # PgBouncer's value is ours times this (tcp_user_timeout is in milliseconds, ours seconds).
+    scale: int = 1
+
+
+# PgBouncer's name for each of our settings that means the same thing. SHOW CONFIG shows these
+# under PgBouncer's name (monitoring written for PgBouncer reads them: prometheus-pgbouncer-
+# exporter's pgbouncer_config_* series), and SET accepts both names. An entry whose field this
+# build does not have is skipped, so a setting added later is shown once it exists.
+PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
+    "admin_users": Alias("admin", "admin_users"),
+    "auth_type": Alias("auth", "type"),
+    "client_idle_timeout": Alias("pool", "client_idle_timeout_s"),
+    "client_login_timeout": Alias("proxy", "client_login_timeout_s"),
+    "default_pool_size": Alias("pool", "default_pool_size"),
+    "idle_transaction_timeout": Alias("pool", "idle_transaction_timeout_s"),
+    "listen_addr": Alias("proxy", "listen_host"),
+    "listen_port": Alias("proxy", "listen_port"),
+    "max_client_conn": Alias("proxy", "max_client_conn"),
+    "max_db_connections": Alias("pool", "max_db_connections"),
+    "max_packet_size": Alias("proxy", "max_message_size_bytes"),
+    "max_prepared_statements": Alias("pool", "max_prepared_statements"),
+    "max_user_connections": Alias("pool", "max_user_connections"),
+    "min_pool_size": Alias("pool", "min_pool_size"),
+    "pool_mode": Alias("proxy", "pool_mode"),
+    "query_timeout": Alias("pool", "query_timeout_s"),
+    "query_wait_timeout": Alias("pool", "query_wait_timeout_s"),
+    "server_check_delay": Alias("pool", "server_check_delay_s"),
+    "server_connect_timeout": Alias("pool", "server_connect_timeout_s"),
+    "server_idle_timeout": Alias("pool", "server_idle_timeout_s"),
+    "server_lifetime": Alias("pool", "server_lifetime_s"),
+    "server_login_retry": Alias("pool", "server_login_retry_s"),
+    "server_reset_query": Alias("pool", "server_reset_query"),
+    "so_reuseport": Alias("proxy", "reuse_port"),
+    "stats_users": Alias("admin", "stats_users"),
+    "tcp_keepalive": Alias("pool", "tcp_keepalive"),
+    "tcp_keepcnt": Alias("pool", "tcp_keepcnt"),
+    "tcp_keepidle": Alias("pool", "tcp_keepidle_s"),
+    "tcp_keepintvl": Alias("pool", "tcp_keepintvl_s"),
+    "tcp_user_timeout": Alias("pool", "tcp_user_timeout_s", scale=1000),
+}
+
+# PgBouncer settings the proxy does not have but whose PgBouncer value states what it does:
+# shown (not changeable) while no alias above supplies them. "0" is PgBouncer's "no limit".
+FIXED: Final[Mapping[str, str]] = {
+    "max_db_connections": "0",
+    "max_user_connections": "0",
+    "reserve_pool_size": "0",
+}
+
+_TRUE: Final = frozenset({"1", "on", "yes", "true"})
+_FALSE: Final = frozenset({"0", "off", "no", "false"})
 
 
 def _text(value: object) -> str:
@@ -67,27 +131,67 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _pgbouncer_text(value: object, scale: int) -> str:
+    """A value as PgBouncer prints it: booleans 0/1, numbers in PgBouncer's unit."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if scale != 1 and isinstance(value, int | float):
+        return _text(round(value * scale))
+    return _text(value)
+
+
+def _fields(section: str) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(_SHOWN[section]))
+
+
+def _aliases() -> dict[str, Alias]:
+    """The PgBouncer names whose setting exists in this build."""
+    return {k: a for k, a in PGBOUNCER_NAMES.items() if a.field in _fields(a.section)}
+
+
+def _live(section: str, field: str) -> bool:
+    return (section, "listen" if field.startswith("listen_") else field) in LIVE
+
+
 def show_config(server: ProxyServer) -> Result:
+    """PgBouncer's keys first (sorted, as PgBouncer lists them), then the proxy's own as
+    section.key."""
     cfg = server.config
-    result = Result(CONFIG_COLUMNS)
-    for section, cls in _SHOWN:
-        current: Any = getattr(cfg, section)
-        default: Any = cls()
+    aliases = _aliases()
+    named: list[Row] = []
+    for key, alias in aliases.items():
+        current: Any = getattr(cfg, alias.section)
+        default: Any = type(current)()
+        named.append(
+            [
+                key,
+                _pgbouncer_text(getattr(current, alias.field), alias.scale),
+                _pgbouncer_text(getattr(default, alias.field), alias.scale),
+                "yes" if _live(alias.section, alias.field) else "no",
+            ]
+        )
+    named += [[key, value, value, "no"] for key, value in FIXED.items() if key not in aliases]
+    named.sort(key=lambda row: str(row[0]))
+    covered = {(a.section, a.field) for a in aliases.values()}
+    own: list[Row] = []
+    for section, cls in _SHOWN.items():
+        current = getattr(cfg, section)
+        default = cls()
         for f in dataclasses.fields(cls):
-            if f.name == "listen_port":
+            if (section, f.name) in covered:
                 continue
-            key = f.name
-            value, dflt = getattr(current, key), getattr(default, key)
-            if key == "listen_host":
-                key = "listen"
-                value = f"{current.listen_host}:{current.listen_port}"
-                dflt = f"{default.listen_host}:{default.listen_port}"
-            live = (section, key) in LIVE
-            result.rows.append(
-                [f"{section}.{key}", _text(value), _text(dflt), "yes" if live else "no"]
-            )
-    result.rows.append(["auth.type", _text(cfg.auth.type), _text(type(cfg.auth)().type), "no"])
-    return result
+            value, dflt = getattr(current, f.name), getattr(default, f.name)
+            live = (section, f.name) in LIVE
+            own.append([f"{section}.{f.name}", _text(value), _text(dflt), "yes" if live else "no"])
+    return Result(CONFIG_COLUMNS, named + own)
+
+
+def _unknown(key: str) -> CommandError:
+    return CommandError(
+        SqlState.UNDEFINED_OBJECT,
+        f'unrecognized configuration parameter "{key}"',
+        hint="SHOW CONFIG lists the settings (PgBouncer's names, then the proxy's section.key).",
+    )
 
 
 def _resolve(key: str) -> tuple[str, str]:
@@ -99,17 +203,48 @@ def _resolve(key: str) -> tuple[str, str]:
         matches = [(s, key) for s in ("proxy", "pool", "admin", "auth") if key in SECTIONS[s]]
         if len(matches) == 1:
             return matches[0]
-    raise CommandError(
-        SqlState.UNDEFINED_OBJECT,
-        f'unrecognized configuration parameter "{key}"',
-        hint="SHOW CONFIG lists the settings (section.key).",
-    )
+    raise _unknown(key)
+
+
+def _from_pgbouncer(key: str, alias: Alias, raw: str) -> tuple[str, str]:
+    """(our key, our text) for a SET under PgBouncer's name."""
+    if alias.field.startswith("listen_"):
+        raise CommandError(
+            SqlState.CANT_CHANGE_RUNTIME_PARAM,
+            f'parameter "{key}" (proxy.listen) cannot be changed without restarting the proxy',
+        )
+    default = getattr(_SHOWN[alias.section](), alias.field)
+    text = raw.strip()
+    if isinstance(default, bool):
+        # PgBouncer's booleans are 0/1 (and on/off, yes/no); the file's are true/false.
+        word = text.lower()
+        text = "true" if word in _TRUE else "false" if word in _FALSE else text
+    elif alias.scale != 1:
+        try:
+            text = repr(float(text) / alias.scale)
+        except ValueError:
+            raise CommandError(
+                SqlState.INVALID_PARAMETER_VALUE,
+                f"{key}: expected a number (milliseconds, as in PgBouncer), got '{raw}'",
+            ) from None
+    return alias.field, text
 
 
 def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
     """The new Config with `key` set to `raw` (checked like the file's value), and the key's
     full name; raises CommandError. The caller applies it."""
-    section, name = _resolve(key)
+    alias = _aliases().get(key)
+    if alias is not None:
+        section = alias.section
+        name, raw = _from_pgbouncer(key, alias, raw)
+    elif key in FIXED:
+        raise CommandError(
+            SqlState.CANT_CHANGE_RUNTIME_PARAM,
+            f'parameter "{key}" is PgBouncer\'s; the proxy has no such setting and behaves as '
+            f"{key} = {FIXED[key]} does in PgBouncer",
+        )
+    else:
+        section, name = _resolve(key)
     full = f"{section}.{name}"
     if (section, name) == ("auth", "type"):
         raise CommandError(

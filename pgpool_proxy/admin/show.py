@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__
-from ..protocol.messages import OID_INT4, OID_INT8, OID_TEXT
+from ..protocol.messages import OID_INT4, OID_INT8, OID_NUMERIC, OID_TEXT
 from ..session.client_state import ClientState
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ..pool.pool import Pool
     from ..runtime.server import ProxyServer
 
-T, I4, I8 = OID_TEXT, OID_INT4, OID_INT8
+T, I4, I8, NUM = OID_TEXT, OID_INT4, OID_INT8, OID_NUMERIC
 Row = list[str | None]
 
 # PgBouncer 1.18's SHOW POOLS, then ours.
@@ -71,8 +71,9 @@ _AVG_NAMES: Final = (
     "query_time",
     "wait_time",
 )
-TOTALS_COLUMNS: Final = tuple((f"total_{n}", I8) for n in _STATS_NAMES)
-AVERAGES_COLUMNS: Final = tuple((f"avg_{n}", I8) for n in _AVG_NAMES)
+# numeric, as PgBouncer's (drivers hand out Decimals for them).
+TOTALS_COLUMNS: Final = tuple((f"total_{n}", NUM) for n in _STATS_NAMES)
+AVERAGES_COLUMNS: Final = tuple((f"avg_{n}", NUM) for n in _AVG_NAMES)
 # PgBouncer 1.18's SHOW STATS, then ours.
 STATS_COLUMNS: Final = (("database", T), *TOTALS_COLUMNS, *AVERAGES_COLUMNS, ("worker", I4))
 
@@ -127,7 +128,29 @@ DATABASES_COLUMNS: Final = (
 LISTS_COLUMNS: Final = (("list", T), ("items", I4))
 STATE_COLUMNS: Final = (("key", T), ("value", T))
 VERSION_COLUMNS: Final = (("version", T),)
-NAME_VALUE_COLUMNS: Final = (("name", T), ("value", I8))
+NAME_VALUE_COLUMNS: Final = (("name", T), ("value", NUM))
+
+# Current PgBouncer's SHOW USERS (1.18 had only name and pool_mode), then ours.
+USERS_COLUMNS: Final = (
+    ("name", T),
+    ("pool_size", I4),
+    ("reserve_pool_size", I4),
+    ("pool_mode", T),
+    ("max_user_connections", I4),
+    ("current_connections", I4),
+    ("max_user_client_connections", I4),
+    ("current_client_connections", I4),
+    # ours
+    ("iam", I4),
+    ("worker", I4),
+)
+
+# PgBouncer 1.19+'s SHOW PEERS.
+PEERS_COLUMNS: Final = (("peer_id", I4), ("host", T), ("port", I4), ("pool_size", I4))
+
+# PgBouncer's admin database is served by a pool of its own, in statement mode, whose user is
+# the admin database's name; its rows in SHOW POOLS/STATS/DATABASES/USERS describe the console.
+ADMIN_POOL_MODE: Final = "statement"
 
 # Averages cover the time since a window start that moves on every STATS_PERIOD_S (so between
 # one and two periods), as PgBouncer's cover its last stats_period.
@@ -251,6 +274,13 @@ def show_pools(server: ProxyServer) -> Result:
                 _s(worker),
             ]
         )
+    admin_db = server.config.admin.database
+    consoles = len(server.admin_sessions)
+    # cl_active: the consoles; no waits, no server connections; then ours: no pinned clients
+    # or statements, no server, no failovers.
+    row: Row = [admin_db, admin_db, _s(consoles), *(["0"] * 12), ADMIN_POOL_MODE]
+    row += ["0", "0", None, "0", _s(server.paused), _s(worker)]
+    result.rows.append(row)
     return result
 
 
@@ -286,6 +316,9 @@ def _totals(server: ProxyServer) -> dict[str, tuple[int, int, int, int, int]]:
             wu + int(pool.total_wait_s * 1_000_000),
             w + pool.wait_count,
         )
+    # Each console command counts as one query and one transaction, as PgBouncer counts them.
+    commands = server.counters.admin_commands
+    out[server.config.admin.database] = (commands, commands, 0, 0, 0)
     return out
 
 
@@ -494,6 +527,11 @@ def show_databases(server: ProxyServer) -> Result:
                 worker,
             ]
         )
+    admin_db = cfg.admin.database
+    # No server connections behind it: pool sizes 0 (PgBouncer shows its internal 2).
+    row: Row = [admin_db, None, _s(server.port), admin_db, admin_db, "0", "0", "0"]
+    row += [ADMIN_POOL_MODE, "0", "0", _s(server.paused), "0", None, "0", worker]
+    result.rows.append(row)
     return result
 
 
@@ -503,10 +541,11 @@ def show_lists(server: ProxyServer) -> Result:
         1 for c in clients if c.state == ClientState.LOGIN and c not in server.admin_sessions
     )
     servers = sum(p.total for p in server.pools.values())
+    # The admin database, its user and its pool count as one each, as in PgBouncer.
     items = (
-        ("databases", len(server.config.databases)),
-        ("users", len(server.config.users)),
-        ("pools", len(server.pools)),
+        ("databases", len(server.config.databases) + 1),
+        ("users", len(server.config.users) + 1),
+        ("pools", len(server.pools) + 1),
         ("free_clients", 0),
         ("used_clients", len(clients)),
         ("login_clients", login),
@@ -518,6 +557,46 @@ def show_lists(server: ProxyServer) -> Result:
         ("dns_pending", 0),
     )
     return Result(LISTS_COLUMNS, [[name, _s(n)] for name, n in items])
+
+
+def show_users(server: ProxyServer) -> Result:
+    """Each [[users]] entry, then the admin database's own user (as PgBouncer lists it)."""
+    cfg = server.config
+    worker = _s(server.identity.index)
+    # Per-user limits are PgBouncer's max_user_connections / max_user_client_connections;
+    # 0 means none, as there.
+    max_user = getattr(cfg.pool, "max_user_connections", 0)
+    servers: dict[str, int] = {}
+    for (_db, name), pool in server.pools.items():
+        servers[name] = servers.get(name, 0) + pool.total
+    clients: dict[str, int] = {}
+    for client in server.all_clients():
+        if not client.peer_channel and client.user:
+            clients[client.user] = clients.get(client.user, 0) + 1
+    result = Result(USERS_COLUMNS)
+    for user in cfg.users:
+        result.rows.append(
+            [
+                user.name,
+                None,
+                None,
+                user.pool_mode.value if user.pool_mode is not None else None,
+                _s(max_user),
+                _s(servers.get(user.name, 0)),
+                "0",
+                _s(clients.get(user.name, 0)),
+                _s(user.iam),
+                worker,
+            ]
+        )
+    admin_db = cfg.admin.database
+    result.rows.append([admin_db, None, None, ADMIN_POOL_MODE, "0", "0", "0", "0", "0", worker])
+    return result
+
+
+def show_peers(server: ProxyServer) -> Result:
+    """No rows: the proxy has no [peers] (cancel forwarding between instances) yet."""
+    return Result(PEERS_COLUMNS)
 
 
 def show_state(server: ProxyServer) -> Result:

@@ -9,7 +9,10 @@ way, each only from those listed before it:
   [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`: each section's
   dataclasses, key table, cross-key checks and builder;
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
-  (``pgpool-proxy check``).
+  (``pgpool-proxy check``);
+- `tomlwrite` (a configuration mapping as TOML text), `ini` (reading pgbouncer.ini, its
+  connection strings and its auth_file), `pgbouncer` (what each PgBouncer setting becomes:
+  ``pgpool-proxy convert`` and ``run --pgbouncer-ini``).
 """
 
 from __future__ import annotations
@@ -19,9 +22,18 @@ from .build import build_config, load_config, parse_config
 from .check import check_config_main
 from .core import AuthSettings, AuthType, PoolMode, PoolSettings, ProxySettings
 from .databases import DatabaseConfig
+from .ini import PgBouncerNote, looks_like_pgbouncer_ini
 from .keys import SECTIONS, setting_from_text
 from .metrics import MetricsSettings
 from .model import Config
+from .pgbouncer import (
+    PGBOUNCER_DATABASE_PARAMS,
+    PGBOUNCER_SETTINGS,
+    PGBOUNCER_USER_PARAMS,
+    PgBouncerConversion,
+    convert_pgbouncer_ini,
+    load_pgbouncer_config,
+)
 from .schema import ConfigError
 from .security import (
     ClientTlsMode,
@@ -38,6 +50,9 @@ from .topology import DatabaseRole, TopologySettings, parse_host_port
 from .users import UserConfig
 
 __all__ = [
+    "PGBOUNCER_DATABASE_PARAMS",
+    "PGBOUNCER_SETTINGS",
+    "PGBOUNCER_USER_PARAMS",
     "SECTIONS",
     "AdminSettings",
     "AuthSettings",
@@ -52,6 +67,8 @@ __all__ = [
     "IamSettings",
     "IamVerifierKind",
     "MetricsSettings",
+    "PgBouncerConversion",
+    "PgBouncerNote",
     "PoolMode",
     "PoolSettings",
     "ProxySettings",
@@ -63,7 +80,10 @@ __all__ = [
     "build_config",
     "check_admin",
     "check_config_main",
+    "convert_pgbouncer_ini",
     "load_config",
+    "load_pgbouncer_config",
+    "looks_like_pgbouncer_ini",
     "parse_config",
     "parse_host_port",
     "region_of_secret_arn",

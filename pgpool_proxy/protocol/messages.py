@@ -343,6 +343,7 @@ def parse_backend_key_data(body: bytes | memoryview) -> tuple[int, int]:
 OID_INT8 = 20
 OID_INT4 = 23
 OID_TEXT = 25
+OID_NUMERIC = 1700
 
 
 def row_description(columns: Iterable[tuple[str, int]]) -> bytes:

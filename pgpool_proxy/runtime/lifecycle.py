@@ -27,7 +27,14 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ..auth.scram import ScramVerifier
-from ..config import Config, ConfigError, DatabaseConfig, load_config
+from ..config import (
+    Config,
+    ConfigError,
+    DatabaseConfig,
+    load_config,
+    load_pgbouncer_config,
+    looks_like_pgbouncer_ini,
+)
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..link.ends import at_boundary
 from ..net.connect import tcp_tuning
@@ -77,6 +84,11 @@ def reload_config(server: ProxyServer) -> list[str]:
         raise ConfigError(
             [f"{path}: the proxy was not started from a configuration file; nothing to reload"]
         )
+    if looks_like_pgbouncer_ini(path):
+        # Started with --pgbouncer-ini: the same file is converted again (its notes were logged
+        # at startup).
+        config, _ = load_pgbouncer_config(path)
+        return apply_config(server, config)
     return apply_config(server, load_config(path))
 
 

@@ -147,14 +147,22 @@ class ProxyServer:
         ident = self.identity
         await self.services.start()
         await self.tracking.start()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self),
-            self.config.proxy.listen_host,
-            self.config.proxy.listen_port if port is None else port,
-            reuse_address=True,
-            reuse_port=ident.count > 1 or self.config.proxy.reuse_port,
-            backlog=4096,
-        )
+        host = self.config.proxy.listen_host
+        listen_port = self.config.proxy.listen_port if port is None else port
+        try:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self),
+                host,
+                listen_port,
+                reuse_address=True,
+                reuse_port=ident.count > 1 or self.config.proxy.reuse_port,
+                backlog=4096,
+            )
+        except OSError as exc:
+            # One line naming the address (an unknown host's error names nothing by itself).
+            code = exc.errno or 0
+            why = os.strerror(code).lower() if code > 0 else exc.args[-1]
+            raise OSError(exc.errno, f"cannot listen on {host}:{listen_port}: {why}") from None
         if ident.count > 1:
             # Sibling workers relay cancel requests for this worker's clients here.
             self._peer_server = await loop.create_unix_server(

@@ -45,6 +45,10 @@ PGBOUNCER_COLUMNS = {
     "LISTS": "list items",
     "CONFIG": "key value default changeable",
     "VERSION": "version",
+    # Current PgBouncer's (1.18 had name, pool_mode) and PgBouncer 1.19+'s.
+    "USERS": "name pool_size reserve_pool_size pool_mode max_user_connections "
+    "current_connections max_user_client_connections current_client_connections",
+    "PEERS": "peer_id host port pool_size",
 }
 
 
@@ -93,9 +97,14 @@ async def test_show_commands_use_pgbouncer_columns(start_proxy: StartProxy) -> N
         assert pool["sv_idle"] == 1 and pool["sv_active"] == 0
         assert pool["server"].endswith(f":{proxy.config.databases[0].port}")
         assert pool["worker"] == 0 and pool["paused"] == 0
+        # The admin database's own pool, as in PgBouncer (its user is the database's name).
+        (own,) = [p for p in pools if p["database"] == "pgbouncer"]
+        assert own["user"] == "pgbouncer" and own["cl_active"] == 1
+        assert own["pool_mode"] == "statement"
         _, stats = await show(admin, "STATS")
-        (st,) = stats
+        st, admin_st = stats
         assert st["database"] == "app" and st["total_xact_count"] >= 11
+        assert admin_st["database"] == "pgbouncer" and admin_st["total_query_count"] >= 3
         _, clients = await show(admin, "CLIENTS")
         by_db = {c["database"]: c for c in clients}
         assert by_db["app"]["user"] == "alice" and by_db["app"]["state"] == "idle"
@@ -106,16 +115,25 @@ async def test_show_commands_use_pgbouncer_columns(start_proxy: StartProxy) -> N
         _, dbs = await show(admin, "DATABASES")
         assert dbs[0]["name"] == "app" and dbs[0]["pool_size"] == 5
         assert dbs[0]["current_connections"] == 1 and dbs[0]["paused"] == 0
+        assert dbs[1]["name"] == "pgbouncer" and dbs[1]["port"] == proxy.port
         _, lists = await show(admin, "LISTS")
         items = {r["list"]: r["items"] for r in lists}
-        assert items["pools"] == 1 and items["used_clients"] == 2 and items["used_servers"] == 1
+        assert items["pools"] == 2 and items["used_clients"] == 2 and items["used_servers"] == 1
+        _, users = await show(admin, "USERS")
+        by_name = {u["name"]: u for u in users}
+        assert by_name["alice"]["current_connections"] == 1
+        assert by_name["alice"]["current_client_connections"] == 2
+        assert set(by_name) == {"alice", "bob", "carol", "pgbouncer"}
+        _, peers = await show(admin, "PEERS")
+        assert peers == []
         _, version = await show(admin, "VERSION")
         assert "pgpool-proxy" in version[0]["version"] and "worker 0 of 1" in version[0]["version"]
         _, config = await show(admin, "CONFIG")
         cfg = {r["key"]: r for r in config}
-        assert cfg["pool.default_pool_size"]["value"] == "5"
-        assert cfg["pool.default_pool_size"]["changeable"] == "yes"
-        assert cfg["proxy.listen"]["changeable"] == "no"
+        assert cfg["default_pool_size"]["value"] == "5"
+        assert cfg["default_pool_size"]["changeable"] == "yes"
+        assert cfg["listen_port"]["value"] == str(proxy.config.proxy.listen_port)
+        assert cfg["listen_port"]["changeable"] == "no"
         _, state = await show(admin, "STATE")
         assert {r["key"]: r["value"] for r in state}["paused"] == "no"
         _, totals = await show(admin, "TOTALS")
@@ -154,6 +172,11 @@ async def test_psql_and_unknown_commands(start_proxy: StartProxy) -> None:
         with pytest.raises(psycopg.errors.FeatureNotSupported) as exc2:
             await admin.execute("SHOW POOLS", prepare=True)
         assert "simple query protocol" in str(exc2.value)
+        # SHOW FDS serves PgBouncer's online restart: refused, saying so.
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as exc3:
+            await admin.execute("SHOW FDS")
+        assert "online restart" in str(exc3.value)
+        assert "reuse_port" in (exc3.value.diag.message_hint or "")
         cols, _ = await show(admin, "LISTS")
         assert cols == ["list", "items"]
     finally:
@@ -328,7 +351,7 @@ async def test_set_changes_a_live_setting(start_proxy: StartProxy) -> None:
     try:
         assert (await admin.execute("SET default_pool_size = 2")).statusmessage == "SET"
         _, config = await show(admin, "CONFIG")
-        assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "2"
+        assert {r["key"]: r["value"] for r in config}["default_pool_size"] == "2"
         _, dbs = await show(admin, "DATABASES")
         assert dbs[0]["pool_size"] == 2
         # Three concurrent transactions share two server connections now.
@@ -346,6 +369,15 @@ async def test_set_changes_a_live_setting(start_proxy: StartProxy) -> None:
         await txs[1].commit()
         await admin.execute("SET pool.query_wait_timeout_s TO '7.5'")
         assert proxy.call(lambda: proxy.server.config.pool.query_wait_timeout_s) == 7.5  # type: ignore[union-attr]
+        # PgBouncer's names and units: tcp_user_timeout is in milliseconds there.
+        await admin.execute("SET query_wait_timeout = 9")
+        await admin.execute("SET tcp_user_timeout = 4500")
+        _, config = await show(admin, "CONFIG")
+        values = {r["key"]: r["value"] for r in config}
+        assert values["query_wait_timeout"] == "9" and values["tcp_user_timeout"] == "4500"
+        assert proxy.call(lambda: proxy.server.config.pool.tcp_user_timeout_s) == 4.5  # type: ignore[union-attr]
+        with pytest.raises(psycopg.errors.CantChangeRuntimeParam, match="listen_port"):
+            await admin.execute("SET listen_port = 7000")
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="must be >= 1"):
             await admin.execute("SET default_pool_size = 0")
         with pytest.raises(psycopg.errors.UndefinedObject, match="nosuch"):
@@ -372,7 +404,7 @@ async def test_reload_from_the_console(pg: LocalPostgres, tmp_path: Path) -> Non
             assert await bob.fetchval("SELECT current_user") == "bob"
             await bob.close()
             _, config = await show(admin, "CONFIG")
-            assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "3"
+            assert {r["key"]: r["value"] for r in config}["default_pool_size"] == "3"
             # A change that needs a restart is reported, and the running value kept.
             path.write_text(path.read_text().replace("127.0.0.1:0", "127.0.0.1:1"))
             notices: list[str] = []
@@ -387,7 +419,7 @@ async def test_reload_from_the_console(pg: LocalPostgres, tmp_path: Path) -> Non
                 await admin.execute("RELOAD")
             assert "pool.default_pool_size" in (exc.value.diag.message_detail or "")
             _, config = await show(admin, "CONFIG")
-            assert {r["key"]: r["value"] for r in config}["pool.default_pool_size"] == "3"
+            assert {r["key"]: r["value"] for r in config}["default_pool_size"] == "3"
         finally:
             await admin.close()
 
@@ -502,7 +534,7 @@ async def test_unexpected_console_failures_are_reported(
         assert "SET failed while applying" in str(exc.value) and "boom" in str(exc.value)
         cols, _ = await show(admin, "VERSION")
         assert cols == ["version"]
-        with pytest.raises(psycopg.errors.FeatureNotSupported, match="no pools"):
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="KILL does not apply"):
             await admin.execute("KILL pgbouncer")
     finally:
         await admin.close()

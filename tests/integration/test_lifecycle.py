@@ -149,11 +149,11 @@ async def test_sighup_reloads_pool_size_and_users(
         await asyncpg.connect(dsn(port, "bob"))
     alice = await asyncpg.connect(dsn(port))
     try:
-        assert await config_value(port, "pool.default_pool_size") == "2"
+        assert await config_value(port, "default_pool_size") == "2"
         launch.configure(pool_size=4, users=("alice", "bob"))
         proxy.signal(signal.SIGHUP)
         proxy.wait_listening("configuration applied")
-        assert await config_value(port, "pool.default_pool_size") == "4"
+        assert await config_value(port, "default_pool_size") == "4"
         bob = await asyncpg.connect(dsn(port, "bob"))
         assert await bob.fetchval("SELECT current_user") == "bob"
         await bob.close()
@@ -164,7 +164,7 @@ async def test_sighup_reloads_pool_size_and_users(
         proxy.signal(signal.SIGHUP)
         proxy.wait_listening("reload failed")
         assert "pool.default_pool_size" in proxy.log()
-        assert await config_value(port, "pool.default_pool_size") == "4"
+        assert await config_value(port, "default_pool_size") == "4"
         assert await alice.fetchval("SELECT 1") == 1
         assert proxy.proc.poll() is None
     finally:

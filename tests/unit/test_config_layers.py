@@ -33,6 +33,9 @@ LAYERS = (
     "keys",
     "build",
     "check",
+    "tomlwrite",
+    "ini",
+    "pgbouncer",
 )
 
 
