@@ -166,8 +166,8 @@ class Peering:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        cfg = self._config()
-        if self.peer_id and cfg.proxy.peer_dns_name:
+        # With an id, the loop runs even without a name: a reload may set one.
+        if self.peer_id:
             self._task = asyncio.get_running_loop().create_task(self._dns_loop(), name="peer-dns")
 
     def stop(self) -> None:
@@ -248,6 +248,8 @@ class Peering:
             name = cfg.proxy.peer_dns_name
             if name:
                 await self.refresh(name, dns_port(cfg))
+            else:
+                self.dns_peers = {}
             await asyncio.sleep(cfg.proxy.peer_dns_refresh_s)
 
     async def refresh(self, name: str, port: int) -> None:
