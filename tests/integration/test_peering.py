@@ -4,7 +4,8 @@ own client's query and no other; a forged key stops nothing; a peer that is down
 costs a failed forward within cancel_wait_timeout_s while the proxy keeps serving.
 
 Proxy A (peer_id 1) listens on 127.0.0.2 and finds B through DNS ("localhost" on the shared
-port); B (peer_id 2) listens on 127.0.0.1 and lists A in [[peers]]: both ways are exercised.
+port); B (peer_id 0: it picks one at startup, for all its workers) listens on 127.0.0.1 and
+lists A in [[peers]]: both ways are exercised.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Fleet:
     silent: SilentPeer
     down_port: int
     b_workers: int
+    b_id: int
 
 
 async def _admin_rows(host: str, port: int, sql: str) -> list[list[str | None]]:
@@ -96,10 +98,8 @@ async def fleet(
         pool_size=CLIENTS,
         users=("alice",),
         auth="md5",
-        proxy=f"peer_id = 2\nworkers = {b_workers}\n" + common,
-        sections=f'[[peers]]\npeer_id = 1\nhost = "127.0.0.2"\nport = {port}\n\n'
-        # The shared list may name the instance itself: skipped.
-        f'[[peers]]\npeer_id = 2\nhost = "127.0.0.1"\nport = {port}\n',
+        proxy=f"workers = {b_workers}\n" + common,
+        sections=f'[[peers]]\npeer_id = 1\nhost = "127.0.0.2"\nport = {port}\n',
     )
     write_config(
         tmp_path / "a.toml",
@@ -111,19 +111,24 @@ async def fleet(
         auth="md5",
         proxy='peer_id = 1\npeer_dns_name = "localhost"\n' + common,
         sections=f'[[peers]]\npeer_id = 3\nhost = "127.0.0.1"\nport = {silent.port}\n\n'
-        f'[[peers]]\npeer_id = 4\nhost = "127.0.0.1"\nport = {down_port}\n',
+        f'[[peers]]\npeer_id = 4\nhost = "127.0.0.1"\nport = {down_port}\n\n'
+        # A shared list may name the instance itself: skipped.
+        f'[[peers]]\npeer_id = 1\nhost = "127.0.0.2"\nport = {port}\n',
     )
     b = ProxyProcess(tmp_path / "b.toml", port, tmp_path / "b.log")
     a = None
     relay = None
     try:
         b.wait_for("listening on", count=1 + (b_workers if b_workers > 1 else 0))
+        (picked,) = b.wait_for(r"peer_id (\d+) picked")
+        b_id = int(picked.group(1))
+        assert b_id not in (0, 1)  # A's id is taken (B's [[peers]])
         a = ProxyProcess(tmp_path / "a.toml", port, tmp_path / "a.log")
         a.wait_listening()
         # A has asked B for its id over DNS.
-        a.wait_for(r"peers from localhost: 2=127\.0\.0\.1:" + str(port))
+        a.wait_for(rf"peers from localhost: {b_id}=127\.0\.0\.1:{port}")
         relay = await RoundRobinRelay([("127.0.0.2", port), ("127.0.0.1", port)]).start()
-        yield Fleet(a, b, relay, silent, down_port, b_workers)
+        yield Fleet(a, b, relay, silent, down_port, b_workers, b_id)
     finally:
         if relay is not None:
             await relay.close()
@@ -157,13 +162,14 @@ async def test_each_cancel_reaches_its_own_query_through_the_balancer(
     fleet: Fleet, admin: asyncpg.Connection
 ) -> None:
     relay = fleet.relay
+    ids = [1, fleet.b_id]  # the peer_id of each relay target
     clients = [await RawClient.connect("127.0.0.1", relay.port) for _ in range(CLIENTS)]
     try:
         for c in clients:
             await c.login("alice", PASSWORDS["alice"], "app")
         # Keys name the instance that issued them: both issued some.
         owners = [peers.key_peer(c.secret) for c in clients]
-        assert sorted(set(owners)) == [1, 2]
+        assert set(owners) == set(ids)
         for i, c in enumerate(clients):
             c.send(m.query(f"select pg_sleep(60) /* peer-q-{i} */"))
         everyone = set(range(CLIENTS))
@@ -179,7 +185,7 @@ async def test_each_cancel_reaches_its_own_query_through_the_balancer(
         for i in first:
             before = len(relay.routed)
             await clients[i].cancel("127.0.0.1", relay.port)
-            landed.append((owners[i], relay.routed[before] + 1))
+            landed.append((owners[i], ids[relay.routed[before]]))
         codes = {i: (await clients[i].read_error(15))["C"] for i in first}
         elapsed = time.monotonic() - started
         assert codes == dict.fromkeys(first, "57014")
@@ -195,11 +201,12 @@ async def test_each_cancel_reaches_its_own_query_through_the_balancer(
         # console shows the counters of the worker it landed on.)
         a_rows = await _peer_counts("127.0.0.2", fleet.a.port)
         b_rows = await _peer_counts("127.0.0.1", fleet.b.port)
-        assert a_rows[2][0] == "dns" and b_rows[1][0] == "config"
-        assert 2 not in b_rows  # its own entry in the shared list is skipped
+        b_id = fleet.b_id
+        assert a_rows[b_id][0] == "dns" and b_rows[1][0] == "config"
+        assert 1 not in a_rows  # its own entry in the list is skipped
         if fleet.b_workers == 1:
-            assert a_rows[2][1] + b_rows[1][1] == len(crossed)
-        assert a_rows[2][2] == 0 and b_rows[1][2] == 0
+            assert a_rows[b_id][1] + b_rows[1][1] == len(crossed)
+        assert a_rows[b_id][2] == 0 and b_rows[1][2] == 0
         print(f"\n{len(first)} cancels ({len(crossed)} forwarded) answered in {elapsed:.3f} s")
 
         # Forged keys: a client's pid with wrong random bits (right peer id), an unknown peer
@@ -212,7 +219,7 @@ async def test_each_cancel_reaches_its_own_query_through_the_balancer(
             (v.pid, peers.key_secret(mine, wrong)),
             (v.pid, peers.key_secret(99, v.secret)),
             (v.pid ^ 0x1234, v.secret),
-            (peers.FORWARDED | v.pid, peers.key_secret(3 - mine, v.secret)),
+            (peers.FORWARDED | v.pid, peers.key_secret(ids[ids[0] == mine], v.secret)),
         ]
         forged += [(v.pid, peers.key_secret(mine, secrets.randbits(18))) for _ in range(6)]
         forged = [k for k in forged if k != (v.pid, v.secret)]
@@ -276,10 +283,10 @@ async def test_a_peer_down_or_silent_fails_quietly_within_the_timeout(fleet: Fle
         await client.close()
     # B stops: cancels for its keys now fail at A, quietly; A serves on.
     fleet.b.stop()
-    await _raw_cancel("127.0.0.2", a_port, 5 << 22, peers.key_secret(2, 77))
+    await _raw_cancel("127.0.0.2", a_port, 5 << 22, peers.key_secret(fleet.b_id, 77))
 
     async def b_failed() -> bool:
-        return (await _peer_counts("127.0.0.2", a_port))[2][2] >= 1
+        return (await _peer_counts("127.0.0.2", a_port))[fleet.b_id][2] >= 1
 
     await wait_for(b_failed, what="the forward to the stopped peer given up", timeout=10)
     rows = await _admin_rows("127.0.0.2", a_port, "SHOW VERSION")
