@@ -42,6 +42,8 @@ SECRET_RANDOM_MASK: Final = (1 << PEER_SHIFT) - 1
 PEER_POOL_SIZE: Final = 64
 # The longest a peer may take to say its id.
 ASK_TIMEOUT_S: Final = 2.0
+# Addresses of peer_dns_name asked per round (each is a connection, every round).
+MAX_DNS_PEERS: Final = 256
 _REPLY_LIMIT: Final = 64
 
 
@@ -114,6 +116,14 @@ async def resolve(name: str, port: int) -> list[tuple[str, int]]:
 async def discover(name: str, port: int, own_id: int) -> dict[int, tuple[str, int]]:
     """peer_id -> address of every instance behind ``name`` that answers, this one excepted."""
     addresses = await resolve(name, port)
+    if len(addresses) > MAX_DNS_PEERS:
+        log.warning(
+            "peer_dns_name %s has %d addresses; asking the first %d",
+            name,
+            len(addresses),
+            MAX_DNS_PEERS,
+        )
+        addresses = addresses[:MAX_DNS_PEERS]
     ids = await asyncio.gather(*(ask_peer_id(h, p) for h, p in addresses))
     found: dict[int, tuple[str, int]] = {}
     for address, peer_id in zip(addresses, ids, strict=True):
@@ -265,6 +275,11 @@ class Peering:
             log.info("peers from %s: %s", name, _describe(found.items()))
         self.dns_peers = found
         self.dns_ok = True
+        # Counters of peers gone from DNS and config go too (pods come and go with new IPs).
+        known = {(p.host, p.port, p.source) for p in self.peers()}
+        for key, st in list(self._stats.items()):
+            if key not in known and not st.in_flight:
+                del self._stats[key]
 
 
 def _describe(items: Iterable[tuple[int, tuple[str, int]]]) -> str:

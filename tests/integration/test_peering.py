@@ -300,3 +300,15 @@ async def _raw_cancel(host: str, port: int, pid: int, secret: int) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(reader.read(), 10)
     writer.close()
+
+
+async def test_only_proxies_answer_the_peer_id_question(fleet: Fleet, pg: LocalPostgres) -> None:
+    assert await peers.ask_peer_id("127.0.0.2", fleet.a.port) == 1
+    assert await peers.ask_peer_id("127.0.0.1", fleet.b.port) == fleet.b_id
+    # PostgreSQL refuses the unknown request code; a closed port refuses the connection;
+    # a silent listener runs out the bound. None of them is taken for a peer.
+    assert await peers.ask_peer_id(pg.host, pg.port) is None
+    assert await peers.ask_peer_id("127.0.0.1", fleet.down_port) is None
+    started = time.monotonic()
+    assert await peers.ask_peer_id("127.0.0.1", fleet.silent.port, timeout_s=0.3) is None
+    assert time.monotonic() - started < 2
