@@ -139,3 +139,15 @@ def test_peer_id_request_and_reply() -> None:
         m.error_response("FATAL", "08P01", "unsupported frontend protocol 1234.5699"),
     ):
         assert m.parse_peer_id_reply(junk) is None
+
+
+def test_reload_applies_peers_but_keeps_the_peer_id() -> None:
+    from pgpool_proxy.runtime.lifecycle import apply_config
+
+    server = ProxyServer(_config({"peer_id": 1}, [{"peer_id": 2, "host": "h2"}]))
+    notes = apply_config(
+        server, _config({"peer_id": 5}, [{"peer_id": 3, "host": "h3", "port": 7000}])
+    )
+    assert notes == ["proxy.peer_id changed; it takes effect after a restart"]
+    assert server.peer_id == 1 and server.config.proxy.peer_id == 1
+    assert [(p.peer_id, p.host, p.port) for p in server.peering.peers()] == [(3, "h3", 7000)]
