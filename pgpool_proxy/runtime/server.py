@@ -32,6 +32,7 @@ from ..protocol.constants import TRACKED_PARAMS
 from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
+from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
 from .loopwatch import LoopWatch
 from .peers import FORWARDED, PID_MASK, Peering, key_peer, key_secret, peering_configured
@@ -142,7 +143,7 @@ class ProxyServer:
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
         self.budget: ServerBudget | None = None
-        self.set_server_budget(config.pool.max_server_connections)
+        self.set_server_budget(config)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
         # The peer_id in every cancel key this process hands out, fixed for its life (keys
@@ -288,10 +289,13 @@ class ProxyServer:
             for s in self._server.sockets:
                 tune_socket(s, tcp_tuning(self.config.pool))
 
-    def set_server_budget(self, limit: int) -> None:
-        """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
-        lower cap closes nothing at once: pools shrink as connections are released or idle."""
-        if not limit:
+    def set_server_budget(self, config: Config) -> None:
+        """Apply the caps across pools (pool.max_server_connections, max_db_connections,
+        max_user_connections and their per-database and per-user values) to every pool, now
+        and later ones; None when there are none. A lower cap closes nothing at once: pools
+        shrink as connections are released or idle."""
+        limit = config.pool.max_server_connections
+        if not config.has_connection_caps():
             self.budget = None
         elif self.budget is None:
             self.budget = ServerBudget(limit, self.pools.values())
@@ -322,6 +326,12 @@ class ProxyServer:
                     pool.tick(now)
                 except Exception:
                     log.exception("janitor failed on pool %s", pool.name)
+            idle_limit = self.config.pool.client_idle_timeout_s
+            if idle_limit:
+                try:
+                    sweep_idle_clients(self._all_clients, now, idle_limit, self.admin_sessions)
+                except Exception:
+                    log.exception("janitor failed sweeping idle clients")
 
     # --- clients -----------------------------------------------------------------------------
 
@@ -467,6 +477,10 @@ class ProxyServer:
                 max_replica_lag_bytes=db.max_replica_lag_bytes,
                 failover_timeout_s=cfg.topology.failover_timeout_s,
                 query_timeout_s=cfg.pool.query_timeout_s,
+                idle_transaction_timeout_s=cfg.pool.idle_transaction_timeout_s,
+                database=db.name,
+                max_db_connections=cfg.max_db_connections_for(db),
+                max_user_connections=cfg.max_user_connections_for(server_user),
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
                 tcp=tcp_tuning(cfg.pool),
