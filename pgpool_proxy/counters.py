@@ -58,7 +58,8 @@ CANCEL_SENT: Final = "sent"  # the key's client was running a query: passed to i
 CANCEL_IDLE: Final = "idle"  # a valid key, but its client had nothing running
 CANCEL_UNKNOWN: Final = "unknown_key"  # no such key, or the wrong secret
 CANCEL_RELAYED: Final = "relayed"  # the key belongs to another worker: passed on to it
-CANCEL_RESULTS: Final = (CANCEL_SENT, CANCEL_IDLE, CANCEL_UNKNOWN, CANCEL_RELAYED)
+CANCEL_FORWARDED: Final = "forwarded"  # the key belongs to another instance: passed to that peer
+CANCEL_RESULTS: Final = (CANCEL_SENT, CANCEL_IDLE, CANCEL_UNKNOWN, CANCEL_RELAYED, CANCEL_FORWARDED)
 
 
 # What an auth_query look-up sent to PostgreSQL found (pgpool_proxy_auth_query_lookups_total).

@@ -27,6 +27,7 @@ from .databases import (
 from .keys import ARRAYS, SECTIONS
 from .metrics import build_metrics
 from .model import Config
+from .peers import PEER_KEYS, build_peers
 from .schema import BAD, Checker, ConfigError, quote, type_name
 from .security import build_security
 from .tables import read_entries, read_section
@@ -76,6 +77,8 @@ def build_config(
     check_auth_lookups(checker, auth, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
+    peer_entries = read_entries(checker, "peers", data.get("peers"), PEER_KEYS, named=False)
+    peers = build_peers(checker, peer_entries)
     checker.finish()
     return Config(
         proxy=proxy,
@@ -87,6 +90,7 @@ def build_config(
         topology=topology,
         admin=admin,
         metrics=metrics,
+        peers=tuple(peers),
         **security,
     )
 

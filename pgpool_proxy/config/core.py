@@ -15,6 +15,7 @@ from .schema import BAD, Checker, Key, Kind, only_valid
 __all__ = [
     "AUTH_KEYS",
     "DEFAULT_AUTH_QUERY",
+    "MAX_PEER_ID",
     "POOL_KEYS",
     "PROXY_KEYS",
     "AuthSettings",
@@ -31,6 +32,8 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
 _MIB: Final = 1024 * 1024
 _GIB: Final = 1024 * _MIB
+# Peer ids fit the 14 bits the cancel keys keep for them (PgBouncer's range; runtime.peers).
+MAX_PEER_ID: Final = (1 << 14) - 1
 
 
 # PgBouncer's documented default auth_query.
@@ -78,6 +81,15 @@ class ProxySettings:
     # Log a warning when the event loop was held this long (one callback, a blocking call, a
     # starved CPU); 0 turns the warning off (the lag histogram is always kept).
     loop_lag_warn_ms: int = 100
+    # Peering (runtime.peers): this instance's id in the cancel keys it hands out (0: none, or
+    # a random one picked at startup when peers are configured), the DNS name whose A/AAAA
+    # records are the peers (each asked for its id on peer_dns_port, 0: listen's port), how
+    # often it is resolved again, and how long a forwarded cancel may take.
+    peer_id: int = 0
+    peer_dns_name: str = ""
+    peer_dns_port: int = 0
+    peer_dns_refresh_s: float = 30.0
+    cancel_wait_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +176,12 @@ PROXY_KEYS: Final[dict[str, Key]] = {
     "reuse_port": Key(Kind.BOOL),
     # pgpool_proxy.loopwatch: warn when the event loop was held this long (0: never).
     "loop_lag_warn_ms": Key(Kind.INT, lo=0, hi=3_600_000),
+    # Peering: forwarding cancel requests between instances behind one load balancer.
+    "peer_id": Key(Kind.INT, lo=0, hi=MAX_PEER_ID),
+    "peer_dns_name": Key(Kind.STR),
+    "peer_dns_port": Key(Kind.INT, lo=0, hi=65535),
+    "peer_dns_refresh_s": Key(Kind.FLOAT, lo=1, hi=86400),
+    "cancel_wait_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True, hi=3600),
 }
 
 POOL_KEYS: Final[dict[str, Key]] = {

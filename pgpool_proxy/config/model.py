@@ -12,6 +12,7 @@ from .admin import AdminSettings
 from .core import AuthSettings, PoolMode, PoolSettings, ProxySettings
 from .databases import DatabaseConfig
 from .metrics import MetricsSettings
+from .peers import PeerConfig
 from .security import ClientTlsSettings, IamRule, IamSettings, SecretsSettings, ServerTlsSettings
 from .topology import TopologySettings
 from .users import UserConfig
@@ -37,6 +38,7 @@ class Config:
     topology: TopologySettings = field(default_factory=TopologySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    peers: tuple[PeerConfig, ...] = ()
     # Lookups happen on every client login, so they are indexed once here rather than scanned.
     _databases_by_name: Mapping[str, DatabaseConfig] = field(init=False, repr=False, compare=False)
     _users_by_name: Mapping[str, UserConfig] = field(init=False, repr=False, compare=False)

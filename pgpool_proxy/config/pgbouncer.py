@@ -68,7 +68,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "server_round_robin": "-server connections are always reused last-in first-out",
     "track_extra_parameters": "-not needed: every setting a client changes is tracked",
     "ignore_startup_parameters": "-not needed: every startup parameter is accepted and applied",
-    "peer_id": "-no peering yet: a cancel request reaching another instance is not forwarded",
+    "peer_id": "proxy.peer_id",
     "disable_pqexec": "-the simple query protocol cannot be turned off",
     "application_name_add_host": "-the application_name a client sends is passed on unchanged",
     "conffile": "-the file is the one given on the command line",
@@ -139,7 +139,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     # dangerous timeouts
     "query_timeout": "pool.query_timeout_s",
     "query_wait_timeout": "pool.query_wait_timeout_s",
-    "cancel_wait_timeout": "-cancel requests are forwarded at once, not queued",
+    "cancel_wait_timeout": "proxy.cancel_wait_timeout_s",
     "client_idle_timeout": "pool.client_idle_timeout_s",
     "idle_transaction_timeout": "pool.idle_transaction_timeout_s",
     "transaction_timeout": "-transactions have no time limit in the proxy",
@@ -208,7 +208,6 @@ _HARMLESS: Final[Mapping[str, frozenset[str]]] = {
     "server_round_robin": frozenset({"0", "false", "no", "off"}),
     "disable_pqexec": frozenset({"0", "false", "no", "off"}),
     "application_name_add_host": frozenset({"0", "false", "no", "off"}),
-    "peer_id": frozenset({"0"}),
     "transaction_timeout": frozenset({"0", "0.0"}),
     "server_fast_close": frozenset({"0", "false", "no", "off"}),
     "server_reset_query_always": frozenset({"0", "false", "no", "off"}),
@@ -322,6 +321,8 @@ class _Mapper:
         self.settings: dict[str, IniEntry] = {}
         self.db_entries: dict[str, IniEntry] = {}
         self.user_entries: dict[str, IniEntry] = {}
+        self.peer_entries: list[IniEntry] = []
+        self.peers: list[dict[str, Any]] = []
         for entry in ini.entries:
             if entry.section == "pgbouncer":
                 self.settings[entry.key.lower()] = entry
@@ -330,11 +331,7 @@ class _Mapper:
             elif entry.section == "users":
                 self.user_entries[entry.key] = entry
             else:
-                self.note(
-                    entry,
-                    f"[peers] {entry.key}",
-                    "no peering yet: cancel requests are not forwarded to other instances",
-                )
+                self.peer_entries.append(entry)
 
     # helpers
 
@@ -416,6 +413,8 @@ class _Mapper:
             "client_login_timeout": self._positive_seconds_to(self.proxy, "client_login_timeout_s"),
             "query_timeout": self._seconds_to(self.pool, "query_timeout_s"),
             "query_wait_timeout": self._seconds_to(self.pool, "query_wait_timeout_s"),
+            "peer_id": self._int_to(self.proxy, "peer_id", 0, 16383),
+            "cancel_wait_timeout": self._positive_seconds_to(self.proxy, "cancel_wait_timeout_s"),
             "client_idle_timeout": self._seconds_to(self.pool, "client_idle_timeout_s"),
             "idle_transaction_timeout": self._seconds_to(self.pool, "idle_transaction_timeout_s"),
             "max_db_connections": self._int_to(self.pool, "max_db_connections", 0, 2**31 - 1),
@@ -988,7 +987,46 @@ class _Mapper:
                 data[name] = table
         data["databases"] = self.databases
         data["users"] = self.users
+        if self.peers:
+            data["peers"] = self.peers
         return data
+
+    # [peers]
+
+    def map_peers(self) -> None:
+        """Each ``peer_id = host=... port=...`` entry as a [[peers]] table (TCP peers only)."""
+        for entry in self.peer_entries:
+            label = f"[peers] {entry.key}"
+            peer_id = self.integer(entry, entry.key, label, 1, 16383)
+            params, problem = parse_params(entry.value)
+            if problem:
+                self.bad(entry, label, problem)
+                continue
+            if peer_id is None:
+                continue
+            peer: dict[str, Any] = {"peer_id": peer_id, "port": 6432}
+            for key, value in params:
+                setting = f"{label}: {key}"
+                if key == "host":
+                    if value.startswith(("/", "@")):
+                        self.note(entry, setting, "Unix-socket peers are not supported (TCP only)")
+                    elif value:
+                        peer["host"] = value
+                elif key == "port":
+                    number = self.integer(entry, value, setting, 1, 65535)
+                    if number is not None:
+                        peer["port"] = number
+                elif key == "pool_size":
+                    self.note(
+                        entry, setting, "cancels in flight to one peer are capped at 64", "info"
+                    )
+                else:
+                    self.note(entry, setting, "not a [peers] parameter; not converted")
+            if "host" in peer:
+                self.origins[f"peers[{len(self.peers)}]"] = entry.where
+                self.peers.append(peer)
+            else:
+                self.note(entry, label, "no TCP host: the peer is left out")
 
 
 def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
@@ -1003,6 +1041,7 @@ def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
     mapper.map_settings()
     mapper.map_users()
     mapper.map_databases()
+    mapper.map_peers()
     if mapper.problems:
         raise ConfigError(mapper.problems)
     # Notes are made section by section; a reader wants them in the order of the files.

@@ -16,6 +16,8 @@ from .constants import (
     GSSENC_REQUEST_CODE,
     INT16,
     INT32,
+    PEER_ID_PARAM,
+    PEER_ID_REQUEST_CODE,
     PROTOCOL_3_0,
     SSL_REQUEST_CODE,
     TX_IDLE,
@@ -59,7 +61,12 @@ class GSSENCRequest:
     pass
 
 
-StartupPacket = StartupMessage | CancelRequest | SSLRequest | GSSENCRequest
+@dataclass(frozen=True, slots=True)
+class PeerIdRequest:
+    pass
+
+
+StartupPacket = StartupMessage | CancelRequest | SSLRequest | GSSENCRequest | PeerIdRequest
 
 
 def parse_startup_packet(body: bytes | memoryview) -> StartupPacket:
@@ -71,6 +78,8 @@ def parse_startup_packet(body: bytes | memoryview) -> StartupPacket:
         return SSLRequest()
     if code == GSSENC_REQUEST_CODE:
         return GSSENCRequest()
+    if code == PEER_ID_REQUEST_CODE and len(body) == 4:
+        return PeerIdRequest()
     if code == CANCEL_REQUEST_CODE:
         if len(body) != 12:
             raise ProtocolViolation("invalid length of cancel request packet")
@@ -100,6 +109,28 @@ def startup_message(params: Mapping[str, str]) -> bytes:
 
 def cancel_request(pid: int, secret: int) -> bytes:
     return struct.pack("!IIII", 16, CANCEL_REQUEST_CODE, pid, secret)
+
+
+def peer_id_request() -> bytes:
+    return struct.pack("!II", 8, PEER_ID_REQUEST_CODE)
+
+
+def peer_id_reply(peer_id: int) -> bytes:
+    return parameter_status(PEER_ID_PARAM, str(peer_id))
+
+
+def parse_peer_id_reply(data: bytes) -> int | None:
+    """The peer id in a peer's answer to peer_id_request, None for anything else (PostgreSQL
+    answers with an error, an old proxy with nothing)."""
+    if len(data) < 5 or data[:1] != b"S" or INT32.unpack_from(data, 1)[0] != len(data) - 1:
+        return None
+    try:
+        name, value = parse_parameter_status(memoryview(data)[5:])
+    except (ProtocolViolation, UnicodeDecodeError):
+        return None
+    if name != PEER_ID_PARAM or not value.isdigit() or len(value) > 6:
+        return None
+    return int(value)
 
 
 def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) -> bytes:

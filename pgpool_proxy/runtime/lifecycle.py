@@ -59,6 +59,8 @@ _RESTART_PROXY_KEYS = (
     ("workers", "proxy.workers"),
     ("reuse_port", "proxy.reuse_port"),
     ("log_format", "proxy.log_format"),
+    # Keys already handed out name it.
+    ("peer_id", "proxy.peer_id"),
 )
 # Config sections built into running services at startup.
 _RESTART_SECTIONS = (

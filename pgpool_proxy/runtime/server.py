@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
 from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
-from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
+from ..counters import (
+    CANCEL_FORWARDED,
+    CANCEL_IDLE,
+    CANCEL_RELAYED,
+    CANCEL_SENT,
+    CANCEL_UNKNOWN,
+    ProxyCounters,
+)
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import tcp_tuning, tune_socket
 from ..pool.budget import ServerBudget
@@ -30,6 +37,7 @@ from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
 from .authquery import AuthLookups
 from .loopwatch import LoopWatch
+from .peers import FORWARDED, PID_MASK, Peering, key_peer, key_secret, peering_configured
 from .services import Services
 from .tracking import Tracking
 from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
@@ -144,6 +152,13 @@ class ProxyServer:
         self.set_server_budget(config)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
+        # The peer_id in every cancel key this process hands out, fixed for its life (keys
+        # already out must keep naming it): configured, or picked at startup (cli, for all
+        # workers), or here for a server built without the cli.
+        self.peer_id = config.proxy.peer_id or self.identity.peer_id
+        if not self.peer_id and peering_configured(config):
+            self.peer_id = 1 + secrets.randbelow((1 << 14) - 1)
+        self.peering = Peering(self.peer_id, lambda: self.config, self.spawn)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -180,6 +195,7 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tune_listeners()
+        self.peering.start()
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
@@ -252,6 +268,7 @@ class ProxyServer:
             self._janitor.cancel()
         self.loopwatch.stop()
         self.tracking.stop()
+        self.peering.stop()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
         for client in list(self._all_clients):
@@ -382,14 +399,25 @@ class ProxyServer:
             if pid >= MIN_CLIENT_PID and pid not in self.clients:
                 break
         self.clients[pid] = client
-        return pid, raw >> WORKER_SHIFT
+        return pid, key_secret(self.peer_id, raw >> WORKER_SHIFT)
 
-    def cancel_request(self, pid: int, secret: int) -> None:
+    def cancel_request(self, pid: int, secret: int, *, relayed: bool = False) -> None:
+        """A CancelRequest that arrived here: from a client, forwarded by a peer (the pid's top
+        bit, see runtime.peers) or relayed by a sibling worker (``relayed``)."""
         ident = self.identity
         results = self.counters.cancel_requests
+        forwarded = bool(pid & FORWARDED)
+        pid &= PID_MASK
+        if self.peer_id and key_peer(secret) != self.peer_id:
+            # Another instance's key: passed on once, never again (no loops between peers).
+            if not (forwarded or relayed) and self.peering.forward(key_peer(secret), pid, secret):
+                results[CANCEL_FORWARDED] += 1
+            else:
+                results[CANCEL_UNKNOWN] += 1
+            return
         owner = pid >> WORKER_SHIFT
         if owner != ident.index:
-            if ident.count > 1 and owner < ident.count:
+            if ident.count > 1 and owner < ident.count and not relayed:
                 results[CANCEL_RELAYED] += 1
                 self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
             else:

@@ -227,7 +227,13 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
             _send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
             continue
         if isinstance(packet, m.CancelRequest):
-            server.cancel_request(packet.pid, packet.secret)
+            server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel)
+            client.close(DisconnectReason.CANCEL_REQUEST)
+            return None
+        if isinstance(packet, m.PeerIdRequest):
+            # A peer that found this instance in DNS asks which keys are ours (runtime.peers);
+            # counted with cancel requests, the other connections peers open.
+            _send(client, m.peer_id_reply(server.peer_id))
             client.close(DisconnectReason.CANCEL_REQUEST)
             return None
         return packet

@@ -333,6 +333,7 @@ client_encoding=UTF8 application_name=batch
                 pgbouncer = host=10.0.0.1
                 [peers]
                 1 = host=/tmp/pgbouncer1
+                2 = host=10.0.0.2 port=6433 pool_size=5
                 [pgbouncer]
                 auth_type = trust
                 peer_id = 1
@@ -357,10 +358,13 @@ client_encoding=UTF8 application_name=batch
         "[databases] replicas: host",
         "[databases] replicas: load_balance_hosts",
         "[databases] legacy",
+        "[peers] 1: host",
         "[peers] 1",
-        "[pgbouncer] peer_id",
+        "[peers] 2: pool_size",
     ):
         assert notes_about(conversion, setting), setting
+    assert config.proxy.peer_id == 1
+    assert [(p.peer_id, p.host, p.port) for p in config.peers] == [(2, "10.0.0.2", 6433)]
     # A cap over a database's user pools, as PgBouncer's.
     assert not notes_about(conversion, "[pgbouncer] max_db_connections")
     assert config.pool.max_db_connections == 50
