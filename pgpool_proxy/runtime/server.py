@@ -26,6 +26,7 @@ from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
 from ..session.login import run_login
+from .awscaller import CallerServer, start_caller
 from .loopwatch import LoopWatch
 from .services import Services
 from .tracking import Tracking
@@ -107,6 +108,7 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._peer_server: asyncio.base_events.Server | None = None
+        self.aws_caller: CallerServer | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
@@ -144,6 +146,9 @@ class ProxyServer:
         """Listen; `port` overrides the configured one (workers share a resolved port)."""
         loop = asyncio.get_running_loop()
         ident = self.identity
+        # workers = N: worker 0 makes the AWS calls for all (before its own first fetch, so
+        # its siblings wait on it); the others ask it (runtime.awscaller).
+        self.aws_caller = await start_caller(self.services, ident)
         await self.services.start()
         await self.tracking.start()
         host = self.config.proxy.listen_host
@@ -241,6 +246,8 @@ class ProxyServer:
             self._server.close()
         if self._peer_server is not None:
             self._peer_server.close()
+        if self.aws_caller is not None:
+            await self.aws_caller.close()
         if self._janitor is not None:
             self._janitor.cancel()
         self.loopwatch.stop()
