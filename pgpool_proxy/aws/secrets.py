@@ -222,6 +222,27 @@ class CachedSecret:
             self._refreshing = None
             fut.set_result(None)
 
+    async def settled(self) -> None:
+        """Once no fetch of this secret is under way (the startup fetch included)."""
+        while self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+
+    @property
+    def last_attempt(self) -> tuple[float, bool]:
+        """(monotonic start, with AWSPENDING) of the latest fetch."""
+        return self._last_attempt
+
+    async def prime(self) -> None:
+        """The startup fetch: raises SecretError; a refresh asked for meanwhile joins it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refreshing = fut
+        self._last_attempt = (time.monotonic(), False)
+        try:
+            await self._fetch(with_pending=False)
+        finally:
+            self._refreshing = None
+            fut.set_result(None)
+
     def _unavailable(self) -> ProxyError:
         return ProxyError(
             SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
@@ -307,6 +328,6 @@ class SecretStore:
         """Fetch every secret once; a missing or malformed secret stops the startup."""
         for secret in self.secrets.values():
             try:
-                await secret._fetch(with_pending=False)
+                await secret.prime()
             except SecretError as exc:
                 raise SecretError(f"databases: {exc}") from None

@@ -197,8 +197,10 @@ class CallerServer:
             if req.get("force"):
                 if not _fresh_alternative(secret, req.get("failed")):
                     await secret.refresh(with_pending=True, asked=asked)
-            elif secret.value is None or time.monotonic() >= secret.next_refresh:
-                await secret.refresh(asked=asked)
+            else:
+                await secret.settled()  # the caller's own startup fetch, say
+                if secret.value is None or time.monotonic() >= secret.next_refresh:
+                    await secret.refresh(asked=asked)
         except ProxyError as exc:
             return {"error": exc.message}
         if secret.value is None:
@@ -211,7 +213,7 @@ def _fresh_alternative(secret: CachedSecret, failed: Any) -> bool:
     the refused ones: every worker's pools hit a rotation, and one forced fetch (AWSCURRENT
     and AWSPENDING) serves them all. Past FORCED_REUSE_S a refusal fetches again, so a
     stale AWSPENDING is not handed out for long."""
-    started, with_pending = secret._last_attempt
+    started, with_pending = secret.last_attempt
     if failed is None or not with_pending or time.monotonic() - started > FORCED_REUSE_S:
         return False
     return any(c is not None and c.password != failed for c in (secret.value, secret.pending))

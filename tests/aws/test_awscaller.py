@@ -195,8 +195,7 @@ async def test_secrets_come_from_the_caller(tmp_path: Path) -> None:
     await inst.server.start()
     try:
         # Startup: every worker gets the credentials, one Secrets Manager call.
-        for s in inst.secrets:
-            await s._fetch(with_pending=False)
+        await asyncio.gather(*(s.prime() for s in inst.secrets))
         assert [s.value.password for s in inst.secrets] == ["pw-1"] * 4  # type: ignore[union-attr]
         assert inst.sm.calls == 1
         # Rotation: the server refuses pw-1 everywhere; AWSPENDING holds pw-2.
@@ -224,7 +223,7 @@ async def test_without_the_caller_a_worker_calls_aws_itself(
     try:
         with caplog.at_level(logging.WARNING, "pgpool_proxy.awscaller"):
             identity = await inst.iams[1].authenticate(token(), "alice", "app")
-            await inst.secrets[1]._fetch(with_pending=False)
+            await inst.secrets[1].prime()
         assert identity.principal.endswith("app-fn/s1")
         assert inst.verifiers[1].calls == 1
         assert inst.secrets[1].value == DbCredentials("app", "pw-1", version_id="v1")
