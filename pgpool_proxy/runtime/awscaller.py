@@ -11,6 +11,10 @@ frames (4-byte big-endian length, then a JSON object):
 - ``secret``: the caller's current credentials for a secret ARN, refreshed when due; after a
   refused login, one forced refresh (AWSCURRENT and AWSPENDING) unless the caller already holds
   newer credentials than the refused ones.
+- ``topology``: a subscription. The caller alone probes the servers (and asks Aurora for its
+  members) and pushes every topology's view (hosts, roles, writer, lag) after each probe; the
+  sibling sends ``suspect`` when one of its pools cannot reach its server, so the caller probes
+  at the fast pace at once.
 
 Everything here runs off the hot path (logins and refreshes), bounded by timeouts. A worker whose
 caller does not answer (restarting, stuck) calls AWS itself, and says so in the log.
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from ..aws.iam_cache import Claim, IamAuthenticator
     from ..aws.secrets import CachedSecret, DbCredentials, SecretStore
     from .services import Services
+    from .tracking import Tracking
     from .workers import WorkerIdentity
 
 log = logging.getLogger("pgpool_proxy.awscaller")
@@ -45,6 +50,8 @@ CONNECT_TIMEOUT_S = 1.0
 STARTUP_WAIT_S = 15.0
 # How long the caller's latest forced secret refresh answers other workers' refusals.
 FORCED_REUSE_S = 5.0
+# A follower cut off from the caller tries again this often (probing by itself meanwhile).
+FOLLOW_RETRY_S = 1.0
 # Answers that may wait on AWS on the caller's side: its own request timeouts plus a margin.
 ANSWER_MARGIN_S = 2.0
 
@@ -110,8 +117,9 @@ def _answer_timeout(services: Services) -> float:
 class CallerServer:
     """Worker 0's socket: answers its siblings from its own IAM cache and secrets."""
 
-    def __init__(self, services: Services, path: str) -> None:
+    def __init__(self, services: Services, tracking: Tracking | None, path: str) -> None:
         self.services = services
+        self.tracking = tracking
         self.path = path
         self.timeout_s = _answer_timeout(services)
         self._unix: asyncio.base_events.Server | None = None
@@ -148,6 +156,8 @@ class CallerServer:
                 async with asyncio.timeout(self.timeout_s):
                     writer.write(encode_frame(await self._secret(req)))
                     await writer.drain()
+            elif op == "topology":
+                await self._topology(reader, writer)
             else:
                 raise ValueError(f"unknown question {op!r}")
         except (OSError, EOFError, TimeoutError, ValueError, KeyError, TypeError) as exc:
@@ -184,6 +194,51 @@ class CallerServer:
         finally:
             if not settled:
                 got.settle(None, None)  # abandoned: the next asker verifies it
+
+    async def _topology(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Push every topology's view whenever it changes (each probe), until the sibling
+        leaves; its `suspect` frames put the topology in fast mode."""
+        tracking = self.tracking
+        if tracking is None or not tracking.topologies:
+            raise ValueError("no topology is tracked here")
+        topologies = tracking.topologies
+        changed = asyncio.Event()
+        changed.set()
+
+        def on_change(_topo: object) -> None:
+            changed.set()
+
+        async def suspects() -> None:
+            while True:
+                frame = await read_frame(reader)
+                topo = topologies.get(str(frame.get("suspect")))
+                if topo is not None:
+                    topo.suspect()
+
+        for topo in topologies.values():
+            topo.subscribe(on_change)
+        listener = asyncio.ensure_future(suspects())
+        last = b""
+        try:
+            while not listener.done():
+                waiter = asyncio.ensure_future(changed.wait())
+                await asyncio.wait({waiter, listener}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if not changed.is_set():
+                    continue
+                changed.clear()
+                frame = encode_frame({"views": {k: t.view() for k, t in topologies.items()}})
+                if frame != last:
+                    last = frame
+                    writer.write(frame)
+                    async with asyncio.timeout(self.timeout_s):
+                        await writer.drain()  # a sibling that stops reading is dropped
+        finally:
+            for topo in topologies.values():
+                topo.unsubscribe(on_change)
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
 
     async def _secret(self, req: dict[str, Any]) -> dict[str, Any]:
         store = self.services.secrets
@@ -357,24 +412,82 @@ class CallerClient:
             writer.close()
 
 
+class TopologyFollower:
+    """A sibling's topologies, as worker 0 pushes them; while it does not answer, this worker
+    probes by itself (and stops again once it is back)."""
+
+    def __init__(self, client: CallerClient, tracking: Tracking) -> None:
+        self.client = client
+        self.tracking = tracking
+        settings = tracking.config.topology
+        # Pushes come after each probe: silence this long means the caller is stuck.
+        self.silence_s = 2 * (settings.poll_interval_s + settings.probe_timeout_s)
+        self.views = 0
+        self._writer: asyncio.StreamWriter | None = None
+        tracking.on_suspect = self.suspect
+
+    def suspect(self, key: str) -> None:
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(encode_frame({"suspect": key}))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn = await self.client._open()
+            if conn is not None:
+                reader, writer = conn
+                self._writer = writer
+                try:
+                    writer.write(encode_frame({"op": "topology"}))
+                    while True:
+                        async with asyncio.timeout(self.silence_s):
+                            frame = await read_frame(reader)
+                        views = frame["views"]
+                        if self.tracking.probing:
+                            self.tracking.stop_probing()
+                            log.info("following worker %d's topology probes again", CALLER_INDEX)
+                        now = loop.time()
+                        for key, view in views.items():
+                            topo = self.tracking.topologies.get(key)
+                            if topo is not None:
+                                topo.apply_view(view, now)
+                        self.views += 1
+                except (OSError, EOFError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                    self.client._lost(exc)
+                finally:
+                    self._writer = None
+                    writer.close()
+            if not self.tracking.probing:
+                log.warning(
+                    "probing the servers from this worker until worker %d is back", CALLER_INDEX
+                )
+                await self.tracking.start_probing()
+            await asyncio.sleep(FOLLOW_RETRY_S)
+
+
 # --- wiring ------------------------------------------------------------------------------------
 
 
-async def start_caller(services: Services, identity: WorkerIdentity) -> CallerServer | None:
+async def start_caller(
+    services: Services, tracking: Tracking, identity: WorkerIdentity
+) -> tuple[CallerServer | None, TopologyFollower | None]:
     """Worker 0: serve the siblings (before fetching anything, so they wait on it rather than
-    call AWS). Any other worker: route its IAM cache and secrets through worker 0."""
+    call AWS). Any other worker: route its IAM cache and secrets through worker 0, and (the
+    caller runs `TopologyFollower.run`) follow its topology probes."""
     if identity.count <= 1 or identity.peer_dir is None:
-        return None
-    if services.iam is None and services.secrets is None:
-        return None
+        return None, None
+    if services.iam is None and services.secrets is None and not tracking.topologies:
+        return None, None
     path = caller_socket(identity)
     if identity.index == CALLER_INDEX:
-        server = CallerServer(services, path)
+        server = CallerServer(services, tracking, path)
         await server.start()
-        return server
+        return server, None
     client = CallerClient(path, _answer_timeout(services))
     attach(client, services.iam, services.secrets)
-    return None
+    follower = TopologyFollower(client, tracking) if tracking.topologies else None
+    return None, follower
 
 
 def attach(client: CallerClient, iam: IamAuthenticator | None, secrets: SecretStore | None) -> None:

@@ -26,7 +26,7 @@ from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
 from ..session.login import run_login
-from .awscaller import CallerServer, start_caller
+from .awscaller import CallerServer, TopologyFollower, start_caller
 from .loopwatch import LoopWatch
 from .services import Services
 from .tracking import Tracking
@@ -109,6 +109,7 @@ class ProxyServer:
         self._server: asyncio.base_events.Server | None = None
         self._peer_server: asyncio.base_events.Server | None = None
         self.aws_caller: CallerServer | None = None
+        self.topology_follower: TopologyFollower | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
@@ -148,9 +149,12 @@ class ProxyServer:
         ident = self.identity
         # workers = N: worker 0 makes the AWS calls for all (before its own first fetch, so
         # its siblings wait on it); the others ask it (runtime.awscaller).
-        self.aws_caller = await start_caller(self.services, ident)
+        self.aws_caller, follower = await start_caller(self.services, self.tracking, ident)
         await self.services.start()
-        await self.tracking.start()
+        if follower is not None:
+            self.topology_follower = follower
+            self.spawn(follower.run(), "topology-follower")
+        await self.tracking.start(probe=follower is None)
         host = self.config.proxy.listen_host
         listen_port = self.config.proxy.listen_port if port is None else port
         try:
