@@ -78,10 +78,11 @@ class SharedSecrets(Protocol):
 
     async def fetch_shared(
         self, arn: str, with_pending: bool, failed_password: str | None, asked: float
-    ) -> tuple[DbCredentials, DbCredentials | None] | None:
-        """(AWSCURRENT, AWSPENDING when asked for) as the caller has them, refreshed when due
-        or, with `with_pending`, after a refused login unless it already has newer ones; None
-        when the caller does not answer. Raises SecretError when it has no value either."""
+    ) -> tuple[DbCredentials, DbCredentials | None, float] | None:
+        """(AWSCURRENT, AWSPENDING when asked for, seconds until the caller's next refresh) as
+        the caller has them, refreshed when due or, with `with_pending`, after a refused login
+        unless it already has newer ones; None when the caller does not answer. Raises
+        SecretError when it has no value either."""
         ...
 
 
@@ -266,6 +267,8 @@ class CachedSecret:
             if shared is not None:
                 self.shared_fetches += 1
                 self._apply(shared[0], shared[1], with_pending)
+                # Ask again soon after the caller's own refresh, not a whole interval later.
+                self.next_refresh = min(self.next_refresh, time.monotonic() + shared[2] + 1.0)
                 return
         self.fetches += 1
         got = await asyncio.to_thread(self.client.fetch, self.arn, "AWSCURRENT")

@@ -260,7 +260,11 @@ class CallerServer:
             return {"error": exc.message}
         if secret.value is None:
             return {"error": secret.last_error}
-        return {"value": _creds_out(secret.value), "pending": _creds_out(secret.pending)}
+        return {
+            "value": _creds_out(secret.value),
+            "pending": _creds_out(secret.pending),
+            "fresh_for": max(0.0, secret.next_refresh - time.monotonic()),
+        }
 
 
 def _fresh_alternative(secret: CachedSecret, failed: Any) -> bool:
@@ -378,7 +382,7 @@ class CallerClient:
 
     async def fetch_shared(
         self, arn: str, with_pending: bool, failed_password: str | None, asked: float
-    ) -> tuple[DbCredentials, DbCredentials | None] | None:
+    ) -> tuple[DbCredentials, DbCredentials | None, float] | None:
         from ..aws.secrets import SecretError
 
         conn = await self._open()
@@ -404,7 +408,7 @@ class CallerClient:
             value = _creds_in(answer.get("value"))
             if value is None:
                 raise ValueError("no value")
-            return value, _creds_in(answer.get("pending"))
+            return value, _creds_in(answer.get("pending")), float(answer.get("fresh_for", 0.0))
         except (OSError, EOFError, TimeoutError, ValueError, KeyError) as exc:
             self._lost(exc)
             return None

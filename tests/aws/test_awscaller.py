@@ -105,7 +105,7 @@ class Instance:
             iam=self.iams[0],
             secrets=SimpleNamespace(secrets={ARN: self.secrets[0]}),
         )
-        self.server = CallerServer(services, self.path)  # type: ignore[arg-type]
+        self.server = CallerServer(services, None, self.path)  # type: ignore[arg-type]
         self.clients = [CallerClient(self.path, 5.0) for _ in range(siblings)]
         for i, client in enumerate(self.clients, start=1):
             self.iams[i].board = client
@@ -198,6 +198,8 @@ async def test_secrets_come_from_the_caller(tmp_path: Path) -> None:
         await asyncio.gather(*(s.prime() for s in inst.secrets))
         assert [s.value.password for s in inst.secrets] == ["pw-1"] * 4  # type: ignore[union-attr]
         assert inst.sm.calls == 1
+        # A sibling asks again right after the caller's next refresh, not an interval later.
+        assert all(s.next_refresh <= inst.secrets[0].next_refresh + 1.1 for s in inst.secrets)
         # Rotation: the server refuses pw-1 everywhere; AWSPENDING holds pw-2.
         inst.sm.pending = ("v2", '{"username": "app", "password": "pw-2"}')
         before = inst.sm.calls
