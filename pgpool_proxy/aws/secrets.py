@@ -30,6 +30,10 @@ log = logging.getLogger("pgpool_proxy.secrets")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
+# How long a forced refresh (after a refused login) answers later refusals of the same password
+# (a stale AWSPENDING is handed out no longer than this).
+FORCED_REUSE_S = 10.0
+
 
 class SecretError(Exception):
     """A secret could not be fetched or does not have the RDS secret shape."""
@@ -169,8 +173,7 @@ class CachedSecret:
         return value.username, value.password
 
     async def after_auth_failure(self, failed_password: str) -> list[tuple[str, str]]:
-        self._failed_password = failed_password
-        await self.refresh(with_pending=True)
+        await self.forced_refresh(failed_password)
         out: list[tuple[str, str]] = []
         for cred in (self.value, self.pending):
             if cred is not None and cred.password != failed_password:
@@ -222,6 +225,24 @@ class CachedSecret:
         finally:
             self._refreshing = None
             fut.set_result(None)
+
+    async def forced_refresh(self, failed_password: str | None, asked: float | None = None) -> None:
+        """A server refused `failed_password`: fetch AWSCURRENT and AWSPENDING, unless a forced
+        fetch of the last FORCED_REUSE_S already brought other credentials to try. Refusals
+        come from many logins (and, with workers, many processes) at once: the first fetches,
+        the others look at its result (nothing awaits between settled() and refresh()
+        starting, so two cannot both start one)."""
+        await self.settled()
+        if self._fresh_alternative(failed_password):
+            return
+        self._failed_password = failed_password
+        await self.refresh(with_pending=True, asked=asked)
+
+    def _fresh_alternative(self, failed: str | None) -> bool:
+        started, with_pending = self._last_attempt
+        if failed is None or not with_pending or time.monotonic() - started > FORCED_REUSE_S:
+            return False
+        return any(c is not None and c.password != failed for c in (self.value, self.pending))
 
     async def settled(self) -> None:
         """Once no fetch of this secret is under way (the startup fetch included)."""

@@ -34,7 +34,7 @@ from ..auth.iam import IamError, IamIdentity
 
 if TYPE_CHECKING:
     from ..aws.iam_cache import Claim, IamAuthenticator
-    from ..aws.secrets import CachedSecret, DbCredentials, SecretStore
+    from ..aws.secrets import DbCredentials, SecretStore
     from .services import Services
     from .tracking import Tracking
     from .workers import WorkerIdentity
@@ -48,8 +48,6 @@ CONNECT_TIMEOUT_S = 1.0
 # Siblings start together: until this long after a worker starts, it waits for the caller's
 # socket to appear rather than fetch its secrets itself.
 STARTUP_WAIT_S = 15.0
-# How long the caller's latest forced secret refresh answers other workers' refusals.
-FORCED_REUSE_S = 5.0
 # A follower cut off from the caller tries again this often (probing by itself meanwhile).
 FOLLOW_RETRY_S = 1.0
 # Answers that may wait on AWS on the caller's side: its own request timeouts plus a margin.
@@ -250,8 +248,8 @@ class CallerServer:
         asked = float(req["asked"])
         try:
             if req.get("force"):
-                if not _fresh_alternative(secret, req.get("failed")):
-                    await secret.refresh(with_pending=True, asked=asked)
+                failed = req.get("failed")
+                await secret.forced_refresh(failed if isinstance(failed, str) else None, asked)
             else:
                 await secret.settled()  # the caller's own startup fetch, say
                 if secret.value is None or time.monotonic() >= secret.next_refresh:
@@ -265,17 +263,6 @@ class CallerServer:
             "pending": _creds_out(secret.pending),
             "fresh_for": max(0.0, secret.next_refresh - time.monotonic()),
         }
-
-
-def _fresh_alternative(secret: CachedSecret, failed: Any) -> bool:
-    """True when a forced refresh the caller just made already holds credentials other than
-    the refused ones: every worker's pools hit a rotation, and one forced fetch (AWSCURRENT
-    and AWSPENDING) serves them all. Past FORCED_REUSE_S a refusal fetches again, so a
-    stale AWSPENDING is not handed out for long."""
-    started, with_pending = secret.last_attempt
-    if failed is None or not with_pending or time.monotonic() - started > FORCED_REUSE_S:
-        return False
-    return any(c is not None and c.password != failed for c in (secret.value, secret.pending))
 
 
 def _outcome(frame: dict[str, Any]) -> tuple[IamIdentity | None, IamError | None]:
