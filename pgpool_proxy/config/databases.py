@@ -25,6 +25,7 @@ DATABASE_KEYS: Final[dict[str, Key]] = {
     "password_env": Key(Kind.STR, nonempty=True),
     "pool_size": Key(Kind.INT, lo=1),
     "pool_mode": Key(Kind.ENUM, enum_type=PoolMode),
+    "max_db_connections": Key(Kind.INT, lo=0),
     "secret_arn": Key(Kind.STR, nonempty=True),
     "secret_region": Key(Kind.STR, nonempty=True),
     "secret_endpoint_url": Key(Kind.STR, nonempty=True),
@@ -58,6 +59,8 @@ class DatabaseConfig:
     password: str | None = field(default=None, repr=False)
     pool_size: int | None = None
     pool_mode: PoolMode | None = None
+    # Server connections across this database's pools; None: pool.max_db_connections (0: none).
+    max_db_connections: int | None = None
     # Server credentials from AWS Secrets Manager (instead of user/password).
     secret_arn: str | None = None
     secret_region: str | None = None  # default: the ARN's region

@@ -67,6 +67,30 @@ class Config:
         """Maximum server connections for ``db``."""
         return db.pool_size if db.pool_size is not None else self.pool.default_pool_size
 
+    def max_db_connections_for(self, db: DatabaseConfig) -> int:
+        """The cap on server connections across ``db``'s pools (0: none)."""
+        if db.max_db_connections is not None:
+            return db.max_db_connections
+        return self.pool.max_db_connections
+
+    def max_user_connections_for(self, server_user: str) -> int:
+        """The cap on server connections logged in as ``server_user`` across pools (0: none)."""
+        user = self.user(server_user)
+        if user is not None and user.max_user_connections is not None:
+            return user.max_user_connections
+        return self.pool.max_user_connections
+
+    def has_connection_caps(self) -> bool:
+        """Whether any cap across pools applies (the process, a database or a user)."""
+        pool = self.pool
+        return bool(
+            pool.max_server_connections
+            or pool.max_db_connections
+            or pool.max_user_connections
+            or any(db.max_db_connections for db in self.databases)
+            or any(u.max_user_connections for u in self.users)
+        )
+
     def pool_mode_for(self, db: DatabaseConfig, user: UserConfig | None) -> PoolMode:
         """Pool mode for ``user`` on ``db``: the user's override, then the database's, then the
         proxy default."""

@@ -61,10 +61,9 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "min_pool_size": "pool.min_pool_size",
     "reserve_pool_size": "-no reserve pool; raise the pool size instead",
     "reserve_pool_timeout": "-no reserve pool",
-    "max_db_connections": "databases.pool_size",
+    "max_db_connections": "pool.max_db_connections",
     "max_db_client_connections": "-no per-database client limit; proxy.max_client_conn limits all",
-    "max_user_connections": "-no per-user server connection limit; pool.max_server_connections "
-    "caps all pools of the instance",
+    "max_user_connections": "pool.max_user_connections",
     "max_user_client_connections": "-no per-user client limit; proxy.max_client_conn limits all",
     "server_round_robin": "-server connections are always reused last-in first-out",
     "track_extra_parameters": "-not needed: every setting a client changes is tracked",
@@ -141,8 +140,8 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "query_timeout": "pool.query_timeout_s",
     "query_wait_timeout": "pool.query_wait_timeout_s",
     "cancel_wait_timeout": "-cancel requests are forwarded at once, not queued",
-    "client_idle_timeout": "-idle clients are not disconnected",
-    "idle_transaction_timeout": "-clients idle in a transaction are not disconnected",
+    "client_idle_timeout": "pool.client_idle_timeout_s",
+    "idle_transaction_timeout": "pool.idle_transaction_timeout_s",
     "transaction_timeout": "-transactions have no time limit in the proxy",
     # low-level network
     "pkt_buf": "-buffers are sized by the proxy",
@@ -178,7 +177,7 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
     "query_wait_timeout": "-pool.query_wait_timeout_s applies to every database",
     "load_balance_hosts": "-one host per database (hosts = [...] tracks the writer instead)",
     "target_session_attrs": '-use hosts = [...] with role = "writer" or "reader" instead',
-    "max_db_connections": "databases.pool_size",
+    "max_db_connections": "databases.max_db_connections",
     "max_db_client_connections": "-no per-database client limit",
     "server_lifetime": "-pool.server_lifetime_s applies to every database",
     "client_encoding": "-server settings come from the client; use ALTER ROLE/DATABASE ... SET",
@@ -192,27 +191,24 @@ PGBOUNCER_USER_PARAMS: Final[Mapping[str, str]] = {
     "pool_mode": "users.pool_mode",
     "pool_size": "-pool sizes are per database (databases.pool_size)",
     "reserve_pool_size": "-no reserve pool",
-    "max_user_connections": "-no per-user server connection limit",
+    "max_user_connections": "users.max_user_connections",
     "max_user_client_connections": "-no per-user client limit",
     "query_timeout": "-pool.query_timeout_s applies to every user",
     "query_wait_timeout": "-pool.query_wait_timeout_s applies to every user",
-    "idle_transaction_timeout": "-clients idle in a transaction are not disconnected",
+    "idle_transaction_timeout": "-pool.idle_transaction_timeout_s applies to every user",
     "transaction_timeout": "-transactions have no time limit in the proxy",
-    "client_idle_timeout": "-idle clients are not disconnected",
+    "client_idle_timeout": "-pool.client_idle_timeout_s applies to every user",
 }
 
 # Values of an unmapped setting that mean what pgpool-proxy does anyway: noted at info level.
 _HARMLESS: Final[Mapping[str, frozenset[str]]] = {
     "reserve_pool_size": frozenset({"0"}),
     "max_db_client_connections": frozenset({"0"}),
-    "max_user_connections": frozenset({"0"}),
     "max_user_client_connections": frozenset({"0"}),
     "server_round_robin": frozenset({"0", "false", "no", "off"}),
     "disable_pqexec": frozenset({"0", "false", "no", "off"}),
     "application_name_add_host": frozenset({"0", "false", "no", "off"}),
     "peer_id": frozenset({"0"}),
-    "client_idle_timeout": frozenset({"0", "0.0"}),
-    "idle_transaction_timeout": frozenset({"0", "0.0"}),
     "transaction_timeout": frozenset({"0", "0.0"}),
     "server_fast_close": frozenset({"0", "false", "no", "off"}),
     "server_reset_query_always": frozenset({"0", "false", "no", "off"}),
@@ -420,6 +416,10 @@ class _Mapper:
             "client_login_timeout": self._positive_seconds_to(self.proxy, "client_login_timeout_s"),
             "query_timeout": self._seconds_to(self.pool, "query_timeout_s"),
             "query_wait_timeout": self._seconds_to(self.pool, "query_wait_timeout_s"),
+            "client_idle_timeout": self._seconds_to(self.pool, "client_idle_timeout_s"),
+            "idle_transaction_timeout": self._seconds_to(self.pool, "idle_transaction_timeout_s"),
+            "max_db_connections": self._int_to(self.pool, "max_db_connections", 0, 2**31 - 1),
+            "max_user_connections": self._int_to(self.pool, "max_user_connections", 0, 2**31 - 1),
             "client_tls_sslmode": self._client_tls_mode,
             "client_tls_key_file": self._path_to(self.client_tls, "key_file"),
             "client_tls_cert_file": self._path_to(self.client_tls, "cert_file"),
@@ -443,7 +443,6 @@ class _Mapper:
             "auth_file",
             "admin_users",
             "stats_users",
-            "max_db_connections",
         }
         # PgBouncer's defaults where they differ from pgpool-proxy's: the ini means them.
         self.proxy["pool_mode"] = "session"
@@ -818,6 +817,20 @@ class _Mapper:
                         )
                     elif mode is not None:
                         user["pool_mode"] = mode
+                elif key == "max_user_connections":
+                    number = self.integer(entry, value, setting, 0, 2**31 - 1)
+                    user = by_name.get(name)
+                    if user is None and auth_type == "trust":
+                        user = by_name[name] = {"name": name}
+                        self.users.append(user)
+                    if user is None:
+                        self.note(
+                            entry,
+                            setting,
+                            "the user is not in the auth_file (or was left out); not converted",
+                        )
+                    elif number is not None:
+                        user["max_user_connections"] = number
                 elif key in PGBOUNCER_USER_PARAMS:
                     reason = PGBOUNCER_USER_PARAMS[key].lstrip("-")
                     self.note(entry, setting, f"not converted: {reason}")
@@ -846,39 +859,15 @@ class _Mapper:
     # [databases]
 
     def map_databases(self) -> None:
-        default_size = self.pool.get("default_pool_size", 20)
-        global_cap_entry = self.settings.get("max_db_connections")
-        global_cap = 0
-        if global_cap_entry is not None:
-            setting = "[pgbouncer] max_db_connections"
-            global_cap = (
-                self.integer(global_cap_entry, global_cap_entry.value, setting, 0, 2**31 - 1) or 0
-            )
-        uncapped: list[str] = []
         for name, entry in self.db_entries.items():
-            db = self._database(name, entry, default_size, global_cap, uncapped)
+            db = self._database(name, entry)
             if db is not None:
                 self.origins[f"databases[{len(self.databases)}]"] = entry.where
                 self.origins[f"databases.{name}"] = entry.where
                 self.databases.append(db)
-        if global_cap and uncapped and global_cap_entry is not None:
-            self.note(
-                global_cap_entry,
-                "[pgbouncer] max_db_connections",
-                "a per-database cap over several user pools is not supported (databases "
-                f"without user=: {', '.join(uncapped)}); pool.max_server_connections caps all "
-                "pools of the instance",
-            )
         self._clamp_min_pool_size()
 
-    def _database(
-        self,
-        name: str,
-        entry: IniEntry,
-        default_size: int,
-        global_cap: int,
-        uncapped: list[str],
-    ) -> dict[str, Any] | None:
+    def _database(self, name: str, entry: IniEntry) -> dict[str, Any] | None:
         label = f"[databases] {name}"
         if name == "*":
             self.note(
@@ -896,7 +885,6 @@ class _Mapper:
             self.bad(entry, label, problem)
             return None
         db: dict[str, Any] = {"name": name}
-        cap = global_cap
         for key, value in params:
             setting = f"{label}: {key}"
             if key == "host":
@@ -917,14 +905,9 @@ class _Mapper:
                 if mode is not None:
                     db["pool_mode"] = mode
             elif key == "max_db_connections":
-                cap = self.integer(entry, value, setting, 0, 2**31 - 1) or 0
-                if cap and "user" not in dict(params):
-                    self.note(
-                        entry,
-                        setting,
-                        "a per-database cap over several user pools is not supported (no user= "
-                        "here); pool.max_server_connections caps all pools of the instance",
-                    )
+                number = self.integer(entry, value, setting, 0, 2**31 - 1)
+                if number is not None:
+                    db["max_db_connections"] = number
             elif key in PGBOUNCER_DATABASE_PARAMS:
                 reason = PGBOUNCER_DATABASE_PARAMS[key].lstrip("-")
                 self.note(entry, setting, f"not converted: {reason}")
@@ -937,12 +920,6 @@ class _Mapper:
                 "no host: PgBouncer would use its Unix socket, which pgpool-proxy cannot; "
                 "127.0.0.1 is used",
             )
-        if cap:
-            if "user" in db:
-                # With a forced user the database has one pool, so its cap is that pool's size.
-                db["pool_size"] = min(db.get("pool_size", default_size), cap)
-            elif name not in uncapped:
-                uncapped.append(name)
         return db
 
     def _db_host(self, entry: IniEntry, setting: str, value: str, db: dict[str, Any]) -> None:

@@ -77,7 +77,7 @@ class Pool:
         self._retired: set[tuple[str, int]] = set()  # servers a reader pool stopped using
         self._usable_last: set[tuple[str, int]] = set()
         self._connect_tasks: dict[asyncio.Task[Any], int] = {}  # connects under way, by generation
-        # The proxy-wide cap on server connections (pool.max_server_connections), if any.
+        # Caps across pools (pool.max_server_connections, max_db/user_connections), if any.
         self.budget: ServerBudget | None = None
         # Plain counters, read at scrape time (never labelled per message).
         self.clients = 0
@@ -175,12 +175,19 @@ class Pool:
         if prev == BackendState.CONNECTING or prev == BackendState.LOGIN:
             # Not logged in: the slot is its connect's, to retry in or to free (_connect).
             return
-        self.total -= 1
-        if self.budget is not None:
-            self.budget.released(self)
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
+        if backend.leaving is None:
+            self.slot_released()
+        # else: the slot is freed once its server has gone (BackendConnection._gone)
+
+    def slot_released(self, backend: BackendConnection | None = None) -> None:
+        """A logged-in connection's slot is free: queued clients (here or, under a cap across
+        pools, elsewhere) may get a new one."""
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self, backend)
         self.maybe_grow()
 
     def maybe_grow(self) -> None:
@@ -407,7 +414,7 @@ class Pool:
                 if waited_s >= self.spec.query_wait_timeout_s:
                     raise ProxyError(
                         SqlState.TOO_MANY_CONNECTIONS,
-                        f"pool.max_server_connections ({budget.limit}) are all in use",
+                        f"{budget.full(self) or 'the server connection caps'}: all in use",
                     )
                 await asyncio.sleep(0.05)
                 waited_s += 0.05

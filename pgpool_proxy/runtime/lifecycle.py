@@ -7,13 +7,13 @@ shutdown says it.
 
 What a reload changes live: users and passwords, databases (new ones, changed servers: current
 connections retire when their transaction ends), pool sizes and timeouts, the reset query,
-max_server_connections, pool_mode and max_message_size_bytes (for new clients),
-max_client_conn, client login timeout, log level, shutdown timeout, auth type (RELOAD only, not
-SET) and the [admin] section. What needs a restart (the reload keeps the running value and says
-so): listen, workers, reuse_port, log_format, TLS, IAM, Secrets Manager settings, the
-[topology] section and a database's forced user (pools are keyed by their server user). A
-reload that changes a database's Secrets Manager reference, or turns IAM on for a user when no
-IAM verifier runs, is refused.
+max_server_connections, max_db_connections, max_user_connections, pool_mode and
+max_message_size_bytes (for new clients), max_client_conn, client login timeout, log level,
+shutdown timeout, auth type (RELOAD only, not SET) and the [admin] section. What needs a restart
+(the reload keeps the running value and says so): listen, workers, reuse_port, log_format, TLS,
+IAM, Secrets Manager settings, the [topology] section and a database's forced user (pools are keyed
+by their server user). A reload that changes a database's Secrets Manager reference, or turns IAM
+on for a user when no IAM verifier runs, is refused.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
     server.config = new
     if new.proxy.log_level != old.proxy.log_level:
         logging.getLogger().setLevel(new.proxy.log_level.upper())
-    if new.pool.max_server_connections != old.pool.max_server_connections:
-        server.set_server_budget(new.pool.max_server_connections)
+    # Caps across pools may come from any database or user entry: always re-derived.
+    server.set_server_budget(new)
     if tcp_tuning(new.pool) != tcp_tuning(old.pool):
         server.tune_listeners()  # clients accepted from now on; server sockets as they open
     for (db_name, server_user), pool in list(server.pools.items()):
@@ -222,6 +222,9 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "max_prepared_statements": pool.max_prepared_statements,
         "max_scram_iterations": pool.server_max_scram_iterations,
         "query_timeout_s": pool.query_timeout_s,
+        "idle_transaction_timeout_s": pool.idle_transaction_timeout_s,
+        "max_db_connections": cfg.max_db_connections_for(db),
+        "max_user_connections": cfg.max_user_connections_for(server_user),
         "check_delay_s": pool.server_check_delay_s,
         "check_timeout_s": pool.server_check_timeout_s,
         "tcp": tcp_tuning(pool),

@@ -25,6 +25,7 @@ from ..protocol.constants import TRACKED_PARAMS
 from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
+from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
 from .awscaller import CallerServer, TopologyFollower, start_caller
 from .loopwatch import LoopWatch
@@ -137,7 +138,7 @@ class ProxyServer:
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
         self.budget: ServerBudget | None = None
-        self.set_server_budget(config.pool.max_server_connections)
+        self.set_server_budget(config)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
 
@@ -282,10 +283,13 @@ class ProxyServer:
             for s in self._server.sockets:
                 tune_socket(s, tcp_tuning(self.config.pool))
 
-    def set_server_budget(self, limit: int) -> None:
-        """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
-        lower cap closes nothing at once: pools shrink as connections are released or idle."""
-        if not limit:
+    def set_server_budget(self, config: Config) -> None:
+        """Apply the caps across pools (pool.max_server_connections, max_db_connections,
+        max_user_connections and their per-database and per-user values) to every pool, now
+        and later ones; None when there are none. A lower cap closes nothing at once: pools
+        shrink as connections are released or idle."""
+        limit = config.pool.max_server_connections
+        if not config.has_connection_caps():
             self.budget = None
         elif self.budget is None:
             self.budget = ServerBudget(limit, self.pools.values())
@@ -316,6 +320,12 @@ class ProxyServer:
                     pool.tick(now)
                 except Exception:
                     log.exception("janitor failed on pool %s", pool.name)
+            idle_limit = self.config.pool.client_idle_timeout_s
+            if idle_limit:
+                try:
+                    sweep_idle_clients(self._all_clients, now, idle_limit, self.admin_sessions)
+                except Exception:
+                    log.exception("janitor failed sweeping idle clients")
 
     # --- clients -----------------------------------------------------------------------------
 
@@ -450,6 +460,10 @@ class ProxyServer:
                 max_replica_lag_bytes=db.max_replica_lag_bytes,
                 failover_timeout_s=cfg.topology.failover_timeout_s,
                 query_timeout_s=cfg.pool.query_timeout_s,
+                idle_transaction_timeout_s=cfg.pool.idle_transaction_timeout_s,
+                database=db.name,
+                max_db_connections=cfg.max_db_connections_for(db),
+                max_user_connections=cfg.max_user_connections_for(server_user),
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
                 tcp=tcp_tuning(cfg.pool),

@@ -150,8 +150,7 @@ def test_a_typical_file_maps_onto_the_configuration(tmp_path: Path) -> None:
         "s3cret pw",
         PoolMode.SESSION,
     )
-    # A forced user means one pool, so the database's cap is that pool's size.
-    assert (billing.user, billing.pool_size) == ("billing", 8)
+    assert (billing.user, billing.max_db_connections, billing.pool_size) == ("billing", 8, None)
     users = {u.name: u for u in config.users}
     assert users["alice"].password == md5_hash("alice-pw", "alice")
     assert users["alice"].pool_mode is PoolMode.SESSION
@@ -360,11 +359,11 @@ client_encoding=UTF8 application_name=batch
         "[databases] legacy",
         "[peers] 1",
         "[pgbouncer] peer_id",
-        "[pgbouncer] max_db_connections",
     ):
         assert notes_about(conversion, setting), setting
-    (cap,) = notes_about(conversion, "[pgbouncer] max_db_connections")
-    assert "app, replicas, legacy" in cap
+    # A cap over a database's user pools, as PgBouncer's.
+    assert not notes_about(conversion, "[pgbouncer] max_db_connections")
+    assert config.pool.max_db_connections == 50
 
 
 def test_only_a_fallback_database_cannot_run(tmp_path: Path) -> None:
@@ -832,3 +831,41 @@ def test_problems_of_the_result_name_the_ini_line(tmp_path: Path) -> None:
     assert any(
         p.startswith(f"{userlist}:1: users[0].password: looks like a SCRAM") for p in problems
     )
+
+
+def test_caps_across_pools_and_idle_timeouts_map_onto_ours(tmp_path: Path) -> None:
+    conversion = convert(
+        tmp_path,
+        {
+            "pgbouncer.ini": """\
+                [databases]
+                app = host=db max_db_connections=7
+                other = host=db
+                [users]
+                alice = max_user_connections=3 idle_transaction_timeout=5
+                [pgbouncer]
+                listen_addr = 127.0.0.1
+                auth_file = userlist.txt
+                max_db_connections = 40
+                max_user_connections = 30
+                client_idle_timeout = 600
+                idle_transaction_timeout = 60
+                """,
+            "userlist.txt": '"alice" "pw"\n"bob" "pw"\n',
+        },
+    )
+    config = round_trip(conversion)
+    pool = config.pool
+    assert (pool.max_db_connections, pool.max_user_connections) == (40, 30)
+    assert (pool.client_idle_timeout_s, pool.idle_transaction_timeout_s) == (600, 60)
+    app, other = config.databases
+    assert (app.max_db_connections, other.max_db_connections) == (7, None)
+    assert config.max_db_connections_for(app) == 7
+    assert config.max_db_connections_for(other) == 40
+    users = {u.name: u for u in config.users}
+    assert (users["alice"].max_user_connections, users["bob"].max_user_connections) == (3, None)
+    assert config.max_user_connections_for("bob") == 30
+    # PgBouncer's per-user timeouts have no per-user equivalent: reported, naming ours.
+    (per_user,) = notes_about(conversion, "[users] alice: idle_transaction_timeout")
+    assert "pool.idle_transaction_timeout_s applies to every user" in per_user
+    assert {n.setting for n in conversion.notes} == {"[users] alice: idle_transaction_timeout"}
