@@ -26,6 +26,7 @@ from .config import (
     load_pgbouncer_config,
 )
 from .healthcheck import DEFAULT_CONFIG
+from .runtime.peers import peering_configured, pick_peer_id
 from .runtime.workers import BindError, WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
@@ -189,8 +190,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         level = logging.WARNING if note.severity == "warning" else logging.INFO
         log.log(level, "pgbouncer.ini: %s", note, extra={"event": "pgbouncer_setting"})
     workers = config.proxy.workers
+    peer_id = 0
+    if not config.proxy.peer_id and peering_configured(config):
+        # Once, before any worker: every worker's keys must name the same instance.
+        peer_id = pick_peer_id(config)
+        log.info("peer_id %d picked for this instance (proxy.peer_id = 0)", peer_id)
     if workers == 1:
-        return run_loop(lambda: serve(config))
+        return run_loop(lambda: serve(config, identity=WorkerIdentity(peer_id=peer_id)))
     from .admin.http import reserve_metrics_port
 
     metrics_reservation = None
@@ -202,7 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
             return run_loop(lambda: serve(config, identity=identity, port=port))
 
-        return supervise(workers, config.proxy.listen_host, config.proxy.listen_port, run_worker)
+        return supervise(
+            workers, config.proxy.listen_host, config.proxy.listen_port, run_worker, peer_id
+        )
     except BindError as exc:
         # The supervisor reserves both ports before forking, so a taken one ends it here.
         log.error("cannot start: %s", exc)

@@ -6,8 +6,8 @@ way, each only from those listed before it:
 - `schema`: `Key`, `Checker` (value conversion collecting every problem), `ConfigError`;
 - `envrefs`, `tables`: ``*_env`` references; reading a section or an array against its keys;
 - `core` ([proxy], [pool], [auth]), `users`, `topology`, `databases`, `security` ([client_tls],
-  [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`: each section's
-  dataclasses, key table, cross-key checks and builder;
+  [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`, `peers` ([[peers]]):
+  each section's dataclasses, key table, cross-key checks and builder;
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
   (``pgpool-proxy check``);
 - `tomlwrite` (a configuration mapping as TOML text), `ini` (reading pgbouncer.ini, its
@@ -26,6 +26,7 @@ from .ini import PgBouncerNote, looks_like_pgbouncer_ini
 from .keys import SECTIONS, setting_from_text
 from .metrics import MetricsSettings
 from .model import Config
+from .peers import PeerConfig
 from .pgbouncer import (
     PGBOUNCER_DATABASE_PARAMS,
     PGBOUNCER_SETTINGS,
@@ -67,6 +68,7 @@ __all__ = [
     "IamSettings",
     "IamVerifierKind",
     "MetricsSettings",
+    "PeerConfig",
     "PgBouncerConversion",
     "PgBouncerNote",
     "PoolMode",

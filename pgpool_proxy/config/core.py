@@ -14,6 +14,8 @@ from .schema import BAD, Checker, Key, Kind, only_valid
 
 __all__ = [
     "AUTH_KEYS",
+    "DEFAULT_AUTH_QUERY",
+    "MAX_PEER_ID",
     "POOL_KEYS",
     "PROXY_KEYS",
     "AuthSettings",
@@ -30,6 +32,12 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
 _MIB: Final = 1024 * 1024
 _GIB: Final = 1024 * _MIB
+# Peer ids fit the 14 bits the cancel keys keep for them (PgBouncer's range; runtime.peers).
+MAX_PEER_ID: Final = (1 << 14) - 1
+
+
+# PgBouncer's documented default auth_query.
+DEFAULT_AUTH_QUERY: Final = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 
 class PoolMode(enum.Enum):
@@ -73,6 +81,15 @@ class ProxySettings:
     # Log a warning when the event loop was held this long (one callback, a blocking call, a
     # starved CPU); 0 turns the warning off (the lag histogram is always kept).
     loop_lag_warn_ms: int = 100
+    # Peering (runtime.peers): this instance's id in the cancel keys it hands out (0: none, or
+    # a random one picked at startup when peers are configured), the DNS name whose A/AAAA
+    # records are the peers (each asked for its id on peer_dns_port, 0: listen's port), how
+    # often it is resolved again, and how long a forwarded cancel may take.
+    peer_id: int = 0
+    peer_dns_name: str = ""
+    peer_dns_port: int = 0
+    peer_dns_refresh_s: float = 30.0
+    cancel_wait_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +144,20 @@ class AuthSettings:
     """The ``[auth]`` section: client authentication."""
 
     type: AuthType = AuthType.SCRAM_SHA_256
+    # PgBouncer's auth_query: users not in [[users]] are looked up in PostgreSQL by this query
+    # ($1 is the client's user name), run as auth_user (a [[users]] entry) on a server
+    # connection of auth_user's own pool, in auth_dbname (default: the client's database).
+    # Empty auth_user: no look-up (a database's own auth_user still turns it on there).
+    auth_user: str = ""
+    auth_query: str = DEFAULT_AUTH_QUERY
+    auth_dbname: str = ""
+    # How long a looked-up verifier is trusted, and how long a "no such user" answer is; a
+    # failed login refreshes a cached verifier at most once per auth_refresh_s.
+    auth_cache_s: float = 60.0
+    auth_negative_cache_s: float = 5.0
+    auth_refresh_s: float = 1.0
+    # The look-up's bound (the client waits for it within client_login_timeout_s).
+    auth_query_timeout_s: float = 5.0
 
 
 PROXY_KEYS: Final[dict[str, Key]] = {
@@ -145,6 +176,12 @@ PROXY_KEYS: Final[dict[str, Key]] = {
     "reuse_port": Key(Kind.BOOL),
     # pgpool_proxy.loopwatch: warn when the event loop was held this long (0: never).
     "loop_lag_warn_ms": Key(Kind.INT, lo=0, hi=3_600_000),
+    # Peering: forwarding cancel requests between instances behind one load balancer.
+    "peer_id": Key(Kind.INT, lo=0, hi=MAX_PEER_ID),
+    "peer_dns_name": Key(Kind.STR),
+    "peer_dns_port": Key(Kind.INT, lo=0, hi=65535),
+    "peer_dns_refresh_s": Key(Kind.FLOAT, lo=1, hi=86400),
+    "cancel_wait_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True, hi=3600),
 }
 
 POOL_KEYS: Final[dict[str, Key]] = {
@@ -178,6 +215,13 @@ POOL_KEYS: Final[dict[str, Key]] = {
 
 AUTH_KEYS: Final[dict[str, Key]] = {
     "type": Key(Kind.ENUM, enum_type=AuthType),
+    "auth_user": Key(Kind.STR),
+    "auth_query": Key(Kind.STR, nonempty=True),
+    "auth_dbname": Key(Kind.STR),
+    "auth_cache_s": Key(Kind.FLOAT, lo=0),
+    "auth_negative_cache_s": Key(Kind.FLOAT, lo=0),
+    "auth_refresh_s": Key(Kind.FLOAT, lo=0),
+    "auth_query_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
 }
 
 

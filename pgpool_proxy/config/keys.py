@@ -11,6 +11,7 @@ from .admin import ADMIN_KEYS
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS
 from .databases import DATABASE_KEYS
 from .metrics import METRICS_KEYS
+from .peers import PEER_KEYS
 from .schema import BAD, Checker, ConfigError, Key
 from .security import CLIENT_TLS_KEYS, IAM_KEYS, IAM_RULE_KEYS, SECRETS_KEYS, SERVER_TLS_KEYS
 from .topology import TOPOLOGY_KEYS
@@ -35,6 +36,7 @@ ARRAYS: Final[Mapping[str, Mapping[str, Key]]] = {
     "databases": DATABASE_KEYS,
     "users": USER_KEYS,
     "iam_rules": IAM_RULE_KEYS,
+    "peers": PEER_KEYS,
 }
 
 

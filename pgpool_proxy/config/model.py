@@ -12,6 +12,7 @@ from .admin import AdminSettings
 from .core import AuthSettings, PoolMode, PoolSettings, ProxySettings
 from .databases import DatabaseConfig
 from .metrics import MetricsSettings
+from .peers import PeerConfig
 from .security import ClientTlsSettings, IamRule, IamSettings, SecretsSettings, ServerTlsSettings
 from .topology import TopologySettings
 from .users import UserConfig
@@ -37,6 +38,7 @@ class Config:
     topology: TopologySettings = field(default_factory=TopologySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    peers: tuple[PeerConfig, ...] = ()
     # Lookups happen on every client login, so they are indexed once here rather than scanned.
     _databases_by_name: Mapping[str, DatabaseConfig] = field(init=False, repr=False, compare=False)
     _users_by_name: Mapping[str, UserConfig] = field(init=False, repr=False, compare=False)
@@ -62,6 +64,17 @@ class Config:
     def user(self, name: str) -> UserConfig | None:
         """The configured user ``name``, or None."""
         return self._users_by_name.get(name)
+
+    def auth_lookup_for(self, db: DatabaseConfig | None) -> tuple[str, str, str | None] | None:
+        """(auth_user, auth_query, auth_dbname or None for the client's own) for users not in
+        [[users]] who log into ``db``; None when they are not looked up."""
+        auth = self.auth
+        user = (db.auth_user if db is not None else None) or auth.auth_user
+        if not user:
+            return None
+        query = (db.auth_query if db is not None else None) or auth.auth_query
+        dbname = (db.auth_dbname if db is not None else None) or auth.auth_dbname or None
+        return user, query, dbname
 
     def pool_size_for(self, db: DatabaseConfig) -> int:
         """Maximum server connections for ``db``."""

@@ -68,7 +68,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "server_round_robin": "-server connections are always reused last-in first-out",
     "track_extra_parameters": "-not needed: every setting a client changes is tracked",
     "ignore_startup_parameters": "-not needed: every startup parameter is accepted and applied",
-    "peer_id": "-no peering yet: a cancel request reaching another instance is not forwarded",
+    "peer_id": "proxy.peer_id",
     "disable_pqexec": "-the simple query protocol cannot be turned off",
     "application_name_add_host": "-the application_name a client sends is passed on unchanged",
     "conffile": "-the file is the one given on the command line",
@@ -82,9 +82,9 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "auth_hba_file": "-no hba file: one auth.type for every client",
     "auth_ident_file": "-no ident maps",
     "auth_file": "users",
-    "auth_user": "-no auth_query user look-up: list every user in the auth_file",
-    "auth_query": "-no auth_query user look-up: list every user in the auth_file",
-    "auth_dbname": "-no auth_query user look-up",
+    "auth_user": "auth.auth_user",
+    "auth_query": "auth.auth_query",
+    "auth_dbname": "auth.auth_dbname",
     "auth_ldap_options": "-no LDAP authentication",
     # logging
     "syslog": '-pgpool-proxy logs to stderr only (proxy.log_format = "json" for collectors)',
@@ -139,7 +139,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     # dangerous timeouts
     "query_timeout": "pool.query_timeout_s",
     "query_wait_timeout": "pool.query_wait_timeout_s",
-    "cancel_wait_timeout": "-cancel requests are forwarded at once, not queued",
+    "cancel_wait_timeout": "proxy.cancel_wait_timeout_s",
     "client_idle_timeout": "pool.client_idle_timeout_s",
     "idle_transaction_timeout": "pool.idle_transaction_timeout_s",
     "transaction_timeout": "-transactions have no time limit in the proxy",
@@ -165,9 +165,9 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
     "port": "databases.port",
     "user": "databases.user",
     "password": "databases.password",
-    "auth_user": "-no auth_query user look-up",
-    "auth_query": "-no auth_query user look-up",
-    "auth_dbname": "-no auth_query user look-up",
+    "auth_user": "databases.auth_user",
+    "auth_query": "databases.auth_query",
+    "auth_dbname": "databases.auth_dbname",
     "pool_size": "databases.pool_size",
     "min_pool_size": "-pool.min_pool_size applies to every database",
     "reserve_pool_size": "-no reserve pool",
@@ -208,7 +208,6 @@ _HARMLESS: Final[Mapping[str, frozenset[str]]] = {
     "server_round_robin": frozenset({"0", "false", "no", "off"}),
     "disable_pqexec": frozenset({"0", "false", "no", "off"}),
     "application_name_add_host": frozenset({"0", "false", "no", "off"}),
-    "peer_id": frozenset({"0"}),
     "transaction_timeout": frozenset({"0", "0.0"}),
     "server_fast_close": frozenset({"0", "false", "no", "off"}),
     "server_reset_query_always": frozenset({"0", "false", "no", "off"}),
@@ -322,6 +321,8 @@ class _Mapper:
         self.settings: dict[str, IniEntry] = {}
         self.db_entries: dict[str, IniEntry] = {}
         self.user_entries: dict[str, IniEntry] = {}
+        self.peer_entries: list[IniEntry] = []
+        self.peers: list[dict[str, Any]] = []
         for entry in ini.entries:
             if entry.section == "pgbouncer":
                 self.settings[entry.key.lower()] = entry
@@ -330,11 +331,7 @@ class _Mapper:
             elif entry.section == "users":
                 self.user_entries[entry.key] = entry
             else:
-                self.note(
-                    entry,
-                    f"[peers] {entry.key}",
-                    "no peering yet: cancel requests are not forwarded to other instances",
-                )
+                self.peer_entries.append(entry)
 
     # helpers
 
@@ -416,6 +413,8 @@ class _Mapper:
             "client_login_timeout": self._positive_seconds_to(self.proxy, "client_login_timeout_s"),
             "query_timeout": self._seconds_to(self.pool, "query_timeout_s"),
             "query_wait_timeout": self._seconds_to(self.pool, "query_wait_timeout_s"),
+            "peer_id": self._int_to(self.proxy, "peer_id", 0, 16383),
+            "cancel_wait_timeout": self._positive_seconds_to(self.proxy, "cancel_wait_timeout_s"),
             "client_idle_timeout": self._seconds_to(self.pool, "client_idle_timeout_s"),
             "idle_transaction_timeout": self._seconds_to(self.pool, "idle_transaction_timeout_s"),
             "max_db_connections": self._int_to(self.pool, "max_db_connections", 0, 2**31 - 1),
@@ -434,6 +433,9 @@ class _Mapper:
             "tcp_keepidle": self._int_to(self.pool, "tcp_keepidle_s", 1, 32767),
             "tcp_keepintvl": self._int_to(self.pool, "tcp_keepintvl_s", 1, 32767),
             "tcp_user_timeout": self._tcp_user_timeout,
+            "auth_user": self._text_to(self.auth, "auth_user"),
+            "auth_query": self._text_to(self.auth, "auth_query"),
+            "auth_dbname": self._text_to(self.auth, "auth_dbname"),
         }
         # Handled with the listener, the users or the databases.
         elsewhere = {
@@ -560,6 +562,13 @@ class _Mapper:
             if ":" in host:
                 host = f"[{host}]"
         self.proxy["listen"] = f"{host}:{port}"
+
+    def _text_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
+            if entry.value:
+                table[key] = entry.value
+
+        return apply
 
     def _pool_mode(self, entry: IniEntry) -> None:
         mode = self.pool_mode(entry, entry.value, "[pgbouncer] pool_mode")
@@ -708,11 +717,14 @@ class _Mapper:
             secrets = read_auth_file(path, self.problems)
         auth_type = self._auth_type(type_entry, pgb_type, secrets)
         anchor = file_entry or type_entry or next(iter(self.settings.values()), None)
-        if not secrets and auth_type != "trust" and anchor is not None:
+        looked_up = "auth_user" in self.settings or any(
+            "auth_user=" in entry.value.replace(" ", "") for entry in self.db_entries.values()
+        )
+        if not secrets and auth_type != "trust" and anchor is not None and not looked_up:
             self.note(
                 anchor,
                 f"[pgbouncer] {anchor.key}",
-                "no users: without an auth_file (auth_query is not supported) nobody can log in",
+                "no users: without an auth_file (or auth_user for auth_query) nobody can log in",
             )
         for name, (secret, where) in secrets.items():
             entry: dict[str, Any] = {"name": name}
@@ -893,7 +905,7 @@ class _Mapper:
                 number = self.integer(entry, value, setting, 1, 65535)
                 if number is not None:
                     db["port"] = number
-            elif key in ("dbname", "user", "password"):
+            elif key in ("dbname", "user", "password", "auth_user", "auth_query", "auth_dbname"):
                 if value:
                     db[key] = value
             elif key == "pool_size":
@@ -975,7 +987,46 @@ class _Mapper:
                 data[name] = table
         data["databases"] = self.databases
         data["users"] = self.users
+        if self.peers:
+            data["peers"] = self.peers
         return data
+
+    # [peers]
+
+    def map_peers(self) -> None:
+        """Each ``peer_id = host=... port=...`` entry as a [[peers]] table (TCP peers only)."""
+        for entry in self.peer_entries:
+            label = f"[peers] {entry.key}"
+            peer_id = self.integer(entry, entry.key, label, 1, 16383)
+            params, problem = parse_params(entry.value)
+            if problem:
+                self.bad(entry, label, problem)
+                continue
+            if peer_id is None:
+                continue
+            peer: dict[str, Any] = {"peer_id": peer_id, "port": 6432}
+            for key, value in params:
+                setting = f"{label}: {key}"
+                if key == "host":
+                    if value.startswith(("/", "@")):
+                        self.note(entry, setting, "Unix-socket peers are not supported (TCP only)")
+                    elif value:
+                        peer["host"] = value
+                elif key == "port":
+                    number = self.integer(entry, value, setting, 1, 65535)
+                    if number is not None:
+                        peer["port"] = number
+                elif key == "pool_size":
+                    self.note(
+                        entry, setting, "cancels in flight to one peer are capped at 64", "info"
+                    )
+                else:
+                    self.note(entry, setting, "not a [peers] parameter; not converted")
+            if "host" in peer:
+                self.origins[f"peers[{len(self.peers)}]"] = entry.where
+                self.peers.append(peer)
+            else:
+                self.note(entry, label, "no TCP host: the peer is left out")
 
 
 def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
@@ -990,6 +1041,7 @@ def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
     mapper.map_settings()
     mapper.map_users()
     mapper.map_databases()
+    mapper.map_peers()
     if mapper.problems:
         raise ConfigError(mapper.problems)
     # Notes are made section by section; a reader wants them in the order of the files.

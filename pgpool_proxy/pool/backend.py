@@ -212,6 +212,19 @@ class BackendConnection(Endpoint):
         self.internal_pending += len(statements)
         self.transport.write(b"".join(m.query(sql) for sql in statements))
 
+    def run_own_query(
+        self, sql: str, params: Sequence[str | None], done: InternalDone | None
+    ) -> None:
+        """Run one statement of the proxy's own with its $n bound to `params` (extended
+        protocol: values never enter the SQL text); `done` as for run_own."""
+        assert self.transport is not None
+        if self.client is None and self.state != BackendState.RESETTING:
+            self.hold()
+        self.on_internal_done = done
+        self.scanner.internal = True
+        self.internal_pending += 1
+        self.transport.write(m.internal_batch([(sql, params)]))
+
     def __repr__(self) -> str:
         return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
 

@@ -59,6 +59,8 @@ _RESTART_PROXY_KEYS = (
     ("workers", "proxy.workers"),
     ("reuse_port", "proxy.reuse_port"),
     ("log_format", "proxy.log_format"),
+    # Keys already handed out name it.
+    ("peer_id", "proxy.peer_id"),
 )
 # Config sections built into running services at startup.
 _RESTART_SECTIONS = (
@@ -194,13 +196,19 @@ def _keep_restart_only(server: ProxyServer, old: Config, new: Config) -> tuple[C
 
 def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) -> PoolSpec:
     """`old` with every setting the config decides recomputed (as ProxyServer.get_pool does)."""
-    if db.user:
+    if db.user and server_user != db.user and old.credentials is None:
+        # auth_query's pool: auth_user logs in as itself whatever the database forces.
+        user_cfg = cfg.user(server_user)
+        secret = user_cfg.password if user_cfg is not None else old.secret
+    elif db.user:
         forced = cfg.user(db.user)
         secret = db.password or (forced.password if forced else None)
         user_cfg = None
     else:
         user_cfg = cfg.user(server_user)
         secret = db.password or (user_cfg.password if user_cfg else None)
+        if user_cfg is None and secret is None and cfg.auth_lookup_for(db) is not None:
+            secret = old.secret  # what auth_query found (kept current by each login)
     if old.credentials is not None:
         secret = old.secret  # Secrets Manager supplies the credentials
     size = cfg.pool_size_for(db)

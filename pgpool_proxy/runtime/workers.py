@@ -45,6 +45,8 @@ class WorkerIdentity:
     index: int = 0
     count: int = 1
     peer_dir: str | None = None
+    # The instance's peer_id when picked at startup (runtime.peers.pick_peer_id), 0 otherwise.
+    peer_id: int = 0
 
     def peer_socket(self, index: int) -> str:
         assert self.peer_dir is not None
@@ -71,7 +73,11 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 
 def supervise(
-    count: int, host: str, port: int, run_worker: Callable[[WorkerIdentity, int], int]
+    count: int,
+    host: str,
+    port: int,
+    run_worker: Callable[[WorkerIdentity, int], int],
+    peer_id: int = 0,
 ) -> int:
     """Fork `count` workers running `run_worker(identity, port)` and wait for a stop signal.
 
@@ -81,7 +87,7 @@ def supervise(
     """
     reservation, port = reserve_port(host, port)
     peer_dir = tempfile.mkdtemp(prefix="pgpool-proxy-peers-")
-    sup = _Supervisor(count, port, reservation, peer_dir, run_worker)
+    sup = _Supervisor(count, port, reservation, peer_dir, run_worker, peer_id)
     old_term = signal.signal(signal.SIGTERM, sup.on_signal)
     old_int = signal.signal(signal.SIGINT, sup.on_signal)
     old_hup = signal.signal(signal.SIGHUP, sup.on_signal)
@@ -109,7 +115,9 @@ class _Supervisor:
         reservation: socket.socket,
         peer_dir: str,
         run_worker: Callable[[WorkerIdentity, int], int],
+        peer_id: int,
     ) -> None:
+        self.peer_id = peer_id
         self.count = count
         self.port = port
         self.reservation = reservation
@@ -121,7 +129,7 @@ class _Supervisor:
 
     def start(self, index: int) -> None:
         """Fork worker `index`; in the child, run it and exit with its status."""
-        ident = WorkerIdentity(index, self.count, self.peer_dir)
+        ident = WorkerIdentity(index, self.count, self.peer_dir, self.peer_id)
         # Signals wait until the child is recorded (parent) or its handlers reset (child):
         # otherwise a SIGTERM in between would never reach this worker.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)

@@ -29,6 +29,7 @@ LAYERS = (
     "security",
     "admin",
     "metrics",
+    "peers",
     "model",
     "keys",
     "build",
