@@ -5,6 +5,10 @@ one refresh per secret at a time. boto3 runs in worker threads, never on the eve
 Secrets Manager is unreachable the last good credentials keep being served. When the server
 refuses them (28P01) the pool asks for a forced refresh and tries AWSCURRENT, then AWSPENDING:
 between a rotation's password change and its label move only AWSPENDING works.
+
+With `workers = N` only the AWS caller worker talks to Secrets Manager: the others' secrets get
+a `remote` (runtime.awscaller) and ask it instead, forced refreshes included; they call AWS
+themselves only while it does not answer.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import DatabaseConfig, SecretsSettings, region_of_secret_arn
 from ..errors import ProxyError, SqlState
@@ -25,6 +29,10 @@ from .clients import boto_client
 log = logging.getLogger("pgpool_proxy.secrets")
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], None]
+
+# How long a forced refresh (after a refused login) answers later refusals of the same password
+# (a stale AWSPENDING is handed out no longer than this).
+FORCED_REUSE_S = 10.0
 
 
 class SecretError(Exception):
@@ -67,6 +75,19 @@ def parse_db_secret(text: str, arn: str, version_id: str = "") -> DbCredentials:
     if dbname is not None and not isinstance(dbname, str):
         raise SecretError(f'secret {arn}: "dbname" must be a string')
     return DbCredentials(username, password, host, port, dbname, version_id)
+
+
+class SharedSecrets(Protocol):
+    """The AWS caller worker's copy of the secrets, as a sibling worker reaches it."""
+
+    async def fetch_shared(
+        self, arn: str, with_pending: bool, failed_password: str | None, asked: float
+    ) -> tuple[DbCredentials, DbCredentials | None, float] | None:
+        """(AWSCURRENT, AWSPENDING when asked for, seconds until the caller's next refresh) as
+        the caller has them, refreshed when due or, with `with_pending`, after a refused login
+        unless it already has newer ones; None when the caller does not answer. Raises
+        SecretError when it has no value either."""
+        ...
 
 
 class SecretsClient:
@@ -123,7 +144,10 @@ class CachedSecret:
         self.preferred: DbCredentials | None = None
         self.fetched_at = 0.0
         self.next_refresh = 0.0
-        self.fetches = 0
+        self.fetches = 0  # calls to Secrets Manager (through `remote`: none)
+        self.shared_fetches = 0  # values taken from the AWS caller worker
+        self.remote: SharedSecrets | None = None
+        self._failed_password: str | None = None
         self.failures = 0  # fetches that failed (the last good value was kept, if any)
         self._refreshing: asyncio.Future[None] | None = None
         self._last_attempt = (-1.0, False)  # (when, with AWSPENDING) of the latest fetch
@@ -149,7 +173,7 @@ class CachedSecret:
         return value.username, value.password
 
     async def after_auth_failure(self, failed_password: str) -> list[tuple[str, str]]:
-        await self.refresh(with_pending=True)
+        await self.forced_refresh(failed_password)
         out: list[tuple[str, str]] = []
         for cred in (self.value, self.pending):
             if cred is not None and cred.password != failed_password:
@@ -173,10 +197,12 @@ class CachedSecret:
 
     # --- refresh -------------------------------------------------------------------------
 
-    async def refresh(self, with_pending: bool = False) -> None:
-        """Fetch now, or join a fetch already running that started after this call (one
-        fetch per secret at a time); keeps the old value when Secrets Manager fails."""
-        asked = time.monotonic()
+    async def refresh(self, with_pending: bool = False, asked: float | None = None) -> None:
+        """Fetch now, or join a fetch already running that started after this call (or
+        `asked`, a sibling worker's monotonic time: one clock per host); one fetch per secret
+        at a time; keeps the old value when Secrets Manager fails."""
+        if asked is None:
+            asked = time.monotonic()
         while self._refreshing is not None:
             await asyncio.shield(self._refreshing)
             started, had_pending = self._last_attempt
@@ -200,6 +226,45 @@ class CachedSecret:
             self._refreshing = None
             fut.set_result(None)
 
+    async def forced_refresh(self, failed_password: str | None, asked: float | None = None) -> None:
+        """A server refused `failed_password`: fetch AWSCURRENT and AWSPENDING, unless a forced
+        fetch of the last FORCED_REUSE_S already brought other credentials to try. Refusals
+        come from many logins (and, with workers, many processes) at once: the first fetches,
+        the others look at its result (nothing awaits between settled() and refresh()
+        starting, so two cannot both start one)."""
+        await self.settled()
+        if self._fresh_alternative(failed_password):
+            return
+        self._failed_password = failed_password
+        await self.refresh(with_pending=True, asked=asked)
+
+    def _fresh_alternative(self, failed: str | None) -> bool:
+        started, with_pending = self._last_attempt
+        if failed is None or not with_pending or time.monotonic() - started > FORCED_REUSE_S:
+            return False
+        return any(c is not None and c.password != failed for c in (self.value, self.pending))
+
+    async def settled(self) -> None:
+        """Once no fetch of this secret is under way (the startup fetch included)."""
+        while self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+
+    @property
+    def last_attempt(self) -> tuple[float, bool]:
+        """(monotonic start, with AWSPENDING) of the latest fetch."""
+        return self._last_attempt
+
+    async def prime(self) -> None:
+        """The startup fetch: raises SecretError; a refresh asked for meanwhile joins it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refreshing = fut
+        self._last_attempt = (time.monotonic(), False)
+        try:
+            await self._fetch(with_pending=False)
+        finally:
+            self._refreshing = None
+            fut.set_result(None)
+
     def _unavailable(self) -> ProxyError:
         return ProxyError(
             SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
@@ -213,6 +278,19 @@ class CachedSecret:
             log.warning("%s", exc.message)
 
     async def _fetch(self, with_pending: bool) -> None:
+        failed = None
+        if with_pending:
+            failed, self._failed_password = self._failed_password, None
+        if self.remote is not None:
+            shared = await self.remote.fetch_shared(
+                self.arn, with_pending, failed, time.monotonic()
+            )
+            if shared is not None:
+                self.shared_fetches += 1
+                self._apply(shared[0], shared[1], with_pending)
+                # Ask again soon after the caller's own refresh, not a whole interval later.
+                self.next_refresh = min(self.next_refresh, time.monotonic() + shared[2] + 1.0)
+                return
         self.fetches += 1
         got = await asyncio.to_thread(self.client.fetch, self.arn, "AWSCURRENT")
         assert got is not None
@@ -225,6 +303,11 @@ class CachedSecret:
                     pending = parse_db_secret(p[1], self.arn, p[0])
                 except SecretError as exc:
                     log.warning("ignoring AWSPENDING of %s: %s", self.arn, exc)
+        self._apply(value, pending, with_pending)
+
+    def _apply(
+        self, value: DbCredentials, pending: DbCredentials | None, with_pending: bool
+    ) -> None:
         if self.value is not None and self.value.version_id != value.version_id:
             log.info("secret %s: new AWSCURRENT version %s", self.arn, value.version_id)
         preferred = self.preferred
@@ -269,6 +352,6 @@ class SecretStore:
         """Fetch every secret once; a missing or malformed secret stops the startup."""
         for secret in self.secrets.values():
             try:
-                await secret._fetch(with_pending=False)
+                await secret.prime()
             except SecretError as exc:
                 raise SecretError(f"databases: {exc}") from None

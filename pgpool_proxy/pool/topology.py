@@ -16,7 +16,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 # HostState.role values.
 WRITER: Final = "writer"
@@ -251,6 +251,64 @@ class Topology:
         if named is None or writer is None or writer.instance_id in (None, named):
             return True
         return not any(h.instance_id == named for h in self.hosts)
+
+    # --- another process's view (workers = N: one process probes, the others follow) --------
+
+    def view(self) -> dict[str, object]:
+        """What the probing process knows, as plain JSON-able values."""
+        writer = self.writer
+        return {
+            "hosts": [
+                [
+                    h.host,
+                    h.port,
+                    h.instance_id,
+                    h.role,
+                    h.timeline,
+                    h.lsn,
+                    h.lag_bytes,
+                    h.failures,
+                    h.error,
+                    h.probes,
+                ]
+                for h in self.hosts
+            ],
+            "writer": list(writer.key) if writer is not None else None,
+            "fast": self.fast,
+            "failovers": self.failovers,
+            "max_timeline": self.max_timeline,
+            "named_writer": self.named_writer,
+        }
+
+    def apply_view(self, view: dict[str, Any], now: float) -> None:
+        """Take the probing process's view as this topology's (it decided; nothing is
+        re-decided here), then tell the pools as an observation would."""
+        old = {h.key: h for h in self.hosts}
+        hosts: list[HostState] = []
+        for host, port, instance_id, role, tl, lsn, lag, failures, error, probes in view["hosts"]:
+            h = old.get((host, int(port))) or HostState(str(host), int(port), instance_id)
+            h.instance_id = instance_id
+            h.role, h.timeline, h.lsn, h.lag_bytes = str(role), tl, lsn, lag
+            h.failures, h.error, h.probes = int(failures), str(error), int(probes)
+            if failures == 0 and role != UNKNOWN:
+                h.last_ok_at = now
+            hosts.append(h)
+        self.hosts = hosts
+        key = view["writer"]
+        chosen = self.host(str(key[0]), int(key[1])) if key is not None else None
+        if chosen is not self.writer:
+            self.writer = chosen
+            if chosen is None:
+                self.writer_lost_at = now
+            else:
+                self.last_writer = chosen
+                self.writer_lost_at = None
+        self.failovers = int(view["failovers"])
+        self.max_timeline = int(view["max_timeline"])
+        self.named_writer = view["named_writer"]
+        self.fast = bool(view["fast"])
+        for listener in list(self._listeners):
+            listener(self)
 
     # --- queries -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from ..session.client_state import ClientState
 from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
 from .authquery import AuthLookups
+from .awscaller import CallerServer, TopologyFollower, start_caller
 from .loopwatch import LoopWatch
 from .peers import FORWARDED, PID_MASK, Peering, key_peer, key_secret, peering_configured
 from .services import Services
@@ -120,6 +121,8 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._peer_server: asyncio.base_events.Server | None = None
+        self.aws_caller: CallerServer | None = None
+        self.topology_follower: TopologyFollower | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
@@ -166,8 +169,14 @@ class ProxyServer:
         """Listen; `port` overrides the configured one (workers share a resolved port)."""
         loop = asyncio.get_running_loop()
         ident = self.identity
+        # workers = N: worker 0 makes the AWS calls for all (before its own first fetch, so
+        # its siblings wait on it); the others ask it (runtime.awscaller).
+        self.aws_caller, follower = await start_caller(self.services, self.tracking, ident)
         await self.services.start()
-        await self.tracking.start()
+        if follower is not None:
+            self.topology_follower = follower
+            self.spawn(follower.run(), "topology-follower")
+        await self.tracking.start(probe=follower is None)
         host = self.config.proxy.listen_host
         listen_port = self.config.proxy.listen_port if port is None else port
         try:
@@ -264,6 +273,8 @@ class ProxyServer:
             self._server.close()
         if self._peer_server is not None:
             self._peer_server.close()
+        if self.aws_caller is not None:
+            await self.aws_caller.close()
         if self._janitor is not None:
             self._janitor.cancel()
         self.loopwatch.stop()

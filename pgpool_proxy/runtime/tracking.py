@@ -5,7 +5,9 @@ share one topology, so each server gets one monitoring connection."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import Config, DatabaseConfig
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
     from .services import Services
 
 log = logging.getLogger("pgpool_proxy.topology")
+
+# A follower waits this much longer than worker 0's own startup probes for their first view.
+FOLLOW_MARGIN_S = 2.0
 
 
 class Tracking:
@@ -39,6 +44,11 @@ class Tracking:
         self._by_database: dict[str, Topology] = {}
         self.monitors: list[TopologyMonitor] = []
         self._discoveries: list[tuple[AuroraDiscovery, Topology, TopologyMonitor]] = []
+        self._sources: list[tuple[Topology, DatabaseConfig]] = []  # each with its first db
+        # False on a worker that follows worker 0's probes (runtime.awscaller) instead.
+        self.probing = False
+        # A follower's hook: a pool here suspects its server, so worker 0 should probe now.
+        self.on_suspect: Callable[[str], None] | None = None
         for db in config.databases:
             if db.tracked:
                 self._add(db)
@@ -51,6 +61,14 @@ class Tracking:
             topo = Topology(db.name, addresses)
             self._by_key[key] = topo
             self.topologies[db.name] = topo
+            self._sources.append((topo, db))
+        self._by_database[db.name] = topo
+
+    def _build_monitors(self) -> None:
+        """Fresh monitors (a stopped one does not start again) and Aurora discoveries."""
+        self.monitors = []
+        self._discoveries = []
+        for topo, db in self._sources:
             monitor = TopologyMonitor(
                 topo,
                 self.config.topology,
@@ -71,7 +89,6 @@ class Tracking:
                     address_map=self.address_map,
                 )
                 self._discoveries.append((discovery, topo, monitor))
-        self._by_database[db.name] = topo
 
     def _credentials(self, db: DatabaseConfig) -> MonitorLogin:
         config = self.config
@@ -89,8 +106,27 @@ class Tracking:
     def for_database(self, db: DatabaseConfig) -> Topology | None:
         return self._by_database.get(db.name)
 
-    async def start(self) -> None:
-        """Discover Aurora members (once, before listening), then start probing."""
+    async def start(self, probe: bool = True) -> None:
+        """Discover Aurora members (once, before listening), then start probing; with `probe`
+        False, wait for the views worker 0 pushes instead (runtime.awscaller)."""
+        if probe:
+            await self.start_probing()
+            return
+        self.stop_probing()  # installs the suspect hooks
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.topology.probe_timeout_s + FOLLOW_MARGIN_S
+        while loop.time() < deadline and self._unknown() and not self.probing:
+            await asyncio.sleep(0.01)
+
+    def _unknown(self) -> bool:
+        return any(h.role == UNKNOWN for t in self.topologies.values() for h in t.hosts)
+
+    async def start_probing(self) -> None:
+        """Probe from this process (always when alone; a follower while worker 0 is away)."""
+        if self.probing:
+            return
+        self.probing = True
+        self._build_monitors()
         for discovery, topo, _monitor in self._discoveries:
             try:
                 await self._discover(discovery, topo)
@@ -104,9 +140,7 @@ class Tracking:
         # the writer known; bounded by probe_timeout_s.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.topology.probe_timeout_s
-        while loop.time() < deadline and any(
-            h.role == UNKNOWN for t in self.topologies.values() for h in t.hosts
-        ):
+        while loop.time() < deadline and self._unknown():
             await asyncio.sleep(0.01)
         for discovery, topo, monitor in self._discoveries:
             self._spawn(self._discovery_loop(discovery, topo, monitor), f"discovery:{topo.name}")
@@ -143,8 +177,19 @@ class Tracking:
                     monitor.forget(h)
 
     def stop(self) -> None:
+        self.stop_probing()
+
+    def stop_probing(self) -> None:
+        """Stop this process's monitors (and discovery loops, which end with them)."""
+        self.probing = False
         for monitor in self.monitors:
             monitor.stop()
+        for key, topo in self.topologies.items():
+            topo.on_fast = functools.partial(self._suspected, key)
+
+    def _suspected(self, key: str) -> None:
+        if self.on_suspect is not None:
+            self.on_suspect(key)
 
 
 class _FixedLogin:
