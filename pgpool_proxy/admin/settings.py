@@ -93,6 +93,7 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
     "query_timeout": Alias("pool", "query_timeout_s"),
     "query_wait_timeout": Alias("pool", "query_wait_timeout_s"),
     "server_check_delay": Alias("pool", "server_check_delay_s"),
+    "server_check_query": Alias("pool", "server_check_query"),
     "server_connect_timeout": Alias("pool", "server_connect_timeout_s"),
     "server_idle_timeout": Alias("pool", "server_idle_timeout_s"),
     "server_lifetime": Alias("pool", "server_lifetime_s"),

@@ -106,6 +106,9 @@ class PoolSettings:
     # settings replay) is closed and replaced (0: no periodic check).
     server_check_delay_s: float = 30.0
     server_check_timeout_s: float = 10.0
+    # What the idle check sends; empty: an empty query (EmptyQueryResponse, no parse, no
+    # snapshot), the cheapest round trip PostgreSQL answers.
+    server_check_query: str = ""
     # Kernel dead-peer detection on client and server sockets (see net.connect.TcpTuning).
     tcp_keepalive: bool = True
     tcp_keepidle_s: int = 15
@@ -156,6 +159,7 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "query_timeout_s": Key(Kind.FLOAT, lo=0),
     "server_check_delay_s": Key(Kind.FLOAT, lo=0),
     "server_check_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+    "server_check_query": Key(Kind.STR),
     "tcp_keepalive": Key(Kind.BOOL),
     "tcp_keepidle_s": Key(Kind.INT, lo=1, hi=32767),
     "tcp_keepintvl_s": Key(Kind.INT, lo=1, hi=32767),

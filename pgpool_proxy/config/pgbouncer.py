@@ -104,7 +104,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "server_reset_query_always": "-transaction mode restores session state itself; the reset "
     "query runs when a session-mode client leaves",
     "server_check_delay": "pool.server_check_delay_s",
-    "server_check_query": "pool.server_check_delay_s",
+    "server_check_query": "pool.server_check_query",
     "server_fast_close": "-session-mode clients keep their server connection until they leave",
     "server_lifetime": "pool.server_lifetime_s",
     "server_idle_timeout": "pool.server_idle_timeout_s",
@@ -599,16 +599,12 @@ class _Mapper:
             self.pool["server_check_delay_s"] = number
 
     def _server_check_query(self, entry: IniEntry) -> None:
-        setting = "[pgbouncer] server_check_query"
         if entry.value == "":
             # An empty value turns PgBouncer's check off.
             self.pool["server_check_delay_s"] = 0.0
         elif entry.value.lower() != "<empty>":
-            self.note(
-                entry,
-                setting,
-                "pgpool-proxy checks server connections with an empty query; this query is not run",
-            )
+            # "<empty>" is PgBouncer's name for the empty query, pgpool-proxy's default.
+            self.pool["server_check_query"] = entry.value
 
     def _server_lifetime(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_lifetime"

@@ -75,4 +75,5 @@ class PoolSpec:
     query_timeout_s: float = 0.0
     check_delay_s: float = 30.0
     check_timeout_s: float = 10.0
+    check_query: str = ""
     tcp: TcpTuning = DEFAULT_TCP

@@ -224,6 +224,7 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "query_timeout_s": pool.query_timeout_s,
         "check_delay_s": pool.server_check_delay_s,
         "check_timeout_s": pool.server_check_timeout_s,
+        "check_query": pool.server_check_query,
         "tcp": tcp_tuning(pool),
     }
     # Multi-host settings, where this build has them.

@@ -441,6 +441,7 @@ class ProxyServer:
                 query_timeout_s=cfg.pool.query_timeout_s,
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
+                check_query=cfg.pool.server_check_query,
                 tcp=tcp_tuning(cfg.pool),
             )
             pool = Pool(spec, self.spawn)

@@ -498,6 +498,7 @@ def test_tls_timeouts_and_network_settings(tmp_path: Path) -> None:
     assert pool.server_lifetime_s == 0.001
     # An empty server_check_query turns PgBouncer's check off.
     assert pool.server_check_delay_s == 0
+    assert pool.server_check_query == ""
     assert config.proxy.log_level == "debug"
     for setting in (
         "listen_addr",
@@ -832,3 +833,20 @@ def test_problems_of_the_result_name_the_ini_line(tmp_path: Path) -> None:
     assert any(
         p.startswith(f"{userlist}:1: users[0].password: looks like a SCRAM") for p in problems
     )
+
+
+def test_server_check_query_is_mapped(tmp_path: Path) -> None:
+    def check(value: str) -> Config:
+        ini = (
+            "[databases]\napp = host=db\n[pgbouncer]\nauth_file = userlist.txt\n"
+            f"server_check_query = {value}\n"
+        )
+        conversion = convert(tmp_path, {"pgbouncer.ini": ini, "userlist.txt": '"a" "pw"\n'})
+        assert not notes_about(conversion, "[pgbouncer] server_check_query")
+        return round_trip(conversion)
+
+    pool = check("select 1").pool
+    assert (pool.server_check_query, pool.server_check_delay_s) == ("select 1", 30.0)
+    # PgBouncer's name for the empty query is pgpool-proxy's default.
+    pool = check("<empty>").pool
+    assert (pool.server_check_query, pool.server_check_delay_s) == ("", 30.0)
