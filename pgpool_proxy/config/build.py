@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .admin import build_admin
+from .client_rules import build_client_rules
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS, build_auth, build_pool, build_proxy
 from .databases import DATABASE_KEYS, build_databases, check_monitor_logins
 from .keys import ARRAYS, SECTIONS
@@ -70,6 +71,7 @@ def build_config(
     check_monitor_logins(checker, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
+    client_rules = build_client_rules(checker, data.get("client_rules"))
     checker.finish()
     return Config(
         proxy=proxy,
@@ -81,6 +83,7 @@ def build_config(
         topology=topology,
         admin=admin,
         metrics=metrics,
+        client_rules=client_rules,
         **security,
     )
 

@@ -80,7 +80,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "scram_iterations": "-the SCRAM iteration count for plaintext passwords is not configurable",
     # authentication
     "auth_type": "auth.type",
-    "auth_hba_file": "-no hba file: one auth.type for every client",
+    "auth_hba_file": "-the hba file is not read: write its lines as [[client_rules]]",
     "auth_ident_file": "-no ident maps",
     "auth_file": "users",
     "auth_user": "-no auth_query user look-up: list every user in the auth_file",

@@ -9,11 +9,20 @@ import ssl
 from typing import TYPE_CHECKING
 
 from ..auth.iam import IamError
-from ..auth.md5 import verify_md5_response
-from ..auth.scram import MECHANISM, ScramError
+from ..auth.md5 import is_md5_hash, verify_md5_response
+from ..auth.scram import MECHANISM, ScramError, ScramVerifier
 from ..auth.scram_server import ScramServer
-from ..config import AuthType, DatabaseConfig, PoolMode, UserConfig
+from ..config import (
+    REJECT,
+    AuthType,
+    DatabaseConfig,
+    PoolMode,
+    UserConfig,
+    client_address,
+    match_client_rule,
+)
 from ..counters import (
+    AUTH_CLIENT_RULES,
     AUTH_IAM,
     AUTH_PASSWORD,
     AUTH_PROTOCOL,
@@ -192,8 +201,8 @@ async def _login(client: ClientConnection) -> None:
     packet = await _startup(client)
     if packet is None:
         return  # a cancel request, delivered
-    params, user, database = _check_startup(client, packet)
-    user_cfg = await _authenticated(client, user)
+    params, user, database, auth_type = _check_startup(client, packet)
+    user_cfg = await _authenticated(client, user, auth_type)
     db = _admit(client, database, params)
     if db is None:
         return  # the admin console took over
@@ -234,9 +243,9 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
 
 def _check_startup(
     client: ClientConnection, packet: m.StartupMessage
-) -> tuple[dict[str, str], str, str]:
+) -> tuple[dict[str, str], str, str, AuthType]:
     """What the startup packet asks for, refused early when the proxy cannot serve it:
-    (parameters, user, database)."""
+    (parameters, user, database, how the client must authenticate)."""
     server = client.server
     config = server.config
     if client.peer_channel:
@@ -293,16 +302,52 @@ def _check_startup(
             f"no more connections allowed (max_client_conn={config.proxy.max_client_conn})",
             DisconnectReason.TOO_MANY_CLIENTS,
         )
-    return params, user, database
+    return params, user, database, _client_rule_method(client, user, database)
 
 
-async def _authenticated(client: ClientConnection, user: str) -> UserConfig | None:
-    """Authenticate `user`; its configuration as in force after (a reload may have happened
-    while the client answered)."""
+def _client_rule_method(client: ClientConnection, user: str, database: str) -> AuthType:
+    """How [[client_rules]] says this client authenticates (auth.type when no rule is
+    configured); refused as PostgreSQL refuses by pg_hba.conf: 28000, its wording."""
+    config = client.server.config
+    rules = config.client_rules
+    if not rules:
+        return config.auth.type
+    transport = client.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    # The kernel's peer address, never client text; a Unix-socket peer has no address.
+    tcp = isinstance(peer, tuple)
+    addr = client_address(peer[0]) if isinstance(peer, tuple) else None
+    rule = None if tcp and addr is None else match_client_rule(rules, addr, user, database)
+    if rule is not None and rule.method != REJECT:
+        return AuthType(rule.method) if rule.method else config.auth.type
+    host = addr.compressed if addr is not None else "[local]"
+    encryption = "SSL encryption" if is_tls(client) else "no encryption"
+    what = "no pg_hba.conf entry" if rule is None else "pg_hba.conf rejects connection"
+    log.info(
+        "client refused by client_rules: %s user=%s db=%s (%s)",
+        client.addr,
+        user,
+        database,
+        f"rule address={rule.address}" if rule is not None else "no rule matched",
+        extra={"event": "client_rules_refused", "addr": client.addr},
+    )
+    raise _Refusal(
+        SqlState.INVALID_AUTHORIZATION,
+        f'{what} for host "{host}", user "{user}", database "{database}", {encryption}',
+        DisconnectReason.AUTH_FAILED,
+        AUTH_CLIENT_RULES,
+    )
+
+
+async def _authenticated(
+    client: ClientConnection, user: str, auth_type: AuthType
+) -> UserConfig | None:
+    """Authenticate `user` by `auth_type`; its configuration as in force after (a reload may
+    have happened while the client answered)."""
     server = client.server
     config = server.config
     user_cfg = config.user(user)
-    await _authenticate(client, user, user_cfg)
+    await _authenticate(client, user, user_cfg, auth_type)
     # Authentication waited for the client: a reload may have happened meanwhile. Go on with
     # the configuration in force now, and refuse a user it no longer has.
     config = server.config
@@ -517,12 +562,13 @@ async def _authenticate_iam(client: ClientConnection, user: str) -> None:
     log.info("IAM login: %s user=%s principal=%s", client.addr, user, identity.principal)
 
 
-async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfig | None) -> None:
+async def _authenticate(
+    client: ClientConnection, user: str, user_cfg: UserConfig | None, auth_type: AuthType
+) -> None:
     server = client.server
     if user_cfg is not None and user_cfg.iam:
         await _authenticate_iam(client, user)
         return
-    auth_type = server.config.auth.type
     if auth_type == AuthType.TRUST:
         if user_cfg is None:
             raise _Refusal(
@@ -535,14 +581,18 @@ async def _authenticate(client: ClientConnection, user: str, user_cfg: UserConfi
     secret = user_cfg.password if user_cfg is not None else None
     refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
     # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
-    # no SCRAM verifier under md5), so there is no silent downgrade here.
-    if auth_type == AuthType.MD5:
+    # no SCRAM verifier under md5), so there is no silent downgrade here. A client rule may
+    # name the other method; then, as PostgreSQL does, md5 with a SCRAM verifier runs SCRAM,
+    # and SCRAM with an md5 hash runs the mock exchange and fails.
+    if auth_type == AuthType.MD5 and (secret is None or ScramVerifier.parse(secret) is None):
         salt = secrets.token_bytes(4)
         _send(client, m.auth_md5(salt))
         response = m.parse_password(await read_password_message(client))
         if secret is None or not verify_md5_response(response, secret, user, salt):
             raise _auth_failed(user, refused)
         return
+    if secret is not None and is_md5_hash(secret):
+        secret = None  # no SCRAM verifier to check against: the mock exchange, then refused
     # Unknown users run the same exchange against a mock verifier, so probing reveals nothing.
     verifier = await server.scram_verifier(user, secret)
     scram = ScramServer(verifier)
