@@ -101,6 +101,7 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
     "server_reset_query": Alias("pool", "server_reset_query"),
     "so_reuseport": Alias("proxy", "reuse_port"),
     "stats_users": Alias("admin", "stats_users"),
+    "unix_socket_dir": Alias("proxy", "unix_socket_dir"),
     "tcp_keepalive": Alias("pool", "tcp_keepalive"),
     "tcp_keepcnt": Alias("pool", "tcp_keepcnt"),
     "tcp_keepidle": Alias("pool", "tcp_keepidle_s"),

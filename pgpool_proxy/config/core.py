@@ -73,6 +73,10 @@ class ProxySettings:
     # Log a warning when the event loop was held this long (one callback, a blocking call, a
     # starved CPU); 0 turns the warning off (the lag histogram is always kept).
     loop_lag_warn_ms: int = 100
+    # A Unix-socket listener beside TCP: <dir>/.s.PGSQL.<listen port>, as PostgreSQL names it
+    # ("": none), with these permission bits.
+    unix_socket_dir: str = ""
+    unix_socket_mode: int = 0o777
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,9 @@ PROXY_KEYS: Final[dict[str, Key]] = {
     "reuse_port": Key(Kind.BOOL),
     # pgpool_proxy.loopwatch: warn when the event loop was held this long (0: never).
     "loop_lag_warn_ms": Key(Kind.INT, lo=0, hi=3_600_000),
+    # runtime.workers.bind_unix_listener: the Unix-socket listener.
+    "unix_socket_dir": Key(Kind.STR),
+    "unix_socket_mode": Key(Kind.INT, lo=0, hi=0o777),
 }
 
 POOL_KEYS: Final[dict[str, Key]] = {

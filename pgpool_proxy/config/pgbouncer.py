@@ -51,9 +51,9 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "pidfile": "-pgpool-proxy does not daemonize; run it under systemd, a container or similar",
     "listen_addr": "proxy.listen",
     "listen_port": "proxy.listen",
-    "unix_socket_dir": "-pgpool-proxy has no Unix-socket listener (TCP only)",
-    "unix_socket_mode": "-pgpool-proxy has no Unix-socket listener (TCP only)",
-    "unix_socket_group": "-pgpool-proxy has no Unix-socket listener (TCP only)",
+    "unix_socket_dir": "proxy.unix_socket_dir",
+    "unix_socket_mode": "proxy.unix_socket_mode",
+    "unix_socket_group": "-the socket file gets the proxy user's group; use a setgid directory",
     "user": "-pgpool-proxy does not switch users; start it as the user it should run as",
     "pool_mode": "proxy.pool_mode",
     "max_client_conn": "proxy.max_client_conn",
@@ -410,6 +410,8 @@ class _Mapper:
             "verbose": self._verbose,
             "server_reset_query": self._server_reset_query,
             "server_check_delay": self._server_check_delay,
+            "unix_socket_dir": self._unix_socket_dir,
+            "unix_socket_mode": self._unix_socket_mode,
             "server_check_query": self._server_check_query,
             "server_lifetime": self._server_lifetime,
             "server_idle_timeout": self._seconds_to(self.pool, "server_idle_timeout_s"),
@@ -451,6 +453,7 @@ class _Mapper:
         self.proxy["client_login_timeout_s"] = 60.0
         self.pool["server_login_retry_s"] = 15.0
         self.server_tls["mode"] = "prefer"
+        self.proxy["unix_socket_dir"] = "/tmp"
         self._listen()
         for name, entry in self.settings.items():
             setting = f"[pgbouncer] {name}"
@@ -538,8 +541,8 @@ class _Mapper:
                 self.note(
                     where,
                     "[pgbouncer] listen_addr",
-                    "not set: PgBouncer would listen on its Unix socket only, which pgpool-proxy "
-                    "does not have; it listens on 127.0.0.1 instead",
+                    "not set: PgBouncer would listen on its Unix socket only; pgpool-proxy "
+                    "always listens on TCP too, on 127.0.0.1 (the Unix socket is kept)",
                 )
         else:
             addresses = [a.strip() for a in addr_entry.value.split(",") if a.strip()]
@@ -580,6 +583,19 @@ class _Mapper:
         number = self.integer(entry, entry.value, "[pgbouncer] verbose", 0, 100)
         if number is not None:
             self.proxy["log_level"] = "debug" if number > 0 else "info"
+
+    def _unix_socket_dir(self, entry: IniEntry) -> None:
+        # Empty turns the socket off in both.
+        self.proxy["unix_socket_dir"] = entry.value
+
+    def _unix_socket_mode(self, entry: IniEntry) -> None:
+        text = entry.value.strip()
+        if not text or len(text) > 6 or any(c not in "01234567" for c in text):
+            self.bad(entry, "[pgbouncer] unix_socket_mode", f"expected octal, got {shown(text)}")
+        elif int(text, 8) > 0o777:
+            self.bad(entry, "[pgbouncer] unix_socket_mode", f"must be at most 0777, got {text}")
+        else:
+            self.proxy["unix_socket_mode"] = int(text, 8)
 
     def _server_reset_query(self, entry: IniEntry) -> None:
         self.pool["server_reset_query"] = entry.value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import logging
@@ -29,7 +30,14 @@ from ..session.login import run_login
 from .loopwatch import LoopWatch
 from .services import Services
 from .tracking import Tracking
-from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
+from .workers import (
+    MIN_CLIENT_PID,
+    WORKER_SHIFT,
+    BindError,
+    WorkerIdentity,
+    bind_unix_listener,
+    unix_socket_path,
+)
 
 if TYPE_CHECKING:
     from ..aws.discovery import AddressMap
@@ -107,6 +115,11 @@ class ProxyServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
         self._peer_server: asyncio.base_events.Server | None = None
+        # proxy.unix_socket_dir: the Unix-socket listener, and its file when this process made
+        # it (with workers the supervisor does, and removes it).
+        self._unix_server: asyncio.base_events.Server | None = None
+        self._unix_path: str | None = None
+        self.unix_socket: str | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
@@ -173,6 +186,7 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tune_listeners()
+        await self._listen_unix(loop)
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
@@ -184,6 +198,32 @@ class ProxyServer:
             log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
         else:
             log.info("listening on %s:%s", self.host, self.port)
+        if self.unix_socket is not None:
+            log.info("listening on Unix socket %s", self.unix_socket)
+
+    async def _listen_unix(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The Unix-socket listener: the supervisor's socket, inherited by every worker (they
+        all accept from one queue, as SO_REUSEPORT cannot share a socket file), or one bound
+        here on the TCP port's number."""
+        proxy = self.config.proxy
+        if not proxy.unix_socket_dir:
+            return
+        path = unix_socket_path(proxy.unix_socket_dir, self.port)
+        fd = self.identity.unix_fd
+        if fd is not None:
+            listener = socket.socket(fileno=os.dup(fd))
+        else:
+            try:
+                listener = bind_unix_listener(
+                    proxy.unix_socket_dir, self.port, proxy.unix_socket_mode
+                )
+            except BindError as exc:
+                raise OSError(0, str(exc)) from None
+            self._unix_path = path
+        self._unix_server = await loop.create_unix_server(
+            lambda: ClientConnection(self), sock=listener, backlog=4096
+        )
+        self.unix_socket = path
 
     # --- state: PAUSE/RESUME of everything, drain, close ----------------------------------------
 
@@ -216,6 +256,8 @@ class ProxyServer:
             self._to(ServerState.DRAINING)
         if self._server is not None:
             self._server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
 
     def request_stop(self, *, all_workers: bool = False) -> None:
         """Ask run_until_stopped for a graceful stop (SIGTERM; the admin SHUTDOWN, which with
@@ -241,6 +283,12 @@ class ProxyServer:
             self._server.close()
         if self._peer_server is not None:
             self._peer_server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+            self._unix_path = None
         if self._janitor is not None:
             self._janitor.cancel()
         self.loopwatch.stop()

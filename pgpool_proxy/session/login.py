@@ -224,7 +224,8 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
                     "received unencrypted data after SSL/GSS request",
                 )
             tls = server.services.client_tls
-            if isinstance(packet, m.SSLRequest) and tls is not None:
+            # Like PostgreSQL, no TLS over a Unix socket: the peer is on this host.
+            if isinstance(packet, m.SSLRequest) and tls is not None and not is_unix(client):
                 if is_tls(client):
                     raise ProxyError(
                         SqlState.PROTOCOL_VIOLATION, "SSLRequest on an already encrypted connection"
@@ -261,7 +262,7 @@ def _check_startup(
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             DisconnectReason.UNSUPPORTED,
         )
-    if server.services.tls_required and not is_tls(client):
+    if server.services.tls_required and not is_tls(client) and not is_unix(client):
         raise _Refusal(
             SqlState.INVALID_AUTHORIZATION,
             "SSL/TLS is required to connect to this proxy (client_tls.mode = require); "
@@ -504,6 +505,12 @@ def _auth_failed(user: str, why: str = AUTH_PASSWORD) -> _Refusal:
         DisconnectReason.AUTH_FAILED,
         why,
     )
+
+
+def is_unix(client: ClientConnection) -> bool:
+    """A client of the Unix-socket listener (its peer has no address)."""
+    t = client.transport
+    return t is not None and not isinstance(t.get_extra_info("peername"), tuple)
 
 
 def is_tls(client: ClientConnection) -> bool:

@@ -850,3 +850,19 @@ def test_server_check_query_is_mapped(tmp_path: Path) -> None:
     # PgBouncer's name for the empty query is pgpool-proxy's default.
     pool = check("<empty>").pool
     assert (pool.server_check_query, pool.server_check_delay_s) == ("", 30.0)
+
+
+def test_unix_socket_settings_are_mapped(tmp_path: Path) -> None:
+    def check(lines: str) -> Config:
+        ini = f"[databases]\napp = host=db\n[pgbouncer]\nauth_file = userlist.txt\n{lines}"
+        conversion = convert(tmp_path, {"pgbouncer.ini": ini, "userlist.txt": '"a" "pw"\n'})
+        assert not [n for n in conversion.notes if "unix_socket" in n.setting]
+        return round_trip(conversion)
+
+    # PgBouncer listens on /tmp unless told otherwise; so does the converted configuration.
+    proxy = check("").proxy
+    assert (proxy.unix_socket_dir, proxy.unix_socket_mode) == ("/tmp", 0o777)
+    proxy = check("unix_socket_dir = /var/run/pgbouncer\nunix_socket_mode = 0770\n").proxy
+    assert (proxy.unix_socket_dir, proxy.unix_socket_mode) == ("/var/run/pgbouncer", 0o770)
+    # Empty turns the socket off in both.
+    assert check("unix_socket_dir =\n").proxy.unix_socket_dir == ""
