@@ -92,6 +92,8 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
     "pool_mode": Alias("proxy", "pool_mode"),
     "query_timeout": Alias("pool", "query_timeout_s"),
     "query_wait_timeout": Alias("pool", "query_wait_timeout_s"),
+    "reserve_pool_size": Alias("pool", "reserve_pool_size"),
+    "reserve_pool_timeout": Alias("pool", "reserve_pool_timeout_s"),
     "server_check_delay": Alias("pool", "server_check_delay_s"),
     "server_check_query": Alias("pool", "server_check_query"),
     "server_connect_timeout": Alias("pool", "server_connect_timeout_s"),
@@ -114,7 +116,6 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
 FIXED: Final[Mapping[str, str]] = {
     "max_db_connections": "0",
     "max_user_connections": "0",
-    "reserve_pool_size": "0",
 }
 
 _TRUE: Final = frozenset({"1", "on", "yes", "true"})

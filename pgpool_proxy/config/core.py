@@ -96,6 +96,11 @@ class PoolSettings:
     max_prepared_statements: int = 200
     # Bytes of statement text each pool keeps for sharing (least recently used forgotten).
     statement_cache_bytes: int = 64 * 1024 * 1024
+    # PgBouncer's reserve pool: a pool whose oldest queued client has waited
+    # reserve_pool_timeout_s may open up to reserve_pool_size connections beyond its size
+    # (0 for either: no reserve).
+    reserve_pool_size: int = 0
+    reserve_pool_timeout_s: float = 5.0
     # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
     # with N proxies, N x this must fit the database's max_connections.
     max_server_connections: int = 0
@@ -160,6 +165,8 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "server_reset_query": Key(Kind.STR),
     "max_prepared_statements": Key(Kind.INT, lo=0, hi=100_000),
     "statement_cache_bytes": Key(Kind.INT, lo=0, hi=64 * _GIB),
+    "reserve_pool_size": Key(Kind.INT, lo=0),
+    "reserve_pool_timeout_s": Key(Kind.FLOAT, lo=0),
     "max_server_connections": Key(Kind.INT, lo=0),
     "server_max_scram_iterations": Key(Kind.INT, lo=1, hi=10_000_000),
     # Silent servers (pool.health._watch) and kernel dead-peer detection (net.connect).

@@ -76,4 +76,7 @@ class PoolSpec:
     check_delay_s: float = 30.0
     check_timeout_s: float = 10.0
     check_query: str = ""
+    # Connections beyond `size` once the oldest waiter has waited reserve_timeout_s.
+    reserve_size: int = 0
+    reserve_timeout_s: float = 5.0
     tcp: TcpTuning = DEFAULT_TCP

@@ -227,6 +227,8 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "check_delay_s": pool.server_check_delay_s,
         "check_timeout_s": pool.server_check_timeout_s,
         "check_query": pool.server_check_query,
+        "reserve_size": pool.reserve_pool_size,
+        "reserve_timeout_s": pool.reserve_pool_timeout_s,
         "tcp": tcp_tuning(pool),
     }
     # Multi-host settings, where this build has them.

@@ -490,6 +490,8 @@ class ProxyServer:
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
                 check_query=cfg.pool.server_check_query,
+                reserve_size=cfg.pool.reserve_pool_size,
+                reserve_timeout_s=cfg.pool.reserve_pool_timeout_s,
                 tcp=tcp_tuning(cfg.pool),
             )
             pool = Pool(spec, self.spawn)

@@ -866,3 +866,14 @@ def test_unix_socket_settings_are_mapped(tmp_path: Path) -> None:
     assert (proxy.unix_socket_dir, proxy.unix_socket_mode) == ("/var/run/pgbouncer", 0o770)
     # Empty turns the socket off in both.
     assert check("unix_socket_dir =\n").proxy.unix_socket_dir == ""
+
+
+def test_reserve_pool_is_mapped(tmp_path: Path) -> None:
+    ini = (
+        "[databases]\napp = host=db\n[pgbouncer]\nauth_file = userlist.txt\n"
+        "reserve_pool_size = 3\nreserve_pool_timeout = 2.5\n"
+    )
+    conversion = convert(tmp_path, {"pgbouncer.ini": ini, "userlist.txt": '"a" "pw"\n'})
+    assert not [n for n in conversion.notes if "reserve" in n.setting]
+    pool = round_trip(conversion).pool
+    assert (pool.reserve_pool_size, pool.reserve_pool_timeout_s) == (3, 2.5)
