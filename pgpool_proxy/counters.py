@@ -60,7 +60,15 @@ CANCEL_SENT: Final = "sent"  # the key's client was running a query: passed to i
 CANCEL_IDLE: Final = "idle"  # a valid key, but its client had nothing running
 CANCEL_UNKNOWN: Final = "unknown_key"  # no such key, or the wrong secret
 CANCEL_RELAYED: Final = "relayed"  # the key belongs to another worker: passed on to it
-CANCEL_RESULTS: Final = (CANCEL_SENT, CANCEL_IDLE, CANCEL_UNKNOWN, CANCEL_RELAYED)
+CANCEL_FORWARDED: Final = "forwarded"  # the key belongs to another instance: passed to that peer
+CANCEL_RESULTS: Final = (CANCEL_SENT, CANCEL_IDLE, CANCEL_UNKNOWN, CANCEL_RELAYED, CANCEL_FORWARDED)
+
+
+# What an auth_query look-up sent to PostgreSQL found (pgpool_proxy_auth_query_lookups_total).
+LOOKUP_FOUND: Final = "found"  # a stored password
+LOOKUP_NOT_FOUND: Final = "not_found"  # no row, or no password
+LOOKUP_FAILED: Final = "failed"  # refused, timed out, or no server connection (logged)
+LOOKUP_RESULTS: Final = (LOOKUP_FOUND, LOOKUP_NOT_FOUND, LOOKUP_FAILED)
 
 
 def disconnect_counts() -> dict[DisconnectReason, int]:
@@ -76,6 +84,7 @@ class ProxyCounters:
         "admin_commands",
         "admin_logins",
         "auth_failures",
+        "auth_lookups",
         "cancel_requests",
         "client_disconnects",
         "logins",
@@ -89,6 +98,8 @@ class ProxyCounters:
         # PgBouncer shows them in SHOW STATS).
         self.admin_commands = 0
         self.auth_failures: dict[str, int] = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
+        # auth_query look-ups sent to PostgreSQL, by result (cache hits are not counted).
+        self.auth_lookups: dict[str, int] = dict.fromkeys(LOOKUP_RESULTS, 0)
         self.client_disconnects = disconnect_counts()
         # Cancel requests by outcome. Counted, not logged one by one: anyone can send them
         # without logging in, so a log line each would let a flood fill the disk.

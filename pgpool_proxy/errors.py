@@ -74,6 +74,9 @@ class DisconnectReason(enum.Enum):
     SHUTDOWN = "shutdown"
     # A client went past a bound on what the proxy keeps for it (statements, settings).
     MEMORY_LIMIT = "client_memory_limit"
+    # PgBouncer's names: idle inside a transaction, or idle with no server connection, too long.
+    IDLE_TRANSACTION_TIMEOUT = "idle_transaction_timeout"
+    CLIENT_IDLE_TIMEOUT = "client_idle_timeout"
     INTERNAL_ERROR = "internal_error"  # a bug in the proxy, caught at a protocol callback
     # Backend-only reasons.
     IDLE_TIMEOUT = "server_idle_timeout"

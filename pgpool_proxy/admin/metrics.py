@@ -146,6 +146,14 @@ def _client_families(server: ProxyServer) -> list[Metric]:
     )
     for reason, count in counters.auth_failures.items():
         auth.add_metric([reason], count)
+    lookups = CounterMetricFamily(
+        "pgpool_proxy_auth_query_lookups",
+        "auth_query look-ups sent to PostgreSQL for users not in [[users]], by result (found, "
+        "not_found, failed); answers from the cache are not counted",
+        labels=["result"],
+    )
+    for result, count in getattr(counters, "auth_lookups", {}).items():
+        lookups.add_metric([result], count)
     gone = CounterMetricFamily(
         "pgpool_proxy_client_disconnects",
         "Client connections closed, by typed reason",
@@ -162,7 +170,7 @@ def _client_families(server: ProxyServer) -> list[Metric]:
     )
     for result, count in getattr(counters, "cancel_requests", {}).items():
         cancels.add_metric([result], count)
-    return [clients, accepted, logins, auth, gone, cancels]
+    return [clients, accepted, logins, auth, lookups, gone, cancels]
 
 
 # --- pools -----------------------------------------------------------------------------------

@@ -46,7 +46,16 @@ LIVE: Final = frozenset(
         ("proxy", "loop_lag_warn_ms"),
         *(("pool", f.name) for f in dataclasses.fields(PoolSettings)),
         *(("admin", f.name) for f in dataclasses.fields(AdminSettings)),
+        # auth_query's cache and bound (read at each look-up).
+        ("auth", "auth_cache_s"),
+        ("auth", "auth_negative_cache_s"),
+        ("auth", "auth_refresh_s"),
+        ("auth", "auth_query_timeout_s"),
     }
+)
+# Changed by RELOAD, which checks them against [[users]] and [[databases]]; not by SET.
+_RELOAD_ONLY: Final = frozenset(
+    {("auth", "auth_user"), ("auth", "auth_query"), ("auth", "auth_dbname")}
 )
 
 # The sections SHOW CONFIG shows (and SET may change), in this order.
@@ -77,6 +86,9 @@ class Alias:
 PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
     "admin_users": Alias("admin", "admin_users"),
     "auth_type": Alias("auth", "type"),
+    "auth_user": Alias("auth", "auth_user"),
+    "auth_query": Alias("auth", "auth_query"),
+    "auth_dbname": Alias("auth", "auth_dbname"),
     "client_idle_timeout": Alias("pool", "client_idle_timeout_s"),
     "client_login_timeout": Alias("proxy", "client_login_timeout_s"),
     "default_pool_size": Alias("pool", "default_pool_size"),
@@ -256,6 +268,13 @@ def set_setting(server: ProxyServer, key: str, raw: str) -> tuple[str, Config]:
             "must suit it (an md5 hash cannot do SCRAM, a SCRAM verifier cannot answer md5)",
             hint="Change auth.type (and the passwords) in the configuration file, then RELOAD; "
             "the reload checks them together.",
+        )
+    if (section, name) in _RELOAD_ONLY:
+        raise CommandError(
+            SqlState.CANT_CHANGE_RUNTIME_PARAM,
+            f'parameter "{full}" cannot be changed with SET: it must name a [[users]] entry '
+            "(or a [[databases]] entry) the proxy can use",
+            hint=f"Change {full} in the configuration file, then RELOAD; the reload checks it.",
         )
     if (section, name) not in LIVE:
         raise CommandError(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__
 from ..protocol.messages import OID_INT4, OID_INT8, OID_NUMERIC, OID_TEXT
+from ..runtime.peers import PEER_POOL_SIZE
 from ..session.client_state import ClientState
 
 if TYPE_CHECKING:
@@ -145,8 +146,21 @@ USERS_COLUMNS: Final = (
     ("worker", I4),
 )
 
-# PgBouncer 1.19+'s SHOW PEERS.
-PEERS_COLUMNS: Final = (("peer_id", I4), ("host", T), ("port", I4), ("pool_size", I4))
+# PgBouncer 1.19+'s SHOW PEERS, then ours: where the peer came from ("config" or "dns"), the
+# cancels forwarded to it (done, failed, dropped over pool_size, in flight), this worker.
+PEERS_COLUMNS: Final = (
+    ("peer_id", I4),
+    ("host", T),
+    ("port", I4),
+    ("pool_size", I4),
+    # ours
+    ("source", T),
+    ("forwarded", I8),
+    ("failed", I8),
+    ("dropped", I8),
+    ("in_flight", I4),
+    ("worker", I4),
+)
 
 # PgBouncer's admin database is served by a pool of its own, in statement mode, whose user is
 # the admin database's name; its rows in SHOW POOLS/STATS/DATABASES/USERS describe the console.
@@ -565,7 +579,6 @@ def show_users(server: ProxyServer) -> Result:
     worker = _s(server.identity.index)
     # Per-user limits are PgBouncer's max_user_connections / max_user_client_connections;
     # 0 means none, as there.
-    max_user = getattr(cfg.pool, "max_user_connections", 0)
     servers: dict[str, int] = {}
     for (_db, name), pool in server.pools.items():
         servers[name] = servers.get(name, 0) + pool.total
@@ -581,7 +594,7 @@ def show_users(server: ProxyServer) -> Result:
                 None,
                 None,
                 user.pool_mode.value if user.pool_mode is not None else None,
-                _s(max_user),
+                _s(cfg.max_user_connections_for(user.name)),
                 _s(servers.get(user.name, 0)),
                 "0",
                 _s(clients.get(user.name, 0)),
@@ -595,8 +608,25 @@ def show_users(server: ProxyServer) -> Result:
 
 
 def show_peers(server: ProxyServer) -> Result:
-    """No rows: the proxy has no [peers] (cancel forwarding between instances) yet."""
-    return Result(PEERS_COLUMNS)
+    """The instances cancel requests are forwarded to ([[peers]] and proxy.peer_dns_name)."""
+    worker = _s(server.identity.index)
+    result = Result(PEERS_COLUMNS)
+    for p in server.peering.peers():
+        result.rows.append(
+            [
+                _s(p.peer_id),
+                p.host,
+                _s(p.port),
+                _s(PEER_POOL_SIZE),
+                p.source,
+                _s(p.forwarded),
+                _s(p.failed),
+                _s(p.dropped),
+                _s(p.in_flight),
+                worker,
+            ]
+        )
+    return result
 
 
 def show_state(server: ProxyServer) -> Result:

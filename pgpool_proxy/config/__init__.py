@@ -7,7 +7,7 @@ way, each only from those listed before it:
 - `envrefs`, `tables`: ``*_env`` references; reading a section or an array against its keys;
 - `core` ([proxy], [pool], [auth]), `users`, `topology`, `databases`, `security` ([client_tls],
   [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`, `client_rules`
-  ([[client_rules]], the client address allow-list): each section's
+  ([[client_rules]], the client address allow-list), `peers` ([[peers]]): each section's
   dataclasses, key table, cross-key checks and builder;
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
   (``pgpool-proxy check``);
@@ -28,6 +28,7 @@ from .ini import PgBouncerNote, looks_like_pgbouncer_ini
 from .keys import SECTIONS, setting_from_text
 from .metrics import MetricsSettings
 from .model import Config
+from .peers import PeerConfig
 from .pgbouncer import (
     PGBOUNCER_DATABASE_PARAMS,
     PGBOUNCER_SETTINGS,
@@ -71,6 +72,7 @@ __all__ = [
     "IamSettings",
     "IamVerifierKind",
     "MetricsSettings",
+    "PeerConfig",
     "PgBouncerConversion",
     "PgBouncerNote",
     "PoolMode",

@@ -19,10 +19,16 @@ from typing import Any, Final
 from .admin import build_admin
 from .client_rules import build_client_rules
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS, build_auth, build_pool, build_proxy
-from .databases import DATABASE_KEYS, build_databases, check_monitor_logins
+from .databases import (
+    DATABASE_KEYS,
+    build_databases,
+    check_auth_lookups,
+    check_monitor_logins,
+)
 from .keys import ARRAYS, SECTIONS
 from .metrics import build_metrics
 from .model import Config
+from .peers import PEER_KEYS, build_peers
 from .schema import BAD, Checker, ConfigError, quote, type_name
 from .security import build_security
 from .tables import read_entries, read_section
@@ -69,9 +75,12 @@ def build_config(
     # already a problem, and a "not in [[users]]" on top of it would be wrong.
     user_names = {values["name"] for _, values in user_entries if values["name"] is not BAD}
     check_monitor_logins(checker, databases, users, user_names)
+    check_auth_lookups(checker, auth, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
     client_rules = build_client_rules(checker, data.get("client_rules"))
+    peer_entries = read_entries(checker, "peers", data.get("peers"), PEER_KEYS, named=False)
+    peers = build_peers(checker, peer_entries)
     checker.finish()
     return Config(
         proxy=proxy,
@@ -84,6 +93,7 @@ def build_config(
         admin=admin,
         metrics=metrics,
         client_rules=client_rules,
+        peers=tuple(peers),
         **security,
     )
 

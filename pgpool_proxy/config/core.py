@@ -14,6 +14,8 @@ from .schema import BAD, Checker, Key, Kind, only_valid
 
 __all__ = [
     "AUTH_KEYS",
+    "DEFAULT_AUTH_QUERY",
+    "MAX_PEER_ID",
     "POOL_KEYS",
     "PROXY_KEYS",
     "AuthSettings",
@@ -30,6 +32,12 @@ LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
 _MIB: Final = 1024 * 1024
 _GIB: Final = 1024 * _MIB
+# Peer ids fit the 14 bits the cancel keys keep for them (PgBouncer's range; runtime.peers).
+MAX_PEER_ID: Final = (1 << 14) - 1
+
+
+# PgBouncer's documented default auth_query.
+DEFAULT_AUTH_QUERY: Final = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 
 
 class PoolMode(enum.Enum):
@@ -77,6 +85,15 @@ class ProxySettings:
     # ("": none), with these permission bits.
     unix_socket_dir: str = ""
     unix_socket_mode: int = 0o777
+    # Peering (runtime.peers): this instance's id in the cancel keys it hands out (0: none, or
+    # a random one picked at startup when peers are configured), the DNS name whose A/AAAA
+    # records are the peers (each asked for its id on peer_dns_port, 0: listen's port), how
+    # often it is resolved again, and how long a forwarded cancel may take.
+    peer_id: int = 0
+    peer_dns_name: str = ""
+    peer_dns_port: int = 0
+    peer_dns_refresh_s: float = 30.0
+    cancel_wait_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +121,20 @@ class PoolSettings:
     # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
     # with N proxies, N x this must fit the database's max_connections.
     max_server_connections: int = 0
+    # PgBouncer's max_db_connections / max_user_connections: server connections per
+    # [[databases]] entry / per server user, across pools (0: no cap).
+    max_db_connections: int = 0
+    max_user_connections: int = 0
     # The most PBKDF2 iterations a server's SCRAM challenge may ask of the proxy (PostgreSQL's
     # default is 4096); a server asking more is refused rather than allowed to burn CPU.
     server_max_scram_iterations: int = 100_000
     # A server that owes a client a reply and sends nothing for this long is given up on: the
     # query is cancelled, the server connection closed, the client told 57014 (0: off).
     query_timeout_s: float = 0.0
+    # PgBouncer's idle_transaction_timeout and client_idle_timeout (0: off): a client idle in a
+    # transaction, or idle with no server connection, this long is closed.
+    idle_transaction_timeout_s: float = 0.0
+    client_idle_timeout_s: float = 0.0
     # A pooled server connection idle this long is asked an empty query before more idle time;
     # one that stays silent for server_check_timeout_s (as does one silent on a reset or a
     # settings replay) is closed and replaced (0: no periodic check).
@@ -131,6 +156,20 @@ class AuthSettings:
     """The ``[auth]`` section: client authentication."""
 
     type: AuthType = AuthType.SCRAM_SHA_256
+    # PgBouncer's auth_query: users not in [[users]] are looked up in PostgreSQL by this query
+    # ($1 is the client's user name), run as auth_user (a [[users]] entry) on a server
+    # connection of auth_user's own pool, in auth_dbname (default: the client's database).
+    # Empty auth_user: no look-up (a database's own auth_user still turns it on there).
+    auth_user: str = ""
+    auth_query: str = DEFAULT_AUTH_QUERY
+    auth_dbname: str = ""
+    # How long a looked-up verifier is trusted, and how long a "no such user" answer is; a
+    # failed login refreshes a cached verifier at most once per auth_refresh_s.
+    auth_cache_s: float = 60.0
+    auth_negative_cache_s: float = 5.0
+    auth_refresh_s: float = 1.0
+    # The look-up's bound (the client waits for it within client_login_timeout_s).
+    auth_query_timeout_s: float = 5.0
 
 
 PROXY_KEYS: Final[dict[str, Key]] = {
@@ -152,6 +191,12 @@ PROXY_KEYS: Final[dict[str, Key]] = {
     # runtime.workers.bind_unix_listener: the Unix-socket listener.
     "unix_socket_dir": Key(Kind.STR),
     "unix_socket_mode": Key(Kind.INT, lo=0, hi=0o777),
+    # Peering: forwarding cancel requests between instances behind one load balancer.
+    "peer_id": Key(Kind.INT, lo=0, hi=MAX_PEER_ID),
+    "peer_dns_name": Key(Kind.STR),
+    "peer_dns_port": Key(Kind.INT, lo=0, hi=65535),
+    "peer_dns_refresh_s": Key(Kind.FLOAT, lo=1, hi=86400),
+    "cancel_wait_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True, hi=3600),
 }
 
 POOL_KEYS: Final[dict[str, Key]] = {
@@ -168,9 +213,14 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "reserve_pool_size": Key(Kind.INT, lo=0),
     "reserve_pool_timeout_s": Key(Kind.FLOAT, lo=0),
     "max_server_connections": Key(Kind.INT, lo=0),
+    "max_db_connections": Key(Kind.INT, lo=0),
+    "max_user_connections": Key(Kind.INT, lo=0),
     "server_max_scram_iterations": Key(Kind.INT, lo=1, hi=10_000_000),
     # Silent servers (pool.health._watch) and kernel dead-peer detection (net.connect).
     "query_timeout_s": Key(Kind.FLOAT, lo=0),
+    # Idle clients (pool.health for transactions, session.idle for clients with no server).
+    "idle_transaction_timeout_s": Key(Kind.FLOAT, lo=0),
+    "client_idle_timeout_s": Key(Kind.FLOAT, lo=0),
     "server_check_delay_s": Key(Kind.FLOAT, lo=0),
     "server_check_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
     "server_check_query": Key(Kind.STR),
@@ -183,6 +233,13 @@ POOL_KEYS: Final[dict[str, Key]] = {
 
 AUTH_KEYS: Final[dict[str, Key]] = {
     "type": Key(Kind.ENUM, enum_type=AuthType),
+    "auth_user": Key(Kind.STR),
+    "auth_query": Key(Kind.STR, nonempty=True),
+    "auth_dbname": Key(Kind.STR),
+    "auth_cache_s": Key(Kind.FLOAT, lo=0),
+    "auth_negative_cache_s": Key(Kind.FLOAT, lo=0),
+    "auth_refresh_s": Key(Kind.FLOAT, lo=0),
+    "auth_query_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
 }
 
 

@@ -8,12 +8,18 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .core import PoolMode
+from .core import AuthSettings, PoolMode
 from .schema import BAD, Checker, Key, Kind, quote
 from .topology import DatabaseRole, check_hosts
 from .users import SCRAM_PREFIX, UserConfig
 
-__all__ = ["DATABASE_KEYS", "DatabaseConfig", "build_databases", "check_monitor_logins"]
+__all__ = [
+    "DATABASE_KEYS",
+    "DatabaseConfig",
+    "build_databases",
+    "check_auth_lookups",
+    "check_monitor_logins",
+]
 
 DATABASE_KEYS: Final[dict[str, Key]] = {
     "name": Key(Kind.STR, nonempty=True),
@@ -25,6 +31,7 @@ DATABASE_KEYS: Final[dict[str, Key]] = {
     "password_env": Key(Kind.STR, nonempty=True),
     "pool_size": Key(Kind.INT, lo=1),
     "pool_mode": Key(Kind.ENUM, enum_type=PoolMode),
+    "max_db_connections": Key(Kind.INT, lo=0),
     "secret_arn": Key(Kind.STR, nonempty=True),
     "secret_region": Key(Kind.STR, nonempty=True),
     "secret_endpoint_url": Key(Kind.STR, nonempty=True),
@@ -37,6 +44,10 @@ DATABASE_KEYS: Final[dict[str, Key]] = {
     "aurora_region": Key(Kind.STR, nonempty=True),
     "aurora_endpoint_url": Key(Kind.STR, nonempty=True),
     "monitor_user": Key(Kind.STR, nonempty=True),
+    # auth_query for this database (PgBouncer's per-database auth_user/auth_query/auth_dbname).
+    "auth_user": Key(Kind.STR, nonempty=True),
+    "auth_query": Key(Kind.STR, nonempty=True),
+    "auth_dbname": Key(Kind.STR, nonempty=True),
     # Read host/port/hosts/secret_arn from a named environment variable (envrefs).
     "host_env": Key(Kind.STR, nonempty=True),
     "port_env": Key(Kind.STR, nonempty=True),
@@ -58,6 +69,8 @@ class DatabaseConfig:
     password: str | None = field(default=None, repr=False)
     pool_size: int | None = None
     pool_mode: PoolMode | None = None
+    # Server connections across this database's pools; None: pool.max_db_connections (0: none).
+    max_db_connections: int | None = None
     # Server credentials from AWS Secrets Manager (instead of user/password).
     secret_arn: str | None = None
     secret_region: str | None = None  # default: the ARN's region
@@ -73,6 +86,10 @@ class DatabaseConfig:
     aurora_endpoint_url: str | None = None
     # The [[users]] entry the topology monitor logs in as when the database has no user.
     monitor_user: str | None = None
+    # Overrides of [auth] auth_user/auth_query/auth_dbname for clients of this database.
+    auth_user: str | None = None
+    auth_query: str | None = None
+    auth_dbname: str | None = None
 
     def addresses(self) -> tuple[tuple[str, int], ...]:
         """The configured servers, in order (discovery may add more at run time)."""
@@ -159,3 +176,51 @@ def check_monitor_logins(
                     "the topology monitor cannot log in with a SCRAM verifier: give the "
                     "database user a plaintext password, or set monitor_user",
                 )
+
+
+def check_auth_lookups(
+    checker: Checker,
+    auth: AuthSettings,
+    databases: Iterable[DatabaseConfig],
+    users: Iterable[UserConfig],
+    user_names: Collection[str],
+) -> None:
+    """Each auth_user must be a [[users]] entry the proxy can log into PostgreSQL with, and each
+    auth_dbname a [[databases]] entry."""
+    by_name = {u.name: u for u in users}
+    names: set[str] = set()
+    dbs = list(databases)
+    db_names = {db.name for db in dbs}
+    wanted: list[tuple[str, str, str | None]] = []
+    if auth.auth_user:
+        wanted.append(("auth.auth_user", auth.auth_user, auth.auth_dbname or None))
+    elif auth.auth_dbname:
+        checker.add("auth.auth_dbname", "has no effect without auth.auth_user")
+    for db in dbs:
+        if db.auth_user is not None:
+            wanted.append((f"databases.{db.name}.auth_user", db.auth_user, db.auth_dbname))
+        elif db.auth_dbname is not None:
+            if not auth.auth_user:
+                names.add(db.name)
+            elif db.auth_dbname not in db_names:
+                checker.add(
+                    f"databases.{db.name}.auth_dbname",
+                    f"{quote(db.auth_dbname)} is not a [[databases]] entry",
+                )
+    for path, name, dbname in wanted:
+        user = by_name.get(name)
+        if user is None and name in user_names:
+            continue  # an invalid [[users]] entry: its own problem says what is wrong
+        if user is None or not user.password or user.password.startswith(SCRAM_PREFIX):
+            checker.add(
+                path,
+                f"{quote(name)} must be a [[users]] entry with a password the proxy can log "
+                "into PostgreSQL with (plaintext, or an md5 hash for md5 server auth)",
+            )
+        if dbname is not None and dbname not in db_names:
+            checker.add(
+                path.replace("auth_user", "auth_dbname"),
+                f"{quote(dbname)} is not a [[databases]] entry",
+            )
+    for name in sorted(names):
+        checker.add(f"databases.{name}.auth_dbname", "has no effect without an auth_user")

@@ -12,6 +12,7 @@ from .client_rules import CLIENT_RULE_KEYS
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS
 from .databases import DATABASE_KEYS
 from .metrics import METRICS_KEYS
+from .peers import PEER_KEYS
 from .schema import BAD, Checker, ConfigError, Key
 from .security import CLIENT_TLS_KEYS, IAM_KEYS, IAM_RULE_KEYS, SECRETS_KEYS, SERVER_TLS_KEYS
 from .topology import TOPOLOGY_KEYS
@@ -37,6 +38,7 @@ ARRAYS: Final[Mapping[str, Mapping[str, Key]]] = {
     "users": USER_KEYS,
     "iam_rules": IAM_RULE_KEYS,
     "client_rules": CLIENT_RULE_KEYS,
+    "peers": PEER_KEYS,
 }
 
 

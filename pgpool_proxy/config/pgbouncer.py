@@ -61,15 +61,14 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "min_pool_size": "pool.min_pool_size",
     "reserve_pool_size": "pool.reserve_pool_size",
     "reserve_pool_timeout": "pool.reserve_pool_timeout_s",
-    "max_db_connections": "databases.pool_size",
+    "max_db_connections": "pool.max_db_connections",
     "max_db_client_connections": "-no per-database client limit; proxy.max_client_conn limits all",
-    "max_user_connections": "-no per-user server connection limit; pool.max_server_connections "
-    "caps all pools of the instance",
+    "max_user_connections": "pool.max_user_connections",
     "max_user_client_connections": "-no per-user client limit; proxy.max_client_conn limits all",
     "server_round_robin": "-server connections are always reused last-in first-out",
     "track_extra_parameters": "-not needed: every setting a client changes is tracked",
     "ignore_startup_parameters": "-not needed: every startup parameter is accepted and applied",
-    "peer_id": "-no peering yet: a cancel request reaching another instance is not forwarded",
+    "peer_id": "proxy.peer_id",
     "disable_pqexec": "-the simple query protocol cannot be turned off",
     "application_name_add_host": "-the application_name a client sends is passed on unchanged",
     "conffile": "-the file is the one given on the command line",
@@ -83,9 +82,9 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "auth_hba_file": "-the hba file is not read: write its lines as [[client_rules]]",
     "auth_ident_file": "-no ident maps",
     "auth_file": "users",
-    "auth_user": "-no auth_query user look-up: list every user in the auth_file",
-    "auth_query": "-no auth_query user look-up: list every user in the auth_file",
-    "auth_dbname": "-no auth_query user look-up",
+    "auth_user": "auth.auth_user",
+    "auth_query": "auth.auth_query",
+    "auth_dbname": "auth.auth_dbname",
     "auth_ldap_options": "-no LDAP authentication",
     # logging
     "syslog": '-pgpool-proxy logs to stderr only (proxy.log_format = "json" for collectors)',
@@ -140,9 +139,9 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     # dangerous timeouts
     "query_timeout": "pool.query_timeout_s",
     "query_wait_timeout": "pool.query_wait_timeout_s",
-    "cancel_wait_timeout": "-cancel requests are forwarded at once, not queued",
-    "client_idle_timeout": "-idle clients are not disconnected",
-    "idle_transaction_timeout": "-clients idle in a transaction are not disconnected",
+    "cancel_wait_timeout": "proxy.cancel_wait_timeout_s",
+    "client_idle_timeout": "pool.client_idle_timeout_s",
+    "idle_transaction_timeout": "pool.idle_transaction_timeout_s",
     "transaction_timeout": "-transactions have no time limit in the proxy",
     # low-level network
     "pkt_buf": "-buffers are sized by the proxy",
@@ -166,9 +165,9 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
     "port": "databases.port",
     "user": "databases.user",
     "password": "databases.password",
-    "auth_user": "-no auth_query user look-up",
-    "auth_query": "-no auth_query user look-up",
-    "auth_dbname": "-no auth_query user look-up",
+    "auth_user": "databases.auth_user",
+    "auth_query": "databases.auth_query",
+    "auth_dbname": "databases.auth_dbname",
     "pool_size": "databases.pool_size",
     "min_pool_size": "-pool.min_pool_size applies to every database",
     "reserve_pool_size": "-pool.reserve_pool_size applies to every database",
@@ -178,7 +177,7 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
     "query_wait_timeout": "-pool.query_wait_timeout_s applies to every database",
     "load_balance_hosts": "-one host per database (hosts = [...] tracks the writer instead)",
     "target_session_attrs": '-use hosts = [...] with role = "writer" or "reader" instead',
-    "max_db_connections": "databases.pool_size",
+    "max_db_connections": "databases.max_db_connections",
     "max_db_client_connections": "-no per-database client limit",
     "server_lifetime": "-pool.server_lifetime_s applies to every database",
     "client_encoding": "-server settings come from the client; use ALTER ROLE/DATABASE ... SET",
@@ -192,27 +191,23 @@ PGBOUNCER_USER_PARAMS: Final[Mapping[str, str]] = {
     "pool_mode": "users.pool_mode",
     "pool_size": "-pool sizes are per database (databases.pool_size)",
     "reserve_pool_size": "-pool.reserve_pool_size applies to every user",
-    "max_user_connections": "-no per-user server connection limit",
+    "max_user_connections": "users.max_user_connections",
     "max_user_client_connections": "-no per-user client limit",
     "query_timeout": "-pool.query_timeout_s applies to every user",
     "query_wait_timeout": "-pool.query_wait_timeout_s applies to every user",
-    "idle_transaction_timeout": "-clients idle in a transaction are not disconnected",
+    "idle_transaction_timeout": "-pool.idle_transaction_timeout_s applies to every user",
     "transaction_timeout": "-transactions have no time limit in the proxy",
-    "client_idle_timeout": "-idle clients are not disconnected",
+    "client_idle_timeout": "-pool.client_idle_timeout_s applies to every user",
 }
 
 # Values of an unmapped setting that mean what pgpool-proxy does anyway: noted at info level.
 _HARMLESS: Final[Mapping[str, frozenset[str]]] = {
     "reserve_pool_size": frozenset({"0"}),
     "max_db_client_connections": frozenset({"0"}),
-    "max_user_connections": frozenset({"0"}),
     "max_user_client_connections": frozenset({"0"}),
     "server_round_robin": frozenset({"0", "false", "no", "off"}),
     "disable_pqexec": frozenset({"0", "false", "no", "off"}),
     "application_name_add_host": frozenset({"0", "false", "no", "off"}),
-    "peer_id": frozenset({"0"}),
-    "client_idle_timeout": frozenset({"0", "0.0"}),
-    "idle_transaction_timeout": frozenset({"0", "0.0"}),
     "transaction_timeout": frozenset({"0", "0.0"}),
     "server_fast_close": frozenset({"0", "false", "no", "off"}),
     "server_reset_query_always": frozenset({"0", "false", "no", "off"}),
@@ -326,6 +321,8 @@ class _Mapper:
         self.settings: dict[str, IniEntry] = {}
         self.db_entries: dict[str, IniEntry] = {}
         self.user_entries: dict[str, IniEntry] = {}
+        self.peer_entries: list[IniEntry] = []
+        self.peers: list[dict[str, Any]] = []
         for entry in ini.entries:
             if entry.section == "pgbouncer":
                 self.settings[entry.key.lower()] = entry
@@ -334,11 +331,7 @@ class _Mapper:
             elif entry.section == "users":
                 self.user_entries[entry.key] = entry
             else:
-                self.note(
-                    entry,
-                    f"[peers] {entry.key}",
-                    "no peering yet: cancel requests are not forwarded to other instances",
-                )
+                self.peer_entries.append(entry)
 
     # helpers
 
@@ -424,6 +417,12 @@ class _Mapper:
             "client_login_timeout": self._positive_seconds_to(self.proxy, "client_login_timeout_s"),
             "query_timeout": self._seconds_to(self.pool, "query_timeout_s"),
             "query_wait_timeout": self._seconds_to(self.pool, "query_wait_timeout_s"),
+            "peer_id": self._int_to(self.proxy, "peer_id", 0, 16383),
+            "cancel_wait_timeout": self._positive_seconds_to(self.proxy, "cancel_wait_timeout_s"),
+            "client_idle_timeout": self._seconds_to(self.pool, "client_idle_timeout_s"),
+            "idle_transaction_timeout": self._seconds_to(self.pool, "idle_transaction_timeout_s"),
+            "max_db_connections": self._int_to(self.pool, "max_db_connections", 0, 2**31 - 1),
+            "max_user_connections": self._int_to(self.pool, "max_user_connections", 0, 2**31 - 1),
             "client_tls_sslmode": self._client_tls_mode,
             "client_tls_key_file": self._path_to(self.client_tls, "key_file"),
             "client_tls_cert_file": self._path_to(self.client_tls, "cert_file"),
@@ -438,6 +437,9 @@ class _Mapper:
             "tcp_keepidle": self._int_to(self.pool, "tcp_keepidle_s", 1, 32767),
             "tcp_keepintvl": self._int_to(self.pool, "tcp_keepintvl_s", 1, 32767),
             "tcp_user_timeout": self._tcp_user_timeout,
+            "auth_user": self._text_to(self.auth, "auth_user"),
+            "auth_query": self._text_to(self.auth, "auth_query"),
+            "auth_dbname": self._text_to(self.auth, "auth_dbname"),
         }
         # Handled with the listener, the users or the databases.
         elsewhere = {
@@ -447,7 +449,6 @@ class _Mapper:
             "auth_file",
             "admin_users",
             "stats_users",
-            "max_db_connections",
         }
         # PgBouncer's defaults where they differ from pgpool-proxy's: the ini means them.
         self.proxy["pool_mode"] = "session"
@@ -566,6 +567,13 @@ class _Mapper:
             if ":" in host:
                 host = f"[{host}]"
         self.proxy["listen"] = f"{host}:{port}"
+
+    def _text_to(self, table: dict[str, Any], key: str) -> Callable[[IniEntry], None]:
+        def apply(entry: IniEntry) -> None:
+            if entry.value:
+                table[key] = entry.value
+
+        return apply
 
     def _pool_mode(self, entry: IniEntry) -> None:
         mode = self.pool_mode(entry, entry.value, "[pgbouncer] pool_mode")
@@ -723,11 +731,14 @@ class _Mapper:
             secrets = read_auth_file(path, self.problems)
         auth_type = self._auth_type(type_entry, pgb_type, secrets)
         anchor = file_entry or type_entry or next(iter(self.settings.values()), None)
-        if not secrets and auth_type != "trust" and anchor is not None:
+        looked_up = "auth_user" in self.settings or any(
+            "auth_user=" in entry.value.replace(" ", "") for entry in self.db_entries.values()
+        )
+        if not secrets and auth_type != "trust" and anchor is not None and not looked_up:
             self.note(
                 anchor,
                 f"[pgbouncer] {anchor.key}",
-                "no users: without an auth_file (auth_query is not supported) nobody can log in",
+                "no users: without an auth_file (or auth_user for auth_query) nobody can log in",
             )
         for name, (secret, where) in secrets.items():
             entry: dict[str, Any] = {"name": name}
@@ -832,6 +843,20 @@ class _Mapper:
                         )
                     elif mode is not None:
                         user["pool_mode"] = mode
+                elif key == "max_user_connections":
+                    number = self.integer(entry, value, setting, 0, 2**31 - 1)
+                    user = by_name.get(name)
+                    if user is None and auth_type == "trust":
+                        user = by_name[name] = {"name": name}
+                        self.users.append(user)
+                    if user is None:
+                        self.note(
+                            entry,
+                            setting,
+                            "the user is not in the auth_file (or was left out); not converted",
+                        )
+                    elif number is not None:
+                        user["max_user_connections"] = number
                 elif key in PGBOUNCER_USER_PARAMS:
                     reason = PGBOUNCER_USER_PARAMS[key].lstrip("-")
                     self.note(entry, setting, f"not converted: {reason}")
@@ -860,39 +885,15 @@ class _Mapper:
     # [databases]
 
     def map_databases(self) -> None:
-        default_size = self.pool.get("default_pool_size", 20)
-        global_cap_entry = self.settings.get("max_db_connections")
-        global_cap = 0
-        if global_cap_entry is not None:
-            setting = "[pgbouncer] max_db_connections"
-            global_cap = (
-                self.integer(global_cap_entry, global_cap_entry.value, setting, 0, 2**31 - 1) or 0
-            )
-        uncapped: list[str] = []
         for name, entry in self.db_entries.items():
-            db = self._database(name, entry, default_size, global_cap, uncapped)
+            db = self._database(name, entry)
             if db is not None:
                 self.origins[f"databases[{len(self.databases)}]"] = entry.where
                 self.origins[f"databases.{name}"] = entry.where
                 self.databases.append(db)
-        if global_cap and uncapped and global_cap_entry is not None:
-            self.note(
-                global_cap_entry,
-                "[pgbouncer] max_db_connections",
-                "a per-database cap over several user pools is not supported (databases "
-                f"without user=: {', '.join(uncapped)}); pool.max_server_connections caps all "
-                "pools of the instance",
-            )
         self._clamp_min_pool_size()
 
-    def _database(
-        self,
-        name: str,
-        entry: IniEntry,
-        default_size: int,
-        global_cap: int,
-        uncapped: list[str],
-    ) -> dict[str, Any] | None:
+    def _database(self, name: str, entry: IniEntry) -> dict[str, Any] | None:
         label = f"[databases] {name}"
         if name == "*":
             self.note(
@@ -910,7 +911,6 @@ class _Mapper:
             self.bad(entry, label, problem)
             return None
         db: dict[str, Any] = {"name": name}
-        cap = global_cap
         for key, value in params:
             setting = f"{label}: {key}"
             if key == "host":
@@ -919,7 +919,7 @@ class _Mapper:
                 number = self.integer(entry, value, setting, 1, 65535)
                 if number is not None:
                     db["port"] = number
-            elif key in ("dbname", "user", "password"):
+            elif key in ("dbname", "user", "password", "auth_user", "auth_query", "auth_dbname"):
                 if value:
                     db[key] = value
             elif key == "pool_size":
@@ -931,14 +931,9 @@ class _Mapper:
                 if mode is not None:
                     db["pool_mode"] = mode
             elif key == "max_db_connections":
-                cap = self.integer(entry, value, setting, 0, 2**31 - 1) or 0
-                if cap and "user" not in dict(params):
-                    self.note(
-                        entry,
-                        setting,
-                        "a per-database cap over several user pools is not supported (no user= "
-                        "here); pool.max_server_connections caps all pools of the instance",
-                    )
+                number = self.integer(entry, value, setting, 0, 2**31 - 1)
+                if number is not None:
+                    db["max_db_connections"] = number
             elif key in PGBOUNCER_DATABASE_PARAMS:
                 reason = PGBOUNCER_DATABASE_PARAMS[key].lstrip("-")
                 self.note(entry, setting, f"not converted: {reason}")
@@ -951,12 +946,6 @@ class _Mapper:
                 "no host: PgBouncer would use its Unix socket, which pgpool-proxy cannot; "
                 "127.0.0.1 is used",
             )
-        if cap:
-            if "user" in db:
-                # With a forced user the database has one pool, so its cap is that pool's size.
-                db["pool_size"] = min(db.get("pool_size", default_size), cap)
-            elif name not in uncapped:
-                uncapped.append(name)
         return db
 
     def _db_host(self, entry: IniEntry, setting: str, value: str, db: dict[str, Any]) -> None:
@@ -1012,7 +1001,46 @@ class _Mapper:
                 data[name] = table
         data["databases"] = self.databases
         data["users"] = self.users
+        if self.peers:
+            data["peers"] = self.peers
         return data
+
+    # [peers]
+
+    def map_peers(self) -> None:
+        """Each ``peer_id = host=... port=...`` entry as a [[peers]] table (TCP peers only)."""
+        for entry in self.peer_entries:
+            label = f"[peers] {entry.key}"
+            peer_id = self.integer(entry, entry.key, label, 1, 16383)
+            params, problem = parse_params(entry.value)
+            if problem:
+                self.bad(entry, label, problem)
+                continue
+            if peer_id is None:
+                continue
+            peer: dict[str, Any] = {"peer_id": peer_id, "port": 6432}
+            for key, value in params:
+                setting = f"{label}: {key}"
+                if key == "host":
+                    if value.startswith(("/", "@")):
+                        self.note(entry, setting, "Unix-socket peers are not supported (TCP only)")
+                    elif value:
+                        peer["host"] = value
+                elif key == "port":
+                    number = self.integer(entry, value, setting, 1, 65535)
+                    if number is not None:
+                        peer["port"] = number
+                elif key == "pool_size":
+                    self.note(
+                        entry, setting, "cancels in flight to one peer are capped at 64", "info"
+                    )
+                else:
+                    self.note(entry, setting, "not a [peers] parameter; not converted")
+            if "host" in peer:
+                self.origins[f"peers[{len(self.peers)}]"] = entry.where
+                self.peers.append(peer)
+            else:
+                self.note(entry, label, "no TCP host: the peer is left out")
 
 
 def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
@@ -1027,6 +1055,7 @@ def convert_pgbouncer_ini(path: str | os.PathLike[str]) -> PgBouncerConversion:
     mapper.map_settings()
     mapper.map_users()
     mapper.map_databases()
+    mapper.map_peers()
     if mapper.problems:
         raise ConfigError(mapper.problems)
     # Notes are made section by section; a reader wants them in the order of the files.

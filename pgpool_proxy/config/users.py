@@ -27,6 +27,7 @@ USER_KEYS: Final[dict[str, Key]] = {
     "password": Key(Kind.STR, nonempty=True),
     "password_env": Key(Kind.STR, nonempty=True),
     "pool_mode": Key(Kind.ENUM, enum_type=PoolMode),
+    "max_user_connections": Key(Kind.INT, lo=0),
     "iam": Key(Kind.BOOL),
 }
 
@@ -45,6 +46,9 @@ class UserConfig:
     name: str
     password: str | None = field(default=None, repr=False)
     pool_mode: PoolMode | None = None
+    # Server connections as this user across pools, when the proxy logs in as it; None:
+    # pool.max_user_connections (0: none).
+    max_user_connections: int | None = None
     # Authenticate this user with an AWS IAM token (see [iam]); password is then only what the
     # proxy uses to log into the server.
     iam: bool = False

@@ -47,6 +47,8 @@ log = logging.getLogger("pgpool_proxy.backend")
 BACKEND_BUFFER = 64 * 1024
 # Login replies are small; a server that sends more before ReadyForQuery is not PostgreSQL.
 MAX_LOGIN_MESSAGE = 1024 * 1024
+# How long a connection closed with wait_exit keeps its slot waiting for the server to go.
+EXIT_WAIT_S = 1.0
 
 
 InternalDone = Callable[["BackendConnection", list[dict[str, str]], list[list[str | None]]], None]
@@ -72,11 +74,13 @@ class BackendConnection(Endpoint):
         "extra_keys",
         "generation",
         "idle_since",
+        "idle_tx_since",
         "internal_errors",
         "internal_pending",
         "internal_rows",
         "last_key_pid",
         "last_user",
+        "leaving",
         "linked_at",
         "login_user",
         "loop",
@@ -148,6 +152,11 @@ class BackendConnection(Endpoint):
         self.rx_mark = 0
         self.silent_since: float | None = None
         self.checked_at = self.created_at
+        # Since when the janitor has seen the linked client idle inside a transaction, with no
+        # new byte from the server (pool.idle_transaction_timeout_s; see pool.health).
+        self.idle_tx_since: float | None = None
+        # Closed with wait_exit: the timer bounding the wait for the server to go (see close).
+        self.leaving: asyncio.TimerHandle | None = None
 
     # --- state -------------------------------------------------------------------------------
 
@@ -203,6 +212,19 @@ class BackendConnection(Endpoint):
         self.internal_pending += len(statements)
         self.transport.write(b"".join(m.query(sql) for sql in statements))
 
+    def run_own_query(
+        self, sql: str, params: Sequence[str | None], done: InternalDone | None
+    ) -> None:
+        """Run one statement of the proxy's own with its $n bound to `params` (extended
+        protocol: values never enter the SQL text); `done` as for run_own."""
+        assert self.transport is not None
+        if self.client is None and self.state != BackendState.RESETTING:
+            self.hold()
+        self.on_internal_done = done
+        self.scanner.internal = True
+        self.internal_pending += 1
+        self.transport.write(m.internal_batch([(sql, params)]))
+
     def __repr__(self) -> str:
         return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
 
@@ -235,12 +257,16 @@ class BackendConnection(Endpoint):
         elif state == BackendState.IDLE or state == BackendState.CANCELLING:
             # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
             self.close(DisconnectReason.BACKEND_FAILED)
+        elif state == BackendState.CLOSED:
+            rb.consumed(rb.end)  # waiting for the server to go (close with wait_exit)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.wake()
         if self.state != BackendState.CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
+        elif self.leaving is not None:
+            self._gone()
 
     def fail_internal(self) -> None:
         """A bug surfaced while handling this server's bytes: drop the server connection (its
@@ -530,7 +556,10 @@ class BackendConnection(Endpoint):
         if client is not None:
             client.backend_failed(ProxyError(sqlstate, f"server connection lost: {message}"))
 
-    def close(self, reason: DisconnectReason) -> None:
+    def close(self, reason: DisconnectReason, *, wait_exit: bool = False) -> None:
+        """Close; with ``wait_exit`` (an idle connection), keep its pool slot until the server
+        has closed its end after the Terminate, so a cap on server connections holds as the
+        server counts them (pg_stat_activity, max_connections), not only as sockets here."""
         if self.state == BackendState.CLOSED:
             return
         prev = self.state
@@ -545,13 +574,33 @@ class BackendConnection(Endpoint):
         if transport is not None:
             if prev not in (BackendState.CONNECTING, BackendState.LOGIN):
                 transport.write(m.TERMINATE)
-            transport.close()
+            if wait_exit and prev == BackendState.IDLE:
+                # PostgreSQL leaves pg_stat_activity and frees its slot before its socket closes:
+                # EOF here means the server process is gone. A server that does not go in time
+                # is cut off.
+                self.leaving = self.loop.call_later(EXIT_WAIT_S, self._gone)
+                if self.reading_paused:
+                    self.resume_reading()
+            else:
+                transport.close()
         self.wake()
         self.pool.backend_closed(self, prev)
         log.info("server closed: pool=%s pid=%s reason=%s", self.pool.name, self.pid, reason.value)
         if lost is not None:
             self.on_internal_done = None
             lost(self, [{"C": SqlState.CONNECTION_FAILURE, "M": "server connection lost"}], [])
+
+    def _gone(self) -> None:
+        """The server of a connection closed with wait_exit has gone (or was given up on):
+        its slot is free now."""
+        handle = self.leaving
+        if handle is None:
+            return
+        self.leaving = None
+        handle.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        self.pool.slot_released(self)
 
     # --- login (slow path) -------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The janitor's rounds over one pool: idle and lifetime limits, the idle check
-(server_check_delay_s), silent servers (query_timeout_s), and the minimum size.
+(server_check_delay_s), silent servers (query_timeout_s), clients idle in a transaction
+(idle_transaction_timeout_s), and the minimum size.
 
 Functions of a Pool: runtime.server's janitor calls Pool.tick every JANITOR_INTERVAL_S.
 """
@@ -16,6 +17,7 @@ from .backend import BackendConnection
 from .backend_state import BackendState
 
 if TYPE_CHECKING:
+    from .ends import PoolClient
     from .pool import Pool
 
 from .spec import PoolState
@@ -35,11 +37,14 @@ def tick(pool: Pool, now: float) -> None:
             continue
         if timeout and now - head.wait_since >= timeout:
             waiters.popleft()
+            # A cap across pools may be what kept this pool from growing: say which.
+            cap = pool.budget.full(pool) if pool.budget is not None else None
+            at = f"; at {cap}" if cap and pool.total < spec.size else ""
             head.pool_failed(
                 ProxyError(
                     SqlState.QUERY_CANCELED,
                     f"query_wait_timeout: no server connection became free within "
-                    f"{timeout:g}s (pool {pool.name}, size {spec.size})",
+                    f"{timeout:g}s (pool {pool.name}, size {spec.size}{at})",
                     hint="Raise pool.default_pool_size or pool.query_wait_timeout_s, or "
                     "shorten transactions.",
                 ),
@@ -88,7 +93,7 @@ def tick(pool: Pool, now: float) -> None:
         while (
             pool.total < spec.min_size
             and (pool.topology is None or pool.pick_address() is not None)
-            and (pool.budget is None or pool.budget.in_use() < pool.budget.limit)
+            and (pool.budget is None or pool.budget.full(pool) is None)
         ):
             pool.launch()
 
@@ -103,6 +108,7 @@ def _watch(pool: Pool, now: float) -> None:
     so the hot path pays one integer add per read and no timer.
     """
     spec = pool.spec
+    idle_tx_limit = spec.idle_transaction_timeout_s
     for backend in list(pool.backends):
         state = backend.state
         if state == BackendState.IDLE or state == BackendState.CLOSED:
@@ -110,9 +116,36 @@ def _watch(pool: Pool, now: float) -> None:
         if backend.internal_pending:
             # The proxy's own statements (check, reset, settings replay) are trivial.
             limit = spec.check_timeout_s
+            backend.idle_tx_since = None
         else:
             client = backend.client
             cs = client.scanner if client is not None else None
+            if (
+                idle_tx_limit
+                and client is not None
+                and cs is not None
+                and backend.tx_status != TX_IDLE
+                and state == BackendState.ACTIVE
+                # Nothing owed either way: every request answered, no batch short of its Sync,
+                # no message half sent, no COPY, no check of the proxy's own.
+                and cs.pending <= 0
+                and not cs.unsynced
+                and not cs.skip
+                and not cs.units
+                and not cs.copy_in
+                and not client.is_checking()
+            ):
+                # Idle in a transaction: sampled like silence below (no timer per client), a
+                # new byte from the server meaning the client did something since.
+                backend.silent_since = None
+                since = backend.idle_tx_since
+                if since is None or backend.rx_bytes != backend.rx_mark:
+                    backend.rx_mark = backend.rx_bytes
+                    backend.idle_tx_since = now
+                elif now - since >= idle_tx_limit:
+                    _idle_in_transaction(pool, backend, client, now - since)
+                continue
+            backend.idle_tx_since = None
             if (
                 client is None
                 or cs is None
@@ -141,6 +174,34 @@ def _watch(pool: Pool, now: float) -> None:
                 # By default an empty query: EmptyQueryResponse + ReadyForQuery, no parse,
                 # no snapshot.
                 backend.run_own([spec.check_query], partial(_checked, pool))
+
+
+def _idle_in_transaction(
+    pool: Pool, backend: BackendConnection, client: PoolClient, idle_s: float
+) -> None:
+    """PgBouncer's idle_transaction_timeout: the client gets PgBouncer's error and is closed.
+    Unlike PgBouncer, which closes the server connection too, the client's close rolls it back
+    (and resets it as when any client leaves) and reuses it; one that fails is closed."""
+    limit = pool.spec.idle_transaction_timeout_s
+    log.warning(
+        "idle transaction timeout: pool=%s pid=%s client idle in a transaction for %.1fs; "
+        "closing it and rolling back",
+        pool.name,
+        backend.pid,
+        idle_s,
+        extra={"event": "idle_transaction_timeout", "pool": pool.name},
+    )
+    backend.idle_tx_since = None
+    client.fail(
+        ProxyError(
+            SqlState.PROTOCOL_VIOLATION,
+            "idle transaction timeout",
+            detail=f"The client was idle inside a transaction for more than {limit:g}s "
+            "(pool.idle_transaction_timeout_s); the transaction was rolled back.",
+            hint="End transactions promptly, or raise pool.idle_transaction_timeout_s.",
+        ),
+        DisconnectReason.IDLE_TRANSACTION_TIMEOUT,
+    )
 
 
 def _silent(pool: Pool, backend: BackendConnection, silent_s: float) -> None:

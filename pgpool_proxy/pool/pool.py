@@ -8,22 +8,23 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ..auth.server_login import BackendLoginError
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link.prepared import StatementRegistry
 from ..net.connect import open_server_transport
+from ..protocol.constants import TX_IDLE
 from . import health
 from .backend import BackendConnection
 from .backend_state import BackendState
+from .ends import PoolClient
 from .spec import POOL_TRANSITIONS, PoolSpec, PoolState
 
 if TYPE_CHECKING:
     from .budget import ServerBudget
-    from .ends import PoolClient
     from .topology import HostState, Topology
 
 log = logging.getLogger("pgpool_proxy.pool")
@@ -77,7 +78,7 @@ class Pool:
         self._retired: set[tuple[str, int]] = set()  # servers a reader pool stopped using
         self._usable_last: set[tuple[str, int]] = set()
         self._connect_tasks: dict[asyncio.Task[Any], int] = {}  # connects under way, by generation
-        # The proxy-wide cap on server connections (pool.max_server_connections), if any.
+        # Caps across pools (pool.max_server_connections, max_db/user_connections), if any.
         self.budget: ServerBudget | None = None
         # Plain counters, read at scrape time (never labelled per message).
         self.clients = 0
@@ -155,6 +156,76 @@ class Pool:
         with contextlib.suppress(ValueError):
             self.waiters.remove(client)
 
+    # --- the proxy's own queries -------------------------------------------------------------
+
+    async def own_query(
+        self, sql: str, params: Sequence[str | None], timeout_s: float
+    ) -> list[list[str | None]]:
+        """Run `sql` with `params` on one of this pool's server connections (queued like a
+        client's transaction, opening one if the pool may) and return its rows. Raises
+        ProxyError when the server refuses the statement, no server connection can be had
+        (the server's own login error when it refused this pool's login) or `timeout_s`
+        passes."""
+        if (
+            not self.idle
+            and self.connecting == 0
+            and self.last_connect_error is not None
+            and self.loop.time() - self.last_connect_failure_at < self.spec.login_retry_s
+        ):
+            # The server refused this pool just now: say so rather than wait out the pause.
+            raise _copy(self.last_connect_error)
+        borrower = _Borrower(self.loop.create_future())
+        backend: BackendConnection | None = None
+        answer: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
+        answer = self.loop.create_future()
+
+        def done(
+            b: BackendConnection, errors: list[dict[str, str]], rows: list[list[str | None]]
+        ) -> None:
+            if b.is_closed():
+                if not answer.done():
+                    answer.set_result(None)
+                return
+            if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
+                b.to_idle()
+                self.release(b)
+            else:
+                b.close(DisconnectReason.RESET_FAILED)
+            if not answer.done():
+                answer.set_result((errors, rows))
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                backend = self.acquire(cast(PoolClient, borrower))
+                if backend is None:
+                    backend = await borrower.assigned
+                if backend.transport is None:
+                    raise ProxyError(SqlState.CONNECTION_FAILURE, "server connection lost")
+                backend.run_own_query(sql, params, done)
+                result = await answer
+        except BaseException:
+            borrower.gone = True
+            self.forget_waiter(cast(PoolClient, borrower))
+            if backend is None and borrower.assigned.done() and not borrower.assigned.cancelled():
+                if borrower.assigned.exception() is None:
+                    self.release(borrower.assigned.result())  # handed over as we gave up
+            elif backend is not None and not answer.done():
+                # Its answer may still come: the connection's state is unknown.
+                backend.close(DisconnectReason.RESET_FAILED)
+            raise
+        if result is None:
+            raise ProxyError(SqlState.CONNECTION_FAILURE, "server connection lost")
+        errors, rows = result
+        if errors:
+            fields = errors[0]
+            raise ProxyError(
+                fields.get("C") or SqlState.INTERNAL_ERROR,
+                fields.get("M") or "the server refused the statement",
+                detail=fields.get("D"),
+                hint=fields.get("H"),
+            )
+        return rows
+
     # --- connections -------------------------------------------------------------------------
 
     def backend_closed(self, backend: BackendConnection, prev: BackendState) -> None:
@@ -175,12 +246,19 @@ class Pool:
         if prev == BackendState.CONNECTING or prev == BackendState.LOGIN:
             # Not logged in: the slot is its connect's, to retry in or to free (_connect).
             return
-        self.total -= 1
-        if self.budget is not None:
-            self.budget.released(self)
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
                 self.idle.remove(backend)
+        if backend.leaving is None:
+            self.slot_released()
+        # else: the slot is freed once its server has gone (BackendConnection._gone)
+
+    def slot_released(self, backend: BackendConnection | None = None) -> None:
+        """A logged-in connection's slot is free: queued clients (here or, under a cap across
+        pools, elsewhere) may get a new one."""
+        self.total -= 1
+        if self.budget is not None:
+            self.budget.released(self, backend)
         self.maybe_grow()
 
     def maybe_grow(self) -> None:
@@ -420,7 +498,7 @@ class Pool:
                 if waited_s >= self.spec.query_wait_timeout_s:
                     raise ProxyError(
                         SqlState.TOO_MANY_CONNECTIONS,
-                        f"pool.max_server_connections ({budget.limit}) are all in use",
+                        f"{budget.full(self) or 'the server connection caps'}: all in use",
                     )
                 await asyncio.sleep(0.05)
                 waited_s += 0.05
@@ -643,3 +721,33 @@ class Pool:
             self.maybe_grow()
             if self.total == before:
                 break
+
+
+def _copy(exc: ProxyError) -> ProxyError:
+    return ProxyError(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
+
+
+class _Borrower:
+    """The proxy itself in a pool's queue (Pool.own_query): what the pool and its janitor call
+    on a queued client, answered with a future."""
+
+    def __init__(self, assigned: asyncio.Future[BackendConnection]) -> None:
+        self.assigned = assigned
+        self.gone = False
+        self.wait_since = 0.0
+
+    def is_waiting(self) -> bool:
+        return not self.gone and not self.assigned.done()
+
+    def backend_assigned(self, backend: BackendConnection) -> None:
+        self.assigned.set_result(backend)
+
+    def pool_failed(self, err: ProxyError, reason: DisconnectReason | None = None) -> None:
+        if not self.assigned.done():
+            self.assigned.set_exception(_copy(err))
+
+    def close(self, reason: DisconnectReason) -> None:
+        if not self.assigned.done():
+            self.assigned.set_exception(
+                ProxyError(SqlState.CONNECTION_FAILURE, f"pool closed ({reason.value})")
+            )

@@ -80,3 +80,10 @@ class PoolSpec:
     reserve_size: int = 0
     reserve_timeout_s: float = 5.0
     tcp: TcpTuning = DEFAULT_TCP
+    # The [[databases]] entry (pool.max_db_connections counts per entry, as PgBouncer does)
+    # and the caps across pools that apply to this one (0: none; see pool.budget).
+    database: str = ""
+    max_db_connections: int = 0
+    max_user_connections: int = 0
+    # Linked clients idle inside a transaction this long are closed (see pool.health; 0: off).
+    idle_transaction_timeout_s: float = 0.0

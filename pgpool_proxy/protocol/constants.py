@@ -14,6 +14,11 @@ PROTOCOL_3_0 = 196608  # 3 << 16
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
+# The proxy's own request code (1234.5699, beside PostgreSQL's 1234.5678-5680): "which peer_id
+# are you?", asked by peers that found this instance in DNS (runtime.peers).
+PEER_ID_REQUEST_CODE = 80877123
+# The ParameterStatus name of the answer.
+PEER_ID_PARAM = "pgpool_proxy.peer_id"
 # PostgreSQL's own bound for a startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .constants import (
@@ -16,6 +16,8 @@ from .constants import (
     GSSENC_REQUEST_CODE,
     INT16,
     INT32,
+    PEER_ID_PARAM,
+    PEER_ID_REQUEST_CODE,
     PROTOCOL_3_0,
     SSL_REQUEST_CODE,
     TX_IDLE,
@@ -59,7 +61,12 @@ class GSSENCRequest:
     pass
 
 
-StartupPacket = StartupMessage | CancelRequest | SSLRequest | GSSENCRequest
+@dataclass(frozen=True, slots=True)
+class PeerIdRequest:
+    pass
+
+
+StartupPacket = StartupMessage | CancelRequest | SSLRequest | GSSENCRequest | PeerIdRequest
 
 
 def parse_startup_packet(body: bytes | memoryview) -> StartupPacket:
@@ -71,6 +78,8 @@ def parse_startup_packet(body: bytes | memoryview) -> StartupPacket:
         return SSLRequest()
     if code == GSSENC_REQUEST_CODE:
         return GSSENCRequest()
+    if code == PEER_ID_REQUEST_CODE and len(body) == 4:
+        return PeerIdRequest()
     if code == CANCEL_REQUEST_CODE:
         if len(body) != 12:
             raise ProtocolViolation("invalid length of cancel request packet")
@@ -100,6 +109,28 @@ def startup_message(params: Mapping[str, str]) -> bytes:
 
 def cancel_request(pid: int, secret: int) -> bytes:
     return struct.pack("!IIII", 16, CANCEL_REQUEST_CODE, pid, secret)
+
+
+def peer_id_request() -> bytes:
+    return struct.pack("!II", 8, PEER_ID_REQUEST_CODE)
+
+
+def peer_id_reply(peer_id: int) -> bytes:
+    return parameter_status(PEER_ID_PARAM, str(peer_id))
+
+
+def parse_peer_id_reply(data: bytes) -> int | None:
+    """The peer id in a peer's answer to peer_id_request, None for anything else (PostgreSQL
+    answers with an error, an old proxy with nothing)."""
+    if len(data) < 5 or data[:1] != b"S" or INT32.unpack_from(data, 1)[0] != len(data) - 1:
+        return None
+    try:
+        name, value = parse_parameter_status(memoryview(data)[5:])
+    except (ProtocolViolation, UnicodeDecodeError):
+        return None
+    if name != PEER_ID_PARAM or not value.isdigit() or len(value) > 6:
+        return None
+    return int(value)
 
 
 def negotiate_protocol_version(newest_minor: int, unsupported: Iterable[str]) -> bytes:
@@ -176,16 +207,32 @@ _EXECUTE_ALL = frame(b"E", b"\0" + INT32.pack(0))
 _SYNC = frame(b"S")
 
 
-def internal_batch(statements: Iterable[str]) -> bytes:
+def _bind_internal(params: Sequence[str | None]) -> bytes:
+    """Bind of the proxy's own statement to the unnamed portal with text parameters: values
+    travel apart from the SQL text, never spliced into it."""
+    body = [b"\0" + INTERNAL_STATEMENT + b"\0" + b"\0\0" + INT16.pack(len(params))]
+    for value in params:
+        if value is None:
+            body.append(b"\xff\xff\xff\xff")  # NULL
+        else:
+            data = value.encode("utf-8", "surrogateescape")
+            body.append(INT32.pack(len(data)) + data)
+    body.append(b"\0\0")
+    return frame(b"B", b"".join(body))
+
+
+def internal_batch(statements: Iterable[str | tuple[str, Sequence[str | None]]]) -> bytes:
     """The statements as one extended-protocol batch that leaves the session's unnamed
     statement alone (any simple Query drops it): each is parsed as the proxy's own named
     statement, run in the unnamed portal and closed. Until the Sync they run in one implicit
     transaction, as a simple Query's list does, and an error skips the rest; the first Close
-    removes what a failed batch left."""
+    removes what a failed batch left. A statement given as (sql, params) has its $n bound to
+    params as text."""
     parts = [_CLOSE_INTERNAL]
-    for sql in statements:
+    for item in statements:
+        sql, params = (item, ()) if isinstance(item, str) else item
         parts.append(frame(b"P", INTERNAL_STATEMENT + b"\0" + cstr(sql) + b"\0\0"))
-        parts.append(_BIND_INTERNAL)
+        parts.append(_bind_internal(params) if params else _BIND_INTERNAL)
         parts.append(_EXECUTE_ALL)
         parts.append(_CLOSE_INTERNAL)
     parts.append(_SYNC)

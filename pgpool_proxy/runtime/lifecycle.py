@@ -7,13 +7,13 @@ shutdown says it.
 
 What a reload changes live: users and passwords, databases (new ones, changed servers: current
 connections retire when their transaction ends), pool sizes and timeouts, the reset query,
-max_server_connections, pool_mode and max_message_size_bytes (for new clients),
-max_client_conn, client login timeout, log level, shutdown timeout, auth type (RELOAD only, not
-SET) and the [admin] section. What needs a restart (the reload keeps the running value and says
-so): listen, the Unix socket, workers, reuse_port, log_format, TLS, IAM, Secrets Manager
-settings, the [topology] section and a database's forced user (pools are keyed by their
-server user). A reload that changes a database's Secrets Manager reference, or turns IAM on
-for a user when no IAM verifier runs, is refused.
+max_server_connections, max_db_connections, max_user_connections, pool_mode and
+max_message_size_bytes (for new clients), max_client_conn, client login timeout, log level,
+shutdown timeout, auth type (RELOAD only, not SET) and the [admin] section. What needs a restart
+(the reload keeps the running value and says so): listen, the Unix socket, workers, reuse_port,
+log_format, TLS, IAM, Secrets Manager settings, the [topology] section and a database's forced
+user (pools are keyed by their server user). A reload that changes a database's Secrets Manager
+reference, or turns IAM on for a user when no IAM verifier runs, is refused.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ _RESTART_PROXY_KEYS = (
     ("log_format", "proxy.log_format"),
     ("unix_socket_dir", "proxy.unix_socket_dir"),
     ("unix_socket_mode", "proxy.unix_socket_mode"),
+    # Keys already handed out name it.
+    ("peer_id", "proxy.peer_id"),
 )
 # Config sections built into running services at startup.
 _RESTART_SECTIONS = (
@@ -112,8 +114,8 @@ def apply_config(server: ProxyServer, new: Config) -> list[str]:
     server.config = new
     if new.proxy.log_level != old.proxy.log_level:
         logging.getLogger().setLevel(new.proxy.log_level.upper())
-    if new.pool.max_server_connections != old.pool.max_server_connections:
-        server.set_server_budget(new.pool.max_server_connections)
+    # Caps across pools may come from any database or user entry: always re-derived.
+    server.set_server_budget(new)
     if tcp_tuning(new.pool) != tcp_tuning(old.pool):
         server.tune_listeners()  # clients accepted from now on; server sockets as they open
     for (db_name, server_user), pool in list(server.pools.items()):
@@ -196,13 +198,19 @@ def _keep_restart_only(server: ProxyServer, old: Config, new: Config) -> tuple[C
 
 def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) -> PoolSpec:
     """`old` with every setting the config decides recomputed (as ProxyServer.get_pool does)."""
-    if db.user:
+    if db.user and server_user != db.user and old.credentials is None:
+        # auth_query's pool: auth_user logs in as itself whatever the database forces.
+        user_cfg = cfg.user(server_user)
+        secret = user_cfg.password if user_cfg is not None else old.secret
+    elif db.user:
         forced = cfg.user(db.user)
         secret = db.password or (forced.password if forced else None)
         user_cfg = None
     else:
         user_cfg = cfg.user(server_user)
         secret = db.password or (user_cfg.password if user_cfg else None)
+        if user_cfg is None and secret is None and cfg.auth_lookup_for(db) is not None:
+            secret = old.secret  # what auth_query found (kept current by each login)
     if old.credentials is not None:
         secret = old.secret  # Secrets Manager supplies the credentials
     size = cfg.pool_size_for(db)
@@ -224,6 +232,9 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "max_prepared_statements": pool.max_prepared_statements,
         "max_scram_iterations": pool.server_max_scram_iterations,
         "query_timeout_s": pool.query_timeout_s,
+        "idle_transaction_timeout_s": pool.idle_transaction_timeout_s,
+        "max_db_connections": cfg.max_db_connections_for(db),
+        "max_user_connections": cfg.max_user_connections_for(server_user),
         "check_delay_s": pool.server_check_delay_s,
         "check_timeout_s": pool.server_check_timeout_s,
         "check_query": pool.server_check_query,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import logging
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
 from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
-from ..counters import CANCEL_IDLE, CANCEL_RELAYED, CANCEL_SENT, CANCEL_UNKNOWN, ProxyCounters
+from ..counters import (
+    CANCEL_FORWARDED,
+    CANCEL_IDLE,
+    CANCEL_RELAYED,
+    CANCEL_SENT,
+    CANCEL_UNKNOWN,
+    ProxyCounters,
+)
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import tcp_tuning, tune_socket
 from ..pool.budget import ServerBudget
@@ -26,8 +34,11 @@ from ..protocol.constants import TRACKED_PARAMS
 from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
+from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
+from .authquery import AuthLookups
 from .loopwatch import LoopWatch
+from .peers import FORWARDED, PID_MASK, Peering, key_peer, key_secret, peering_configured
 from .services import Services
 from .tracking import Tracking
 from .workers import (
@@ -86,6 +97,8 @@ class NoConsole(ProxyError):
 
 
 JANITOR_INTERVAL_S = 0.25
+# ClientKeys kept for SCRAM pass-through (see remember_client_key).
+MAX_CLIENT_KEYS = 100_000
 
 
 class ProxyServer:
@@ -146,10 +159,19 @@ class ProxyServer:
         # Writer tracking for multi-host databases (runtime.tracking); tests may map addresses.
         self.tracking = Tracking(config, self.services, self.spawn, self.address_map)
         self.topologies = self.tracking.topologies
+        # auth_query: stored passwords of users not in [[users]], looked up in PostgreSQL.
+        self.auth_lookups = AuthLookups(self, self.spawn)
         self.budget: ServerBudget | None = None
-        self.set_server_budget(config.pool.max_server_connections)
+        self.set_server_budget(config)
         self.host = config.proxy.listen_host
         self.port = config.proxy.listen_port
+        # The peer_id in every cancel key this process hands out, fixed for its life (keys
+        # already out must keep naming it): configured, or picked at startup (cli, for all
+        # workers), or here for a server built without the cli.
+        self.peer_id = config.proxy.peer_id or self.identity.peer_id
+        if not self.peer_id and peering_configured(config):
+            self.peer_id = 1 + secrets.randbelow((1 << 14) - 1)
+        self.peering = Peering(self.peer_id, lambda: self.config, self.spawn)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -187,6 +209,7 @@ class ProxyServer:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tune_listeners()
         await self._listen_unix(loop)
+        self.peering.start()
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
@@ -293,6 +316,7 @@ class ProxyServer:
             self._janitor.cancel()
         self.loopwatch.stop()
         self.tracking.stop()
+        self.peering.stop()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
         for client in list(self._all_clients):
@@ -303,7 +327,11 @@ class ProxyServer:
                 waiter.close(DisconnectReason.SHUTDOWN)
         # Verifier derivations outlive the logins that started them (shared, see scram_verifier):
         # they end here too, or the loop is closed under them.
-        tasks: list[asyncio.Future[Any]] = [*self._tasks, *self._deriving.values()]
+        tasks: list[asyncio.Future[Any]] = [
+            *self._tasks,
+            *self._deriving.values(),
+            *self.auth_lookups.pending(),
+        ]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -319,10 +347,13 @@ class ProxyServer:
             for s in self._server.sockets:
                 tune_socket(s, tcp_tuning(self.config.pool))
 
-    def set_server_budget(self, limit: int) -> None:
-        """Apply pool.max_server_connections (0: no cap) to every pool, now and later ones. A
-        lower cap closes nothing at once: pools shrink as connections are released or idle."""
-        if not limit:
+    def set_server_budget(self, config: Config) -> None:
+        """Apply the caps across pools (pool.max_server_connections, max_db_connections,
+        max_user_connections and their per-database and per-user values) to every pool, now
+        and later ones; None when there are none. A lower cap closes nothing at once: pools
+        shrink as connections are released or idle."""
+        limit = config.pool.max_server_connections
+        if not config.has_connection_caps():
             self.budget = None
         elif self.budget is None:
             self.budget = ServerBudget(limit, self.pools.values())
@@ -353,6 +384,12 @@ class ProxyServer:
                     pool.tick(now)
                 except Exception:
                     log.exception("janitor failed on pool %s", pool.name)
+            idle_limit = self.config.pool.client_idle_timeout_s
+            if idle_limit:
+                try:
+                    sweep_idle_clients(self._all_clients, now, idle_limit, self.admin_sessions)
+                except Exception:
+                    log.exception("janitor failed sweeping idle clients")
 
     # --- clients -----------------------------------------------------------------------------
 
@@ -410,14 +447,25 @@ class ProxyServer:
             if pid >= MIN_CLIENT_PID and pid not in self.clients:
                 break
         self.clients[pid] = client
-        return pid, raw >> WORKER_SHIFT
+        return pid, key_secret(self.peer_id, raw >> WORKER_SHIFT)
 
-    def cancel_request(self, pid: int, secret: int) -> None:
+    def cancel_request(self, pid: int, secret: int, *, relayed: bool = False) -> None:
+        """A CancelRequest that arrived here: from a client, forwarded by a peer (the pid's top
+        bit, see runtime.peers) or relayed by a sibling worker (``relayed``)."""
         ident = self.identity
         results = self.counters.cancel_requests
+        forwarded = bool(pid & FORWARDED)
+        pid &= PID_MASK
+        if self.peer_id and key_peer(secret) != self.peer_id:
+            # Another instance's key: passed on once, never again (no loops between peers).
+            if not (forwarded or relayed) and self.peering.forward(key_peer(secret), pid, secret):
+                results[CANCEL_FORWARDED] += 1
+            else:
+                results[CANCEL_UNKNOWN] += 1
+            return
         owner = pid >> WORKER_SHIFT
         if owner != ident.index:
-            if ident.count > 1 and owner < ident.count:
+            if ident.count > 1 and owner < ident.count and not relayed:
                 results[CANCEL_RELAYED] += 1
                 self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
             else:
@@ -451,16 +499,32 @@ class ProxyServer:
 
     # --- pools and credentials ---------------------------------------------------------------
 
-    def get_pool(self, db: DatabaseConfig, user_cfg: UserConfig | None, user: str) -> Pool:
-        server_user = self.services.server_user(db, user)
+    def get_pool(
+        self,
+        db: DatabaseConfig,
+        user_cfg: UserConfig | None,
+        user: str,
+        looked_up: str | None = None,
+        *,
+        as_user: bool = False,
+    ) -> Pool:
+        """The pool of (db, server user); `looked_up` is the stored password auth_query found
+        for a user not in [[users]] (the server login uses it, as a listed user's). With
+        `as_user` the pool logs in as `user` with its own [[users]] password whatever the
+        database forces (auth_query's auth_user)."""
+        server_user = user if as_user else self.services.server_user(db, user)
         key = (db.name, server_user)
         pool = self.pools.get(key)
+        if pool is not None and looked_up is not None:
+            self._adopt_looked_up(pool, db, server_user, looked_up)
         if pool is None:
-            if db.user:
+            if as_user:
+                secret = user_cfg.password if user_cfg else None
+            elif db.user:
                 forced = self.config.user(db.user)
                 secret = db.password or (forced.password if forced else None)
             else:
-                secret = db.password or (user_cfg.password if user_cfg else None)
+                secret = db.password or (user_cfg.password if user_cfg else looked_up)
             cfg = self.config
             spec = PoolSpec(
                 name=f"{db.name}/{server_user}",
@@ -481,12 +545,16 @@ class ProxyServer:
                 max_prepared_statements=cfg.pool.max_prepared_statements,
                 max_scram_iterations=cfg.pool.server_max_scram_iterations,
                 tls=self.services.server_tls,
-                credentials=self.services.credentials_for(db),
+                credentials=None if as_user else self.services.credentials_for(db),
                 reader=db.role is DatabaseRole.READER,
                 reader_fallback=db.reader_fallback,
                 max_replica_lag_bytes=db.max_replica_lag_bytes,
                 failover_timeout_s=cfg.topology.failover_timeout_s,
                 query_timeout_s=cfg.pool.query_timeout_s,
+                idle_transaction_timeout_s=cfg.pool.idle_transaction_timeout_s,
+                database=db.name,
+                max_db_connections=cfg.max_db_connections_for(db),
+                max_user_connections=cfg.max_user_connections_for(server_user),
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
                 check_query=cfg.pool.server_check_query,
@@ -508,6 +576,26 @@ class ProxyServer:
                 pool.pause()
             self.pools[key] = pool
         return pool
+
+    def _adopt_looked_up(
+        self, pool: Pool, db: DatabaseConfig, server_user: str, secret: str
+    ) -> None:
+        """The password changed in PostgreSQL (auth_query saw it): the pool logs in with the new
+        one, and its connections made with the old one retire as they are released."""
+        if (
+            db.user
+            or db.password
+            or pool.spec.credentials is not None
+            or self.config.user(server_user) is not None
+            or pool.spec.secret == secret
+        ):
+            return
+        pool.reconfigure(dataclasses.replace(pool.spec, secret=secret))
+        verifier = ScramVerifier.parse(secret)
+        pool.server_key = verifier.server_key if verifier is not None else None
+        pool.client_key = (
+            self._client_keys.get((server_user, secret)) if verifier is not None else None
+        )
 
     async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
         """The verifier to check a client against; computed once per password, not per login
@@ -549,7 +637,12 @@ class ProxyServer:
 
     def mock_scram_iterations(self) -> int:
         """The iteration count most configured users' verifiers have, so an unknown user's
-        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS)."""
+        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS). With
+        auth_query, the count PostgreSQL's verifiers have (the most common one looked up): the
+        names a prober tries are looked up, not listed."""
+        seen = self.auth_lookups.iterations
+        if seen:
+            return max(seen, key=lambda n: (seen[n], n == DEFAULT_ITERATIONS))
         cached = self._mock_iterations
         if cached is not None and cached[0] is self.config:
             return cached[1]
@@ -565,12 +658,23 @@ class ProxyServer:
         self._mock_iterations = (self.config, iterations)
         return iterations
 
-    def remember_client_key(self, user: str, verifier: ScramVerifier, client_key: bytes) -> None:
-        """Keep a ClientKey so the proxy can log into servers that store the same verifier."""
+    def remember_client_key(
+        self,
+        user: str,
+        verifier: ScramVerifier,
+        client_key: bytes,
+        looked_up: str | None = None,
+    ) -> None:
+        """Keep a ClientKey so the proxy can log into servers that store the same verifier
+        (a listed user's, or the one auth_query found: `looked_up`)."""
         cfg = self.config.user(user)
-        if cfg is None or cfg.password is None or ScramVerifier.parse(cfg.password) is None:
+        stored = cfg.password if cfg is not None else looked_up
+        if stored is None or ScramVerifier.parse(stored) is None:
             return
-        self._client_keys[(user, cfg.password)] = client_key
+        if len(self._client_keys) >= MAX_CLIENT_KEYS and (user, stored) not in self._client_keys:
+            # Looked-up users are not bounded by the config: forget the oldest.
+            del self._client_keys[next(iter(self._client_keys))]
+        self._client_keys[(user, stored)] = client_key
         for (_db, server_user), pool in self.pools.items():
-            if server_user == user and pool.spec.secret == cfg.password:
+            if server_user == user and pool.spec.secret == stored:
                 pool.client_key = client_key

@@ -47,6 +47,8 @@ class WorkerIdentity:
     peer_dir: str | None = None
     # The supervisor's listening Unix socket (proxy.unix_socket_dir), inherited by every worker.
     unix_fd: int | None = None
+    # The instance's peer_id when picked at startup (runtime.peers.pick_peer_id), 0 otherwise.
+    peer_id: int = 0
 
     def peer_socket(self, index: int) -> str:
         assert self.peer_dir is not None
@@ -112,6 +114,7 @@ def supervise(
     host: str,
     port: int,
     run_worker: Callable[[WorkerIdentity, int], int],
+    peer_id: int = 0,
     unix_socket: tuple[str, int] | None = None,
 ) -> int:
     """Fork `count` workers running `run_worker(identity, port)` and wait for a stop signal.
@@ -133,7 +136,7 @@ def supervise(
             reservation.close()
             raise
     peer_dir = tempfile.mkdtemp(prefix="pgpool-proxy-peers-")
-    sup = _Supervisor(count, port, reservation, peer_dir, run_worker)
+    sup = _Supervisor(count, port, reservation, peer_dir, run_worker, peer_id)
     sup.unix_fd = unix.fileno() if unix is not None else None
     old_term = signal.signal(signal.SIGTERM, sup.on_signal)
     old_int = signal.signal(signal.SIGINT, sup.on_signal)
@@ -166,7 +169,9 @@ class _Supervisor:
         reservation: socket.socket,
         peer_dir: str,
         run_worker: Callable[[WorkerIdentity, int], int],
+        peer_id: int,
     ) -> None:
+        self.peer_id = peer_id
         self.count = count
         self.port = port
         self.reservation = reservation
@@ -179,7 +184,9 @@ class _Supervisor:
 
     def start(self, index: int) -> None:
         """Fork worker `index`; in the child, run it and exit with its status."""
-        ident = WorkerIdentity(index, self.count, self.peer_dir, self.unix_fd)
+        ident = WorkerIdentity(
+            index, self.count, self.peer_dir, unix_fd=self.unix_fd, peer_id=self.peer_id
+        )
         # Signals wait until the child is recorded (parent) or its handlers reset (child):
         # otherwise a SIGTERM in between would never reach this worker.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)

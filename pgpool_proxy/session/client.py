@@ -69,6 +69,7 @@ class ClientConnection(Endpoint):
         "database",
         "distrust",
         "extra_settings",
+        "idle_since",
         "key_pid",
         "key_secret",
         "params",
@@ -132,6 +133,9 @@ class ClientConnection(Endpoint):
         self.key_pid = 0
         self.key_secret = 0
         self.wait_since = 0.0
+        # While IDLE: when the janitor first saw it so (session.idle); 0.0 until then. Reset
+        # as each transaction ends, so the hot path pays one store and no clock read.
+        self.idle_since = 0.0
         self.replay: tuple[dict[str, str], list[str], bool, dict[str, str]] = sync.NO_REPLAY
         self.close_reason: DisconnectReason | None = None
 
@@ -347,6 +351,7 @@ class ClientConnection(Endpoint):
         """The linked backend finished the transaction (transaction mode)."""
         self.backend = None
         self.to(ClientState.IDLE)
+        self.idle_since = 0.0
         if backend is not None:
             self.scanner.settle_unnamed()  # released at a boundary: every Parse has its answer
         else:
@@ -477,8 +482,11 @@ class ClientConnection(Endpoint):
     def _return_backend(self, backend: BackendConnection, pool: Pool, pinned: bool) -> None:
         """A client left while holding a backend: reuse it only if provably clean."""
         sc = self.scanner
+        # Closed by the janitor for idling in a transaction (pool.idle_transaction_timeout_s),
+        # with nothing owed: a ROLLBACK ends the transaction, so the connection can be reused.
+        rollback = self.close_reason is DisconnectReason.IDLE_TRANSACTION_TIMEOUT
         clean = (
-            at_boundary(sc, backend.tx_status)
+            at_boundary(sc, TX_IDLE if rollback else backend.tx_status)
             and not backend.internal_pending
             and backend.state == BackendState.ACTIVE
         )
@@ -494,7 +502,14 @@ class ClientConnection(Endpoint):
             if len(backend.stmts) and not drops_all_statements(reset):
                 # A session-mode client may have dropped the shared statements: start afresh.
                 reset = f"{reset}; DEALLOCATE ALL" if reset else "DEALLOCATE ALL"
-        if reset:
+        if rollback:
+            # ROLLBACK alone keeps the server's prepared statements (not transactional), which
+            # the proxy's record of them must then keep too (_after_rollback).
+            if reset:
+                backend.run_own(["ROLLBACK", reset], _after_reset)
+            else:
+                backend.run_own(["ROLLBACK"], _after_rollback)
+        elif reset:
             backend.run_own([reset], _after_reset)
         else:
             # Not pool.release() inline: a chain of waiters that each take the backend and leave
@@ -509,6 +524,15 @@ def _release_later(backend: BackendConnection) -> None:
             backend.pool.release(backend)
         except Exception:
             backend.fail_internal()  # a deferred callback: the loop must not see it
+
+
+def _after_rollback(
+    backend: BackendConnection, errors: list[dict[str, str]], rows: Any = None
+) -> None:
+    if errors or backend.tx_status != TX_IDLE:
+        backend.close(DisconnectReason.RESET_FAILED)
+        return
+    backend.pool.release(backend)
 
 
 def _after_reset(

@@ -35,6 +35,20 @@ class SessionServices(Protocol):
     def iam(self) -> IamAuthenticator | None: ...
 
 
+# Where a user not in [[users]] is looked up: (auth_user, database, query, user).
+LookupKey = tuple[str, str, str, str]
+
+
+class AuthLookupService(Protocol):
+    """auth_query, as login uses it (runtime.authquery.AuthLookups)."""
+
+    def key_for(self, db: DatabaseConfig, user: str) -> LookupKey | None: ...
+
+    async def secret(self, key: LookupKey) -> str | None: ...
+
+    def refresh_after_failure(self, key: LookupKey) -> None: ...
+
+
 class SessionHost(Protocol):
     """What a client connection and its login read and call on the process serving them."""
 
@@ -46,6 +60,9 @@ class SessionHost(Protocol):
 
     @property
     def counters(self) -> ProxyCounters: ...
+
+    @property
+    def auth_lookups(self) -> AuthLookupService: ...
 
     @property
     def pools(self) -> Mapping[tuple[str, str], Pool]: ...
@@ -71,14 +88,27 @@ class SessionHost(Protocol):
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]: ...
 
-    def cancel_request(self, pid: int, secret: int) -> None: ...
+    @property
+    def peer_id(self) -> int: ...
 
-    def get_pool(self, db: DatabaseConfig, user_cfg: UserConfig | None, user: str) -> Pool: ...
+    def cancel_request(self, pid: int, secret: int, *, relayed: bool = False) -> None: ...
+
+    def get_pool(
+        self,
+        db: DatabaseConfig,
+        user_cfg: UserConfig | None,
+        user: str,
+        looked_up: str | None = None,
+    ) -> Pool: ...
 
     async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier: ...
 
     def remember_client_key(
-        self, user: str, verifier: ScramVerifier, client_key: bytes
+        self,
+        user: str,
+        verifier: ScramVerifier,
+        client_key: bytes,
+        looked_up: str | None = None,
     ) -> None: ...
 
     def open_console(self, client: ClientConnection, params: Mapping[str, str]) -> None:

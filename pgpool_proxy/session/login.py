@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..auth.iam import IamError
 from ..auth.md5 import is_md5_hash, verify_md5_response
-from ..auth.scram import MECHANISM, ScramError, ScramVerifier
+from ..auth.scram import MECHANISM, ScramError
 from ..auth.scram_server import ScramServer
 from ..config import (
     REJECT,
@@ -40,6 +40,7 @@ from .client_state import ClientState
 if TYPE_CHECKING:
     from ..config import UserConfig
     from ..pool.pool import Pool
+    from .host import LookupKey
 
 log = logging.getLogger("pgpool_proxy.login")
 
@@ -202,11 +203,11 @@ async def _login(client: ClientConnection) -> None:
     if packet is None:
         return  # a cancel request, delivered
     params, user, database, auth_type = _check_startup(client, packet)
-    user_cfg = await _authenticated(client, user, auth_type)
+    user_cfg, looked_up = await _authenticated(client, user, auth_type)
     db = _admit(client, database, params)
     if db is None:
         return  # the admin console took over
-    pool, server_params = await _join_pool(client, db, user_cfg, params)
+    pool, server_params = await _join_pool(client, db, user_cfg, params, looked_up)
     _welcome(client, pool, server_params)
 
 
@@ -236,7 +237,13 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
             _send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
             continue
         if isinstance(packet, m.CancelRequest):
-            server.cancel_request(packet.pid, packet.secret)
+            server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel)
+            client.close(DisconnectReason.CANCEL_REQUEST)
+            return None
+        if isinstance(packet, m.PeerIdRequest):
+            # A peer that found this instance in DNS asks which keys are ours (runtime.peers);
+            # counted with cancel requests, the other connections peers open.
+            _send(client, m.peer_id_reply(server.peer_id))
             client.close(DisconnectReason.CANCEL_REQUEST)
             return None
         return packet
@@ -342,13 +349,29 @@ def _client_rule_method(client: ClientConnection, user: str, database: str) -> A
 
 async def _authenticated(
     client: ClientConnection, user: str, auth_type: AuthType
-) -> UserConfig | None:
-    """Authenticate `user` by `auth_type`; its configuration as in force after (a reload may
-    have happened while the client answered)."""
+) -> tuple[UserConfig | None, str | None]:
+    """Authenticate `user` by `auth_type` (auth.type, or a client rule's method): its
+    configuration as in force after (a reload may have happened while the client answered), and
+    for a user not in [[users]] the stored password auth_query found for it."""
     server = client.server
     config = server.config
     user_cfg = config.user(user)
-    await _authenticate(client, user, user_cfg, auth_type)
+    looked_up: str | None = None
+    key: LookupKey | None = None
+    if (
+        user_cfg is None
+        and auth_type is not AuthType.TRUST
+        and client.database != config.admin.database
+    ):
+        db = config.database(client.database)
+        key = server.auth_lookups.key_for(db, user) if db is not None else None
+        if key is not None:
+            # Unknown names are looked up too (and refused after the same exchange as a wrong
+            # password), so the answer and its timing say nothing about who exists.
+            looked_up = await server.auth_lookups.secret(key)
+            if not client.is_open():
+                raise EndpointClosed
+    await _authenticate(client, user, user_cfg, auth_type, looked_up, key)
     # Authentication waited for the client: a reload may have happened meanwhile. Go on with
     # the configuration in force now, and refuse a user it no longer has.
     config = server.config
@@ -361,7 +384,7 @@ async def _authenticated(
                 DisconnectReason.AUTH_FAILED,
                 AUTH_UNKNOWN_USER,
             )
-    return user_cfg
+    return user_cfg, looked_up
 
 
 def _admit(
@@ -395,6 +418,7 @@ async def _join_pool(
     db: DatabaseConfig,
     user_cfg: UserConfig | None,
     params: dict[str, str],
+    looked_up: str | None = None,
 ) -> tuple[Pool, dict[str, str]]:
     """The client's pool, mode and settings (in the server's spelling); the server's own
     reported settings."""
@@ -406,7 +430,7 @@ async def _join_pool(
     for k, v in params.items():
         if k not in _NOT_SETTINGS and not k.startswith("_pq_."):
             settings[k] = v
-    pool = server.get_pool(db, user_cfg, client.user)
+    pool = server.get_pool(db, user_cfg, client.user, looked_up)
     client.pool = pool
     # Per client, not per pool: users sharing a forced server user may differ in mode.
     client.release_on_idle = config.pool_mode_for(db, user_cfg) == PoolMode.TRANSACTION
@@ -570,7 +594,12 @@ async def _authenticate_iam(client: ClientConnection, user: str) -> None:
 
 
 async def _authenticate(
-    client: ClientConnection, user: str, user_cfg: UserConfig | None, auth_type: AuthType
+    client: ClientConnection,
+    user: str,
+    user_cfg: UserConfig | None,
+    auth_type: AuthType,
+    looked_up: str | None = None,
+    lookup_key: LookupKey | None = None,
 ) -> None:
     server = client.server
     if user_cfg is not None and user_cfg.iam:
@@ -585,21 +614,29 @@ async def _authenticate(
                 AUTH_UNKNOWN_USER,
             )
         return
-    secret = user_cfg.password if user_cfg is not None else None
-    refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
+    secret = user_cfg.password if user_cfg is not None else looked_up
     # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
-    # no SCRAM verifier under md5), so there is no silent downgrade here. A client rule may
-    # name the other method; then, as PostgreSQL does, md5 with a SCRAM verifier runs SCRAM,
-    # and SCRAM with an md5 hash runs the mock exchange and fails.
-    if auth_type == AuthType.MD5 and (secret is None or ScramVerifier.parse(secret) is None):
+    # no SCRAM verifier under md5), so there is no silent downgrade here. What auth_query finds
+    # is checked as PostgreSQL checks it: an md5 hash cannot answer SCRAM (refused like an
+    # unknown user), and under md5 a SCRAM verifier runs SCRAM. Under md5 a name with nothing
+    # stored also runs SCRAM (against a mock verifier), as PostgreSQL does with its default
+    # password_encryption: an unknown name looks like the usual (SCRAM-stored) role. A client
+    # rule naming the other method than auth.type meets [[users]] secrets the same way.
+    if auth_type == AuthType.SCRAM_SHA_256 and secret is not None and is_md5_hash(secret):
+        secret = None
+    refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
+    md5_exchange = auth_type == AuthType.MD5 and (
+        (secret is None and lookup_key is None)
+        or (secret is not None and not secret.startswith("SCRAM-SHA-256$"))
+    )
+    if md5_exchange:
         salt = secrets.token_bytes(4)
         _send(client, m.auth_md5(salt))
         response = m.parse_password(await read_password_message(client))
         if secret is None or not verify_md5_response(response, secret, user, salt):
+            _refresh(client, lookup_key)
             raise _auth_failed(user, refused)
         return
-    if secret is not None and is_md5_hash(secret):
-        secret = None  # no SCRAM verifier to check against: the mock exchange, then refused
     # Unknown users run the same exchange against a mock verifier, so probing reveals nothing.
     verifier = await server.scram_verifier(user, secret)
     scram = ScramServer(verifier)
@@ -617,8 +654,16 @@ async def _authenticate(
         final = await read_password_message(client)
         server_final = scram.handle_client_final(final)
     except ScramError:
+        _refresh(client, lookup_key)
         raise _auth_failed(user, refused) from None
     if secret is None:
         raise _auth_failed(user, refused)
     _send(client, m.auth_sasl_final(server_final))
-    server.remember_client_key(user, verifier, scram.client_key)
+    server.remember_client_key(user, verifier, scram.client_key, looked_up)
+
+
+def _refresh(client: ClientConnection, key: LookupKey | None) -> None:
+    """A looked-up user failed to log in: maybe its password changed in PostgreSQL (looked
+    again in the background, so the refusal is not slower than an unknown user's)."""
+    if key is not None:
+        client.server.auth_lookups.refresh_after_failure(key)

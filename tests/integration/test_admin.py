@@ -48,7 +48,7 @@ PGBOUNCER_COLUMNS = {
     # Current PgBouncer's (1.18 had name, pool_mode) and PgBouncer 1.19+'s.
     "USERS": "name pool_size reserve_pool_size pool_mode max_user_connections "
     "current_connections max_user_client_connections current_client_connections",
-    "PEERS": "peer_id host port pool_size",
+    "PEERS": "peer_id host port pool_size source forwarded failed dropped in_flight worker",
 }
 
 

@@ -269,13 +269,15 @@ def test_demo_refuses_a_bad_log_level_and_a_busy_port() -> None:
     assert "Traceback" not in out.stderr, out.stderr
 
 
-def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
+# Twice: an impatient second Ctrl-C during the cleanup must not leave the server behind.
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres, interrupts: int) -> None:
     # The binaries the demo runs are the ones PGPOOL_PG_BINDIR names, and it says so.
     bindir = str(pg.source_bindir)
     proc = subprocess.Popen(
         [*CLI, "demo", "--port", "0"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PGPOOL_PG_BINDIR": bindir},
     )
@@ -286,7 +288,8 @@ def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
         num = pg.version()
         assert (int(version[0]), int(version[1])) == (num // 10000, num % 10000)
         url = _read_until(proc, r"psql '(postgresql://[^']+)'", 5).group(1)
-        admin = _read_until(proc, r"admin: +psql '(postgresql://[^']+)'", 5).group(1)
+        # psql by name when the shell finds it, else by its path beside the server's binaries.
+        admin = _read_until(proc, r"admin: +\S*psql '(postgresql://[^']+)'", 5).group(1)
         metrics = _read_until(proc, r"metrics: +curl (http://\S+)", 5).group(1)
         server = _read_until(proc, r"server: +127\.0\.0\.1:(\d+) \(data in (.+)\)", 5)
         pg_port, work_dir = int(server.group(1)), Path(server.group(2))
@@ -308,8 +311,10 @@ def test_demo_starts_postgres_and_cleans_up(pg: LocalPostgres) -> None:
         assert out.returncode == 0 and "demo|demo" in out.stdout, out.stderr
         with urllib.request.urlopen(metrics, timeout=10) as resp:
             assert b"pgpool_proxy_client_logins_total" in resp.read()
-        proc.send_signal(signal.SIGINT)
+        for _ in range(interrupts):
+            proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -92,15 +92,17 @@ def write_config(
     admin: str = "",
     auth: str | None = None,
     sections: str = "",
+    host: str = "127.0.0.1",
 ) -> None:
     """A config file for the test server: `proxy`, `pool` and `admin` add lines to their
-    sections, `auth` sets the auth type, `sections` adds whole sections (TOML text)."""
+    sections, `auth` sets the auth type, `sections` adds whole sections (TOML text), `host` is
+    the listen address."""
     user_lines = "".join(f'[[users]]\nname = "{u}"\npassword = "{PASSWORDS[u]}"\n\n' for u in users)
     auth_lines = f'[auth]\ntype = "{auth}"\n' if auth else ""
     path.write_text(
         f"""
 [proxy]
-listen = "127.0.0.1:{port}"
+listen = "{host}:{port}"
 {proxy}
 
 [pool]

@@ -30,6 +30,7 @@ LAYERS = (
     "admin",
     "metrics",
     "client_rules",
+    "peers",
     "model",
     "keys",
     "build",

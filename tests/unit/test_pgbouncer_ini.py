@@ -150,8 +150,7 @@ def test_a_typical_file_maps_onto_the_configuration(tmp_path: Path) -> None:
         "s3cret pw",
         PoolMode.SESSION,
     )
-    # A forced user means one pool, so the database's cap is that pool's size.
-    assert (billing.user, billing.pool_size) == ("billing", 8)
+    assert (billing.user, billing.max_db_connections, billing.pool_size) == ("billing", 8, None)
     users = {u.name: u for u in config.users}
     assert users["alice"].password == md5_hash("alice-pw", "alice")
     assert users["alice"].pool_mode is PoolMode.SESSION
@@ -334,6 +333,7 @@ client_encoding=UTF8 application_name=batch
                 pgbouncer = host=10.0.0.1
                 [peers]
                 1 = host=/tmp/pgbouncer1
+                2 = host=10.0.0.2 port=6433 pool_size=5
                 [pgbouncer]
                 auth_type = trust
                 peer_id = 1
@@ -358,13 +358,16 @@ client_encoding=UTF8 application_name=batch
         "[databases] replicas: host",
         "[databases] replicas: load_balance_hosts",
         "[databases] legacy",
+        "[peers] 1: host",
         "[peers] 1",
-        "[pgbouncer] peer_id",
-        "[pgbouncer] max_db_connections",
+        "[peers] 2: pool_size",
     ):
         assert notes_about(conversion, setting), setting
-    (cap,) = notes_about(conversion, "[pgbouncer] max_db_connections")
-    assert "app, replicas, legacy" in cap
+    assert config.proxy.peer_id == 1
+    assert [(p.peer_id, p.host, p.port) for p in config.peers] == [(2, "10.0.0.2", 6433)]
+    # A cap over a database's user pools, as PgBouncer's.
+    assert not notes_about(conversion, "[pgbouncer] max_db_connections")
+    assert config.pool.max_db_connections == 50
 
 
 def test_only_a_fallback_database_cannot_run(tmp_path: Path) -> None:
@@ -547,9 +550,9 @@ SAMPLE_VALUES = {
     "auth_hba_file": "/etc/pgbouncer/hba.conf",
     "auth_ident_file": "/etc/pgbouncer/ident.conf",
     "auth_file": "userlist.txt",
-    "auth_user": "pgbouncer",
+    "auth_user": "alice",
     "auth_query": "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
-    "auth_dbname": "postgres",
+    "auth_dbname": "app",
     "auth_ldap_options": 'ldapurl="ldap://127.0.0.1/dc=example,dc=net?uid?sub"',
     "syslog": "1",
     "syslog_ident": "pgbouncer",
@@ -792,16 +795,61 @@ def test_without_an_auth_file_nobody_can_log_in_and_it_is_said(tmp_path: Path) -
                 [pgbouncer]
                 listen_addr = 127.0.0.1
                 auth_type = scram-sha-256
-                auth_user = pgbouncer
-                auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
                 """,
         },
     )
     assert round_trip(conversion).users == ()
     (note,) = notes_about(conversion, "[pgbouncer] auth_type")
     assert "nobody can log in" in note
-    assert notes_about(conversion, "[pgbouncer] auth_user")
-    assert notes_about(conversion, "[pgbouncer] auth_query")
+
+
+def test_auth_user_and_auth_query_are_mapped(tmp_path: Path) -> None:
+    conversion = convert(
+        tmp_path,
+        {
+            "pgbouncer.ini": """\
+                [databases]
+                app = host=db
+                reports = host=db auth_user=reporter auth_dbname=app \
+auth_query='SELECT * FROM lookup($1)'
+                [pgbouncer]
+                listen_addr = 127.0.0.1
+                auth_type = scram-sha-256
+                auth_file = userlist.txt
+                auth_user = pgbouncer
+                auth_query = SELECT usename, passwd FROM pg_shadow WHERE usename=$1
+                auth_dbname = app
+                """,
+            "userlist.txt": '"pgbouncer" "pgb-pw"\n"reporter" "rep-pw"\n',
+        },
+    )
+    config = round_trip(conversion)
+    assert [u.name for u in config.users] == ["pgbouncer", "reporter"]
+    assert (config.auth.auth_user, config.auth.auth_dbname) == ("pgbouncer", "app")
+    assert config.auth.auth_query == "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
+    app, reports = config.databases
+    assert config.auth_lookup_for(app) == ("pgbouncer", config.auth.auth_query, "app")
+    assert config.auth_lookup_for(reports) == ("reporter", "SELECT * FROM lookup($1)", "app")
+    assert not [n for n in conversion.notes if "auth" in n.setting]
+
+
+def test_an_auth_user_missing_from_the_auth_file_names_its_line(tmp_path: Path) -> None:
+    conversion = convert(
+        tmp_path,
+        {
+            "pgbouncer.ini": """\
+                [databases]
+                app = host=db
+                [pgbouncer]
+                auth_type = md5
+                auth_user = pgbouncer
+                """,
+        },
+    )
+    assert not notes_about(conversion, "[pgbouncer] auth_type")
+    with pytest.raises(ConfigError) as err:
+        conversion.config(env={})
+    assert f"{tmp_path / 'pgbouncer.ini'}:5: auth.auth_user" in str(err.value)
 
 
 def test_problems_of_the_result_name_the_ini_line(tmp_path: Path) -> None:
@@ -877,3 +925,41 @@ def test_reserve_pool_is_mapped(tmp_path: Path) -> None:
     assert not [n for n in conversion.notes if "reserve" in n.setting]
     pool = round_trip(conversion).pool
     assert (pool.reserve_pool_size, pool.reserve_pool_timeout_s) == (3, 2.5)
+
+
+def test_caps_across_pools_and_idle_timeouts_map_onto_ours(tmp_path: Path) -> None:
+    conversion = convert(
+        tmp_path,
+        {
+            "pgbouncer.ini": """\
+                [databases]
+                app = host=db max_db_connections=7
+                other = host=db
+                [users]
+                alice = max_user_connections=3 idle_transaction_timeout=5
+                [pgbouncer]
+                listen_addr = 127.0.0.1
+                auth_file = userlist.txt
+                max_db_connections = 40
+                max_user_connections = 30
+                client_idle_timeout = 600
+                idle_transaction_timeout = 60
+                """,
+            "userlist.txt": '"alice" "pw"\n"bob" "pw"\n',
+        },
+    )
+    config = round_trip(conversion)
+    pool = config.pool
+    assert (pool.max_db_connections, pool.max_user_connections) == (40, 30)
+    assert (pool.client_idle_timeout_s, pool.idle_transaction_timeout_s) == (600, 60)
+    app, other = config.databases
+    assert (app.max_db_connections, other.max_db_connections) == (7, None)
+    assert config.max_db_connections_for(app) == 7
+    assert config.max_db_connections_for(other) == 40
+    users = {u.name: u for u in config.users}
+    assert (users["alice"].max_user_connections, users["bob"].max_user_connections) == (3, None)
+    assert config.max_user_connections_for("bob") == 30
+    # PgBouncer's per-user timeouts have no per-user equivalent: reported, naming ours.
+    (per_user,) = notes_about(conversion, "[users] alice: idle_transaction_timeout")
+    assert "pool.idle_transaction_timeout_s applies to every user" in per_user
+    assert {n.setting for n in conversion.notes} == {"[users] alice: idle_transaction_timeout"}
