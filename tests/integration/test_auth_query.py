@@ -317,7 +317,8 @@ async def test_unknown_user_flood_is_bounded(
         await asyncio.gather(watcher, return_exceptions=True)
     assert set(results) == {"28P01"}
     assert lookups(proxy) == 41
-    assert 1 <= peak <= 3
+    # The bound is the point; the sampler may see none at all when the look-ups are quick.
+    assert peak <= 3
 
 
 async def test_a_refused_or_slow_lookup_is_refused_cleanly_and_bounded(
