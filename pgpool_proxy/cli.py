@@ -208,9 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             setup_logging(config.proxy.log_level, config.proxy.log_format, identity.index)
             return run_loop(lambda: serve(config, identity=identity, port=port))
 
-        return supervise(
-            workers, config.proxy.listen_host, config.proxy.listen_port, run_worker, peer_id
-        )
+        proxy = config.proxy
+        unix = (proxy.unix_socket_dir, proxy.unix_socket_mode) if proxy.unix_socket_dir else None
+        return supervise(workers, proxy.listen_host, proxy.listen_port, run_worker, peer_id, unix)
     except BindError as exc:
         # The supervisor reserves both ports before forking, so a taken one ends it here.
         log.error("cannot start: %s", exc)

@@ -44,12 +44,14 @@ AUTH_UNKNOWN_USER: Final = "unknown_user"  # no such [[users]] entry
 AUTH_IAM: Final = "iam"  # the IAM token was refused
 AUTH_TLS_REQUIRED: Final = "tls_required"  # TLS required by client_tls.mode or by IAM
 AUTH_PROTOCOL: Final = "protocol"  # malformed exchange, wrong SASL mechanism, no user name
+AUTH_CLIENT_RULES: Final = "client_rules"  # refused by [[client_rules]] (pg_hba.conf's 28000)
 AUTH_FAILURE_REASONS: Final = (
     AUTH_PASSWORD,
     AUTH_UNKNOWN_USER,
     AUTH_IAM,
     AUTH_TLS_REQUIRED,
     AUTH_PROTOCOL,
+    AUTH_CLIENT_RULES,
 )
 
 

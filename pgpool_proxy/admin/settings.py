@@ -104,7 +104,10 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
     "pool_mode": Alias("proxy", "pool_mode"),
     "query_timeout": Alias("pool", "query_timeout_s"),
     "query_wait_timeout": Alias("pool", "query_wait_timeout_s"),
+    "reserve_pool_size": Alias("pool", "reserve_pool_size"),
+    "reserve_pool_timeout": Alias("pool", "reserve_pool_timeout_s"),
     "server_check_delay": Alias("pool", "server_check_delay_s"),
+    "server_check_query": Alias("pool", "server_check_query"),
     "server_connect_timeout": Alias("pool", "server_connect_timeout_s"),
     "server_idle_timeout": Alias("pool", "server_idle_timeout_s"),
     "server_lifetime": Alias("pool", "server_lifetime_s"),
@@ -112,6 +115,7 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
     "server_reset_query": Alias("pool", "server_reset_query"),
     "so_reuseport": Alias("proxy", "reuse_port"),
     "stats_users": Alias("admin", "stats_users"),
+    "unix_socket_dir": Alias("proxy", "unix_socket_dir"),
     "tcp_keepalive": Alias("pool", "tcp_keepalive"),
     "tcp_keepcnt": Alias("pool", "tcp_keepcnt"),
     "tcp_keepidle": Alias("pool", "tcp_keepidle_s"),
@@ -124,7 +128,6 @@ PGBOUNCER_NAMES: Final[Mapping[str, Alias]] = {
 FIXED: Final[Mapping[str, str]] = {
     "max_db_connections": "0",
     "max_user_connections": "0",
-    "reserve_pool_size": "0",
 }
 
 _TRUE: Final = frozenset({"1", "on", "yes", "true"})

@@ -530,7 +530,7 @@ def show_databases(server: ProxyServer) -> Result:
                 db.user,
                 _s(size),
                 _s(min(cfg.pool.min_pool_size, size)),
-                "0",
+                _s(cfg.pool.reserve_pool_size),
                 db.pool_mode.value if db.pool_mode is not None else None,
                 "0",
                 _s(sum(p.total for p in pools)),

@@ -6,8 +6,9 @@ way, each only from those listed before it:
 - `schema`: `Key`, `Checker` (value conversion collecting every problem), `ConfigError`;
 - `envrefs`, `tables`: ``*_env`` references; reading a section or an array against its keys;
 - `core` ([proxy], [pool], [auth]), `users`, `topology`, `databases`, `security` ([client_tls],
-  [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`, `peers` ([[peers]]):
-  each section's dataclasses, key table, cross-key checks and builder;
+  [server_tls], [iam], [[iam_rules]], [secrets]), `admin`, `metrics`, `client_rules`
+  ([[client_rules]], the client address allow-list), `peers` ([[peers]]): each section's
+  dataclasses, key table, cross-key checks and builder;
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
   (``pgpool-proxy check``);
 - `tomlwrite` (a configuration mapping as TOML text), `ini` (reading pgbouncer.ini, its
@@ -20,6 +21,7 @@ from __future__ import annotations
 from .admin import AdminSettings, check_admin
 from .build import build_config, load_config, parse_config
 from .check import check_config_main
+from .client_rules import REJECT, ClientRule, client_address, match_client_rule
 from .core import AuthSettings, AuthType, PoolMode, PoolSettings, ProxySettings
 from .databases import DatabaseConfig
 from .ini import PgBouncerNote, looks_like_pgbouncer_ini
@@ -54,10 +56,12 @@ __all__ = [
     "PGBOUNCER_DATABASE_PARAMS",
     "PGBOUNCER_SETTINGS",
     "PGBOUNCER_USER_PARAMS",
+    "REJECT",
     "SECTIONS",
     "AdminSettings",
     "AuthSettings",
     "AuthType",
+    "ClientRule",
     "ClientTlsMode",
     "ClientTlsSettings",
     "Config",
@@ -82,10 +86,12 @@ __all__ = [
     "build_config",
     "check_admin",
     "check_config_main",
+    "client_address",
     "convert_pgbouncer_ini",
     "load_config",
     "load_pgbouncer_config",
     "looks_like_pgbouncer_ini",
+    "match_client_rule",
     "parse_config",
     "parse_host_port",
     "region_of_secret_arn",

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .admin import build_admin
+from .client_rules import build_client_rules
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS, build_auth, build_pool, build_proxy
 from .databases import (
     DATABASE_KEYS,
@@ -77,6 +78,7 @@ def build_config(
     check_auth_lookups(checker, auth, databases, users, user_names)
     admin = build_admin(checker, data.get("admin"), (d.name for d in databases), user_names)
     metrics = build_metrics(checker, data.get("metrics"))
+    client_rules = build_client_rules(checker, data.get("client_rules"))
     peer_entries = read_entries(checker, "peers", data.get("peers"), PEER_KEYS, named=False)
     peers = build_peers(checker, peer_entries)
     checker.finish()
@@ -90,6 +92,7 @@ def build_config(
         topology=topology,
         admin=admin,
         metrics=metrics,
+        client_rules=client_rules,
         peers=tuple(peers),
         **security,
     )

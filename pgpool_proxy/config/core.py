@@ -81,6 +81,10 @@ class ProxySettings:
     # Log a warning when the event loop was held this long (one callback, a blocking call, a
     # starved CPU); 0 turns the warning off (the lag histogram is always kept).
     loop_lag_warn_ms: int = 100
+    # A Unix-socket listener beside TCP: <dir>/.s.PGSQL.<listen port>, as PostgreSQL names it
+    # ("": none), with these permission bits.
+    unix_socket_dir: str = ""
+    unix_socket_mode: int = 0o777
     # Peering (runtime.peers): this instance's id in the cancel keys it hands out (0: none, or
     # a random one picked at startup when peers are configured), the DNS name whose A/AAAA
     # records are the peers (each asked for its id on peer_dns_port, 0: listen's port), how
@@ -109,6 +113,11 @@ class PoolSettings:
     max_prepared_statements: int = 200
     # Bytes of statement text each pool keeps for sharing (least recently used forgotten).
     statement_cache_bytes: int = 64 * 1024 * 1024
+    # PgBouncer's reserve pool: a pool whose oldest queued client has waited
+    # reserve_pool_timeout_s may open up to reserve_pool_size connections beyond its size
+    # (0 for either: no reserve).
+    reserve_pool_size: int = 0
+    reserve_pool_timeout_s: float = 5.0
     # Server connections this proxy may hold across all pools (0: no cap beyond pool sizes);
     # with N proxies, N x this must fit the database's max_connections.
     max_server_connections: int = 0
@@ -131,6 +140,9 @@ class PoolSettings:
     # settings replay) is closed and replaced (0: no periodic check).
     server_check_delay_s: float = 30.0
     server_check_timeout_s: float = 10.0
+    # What the idle check sends; empty: an empty query (EmptyQueryResponse, no parse, no
+    # snapshot), the cheapest round trip PostgreSQL answers.
+    server_check_query: str = ""
     # Kernel dead-peer detection on client and server sockets (see net.connect.TcpTuning).
     tcp_keepalive: bool = True
     tcp_keepidle_s: int = 15
@@ -176,6 +188,9 @@ PROXY_KEYS: Final[dict[str, Key]] = {
     "reuse_port": Key(Kind.BOOL),
     # pgpool_proxy.loopwatch: warn when the event loop was held this long (0: never).
     "loop_lag_warn_ms": Key(Kind.INT, lo=0, hi=3_600_000),
+    # runtime.workers.bind_unix_listener: the Unix-socket listener.
+    "unix_socket_dir": Key(Kind.STR),
+    "unix_socket_mode": Key(Kind.INT, lo=0, hi=0o777),
     # Peering: forwarding cancel requests between instances behind one load balancer.
     "peer_id": Key(Kind.INT, lo=0, hi=MAX_PEER_ID),
     "peer_dns_name": Key(Kind.STR),
@@ -195,6 +210,8 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "server_reset_query": Key(Kind.STR),
     "max_prepared_statements": Key(Kind.INT, lo=0, hi=100_000),
     "statement_cache_bytes": Key(Kind.INT, lo=0, hi=64 * _GIB),
+    "reserve_pool_size": Key(Kind.INT, lo=0),
+    "reserve_pool_timeout_s": Key(Kind.FLOAT, lo=0),
     "max_server_connections": Key(Kind.INT, lo=0),
     "max_db_connections": Key(Kind.INT, lo=0),
     "max_user_connections": Key(Kind.INT, lo=0),
@@ -206,6 +223,7 @@ POOL_KEYS: Final[dict[str, Key]] = {
     "client_idle_timeout_s": Key(Kind.FLOAT, lo=0),
     "server_check_delay_s": Key(Kind.FLOAT, lo=0),
     "server_check_timeout_s": Key(Kind.FLOAT, lo=0, lo_open=True),
+    "server_check_query": Key(Kind.STR),
     "tcp_keepalive": Key(Kind.BOOL),
     "tcp_keepidle_s": Key(Kind.INT, lo=1, hi=32767),
     "tcp_keepintvl_s": Key(Kind.INT, lo=1, hi=32767),

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .admin import ADMIN_KEYS
+from .client_rules import CLIENT_RULE_KEYS
 from .core import AUTH_KEYS, POOL_KEYS, PROXY_KEYS
 from .databases import DATABASE_KEYS
 from .metrics import METRICS_KEYS
@@ -36,6 +37,7 @@ ARRAYS: Final[Mapping[str, Mapping[str, Key]]] = {
     "databases": DATABASE_KEYS,
     "users": USER_KEYS,
     "iam_rules": IAM_RULE_KEYS,
+    "client_rules": CLIENT_RULE_KEYS,
     "peers": PEER_KEYS,
 }
 

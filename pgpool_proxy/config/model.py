@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .admin import AdminSettings
+from .client_rules import ClientRule
 from .core import AuthSettings, PoolMode, PoolSettings, ProxySettings
 from .databases import DatabaseConfig
 from .metrics import MetricsSettings
@@ -34,6 +35,8 @@ class Config:
     server_tls: ServerTlsSettings = field(default_factory=ServerTlsSettings)
     iam: IamSettings = field(default_factory=IamSettings)
     iam_rules: tuple[IamRule, ...] = ()
+    # The client address allow-list, first match wins; empty admits every address.
+    client_rules: tuple[ClientRule, ...] = ()
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     topology: TopologySettings = field(default_factory=TopologySettings)
     admin: AdminSettings = field(default_factory=AdminSettings)

@@ -51,16 +51,16 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "pidfile": "-pgpool-proxy does not daemonize; run it under systemd, a container or similar",
     "listen_addr": "proxy.listen",
     "listen_port": "proxy.listen",
-    "unix_socket_dir": "-pgpool-proxy has no Unix-socket listener (TCP only)",
-    "unix_socket_mode": "-pgpool-proxy has no Unix-socket listener (TCP only)",
-    "unix_socket_group": "-pgpool-proxy has no Unix-socket listener (TCP only)",
+    "unix_socket_dir": "proxy.unix_socket_dir",
+    "unix_socket_mode": "proxy.unix_socket_mode",
+    "unix_socket_group": "-the socket file gets the proxy user's group; use a setgid directory",
     "user": "-pgpool-proxy does not switch users; start it as the user it should run as",
     "pool_mode": "proxy.pool_mode",
     "max_client_conn": "proxy.max_client_conn",
     "default_pool_size": "pool.default_pool_size",
     "min_pool_size": "pool.min_pool_size",
-    "reserve_pool_size": "-no reserve pool; raise the pool size instead",
-    "reserve_pool_timeout": "-no reserve pool",
+    "reserve_pool_size": "pool.reserve_pool_size",
+    "reserve_pool_timeout": "pool.reserve_pool_timeout_s",
     "max_db_connections": "pool.max_db_connections",
     "max_db_client_connections": "-no per-database client limit; proxy.max_client_conn limits all",
     "max_user_connections": "pool.max_user_connections",
@@ -79,7 +79,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "scram_iterations": "-the SCRAM iteration count for plaintext passwords is not configurable",
     # authentication
     "auth_type": "auth.type",
-    "auth_hba_file": "-no hba file: one auth.type for every client",
+    "auth_hba_file": "-the hba file is not read: write its lines as [[client_rules]]",
     "auth_ident_file": "-no ident maps",
     "auth_file": "users",
     "auth_user": "auth.auth_user",
@@ -103,7 +103,7 @@ PGBOUNCER_SETTINGS: Final[Mapping[str, str]] = {
     "server_reset_query_always": "-transaction mode restores session state itself; the reset "
     "query runs when a session-mode client leaves",
     "server_check_delay": "pool.server_check_delay_s",
-    "server_check_query": "pool.server_check_delay_s",
+    "server_check_query": "pool.server_check_query",
     "server_fast_close": "-session-mode clients keep their server connection until they leave",
     "server_lifetime": "pool.server_lifetime_s",
     "server_idle_timeout": "pool.server_idle_timeout_s",
@@ -170,8 +170,8 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
     "auth_dbname": "databases.auth_dbname",
     "pool_size": "databases.pool_size",
     "min_pool_size": "-pool.min_pool_size applies to every database",
-    "reserve_pool_size": "-no reserve pool",
-    "reserve_pool": "-no reserve pool",
+    "reserve_pool_size": "-pool.reserve_pool_size applies to every database",
+    "reserve_pool": "-pool.reserve_pool_size applies to every database",
     "connect_query": "-no query on new server connections; use ALTER ROLE/DATABASE ... SET",
     "pool_mode": "databases.pool_mode",
     "query_wait_timeout": "-pool.query_wait_timeout_s applies to every database",
@@ -190,7 +190,7 @@ PGBOUNCER_DATABASE_PARAMS: Final[Mapping[str, str]] = {
 PGBOUNCER_USER_PARAMS: Final[Mapping[str, str]] = {
     "pool_mode": "users.pool_mode",
     "pool_size": "-pool sizes are per database (databases.pool_size)",
-    "reserve_pool_size": "-no reserve pool",
+    "reserve_pool_size": "-pool.reserve_pool_size applies to every user",
     "max_user_connections": "users.max_user_connections",
     "max_user_client_connections": "-no per-user client limit",
     "query_timeout": "-pool.query_timeout_s applies to every user",
@@ -403,6 +403,10 @@ class _Mapper:
             "verbose": self._verbose,
             "server_reset_query": self._server_reset_query,
             "server_check_delay": self._server_check_delay,
+            "reserve_pool_size": self._int_to(self.pool, "reserve_pool_size", 0, 2**31 - 1),
+            "reserve_pool_timeout": self._seconds_to(self.pool, "reserve_pool_timeout_s"),
+            "unix_socket_dir": self._unix_socket_dir,
+            "unix_socket_mode": self._unix_socket_mode,
             "server_check_query": self._server_check_query,
             "server_lifetime": self._server_lifetime,
             "server_idle_timeout": self._seconds_to(self.pool, "server_idle_timeout_s"),
@@ -452,6 +456,7 @@ class _Mapper:
         self.proxy["client_login_timeout_s"] = 60.0
         self.pool["server_login_retry_s"] = 15.0
         self.server_tls["mode"] = "prefer"
+        self.proxy["unix_socket_dir"] = "/tmp"
         self._listen()
         for name, entry in self.settings.items():
             setting = f"[pgbouncer] {name}"
@@ -539,8 +544,8 @@ class _Mapper:
                 self.note(
                     where,
                     "[pgbouncer] listen_addr",
-                    "not set: PgBouncer would listen on its Unix socket only, which pgpool-proxy "
-                    "does not have; it listens on 127.0.0.1 instead",
+                    "not set: PgBouncer would listen on its Unix socket only; pgpool-proxy "
+                    "always listens on TCP too, on 127.0.0.1 (the Unix socket is kept)",
                 )
         else:
             addresses = [a.strip() for a in addr_entry.value.split(",") if a.strip()]
@@ -589,6 +594,19 @@ class _Mapper:
         if number is not None:
             self.proxy["log_level"] = "debug" if number > 0 else "info"
 
+    def _unix_socket_dir(self, entry: IniEntry) -> None:
+        # Empty turns the socket off in both.
+        self.proxy["unix_socket_dir"] = entry.value
+
+    def _unix_socket_mode(self, entry: IniEntry) -> None:
+        text = entry.value.strip()
+        if not text or len(text) > 6 or any(c not in "01234567" for c in text):
+            self.bad(entry, "[pgbouncer] unix_socket_mode", f"expected octal, got {shown(text)}")
+        elif int(text, 8) > 0o777:
+            self.bad(entry, "[pgbouncer] unix_socket_mode", f"must be at most 0777, got {text}")
+        else:
+            self.proxy["unix_socket_mode"] = int(text, 8)
+
     def _server_reset_query(self, entry: IniEntry) -> None:
         self.pool["server_reset_query"] = entry.value
 
@@ -607,16 +625,12 @@ class _Mapper:
             self.pool["server_check_delay_s"] = number
 
     def _server_check_query(self, entry: IniEntry) -> None:
-        setting = "[pgbouncer] server_check_query"
         if entry.value == "":
             # An empty value turns PgBouncer's check off.
             self.pool["server_check_delay_s"] = 0.0
         elif entry.value.lower() != "<empty>":
-            self.note(
-                entry,
-                setting,
-                "pgpool-proxy checks server connections with an empty query; this query is not run",
-            )
+            # "<empty>" is PgBouncer's name for the empty query, pgpool-proxy's default.
+            self.pool["server_check_query"] = entry.value
 
     def _server_lifetime(self, entry: IniEntry) -> None:
         setting = "[pgbouncer] server_lifetime"

@@ -171,8 +171,9 @@ def _watch(pool: Pool, now: float) -> None:
             if now - max(backend.idle_since, backend.checked_at) >= delay:
                 pool.idle.remove(backend)
                 backend.checked_at = now
-                # An empty query: EmptyQueryResponse + ReadyForQuery, no parse, no snapshot.
-                backend.run_own([""], partial(_checked, pool))
+                # By default an empty query: EmptyQueryResponse + ReadyForQuery, no parse,
+                # no snapshot.
+                backend.run_own([spec.check_query], partial(_checked, pool))
 
 
 def _idle_in_transaction(

@@ -266,12 +266,25 @@ class Pool:
         if (
             self.waiters
             and self.state is _OPEN
-            and self.total < self.spec.size
+            and self.total < self.grow_limit()
             and self.loop.time() - self.last_connect_failure_at >= self.spec.login_retry_s
             and (self.topology is None or self.pick_address() is not None)
             and (self.budget is None or self.budget.allows(self))
         ):
             self.launch()
+
+    def grow_limit(self) -> int:
+        """The size the pool may grow to now: its size, plus the reserve once the oldest queued
+        client has waited reserve_timeout_s (PgBouncer's reserve_pool_size/_timeout)."""
+        spec = self.spec
+        if not spec.reserve_size or not spec.reserve_timeout_s:
+            return spec.size
+        # The head is the oldest waiter (a departing client is dropped by forget_waiter; one
+        # just queued by acquire is not WAITING yet, so is_waiting cannot filter here).
+        waiters = self.waiters
+        if waiters and self.loop.time() - waiters[0].wait_since >= spec.reserve_timeout_s:
+            return spec.size + spec.reserve_size
+        return spec.size
 
     def launch(self) -> None:
         self.total += 1

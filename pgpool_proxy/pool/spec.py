@@ -75,6 +75,10 @@ class PoolSpec:
     query_timeout_s: float = 0.0
     check_delay_s: float = 30.0
     check_timeout_s: float = 10.0
+    check_query: str = ""
+    # Connections beyond `size` once the oldest waiter has waited reserve_timeout_s.
+    reserve_size: int = 0
+    reserve_timeout_s: float = 5.0
     tcp: TcpTuning = DEFAULT_TCP
     # The [[databases]] entry (pool.max_db_connections counts per entry, as PgBouncer does)
     # and the caps across pools that apply to this one (0: none; see pool.budget).

@@ -10,10 +10,10 @@ connections retire when their transaction ends), pool sizes and timeouts, the re
 max_server_connections, max_db_connections, max_user_connections, pool_mode and
 max_message_size_bytes (for new clients), max_client_conn, client login timeout, log level,
 shutdown timeout, auth type (RELOAD only, not SET) and the [admin] section. What needs a restart
-(the reload keeps the running value and says so): listen, workers, reuse_port, log_format, TLS,
-IAM, Secrets Manager settings, the [topology] section and a database's forced user (pools are keyed
-by their server user). A reload that changes a database's Secrets Manager reference, or turns IAM
-on for a user when no IAM verifier runs, is refused.
+(the reload keeps the running value and says so): listen, the Unix socket, workers, reuse_port,
+log_format, TLS, IAM, Secrets Manager settings, the [topology] section and a database's forced
+user (pools are keyed by their server user). A reload that changes a database's Secrets Manager
+reference, or turns IAM on for a user when no IAM verifier runs, is refused.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ _RESTART_PROXY_KEYS = (
     ("workers", "proxy.workers"),
     ("reuse_port", "proxy.reuse_port"),
     ("log_format", "proxy.log_format"),
+    ("unix_socket_dir", "proxy.unix_socket_dir"),
+    ("unix_socket_mode", "proxy.unix_socket_mode"),
     # Keys already handed out name it.
     ("peer_id", "proxy.peer_id"),
 )
@@ -235,6 +237,9 @@ def _spec_for(cfg: Config, db: DatabaseConfig, server_user: str, old: PoolSpec) 
         "max_user_connections": cfg.max_user_connections_for(server_user),
         "check_delay_s": pool.server_check_delay_s,
         "check_timeout_s": pool.server_check_timeout_s,
+        "check_query": pool.server_check_query,
+        "reserve_size": pool.reserve_pool_size,
+        "reserve_timeout_s": pool.reserve_pool_timeout_s,
         "tcp": tcp_tuning(pool),
     }
     # Multi-host settings, where this build has them.

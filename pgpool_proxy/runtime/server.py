@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -41,7 +42,14 @@ from .loopwatch import LoopWatch
 from .peers import FORWARDED, PID_MASK, Peering, key_peer, key_secret, peering_configured
 from .services import Services
 from .tracking import Tracking
-from .workers import MIN_CLIENT_PID, WORKER_SHIFT, WorkerIdentity
+from .workers import (
+    MIN_CLIENT_PID,
+    WORKER_SHIFT,
+    BindError,
+    WorkerIdentity,
+    bind_unix_listener,
+    unix_socket_path,
+)
 
 if TYPE_CHECKING:
     from ..aws.discovery import AddressMap
@@ -123,6 +131,11 @@ class ProxyServer:
         self._peer_server: asyncio.base_events.Server | None = None
         self.aws_caller: CallerServer | None = None
         self.topology_follower: TopologyFollower | None = None
+        # proxy.unix_socket_dir: the Unix-socket listener, and its file when this process made
+        # it (with workers the supervisor does, and removes it).
+        self._unix_server: asyncio.base_events.Server | None = None
+        self._unix_path: str | None = None
+        self.unix_socket: str | None = None
         self._janitor: asyncio.Task[None] | None = None
         self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
         self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
@@ -204,6 +217,7 @@ class ProxyServer:
         for s in self._server.sockets:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.tune_listeners()
+        await self._listen_unix(loop)
         self.peering.start()
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
@@ -216,6 +230,32 @@ class ProxyServer:
             log.info("worker %d listening on %s:%s", ident.index, self.host, self.port)
         else:
             log.info("listening on %s:%s", self.host, self.port)
+        if self.unix_socket is not None:
+            log.info("listening on Unix socket %s", self.unix_socket)
+
+    async def _listen_unix(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The Unix-socket listener: the supervisor's socket, inherited by every worker (they
+        all accept from one queue, as SO_REUSEPORT cannot share a socket file), or one bound
+        here on the TCP port's number."""
+        proxy = self.config.proxy
+        if not proxy.unix_socket_dir:
+            return
+        path = unix_socket_path(proxy.unix_socket_dir, self.port)
+        fd = self.identity.unix_fd
+        if fd is not None:
+            listener = socket.socket(fileno=os.dup(fd))
+        else:
+            try:
+                listener = bind_unix_listener(
+                    proxy.unix_socket_dir, self.port, proxy.unix_socket_mode
+                )
+            except BindError as exc:
+                raise OSError(0, str(exc)) from None
+            self._unix_path = path
+        self._unix_server = await loop.create_unix_server(
+            lambda: ClientConnection(self), sock=listener, backlog=4096
+        )
+        self.unix_socket = path
 
     # --- state: PAUSE/RESUME of everything, drain, close ----------------------------------------
 
@@ -248,6 +288,8 @@ class ProxyServer:
             self._to(ServerState.DRAINING)
         if self._server is not None:
             self._server.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
 
     def request_stop(self, *, all_workers: bool = False) -> None:
         """Ask run_until_stopped for a graceful stop (SIGTERM; the admin SHUTDOWN, which with
@@ -275,6 +317,12 @@ class ProxyServer:
             self._peer_server.close()
         if self.aws_caller is not None:
             await self.aws_caller.close()
+        if self._unix_server is not None:
+            self._unix_server.close()
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+            self._unix_path = None
         if self._janitor is not None:
             self._janitor.cancel()
         self.loopwatch.stop()
@@ -520,6 +568,9 @@ class ProxyServer:
                 max_user_connections=cfg.max_user_connections_for(server_user),
                 check_delay_s=cfg.pool.server_check_delay_s,
                 check_timeout_s=cfg.pool.server_check_timeout_s,
+                check_query=cfg.pool.server_check_query,
+                reserve_size=cfg.pool.reserve_pool_size,
+                reserve_timeout_s=cfg.pool.reserve_pool_timeout_s,
                 tcp=tcp_tuning(cfg.pool),
             )
             pool = Pool(spec, self.spawn)

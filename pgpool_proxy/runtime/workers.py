@@ -45,6 +45,8 @@ class WorkerIdentity:
     index: int = 0
     count: int = 1
     peer_dir: str | None = None
+    # The supervisor's listening Unix socket (proxy.unix_socket_dir), inherited by every worker.
+    unix_fd: int | None = None
     # The instance's peer_id when picked at startup (runtime.peers.pick_peer_id), 0 otherwise.
     peer_id: int = 0
 
@@ -72,22 +74,70 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
+def unix_socket_path(directory: str, port: int) -> str:
+    """Where a listener on `port` puts its Unix socket: PostgreSQL's (and libpq's) name."""
+    return os.path.join(directory, f".s.PGSQL.{port}")
+
+
+def bind_unix_listener(directory: str, port: int, mode: int) -> socket.socket:
+    """A listening Unix socket at unix_socket_path(directory, port) with permission `mode`.
+
+    A file left there by a process that died is replaced; one another process still accepts
+    on is not (BindError), as PostgreSQL and PgBouncer refuse to steal a live socket."""
+    path = unix_socket_path(directory, port)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            raise BindError(f"cannot listen on {path}: another process is listening on it")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise BindError(f"cannot listen on {path}: {reason.lower()}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def supervise(
     count: int,
     host: str,
     port: int,
     run_worker: Callable[[WorkerIdentity, int], int],
     peer_id: int = 0,
+    unix_socket: tuple[str, int] | None = None,
 ) -> int:
     """Fork `count` workers running `run_worker(identity, port)` and wait for a stop signal.
 
     SIGTERM, SIGINT and SIGHUP are passed on to every worker (each drains and exits, or reloads,
     by itself); a worker that dies on its own is restarted. A worker that exits with
     EXIT_SHUTDOWN_ALL (the admin SHUTDOWN) stops them all, as a SIGTERM would.
+
+    `unix_socket` (directory, mode): one listening Unix socket on the resolved port's number,
+    bound here and inherited by every worker (a socket file cannot be shared as SO_REUSEPORT
+    shares a port), so a restarted worker accepts on it again; removed when all have stopped.
     """
     reservation, port = reserve_port(host, port)
+    unix: socket.socket | None = None
+    if unix_socket is not None:
+        try:
+            unix = bind_unix_listener(unix_socket[0], port, unix_socket[1])
+        except BindError:
+            reservation.close()
+            raise
     peer_dir = tempfile.mkdtemp(prefix="pgpool-proxy-peers-")
     sup = _Supervisor(count, port, reservation, peer_dir, run_worker, peer_id)
+    sup.unix_fd = unix.fileno() if unix is not None else None
     old_term = signal.signal(signal.SIGTERM, sup.on_signal)
     old_int = signal.signal(signal.SIGINT, sup.on_signal)
     old_hup = signal.signal(signal.SIGHUP, sup.on_signal)
@@ -102,6 +152,10 @@ def supervise(
         signal.signal(signal.SIGHUP, old_hup)
         reservation.close()
         shutil.rmtree(peer_dir, ignore_errors=True)
+        if unix is not None and unix_socket is not None:
+            unix.close()
+            with contextlib.suppress(OSError):
+                os.unlink(unix_socket_path(unix_socket[0], port))
 
 
 class _Supervisor:
@@ -126,10 +180,13 @@ class _Supervisor:
         self.children: dict[int, int] = {}  # pid -> worker index
         self.last_start: dict[int, float] = {}
         self.stopping: list[int] = []
+        self.unix_fd: int | None = None
 
     def start(self, index: int) -> None:
         """Fork worker `index`; in the child, run it and exit with its status."""
-        ident = WorkerIdentity(index, self.count, self.peer_dir, self.peer_id)
+        ident = WorkerIdentity(
+            index, self.count, self.peer_dir, unix_fd=self.unix_fd, peer_id=self.peer_id
+        )
         # Signals wait until the child is recorded (parent) or its handlers reset (child):
         # otherwise a SIGTERM in between would never reach this worker.
         signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)

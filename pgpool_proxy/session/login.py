@@ -12,8 +12,17 @@ from ..auth.iam import IamError
 from ..auth.md5 import is_md5_hash, verify_md5_response
 from ..auth.scram import MECHANISM, ScramError
 from ..auth.scram_server import ScramServer
-from ..config import AuthType, DatabaseConfig, PoolMode, UserConfig
+from ..config import (
+    REJECT,
+    AuthType,
+    DatabaseConfig,
+    PoolMode,
+    UserConfig,
+    client_address,
+    match_client_rule,
+)
 from ..counters import (
+    AUTH_CLIENT_RULES,
     AUTH_IAM,
     AUTH_PASSWORD,
     AUTH_PROTOCOL,
@@ -193,8 +202,8 @@ async def _login(client: ClientConnection) -> None:
     packet = await _startup(client)
     if packet is None:
         return  # a cancel request, delivered
-    params, user, database = _check_startup(client, packet)
-    user_cfg, looked_up = await _authenticated(client, user)
+    params, user, database, auth_type = _check_startup(client, packet)
+    user_cfg, looked_up = await _authenticated(client, user, auth_type)
     db = _admit(client, database, params)
     if db is None:
         return  # the admin console took over
@@ -216,7 +225,8 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
                     "received unencrypted data after SSL/GSS request",
                 )
             tls = server.services.client_tls
-            if isinstance(packet, m.SSLRequest) and tls is not None:
+            # Like PostgreSQL, no TLS over a Unix socket: the peer is on this host.
+            if isinstance(packet, m.SSLRequest) and tls is not None and not is_unix(client):
                 if is_tls(client):
                     raise ProxyError(
                         SqlState.PROTOCOL_VIOLATION, "SSLRequest on an already encrypted connection"
@@ -241,9 +251,9 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
 
 def _check_startup(
     client: ClientConnection, packet: m.StartupMessage
-) -> tuple[dict[str, str], str, str]:
+) -> tuple[dict[str, str], str, str, AuthType]:
     """What the startup packet asks for, refused early when the proxy cannot serve it:
-    (parameters, user, database)."""
+    (parameters, user, database, how the client must authenticate)."""
     server = client.server
     config = server.config
     if client.peer_channel:
@@ -259,7 +269,7 @@ def _check_startup(
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             DisconnectReason.UNSUPPORTED,
         )
-    if server.services.tls_required and not is_tls(client):
+    if server.services.tls_required and not is_tls(client) and not is_unix(client):
         raise _Refusal(
             SqlState.INVALID_AUTHORIZATION,
             "SSL/TLS is required to connect to this proxy (client_tls.mode = require); "
@@ -300,15 +310,49 @@ def _check_startup(
             f"no more connections allowed (max_client_conn={config.proxy.max_client_conn})",
             DisconnectReason.TOO_MANY_CLIENTS,
         )
-    return params, user, database
+    return params, user, database, _client_rule_method(client, user, database)
+
+
+def _client_rule_method(client: ClientConnection, user: str, database: str) -> AuthType:
+    """How [[client_rules]] says this client authenticates (auth.type when no rule is
+    configured); refused as PostgreSQL refuses by pg_hba.conf: 28000, its wording."""
+    config = client.server.config
+    rules = config.client_rules
+    if not rules:
+        return config.auth.type
+    transport = client.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    # The kernel's peer address, never client text; a Unix-socket peer has no address.
+    tcp = isinstance(peer, tuple)
+    addr = client_address(peer[0]) if isinstance(peer, tuple) else None
+    rule = None if tcp and addr is None else match_client_rule(rules, addr, user, database)
+    if rule is not None and rule.method != REJECT:
+        return AuthType(rule.method) if rule.method else config.auth.type
+    host = addr.compressed if addr is not None else "[local]"
+    encryption = "SSL encryption" if is_tls(client) else "no encryption"
+    what = "no pg_hba.conf entry" if rule is None else "pg_hba.conf rejects connection"
+    log.info(
+        "client refused by client_rules: %s user=%s db=%s (%s)",
+        client.addr,
+        user,
+        database,
+        f"rule address={rule.address}" if rule is not None else "no rule matched",
+        extra={"event": "client_rules_refused", "addr": client.addr},
+    )
+    raise _Refusal(
+        SqlState.INVALID_AUTHORIZATION,
+        f'{what} for host "{host}", user "{user}", database "{database}", {encryption}',
+        DisconnectReason.AUTH_FAILED,
+        AUTH_CLIENT_RULES,
+    )
 
 
 async def _authenticated(
-    client: ClientConnection, user: str
+    client: ClientConnection, user: str, auth_type: AuthType
 ) -> tuple[UserConfig | None, str | None]:
-    """Authenticate `user`: its configuration as in force after (a reload may have happened
-    while the client answered), and for a user not in [[users]] the stored password auth_query
-    found for it."""
+    """Authenticate `user` by `auth_type` (auth.type, or a client rule's method): its
+    configuration as in force after (a reload may have happened while the client answered), and
+    for a user not in [[users]] the stored password auth_query found for it."""
     server = client.server
     config = server.config
     user_cfg = config.user(user)
@@ -316,7 +360,7 @@ async def _authenticated(
     key: LookupKey | None = None
     if (
         user_cfg is None
-        and config.auth.type is not AuthType.TRUST
+        and auth_type is not AuthType.TRUST
         and client.database != config.admin.database
     ):
         db = config.database(client.database)
@@ -327,7 +371,7 @@ async def _authenticated(
             looked_up = await server.auth_lookups.secret(key)
             if not client.is_open():
                 raise EndpointClosed
-    await _authenticate(client, user, user_cfg, looked_up, key)
+    await _authenticate(client, user, user_cfg, auth_type, looked_up, key)
     # Authentication waited for the client: a reload may have happened meanwhile. Go on with
     # the configuration in force now, and refuse a user it no longer has.
     config = server.config
@@ -487,6 +531,12 @@ def _auth_failed(user: str, why: str = AUTH_PASSWORD) -> _Refusal:
     )
 
 
+def is_unix(client: ClientConnection) -> bool:
+    """A client of the Unix-socket listener (its peer has no address)."""
+    t = client.transport
+    return t is not None and not isinstance(t.get_extra_info("peername"), tuple)
+
+
 def is_tls(client: ClientConnection) -> bool:
     t = client.transport
     return t is not None and t.get_extra_info("ssl_object") is not None
@@ -547,6 +597,7 @@ async def _authenticate(
     client: ClientConnection,
     user: str,
     user_cfg: UserConfig | None,
+    auth_type: AuthType,
     looked_up: str | None = None,
     lookup_key: LookupKey | None = None,
 ) -> None:
@@ -554,7 +605,6 @@ async def _authenticate(
     if user_cfg is not None and user_cfg.iam:
         await _authenticate_iam(client, user)
         return
-    auth_type = server.config.auth.type
     if auth_type == AuthType.TRUST:
         if user_cfg is None:
             raise _Refusal(
@@ -570,12 +620,14 @@ async def _authenticate(
     # is checked as PostgreSQL checks it: an md5 hash cannot answer SCRAM (refused like an
     # unknown user), and under md5 a SCRAM verifier runs SCRAM. Under md5 a name with nothing
     # stored also runs SCRAM (against a mock verifier), as PostgreSQL does with its default
-    # password_encryption: an unknown name looks like the usual (SCRAM-stored) role.
-    if auth_type == AuthType.SCRAM_SHA_256 and looked_up is not None and is_md5_hash(looked_up):
+    # password_encryption: an unknown name looks like the usual (SCRAM-stored) role. A client
+    # rule naming the other method than auth.type meets [[users]] secrets the same way.
+    if auth_type == AuthType.SCRAM_SHA_256 and secret is not None and is_md5_hash(secret):
         secret = None
     refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
     md5_exchange = auth_type == AuthType.MD5 and (
-        lookup_key is None or (secret is not None and not secret.startswith("SCRAM-SHA-256$"))
+        (secret is None and lookup_key is None)
+        or (secret is not None and not secret.startswith("SCRAM-SHA-256$"))
     )
     if md5_exchange:
         salt = secrets.token_bytes(4)

@@ -29,6 +29,7 @@ LAYERS = (
     "security",
     "admin",
     "metrics",
+    "client_rules",
     "peers",
     "model",
     "keys",

@@ -501,6 +501,7 @@ def test_tls_timeouts_and_network_settings(tmp_path: Path) -> None:
     assert pool.server_lifetime_s == 0.001
     # An empty server_check_query turns PgBouncer's check off.
     assert pool.server_check_delay_s == 0
+    assert pool.server_check_query == ""
     assert config.proxy.log_level == "debug"
     for setting in (
         "listen_addr",
@@ -880,6 +881,50 @@ def test_problems_of_the_result_name_the_ini_line(tmp_path: Path) -> None:
     assert any(
         p.startswith(f"{userlist}:1: users[0].password: looks like a SCRAM") for p in problems
     )
+
+
+def test_server_check_query_is_mapped(tmp_path: Path) -> None:
+    def check(value: str) -> Config:
+        ini = (
+            "[databases]\napp = host=db\n[pgbouncer]\nauth_file = userlist.txt\n"
+            f"server_check_query = {value}\n"
+        )
+        conversion = convert(tmp_path, {"pgbouncer.ini": ini, "userlist.txt": '"a" "pw"\n'})
+        assert not notes_about(conversion, "[pgbouncer] server_check_query")
+        return round_trip(conversion)
+
+    pool = check("select 1").pool
+    assert (pool.server_check_query, pool.server_check_delay_s) == ("select 1", 30.0)
+    # PgBouncer's name for the empty query is pgpool-proxy's default.
+    pool = check("<empty>").pool
+    assert (pool.server_check_query, pool.server_check_delay_s) == ("", 30.0)
+
+
+def test_unix_socket_settings_are_mapped(tmp_path: Path) -> None:
+    def check(lines: str) -> Config:
+        ini = f"[databases]\napp = host=db\n[pgbouncer]\nauth_file = userlist.txt\n{lines}"
+        conversion = convert(tmp_path, {"pgbouncer.ini": ini, "userlist.txt": '"a" "pw"\n'})
+        assert not [n for n in conversion.notes if "unix_socket" in n.setting]
+        return round_trip(conversion)
+
+    # PgBouncer listens on /tmp unless told otherwise; so does the converted configuration.
+    proxy = check("").proxy
+    assert (proxy.unix_socket_dir, proxy.unix_socket_mode) == ("/tmp", 0o777)
+    proxy = check("unix_socket_dir = /var/run/pgbouncer\nunix_socket_mode = 0770\n").proxy
+    assert (proxy.unix_socket_dir, proxy.unix_socket_mode) == ("/var/run/pgbouncer", 0o770)
+    # Empty turns the socket off in both.
+    assert check("unix_socket_dir =\n").proxy.unix_socket_dir == ""
+
+
+def test_reserve_pool_is_mapped(tmp_path: Path) -> None:
+    ini = (
+        "[databases]\napp = host=db\n[pgbouncer]\nauth_file = userlist.txt\n"
+        "reserve_pool_size = 3\nreserve_pool_timeout = 2.5\n"
+    )
+    conversion = convert(tmp_path, {"pgbouncer.ini": ini, "userlist.txt": '"a" "pw"\n'})
+    assert not [n for n in conversion.notes if "reserve" in n.setting]
+    pool = round_trip(conversion).pool
+    assert (pool.reserve_pool_size, pool.reserve_pool_timeout_s) == (3, 2.5)
 
 
 def test_caps_across_pools_and_idle_timeouts_map_onto_ours(tmp_path: Path) -> None:
