@@ -6,18 +6,14 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import ssl
 from collections import deque
 from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from ..auth.server_login import BackendLoginError
 from ..counters import WAIT_BOUNDS_S, disconnect_counts, wait_buckets
-from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
+from ..errors import DisconnectReason, ProxyError
 from ..link.prepared import StatementRegistry
-from ..net.connect import open_server_transport
-from ..protocol.constants import TX_IDLE
-from . import health
+from . import connecting, health
 from .backend import BackendConnection
 from .backend_state import BackendState
 from .ends import PoolClient
@@ -60,7 +56,7 @@ class Pool:
         # The server's spelling of startup settings, by (lower-case name, value as given): see
         # session.canon.
         self.learned_settings: dict[tuple[str, str], str] = {}
-        self._params_waiters: list[asyncio.Future[None]] = []
+        self.params_waiters: list[asyncio.Future[None]] = []
         self.last_connect_error: ProxyError | None = None
         self.last_connect_failure_at = -1e9
         # SCRAM pass-through: a ClientKey recovered from a client's login, reused for the server.
@@ -77,7 +73,7 @@ class Pool:
         self._lagging: set[tuple[str, int]] = set()  # replicas over max_replica_lag_bytes
         self._retired: set[tuple[str, int]] = set()  # servers a reader pool stopped using
         self._usable_last: set[tuple[str, int]] = set()
-        self._connect_tasks: dict[asyncio.Task[Any], int] = {}  # connects under way, by generation
+        self.connect_tasks: dict[asyncio.Task[Any], int] = {}  # connects under way, by generation
         # Caps across pools (pool.max_server_connections, max_db/user_connections), if any.
         self.budget: ServerBudget | None = None
         # Plain counters, read at scrape time (never labelled per message).
@@ -161,70 +157,9 @@ class Pool:
     async def own_query(
         self, sql: str, params: Sequence[str | None], timeout_s: float
     ) -> list[list[str | None]]:
-        """Run `sql` with `params` on one of this pool's server connections (queued like a
-        client's transaction, opening one if the pool may) and return its rows. Raises
-        ProxyError when the server refuses the statement, no server connection can be had
-        (the server's own login error when it refused this pool's login) or `timeout_s`
-        passes."""
-        if (
-            not self.idle
-            and self.connecting == 0
-            and self.last_connect_error is not None
-            and self.loop.time() - self.last_connect_failure_at < self.spec.login_retry_s
-        ):
-            # The server refused this pool just now: say so rather than wait out the pause.
-            raise _copy(self.last_connect_error)
-        borrower = _Borrower(self.loop.create_future())
-        backend: BackendConnection | None = None
-        answer: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
-        answer = self.loop.create_future()
-
-        def done(
-            b: BackendConnection, errors: list[dict[str, str]], rows: list[list[str | None]]
-        ) -> None:
-            if b.is_closed():
-                if not answer.done():
-                    answer.set_result(None)
-                return
-            if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
-                b.to_idle()
-                self.release(b)
-            else:
-                b.close(DisconnectReason.RESET_FAILED)
-            if not answer.done():
-                answer.set_result((errors, rows))
-
-        try:
-            async with asyncio.timeout(timeout_s):
-                backend = self.acquire(cast(PoolClient, borrower))
-                if backend is None:
-                    backend = await borrower.assigned
-                if backend.transport is None:
-                    raise ProxyError(SqlState.CONNECTION_FAILURE, "server connection lost")
-                backend.run_own_query(sql, params, done)
-                result = await answer
-        except BaseException:
-            borrower.gone = True
-            self.forget_waiter(cast(PoolClient, borrower))
-            if backend is None and borrower.assigned.done() and not borrower.assigned.cancelled():
-                if borrower.assigned.exception() is None:
-                    self.release(borrower.assigned.result())  # handed over as we gave up
-            elif backend is not None and not answer.done():
-                # Its answer may still come: the connection's state is unknown.
-                backend.close(DisconnectReason.RESET_FAILED)
-            raise
-        if result is None:
-            raise ProxyError(SqlState.CONNECTION_FAILURE, "server connection lost")
-        errors, rows = result
-        if errors:
-            fields = errors[0]
-            raise ProxyError(
-                fields.get("C") or SqlState.INTERNAL_ERROR,
-                fields.get("M") or "the server refused the statement",
-                detail=fields.get("D"),
-                hint=fields.get("H"),
-            )
-        return rows
+        """Run `sql` with `params` on one of this pool's server connections and return its
+        rows (pool.connecting.own_query)."""
+        return await connecting.own_query(self, sql, params, timeout_s)
 
     # --- connections -------------------------------------------------------------------------
 
@@ -244,7 +179,7 @@ class Pool:
                 self.topology.suspect()
         self.server_disconnects[backend.close_reason or DisconnectReason.BACKEND_FAILED] += 1
         if prev == BackendState.CONNECTING or prev == BackendState.LOGIN:
-            # Not logged in: the slot is its connect's, to retry in or to free (_connect).
+            # Not logged in: the slot is its connect task's (pool.connecting.connect).
             return
         if prev == BackendState.IDLE:
             with contextlib.suppress(ValueError):
@@ -289,243 +224,11 @@ class Pool:
     def launch(self) -> None:
         self.total += 1
         self.connecting += 1
-        self.spawn(self._connect(), "connect")
-
-    async def _connect(self) -> None:
-        """Open one server connection in the slot launch took.
-
-        The slot is this task's until a backend has logged in (the backend owns it from then
-        on, see backend_closed) or the task gives up: a login the server refuses and the retry
-        with fresh credentials run in that one slot, so a rotation never opens more server
-        connections than the pool's size, nor frees a slot for a login with the stale password.
-        """
-        task = asyncio.current_task()
-        if task is not None:
-            # retire() cancels connects of an older generation (a hung old writer must not
-            # hold slots that the new one needs).
-            self._connect_tasks[task] = self.generation
-        try:
-            backend = await self._log_in()
-        except Exception as exc:
-            self.connecting -= 1
-            if not isinstance(exc, ProxyError):
-                # A bug must not leave queued clients waiting for query_wait_timeout.
-                exc = internal_error(log, "connecting a server for pool %s", self.name)
-            self._connect_failed(exc)
-            self._free_slot()
-            return
-        except BaseException:
-            self.connecting -= 1
-            self._free_slot()
-            raise
-        finally:
-            if task is not None:
-                self._connect_tasks.pop(task, None)
-        self.connecting -= 1
-        if backend.state == BackendState.CLOSED:
-            return
-        self.last_connect_error = None
-        self.by_pid[backend.pid] = backend
-        log.info("server connected: pool=%s pid=%s", self.name, backend.pid)
-        if self.server_params is None:
-            self.server_params = dict(backend.params)
-        self._wake_params_waiters(None)
-        self.release(backend)
-
-    async def _log_in(self) -> BackendConnection:
-        """A logged-in backend, retrying with refreshed credentials when the server refuses
-        the password it was given."""
-        spec = self.spec
-        creds = spec.credentials
-        if creds is None:
-            return await self._attempt(spec.user, spec.secret)
-        user, secret = await creds.current()
-        try:
-            return await self._attempt(user, secret)
-        except BackendLoginError as exc:
-            if exc.sqlstate != SqlState.INVALID_PASSWORD:
-                raise
-            refused = exc
-        # Rotation: the password changed on the server before (AWSPENDING) or after
-        # (AWSCURRENT) our cached copy; refresh and try those.
-        for user, fresh in await creds.after_auth_failure(secret):
-            log.info("server login: pool=%s: retrying with fresh credentials", self.name)
-            try:
-                backend = await self._attempt(user, fresh)
-            except BackendLoginError as exc:
-                if exc.sqlstate != SqlState.INVALID_PASSWORD:
-                    raise
-                refused = exc
-                continue
-            creds.note_success(user, fresh)
-            return backend
-        raise refused
-
-    def _free_slot(self) -> None:
-        self.total -= 1
-        if self.budget is not None:
-            self.budget.released(self)
-        self.maybe_grow()
-
-    async def _attempt(self, user: str, secret: str | None) -> BackendConnection:
-        """Connect and log in one backend; on failure it is closed (the slot stays _connect's)."""
-        spec = self.spec
-        backend = BackendConnection(self, self.generation)
-        if self.topology is not None:
-            address = self.pick_address()
-            if address is None:
-                raise ProxyError(
-                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"no usable server for pool {self.name}: {self.topology.describe()}",
-                )
-            backend.address = address
-            self.by_address[address] = self.by_address.get(address, 0) + 1
-        self.backends.add(backend)
-        host, port = backend.address
-        try:
-            try:
-                async with asyncio.timeout(spec.connect_timeout_s):
-                    await open_server_transport(lambda: backend, host, port, spec.tls, spec.tcp)
-                    await backend.login(
-                        user,
-                        spec.dbname,
-                        secret,
-                        client_key=self.client_key,
-                        server_key=self.server_key,
-                    )
-            except TimeoutError:
-                raise ProxyError(
-                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"timed out connecting to the server at {host}:{port} "
-                    f"after {spec.connect_timeout_s:g}s",
-                ) from None
-            except ssl.SSLError as exc:
-                why = (
-                    f"certificate verify failed: {exc.verify_message}"
-                    if isinstance(exc, ssl.SSLCertVerificationError)
-                    else exc.reason or str(exc)
-                )
-                raise ProxyError(
-                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"TLS to the server at {host}:{port} failed "
-                    f"(server_tls.mode = {spec.tls.mode.value}): {why}",
-                ) from None
-            except OSError as exc:
-                raise ProxyError(
-                    SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                    f"could not connect to the server at {host}:{port}: {exc.strerror or exc}",
-                ) from None
-        except BaseException:
-            # connection_lost may already have closed it.
-            if backend.state != BackendState.CLOSED:
-                backend.close(DisconnectReason.BACKEND_CONNECT_FAILED)
-            raise
-        return backend
-
-    def _connect_failed(self, exc: ProxyError) -> None:
-        log.warning(
-            "server login failed: pool=%s: %s %s",
-            self.name,
-            exc.sqlstate,
-            exc.message,
-            extra={"event": "pool_error", "pool": self.name, "sqlstate": exc.sqlstate},
-        )
-        self.last_connect_error = exc
-        self.last_connect_failure_at = self.loop.time()
-        if self.topology is not None and not isinstance(exc, BackendLoginError):
-            # The server may be failing over: queued clients (and logins waiting for the
-            # server's settings) wait for the monitor to confirm a writer, bounded by
-            # failover_timeout_s, rather than failing now.
-            self._wake_params_waiters(None)
-            self.topology.suspect()
-            return
-        self._wake_params_waiters(exc)
-        # With no other server connection alive, nobody in the queue can be served soon: tell
-        # them why now instead of letting them wait for query_wait_timeout.
-        if self.total - 1 <= 0 or isinstance(exc, BackendLoginError):
-            waiters = self.waiters
-            self.waiters = deque()
-            for client in waiters:
-                if client.is_waiting():
-                    client.pool_failed(exc)
+        self.spawn(connecting.connect(self), "connect")
 
     async def ensure_server_params(self) -> dict[str, str]:
         """The server's reported settings, connecting a first backend if none is known yet."""
-        waited_s = 0.0
-        while self.server_params is None:
-            if self.state is PoolState.PAUSED:
-                # PAUSE/KILL/drain: no server connection opens; the login waits like a queued
-                # transaction would.
-                timeout = self.spec.query_wait_timeout_s
-                if timeout and waited_s >= timeout:
-                    raise ProxyError(
-                        SqlState.QUERY_CANCELED,
-                        f"query_wait_timeout: pool {self.name} stayed paused for {timeout:g}s",
-                    )
-                await asyncio.sleep(0.05)
-                waited_s += 0.05
-                continue
-            topo = self.topology
-            if (
-                topo is not None
-                and self.connecting == 0
-                and (
-                    self.pick_address() is None
-                    or self.loop.time() - self.last_connect_failure_at < self.spec.login_retry_s
-                )
-            ):
-                # No server to ask yet (the first probes, or a failover): wait like a queued
-                # transaction would, then say which servers were tried.
-                if waited_s >= self.spec.failover_timeout_s:
-                    raise ProxyError(
-                        SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                        f"no usable server for pool {self.name} within "
-                        f"{self.spec.failover_timeout_s:g}s (topology.failover_timeout_s); "
-                        f"servers: {topo.describe()}",
-                    )
-                await asyncio.sleep(0.02)
-                waited_s += 0.02
-                continue
-            budget = self.budget
-            if self.connecting == 0 and budget is not None and not budget.allows(self):
-                # No room for a first connection. Another pool of the same server already
-                # knows what it reports (per-role settings aside): use that so the login
-                # completes; the client's first query then queues like any other.
-                sibling = budget.params_for(self)
-                if sibling is not None:
-                    self.server_params = dict(sibling)
-                    break
-                if waited_s >= self.spec.query_wait_timeout_s:
-                    raise ProxyError(
-                        SqlState.TOO_MANY_CONNECTIONS,
-                        f"{budget.full(self) or 'the server connection caps'}: all in use",
-                    )
-                await asyncio.sleep(0.05)
-                waited_s += 0.05
-                continue
-            fut: asyncio.Future[None] = self.loop.create_future()
-            self._params_waiters.append(fut)
-            if self.connecting == 0:
-                if self.total >= self.spec.size:
-                    raise ProxyError(SqlState.CONNECTION_FAILURE, "pool has no usable server")
-                self.launch()
-            await fut
-        return self.server_params
-
-    def _wake_params_waiters(self, exc: ProxyError | None) -> None:
-        waiters, self._params_waiters = self._params_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                if exc is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(
-                        ProxyError(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
-                    )
-
-    # --- janitor -----------------------------------------------------------------------------
-
-    # --- silent servers ----------------------------------------------------------------------
+        return await connecting.ensure_server_params(self)
 
     def _to(self, new: PoolState) -> None:
         if new not in POOL_TRANSITIONS[self.state]:
@@ -562,7 +265,7 @@ class Pool:
         self.generation += 1
         for backend in list(self.idle):
             backend.close(reason)
-        for task in list(self._connect_tasks):
+        for task in list(self.connect_tasks):
             task.cancel()
 
     def pick_address(self) -> tuple[str, int] | None:
@@ -721,33 +424,3 @@ class Pool:
             self.maybe_grow()
             if self.total == before:
                 break
-
-
-def _copy(exc: ProxyError) -> ProxyError:
-    return ProxyError(exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
-
-
-class _Borrower:
-    """The proxy itself in a pool's queue (Pool.own_query): what the pool and its janitor call
-    on a queued client, answered with a future."""
-
-    def __init__(self, assigned: asyncio.Future[BackendConnection]) -> None:
-        self.assigned = assigned
-        self.gone = False
-        self.wait_since = 0.0
-
-    def is_waiting(self) -> bool:
-        return not self.gone and not self.assigned.done()
-
-    def backend_assigned(self, backend: BackendConnection) -> None:
-        self.assigned.set_result(backend)
-
-    def pool_failed(self, err: ProxyError, reason: DisconnectReason | None = None) -> None:
-        if not self.assigned.done():
-            self.assigned.set_exception(_copy(err))
-
-    def close(self, reason: DisconnectReason) -> None:
-        if not self.assigned.done():
-            self.assigned.set_exception(
-                ProxyError(SqlState.CONNECTION_FAILURE, f"pool closed ({reason.value})")
-            )
