@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-import hashlib
 import logging
 import os
 import secrets
@@ -15,14 +14,9 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..auth.scram import DEFAULT_ITERATIONS, ScramVerifier, derive_verifier
-from ..config import AuthType, Config, DatabaseConfig, DatabaseRole, UserConfig
+from ..auth.scram import ScramVerifier
+from ..config import Config, DatabaseConfig, DatabaseRole, UserConfig
 from ..counters import (
-    CANCEL_FORWARDED,
-    CANCEL_IDLE,
-    CANCEL_RELAYED,
-    CANCEL_SENT,
-    CANCEL_UNKNOWN,
     ProxyCounters,
 )
 from ..errors import DisconnectReason, ProxyError, SqlState
@@ -31,20 +25,19 @@ from ..pool.budget import ServerBudget
 from ..pool.pool import Pool
 from ..pool.spec import PoolSpec
 from ..protocol.constants import TRACKED_PARAMS
-from ..protocol.messages import cancel_request as cancel_request_packet
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
 from ..session.idle import sweep_idle_clients
 from ..session.login import run_login
+from . import cancels
 from .authquery import AuthLookups
 from .awscaller import CallerServer, TopologyFollower, start_caller
 from .loopwatch import LoopWatch
-from .peers import FORWARDED, PID_MASK, Peering, key_peer, key_secret, peering_configured
+from .peers import Peering, peering_configured
 from .services import Services
 from .tracking import Tracking
+from .verifiers import Verifiers
 from .workers import (
-    MIN_CLIENT_PID,
-    WORKER_SHIFT,
     BindError,
     WorkerIdentity,
     bind_unix_listener,
@@ -98,8 +91,6 @@ class NoConsole(ProxyError):
 
 
 JANITOR_INTERVAL_S = 0.25
-# ClientKeys kept for SCRAM pass-through (see remember_client_key).
-MAX_CLIENT_KEYS = 100_000
 
 
 class ProxyServer:
@@ -137,14 +128,9 @@ class ProxyServer:
         self._unix_path: str | None = None
         self.unix_socket: str | None = None
         self._janitor: asyncio.Task[None] | None = None
-        self._verifiers: dict[tuple[str, str], ScramVerifier] = {}
-        self._deriving: dict[tuple[str, str], asyncio.Future[ScramVerifier]] = {}
-        # Unknown users get a verifier derived from their name with this key (PostgreSQL's
-        # mock_auth_nonce), so their salts differ per name and stay stable, like real users'.
-        self._mock_secret = secrets.token_bytes(32)
-        self._mock_iterations: tuple[object, int] | None = None
+        # SCRAM verifiers and the ClientKeys of SCRAM pass-through (runtime.verifiers).
+        self.verifiers = Verifiers(self)
         self._all_clients: set[ClientConnection] = set()
-        self._client_keys: dict[tuple[str, str], bytes] = {}
         # Plain ints read by the metrics collector at scrape time (see counters).
         self.counters = ProxyCounters()
         self.loopwatch = LoopWatch(lambda: self.config.proxy.loop_lag_warn_ms)
@@ -222,7 +208,7 @@ class ProxyServer:
         self._janitor = loop.create_task(self._janitor_loop(), name="janitor")
         # Before the first login, so a real user's first SCRAM exchange does not take a PBKDF2
         # longer than an unknown user's (which never hashes): probing tells them apart by nothing.
-        self.spawn(self._warm_verifiers(), "warm-verifiers")
+        self.spawn(self.verifiers.warm(), "warm-verifiers")
         self.loopwatch.start()
         if self.admin is not None:
             self.metrics_endpoint = await self.admin.start_metrics_endpoint(self)
@@ -306,7 +292,7 @@ class ProxyServer:
     def client_key_for(self, server_user: str, secret: str) -> bytes | None:
         """A ClientKey recovered from a client's SCRAM login for this server login (see
         remember_client_key)."""
-        return self._client_keys.get((server_user, secret))
+        return self.verifiers.client_key_for(server_user, secret)
 
     async def close(self) -> None:
         if self.state is not ServerState.CLOSED:
@@ -340,7 +326,7 @@ class ProxyServer:
         # they end here too, or the loop is closed under them.
         tasks: list[asyncio.Future[Any]] = [
             *self._tasks,
-            *self._deriving.values(),
+            *self.verifiers.deriving.values(),
             *self.auth_lookups.pending(),
         ]
         for t in tasks:
@@ -447,66 +433,11 @@ class ProxyServer:
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
         """A pid and secret for the client's BackendKeyData, unique in this worker."""
-        prefix = self.identity.index << WORKER_SHIFT
-        while True:
-            # One urandom call per key: logins under churn are counted in syscalls.
-            raw = int.from_bytes(os.urandom(7), "big")
-            pid = prefix | (raw & ((1 << WORKER_SHIFT) - 1))
-            # Never a pid a server process can have (Linux caps pids at 2**22): a client compares
-            # a notification's pid with its own to tell its own notifications from others', and
-            # the proxy passes other sessions' pids on unchanged.
-            if pid >= MIN_CLIENT_PID and pid not in self.clients:
-                break
-        self.clients[pid] = client
-        return pid, key_secret(self.peer_id, raw >> WORKER_SHIFT)
+        return cancels.register_cancel_key(self, client)
 
     def cancel_request(self, pid: int, secret: int, *, relayed: bool = False) -> None:
-        """A CancelRequest that arrived here: from a client, forwarded by a peer (the pid's top
-        bit, see runtime.peers) or relayed by a sibling worker (``relayed``)."""
-        ident = self.identity
-        results = self.counters.cancel_requests
-        forwarded = bool(pid & FORWARDED)
-        pid &= PID_MASK
-        if self.peer_id and key_peer(secret) != self.peer_id:
-            # Another instance's key: passed on once, never again (no loops between peers).
-            if not (forwarded or relayed) and self.peering.forward(key_peer(secret), pid, secret):
-                results[CANCEL_FORWARDED] += 1
-            else:
-                results[CANCEL_UNKNOWN] += 1
-            return
-        owner = pid >> WORKER_SHIFT
-        if owner != ident.index:
-            if ident.count > 1 and owner < ident.count and not relayed:
-                results[CANCEL_RELAYED] += 1
-                self.spawn(self._relay_cancel(owner, pid, secret), "relay-cancel")
-            else:
-                results[CANCEL_UNKNOWN] += 1
-            return
-        client = self.clients.get(pid)
-        if client is None or not secrets.compare_digest(
-            client.key_secret.to_bytes(4, "big"), secret.to_bytes(4, "big")
-        ):
-            results[CANCEL_UNKNOWN] += 1
-            log.debug("cancel request with an unknown key ignored")
-            return
-        backend = client.backend
-        # Only the backend serving this client right now may be cancelled.
-        if backend is not None and client.state in (ClientState.ACTIVE, ClientState.CHECKING):
-            results[CANCEL_SENT] += 1
-            backend.send_cancel()
-        else:
-            results[CANCEL_IDLE] += 1
-
-    async def _relay_cancel(self, owner: int, pid: int, secret: int) -> None:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.identity.peer_socket(owner)), 5
-            )
-            writer.write(cancel_request_packet(pid, secret))
-            await asyncio.wait_for(reader.read(), 10)
-            writer.close()
-        except (OSError, TimeoutError) as exc:
-            log.warning("could not relay a cancel request to worker %d: %s", owner, exc)
+        """A CancelRequest that arrived here (runtime.cancels)."""
+        cancels.cancel_request(self, pid, secret, relayed=relayed)
 
     # --- pools and credentials ---------------------------------------------------------------
 
@@ -582,7 +513,7 @@ class ProxyServer:
                 verifier = ScramVerifier.parse(secret)
                 if verifier is not None:
                     pool.server_key = verifier.server_key
-                    pool.client_key = self._client_keys.get((server_user, secret))
+                    pool.client_key = self.verifiers.client_key_for(server_user, secret)
             if self.paused or db.name in self.paused_dbs or self.draining:
                 pool.pause()
             self.pools[key] = pool
@@ -605,69 +536,16 @@ class ProxyServer:
         verifier = ScramVerifier.parse(secret)
         pool.server_key = verifier.server_key if verifier is not None else None
         pool.client_key = (
-            self._client_keys.get((server_user, secret)) if verifier is not None else None
+            self.verifiers.client_key_for(server_user, secret) if verifier is not None else None
         )
 
     async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
-        """The verifier to check a client against; computed once per password, not per login
-        (PBKDF2 off the event loop), or a per-name mock one for a user that does not exist."""
-        if secret is None:
-            return ScramVerifier.mock(self._mock_secret, user, self.mock_scram_iterations())
-        key = (user, hashlib.sha256(secret.encode()).hexdigest())
-        v = self._verifiers.get(key)
-        if v is not None:
-            return v
-        parsed = ScramVerifier.parse(secret)
-        if parsed is not None:
-            self._verifiers[key] = parsed
-            return parsed
-        # One derivation per password, shared by every login that asks meanwhile: two would
-        # give the user two salts (the second challenge would differ from the first, which
-        # tells a prober this user exists) and cost PBKDF2 twice.
-        pending = self._deriving.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(derive_verifier(secret))
-            self._deriving[key] = pending
-            pending.add_done_callback(lambda f: self._derived(key, f))
-        v = await asyncio.shield(pending)
-        return self._verifiers.get(key, v)
-
-    def _derived(self, key: tuple[str, str], f: asyncio.Future[ScramVerifier]) -> None:
-        # Stored here, not by the login that started it: that one may have left meanwhile.
-        if self._deriving.get(key) is f:
-            del self._deriving[key]
-        if not f.cancelled() and f.exception() is None:
-            self._verifiers.setdefault(key, f.result())
-
-    async def _warm_verifiers(self) -> None:
-        if self.config.auth.type is not AuthType.SCRAM_SHA_256:
-            return
-        for u in self.config.users:
-            if u.password is not None and not u.iam:
-                await self.scram_verifier(u.name, u.password)
+        """The verifier to check a client against (runtime.verifiers)."""
+        return await self.verifiers.scram_verifier(user, secret)
 
     def mock_scram_iterations(self) -> int:
-        """The iteration count most configured users' verifiers have, so an unknown user's
-        challenge does not stand out by it (plaintext passwords get DEFAULT_ITERATIONS). With
-        auth_query, the count PostgreSQL's verifiers have (the most common one looked up): the
-        names a prober tries are looked up, not listed."""
-        seen = self.auth_lookups.iterations
-        if seen:
-            return max(seen, key=lambda n: (seen[n], n == DEFAULT_ITERATIONS))
-        cached = self._mock_iterations
-        if cached is not None and cached[0] is self.config:
-            return cached[1]
-        counts: dict[int, int] = {}
-        for u in self.config.users:
-            if u.password is None or u.iam:
-                continue
-            v = ScramVerifier.parse(u.password)
-            n = v.iterations if v is not None else DEFAULT_ITERATIONS
-            counts[n] = counts.get(n, 0) + 1
-        best = max(counts, key=lambda n: (counts[n], n == DEFAULT_ITERATIONS), default=None)
-        iterations = DEFAULT_ITERATIONS if best is None else best
-        self._mock_iterations = (self.config, iterations)
-        return iterations
+        """The iteration count of an unknown user's mock verifier (runtime.verifiers)."""
+        return self.verifiers.mock_scram_iterations()
 
     def remember_client_key(
         self,
@@ -676,16 +554,5 @@ class ProxyServer:
         client_key: bytes,
         looked_up: str | None = None,
     ) -> None:
-        """Keep a ClientKey so the proxy can log into servers that store the same verifier
-        (a listed user's, or the one auth_query found: `looked_up`)."""
-        cfg = self.config.user(user)
-        stored = cfg.password if cfg is not None else looked_up
-        if stored is None or ScramVerifier.parse(stored) is None:
-            return
-        if len(self._client_keys) >= MAX_CLIENT_KEYS and (user, stored) not in self._client_keys:
-            # Looked-up users are not bounded by the config: forget the oldest.
-            del self._client_keys[next(iter(self._client_keys))]
-        self._client_keys[(user, stored)] = client_key
-        for (_db, server_user), pool in self.pools.items():
-            if server_user == user and pool.spec.secret == stored:
-                pool.client_key = client_key
+        """Keep a ClientKey for SCRAM pass-through (runtime.verifiers)."""
+        self.verifiers.remember_client_key(user, verifier, client_key, looked_up)

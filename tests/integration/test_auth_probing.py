@@ -91,7 +91,7 @@ async def test_real_verifiers_are_ready_before_the_first_login(start_proxy: Star
 
     def cached() -> int:
         assert proxy.server is not None
-        return len(proxy.server._verifiers)
+        return len(proxy.server.verifiers.cached)
 
     # alice, bob and carol have plaintext passwords.
     await wait_for(lambda: cached() >= 3, timeout=5, what="three verifiers derived")
