@@ -7,12 +7,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..auth.server_login import MAX_SERVER_PARAMS_BYTES, ServerLogin, params_overflow
+from ..auth.server_login import MAX_SERVER_PARAMS_BYTES, params_overflow
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..link import replies
 from ..link.ends import at_boundary
 from ..link.prepared import ServerStatements
-from ..net.endpoint import Endpoint, EndpointClosed, Peer
+from ..net.endpoint import Endpoint, Peer
 from ..protocol import messages as m
 from ..protocol.buffer import RecvBuffer
 from ..protocol.constants import (
@@ -35,18 +35,17 @@ from ..protocol.server_scan import (
     BackendScanner,
 )
 from ..protocol.sqltables import SQL_SCHEMA, SQL_TRANSIENT
-from . import cancel, notify
+from . import cancel, notify, own_statements
 from .backend_state import BACKEND_TRANSITIONS, BackendState
 
 if TYPE_CHECKING:
+    from ..auth.server_login import ServerLogin
     from .ends import PoolClient
     from .pool import Pool
 
 log = logging.getLogger("pgpool_proxy.backend")
 
 BACKEND_BUFFER = 64 * 1024
-# Login replies are small; a server that sends more before ReadyForQuery is not PostgreSQL.
-MAX_LOGIN_MESSAGE = 1024 * 1024
 # How long a connection closed with wait_exit keeps its slot waiting for the server to go.
 EXIT_WAIT_S = 1.0
 
@@ -191,39 +190,14 @@ class BackendConnection(Endpoint):
     def run_own(
         self, statements: Sequence[str], done: InternalDone | None, *, batch: bool = False
     ) -> None:
-        """Run the proxy's own statements, their replies swallowed; `done` gets the errors and
-        rows once the last has answered (or the connection is lost). Each statement is one
-        simple Query; with `batch`, all are one extended-protocol batch (messages.internal_batch),
-        which leaves the session's unnamed statement (a session-mode client's own) as it is.
-        With no client linked, the connection is held out of the pool meanwhile."""
-        assert self.transport is not None
-        if self.client is None and self.state != BackendState.RESETTING:
-            self.hold()
-        self.on_internal_done = done
-        self.scanner.internal = True
-        if batch:
-            self.internal_pending += 1
-            self.transport.write(m.internal_batch(statements))
-            return
-        client = self.client
-        if client is not None:
-            # A simple Query drops the server's unnamed statement.
-            client.scanner.unnamed_here = False
-        self.internal_pending += len(statements)
-        self.transport.write(b"".join(m.query(sql) for sql in statements))
+        """Run the proxy's own statements, their replies swallowed (pool.own_statements)."""
+        own_statements.run_own(self, statements, done, batch=batch)
 
     def run_own_query(
         self, sql: str, params: Sequence[str | None], done: InternalDone | None
     ) -> None:
-        """Run one statement of the proxy's own with its $n bound to `params` (extended
-        protocol: values never enter the SQL text); `done` as for run_own."""
-        assert self.transport is not None
-        if self.client is None and self.state != BackendState.RESETTING:
-            self.hold()
-        self.on_internal_done = done
-        self.scanner.internal = True
-        self.internal_pending += 1
-        self.transport.write(m.internal_batch([(sql, params)]))
+        """Run one statement of the proxy's own with $n bound (pool.own_statements)."""
+        own_statements.run_own_query(self, sql, params, done)
 
     def __repr__(self) -> str:
         return f"<backend pid={self.pid} {self.state.name} {self.pool.name}>"
@@ -316,7 +290,7 @@ class BackendConnection(Endpoint):
                     start = pos
                     self.internal_pending -= 1
                     if not self.internal_pending:
-                        self._internal_finished()
+                        own_statements.finished(self)
                         if self.state != BackendState.ACTIVE:
                             rb.consumed(pos)
                             if pos != end:
@@ -519,25 +493,6 @@ class BackendConnection(Endpoint):
         else:
             rb.consumed(pos)
 
-    # --- the proxy's own statements (run_own) ------------------------------------------------
-
-    def _internal_finished(self) -> None:
-        self.scanner.internal = False
-        errors, self.internal_errors = self.internal_errors, []
-        rows, self.internal_rows = self.internal_rows, []
-        cb = self.on_internal_done
-        self.on_internal_done = None
-        if cb is not None:
-            cb(self, errors, rows)
-        else:
-            for fields in errors:
-                log.warning(
-                    "backend %s: proxy-issued statement failed: %s %s",
-                    self.pid,
-                    fields.get("C", "?"),
-                    fields.get("M", "?"),
-                )
-
     # --- cancel ------------------------------------------------------------------------------
 
     def send_cancel(self) -> None:
@@ -602,69 +557,14 @@ class BackendConnection(Endpoint):
             self.transport.abort()
         self.pool.slot_released(self)
 
-    # --- login (slow path) -------------------------------------------------------------------
+    # --- login (pool.server_connect) --------------------------------------------------------
 
-    async def _read_message(self) -> tuple[int, bytes]:
-        try:
-            return await self.read_frame(MAX_LOGIN_MESSAGE, "server login")
-        except EndpointClosed:
-            raise ProxyError(
-                SqlState.CONNECTION_FAILURE, "server closed the connection during login"
-            ) from None
-
-    async def login(
-        self,
-        user: str,
-        dbname: str,
-        secret: str | None,
-        *,
-        client_key: bytes | None = None,
-        server_key: bytes | None = None,
-    ) -> None:
-        """Run the startup and authentication exchange; leaves the backend ready for queries."""
-        try:
-            await self._login(user, dbname, secret, client_key=client_key, server_key=server_key)
-        except m.ProtocolViolation as exc:
-            log.warning("server %s:%s sent a malformed login message: %s", *self.address, exc)
-            raise ProxyError(
-                SqlState.SQLCLIENT_UNABLE_TO_ESTABLISH,
-                f"server sent an invalid message during login: {exc}",
-            ) from None
-
-    async def _login(
-        self,
-        user: str,
-        dbname: str,
-        secret: str | None,
-        *,
-        client_key: bytes | None,
-        server_key: bytes | None,
-    ) -> None:
-        assert self.transport is not None
+    def logging_in(self) -> None:
+        """The startup exchange begins (pool.server_connect)."""
         self._to(BackendState.LOGIN)
-        login = ServerLogin(
-            user,
-            dbname,
-            secret,
-            max_iterations=self.pool.spec.max_scram_iterations,
-            client_key=client_key,
-            server_key=server_key,
-        )
-        self.transport.write(login.startup())
-        while True:
-            t, body = await self._read_message()
-            step = login.feed(t, body)
-            out = step.send
-            if step.challenge is not None:
-                out = await login.prove(step.challenge)
-            if out:
-                if self.transport is None:
-                    raise ProxyError(
-                        SqlState.CONNECTION_FAILURE, "server closed the connection during login"
-                    )
-                self.transport.write(out)
-            if step.ready:
-                break
+
+    def logged_in(self, login: ServerLogin) -> None:
+        """The server said ReadyForQuery to `login`: ready for queries, idle until used."""
         self.params = login.params
         self.pid, self.secret = login.pid, login.cancel_secret
         self.tx_status = login.tx_status

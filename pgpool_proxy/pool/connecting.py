@@ -19,6 +19,7 @@ from ..auth.server_login import BackendLoginError
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.connect import open_server_transport
 from ..protocol.constants import TX_IDLE
+from . import server_connect
 from .backend import BackendConnection
 from .backend_state import BackendState
 from .ends import PoolClient
@@ -197,7 +198,8 @@ async def attempt(pool: Pool, user: str, secret: str | None) -> BackendConnectio
         try:
             async with asyncio.timeout(spec.connect_timeout_s):
                 await open_server_transport(lambda: backend, host, port, spec.tls, spec.tcp)
-                await backend.login(
+                await server_connect.login(
+                    backend,
                     user,
                     spec.dbname,
                     secret,

@@ -21,6 +21,7 @@ from ..auth.server_login import BackendLoginError
 from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import ServerTls, open_server_transport
+from . import server_connect
 from .backend import BackendConnection
 from .backend_state import BackendState
 from .topology import DOWN, HostState, ProbeResult, Topology
@@ -144,7 +145,7 @@ class ProbeConnection:
             await open_server_transport(lambda: backend, host, port, tls)
             if backend.transport is None:
                 raise ConnectionError("connection closed before login")
-            await backend.login(user, dbname, secret)
+            await server_connect.login(backend, user, dbname, secret)
             rows = await self.query(DETECT_SQL)
             self.aurora = bool(rows) and rows[0][0] == "t"
         except BaseException:

@@ -1,4 +1,4 @@
-"""The proxy logging into a server (BackendConnection.login), fed a server's raw bytes.
+"""The proxy logging into a server (pool.server_connect.login), fed a server's raw bytes.
 
 The input is everything a server sends before it stops: Authentication requests (cleartext,
 md5, SASL and its continue/final messages), ParameterStatus, BackendKeyData, ErrorResponse,
@@ -20,9 +20,15 @@ from typing import Any
 
 from tests.fuzz._common import instrumented, main
 
-with instrumented("pgpool_proxy.pool.backend", "pgpool_proxy.protocol", "pgpool_proxy.auth"):
+with instrumented(
+    "pgpool_proxy.pool.backend",
+    "pgpool_proxy.pool.server_connect",
+    "pgpool_proxy.protocol",
+    "pgpool_proxy.auth",
+):
     from pgpool_proxy.auth.md5 import md5_hash
     from pgpool_proxy.errors import ProxyError
+    from pgpool_proxy.pool import server_connect
     from pgpool_proxy.pool.backend import BackendConnection
     from pgpool_proxy.pool.backend_state import BackendState
 
@@ -75,7 +81,9 @@ async def _run(data: bytes) -> None:
         pos += n
     backend.eof = True
     try:
-        await backend.login("u", "app", **_CREDENTIALS[len(data) % len(_CREDENTIALS)])
+        await server_connect.login(
+            backend, "u", "app", **_CREDENTIALS[len(data) % len(_CREDENTIALS)]
+        )
     except EXPECTED:
         return
     assert backend.state == BackendState.IDLE
