@@ -22,6 +22,7 @@ from tests.fuzz._common import instrumented, main
 
 with instrumented(
     "pgpool_proxy.session.login",
+    "pgpool_proxy.session.authenticate",
     "pgpool_proxy.protocol.messages",
     "pgpool_proxy.auth",
     "pgpool_proxy.net.endpoint",
