@@ -22,7 +22,7 @@ from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import F_FLUSH, F_QUERY, F_SYNC, F_TERMINATE
 from ..runtime import lifecycle
-from . import show
+from . import show_pools, show_result, show_setup
 from .commands import HELP_TEXT, Command, CommandError, parse_command, split_statements
 from .settings import set_setting, show_config
 
@@ -218,7 +218,7 @@ def _check_allowed(server: ProxyServer, client: ClientConnection, command: Comma
         )
 
 
-def _result(result: show.Result, tag: str = "SHOW") -> bytes:
+def _result(result: show_result.Result, tag: str = "SHOW") -> bytes:
     return b"".join(
         (
             m.row_description(result.columns),
@@ -229,17 +229,17 @@ def _result(result: show.Result, tag: str = "SHOW") -> bytes:
 
 
 _SHOW = {
-    "POOLS": show.show_pools,
-    "CLIENTS": show.show_clients,
-    "SERVERS": show.show_servers,
-    "DATABASES": show.show_databases,
-    "LISTS": show.show_lists,
-    "STATE": show.show_state,
-    "VERSION": show.show_version,
-    "TOTALS": show.show_totals,
+    "POOLS": show_pools.show_pools,
+    "CLIENTS": show_pools.show_clients,
+    "SERVERS": show_pools.show_servers,
+    "DATABASES": show_setup.show_databases,
+    "LISTS": show_setup.show_lists,
+    "STATE": show_setup.show_state,
+    "VERSION": show_setup.show_version,
+    "TOTALS": show_pools.show_totals,
     "CONFIG": show_config,
-    "USERS": show.show_users,
-    "PEERS": show.show_peers,
+    "USERS": show_setup.show_users,
+    "PEERS": show_setup.show_peers,
 }
 
 
@@ -286,7 +286,7 @@ async def _run(server: ProxyServer, client: ClientConnection, command: Command) 
                 "SHOW CLIENTS and SHOW SERVERS list the connections.",
             )
         if arg.startswith("STATS"):
-            return _result(show.show_stats(server, arg))
+            return _result(show_pools.show_stats(server, arg))
         return _result(_SHOW[arg](server))
     who = f"{client.user}@{client.addr}"
     if verb == "SET":

@@ -25,7 +25,7 @@ from ..config import (
 )
 from ..errors import SqlState
 from .commands import CommandError
-from .show import Result, Row
+from .show_result import Result, Row
 
 if TYPE_CHECKING:
     from ..runtime.server import ProxyServer

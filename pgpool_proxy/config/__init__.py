@@ -12,8 +12,10 @@ way, each only from those listed before it:
 - `model` (`Config`), `keys` (the registry of key tables), `build` (the loaders), `check`
   (``pgpool-proxy check``);
 - `tomlwrite` (a configuration mapping as TOML text), `ini` (reading pgbouncer.ini, its
-  connection strings and its auth_file), `pgbouncer` (what each PgBouncer setting becomes:
-  ``pgpool-proxy convert`` and ``run --pgbouncer-ini``).
+  connection strings and its auth_file), `pgbouncer_tables` (the table of PgBouncer settings),
+  `pgbouncer_mapper` (the checks every section's mapper shares), `pgbouncer_settings`
+  (``[pgbouncer]``), `pgbouncer_entries` (users, databases, peers), `pgbouncer` (the
+  conversion: ``pgpool-proxy convert`` and ``run --pgbouncer-ini``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
-"""The client's startup phase: SSL/GSS negotiation, StartupMessage, authentication, welcome."""
+"""The client's startup phase: SSL/GSS negotiation, StartupMessage, client rules, then
+authentication (`session.authenticate`), admission, the pool and the welcome."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import ssl
 from typing import TYPE_CHECKING
 
-from ..auth.iam import IamError
-from ..auth.md5 import is_md5_hash, verify_md5_response
-from ..auth.scram import MECHANISM, ScramError
-from ..auth.scram_server import ScramServer
 from ..config import (
     REJECT,
     AuthType,
@@ -21,33 +17,24 @@ from ..config import (
     client_address,
     match_client_rule,
 )
-from ..counters import (
-    AUTH_CLIENT_RULES,
-    AUTH_IAM,
-    AUTH_PASSWORD,
-    AUTH_PROTOCOL,
-    AUTH_TLS_REQUIRED,
-    AUTH_UNKNOWN_USER,
-)
+from ..counters import AUTH_CLIENT_RULES, AUTH_PASSWORD, AUTH_TLS_REQUIRED
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
-from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32, MAX_STARTUP_PACKET
+from ..protocol.constants import INT32, MAX_STARTUP_PACKET
 from . import canon
+from .authenticate import Refusal, authenticate_user, is_tls, send
 from .client import ClientConnection
 from .client_state import ClientState
 
 if TYPE_CHECKING:
     from ..config import UserConfig
     from ..pool.pool import Pool
-    from .host import LookupKey
 
 log = logging.getLogger("pgpool_proxy.login")
 
 # Startup keys that are not settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
-# Largest password/SASL message accepted from a client (IAM tokens later need several KB).
-MAX_AUTH_MESSAGE = 16 * 1024
 
 _MAX_WELCOME_CACHE = 1000
 
@@ -71,22 +58,6 @@ async def read_startup_packet(client: ClientConnection) -> bytes:
                 return body
             rb.ensure_capacity(length)
         await client.wait_for_bytes()
-
-
-def _send(client: ClientConnection, data: bytes) -> None:
-    transport = client.transport
-    if transport is None:
-        raise EndpointClosed  # the client left while the login task was suspended
-    transport.write(data)
-
-
-async def read_password_message(client: ClientConnection) -> bytes:
-    t, body = await client.read_frame(MAX_AUTH_MESSAGE, "authentication")
-    if t != F_PASSWORD:
-        raise ProxyError(
-            SqlState.PROTOCOL_VIOLATION, f"expected password response, got message type {chr(t)!r}"
-        )
-    return body
 
 
 def parse_options(options: str) -> dict[str, str]:
@@ -183,27 +154,13 @@ async def run_login(client: ClientConnection) -> None:
         )
 
 
-class _Refusal(ProxyError):
-    def __init__(
-        self,
-        sqlstate: str,
-        message: str,
-        reason: DisconnectReason,
-        auth_reason: str | None = None,
-    ) -> None:
-        super().__init__(sqlstate, message)
-        self.reason = reason
-        # For AUTH_FAILED: which counters.AUTH_* refusal this is (the metrics label).
-        self.auth_reason = auth_reason
-
-
 async def _login(client: ClientConnection) -> None:
     """Startup (TLS, cancel requests), authentication, admission, the pool, the welcome."""
     packet = await _startup(client)
     if packet is None:
         return  # a cancel request, delivered
     params, user, database, auth_type = _check_startup(client, packet)
-    user_cfg, looked_up = await _authenticated(client, user, auth_type)
+    user_cfg, looked_up = await authenticate_user(client, user, auth_type)
     db = _admit(client, database, params)
     if db is None:
         return  # the admin console took over
@@ -231,10 +188,10 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
                     raise ProxyError(
                         SqlState.PROTOCOL_VIOLATION, "SSLRequest on an already encrypted connection"
                     )
-                _send(client, b"S")
+                send(client, b"S")
                 await _start_tls(client, tls)
                 continue
-            _send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
+            send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
             continue
         if isinstance(packet, m.CancelRequest):
             server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel)
@@ -243,7 +200,7 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
         if isinstance(packet, m.PeerIdRequest):
             # A peer that found this instance in DNS asks which keys are ours (runtime.peers);
             # counted with cancel requests, the other connections peers open.
-            _send(client, m.peer_id_reply(server.peer_id))
+            send(client, m.peer_id_reply(server.peer_id))
             client.close(DisconnectReason.CANCEL_REQUEST)
             return None
         return packet
@@ -257,20 +214,20 @@ def _check_startup(
     server = client.server
     config = server.config
     if client.peer_channel:
-        raise _Refusal(
+        raise Refusal(
             SqlState.PROTOCOL_VIOLATION,
             "the worker relay socket accepts cancel requests only",
             DisconnectReason.UNSUPPORTED,
         )
     major, minor = packet.protocol >> 16, packet.protocol & 0xFFFF
     if major != 3:
-        raise _Refusal(
+        raise Refusal(
             SqlState.FEATURE_NOT_SUPPORTED,
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
             DisconnectReason.UNSUPPORTED,
         )
     if server.services.tls_required and not is_tls(client) and not is_unix(client):
-        raise _Refusal(
+        raise Refusal(
             SqlState.INVALID_AUTHORIZATION,
             "SSL/TLS is required to connect to this proxy (client_tls.mode = require); "
             "connect with sslmode=require",
@@ -280,10 +237,10 @@ def _check_startup(
     params = packet.params
     unsupported = [k for k in params if k.startswith("_pq_.")]
     if minor > 0 or unsupported:
-        _send(client, m.negotiate_protocol_version(0, unsupported))
+        send(client, m.negotiate_protocol_version(0, unsupported))
     user = params.get("user", "")
     if not user:
-        raise _Refusal(
+        raise Refusal(
             SqlState.INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet",
             DisconnectReason.PROTOCOL_ERROR,
@@ -291,7 +248,7 @@ def _check_startup(
     database = params.get("database") or user
     for what, name in (("user", user), ("database", database)):
         if len(name.encode()) > MAX_NAME_BYTES:
-            raise _Refusal(
+            raise Refusal(
                 SqlState.NAME_TOO_LONG,
                 f"{what} name in the startup packet is too long ({len(name.encode())} bytes; "
                 f"at most {MAX_NAME_BYTES})",
@@ -299,13 +256,13 @@ def _check_startup(
             )
     client.user, client.database = user, database
     if params.get("replication", "false").lower() not in ("false", "off", "0", "no"):
-        raise _Refusal(
+        raise Refusal(
             SqlState.FEATURE_NOT_SUPPORTED,
             "replication connections are not supported by the proxy",
             DisconnectReason.UNSUPPORTED,
         )
     if server.client_count > config.proxy.max_client_conn:
-        raise _Refusal(
+        raise Refusal(
             SqlState.TOO_MANY_CONNECTIONS,
             f"no more connections allowed (max_client_conn={config.proxy.max_client_conn})",
             DisconnectReason.TOO_MANY_CLIENTS,
@@ -339,52 +296,12 @@ def _client_rule_method(client: ClientConnection, user: str, database: str) -> A
         f"rule address={rule.address}" if rule is not None else "no rule matched",
         extra={"event": "client_rules_refused", "addr": client.addr},
     )
-    raise _Refusal(
+    raise Refusal(
         SqlState.INVALID_AUTHORIZATION,
         f'{what} for host "{host}", user "{user}", database "{database}", {encryption}',
         DisconnectReason.AUTH_FAILED,
         AUTH_CLIENT_RULES,
     )
-
-
-async def _authenticated(
-    client: ClientConnection, user: str, auth_type: AuthType
-) -> tuple[UserConfig | None, str | None]:
-    """Authenticate `user` by `auth_type` (auth.type, or a client rule's method): its
-    configuration as in force after (a reload may have happened while the client answered), and
-    for a user not in [[users]] the stored password auth_query found for it."""
-    server = client.server
-    config = server.config
-    user_cfg = config.user(user)
-    looked_up: str | None = None
-    key: LookupKey | None = None
-    if (
-        user_cfg is None
-        and auth_type is not AuthType.TRUST
-        and client.database != config.admin.database
-    ):
-        db = config.database(client.database)
-        key = server.auth_lookups.key_for(db, user) if db is not None else None
-        if key is not None:
-            # Unknown names are looked up too (and refused after the same exchange as a wrong
-            # password), so the answer and its timing say nothing about who exists.
-            looked_up = await server.auth_lookups.secret(key)
-            if not client.is_open():
-                raise EndpointClosed
-    await _authenticate(client, user, user_cfg, auth_type, looked_up, key)
-    # Authentication waited for the client: a reload may have happened meanwhile. Go on with
-    # the configuration in force now, and refuse a user it no longer has.
-    config = server.config
-    if user_cfg is not None:
-        user_cfg = config.user(user)
-        if user_cfg is None:
-            raise _Refusal(
-                SqlState.INVALID_AUTHORIZATION,
-                f'no such user: "{user}" was removed from the proxy configuration',
-                DisconnectReason.AUTH_FAILED,
-                AUTH_UNKNOWN_USER,
-            )
-    return user_cfg, looked_up
 
 
 def _admit(
@@ -395,7 +312,7 @@ def _admit(
     config = server.config
     db = config.database(database)
     if server.draining:
-        raise _Refusal(
+        raise Refusal(
             SqlState.CANNOT_CONNECT_NOW,
             "the proxy is shutting down",
             DisconnectReason.SHUTDOWN,
@@ -405,7 +322,7 @@ def _admit(
         server.open_console(client, params)
         return None
     if db is None:
-        raise _Refusal(
+        raise Refusal(
             SqlState.INVALID_CATALOG_NAME,
             f'database "{database}" does not exist',
             DisconnectReason.UNKNOWN_DATABASE,
@@ -467,7 +384,7 @@ def _welcome(client: ClientConnection, pool: Pool, server_params: dict[str, str]
     user, database = client.user, client.database
     pool.clients += 1
     client.key_pid, client.key_secret = server.register_cancel_key(client)
-    _send(
+    send(
         client,
         b"".join(
             (
@@ -522,24 +439,10 @@ def _parameter_statuses(
     return block
 
 
-def _auth_failed(user: str, why: str = AUTH_PASSWORD) -> _Refusal:
-    return _Refusal(
-        SqlState.INVALID_PASSWORD,
-        f'password authentication failed for user "{user}"',
-        DisconnectReason.AUTH_FAILED,
-        why,
-    )
-
-
 def is_unix(client: ClientConnection) -> bool:
     """A client of the Unix-socket listener (its peer has no address)."""
     t = client.transport
     return t is not None and not isinstance(t.get_extra_info("peername"), tuple)
-
-
-def is_tls(client: ClientConnection) -> bool:
-    t = client.transport
-    return t is not None and t.get_extra_info("ssl_object") is not None
 
 
 async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
@@ -561,109 +464,3 @@ async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
     # uvloop's transports do not subclass asyncio.Transport (see Endpoint.connection_made).
     client.transport = upgraded  # type: ignore[assignment]
     client.reading_paused = False  # the TLS transport starts out reading
-
-
-_AUTH_CLEARTEXT = b"R" + INT32.pack(8) + INT32.pack(AUTH_CLEARTEXT)
-
-
-async def _authenticate_iam(client: ClientConnection, user: str) -> None:
-    """The client's password is an IAM token: local checks, then the configured verifier."""
-    iam = client.server.services.iam
-    if not is_tls(client):
-        raise _Refusal(
-            SqlState.INVALID_AUTHORIZATION,
-            f'IAM authentication for user "{user}" requires an SSL connection (sslmode=require)',
-            DisconnectReason.AUTH_FAILED,
-            AUTH_TLS_REQUIRED,
-        )
-    _send(client, _AUTH_CLEARTEXT)
-    token = m.parse_password(await read_password_message(client))
-    if iam is None:  # the config loader makes this unreachable
-        raise _auth_failed(user, AUTH_IAM)
-    try:
-        identity = await iam.authenticate(token, user, client.database)
-    except IamError as exc:
-        log.info("IAM login refused: %s user=%s: %s", client.addr, user, exc.message)
-        raise _Refusal(
-            exc.sqlstate,
-            f'IAM authentication failed for user "{user}": {exc.message}',
-            DisconnectReason.AUTH_FAILED,
-            AUTH_IAM,
-        ) from None
-    log.info("IAM login: %s user=%s principal=%s", client.addr, user, identity.principal)
-
-
-async def _authenticate(
-    client: ClientConnection,
-    user: str,
-    user_cfg: UserConfig | None,
-    auth_type: AuthType,
-    looked_up: str | None = None,
-    lookup_key: LookupKey | None = None,
-) -> None:
-    server = client.server
-    if user_cfg is not None and user_cfg.iam:
-        await _authenticate_iam(client, user)
-        return
-    if auth_type == AuthType.TRUST:
-        if user_cfg is None:
-            raise _Refusal(
-                SqlState.INVALID_AUTHORIZATION,
-                f'no such user: "{user}" is not configured in the proxy',
-                DisconnectReason.AUTH_FAILED,
-                AUTH_UNKNOWN_USER,
-            )
-        return
-    secret = user_cfg.password if user_cfg is not None else looked_up
-    # The config loader guarantees each stored secret suits auth.type (no md5 hash under SCRAM,
-    # no SCRAM verifier under md5), so there is no silent downgrade here. What auth_query finds
-    # is checked as PostgreSQL checks it: an md5 hash cannot answer SCRAM (refused like an
-    # unknown user), and under md5 a SCRAM verifier runs SCRAM. Under md5 a name with nothing
-    # stored also runs SCRAM (against a mock verifier), as PostgreSQL does with its default
-    # password_encryption: an unknown name looks like the usual (SCRAM-stored) role. A client
-    # rule naming the other method than auth.type meets [[users]] secrets the same way.
-    if auth_type == AuthType.SCRAM_SHA_256 and secret is not None and is_md5_hash(secret):
-        secret = None
-    refused = AUTH_PASSWORD if secret is not None else AUTH_UNKNOWN_USER
-    md5_exchange = auth_type == AuthType.MD5 and (
-        (secret is None and lookup_key is None)
-        or (secret is not None and not secret.startswith("SCRAM-SHA-256$"))
-    )
-    if md5_exchange:
-        salt = secrets.token_bytes(4)
-        _send(client, m.auth_md5(salt))
-        response = m.parse_password(await read_password_message(client))
-        if secret is None or not verify_md5_response(response, secret, user, salt):
-            _refresh(client, lookup_key)
-            raise _auth_failed(user, refused)
-        return
-    # Unknown users run the same exchange against a mock verifier, so probing reveals nothing.
-    verifier = await server.scram_verifier(user, secret)
-    scram = ScramServer(verifier)
-    _send(client, m.auth_sasl([MECHANISM]))
-    mechanism, first = m.parse_sasl_initial_response(await read_password_message(client))
-    if mechanism != MECHANISM:
-        raise _Refusal(
-            SqlState.PROTOCOL_VIOLATION,
-            f"client selected an invalid SASL authentication mechanism ({mechanism})",
-            DisconnectReason.AUTH_FAILED,
-            AUTH_PROTOCOL,
-        )
-    try:
-        _send(client, m.auth_sasl_continue(scram.handle_client_first(first)))
-        final = await read_password_message(client)
-        server_final = scram.handle_client_final(final)
-    except ScramError:
-        _refresh(client, lookup_key)
-        raise _auth_failed(user, refused) from None
-    if secret is None:
-        raise _auth_failed(user, refused)
-    _send(client, m.auth_sasl_final(server_final))
-    server.remember_client_key(user, verifier, scram.client_key, looked_up)
-
-
-def _refresh(client: ClientConnection, key: LookupKey | None) -> None:
-    """A looked-up user failed to log in: maybe its password changed in PostgreSQL (looked
-    again in the background, so the refusal is not slower than an unknown user's)."""
-    if key is not None:
-        client.server.auth_lookups.refresh_after_failure(key)

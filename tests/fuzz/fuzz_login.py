@@ -22,6 +22,7 @@ from tests.fuzz._common import instrumented, main
 
 with instrumented(
     "pgpool_proxy.session.login",
+    "pgpool_proxy.session.authenticate",
     "pgpool_proxy.protocol.messages",
     "pgpool_proxy.auth",
     "pgpool_proxy.net.endpoint",
@@ -91,8 +92,22 @@ class _Services:
         self.iam = _Iam() if iam else None
 
 
+class _NoLookups:
+    """auth_query as configured here: off (no [auth] auth_user), so no user is looked up."""
+
+    def key_for(self, db: object, user: str) -> None:
+        return None
+
+    async def secret(self, key: object) -> None:
+        return None
+
+    def refresh_after_failure(self, key: object) -> None:
+        pass
+
+
 class _Server:
-    """What login touches of ProxyServer; reaching a pool ends the run as a departure would."""
+    """What login touches of ProxyServer (session.host.SessionHost); reaching a pool ends the
+    run as a departure would."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -100,6 +115,7 @@ class _Server:
         self.counters = _Counters()
         self.client_count = 1
         self.draining = False
+        self.auth_lookups = _NoLookups()
 
     async def scram_verifier(self, user: str, secret: str | None) -> ScramVerifier:
         return _VERIFIER

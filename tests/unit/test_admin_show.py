@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgpool_proxy.admin import show
+from pgpool_proxy.admin import show_pools, show_result, show_setup
 from pgpool_proxy.admin.commands import CommandError
 from pgpool_proxy.admin.settings import set_setting, show_config
 from pgpool_proxy.config import build_config
@@ -40,7 +40,7 @@ def _client(server: ProxyServer, state: ClientState, wait_since: float = 0.0) ->
     return client
 
 
-def _rows(result: show.Result) -> list[dict[str, str | None]]:
+def _rows(result: show_result.Result) -> list[dict[str, str | None]]:
     names = [c for c, _ in result.columns]
     return [dict(zip(names, row, strict=True)) for row in result.rows]
 
@@ -57,8 +57,8 @@ async def test_pools_counts_clients_servers_and_waits() -> None:
     waiter.pool = pool
     pool.waiters.append(waiter)
     _client(server, ClientState.IDLE).pool = pool
-    row, admin_row = _rows(show.show_pools(server))
-    assert [c for c, _ in show.POOLS_COLUMNS][:3] == ["database", "user", "cl_active"]
+    row, admin_row = _rows(show_pools.show_pools(server))
+    assert [c for c, _ in show_pools.POOLS_COLUMNS][:3] == ["database", "user", "cl_active"]
     assert row["database"] == "app" and row["user"] == "alice"
     assert row["cl_active"] == "2" and row["cl_waiting"] == "1"
     assert row["sv_login"] == "1" and row["sv_idle"] == "0" and row["sv_tested"] == "1"
@@ -71,9 +71,9 @@ async def test_pools_counts_clients_servers_and_waits() -> None:
     assert admin_row["cl_active"] == "0" and admin_row["pool_mode"] == "statement"
     assert admin_row["sv_idle"] == "0" and admin_row["server"] is None
     server.admin_sessions.add(_client(server, ClientState.LOGIN))
-    assert _rows(show.show_pools(server))[1]["cl_active"] == "1"
+    assert _rows(show_pools.show_pools(server))[1]["cl_active"] == "1"
     pool.pause()
-    assert _rows(show.show_pools(server))[0]["paused"] == "1"
+    assert _rows(show_pools.show_pools(server))[0]["paused"] == "1"
 
 
 async def test_stats_totals_and_averages() -> None:
@@ -83,17 +83,17 @@ async def test_stats_totals_and_averages() -> None:
     pool = server.get_pool(db, None, "alice")
     pool.total_xacts, pool.total_wait_s, pool.wait_count = 100, 0.5, 10
     server.counters.admin_commands = 7
-    row, admin_row = _rows(show.show_stats(server))
+    row, admin_row = _rows(show_pools.show_stats(server))
     assert row["database"] == "app" and row["total_xact_count"] == "100"
     assert row["total_wait_time"] == "500000" and row["avg_wait_time"] == "50000"
     assert row["total_received"] == "0"  # not counted (it would cost per-message work)
     # Console commands are the admin database's queries and transactions, as in PgBouncer.
     assert admin_row["database"] == "pgbouncer"
     assert admin_row["total_xact_count"] == admin_row["total_query_count"] == "7"
-    assert dict(show.STATS_COLUMNS)["total_xact_count"] == 1700  # numeric, as PgBouncer's
-    totals = {r["name"]: r["value"] for r in _rows(show.show_totals(server))}
+    assert dict(show_pools.STATS_COLUMNS)["total_xact_count"] == 1700  # numeric, as PgBouncer's
+    totals = {r["name"]: r["value"] for r in _rows(show_pools.show_totals(server))}
     assert totals["total_xact_count"] == "107"
-    only_totals = show.show_stats(server, "STATS_TOTALS")
+    only_totals = show_pools.show_stats(server, "STATS_TOTALS")
     assert [c for c, _ in only_totals.columns][1] == "total_xact_count"
     assert not any(c.startswith("avg_") for c, _ in only_totals.columns)
 
@@ -103,14 +103,14 @@ async def test_clients_databases_lists_state_version() -> None:
     waiting = _client(server, ClientState.WAITING, 0.0)
     admin = _client(server, ClientState.LOGIN)
     server.admin_sessions.add(admin)
-    clients = _rows(show.show_clients(server))
+    clients = _rows(show_pools.show_clients(server))
     states = sorted((c["database"], c["state"]) for c in clients)
     assert states == [("app", "waiting"), ("pgbouncer", "active")]
     assert {c["addr"] for c in clients} == {"127.0.0.1"} and {c["port"] for c in clients} == {
         "40000"
     }
     assert waiting.key_pid == 0
-    dbs = {r["name"]: r for r in _rows(show.show_databases(server))}
+    dbs = {r["name"]: r for r in _rows(show_setup.show_databases(server))}
     assert dbs["app"]["pool_size"] == "4" and dbs["app"]["pool_mode"] == "session"
     assert dbs["other"]["force_user"] == "svc" and dbs["other"]["pool_mode"] is None
     assert dbs["app"]["writer"] == "10.0.0.1:5433"
@@ -119,23 +119,23 @@ async def test_clients_databases_lists_state_version() -> None:
     assert admin_db["host"] is None and admin_db["pool_mode"] == "statement"
     assert admin_db["current_connections"] == "0"
     server.paused_dbs.add("other")
-    assert _rows(show.show_databases(server))[1]["paused"] == "1"
-    lists = {r["list"]: r["items"] for r in _rows(show.show_lists(server))}
+    assert _rows(show_setup.show_databases(server))[1]["paused"] == "1"
+    lists = {r["list"]: r["items"] for r in _rows(show_setup.show_lists(server))}
     # The admin database, its user and its pool count, as in PgBouncer.
     assert lists["databases"] == "3" and lists["users"] == "3" and lists["pools"] == "1"
     assert lists["used_clients"] == "2"
     assert lists["login_clients"] == "0"
-    state = {r["key"]: r["value"] for r in _rows(show.show_state(server))}
+    state = {r["key"]: r["value"] for r in _rows(show_setup.show_state(server))}
     assert state["paused_databases"] == "other" and state["draining"] == "no"
-    assert "worker 0 of 1" in show.show_version(server).rows[0][0]  # type: ignore[operator]
+    assert "worker 0 of 1" in show_setup.show_version(server).rows[0][0]  # type: ignore[operator]
 
 
 def test_users_and_peers() -> None:
     server = _server()
     _client(server, ClientState.IDLE)
-    users = {r["name"]: r for r in _rows(show.show_users(server))}
+    users = {r["name"]: r for r in _rows(show_setup.show_users(server))}
     assert list(users) == ["alice", "svc", "pgbouncer"]
-    assert [c for c, _ in show.USERS_COLUMNS][:4] == [
+    assert [c for c, _ in show_setup.USERS_COLUMNS][:4] == [
         "name",
         "pool_size",
         "reserve_pool_size",
@@ -144,7 +144,7 @@ def test_users_and_peers() -> None:
     assert users["alice"]["current_client_connections"] == "1"
     assert users["alice"]["max_user_connections"] == "0" and users["alice"]["pool_mode"] is None
     assert users["pgbouncer"]["pool_mode"] == "statement"
-    peers = show.show_peers(server)
+    peers = show_setup.show_peers(server)
     assert [c for c, _ in peers.columns][:4] == ["peer_id", "host", "port", "pool_size"]
     assert peers.rows == []  # no peering configured
 

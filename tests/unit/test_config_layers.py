@@ -37,6 +37,10 @@ LAYERS = (
     "check",
     "tomlwrite",
     "ini",
+    "pgbouncer_tables",
+    "pgbouncer_mapper",
+    "pgbouncer_settings",
+    "pgbouncer_entries",
     "pgbouncer",
 )
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pgpool_proxy.admin import show
+from pgpool_proxy.admin import show_setup
 from pgpool_proxy.config import ConfigError, build_config
 from pgpool_proxy.counters import CANCEL_FORWARDED, CANCEL_UNKNOWN
 from pgpool_proxy.protocol import messages as m
@@ -119,7 +119,7 @@ def test_forward_finds_configured_and_dns_peers() -> None:
     t3, t4 = server.peering.target(3), server.peering.target(4)
     assert t3 is not None and (t3.host, t3.source) == ("h3", "config")  # config wins
     assert t4 is not None and (t4.host, t4.source) == ("10.0.0.4", "dns")
-    rows = show.show_peers(server).rows
+    rows = show_setup.show_peers(server).rows
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
         ("3", "h3", "6432", str(peers.PEER_POOL_SIZE), "config"),
         ("4", "10.0.0.4", "6432", str(peers.PEER_POOL_SIZE), "dns"),
