@@ -15,12 +15,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from ..auth.server_login import BackendLoginError
+from ..auth.server_login import BackendLoginError, server_sqlstate
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.connect import open_server_transport
 from ..protocol.constants import TX_IDLE
 from . import server_connect
-from .backend import BackendConnection
+from .backend import BackendConnection, InternalDone
 from .backend_state import BackendState
 from .ends import PoolClient
 from .spec import PoolState
@@ -29,6 +29,33 @@ if TYPE_CHECKING:
     from .pool import Pool
 
 log = logging.getLogger("pgpool_proxy.pool")
+
+# What the proxy's own statements on a connection out of the pool come to: (errors, rows), or
+# None when the connection ended without answering.
+OwnAnswer = tuple[list[dict[str, str]], list[list[str | None]]] | None
+
+
+def answered_then_returned(pool: Pool, answer: asyncio.Future[OwnAnswer]) -> InternalDone:
+    """The callback for run_own on a connection taken out of `pool`: it puts the answer in
+    `answer` and gives the connection back when it is clean (a refused statement is an answer,
+    not a fault of the connection), or closes it."""
+
+    def done(
+        b: BackendConnection, errors: list[dict[str, str]], rows: list[list[str | None]]
+    ) -> None:
+        if b.is_closed():
+            if not answer.done():
+                answer.set_result(None)
+            return
+        if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
+            b.to_idle()
+            pool.release(b)
+        else:
+            b.close(DisconnectReason.RESET_FAILED)
+        if not answer.done():
+            answer.set_result((errors, rows))
+
+    return done
 
 
 async def own_query(
@@ -49,23 +76,8 @@ async def own_query(
         raise copy_error(pool.last_connect_error)
     borrower = Borrower(pool.loop.create_future())
     backend: BackendConnection | None = None
-    answer: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
-    answer = pool.loop.create_future()
-
-    def done(
-        b: BackendConnection, errors: list[dict[str, str]], rows: list[list[str | None]]
-    ) -> None:
-        if b.is_closed():
-            if not answer.done():
-                answer.set_result(None)
-            return
-        if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
-            b.to_idle()
-            pool.release(b)
-        else:
-            b.close(DisconnectReason.RESET_FAILED)
-        if not answer.done():
-            answer.set_result((errors, rows))
+    answer: asyncio.Future[OwnAnswer] = pool.loop.create_future()
+    done = answered_then_returned(pool, answer)
 
     try:
         async with asyncio.timeout(timeout_s):
@@ -92,7 +104,7 @@ async def own_query(
     if errors:
         fields = errors[0]
         raise ProxyError(
-            fields.get("C") or SqlState.INTERNAL_ERROR,
+            server_sqlstate(fields, SqlState.INTERNAL_ERROR),
             fields.get("M") or "the server refused the statement",
             detail=fields.get("D"),
             hint=fields.get("H"),

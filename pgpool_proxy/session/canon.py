@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 
 from ..auth.server_login import server_sqlstate
 from ..errors import DisconnectReason, ProxyError, SqlState
-from ..pool.backend import BackendConnection
-from ..pool.backend_state import BackendState
-from ..protocol.constants import TRACKED_PARAMS, TX_IDLE
+from ..pool.connecting import OwnAnswer, answered_then_returned
+from ..protocol.constants import TRACKED_PARAMS
 from .state import check_sql
 
 if TYPE_CHECKING:
@@ -102,28 +101,10 @@ async def _ask(pool: Pool, items: list[tuple[str, str]]) -> dict[tuple[str, str]
     if not pool.idle:
         return {}
     backend = pool.idle.pop()
-    fut: asyncio.Future[tuple[list[dict[str, str]], list[list[str | None]]] | None]
-    fut = pool.loop.create_future()
-
-    def done(
-        b: BackendConnection, errors: list[dict[str, str]], rows: list[list[str | None]]
-    ) -> None:
-        if b.is_closed():
-            # The server connection ended without answering (a FATAL, a reset): not known,
-            # as when it does not answer in time.
-            if not fut.done():
-                fut.set_result(None)
-            return
-        # A refused value is an answer, not a fault of the server connection.
-        if b.state == BackendState.RESETTING and b.tx_status == TX_IDLE:
-            b.to_idle()
-            pool.release(b)
-        else:
-            b.close(DisconnectReason.RESET_FAILED)
-        if not fut.done():
-            fut.set_result((errors, rows))
-
-    backend.run_own([check_sql(k, v) for k, v in items], done)
+    fut: asyncio.Future[OwnAnswer] = pool.loop.create_future()
+    # A server connection that ends without answering (a FATAL, a reset) leaves the value
+    # unknown, as when it does not answer in time.
+    backend.run_own([check_sql(k, v) for k, v in items], answered_then_returned(pool, fut))
     try:
         answer = await asyncio.wait_for(fut, pool.spec.check_timeout_s or None)
     except TimeoutError:
