@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .core import AuthSettings, PoolMode
-from .schema import BAD, Checker, Key, Kind, quote
+from .schema import BAD, Checker, Key, Kind, check_unique_name, quote
 from .topology import DatabaseRole, check_hosts
 from .users import SCRAM_PREFIX, UserConfig
 
@@ -119,14 +119,7 @@ def build_databases(
     seen: dict[str, str] = {}
     for path, values in entries:
         name = values["name"]
-        if name is not BAD:
-            if name in seen:
-                checker.add(
-                    f"{path}.name",
-                    f"duplicate database {quote(name)} (first defined at {seen[name]})",
-                )
-            else:
-                seen[name] = path
+        check_unique_name(checker, seen, path, name, "database")
         pool_size = values.get("pool_size")
         if isinstance(pool_size, int) and min_pool_size is not None and pool_size < min_pool_size:
             checker.add(

@@ -24,6 +24,7 @@ __all__ = [
     "Key",
     "Kind",
     "all_valid",
+    "check_unique_name",
     "env_name",
     "only_valid",
     "quote",
@@ -94,6 +95,20 @@ def type_name(value: object) -> str:
     if isinstance(value, datetime | date | time):
         return "date/time"
     return type(value).__name__
+
+
+def check_unique_name(
+    checker: Checker, seen: dict[str, str], path: str, name: object, what: str
+) -> None:
+    """Report `name` at `path` when an earlier entry (recorded in `seen`) has it already."""
+    if name is BAD or not isinstance(name, str):
+        return
+    if name in seen:
+        checker.add(
+            f"{path}.name", f"duplicate {what} {quote(name)} (first defined at {seen[name]})"
+        )
+    else:
+        seen[name] = path
 
 
 def quote(value: str) -> str:

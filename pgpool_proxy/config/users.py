@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .core import AuthType, PoolMode
-from .schema import BAD, Checker, Key, Kind, quote
+from .schema import BAD, Checker, Key, Kind, check_unique_name, quote
 
 __all__ = [
     "SCRAM_PREFIX",
@@ -61,15 +61,7 @@ def build_users(
     users: list[UserConfig] = []
     seen: dict[str, str] = {}
     for path, values in entries:
-        name = values["name"]
-        if name is not BAD:
-            if name in seen:
-                checker.add(
-                    f"{path}.name",
-                    f"duplicate user {quote(name)} (first defined at {seen[name]})",
-                )
-            else:
-                seen[name] = path
+        check_unique_name(checker, seen, path, values["name"], "user")
         password = values.get("password")
         if password is not BAD and not values.get("iam"):
             check_user_password(checker, path, password, auth_type)
