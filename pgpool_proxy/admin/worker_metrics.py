@@ -10,7 +10,6 @@ No single process is special: a worker that dies shows as ``pgpool_proxy_worker_
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..runtime.sibling_socket import SiblingSocket
 from .health import readiness
 
 if TYPE_CHECKING:
@@ -62,34 +62,16 @@ def snapshot(server: ProxyServer, registry: CollectorRegistry, with_metrics: boo
     return json.dumps(out).encode()
 
 
-class SnapshotServer:
+class SnapshotServer(SiblingSocket):
     """Answers sibling workers' snapshot requests on this worker's Unix socket."""
 
     def __init__(self, server: ProxyServer, registry: CollectorRegistry, timeout_s: float) -> None:
+        super().__init__(snapshot_socket(server.identity, server.identity.index), MAX_REQUEST)
         self.server = server
         self.registry = registry
         self.timeout_s = timeout_s
-        self.path = snapshot_socket(server.identity, server.identity.index)
-        self._unix: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
 
-    async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)  # left by this worker's previous life
-        self._unix = await asyncio.start_unix_server(self._handle, self.path, limit=MAX_REQUEST)
-
-    async def close(self) -> None:
-        if self._unix is not None:
-            self._unix.close()
-        for task in list(self._conns):
-            task.cancel()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
                 request = await reader.readline()
@@ -98,10 +80,6 @@ class SnapshotServer:
                     await writer.drain()
         except (OSError, TimeoutError, ValueError, asyncio.LimitOverrunError) as exc:
             log.debug("metrics snapshot request failed: %s", exc)
-        finally:
-            writer.close()
-            if task is not None:
-                self._conns.discard(task)
 
 
 async def read_to_eof(reader: asyncio.StreamReader, limit: int) -> bytes:

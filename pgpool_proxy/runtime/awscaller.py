@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..auth.iam import IamError, IamIdentity
+from .sibling_socket import SiblingSocket
 
 if TYPE_CHECKING:
     from ..aws.iam_cache import Claim, IamAuthenticator
@@ -112,37 +113,17 @@ def _answer_timeout(services: Services) -> float:
 # --- the caller's side -------------------------------------------------------------------------
 
 
-class CallerServer:
+class CallerServer(SiblingSocket):
     """Worker 0's socket: answers its siblings from its own IAM cache and secrets."""
 
     def __init__(self, services: Services, tracking: Tracking | None, path: str) -> None:
+        super().__init__(path, MAX_FRAME)
         self.services = services
         self.tracking = tracking
-        self.path = path
         self.timeout_s = _answer_timeout(services)
-        self._unix: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
         self.questions = 0
 
-    async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)  # left by this worker's previous life
-        self._unix = await asyncio.start_unix_server(self._handle, self.path, limit=MAX_FRAME)
-
-    async def close(self) -> None:
-        if self._unix is not None:
-            self._unix.close()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(self.timeout_s):
                 req = await read_frame(reader)
@@ -160,10 +141,6 @@ class CallerServer:
                 raise ValueError(f"unknown question {op!r}")
         except (OSError, EOFError, TimeoutError, ValueError, KeyError, TypeError) as exc:
             log.debug("a sibling's question failed: %s", exc)
-        finally:
-            writer.close()
-            if task is not None:
-                self._conns.discard(task)
 
     async def _iam(
         self, req: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
