@@ -139,8 +139,12 @@ class EntriesMapper(IniMapper):
                 continue
             for key, value in params:
                 setting = f"[users] {name}: {key}"
-                if key == "pool_mode":
-                    mode = self.pool_mode(entry, value, setting)
+                if key in ("pool_mode", "max_user_connections"):
+                    converted: object = (
+                        self.pool_mode(entry, value, setting)
+                        if key == "pool_mode"
+                        else self.integer(entry, value, setting, 0, 2**31 - 1)
+                    )
                     user = by_name.get(name)
                     if user is None and auth_type == "trust":
                         user = by_name[name] = {"name": name}
@@ -151,22 +155,8 @@ class EntriesMapper(IniMapper):
                             setting,
                             "the user is not in the auth_file (or was left out); not converted",
                         )
-                    elif mode is not None:
-                        user["pool_mode"] = mode
-                elif key == "max_user_connections":
-                    number = self.integer(entry, value, setting, 0, 2**31 - 1)
-                    user = by_name.get(name)
-                    if user is None and auth_type == "trust":
-                        user = by_name[name] = {"name": name}
-                        self.users.append(user)
-                    if user is None:
-                        self.note(
-                            entry,
-                            setting,
-                            "the user is not in the auth_file (or was left out); not converted",
-                        )
-                    elif number is not None:
-                        user["max_user_connections"] = number
+                    elif converted is not None:
+                        user[key] = converted
                 elif key in PGBOUNCER_USER_PARAMS:
                     reason = PGBOUNCER_USER_PARAMS[key].lstrip("-")
                     self.note(entry, setting, f"not converted: {reason}")
