@@ -64,6 +64,7 @@ class BackendConnection(Endpoint):
     __slots__ = (
         "address",
         "applied_sig",
+        "cancel_done",
         "cancelling",
         "checked_at",
         "client",
@@ -144,6 +145,7 @@ class BackendConnection(Endpoint):
         # Shared prepared statements this server connection holds (transaction mode).
         self.stmts = ServerStatements(pool.spec.max_prepared_statements)
         self.cancelling = False  # a cancel of this session is on its way (one at a time)
+        self.cancel_done: list[Callable[[], None]] = []  # to call once it has landed
         self.close_reason: DisconnectReason | None = None
         # Liveness (Pool._watch): bytes received so far, the count the janitor last saw, since
         # when it has seen no new byte while a reply was owed, and the last idle check.
@@ -495,9 +497,9 @@ class BackendConnection(Endpoint):
 
     # --- cancel ------------------------------------------------------------------------------
 
-    def send_cancel(self) -> None:
-        """Forward a client's cancel (pool.cancel)."""
-        cancel.send_cancel(self)
+    def send_cancel(self, done: Callable[[], None] | None = None) -> None:
+        """Forward a client's cancel (pool.cancel); ``done`` runs once it has landed."""
+        cancel.send_cancel(self, done)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -1,10 +1,15 @@
 """Forwarding a client's CancelRequest to the server connection serving it, one at a time,
-and keeping that connection out of use until the cancel has landed."""
+and keeping that connection out of use until the cancel has landed.
+
+``done`` callbacks run once the server has acted on the cancel (or the attempt failed): the
+client's own cancel connection is closed only then, as PostgreSQL's postmaster does, because
+drivers (asyncpg) wait for that close before their next query, which a late cancel would hit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
@@ -16,9 +21,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("pgpool_proxy.backend")
 
 
-def send_cancel(backend: BackendConnection) -> None:
+def send_cancel(backend: BackendConnection, done: Callable[[], None] | None = None) -> None:
     """Forward a client's cancel; the backend is not reused until the cancel has landed."""
-    if backend.cancelling or backend.transport is None:
+    if backend.transport is None:
+        if done is not None:
+            done()
+        return
+    if done is not None:
+        backend.cancel_done.append(done)
+    if backend.cancelling:
         return  # one cancel at a time: a flood of them must not outlive this transaction
     backend.cancelling = True
     backend.pool.spawn(_cancel(backend), "cancel")
@@ -39,6 +50,9 @@ async def _cancel(backend: BackendConnection) -> None:
         log.warning("cancel for backend %s failed: %s", backend.pid, exc)
     finally:
         backend.cancelling = False
+        waiting, backend.cancel_done = backend.cancel_done, []
+        for done in waiting:
+            done()
         if backend.state == BackendState.CANCELLING:
             backend.pool.release(backend)
 

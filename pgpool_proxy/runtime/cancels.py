@@ -3,6 +3,10 @@ CancelRequest to the client's server connection, to the sibling worker that issu
 (over its Unix socket) or to the peer instance whose key it is (runtime.peers).
 
 Functions of a ProxyServer, which keeps the methods session.host.SessionHost names.
+
+Every path calls ``done`` once the request has been acted on (signalled by the server, refused,
+or given up on): the client's cancel connection stays open until then, as it does with
+PostgreSQL, so a driver that waits for that close never sends its next query ahead of the cancel.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..counters import (
@@ -48,7 +53,18 @@ def register_cancel_key(server: ProxyServer, client: ClientConnection) -> tuple[
     return pid, key_secret(server.peer_id, raw >> WORKER_SHIFT)
 
 
-def cancel_request(server: ProxyServer, pid: int, secret: int, *, relayed: bool = False) -> None:
+def nothing() -> None:
+    """The default ``done``: a cancel nobody waits on."""
+
+
+def cancel_request(
+    server: ProxyServer,
+    pid: int,
+    secret: int,
+    *,
+    relayed: bool = False,
+    done: Callable[[], None] = nothing,
+) -> None:
     """A CancelRequest that arrived here: from a client, forwarded by a peer (the pid's top
     bit, see runtime.peers) or relayed by a sibling worker (``relayed``)."""
     ident = server.identity
@@ -57,18 +73,22 @@ def cancel_request(server: ProxyServer, pid: int, secret: int, *, relayed: bool 
     pid &= PID_MASK
     if server.peer_id and key_peer(secret) != server.peer_id:
         # Another instance's key: passed on once, never again (no loops between peers).
-        if not (forwarded or relayed) and server.peering.forward(key_peer(secret), pid, secret):
+        if not (forwarded or relayed) and server.peering.forward(
+            key_peer(secret), pid, secret, done
+        ):
             results[CANCEL_FORWARDED] += 1
         else:
             results[CANCEL_UNKNOWN] += 1
+            done()
         return
     owner = pid >> WORKER_SHIFT
     if owner != ident.index:
         if ident.count > 1 and owner < ident.count and not relayed:
             results[CANCEL_RELAYED] += 1
-            server.spawn(relay_cancel(server, owner, pid, secret), "relay-cancel")
+            server.spawn(relay_cancel(server, owner, pid, secret, done), "relay-cancel")
         else:
             results[CANCEL_UNKNOWN] += 1
+            done()
         return
     client = server.clients.get(pid)
     if client is None or not secrets.compare_digest(
@@ -76,17 +96,21 @@ def cancel_request(server: ProxyServer, pid: int, secret: int, *, relayed: bool 
     ):
         results[CANCEL_UNKNOWN] += 1
         log.debug("cancel request with an unknown key ignored")
+        done()
         return
     backend = client.backend
     # Only the backend serving this client right now may be cancelled.
     if backend is not None and client.state in (ClientState.ACTIVE, ClientState.CHECKING):
         results[CANCEL_SENT] += 1
-        backend.send_cancel()
+        backend.send_cancel(done)
     else:
         results[CANCEL_IDLE] += 1
+        done()
 
 
-async def relay_cancel(server: ProxyServer, owner: int, pid: int, secret: int) -> None:
+async def relay_cancel(
+    server: ProxyServer, owner: int, pid: int, secret: int, done: Callable[[], None] = nothing
+) -> None:
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_unix_connection(server.identity.peer_socket(owner)), 5
@@ -96,3 +120,5 @@ async def relay_cancel(server: ProxyServer, owner: int, pid: int, secret: int) -
         writer.close()
     except (OSError, TimeoutError) as exc:
         log.warning("could not relay a cancel request to worker %d: %s", owner, exc)
+    finally:
+        done()

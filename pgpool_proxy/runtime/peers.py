@@ -214,19 +214,26 @@ class Peering:
 
     # --- forwarding --------------------------------------------------------------------------
 
-    def forward(self, peer_id: int, pid: int, secret: int) -> bool:
-        """Pass a cancel on to the peer that issued its key; False when no peer has that id."""
+    def forward(
+        self, peer_id: int, pid: int, secret: int, done: Callable[[], None] | None = None
+    ) -> bool:
+        """Pass a cancel on to the peer that issued its key; False when no peer has that id.
+        ``done`` runs once the peer has acted on it (or the attempt is given up)."""
         peer = self.target(peer_id) if peer_id != self.peer_id else None
         if peer is None:
             return False
         if peer.in_flight >= PEER_POOL_SIZE:
             peer.dropped += 1
+            if done is not None:
+                done()
             return True
         peer.in_flight += 1
-        self._spawn(self._forward(peer, pid, secret), "forward-cancel")
+        self._spawn(self._forward(peer, pid, secret, done), "forward-cancel")
         return True
 
-    async def _forward(self, peer: PeerStats, pid: int, secret: int) -> None:
+    async def _forward(
+        self, peer: PeerStats, pid: int, secret: int, done: Callable[[], None] | None
+    ) -> None:
         writer = None
         try:
             async with asyncio.timeout(self._config().proxy.cancel_wait_timeout_s):
@@ -249,6 +256,8 @@ class Peering:
             peer.in_flight -= 1
             if writer is not None:
                 writer.close()
+            if done is not None:
+                done()
 
     # --- DNS ---------------------------------------------------------------------------------
 

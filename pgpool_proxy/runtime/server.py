@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..auth.scram import ScramVerifier
@@ -435,9 +435,16 @@ class ProxyServer:
         """A pid and secret for the client's BackendKeyData, unique in this worker."""
         return cancels.register_cancel_key(self, client)
 
-    def cancel_request(self, pid: int, secret: int, *, relayed: bool = False) -> None:
-        """A CancelRequest that arrived here (runtime.cancels)."""
-        cancels.cancel_request(self, pid, secret, relayed=relayed)
+    def cancel_request(
+        self,
+        pid: int,
+        secret: int,
+        *,
+        relayed: bool = False,
+        done: Callable[[], None] = cancels.nothing,
+    ) -> None:
+        """A CancelRequest that arrived here (runtime.cancels); ``done`` once acted on."""
+        cancels.cancel_request(self, pid, secret, relayed=relayed, done=done)
 
     # --- pools and credentials ---------------------------------------------------------------
 

@@ -8,7 +8,7 @@ reached through `open_console`, so the session does not import the admin package
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from ..auth.scram import ScramVerifier
@@ -91,7 +91,9 @@ class SessionHost(Protocol):
     @property
     def peer_id(self) -> int: ...
 
-    def cancel_request(self, pid: int, secret: int, *, relayed: bool = False) -> None: ...
+    def cancel_request(
+        self, pid: int, secret: int, *, relayed: bool = False, done: Callable[[], None] = ...
+    ) -> None: ...
 
     def get_pool(
         self,

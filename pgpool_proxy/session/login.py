@@ -4,6 +4,7 @@ authentication (`session.authenticate`), admission, the pool and the welcome."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -194,8 +195,7 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
             send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
             continue
         if isinstance(packet, m.CancelRequest):
-            server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel)
-            client.close(DisconnectReason.CANCEL_REQUEST)
+            await _cancel(client, packet)
             return None
         if isinstance(packet, m.PeerIdRequest):
             # A peer that found this instance in DNS asks which keys are ours (runtime.peers);
@@ -204,6 +204,23 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
             client.close(DisconnectReason.CANCEL_REQUEST)
             return None
         return packet
+
+
+async def _cancel(client: ClientConnection, packet: m.CancelRequest) -> None:
+    """Act on a CancelRequest, then close its connection once the cancel has landed, as
+    PostgreSQL's postmaster does: drivers (asyncpg) wait for that close before their next
+    query, which an early close would let the cancel hit. The wait is bounded."""
+    server = client.server
+    landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done() -> None:
+        if not landed.done():
+            landed.set_result(None)
+
+    server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel, done=done)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(landed, server.config.proxy.cancel_wait_timeout_s)
+    client.close(DisconnectReason.CANCEL_REQUEST)
 
 
 def _check_startup(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from tests.fuzz._common import instrumented, main
@@ -123,8 +124,10 @@ class _Server:
     def remember_client_key(self, *args: object) -> None:
         pass
 
-    def cancel_request(self, pid: int, secret: int) -> None:
-        pass
+    def cancel_request(
+        self, pid: int, secret: int, *, relayed: bool = False, done: Callable[[], None] = print
+    ) -> None:
+        done()
 
     def client_closed(self, client: object, prev: object) -> None:
         pass

@@ -95,7 +95,9 @@ async def test_cancels_for_other_peers_are_forwarded_once() -> None:
     cfg = _config({"peer_id": 1}, [{"peer_id": 2, "host": "127.0.0.1", "port": 1}])
     server = ProxyServer(cfg)
     sent: list[tuple[int, int, int]] = []
-    server.peering.forward = lambda peer, pid, secret: bool(sent.append((peer, pid, secret)) or 1)  # type: ignore[method-assign]
+    server.peering.forward = lambda peer, pid, secret, done: bool(
+        sent.append((peer, pid, secret)) or 1
+    )  # type: ignore[method-assign]
     results = server.counters.cancel_requests
     theirs = peers.key_secret(2, 12345)
     server.cancel_request(MIN_CLIENT_PID + 5, theirs)
