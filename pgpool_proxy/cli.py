@@ -28,6 +28,7 @@ from .config import (
 from .healthcheck import DEFAULT_CONFIG
 from .runtime.peers import peering_configured, pick_peer_id
 from .runtime.workers import BindError, WorkerIdentity, supervise
+from .speedups import implementation
 
 log = logging.getLogger("pgpool_proxy")
 
@@ -184,7 +185,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     setup_logging(config.proxy.log_level, config.proxy.log_format)
-    log.info("pgpool-proxy %s starting with %s", __version__, config.source)
+    log.info(
+        "pgpool-proxy %s (%s hot path) starting with %s",
+        __version__,
+        implementation(),
+        config.source,
+    )
     for note in notes:
         # Every PgBouncer setting left behind is named, so none is lost without a word.
         level = logging.WARNING if note.severity == "warning" else logging.INFO

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from .. import __version__
 from ..counters import WAIT_BOUNDS_S
 from ..session.client_state import ClientState
+from ..speedups import implementation
 from .health import readiness
 
 if TYPE_CHECKING:
@@ -77,9 +78,11 @@ def proxy_families(server: ProxyServer) -> list[Metric]:
     """Every pgpool_proxy_* family of this process, built from its live objects now."""
     out: list[Metric] = []
     info = GaugeMetricFamily(
-        "pgpool_proxy_build_info", "pgpool-proxy version (always 1)", labels=["version"]
+        "pgpool_proxy_build_info",
+        "pgpool-proxy version and hot-path implementation (always 1)",
+        labels=["version", "implementation"],
     )
-    info.add_metric([__version__], 1)
+    info.add_metric([__version__, implementation()], 1)
     out.append(info)
     ready, _why = readiness(server)
     out.append(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .. import __version__
 from ..runtime.peers import PEER_POOL_SIZE
 from ..session.client_state import ClientState
+from ..speedups import implementation
 from .show_result import ADMIN_POOL_MODE, I4, I8, Result, Row, T, cell
 
 if TYPE_CHECKING:
@@ -213,7 +214,10 @@ def show_state(server: ProxyServer) -> Result:
 
 def version_string(server: ProxyServer) -> str:
     ident = server.identity
-    return f"pgpool-proxy {__version__}, worker {ident.index} of {ident.count} (pid {os.getpid()})"
+    return (
+        f"pgpool-proxy {__version__} ({implementation()} hot path), "
+        f"worker {ident.index} of {ident.count} (pid {os.getpid()})"
+    )
 
 
 def show_version(server: ProxyServer) -> Result:

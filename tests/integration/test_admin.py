@@ -17,6 +17,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgpool_proxy import speedups
 from pgpool_proxy.config import load_config
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
@@ -128,6 +129,8 @@ async def test_show_commands_use_pgbouncer_columns(start_proxy: StartProxy) -> N
         assert peers == []
         _, version = await show(admin, "VERSION")
         assert "pgpool-proxy" in version[0]["version"] and "worker 0 of 1" in version[0]["version"]
+        # Which hot path serves: what this process loaded (the proxy runs in-process here).
+        assert f"({speedups.implementation()} hot path)" in version[0]["version"]
         _, config = await show(admin, "CONFIG")
         cfg = {r["key"]: r for r in config}
         assert cfg["default_pool_size"]["value"] == "5"

@@ -32,8 +32,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("__main__",),
 )
-# The package's own __init__ (version string) is below everything.
-BASE = ("__init__",)
+# The package's own __init__ (version string) and speedups (which hot-path build is loaded,
+# imported by __init__) are below everything.
+BASE = ("__init__", "speedups")
 
 
 def layer_of(module: str) -> tuple[int, str]:
