@@ -8,6 +8,12 @@ class RecvBufferFull(Exception):
     reading first (a bug guard; the transport closes the connection)."""
 
 
+# What an idle buffer holds: nothing of its own (see RecvBuffer.drop). Never written: a read
+# into it is preceded by a growth to `initial` bytes, as its length is 0.
+_NOTHING = bytearray()
+_NOTHING_VIEW = memoryview(_NOTHING)
+
+
 class RecvBuffer:
     """A growable receive buffer that a BufferedProtocol reads into without copying.
 
@@ -60,7 +66,7 @@ class RecvBuffer:
         if nbytes <= len(self.buf):
             self._compact()
             return
-        size = len(self.buf)
+        size = max(len(self.buf), self.initial, 1)  # a dropped buffer has length 0
         while size < nbytes:
             size *= 2
         self._replace(min(max(size, nbytes), max(self.limit, nbytes)))
@@ -68,6 +74,16 @@ class RecvBuffer:
     def detach(self) -> None:
         """Give up the current bytearray (a transport holds a view of it) for a fresh one."""
         self._replace(max(self.initial, self.end - self.start))
+
+    def drop(self) -> None:
+        """Hold no bytearray while empty: an idle client then costs no buffer (thousands of
+        them sit idle behind a pooler). The next read allocates `initial` bytes again; a
+        transport still holding a view of the old bytes keeps them alive until it has sent them.
+        """
+        if self.start == self.end:
+            self.buf = _NOTHING
+            self.view = _NOTHING_VIEW
+            self.start = self.end = 0
 
     def shrink(self) -> None:
         """Return to the initial size when empty, so an idle connection holds little memory."""
@@ -97,7 +113,7 @@ class RecvBuffer:
         size = len(self.buf)
         if size >= self.limit:
             raise RecvBufferFull(f"receive buffer full at its bound of {self.limit} bytes")
-        self._replace(min(size * 2, self.limit))
+        self._replace(min(max(size * 2, self.initial), self.limit))
 
     def _replace(self, size: int) -> None:
         start, end = self.start, self.end

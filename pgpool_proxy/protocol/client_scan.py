@@ -130,7 +130,9 @@ class ClientScanner:
         # answered after one was sent no longer counts. `parse_flags`: the flags of the Query
         # the scan stopped at.
         self.unnamed: tuple[bytes | None, int, list[str]] | None = None
-        self.unnamed_fifo: deque[tuple[bytes | None, int, list[str], int]] = deque()
+        # Made on the first unnamed Parse: an empty deque costs 760 bytes, and most idle clients
+        # (simple protocol, or named statements only) never need one.
+        self.unnamed_fifo: deque[tuple[bytes | None, int, list[str], int]] | None = None
         self.unnamed_flags = 0
         self.unnamed_names: list[str] = []
         self.unnamed_here = True
@@ -454,7 +456,10 @@ class ClientScanner:
         else:
             flags = SQL_ALL  # streamed through, too long to keep: judged unseen when it runs
         names = setting_names(buf, q, qend) if flags & SQL_SETTINGS and qend >= 0 else []
-        self.unnamed_fifo.append((frame, flags, names, self.unnamed_drops))
+        fifo = self.unnamed_fifo
+        if fifo is None:
+            fifo = self.unnamed_fifo = deque()
+        fifo.append((frame, flags, names, self.unnamed_drops))
         self.unnamed_here = True
         self.unnamed_flags |= flags
         if names:
@@ -490,8 +495,9 @@ class ClientScanner:
         """The oldest unsettled unnamed Parse failed (answered: an ErrorResponse, which drops
         the old statement too) or was skipped after an earlier error (the old one stays)."""
         self.settle_unnamed(popped=1)
-        if self.unnamed_fifo:
-            drops = self.unnamed_fifo.popleft()[3]
+        fifo = self.unnamed_fifo
+        if fifo:
+            drops = fifo.popleft()[3]
             if answered and drops == self.unnamed_drops:
                 self.unnamed = None
         if not self.unnamed_fifo:
@@ -500,7 +506,8 @@ class ClientScanner:
     def forget_unsettled(self) -> None:
         """The server connection is gone with replies owed: what those Parses made is unknown,
         and counts as not made."""
-        self.unnamed_fifo.clear()
+        if self.unnamed_fifo:
+            self.unnamed_fifo.clear()
         self._unnamed_settled()
 
     def unnamed_query_ran(self) -> None:

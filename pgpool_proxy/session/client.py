@@ -371,8 +371,8 @@ class ClientConnection(Endpoint):
                     self._on_idle_data()
                 except FrameError as exc:
                     self._frame_error(exc)
-        elif len(rb.buf) > rb.initial:
-            rb.shrink()
+        else:
+            rb.drop()
 
     # --- settings replay ---------------------------------------------------------------------
 

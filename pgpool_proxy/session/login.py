@@ -433,6 +433,8 @@ def _welcome(client: ClientConnection, pool: Pool, server_params: dict[str, str]
     )
     if client.rbuf.pending():
         client.buffer_updated(0)
+    else:
+        client.rbuf.drop()  # idle until its first query: no buffer held meanwhile
 
 
 _AUTH_OK = m.auth_ok()

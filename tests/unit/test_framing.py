@@ -308,6 +308,29 @@ def test_recv_buffer_grows_for_inspected_frames_and_shrinks_when_idle() -> None:
     assert len(rb.buf) == 16
 
 
+def test_recv_buffer_dropped_when_idle_holds_nothing_and_reads_again() -> None:
+    """An idle client holds no buffer; its next read gets `initial` bytes, and bytes a
+    transport still holds from before the drop are never written over."""
+    rb = RecvBuffer(16, 1 << 20)
+    rb.get_buffer()[:4] = b"abcd"
+    rb.end = 4
+    held = memoryview(rb.buf)[0:4]
+    rb.drop()  # not empty: kept
+    assert bytes(rb.buf[rb.start : rb.end]) == b"abcd"
+    rb.consumed(4)
+    rb.drop()
+    assert len(rb.buf) == 0 and rb.pending() == 0
+    view = rb.get_buffer()
+    assert len(view) == 16 and len(rb.buf) == 16
+    view[:4] = b"wxyz"
+    assert bytes(held) == b"abcd"
+    rb.end = 4
+    rb.consumed(4)
+    rb.drop()
+    rb.ensure_capacity(40)  # an inspected frame's room, asked of a dropped buffer
+    assert len(rb.buf) >= 40
+
+
 def test_recv_buffer_compacts_instead_of_growing() -> None:
     rb = RecvBuffer(8, 1024)
     rb.get_buffer()[:8] = b"abcdefgh"
