@@ -26,16 +26,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-# Everything a transaction's bytes pass through once per read: the receive buffer, both frame
-# scanners, the tables they index, reply-unit matching, and the two pumps that drive them.
+# Everything a transaction passes through once per read: the connection base class (uvloop
+# asks it for a buffer per read), the receive buffer, frame headers, both frame scanners and
+# the tables they index, the SQL classifier (every Query), reply-unit matching, the two pumps
+# that drive them, and taking and giving back a server connection.
 COMPILED: Final = (
     "pgpool_proxy.protocol.units",
+    "pgpool_proxy.protocol.framing",
+    "pgpool_proxy.protocol.sqlscan",
     "pgpool_proxy.protocol.buffer",
     "pgpool_proxy.protocol.server_scan",
     "pgpool_proxy.protocol.client_scan",
+    "pgpool_proxy.net.endpoint",
     "pgpool_proxy.link.ends",
     "pgpool_proxy.link.replies",
     "pgpool_proxy.session.statements",
+    "pgpool_proxy.pool.pool",
     "pgpool_proxy.pool.backend",
     "pgpool_proxy.session.client",
 )
