@@ -67,15 +67,32 @@ class OptionalBuildExt(build_ext):
 
     def copy_extensions_to_source(self) -> None:
         # In-place and editable builds copy the extensions beside their sources: the records
-        # of what they were built from go with them.
-        super().copy_extensions_to_source()
+        # of what they were built from go with them. Only those that built: setuptools stops
+        # at the first one missing, which would leave none of the others in place.
+        everything = self.extensions
+        self.extensions = [ext for ext in everything if ext.name in self._digests]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = everything
         for name, digest in self._digests.items():
             source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
             source.with_name(source.name + ".sha256").write_text(digest)
 
 
+def _forget_old_twins() -> None:
+    """Remove compiled modules a previous in-place build left beside the sources, so that an
+    install that does not compile (PGPOOL_PURE_PYTHON, no Cython) is pure, not half old."""
+    for name in _compiled_names():
+        source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
+        for old in source.parent.glob(source.stem + ".*.so"):
+            old.unlink()
+        source.with_name(source.name + ".sha256").unlink(missing_ok=True)
+
+
 def _extensions() -> list[object]:
     if _pure_requested():
+        _forget_old_twins()
         _say("PGPOOL_PURE_PYTHON is set: the hot path is not compiled")
         return []
     try:
@@ -83,6 +100,7 @@ def _extensions() -> list[object]:
         from setuptools import Extension
     except ImportError:
         _say("Cython is not available: the hot path is not compiled")
+        _forget_old_twins()
         return []
     extensions = [
         Extension(name, [str(Path(*name.split(".")).with_suffix(".py"))])
@@ -95,7 +113,7 @@ def _extensions() -> list[object]:
                 compiler_directives={
                     "language_level": "3",
                     # The .py files are the reference: annotations stay hints, never C types or
-                    # runtime checks; C types come only from the .pxd files beside them.
+                    # runtime checks.
                     "annotation_typing": False,
                     "binding": False,
                     "embedsignature": False,

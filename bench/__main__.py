@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from .report import main as report_main
-from .run import ALL_TARGETS, Options, run_benchmark
+from .run import ALL_TARGETS, DEFAULT_TARGETS, Options, run_benchmark
 from .scenarios import OPTIONAL_KINDS, THROUGHPUT_KINDS
 
 
@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--targets",
         type=_name_list(ALL_TARGETS),
-        default=list(ALL_TARGETS),
-        help="which targets (default direct,pgbouncer,proxy)",
+        default=list(DEFAULT_TARGETS),
+        help="which targets (default direct,pgbouncer,proxy; proxy-pure adds the proxy with "
+        "its pure-Python hot path)",
     )
     p.add_argument("--churn-clients", type=int, default=50, help="-C clients (0 = skip)")
     p.add_argument("--no-latency", action="store_true", help="skip the 1-client latency runs")

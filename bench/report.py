@@ -22,8 +22,13 @@ from .scenarios import KINDS
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT_DIR = BENCH_DIR / "results"
-TARGET_ORDER = ("direct", "pgbouncer", "proxy")
-TARGET_LABELS = {"direct": "direct", "pgbouncer": "PgBouncer", "proxy": "proxy"}
+TARGET_ORDER = ("direct", "pgbouncer", "proxy", "proxy-pure")
+TARGET_LABELS = {
+    "direct": "direct",
+    "pgbouncer": "PgBouncer",
+    "proxy": "proxy",
+    "proxy-pure": "proxy (pure Python)",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,7 +146,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         rounds = sorted({r["round"] for r in group})
 
-        for other in ("pgbouncer", "direct"):
+        for other in ("pgbouncer", "direct", "proxy-pure"):
             ratios = []
             for rnd in rounds:
                 p, o = _in_round(group, "proxy", rnd), _in_round(group, other, rnd)
@@ -151,7 +156,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["ratios"][f"proxy/{other}"] = round(median, 3) if median is not None else None
         if first["kind"] == "latency":
             added: dict[str, float | None] = {}
-            for name in ("pgbouncer", "proxy"):
+            for name in ("pgbouncer", "proxy", "proxy-pure"):
                 deltas = []
                 for rnd in rounds:
                     t, d = _in_round(group, name, rnd), _in_round(group, "direct", rnd)
@@ -209,22 +214,31 @@ def throughput_table(summary: Sequence[dict[str, Any]]) -> str:
         "PgB CPU s/1k tx",
         "proxy CPU s/1k tx",
     ]
+    # The pure-Python proxy, when the run measured it: what the compiled twin buys.
+    pure = any("proxy-pure" in s["targets"] for s in summary)
+    if pure:
+        headers += ["pure tps", "proxy/pure", "pure CPU s/1k tx"]
     rows = []
     for s in summary:
         t = s["targets"]
-        rows.append(
-            [
-                s["kind"],
-                str(s["clients"]),
-                _cell_tps(t.get("direct")),
-                _cell_tps(t.get("pgbouncer")),
-                _cell_tps(t.get("proxy")),
-                _fmt(s["ratios"].get("proxy/pgbouncer"), ".2f", "x"),
-                _fmt(s["ratios"].get("proxy/direct"), ".2f", "x"),
-                _fmt((t.get("pgbouncer") or {}).get("cpu_s_per_1k_tx_median"), ".3f"),
-                _fmt((t.get("proxy") or {}).get("cpu_s_per_1k_tx_median"), ".3f"),
+        row = [
+            s["kind"],
+            str(s["clients"]),
+            _cell_tps(t.get("direct")),
+            _cell_tps(t.get("pgbouncer")),
+            _cell_tps(t.get("proxy")),
+            _fmt(s["ratios"].get("proxy/pgbouncer"), ".2f", "x"),
+            _fmt(s["ratios"].get("proxy/direct"), ".2f", "x"),
+            _fmt((t.get("pgbouncer") or {}).get("cpu_s_per_1k_tx_median"), ".3f"),
+            _fmt((t.get("proxy") or {}).get("cpu_s_per_1k_tx_median"), ".3f"),
+        ]
+        if pure:
+            row += [
+                _cell_tps(t.get("proxy-pure")),
+                _fmt(s["ratios"].get("proxy/proxy-pure"), ".2f", "x"),
+                _fmt((t.get("proxy-pure") or {}).get("cpu_s_per_1k_tx_median"), ".3f"),
             ]
-        )
+        rows.append(row)
     return _table(headers, rows)
 
 
@@ -253,7 +267,7 @@ def loop_lag_table(runs: Sequence[dict[str, Any]]) -> str:
     worst: dict[str, list[float]] = {}
     for r in runs:
         lag = r.get("loop_lag")
-        if lag:
+        if lag and r.get("target", "proxy") == "proxy":
             row = worst.setdefault(r["scenario"], [0.0, 0.0])
             row[0] = max(row[0], lag["p99_ms"])
             row[1] = max(row[1], lag["max_ms"])

@@ -25,6 +25,7 @@ from .targets import (
     DirectTarget,
     PgBouncerTarget,
     ProxyTarget,
+    PureProxyTarget,
     Target,
     TargetError,
     ensure_pgbouncer,
@@ -33,7 +34,9 @@ from .targets import (
     start_postgres,
 )
 
-ALL_TARGETS = ("direct", "pgbouncer", "proxy")
+ALL_TARGETS = ("direct", "pgbouncer", "proxy", "proxy-pure")
+# proxy-pure (the pure-Python hot path beside the compiled one) only when asked for.
+DEFAULT_TARGETS = ("direct", "pgbouncer", "proxy")
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Options:
     pool_size: int = 20
     scale: int = 10
     max_connections: int = 300
-    targets: list[str] = field(default_factory=lambda: list(ALL_TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     install_pgbouncer: bool = True
     memory_clients: int = 10000
     out_dir: Path = Path(__file__).resolve().parent / "results"
@@ -65,6 +68,8 @@ def _make_target(name: str, db: Database, opts: Options, pgbouncer_bin: str | No
         return PgBouncerTarget(db, opts.pool_size, pgbouncer_bin)
     if name == "proxy":
         return ProxyTarget(db, opts.pool_size, opts.proxy_settings)
+    if name == "proxy-pure":
+        return PureProxyTarget(db, opts.pool_size, opts.proxy_settings)
     raise ValueError(f"unknown target {name!r}")
 
 

@@ -276,6 +276,9 @@ class _ProcessTarget(Target):
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def env(self) -> dict[str, str]:
+        return child_env()
+
     # Subclasses: write the config for self.port and return the command (and the OS user).
     def _prepare(self) -> tuple[list[str], pwd.struct_passwd | None]:
         raise NotImplementedError
@@ -299,7 +302,7 @@ class _ProcessTarget(Target):
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 cwd=self.work_dir,
-                env=child_env(),
+                env=self.env(),
                 start_new_session=True,
                 preexec_fn=preexec_child,
                 **extra,
@@ -387,6 +390,17 @@ class ProxyTarget(_ProcessTarget):
         self.metrics_port = free_port()
         config.write_text(self.config_text())
         return [sys.executable, "-m", "pgpool_proxy", "run", "--config", str(config)], None
+
+
+class PureProxyTarget(ProxyTarget):
+    """The same checkout with PGPOOL_PURE_PYTHON=1: the pure-Python hot path, to measure what
+    the compiled twin buys within the same run (README, "Compiled hot path")."""
+
+    name = "proxy-pure"
+    label = "pgpool-proxy (pure Python)"
+
+    def env(self) -> dict[str, str]:
+        return {**child_env(), "PGPOOL_PURE_PYTHON": "1"}
 
 
 def _toml_value(value: Any) -> str:

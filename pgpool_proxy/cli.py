@@ -353,7 +353,7 @@ def _demo_banner(server: Any, config: Config, pool_mode: str, pg: Any, ca_file: 
     pgbench = _client_tool("pgbench", pg.source_bindir)
     return (
         f"\npgpool-proxy {__version__} is serving PostgreSQL {num // 10000}.{num % 10000} "
-        f"({pool_mode} pooling)\n"
+        f"({pool_mode} pooling, {implementation()} hot path)\n"
         f"  connect:  {psql} '{url}'\n"
         f"  tls:      {psql} '{url}?sslmode=verify-full&sslrootcert={ca_file}'\n"
         f"  admin:    {psql} '{base}/{config.admin.database}' -c 'SHOW POOLS'\n"

@@ -2,8 +2,8 @@
 
 The modules in COMPILED are plain Python, and the reference. When the package is installed on
 a machine with a C compiler, setup.py also compiles each of them with Cython (pure-Python mode,
-C types from the ``.pxd`` beside the module) into an extension module of the same name, which
-Python's import system prefers to the ``.py``. Both are built from one source, so they cannot
+annotations not used as C types) into an extension module of the same name, which Python's
+import system prefers to the ``.py``. Both are built from one source, so they cannot
 drift apart; the test suite runs the sans-IO tests against both (tests/unit/test_speedups.py).
 
 A finder first on ``sys.meta_path`` (installed by the package's ``__init__`` before any other
