@@ -112,7 +112,11 @@ async def run_login(client: ClientConnection) -> None:
     timeout = server.config.proxy.client_login_timeout_s
     try:
         async with asyncio.timeout(timeout or None):
-            await _login(client)
+            cancel = await _login(client)
+        if cancel is not None:
+            # Outside the login timeout: a cancel connection is bounded by cancel_wait_timeout_s
+            # alone, and PostgreSQL never writes on one (the login timeout's error would).
+            await _cancel(client, cancel)
     except EndpointClosed:
         client.close(DisconnectReason.CLIENT_EOF)
     except TimeoutError:
@@ -155,22 +159,27 @@ async def run_login(client: ClientConnection) -> None:
         )
 
 
-async def _login(client: ClientConnection) -> None:
-    """Startup (TLS, cancel requests), authentication, admission, the pool, the welcome."""
+async def _login(client: ClientConnection) -> m.CancelRequest | None:
+    """Startup (TLS, cancel requests), authentication, admission, the pool, the welcome; a
+    cancel request is returned for run_login to act on."""
     packet = await _startup(client)
     if packet is None:
-        return  # a cancel request, delivered
+        return None  # a peer's question, answered
+    if isinstance(packet, m.CancelRequest):
+        return packet
     params, user, database, auth_type = _check_startup(client, packet)
     user_cfg, looked_up = await authenticate_user(client, user, auth_type)
     db = _admit(client, database, params)
     if db is None:
-        return  # the admin console took over
+        return None  # the admin console took over
     pool, server_params = await _join_pool(client, db, user_cfg, params, looked_up)
     _welcome(client, pool, server_params)
+    return None
 
 
-async def _startup(client: ClientConnection) -> m.StartupMessage | None:
-    """The startup packet, after any TLS negotiation; None when it was a cancel request."""
+async def _startup(client: ClientConnection) -> m.StartupMessage | m.CancelRequest | None:
+    """The startup packet or a cancel request, after any TLS negotiation; None when it was a
+    peer's question (answered here)."""
     server = client.server
     while True:
         packet = m.parse_startup_packet(await read_startup_packet(client))
@@ -195,8 +204,7 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | None:
             send(client, b"N")  # GSS encryption is not offered; TLS may be disabled
             continue
         if isinstance(packet, m.CancelRequest):
-            await _cancel(client, packet)
-            return None
+            return packet
         if isinstance(packet, m.PeerIdRequest):
             # A peer that found this instance in DNS asks which keys are ours (runtime.peers);
             # counted with cancel requests, the other connections peers open.
