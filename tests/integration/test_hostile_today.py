@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -20,12 +20,15 @@ from pathlib import Path
 import pytest
 
 from pgpool_proxy.protocol import messages as m
+from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
-from tests.support.proxy import ProxyThread, StartProxy
-from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.rawpg import RawClient, raw_login
+from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
 
 CANCEL_CODE = 80877102
+SYNC = m.frame(b"S")
 
 
 class CancelStallRelay:
@@ -113,7 +116,9 @@ async def cancel_conn(
     return reader, writer
 
 
-async def answer_and_close_time(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, float]:
+async def answer_and_close_time(
+    reader: asyncio.StreamReader, timeout: float
+) -> tuple[bytes, float]:
     """Everything the proxy sent on a cancel connection before closing it, and when it closed."""
     got = b""
     with contextlib.suppress(ConnectionResetError):
@@ -138,7 +143,17 @@ def task_count(proxy: ProxyThread) -> int:
     return proxy.call(read)
 
 
-def slow_proxy(start_proxy: StartProxy, relay: CancelStallRelay, **proxy_keys: object) -> ProxyThread:
+def client_total(proxy: ProxyThread) -> int:
+    def read() -> int:
+        assert proxy.server is not None
+        return len(proxy.server.all_clients())
+
+    return proxy.call(read)
+
+
+def slow_proxy(
+    start_proxy: StartProxy, relay: CancelStallRelay, **proxy_keys: object
+) -> ProxyThread:
     return start_proxy(
         databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
         proxy={"cancel_wait_timeout_s": 1.0, **proxy_keys},
@@ -156,7 +171,9 @@ async def test_cancel_held_past_login_timeout_gets_no_error(
     client_login_timeout_s says. With the defaults (both 10 s) the login timeout used to win the
     race and answer a slow cancel with a 08P01 "did not complete login" error."""
     async with stall_relay(pg) as relay:
-        proxy = slow_proxy(start_proxy, relay, client_login_timeout_s=1.0, cancel_wait_timeout_s=2.0)
+        proxy = slow_proxy(
+            start_proxy, relay, client_login_timeout_s=1.0, cancel_wait_timeout_s=2.0
+        )
         victim = await raw_login(proxy)
         victim.send(m.query("select pg_sleep(60)"))
         await wait_for(lambda: proxy.pool_stats()["active"] == 1, what="the victim's query runs")
@@ -172,3 +189,300 @@ async def test_cancel_held_past_login_timeout_gets_no_error(
         await victim.read_until_ready(5)
         assert await victim.simple_query("select 'after'") == [["after"]]
         await victim.close()
+
+
+async def test_cancel_flood_against_a_slow_server(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Hundreds of cancel connections at once while the server's postmaster does not answer:
+    valid keys of a busy client (one cancel reaches the server, the rest wait for it), unknown
+    keys and an idle client's key (closed at once), some sending more bytes and never reading.
+    Every one is closed within cancel_wait_timeout_s, others are served meanwhile, only the
+    busy client's statement is cancelled, and nothing is left behind."""
+    async with stall_relay(pg) as relay:
+        proxy = slow_proxy(start_proxy, relay)
+        victim = await raw_login(proxy)
+        idle = await raw_login(proxy)
+        canary = await raw_login(proxy)
+        assert await canary.simple_query("select 'before'") == [["before"]]
+        tasks_before = task_count(proxy)
+        victim.send(m.query("select pg_sleep(60)"))
+        await wait_for(lambda: proxy.pool_stats()["active"] == 1, what="the victim's query runs")
+        lag_before = loop_lag_max(proxy)
+
+        t0 = time.monotonic()
+        busy = [
+            await cancel_conn(proxy, victim.pid, victim.secret, b"x" * (i % 3) * 70000)
+            for i in range(150)
+        ]
+        unknown = [await cancel_conn(proxy, victim.pid, victim.secret ^ 1) for _ in range(100)]
+        unknown += [await cancel_conn(proxy, idle.pid, idle.secret) for _ in range(50)]
+        # Refused or idle keys are acted on at once: closed long before the wait's bound.
+        for reader, writer in unknown:
+            got, closed_at = await answer_and_close_time(reader, 5)
+            assert got == b""
+            assert closed_at - t0 < 0.9
+            writer.close()
+        # The proxy serves others while the busy keys' connections wait.
+        for i in range(20):
+            assert await canary.simple_query(f"select {i}") == [[str(i)]]
+        assert await idle.simple_query("select 'idle ok'") == [["idle ok"]]
+        assert relay.held == 1  # one cancel at a time toward the server
+        for reader, writer in busy:
+            got, closed_at = await answer_and_close_time(reader, 5)
+            assert got == b""
+            assert closed_at - t0 < 3  # cancel_wait_timeout_s is 1 s
+            writer.close()
+        assert loop_lag_max(proxy) < max(lag_before, 0.25)
+
+        relay.release()
+        assert (await victim.read_error(20))["C"] == "57014"
+        await victim.read_until_ready(5)
+        for client in (victim, idle, canary):
+            assert await client.simple_query("select 'after'") == [["after"]]
+        assert relay.forwarded == 1
+        # Nothing kept: the cancel connections are gone, and so are their tasks.
+        await wait_for(lambda: client_total(proxy) == 3, what="only the 3 clients left")
+        await wait_for(lambda: task_count(proxy) <= tasks_before, what="no task left behind")
+        for client in (victim, idle, canary):
+            await client.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="held cancel connections count in client_count, which max_client_conn bounds",
+)
+async def test_held_cancels_do_not_lock_out_logins(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Cancel connections waiting on a slow server are not clients: they must not use up
+    max_client_conn (PostgreSQL does not count them against max_connections)."""
+    async with stall_relay(pg) as relay:
+        proxy = slow_proxy(start_proxy, relay, max_client_conn=3)
+        victim = await raw_login(proxy)
+        victim.send(m.query("select pg_sleep(60)"))
+        await wait_for(lambda: proxy.pool_stats()["active"] == 1, what="the victim's query runs")
+        held = [await cancel_conn(proxy, victim.pid, victim.secret) for _ in range(5)]
+        await wait_for(lambda: client_total(proxy) == 6, what="the cancels are in")
+        newcomer = await raw_login(proxy)
+        assert await newcomer.simple_query("select 'in'") == [["in"]]
+        for reader, writer in held:
+            await answer_and_close_time(reader, 5)
+            writer.close()
+        relay.release()
+        assert (await victim.read_error(20))["C"] == "57014"
+        await victim.read_until_ready(5)
+        for client in (victim, newcomer):
+            await client.close()
+
+
+# --- idle clients without a receive buffer -----------------------------------------------------
+
+Reply = list[tuple[bytes, bytes]]
+
+
+async def read_replies(client: RawClient, readies: int, timeout: float = 20) -> Reply:
+    """Every message up to the `readies`-th ReadyForQuery."""
+    out: Reply = []
+    while readies:
+        t, body = await client.read_message(timeout)
+        out.append((t, body))
+        readies -= t == b"Z"
+    return out
+
+
+def q(sql: str) -> bytes:
+    return m.query(sql)
+
+
+def md5_query(tag: str, size: int) -> bytes:
+    """A Query of about `size` bytes whose answer proves every byte arrived in order."""
+    blob = hashlib.sha256(tag.encode()).hexdigest() * (size // 64 + 1)
+    return q(f"select '{tag}', length('{blob[:size]}'), md5('{blob[:size]}')")
+
+
+def pipelined_script(tag: str) -> tuple[bytes, int]:
+    """Transactions back to back in one write: each next one starts in the packet that ends
+    the last (the proxy releases the server and the client goes idle between them)."""
+    parts = [
+        q("begin"),
+        q(f"select '{tag}-1'"),
+        q("commit"),
+        q(f"select '{tag}-2', pg_backend_pid() > 0"),
+        q("begin"),
+        md5_query(tag + "-big", 300_000),
+        q("rollback"),
+        # Extended protocol: unnamed statements, several Syncs in one packet.
+        x.parse("", f"select $1::text || '{tag}'") + x.bind("", ["x"]) + x.execute() + SYNC,
+        x.parse("", "select $1::int + 1") + x.bind("", ["41"]) + x.execute() + SYNC,
+        q(f"select '{tag}-end'"),
+    ]
+    return b"".join(parts), 10
+
+
+async def run_script(client: RawClient, payload: bytes, readies: int, split: int = 0) -> Reply:
+    """Send `payload` (in two writes when `split`: the first ends `split` bytes into the
+    payload), return the replies."""
+    if split:
+        client.send(payload[:split])
+        await client.writer.drain()
+        await asyncio.sleep(0)
+        client.send(payload[split:])
+    else:
+        client.send(payload)
+    return await read_replies(client, readies)
+
+
+async def test_pipelined_transactions_match_postgres(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Two clients share one server connection and each pipelines transactions back to back,
+    split across writes anywhere around a transaction's end: every reply is byte for byte what
+    PostgreSQL answers directly."""
+    proxy = start_proxy(pool={"default_pool_size": 1})
+    payload, readies = pipelined_script("p")
+    commit_end = len(q("begin") + q("select 'p-1'") + q("commit"))
+    splits = [0, commit_end - 3, commit_end, commit_end + 2, commit_end + 7, len(payload) - 1]
+    direct = await raw_login(pg)
+    a, b = await raw_login(proxy), await raw_login(proxy)
+    try:
+        want = await run_script(direct, payload, readies)
+        assert [t for t, _ in want].count(b"E") == 0
+        for split in splits:
+            got_a, got_b = await asyncio.gather(
+                run_script(a, payload, readies, split), run_script(b, payload, readies, split)
+            )
+            assert got_a == want, split
+            assert got_b == want, split
+    finally:
+        for c in (direct, a, b):
+            await c.close()
+
+
+async def test_large_message_first_after_idle(pg: LocalPostgres, start_proxy: StartProxy) -> None:
+    """An idle client holds no receive buffer; its next message is megabytes long (alone, or
+    pipelined behind a COMMIT)."""
+    proxy = start_proxy(pool={"default_pool_size": 1})
+    direct = await raw_login(pg)
+    client = await raw_login(proxy)
+    other = await raw_login(proxy)
+    try:
+        for size in (3 << 20, 4096 - 5, 4096 + 1, 9 << 20):
+            big = md5_query(f"s{size}", size)
+            for payload, readies in ((big, 1), (q("begin") + q("commit") + big, 3)):
+                want = await run_script(direct, payload, readies)
+                # The other client takes the server in between, so this one is idle again.
+                assert await other.simple_query("select 1") == [["1"]]
+                assert await run_script(client, payload, readies, len(payload) // 3) == want
+                assert await run_script(client, payload, readies) == want
+    finally:
+        for c in (direct, client, other):
+            await c.close()
+
+
+def proxy_client(proxy: ProxyThread, pid: int) -> object:
+    assert proxy.server is not None
+    return proxy.server.clients[pid]
+
+
+async def test_slow_reader_sends_while_its_reply_is_still_being_written(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """A client stops reading a large reply, then sends its next queries (one large) while the
+    proxy still holds part of the reply for it; then reads everything."""
+    proxy = start_proxy(pool={"default_pool_size": 1})
+    direct = await raw_login(pg)
+    client = await raw_login(proxy)
+    other = await raw_login(proxy)
+    first = q("select repeat(md5(g::text), 40000) from generate_series(1, 6) g")
+    then = q("select 'next'") + md5_query("slow", 2 << 20) + q("begin") + q("commit")
+    try:
+        direct.send(first)
+        want = await read_replies(direct, 1)
+        want += await run_script(direct, then, 4)
+        client.send(first)
+        await client.writer.drain()
+
+        def paused() -> bool:
+            return bool(proxy.call(lambda: proxy_client(proxy, client.pid).write_paused))  # type: ignore[attr-defined]
+
+        await wait_for(paused, what="the proxy holds reply bytes for the slow reader")
+        client.send(then)
+        await client.writer.drain()
+        assert await read_replies(client, 5) == want
+        assert await other.simple_query("select 'other'") == [["other"]]
+    finally:
+        for c in (direct, client, other):
+            await c.close()
+
+
+async def test_many_clients_alternating_idle_and_active(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Forty clients on three server connections, each pipelining and going idle at random:
+    each gets its own answers, whole."""
+    proxy = start_proxy(pool={"default_pool_size": 3})
+    clients = [await raw_login(proxy) for _ in range(40)]
+
+    async def work(i: int, c: RawClient) -> None:
+        for round_ in range(6):
+            size = (i * 7919 + round_ * 104729) % 200_000 + 10
+            tag = f"c{i}r{round_}"
+            blob = hashlib.sha256(tag.encode()).hexdigest() * (size // 64 + 1)
+            payload = q("begin") + q(f"select '{tag}', md5('{blob[:size]}')") + q("commit")
+            replies = await run_script(c, payload, 3, (i + round_) % len(payload))
+            rows = [body for t, body in replies if t == b"D"]
+            assert len(rows) == 1
+            assert m.parse_data_row(rows[0]) == [tag, hashlib.md5(blob[:size].encode()).hexdigest()]
+            if (i + round_) % 3 == 0:
+                await asyncio.sleep(0.01 * (i % 4))  # idle a while, holding no buffer
+
+    try:
+        await asyncio.gather(*(work(i, c) for i, c in enumerate(clients)))
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def tls_login(proxy: ProxyThread, ca_file: Path) -> RawClient:
+    client = await RawClient.connect(proxy.host, proxy.port)
+    client.send(struct.pack("!II", 8, 80877103))
+    assert await asyncio.wait_for(client.reader.readexactly(1), 5) == b"S"
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    await client.writer.start_tls(ctx, server_hostname="127.0.0.1")
+    await client.login("alice", PASSWORDS["alice"], "app")
+    return client
+
+
+async def test_tls_clients_pipeline_and_send_large_messages_after_idle(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The same over TLS, where the TLS layer, not the socket, fills the receive buffer."""
+    tls_dir = TlsDir()
+    try:
+        cert = tls_dir.issue("proxy", ["127.0.0.1"])
+        proxy = start_proxy(
+            pool={"default_pool_size": 1},
+            client_tls={
+                "mode": "require",
+                "cert_file": str(cert.cert_file),
+                "key_file": str(cert.key_file),
+            },
+        )
+        direct = await raw_login(pg)
+        a, b = await tls_login(proxy, cert.ca_file), await tls_login(proxy, cert.ca_file)
+        try:
+            payload, readies = pipelined_script("t")
+            payload += md5_query("tls-big", 5 << 20)
+            want = await run_script(direct, payload, readies + 1)
+            for split in (0, 23, len(payload) // 2):
+                got = await asyncio.gather(
+                    run_script(a, payload, readies + 1, split),
+                    run_script(b, payload, readies + 1, split),
+                )
+                assert list(got) == [want, want], split
+        finally:
+            for c in (direct, a, b):
+                await c.close()
+    finally:
+        tls_dir.remove()
