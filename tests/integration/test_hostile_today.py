@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from pgpool_proxy import speedups
 from pgpool_proxy.protocol import messages as m
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.proxyproc import ProxyProcess, write_config
 from tests.support.rawpg import RawClient, raw_login
 from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
@@ -486,3 +489,145 @@ async def test_tls_clients_pipeline_and_send_large_messages_after_idle(
                 await c.close()
     finally:
         tls_dir.remove()
+
+
+# --- the compiled twin against the pure-Python reference ---------------------------------------
+
+INT = struct.Struct("!I")
+END_REPLY = m.data_row(["end"]) + m.command_complete("SELECT 1") + m.ready_for_query()
+
+# Sent after a successful login: what each proxy answers must be the same.
+AFTER_LOGIN = {
+    "huge_length": b"Q" + INT.pack(0x7FFFFFFF),
+    "length_below_4": b"Q" + INT.pack(2) + b"xxxx",
+    "length_0xffffffff": b"P" + INT.pack(0xFFFFFFFF) + b"x" * 16,
+    "garbage_type": b"\x01" + INT.pack(4),
+    "garbage_type_high": b"\xff" + INT.pack(8) + b"abcd",
+    "query_without_nul": b"Q" + INT.pack(9) + b"hello",
+    "query_nul_inside": b"Q" + INT.pack(4 + 14) + b"select 1\0junk\0",
+    "parse_without_nul": b"P" + INT.pack(7) + b"abc",
+    "parse_bad_param_count": b"P" + INT.pack(4 + 12) + b"\0select 1\0\xff\xff" + SYNC,
+    "bind_truncated": b"B" + INT.pack(6) + b"\0\0" + SYNC,
+    "bind_bad_counts": b"B" + INT.pack(4 + 8) + b"\0\0\x7f\xff\x00\x00\x00\x00" + SYNC,
+    "execute_short": b"E" + INT.pack(5) + b"\0" + SYNC,
+    "describe_bad_kind": b"D" + INT.pack(7) + b"Zx\0" + SYNC,
+    "close_bad_kind": b"C" + INT.pack(7) + b"Zx\0" + SYNC,
+    "copy_data_outside_copy": b"d" + INT.pack(8) + b"abcd" + q("select 'after d'"),
+    "copy_done_outside_copy": b"c" + INT.pack(4) + q("select 'after c'"),
+    "function_call": b"F" + INT.pack(4 + 10) + b"\0\0\0\x01" + b"\0\0\0\0\0\0",
+    "startup_again": m.startup_message({"user": "alice", "database": "app"}),
+    "cancel_inline": m.cancel_request(1, 2),
+    "terminate_with_body": b"X" + INT.pack(8) + b"abcd",
+    "sync_flood": SYNC * 2000,
+    "truncated_then_eof": b"Q" + INT.pack(40) + b"select",
+}
+
+
+def raw_startup(body: bytes) -> bytes:
+    return INT.pack(8 + len(body)) + INT.pack(3 << 16) + body
+
+
+# Sent on a fresh connection, before any login.
+BEFORE_LOGIN = {
+    "http": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "len0": b"\0\0\0\0",
+    "len7": b"\0\0\0\x07abc",
+    "huge": INT.pack(0x7FFFFFFF) + INT.pack(3 << 16),
+    "cancel_short": struct.pack("!III", 12, CANCEL_CODE, 1),
+    "cancel_long": struct.pack("!IIIII", 20, CANCEL_CODE, 1, 2, 3),
+    "startup_no_terminator": raw_startup(b"user\0alice"),
+    "startup_key_without_value": raw_startup(b"user\0alice\0database\0"),
+    "truncated_then_eof": INT.pack(64) + INT.pack(3 << 16) + b"user\0",
+}
+
+
+async def what_comes_back(port: int, payload: bytes, login: bool) -> tuple[object, ...]:
+    """The messages (type, SQLSTATE, message) a proxy answered and whether it closed."""
+    client = await RawClient.connect("127.0.0.1", port)
+    try:
+        if login:
+            await client.login("alice", PASSWORDS["alice"], "app")
+        client.send(payload)
+        if payload.endswith(b"select") or payload.endswith(b"user\0"):
+            client.writer.write_eof()
+        elif login:
+            client.send(q("select 'end'"))  # a proxy still serving answers it, then stops
+        got = b""
+        closed = False
+        with contextlib.suppress(TimeoutError):
+            # A proxy still waiting for the rest of a message answers nothing: bounded here.
+            while not got.endswith(END_REPLY):
+                try:
+                    chunk = await asyncio.wait_for(client.reader.read(65536), 1.5)
+                except ConnectionResetError:
+                    chunk = b""  # closed with our 'end' unread: a reset instead of a FIN
+                if not chunk:
+                    closed = True
+                    break
+                got += chunk
+        answer: list[object] = []
+        pos = 0
+        while pos + 5 <= len(got):
+            t, length = got[pos : pos + 1], INT.unpack_from(got, pos + 1)[0]
+            body = got[pos + 5 : pos + 1 + length]
+            if t in (b"E", b"N"):
+                fields = m.parse_error_fields(body)
+                answer.append((t, fields.get("C"), fields.get("M")))
+            else:
+                answer.append((t, body if t in (b"Z", b"C", b"D") else b""))
+            pos += 1 + length
+        answer.append(got[pos:])  # whatever is not a whole message (an 'N' byte, say)
+        return tuple(answer), closed
+    finally:
+        client.writer.close()
+
+
+@pytest.fixture(scope="module")
+def twin_proxies(
+    pg: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, int]]:
+    """One proxy process on the compiled twin and one on the pure-Python modules."""
+    tmp = tmp_path_factory.mktemp("twins")
+    started: list[ProxyProcess] = []
+    ports: dict[str, int] = {}
+    try:
+        for name, pure in (("compiled", False), ("pure", True)):
+            config = tmp / f"{name}.toml"
+            write_config(config, pg, 0, pool_size=1, proxy="client_login_timeout_s = 5")
+            env = os.environ.copy()
+            env.pop(speedups.PURE_ENV, None)
+            if pure:
+                env[speedups.PURE_ENV] = "1"
+            proc = ProxyProcess(config, 0, tmp / f"{name}.log", env=env)
+            started.append(proc)
+            (found,) = proc.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+            ports[name] = int(found.group(1))
+            impl = proc.wait_for(r"\(([\w-]+) hot path\)")[0].group(1)
+            assert impl == ("pure-python" if pure else speedups.implementation()), impl
+        yield ports
+        for proc in started:
+            assert "internal_error" not in proc.log() and "Traceback" not in proc.log()
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.mark.parametrize(
+    ("payload", "login"),
+    [pytest.param(v, True, id=k) for k, v in AFTER_LOGIN.items()]
+    + [pytest.param(v, False, id=f"startup-{k}") for k, v in BEFORE_LOGIN.items()],
+)
+async def test_compiled_and_pure_answer_hostile_input_alike(
+    twin_proxies: dict[str, int], payload: bytes, login: bool
+) -> None:
+    answers = {}
+    for name, port in twin_proxies.items():
+        answers[name] = await what_comes_back(port, payload, login)
+        # Each keeps serving others on its single server connection.
+        canary = await RawClient.connect("127.0.0.1", port)
+        await canary.login("alice", PASSWORDS["alice"], "app")
+        assert await canary.simple_query("select 'canary'") == [["canary"]]
+        await canary.close()
+    assert answers["compiled"] == answers["pure"]
+    for t in answers["compiled"][0]:
+        assert not (isinstance(t, tuple) and t[1] == "XX000"), answers["compiled"]

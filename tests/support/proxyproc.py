@@ -27,7 +27,9 @@ def free_port() -> int:
 
 
 class ProxyProcess:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(
+        self, config: Path, port: int, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port = port  # the configured port (0: read it from the log with wait_for)
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
@@ -36,6 +38,7 @@ class ProxyProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            env=env,
         )
 
     def log(self) -> str:
