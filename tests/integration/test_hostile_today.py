@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 
 from pgpool_proxy import speedups
+from pgpool_proxy.counters import CANCEL_SENT
 from pgpool_proxy.protocol import messages as m
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.proxyproc import ProxyProcess, write_config
-from tests.support.rawpg import RawClient, raw_login
+from tests.support.rawpg import RawClient, RawError, raw_login
 from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
 
@@ -277,6 +278,121 @@ async def test_held_cancels_do_not_lock_out_logins(
         await victim.read_until_ready(5)
         for client in (victim, newcomer):
             await client.close()
+
+
+async def copy_cancelled(to: ProxyThread | LocalPostgres, cancel_port: int) -> Reply:
+    """A COPY FROM STDIN cancelled while the server waits for its data, then fed rows: what
+    the session saw (PostgreSQL acts on the cancel at the next data it reads)."""
+    client = await raw_login(to)
+    try:
+        await client.simple_query("create temp table ct (a text)")
+        client.send(q("copy ct from stdin"))
+        t, _ = await client.read_message()
+        assert t == b"G"
+        reader, writer = await asyncio.open_connection("127.0.0.1", cancel_port)
+        writer.write(m.cancel_request(client.pid, client.secret))
+        got, _ = await answer_and_close_time(reader, 10)  # closed once the server is signalled
+        writer.close()
+        assert got == b""
+        rows = b"".join(m.frame(b"d", f"row {i}\n".encode()) for i in range(1000))
+        client.send(rows + m.frame(b"c") + q("select count(*) from ct"))
+        return await read_replies(client, 2)
+    finally:
+        await client.close()
+
+
+async def test_cancel_during_copy_from_stdin_as_postgres(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    proxy = start_proxy(proxy={"cancel_wait_timeout_s": 1.0}, pool={"default_pool_size": 1})
+    other = await raw_login(proxy)
+    try:
+        want = await copy_cancelled(pg, pg.port)
+        errors = [m.parse_error_fields(b)["C"] for t, b in want if t == b"E"]
+        assert errors == ["57014"], want
+        got = await copy_cancelled(proxy, proxy.port)
+        assert got == want
+        # Nobody else's statement was hit: the next client on that server connection runs.
+        assert await other.simple_query("select pg_sleep(0.2), 'other'") == [["", "other"]]
+    finally:
+        await other.close()
+
+
+async def test_cancel_of_a_client_waiting_on_a_paused_pool(start_proxy: StartProxy) -> None:
+    """A client whose query waits for a paused pool holds no server: its cancel is closed at
+    once, and its query runs after RESUME (nothing of the proxy's own is cancelled instead)."""
+    proxy = start_proxy(
+        proxy={"cancel_wait_timeout_s": 5.0},
+        pool={"default_pool_size": 1},
+        admin={"admin_users": ["alice"]},
+    )
+    client = await raw_login(proxy)
+    console = await RawClient.connect(proxy.host, proxy.port)
+    await console.login("alice", PASSWORDS["alice"], "pgbouncer")
+    try:
+        assert await client.simple_query("select 'warm'") == [["warm"]]
+        console.send(q("PAUSE app"))
+        await console.read_until_ready()
+        client.send(q("select 'held'"))
+        await wait_for(lambda: proxy.pool_stats()["waiting"] == 1, what="the query to queue")
+        t0 = time.monotonic()
+        reader, writer = await cancel_conn(proxy, client.pid, client.secret)
+        got, closed_at = await answer_and_close_time(reader, 10)
+        writer.close()
+        assert got == b"" and closed_at - t0 < 1
+        console.send(q("RESUME app"))
+        await console.read_until_ready()
+        rows = [b for t, b in await read_replies(client, 1) if t == b"D"]
+        assert [m.parse_data_row(r) for r in rows] == [["held"]]
+    finally:
+        await console.close()
+        await client.close()
+
+
+async def test_cancels_racing_transaction_ends_never_hit_another_client(
+    start_proxy: StartProxy,
+) -> None:
+    """A client runs short transactions while its own key is flooded with cancels; another
+    client shares the single server connection: only the first ever sees 57014."""
+    proxy = start_proxy(proxy={"cancel_wait_timeout_s": 1.0}, pool={"default_pool_size": 1})
+    target, bystander = await raw_login(proxy), await raw_login(proxy)
+    cancelled = 0
+
+    async def run_target() -> None:
+        nonlocal cancelled
+        for i in range(200):
+            try:
+                assert await target.simple_query(f"select {i}, pg_sleep(0.001)") == [[str(i), ""]]
+            except RawError as exc:
+                assert exc.sqlstate == "57014"
+                cancelled += 1
+
+    async def run_bystander() -> None:
+        for i in range(200):
+            assert await bystander.simple_query(f"select 'b{i}'") == [[f"b{i}"]]
+
+    async def flood() -> None:
+        for _ in range(200):
+            reader, writer = await cancel_conn(proxy, target.pid, target.secret)
+            got, _ = await answer_and_close_time(reader, 5)
+            writer.close()
+            assert got == b""
+
+    try:
+        await asyncio.gather(run_target(), run_bystander(), flood())
+        assert await bystander.simple_query("select 'last'") == [["last"]]
+
+        def sent() -> int:
+            assert proxy.server is not None
+            return proxy.server.counters.cancel_requests[CANCEL_SENT]
+
+        print(
+            f"\ncancels sent to the server: {proxy.call(sent)}, statements cancelled: {cancelled}"
+        )
+        assert proxy.call(sent) > 0  # some did reach the target's server connection
+    finally:
+        await target.close()
+        await bystander.close()
 
 
 # --- idle clients without a receive buffer -----------------------------------------------------
