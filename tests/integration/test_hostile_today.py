@@ -252,15 +252,13 @@ async def test_cancel_flood_against_a_slow_server(
             await client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="held cancel connections count in client_count, which max_client_conn bounds",
-)
-async def test_held_cancels_do_not_lock_out_logins(
+async def test_held_cancels_use_client_slots_no_longer_than_cancel_wait(
     pg: LocalPostgres, start_proxy: StartProxy
 ) -> None:
-    """Cancel connections waiting on a slow server are not clients: they must not use up
-    max_client_conn (PostgreSQL does not count them against max_connections)."""
+    """Cancel connections waiting on a slow server count against max_client_conn while they
+    wait (as PgBouncer counts its cancel requests as clients; PostgreSQL does not count them
+    against max_connections), so their hold must stay bounded: once cancel_wait_timeout_s has
+    closed them, logins are admitted again, while the server still has not been signalled."""
     async with stall_relay(pg) as relay:
         proxy = slow_proxy(start_proxy, relay, max_client_conn=3)
         victim = await raw_login(proxy)
@@ -268,16 +266,40 @@ async def test_held_cancels_do_not_lock_out_logins(
         await wait_for(lambda: proxy.pool_stats()["active"] == 1, what="the victim's query runs")
         held = [await cancel_conn(proxy, victim.pid, victim.secret) for _ in range(5)]
         await wait_for(lambda: client_total(proxy) == 6, what="the cancels are in")
-        newcomer = await raw_login(proxy)
-        assert await newcomer.simple_query("select 'in'") == [["in"]]
         for reader, writer in held:
             await answer_and_close_time(reader, 5)
             writer.close()
+        await wait_for(lambda: client_total(proxy) == 1, what="the cancel connections gone")
+        newcomer = await raw_login(proxy)
+        assert await newcomer.simple_query("select 'in'") == [["in"]]
+        assert relay.forwarded == 0
         relay.release()
         assert (await victim.read_error(20))["C"] == "57014"
         await victim.read_until_ready(5)
         for client in (victim, newcomer):
             await client.close()
+
+
+async def test_cancel_connection_closed_by_its_client_while_held(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """Cancel senders that hang up at once (never reading the close) are forgotten at once,
+    though their cancel is still on its way; the cancel still lands afterwards."""
+    async with stall_relay(pg) as relay:
+        proxy = slow_proxy(start_proxy, relay, cancel_wait_timeout_s=30.0)
+        victim = await raw_login(proxy)
+        victim.send(m.query("select pg_sleep(60)"))
+        await wait_for(lambda: proxy.pool_stats()["active"] == 1, what="the victim's query runs")
+        for _ in range(50):
+            _, writer = await cancel_conn(proxy, victim.pid, victim.secret)
+            writer.transport.abort()
+        await wait_for(lambda: relay.held == 1, what="the cancel reaches the server's side")
+        await wait_for(lambda: client_total(proxy) == 1, what="the hung-up cancels gone")
+        relay.release()
+        assert (await victim.read_error(20))["C"] == "57014"
+        await victim.read_until_ready(5)
+        assert await victim.simple_query("select 'after'") == [["after"]]
+        await victim.close()
 
 
 async def copy_cancelled(to: ProxyThread | LocalPostgres, cancel_port: int) -> Reply:
