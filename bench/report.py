@@ -146,7 +146,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         rounds = sorted({r["round"] for r in group})
 
-        for other in ("pgbouncer", "direct", "proxy-pure"):
+        # proxy/proxy-pure only in runs that measured the pure-Python hot path too.
+        others = ["pgbouncer", "direct"] + (["proxy-pure"] if "proxy-pure" in targets else [])
+        for other in others:
             ratios = []
             for rnd in rounds:
                 p, o = _in_round(group, "proxy", rnd), _in_round(group, other, rnd)
@@ -156,7 +158,9 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["ratios"][f"proxy/{other}"] = round(median, 3) if median is not None else None
         if first["kind"] == "latency":
             added: dict[str, float | None] = {}
-            for name in ("pgbouncer", "proxy", "proxy-pure"):
+            for name in ["pgbouncer", "proxy"] + (
+                ["proxy-pure"] if "proxy-pure" in targets else []
+            ):
                 deltas = []
                 for rnd in rounds:
                     t, d = _in_round(group, name, rnd), _in_round(group, "direct", rnd)

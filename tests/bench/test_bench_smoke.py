@@ -182,3 +182,38 @@ def test_report_keeps_hand_written_sections() -> None:
     merged = keep_hand_written(new, old)
     assert merged == "# R\n\n## Throughput\nnew\n\n## Failover\nfigures\n\n## Notes\n- m\n"
     assert keep_hand_written(new, "# R\n") == new
+
+
+def test_pure_python_target_and_its_ratio() -> None:
+    """proxy-pure runs the same checkout with PGPOOL_PURE_PYTHON=1 (and only it does: the
+    pooler processes get no PGPOOL_* of the caller's shell); its ratio appears only in runs
+    that measured it."""
+    from bench.report import summarize
+    from bench.targets import ProxyTarget, PureProxyTarget
+
+    assert PureProxyTarget.env(None).get("PGPOOL_PURE_PYTHON") == "1"  # type: ignore[arg-type]
+    assert "PGPOOL_PURE_PYTHON" not in ProxyTarget.env(None)  # type: ignore[arg-type]
+
+    def run(target: str, rnd: int, tps: float) -> dict[str, object]:
+        return {
+            "scenario": "select-simple@10",
+            "kind": "select-simple",
+            "clients": 10,
+            "target": target,
+            "round": rnd,
+            "tps": tps,
+            "transactions": int(tps),
+            "failed": 0,
+            "error": "",
+            "cpu_s": 1.0,
+            "cpu_s_per_1k_tx": 0.05,
+            "latency_avg_ms": 1.0,
+            "p50_ms": None,
+            "p99_ms": None,
+        }
+
+    both = [run("proxy", 1, 110.0), run("proxy-pure", 1, 100.0)]
+    (entry,) = summarize(both)
+    assert entry["ratios"]["proxy/proxy-pure"] == 1.1
+    (alone,) = summarize([run("proxy", 1, 110.0)])
+    assert "proxy/proxy-pure" not in alone["ratios"]
