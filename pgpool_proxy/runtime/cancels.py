@@ -116,7 +116,8 @@ async def relay_cancel(
             asyncio.open_unix_connection(server.identity.peer_socket(owner)), 5
         )
         writer.write(cancel_request_packet(pid, secret))
-        await asyncio.wait_for(reader.read(), 10)
+        # The sibling closes once the cancel has landed, within its own cancel_wait_timeout_s.
+        await asyncio.wait_for(reader.read(), server.config.proxy.cancel_wait_timeout_s + 1)
         writer.close()
     except (OSError, TimeoutError) as exc:
         log.warning("could not relay a cancel request to worker %d: %s", owner, exc)
