@@ -1,4 +1,4 @@
-"""Hostile clients against three changes: cancel connections held open until the server has been
+"""Hostile clients against cancel connections held open until the server has been
 signalled (bounded by cancel_wait_timeout_s), idle clients that drop their receive buffer, and
 the compiled twin of the hot path against the pure-Python reference.
 
