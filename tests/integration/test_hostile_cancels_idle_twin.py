@@ -23,15 +23,16 @@ import pytest
 from pgpool_proxy import speedups
 from pgpool_proxy.counters import CANCEL_SENT
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.protocol.constants import CANCEL_REQUEST_CODE
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.proxyproc import ProxyProcess, write_config
 from tests.support.rawpg import RawClient, RawError, raw_login
+from tests.support.relay import splice
 from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
 
-CANCEL_CODE = 80877102
 SYNC = m.frame(b"S")
 
 
@@ -72,7 +73,7 @@ class CancelStallRelay:
     async def _pipe(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         try:
             head = await c_reader.readexactly(8)
-            if struct.unpack("!I", head[4:])[0] == CANCEL_CODE:
+            if struct.unpack("!I", head[4:])[0] == CANCEL_REQUEST_CODE:
                 self.held += 1
                 head += await c_reader.readexactly(8)
                 await self._gate.wait()
@@ -82,24 +83,7 @@ class CancelStallRelay:
             c_writer.close()
             return
         s_writer.write(head)
-        try:
-            await asyncio.gather(_copy(c_reader, s_writer), _copy(s_reader, c_writer))
-        finally:
-            for w in (c_writer, s_writer):
-                w.close()
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (OSError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if writer.can_write_eof():
-                writer.write_eof()
+        await splice(c_reader, c_writer, s_reader, s_writer)
 
 
 @contextlib.asynccontextmanager
@@ -671,8 +655,8 @@ BEFORE_LOGIN = {
     "len0": b"\0\0\0\0",
     "len7": b"\0\0\0\x07abc",
     "huge": INT.pack(0x7FFFFFFF) + INT.pack(3 << 16),
-    "cancel_short": struct.pack("!III", 12, CANCEL_CODE, 1),
-    "cancel_long": struct.pack("!IIIII", 20, CANCEL_CODE, 1, 2, 3),
+    "cancel_short": struct.pack("!III", 12, CANCEL_REQUEST_CODE, 1),
+    "cancel_long": struct.pack("!IIIII", 20, CANCEL_REQUEST_CODE, 1, 2, 3),
     "startup_no_terminator": raw_startup(b"user\0alice"),
     "startup_key_without_value": raw_startup(b"user\0alice\0database\0"),
     "truncated_then_eof": INT.pack(64) + INT.pack(3 << 16) + b"user\0",

@@ -48,11 +48,21 @@ class RoundRobinRelay:
         except OSError:
             c_writer.close()
             return
-        try:
-            await asyncio.gather(_copy(c_reader, s_writer), _copy(s_reader, c_writer))
-        finally:
-            for w in (c_writer, s_writer):
-                w.close()
+        await splice(c_reader, c_writer, s_reader, s_writer)
+
+
+async def splice(
+    c_reader: asyncio.StreamReader,
+    c_writer: asyncio.StreamWriter,
+    s_reader: asyncio.StreamReader,
+    s_writer: asyncio.StreamWriter,
+) -> None:
+    """Pass bytes both ways until both sides have finished, then close both."""
+    try:
+        await asyncio.gather(_copy(c_reader, s_writer), _copy(s_reader, c_writer))
+    finally:
+        for w in (c_writer, s_writer):
+            w.close()
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
