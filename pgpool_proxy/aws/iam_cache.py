@@ -102,18 +102,9 @@ class IamAuthenticator:
             now=now,
         )
         key = token_hash(token)
-        while True:
-            hit = self._cached(key, user)
-            if hit is not None:
-                self.cache_hits += 1
-                return hit
-            pending = self._inflight.get(key)
-            if pending is None:
-                break
-            try:
-                return await asyncio.shield(pending)
-            except VerificationAbandoned:
-                continue  # a sibling's claim on it lapsed: verify it ourselves
+        known = await self._known(key, user)
+        if known is not None:
+            return known[0]
         fut: asyncio.Future[IamIdentity] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume)
         self._inflight[key] = fut
@@ -147,6 +138,22 @@ class IamAuthenticator:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
 
+    async def _known(self, key: str, user: str) -> tuple[IamIdentity, bool] | None:
+        """The identity of a token cached (paired with False) or being verified now (True,
+        once that verification ends; its IamError is raised here too); None when neither."""
+        while True:
+            hit = self._cached(key, user)
+            if hit is not None:
+                self.cache_hits += 1
+                return hit, False
+            pending = self._inflight.get(key)
+            if pending is None:
+                return None
+            try:
+                return await asyncio.shield(pending), True
+            except VerificationAbandoned:
+                continue  # a sibling's claim on it lapsed: look again, or verify it ourselves
+
     def _cached(self, key: str, user: str) -> IamIdentity | None:
         hit = self._cache.get(key)
         skew = self.settings.max_clock_skew_s
@@ -157,19 +164,10 @@ class IamAuthenticator:
     async def claim(self, key: str, user: str) -> IamIdentity | Claim:
         """The TokenBoard of the AWS caller worker: siblings' questions, answered from this
         process's cache and verifications (its own logins' included)."""
-        while True:
-            hit = self._cached(key, user)
-            if hit is not None:
-                self.cache_hits += 1
-                return hit
-            pending = self._inflight.get(key)
-            if pending is None:
-                break
-            try:
-                identity = await asyncio.shield(pending)
-            except VerificationAbandoned:
-                continue
-            if self._cached(key, user) is identity:
+        known = await self._known(key, user)
+        if known is not None:
+            identity, waited = known
+            if not waited or self._cached(key, user) is identity:
                 return identity
             # Verified for another user: a token names its user, so the asker's precheck
             # refuses it; let the asker's own verifier say so.
