@@ -124,14 +124,15 @@ class Endpoint(asyncio.BufferedProtocol):
 
     # --- slow path: awaiting whole messages during login ---------------------------------------
 
-    # While a task reads (login, the admin console), nothing consumes bytes between its reads:
-    # reading stops once the buffer is full and resumes when the task asks for more, so a peer
-    # that sends without waiting for replies holds at most one buffer here (the kernel's socket
-    # buffers then push back on it). There is no linked peer in those states, so the flag of
-    # link backpressure is free for this use.
+    # While a login (session.stepped) or a task (the admin console) reads, nothing consumes
+    # bytes between its reads: reading stops once the buffer is full and resumes when the reader
+    # asks for more, so a peer that sends without waiting for replies holds at most one buffer
+    # here (the kernel's socket buffers then push back on it). There is no linked peer in those
+    # states, so the flag of link backpressure is free for this use.
 
     def slow_path_data(self) -> None:
-        """Called by buffer_updated while a task reads this connection."""
+        """Called by buffer_updated while a task reads this connection (the admin console, a
+        server connection's login)."""
         _set(self._wakeup)
         if self.rbuf.is_full():
             self.pause_reading()
@@ -165,22 +166,29 @@ class Endpoint(asyncio.BufferedProtocol):
 
     async def read_frame(self, max_len: int, what: str) -> tuple[int, bytes]:
         """The next whole typed message (type byte, body); lengths above max_len are refused."""
-        rb = self.rbuf
         while True:
-            avail = rb.end - rb.start
-            if avail >= 5:
-                t = rb.buf[rb.start]
-                length = INT32.unpack_from(rb.buf, rb.start + 1)[0]
-                if length < 4 or length > max_len:
-                    raise ProxyError(
-                        SqlState.PROTOCOL_VIOLATION, f"invalid message length during {what}"
-                    )
-                if avail >= length + 1:
-                    body = bytes(rb.buf[rb.start + 5 : rb.start + 1 + length])
-                    rb.consumed(rb.start + 1 + length)
-                    return t, body
-                rb.ensure_capacity(length + 1)
+            frame = self.take_frame(max_len, what)
+            if frame is not None:
+                return frame
             await self.wait_for_bytes()
+
+    def take_frame(self, max_len: int, what: str) -> tuple[int, bytes] | None:
+        """The next whole typed message if it is all here, else None (with room made for it);
+        a length above max_len is refused before any room is made."""
+        rb = self.rbuf
+        avail = rb.end - rb.start
+        if avail < 5:
+            return None
+        t = rb.buf[rb.start]
+        length = INT32.unpack_from(rb.buf, rb.start + 1)[0]
+        if length < 4 or length > max_len:
+            raise ProxyError(SqlState.PROTOCOL_VIOLATION, f"invalid message length during {what}")
+        if avail < length + 1:
+            rb.ensure_capacity(length + 1)
+            return None
+        body = bytes(rb.buf[rb.start + 5 : rb.start + 1 + length])
+        rb.consumed(rb.start + 1 + length)
+        return t, body
 
 
 def _set(fut: asyncio.Future[None] | None) -> None:

@@ -28,7 +28,7 @@ from ..protocol.constants import TRACKED_PARAMS
 from ..session.client import ClientConnection
 from ..session.client_state import ClientState
 from ..session.idle import sweep_idle_clients
-from ..session.login import run_login
+from ..session.login import start_login
 from . import cancels
 from .authquery import AuthLookups
 from .awscaller import CallerServer, TopologyFollower, start_caller
@@ -394,7 +394,7 @@ class ProxyServer:
         self.client_count += 1
         self.counters.accepted += 1
         self._all_clients.add(client)
-        self.spawn(run_login(client), "login")
+        start_login(client)
 
     def client_closed(self, client: ClientConnection, prev: ClientState) -> None:
         self.client_count -= 1

@@ -28,6 +28,7 @@ from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
 from ..protocol.constants import AUTH_CLEARTEXT, F_PASSWORD, INT32
 from .client import ClientConnection
+from .stepped import external, read_message
 
 if TYPE_CHECKING:
     from .host import LookupKey
@@ -46,7 +47,7 @@ def send(client: ClientConnection, data: bytes) -> None:
 
 
 async def read_password_message(client: ClientConnection) -> bytes:
-    t, body = await client.read_frame(MAX_AUTH_MESSAGE, "authentication")
+    t, body = await read_message(client, MAX_AUTH_MESSAGE, "authentication")
     if t != F_PASSWORD:
         raise ProxyError(
             SqlState.PROTOCOL_VIOLATION, f"expected password response, got message type {chr(t)!r}"
@@ -142,7 +143,8 @@ async def _authenticate_iam(client: ClientConnection, user: str) -> None:
     if iam is None:  # the config loader makes this unreachable
         raise auth_failed(user, AUTH_IAM)
     try:
-        identity = await iam.authenticate(token, user, client.database)
+        # A Task of its own: the STS or Lambda call under it keeps its timeouts.
+        identity = await external(iam.authenticate(token, user, client.database))
     except IamError as exc:
         log.info("IAM login refused: %s user=%s: %s", client.addr, user, exc.message)
         raise Refusal(

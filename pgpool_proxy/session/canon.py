@@ -18,6 +18,7 @@ from ..errors import DisconnectReason, ProxyError, SqlState
 from ..pool.connecting import OwnAnswer, answered_then_returned
 from ..protocol.constants import TRACKED_PARAMS
 from .state import check_sql
+from .stepped import external
 
 if TYPE_CHECKING:
     from ..pool.pool import Pool
@@ -88,7 +89,9 @@ async def canonical(
         # Only reported settings are shown to the client; the others are replayed as given.
         out[k] = shown if kl in _REPORTED else v
     if unknown:
-        for (k, v), shown in (await _ask(pool, unknown)).items():
+        # A Task of its own: the login is stepped without one (session.stepped), and the
+        # wait below has a timeout of its own.
+        for (k, v), shown in (await external(_ask(pool, unknown))).items():
             learn(pool, k, v, shown)
             if k.lower() in _REPORTED:
                 out[k] = shown

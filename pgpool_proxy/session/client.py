@@ -41,6 +41,7 @@ from .statements import inspect as inspect_message
 if TYPE_CHECKING:
     from ..pool.pool import Pool
     from .host import SessionHost
+    from .stepped import Stepper
 
 log = logging.getLogger("pgpool_proxy.client")
 
@@ -57,9 +58,10 @@ WAIT_BUFFER_LIMIT = 64 * 1024
 class ClientConnection(Endpoint):
     """A client of the proxy.
 
-    Login runs as a coroutine (`session.login`); after it, every byte is handled in
-    `buffer_updated` without a task switch: frames are scanned by header and forwarded to the
-    linked backend in one write per read.
+    Login runs as a coroutine stepped by this connection's callbacks (`session.login`,
+    `session.stepped`); after it, every byte is handled in `buffer_updated` without a task
+    switch: frames are scanned by header and forwarded to the linked backend in one write per
+    read.
     """
 
     __slots__ = (
@@ -72,6 +74,7 @@ class ClientConnection(Endpoint):
         "idle_since",
         "key_pid",
         "key_secret",
+        "login",
         "params",
         "peer_channel",
         "pinned",
@@ -100,6 +103,8 @@ class ClientConnection(Endpoint):
         # A connection from a sibling worker, allowed to deliver cancel requests only.
         self.peer_channel = peer_channel
         self.state = ClientState.LOGIN
+        # The login's Stepper until the login has ended (session.login.start_login).
+        self.login: Stepper | None = None
         self.scanner = ClientScanner(server.config.proxy.max_message_size_bytes)
         self.backend: BackendConnection | None = None
         self.pool: Pool | None = None
@@ -179,7 +184,15 @@ class ClientConnection(Endpoint):
             elif state == ClientState.IDLE:
                 self._on_idle_data()
             elif state == ClientState.LOGIN:
-                self.slow_path_data()
+                login = self.login
+                if login is None:
+                    self.slow_path_data()  # the admin console's task reads
+                else:
+                    login.poke()
+                    # Bytes the login is not waiting for (it waits on something else): held,
+                    # up to one buffer.
+                    if self.login is not None and not login.wants_bytes() and self.rbuf.is_full():
+                        self.pause_reading()
             elif state == ClientState.CLOSED:
                 self.rbuf.consumed(self.rbuf.end)  # lingering after an error (close_transport)
             elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
@@ -190,6 +203,12 @@ class ClientConnection(Endpoint):
         except Exception:
             # Never into the event loop's fatal-error path (see fail_internal).
             self.fail_internal()
+
+    def wake(self) -> None:
+        super().wake()
+        login = self.login
+        if login is not None:
+            login.poke()  # it finds the connection gone and ends
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

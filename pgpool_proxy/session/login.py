@@ -4,9 +4,9 @@ authentication (`session.authenticate`), admission, the pool and the welcome."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import (
@@ -27,6 +27,7 @@ from . import canon
 from .authenticate import Refusal, authenticate_user, is_tls, send
 from .client import ClientConnection
 from .client_state import ClientState
+from .stepped import LoginTimeout, Stepper, external, more_bytes
 
 if TYPE_CHECKING:
     from ..config import UserConfig
@@ -58,7 +59,7 @@ async def read_startup_packet(client: ClientConnection) -> bytes:
                 rb.consumed(rb.start + length)
                 return body
             rb.ensure_capacity(length)
-        await client.wait_for_bytes()
+        await more_bytes(client)
 
 
 def parse_options(options: str) -> dict[str, str]:
@@ -106,20 +107,35 @@ def parse_options(options: str) -> dict[str, str]:
     return out
 
 
+def start_login(client: ClientConnection, on_done: Callable[[], None] | None = None) -> None:
+    """Start a new client's login (session.stepped: no Task; its own callbacks step it).
+    `on_done` is called once the login has ended, whichever way."""
+
+    def ended() -> None:
+        client.login = None
+        if on_done is not None:
+            on_done()
+
+    timeout = client.server.config.proxy.client_login_timeout_s
+    client.login = Stepper(run_login(client), timeout, ended)
+    client.login.start()
+
+
 async def run_login(client: ClientConnection) -> None:
     """Drive one client from its first byte to ReadyForQuery; closes it on any failure."""
     server = client.server
     timeout = server.config.proxy.client_login_timeout_s
     try:
-        async with asyncio.timeout(timeout or None):
-            cancel = await _login(client)
+        cancel = await _login(client)
         if cancel is not None:
-            # Outside the login timeout: a cancel connection is bounded by cancel_wait_timeout_s
-            # alone, and PostgreSQL never writes on one (the login timeout's error would).
-            await _cancel(client, cancel)
+            _cancel(client, cancel)
     except EndpointClosed:
         client.close(DisconnectReason.CLIENT_EOF)
-    except TimeoutError:
+    except asyncio.CancelledError:
+        # What the login waited on was cancelled (no Task runs it, so nothing cancels the login
+        # itself): the proxy is closing, and closed the client already.
+        client.close(DisconnectReason.SHUTDOWN)
+    except LoginTimeout:
         client.fail(
             ProxyError(
                 SqlState.PROTOCOL_VIOLATION,
@@ -214,21 +230,20 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | m.CancelReque
         return packet
 
 
-async def _cancel(client: ClientConnection, packet: m.CancelRequest) -> None:
+def _cancel(client: ClientConnection, packet: m.CancelRequest) -> None:
     """Act on a CancelRequest, then close its connection once the cancel has landed, as
     PostgreSQL's postmaster does: drivers (asyncpg) wait for that close before their next
-    query, which an early close would let the cancel hit. The wait is bounded."""
+    query, which an early close would let the cancel hit. The wait is bounded by
+    cancel_wait_timeout_s alone (not the login timeout: PostgreSQL never writes on a cancel
+    connection, and the login timeout's error would)."""
     server = client.server
-    landed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def done() -> None:
-        if not landed.done():
-            landed.set_result(None)
+    def landed() -> None:
+        bound.cancel()
+        client.close(DisconnectReason.CANCEL_REQUEST)
 
-    server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel, done=done)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(landed, server.config.proxy.cancel_wait_timeout_s)
-    client.close(DisconnectReason.CANCEL_REQUEST)
+    bound = asyncio.get_running_loop().call_later(server.config.proxy.cancel_wait_timeout_s, landed)
+    server.cancel_request(packet.pid, packet.secret, relayed=client.peer_channel, done=landed)
 
 
 def _check_startup(
@@ -479,8 +494,8 @@ async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
     if transport is None:
         raise EndpointClosed
     try:
-        upgraded = await asyncio.get_running_loop().start_tls(
-            transport, client, context, server_side=True
+        upgraded = await external(
+            asyncio.get_running_loop().start_tls(transport, client, context, server_side=True)
         )
     except (OSError, ssl.SSLError) as exc:
         log.info("TLS handshake with %s failed: %s", client.addr, exc)

@@ -1,4 +1,4 @@
-"""A client's whole login as the proxy runs it (session.login.run_login), fed raw bytes.
+"""A client's whole login as the proxy runs it (session.login.start_login), fed raw bytes.
 
 The input is everything a client sends before it stops (startup packet, maybe an SSLRequest
 first, password or SASL messages). The input's length picks the proxy's configuration: auth
@@ -34,7 +34,7 @@ with instrumented(
     from pgpool_proxy.net.endpoint import EndpointClosed
     from pgpool_proxy.protocol import messages as m
     from pgpool_proxy.session.client import ClientConnection
-    from pgpool_proxy.session.login import run_login
+    from pgpool_proxy.session.login import start_login
 
 EXPECTED: tuple[type[BaseException], ...] = ()
 
@@ -194,7 +194,9 @@ async def _run(data: bytes, config: Any) -> bytes:
         client.rbuf.end += n
         pos += n
     client.eof = True
-    await run_login(client)
+    ended = asyncio.get_running_loop().create_future()
+    start_login(client, lambda: ended.set_result(None))
+    await ended
     assert client.is_closed(), "login neither finished nor closed the client"
     return bytes(transport.out)
 

@@ -1,0 +1,94 @@
+"""Logins run without a Task (session.stepped): what a client sees is unchanged, and the proxy
+holds no task per client mid-login, however many there are."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import asyncpg
+
+from pgpool_proxy.protocol import messages as m
+from tests.support.pg import LocalPostgres
+from tests.support.proxy import PASSWORDS, StartProxy
+from tests.support.rawpg import RawClient, RawError
+from tests.support.robustness import proxy_client_count
+
+
+def _task_count(proxy_loop: asyncio.AbstractEventLoop) -> int:
+    return len(asyncio.all_tasks(proxy_loop))
+
+
+async def test_clients_mid_login_hold_no_task(start_proxy: StartProxy) -> None:
+    proxy = start_proxy(auth={"type": "md5"})
+    assert proxy.loop is not None
+    loop = proxy.loop
+    # A first login makes the pool's first server connection (and what it starts) beforehand.
+    first = await asyncpg.connect(proxy.dsn())
+    await first.close()
+    before = proxy.call(lambda: _task_count(loop))
+    waiting: list[RawClient] = []
+    challenged: list[RawClient] = []
+    try:
+        for _ in range(40):  # connected, nothing sent
+            waiting.append(await RawClient.connect(proxy.host, proxy.port))
+        for _ in range(40):  # startup sent, md5 challenge received, no answer yet
+            c = await RawClient.connect(proxy.host, proxy.port)
+            c.send(m.startup_message({"user": "alice", "database": "app"}))
+            t, _body = await c.read_message()
+            assert t == b"R"
+            challenged.append(c)
+        assert await proxy_client_count(proxy, 80) == 80
+        assert proxy.call(lambda: _task_count(loop)) <= before + 2
+        # Each of them can still finish, or be refused, as before.
+        finished = await asyncpg.connect(proxy.dsn())
+        assert await finished.fetchval("select 41 + 1") == 42
+        await finished.close()
+        c = challenged.pop()
+        c.send(m.password_message("md5" + "0" * 32))
+        err = await c.read_error()
+        assert err["C"] == "28P01"
+    finally:
+        for c in waiting + challenged:
+            await c.close()
+    assert await proxy_client_count(proxy, 0) == 0
+
+
+async def test_login_timeout_while_waiting_on_the_first_server_connection(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """The login waits on a future (the pool's first server connection, to a server that
+    accepts and never answers): the login timeout still ends it with 08P01, and the client
+    on the other database is served meanwhile."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    proxy = start_proxy(
+        proxy={"client_login_timeout_s": 1},
+        pool={"server_connect_timeout_s": 30},
+        databases=[
+            {"name": "app", "host": pg.host, "port": pg.port},
+            {"name": "silent", "host": "127.0.0.1", "port": port},
+        ],
+    )
+    try:
+        client = await RawClient.connect(proxy.host, proxy.port)
+        login = asyncio.ensure_future(client.login("alice", PASSWORDS["alice"], "silent"))
+        other = await asyncpg.connect(proxy.dsn())
+        assert await other.fetchval("select 'served'") == "served"
+        await other.close()
+        try:
+            await asyncio.wait_for(login, 10)
+        except RawError as exc:
+            assert exc.sqlstate == "08P01", exc.fields
+            assert "client_login_timeout_s" in exc.fields["M"]
+        else:
+            raise AssertionError("the login to a silent server completed")
+        assert await client.closed(5)
+        await client.close()
+    finally:
+        with contextlib.suppress(OSError):
+            silent.close()
+    assert await proxy_client_count(proxy, 0) == 0
