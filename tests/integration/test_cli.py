@@ -267,6 +267,9 @@ def test_demo_refuses_a_bad_log_level_and_a_busy_port() -> None:
     assert out.returncode == 1
     assert "cannot start:" in out.stderr and "address already in use" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+    # Said before a PostgreSQL server is started for nothing, with the way out.
+    assert "--port 0" in out.stderr, out.stderr
+    assert "Starting a local PostgreSQL" not in out.stdout, out.stdout
 
 
 # Twice: an impatient second Ctrl-C during the cleanup must not leave the server behind.
