@@ -491,6 +491,17 @@ def _add_run_and_check(sub: Subcommands) -> None:
     v.set_defaults(func=cmd_convert)
 
 
+def _tcp_port(text: str) -> int:
+    """A port number for argparse: its usage error, not a traceback from bind or the config."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
 def _add_demo(sub: Subcommands) -> None:
     d = sub.add_parser(
         "demo",
@@ -500,7 +511,7 @@ def _add_demo(sub: Subcommands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument(
-        "--port", type=int, default=6432, help="proxy port (default 6432; 0 = any free port)"
+        "--port", type=_tcp_port, default=6432, help="proxy port (default 6432; 0 = any free port)"
     )
     d.add_argument(
         "--pool-mode",
@@ -510,7 +521,7 @@ def _add_demo(sub: Subcommands) -> None:
     )
     d.add_argument(
         "--metrics-port",
-        type=int,
+        type=_tcp_port,
         default=0,
         help="port of /metrics, /healthz and /readyz (default 0 = any free port)",
     )
