@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -269,6 +271,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
     setup_logging(args.log_level, "text")
+    if args.port and _port_taken(args.port):
+        # Found before PostgreSQL is started (seconds) and torn down again, and with the way
+        # out: the usual holder is another demo, a proxy or PgBouncer on the same default port.
+        print(
+            f"pgpool-proxy demo: cannot start: cannot listen on 127.0.0.1:{args.port}: address "
+            f"already in use (another demo, proxy or PgBouncer?); "
+            f"`pgpool-proxy demo --port 0` picks a free port",
+            file=sys.stderr,
+        )
+        return 1
     try:
         bindir, found_by = locate_pg_bindir()
         pg = LocalPostgres(bindir=bindir)
@@ -308,6 +320,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
             pg.cleanup()
         finally:
             signal.signal(signal.SIGINT, previous)
+
+
+def _port_taken(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (bound as the proxy binds it)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _demo_config(
@@ -468,6 +491,17 @@ def _add_run_and_check(sub: Subcommands) -> None:
     v.set_defaults(func=cmd_convert)
 
 
+def _tcp_port(text: str) -> int:
+    """A port number for argparse: its usage error, not a traceback from bind or the config."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
 def _add_demo(sub: Subcommands) -> None:
     d = sub.add_parser(
         "demo",
@@ -477,7 +511,7 @@ def _add_demo(sub: Subcommands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument(
-        "--port", type=int, default=6432, help="proxy port (default 6432; 0 = any free port)"
+        "--port", type=_tcp_port, default=6432, help="proxy port (default 6432; 0 = any free port)"
     )
     d.add_argument(
         "--pool-mode",
@@ -487,7 +521,7 @@ def _add_demo(sub: Subcommands) -> None:
     )
     d.add_argument(
         "--metrics-port",
-        type=int,
+        type=_tcp_port,
         default=0,
         help="port of /metrics, /healthz and /readyz (default 0 = any free port)",
     )

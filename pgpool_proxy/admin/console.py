@@ -75,6 +75,8 @@ def start_console(server: ProxyServer, client: ClientConnection, params: Mapping
         "standard_conforming_strings": "on",
         "application_name": params.get("application_name", ""),
     }
+    # SHOW CLIENTS reads it from here, as for any client (PgBouncer shows a console's too).
+    client.params["application_name"] = status["application_name"]
     transport.write(
         b"".join(
             (

@@ -69,6 +69,16 @@ def params_overflow(params: dict[str, str], name: str, value: str) -> str | None
     return None
 
 
+# What the operator should look at, by the server's SQLSTATE (or its class): credentials only
+# for an authentication refusal; a database the server does not have is the entry's dbname.
+_ADVICE = {
+    "28": " Check the credentials the proxy holds for this database.",
+    SqlState.INVALID_CATALOG_NAME: (
+        " Check the dbname of this database's [[databases]] entry in the proxy's configuration."
+    ),
+}
+
+
 class BackendLoginError(ProxyError):
     """The server refused the proxy's login; carries the server's SQLSTATE and message."""
 
@@ -77,7 +87,7 @@ class BackendLoginError(ProxyError):
         # wrong password.
         ours = (
             "The proxy's own login to the server was refused; the client's login to the proxy "
-            "succeeded. Check the credentials the proxy holds for this database."
+            "succeeded." + _ADVICE.get(sqlstate[:2], _ADVICE.get(sqlstate, ""))
         )
         server = kw.get("detail")
         kw["detail"] = f"{server} {ours}" if server else ours

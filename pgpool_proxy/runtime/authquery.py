@@ -69,13 +69,20 @@ class AuthLookups:
         """Look-ups under way (ProxyServer.close cancels them)."""
         return list(self._inflight.values())
 
-    def key_for(self, db: DatabaseConfig, user: str) -> LookupKey | None:
-        """Where `user` logging into `db` is looked up; None when it is not."""
+    def key_for(self, db: DatabaseConfig | None, user: str) -> LookupKey | None:
+        """Where `user` logging into `db` (None: a database the proxy does not have) is looked
+        up; None when it is not."""
         found = self._server.config.auth_lookup_for(db)
         if found is None:
             return None
         auth_user, query, dbname = found
-        return (auth_user, dbname or db.name, query, user)
+        if dbname is None:
+            if db is None:
+                # No auth_dbname, so the look-up would run in the client's own database, which
+                # does not exist here: nowhere to look.
+                return None
+            dbname = db.name
+        return (auth_user, dbname, query, user)
 
     async def secret(self, key: LookupKey) -> str | None:
         """The stored password for the key's user; None for no such user (or a failed

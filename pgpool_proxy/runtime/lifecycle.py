@@ -367,11 +367,18 @@ async def drain(server: ProxyServer, timeout_s: float) -> None:
         timeout_s,
     )
     err = ProxyError(SqlState.ADMIN_SHUTDOWN, "terminating connection: the proxy is shutting down")
+    # What a login reaching admission hears now (login._admit): said at once to every login
+    # still under way, which has no transaction to finish. Left alone, a login waiting on its
+    # client (one frozen mid-connect, as a paused Lambda is) or on a pool the drain paused held
+    # the drain until client_login_timeout_s, and then heard 08P01 blaming the client.
+    refused = ProxyError(SqlState.CANNOT_CONNECT_NOW, "the proxy is shutting down")
     deadline = loop.time() + timeout_s
     while True:
         for client in server.all_clients():
             if _idle_between_transactions(server, client):
                 client.fail(err, DisconnectReason.SHUTDOWN)
+            elif client.login is not None:
+                client.fail(refused, DisconnectReason.SHUTDOWN)
         if not server.client_count or loop.time() >= deadline:
             break
         await asyncio.sleep(POLL_S)

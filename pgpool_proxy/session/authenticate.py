@@ -101,8 +101,10 @@ async def authenticate_user(
         and auth_type is not AuthType.TRUST
         and client.database != config.admin.database
     ):
-        db = config.database(client.database)
-        key = server.auth_lookups.key_for(db, user) if db is not None else None
+        # A database the proxy does not have is still looked up where auth_dbname says, so a
+        # user with the right password hears 3D000 after authenticating, as PostgreSQL says it,
+        # not a 28P01 that sends them to check the password.
+        key = server.auth_lookups.key_for(config.database(client.database), user)
         if key is not None:
             # Unknown names are looked up too (and refused after the same exchange as a wrong
             # password), so the answer and its timing say nothing about who exists.

@@ -136,12 +136,18 @@ async def run_login(client: ClientConnection) -> None:
         # itself): the proxy is closing, and closed the client already.
         client.close(DisconnectReason.SHUTDOWN)
     except LoginTimeout:
+        # A pool is chosen once the client has authenticated: what ran out of time then was the
+        # wait for the server (its first connection, a paused pool, the settings check), which
+        # the client, and whoever reads its error, should not be told was its own fault.
+        pool = client.pool
+        message = (
+            f"client did not complete login within {timeout:g}s (client_login_timeout_s)"
+            if pool is None
+            else f"login did not complete within {timeout:g}s (client_login_timeout_s): "
+            f"still waiting for a server connection of pool {pool.name}"
+        )
         client.fail(
-            ProxyError(
-                SqlState.PROTOCOL_VIOLATION,
-                f"client did not complete login within {timeout:g}s (client_login_timeout_s)",
-            ),
-            DisconnectReason.LOGIN_TIMEOUT,
+            ProxyError(SqlState.PROTOCOL_VIOLATION, message), DisconnectReason.LOGIN_TIMEOUT
         )
     except ProxyError as exc:
         if client.close_reason is None:

@@ -153,6 +153,25 @@ async def test_show_commands_use_pgbouncer_columns(start_proxy: StartProxy) -> N
         await admin.close()
 
 
+async def test_show_clients_names_a_consoles_application(start_proxy: StartProxy) -> None:
+    """A console connection's application_name (psql sends its own) is in SHOW CLIENTS, as an
+    application's is."""
+    proxy = start_proxy(admin=ADMIN)
+    conn = await asyncpg.connect(
+        proxy.dsn("alice", "app"), server_settings={"application_name": "worker"}
+    )
+    admin = await psycopg.AsyncConnection.connect(
+        proxy.dsn("alice", "pgbouncer"), autocommit=True, application_name="ops-console"
+    )
+    try:
+        _, clients = await show(admin, "CLIENTS")
+        by_db = {c["database"]: c["application_name"] for c in clients}
+        assert by_db == {"app": "worker", "pgbouncer": "ops-console"}, clients
+    finally:
+        await conn.close()
+        await admin.close()
+
+
 async def test_psql_and_unknown_commands(start_proxy: StartProxy) -> None:
     proxy = start_proxy(admin=ADMIN)
     env = {**os.environ, "PGPASSWORD": PASSWORDS["alice"]}

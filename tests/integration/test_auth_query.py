@@ -196,6 +196,34 @@ async def test_wrong_password_and_unknown_user_are_refused_alike(
     assert seen[0] == 'password authentication failed for user "<user>"'
 
 
+async def test_unknown_database_is_3d000_after_authentication_as_postgresql_says(
+    start: Callable[..., ProxyThread],
+) -> None:
+    """A looked-up user with the right password and a database the proxy does not have hears
+    3D000, as PostgreSQL answers (after authentication), where auth_dbname gives the look-up
+    a database to run in; a wrong password or an unknown name there is still 28P01."""
+    proxy = start(auth={"auth_dbname": "app"})
+
+    async def connect(user: str, password: str) -> asyncpg.PostgresError:
+        url = f"postgresql://{user}:{password}@{proxy.host}:{proxy.port}/nodb"
+        with pytest.raises(asyncpg.PostgresError) as err:
+            await asyncpg.connect(url, ssl=False, timeout=10)
+        return err.value
+
+    err = await connect("dave", "dave-pw")
+    assert err.sqlstate == "3D000" and str(err) == 'database "nodb" does not exist', err
+    for user, password in (("dave", "wrong"), ("nobody", "whatever")):
+        err = await connect(user, password)
+        assert err.sqlstate == "28P01", (user, err)
+    # Without auth_dbname the look-up runs in the client's database: none here, so nothing
+    # can be checked and the login is refused as a wrong password (docs/configuration.md).
+    plain = start()
+    url = f"postgresql://dave:dave-pw@{plain.host}:{plain.port}/nodb"
+    with pytest.raises(asyncpg.PostgresError) as refused:
+        await asyncpg.connect(url, ssl=False, timeout=10)
+    assert refused.value.sqlstate == "28P01", refused.value
+
+
 async def test_password_changed_in_postgresql_is_picked_up(
     apg_server: LocalPostgres, start: Callable[..., ProxyThread]
 ) -> None:

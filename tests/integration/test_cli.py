@@ -257,6 +257,10 @@ def test_demo_refuses_a_bad_log_level_and_a_busy_port() -> None:
         [*CLI, "demo", "--log-level", "nonsense"], capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 2 and "invalid choice: 'nonsense'" in out.stderr, out.stderr
+    out = subprocess.run(
+        [*CLI, "demo", "--port", "70000"], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2 and "port must be between 0 and 65535" in out.stderr, out.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -267,6 +271,9 @@ def test_demo_refuses_a_bad_log_level_and_a_busy_port() -> None:
     assert out.returncode == 1
     assert "cannot start:" in out.stderr and "address already in use" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
+    # Said before a PostgreSQL server is started for nothing, with the way out.
+    assert "--port 0" in out.stderr, out.stderr
+    assert "Starting a local PostgreSQL" not in out.stdout, out.stdout
 
 
 # Twice: an impatient second Ctrl-C during the cleanup must not leave the server behind.

@@ -352,3 +352,21 @@ async def test_server_refusing_the_proxys_login_says_so(
         await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
     assert "password authentication failed" in str(err.value)
     assert "proxy's own login to the server was refused" in (err.value.detail or "")
+    assert "Check the credentials" in (err.value.detail or "")
+
+
+async def test_server_without_the_entrys_database_points_at_dbname(
+    pg: LocalPostgres, start_proxy: StartProxy
+) -> None:
+    """A [[databases]] entry naming a database the server does not have: the client gets the
+    server's 3D000, and the detail sends the operator to the entry's dbname, not to the
+    credentials (which the server never got to check)."""
+    proxy = start_proxy(
+        databases=[{"name": "app", "host": pg.host, "port": pg.port, "dbname": "no_such_db"}],
+    )
+    with pytest.raises(asyncpg.InvalidCatalogNameError) as err:
+        await asyncpg.connect(proxy.dsn(), statement_cache_size=0)
+    assert 'database "no_such_db" does not exist' in str(err.value)
+    detail = err.value.detail or ""
+    assert "proxy's own login to the server was refused" in detail, detail
+    assert "dbname" in detail and "credentials" not in detail, detail

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,10 +24,11 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS
 from tests.support.proxyproc import Launcher, write_config
-from tests.support.rawpg import RawClient
+from tests.support.rawpg import RawClient, RawError
 from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
@@ -222,6 +224,64 @@ async def test_sigterm_drains_under_load(launch: Launcher, ledger: asyncpg.Conne
         await idle.close()
         for conn in (slow, stuck):
             conn.terminate()
+
+
+async def test_sigterm_ends_logins_under_way_at_once(launch: Launcher) -> None:
+    """A login has no transaction for a drain to wait for: a client silent since connecting,
+    one that stopped mid-authentication and one whose login waits on the first connection to a
+    server that never answers are refused (57P03, as a login reaching admission is) at once,
+    not at client_login_timeout_s with an 08P01 that blames the client."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    silent.setblocking(False)
+    held: list[socket.socket] = []
+    port = launch.port
+    launch.configure(
+        proxy="client_login_timeout_s = 60\nshutdown_timeout_s = 60",
+        pool="server_connect_timeout_s = 60",
+        sections=(
+            f'[[databases]]\nname = "silent"\nhost = "127.0.0.1"\n'
+            f"port = {silent.getsockname()[1]}\n"
+        ),
+    )
+    proxy = launch.start()
+    quiet = await RawClient.connect("127.0.0.1", port)
+    halfway = await RawClient.connect("127.0.0.1", port)
+    waiting = await RawClient.connect("127.0.0.1", port)
+    login = asyncio.ensure_future(waiting.login("alice", PASSWORDS["alice"], "silent"))
+    try:
+        halfway.send(m.startup_message({"user": "alice", "database": "app"}))
+        t, _body = await halfway.read_message()
+        assert t == b"R"
+        # The proxy connected to the silent server: the third login waits on that connection.
+        accepted, _addr = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(silent), 10)
+        held.append(accepted)
+
+        async def three_logins() -> bool:
+            rows = await admin_query(port, "SHOW LISTS")
+            return int({r[0]: r[1] for r in rows}["login_clients"]) >= 3
+
+        await wait_for(three_logins, what="three logins under way")
+        t0 = time.monotonic()
+        proxy.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proxy.wait, 15) == 0, proxy.log()
+        # Well inside both 60 s timeouts (bounded loosely for a loaded machine).
+        assert time.monotonic() - t0 < 10
+        assert "drain: every client finished" in proxy.log(), proxy.log()
+        for client in (quiet, halfway):
+            err = await client.read_error(5)
+            assert err["C"] == "57P03" and "shutting down" in err["M"], err
+            assert await client.closed(5)
+        with pytest.raises(RawError) as refused:
+            await asyncio.wait_for(login, 5)
+        assert refused.value.sqlstate == "57P03", refused.value.fields
+    finally:
+        login.cancel()
+        for client in (quiet, halfway, waiting):
+            await client.close()
+        for sock in [*held, silent]:
+            sock.close()
 
 
 async def test_shutdown_command_and_sigint(

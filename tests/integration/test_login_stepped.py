@@ -84,6 +84,9 @@ async def test_login_timeout_while_waiting_on_the_first_server_connection(
         except RawError as exc:
             assert exc.sqlstate == "08P01", exc.fields
             assert "client_login_timeout_s" in exc.fields["M"]
+            # The client did its part: the wait that ran out was the server's.
+            assert "waiting for a server connection of pool silent" in exc.fields["M"], exc.fields
+            assert not exc.fields["M"].startswith("client did not"), exc.fields
         else:
             raise AssertionError("the login to a silent server completed")
         assert await client.closed(5)
