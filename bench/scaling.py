@@ -64,6 +64,9 @@ SCALING_TARGETS = ("pgbouncer", "proxy", "proxy-pure")
 SCALING_KINDS = ("select-simple", "select-extended")
 # A CPU at least this busy over a run counts as saturated (the rest is scheduling slack).
 SATURATED = 0.9
+# Work of other processes (not the pooler, pgbench or PostgreSQL) above this share of a CPU
+# marks a run as disturbed: on a shared machine it takes CPU time the run would have used.
+DISTURBED = 0.15
 
 
 @dataclass(frozen=True)
@@ -227,11 +230,16 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
     load_cpu = run["postgres_cpu_s"] + run["pgbench_cpu_s"]
     tx = run["transactions"]
     per_1k = run["cpu_s_per_1k_tx"]
+    pooler_util = run["cpu_s"] / window / pooler_n if run["cpu_s"] and window else 0.0
+    load_util = load_cpu / window / load_n if window else 0.0
     return {
-        "pooler_util": round(run["cpu_s"] / window / pooler_n, 3) if run["cpu_s"] else None,
+        "pooler_util": round(pooler_util, 3),
         "pooler_cores_busy": round(pooler_busy, 3),
-        "load_util": round(load_cpu / window / load_n, 3) if window else None,
+        # Busy time on the pooler's CPUs that was not the pooler's: other processes, interrupts.
+        "pooler_cores_other": round(max(0.0, pooler_busy - pooler_util), 3),
+        "load_util": round(load_util, 3),
         "load_cores_busy": round(load_busy, 3),
+        "load_cores_other": round(max(0.0, load_busy - load_util), 3),
         "load_cpu_s_per_1k_tx": round(load_cpu / tx * 1000, 4) if tx else None,
         # What the pooler would do with each of its cores saturated, at this CPU per transaction.
         "tps_per_pooler_core": round(1000 / per_1k) if per_1k else None,
@@ -326,14 +334,19 @@ def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "cpu_s_per_1k_tx",
             "pooler_util",
             "pooler_cores_busy",
+            "pooler_cores_other",
             "load_util",
             "load_cores_busy",
+            "load_cores_other",
             "load_cpu_s_per_1k_tx",
             "tps_per_pooler_core",
         ):
             entry[name] = _median(r[name] for r in ok)
         entry["bottleneck"] = (
             bottleneck(entry["pooler_cores_busy"], entry["load_cores_busy"]) if ok else None
+        )
+        entry["disturbed"] = bool(ok) and (
+            max(entry["pooler_cores_other"], entry["load_cores_other"]) > DISTURBED
         )
         out.append(entry)
     return out
@@ -350,6 +363,7 @@ def format_scaling(results: dict[str, Any]) -> str:
         "tps/pooler core",
         "pooler CPU busy",
         "load CPU busy",
+        "other work (pooler/load CPU)",
         "load CPU s/1k tx",
         "saturated",
     ]
@@ -365,8 +379,9 @@ def format_scaling(results: dict[str, Any]) -> str:
             _fmt(s["tps_per_pooler_core"], ",.0f"),
             _fmt(s["pooler_cores_busy"], ".0%"),
             _fmt(s["load_cores_busy"], ".0%"),
+            f"{_fmt(s['pooler_cores_other'], '.0%')} / {_fmt(s['load_cores_other'], '.0%')}",
             _fmt(s["load_cpu_s_per_1k_tx"], ".4f"),
-            s["bottleneck"] or "-",
+            (s["bottleneck"] or "-") + (" (disturbed)" if s["disturbed"] else ""),
         ]
         for s in results["summary"]
     ]
@@ -375,6 +390,11 @@ def format_scaling(results: dict[str, Any]) -> str:
     if strays_seen:
         lines.append("NOT PINNED: " + "; ".join(strays_seen))
     lines += [f"- {n}" for n in results["notes"]]
+    if any(s["disturbed"] for s in results["summary"]):
+        lines.append(
+            f"- disturbed: other work took more than {DISTURBED:.0%} of the pooler's or the "
+            "load's CPUs (a shared machine); CPU per transaction is the figure least moved by it"
+        )
     load = results["load_average"]
     lines.append(
         f"- load average (1/5/15 min) at start {load['start'][0]:.2f}/{load['start'][1]:.2f}/"

@@ -112,5 +112,6 @@ def test_scaling_smoke(tmp_path: Path) -> None:
         assert 0 < run["pooler_util"] <= 1.5 and run["postgres_cpu_s"] > 0
         assert run["pgbench_cpu_s"] > 0 and run["load_cpu_s_per_1k_tx"] > 0
         assert run["bottleneck"] in ("pooler", "pgbench+PostgreSQL", "both", "neither")
+        assert run["pooler_cores_other"] >= 0 and run["load_cores_other"] >= 0
     assert [s["tps"] > 0 for s in data["summary"]] == [True, True]
     assert any("tps/pooler core" in line for line in lines)
