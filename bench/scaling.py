@@ -178,16 +178,37 @@ def busy_between(
     return out
 
 
+def wait_for_quiet(cpus: Sequence[int], max_wait_s: float) -> tuple[float, float]:
+    """Wait (up to max_wait_s) until no CPU of `cpus` is more than DISTURBED busy over half a
+    second; between runs nothing of ours is working, so what is busy is other work. Returns
+    (seconds waited, the busiest CPU's share in the last sample)."""
+    started = time.monotonic()
+    worst = 0.0
+    while True:
+        before = core_times()
+        time.sleep(0.5)
+        busy = busy_between(before, core_times())
+        worst = max((busy.get(c, 0.0) for c in cpus), default=0.0)
+        waited = time.monotonic() - started
+        if worst <= DISTURBED or waited >= max_wait_s:
+            return round(waited, 1), worst
+
+
 def postmaster_pid(db: Database) -> int:
     return int((db.pg.data_dir / "postmaster.pid").read_text().split()[0])
 
 
-def layout_probe(layout: Layout, postmaster: int) -> RunProbe:
-    """What bench.scenarios.run_matrix measures around each run beside the pooler's CPU."""
+def layout_probe(layout: Layout, postmaster: int, quiet_wait_s: float = 0.0) -> RunProbe:
+    """What bench.scenarios.run_matrix measures around each run beside the pooler's CPU; first,
+    when quiet_wait_s > 0, a wait for other work on the layout's CPUs to pass."""
 
     @contextlib.contextmanager
     def probe(target: Target) -> Iterator[dict[str, Any]]:
         out: dict[str, Any] = {}
+        if quiet_wait_s > 0:
+            waited, worst = wait_for_quiet(layout.pooler_cpus + layout.load_cpus, quiet_wait_s)
+            out["quiet_wait_s"] = waited
+            out["busy_before"] = worst
         stray = strays(postmaster, layout.load_cpus)
         if target.pid is not None:
             stray += strays(target.pid, layout.pooler_cpus)
@@ -244,6 +265,7 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
         # What the pooler would do with each of its cores saturated, at this CPU per transaction.
         "tps_per_pooler_core": round(1000 / per_1k) if per_1k else None,
         "bottleneck": bottleneck(pooler_busy, load_busy),
+        "disturbed": max(pooler_busy - pooler_util, load_busy - load_util) > DISTURBED,
     }
 
 
@@ -274,6 +296,8 @@ class ScalingOptions:
     targets: list[str] = field(default_factory=lambda: ["pgbouncer", "proxy"])
     cpus: list[int] | None = None  # None: every CPU this process may use
     load_cores_per_worker: float = 1.0
+    # Before each run, wait up to this long for other work on the CPUs to pass (0: never).
+    quiet_wait_s: float = 20.0
     install_pgbouncer: bool = True
     warm_up: bool = True
     out_dir: Path = Path(__file__).resolve().parent / "results"
@@ -305,7 +329,8 @@ def _targets_for(
 
 
 def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per layout, scenario and target: medians over the rounds' error-free runs."""
+    """Per layout, scenario and target: medians over the rounds' error-free runs, and of those
+    only the undisturbed ones when there are any (a disturbed run measured the other work too)."""
     keys: list[tuple[int, str, str]] = []
     for r in runs:
         key = (r["workers"], r["scenario"], r["target"])
@@ -319,6 +344,8 @@ def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             if (r["workers"], r["scenario"], r["target"]) == (workers, scenario, target)
         ]
         ok = [r for r in mine if not r["error"]]
+        clean = [r for r in ok if not r["disturbed"]]
+        used = clean or ok
         entry: dict[str, Any] = {
             "workers": workers,
             "pooler_cpus": mine[0]["pooler_cpus"],
@@ -326,6 +353,7 @@ def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "scenario": scenario,
             "target": target,
             "tps_runs": [r["tps"] for r in mine],
+            "runs_used": len(used),
             "errors": sorted({r["error"] for r in mine if r["error"]}),
             "affinity_stray": sorted({s for r in mine for s in r["affinity_stray"]}),
         }
@@ -341,13 +369,11 @@ def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "load_cpu_s_per_1k_tx",
             "tps_per_pooler_core",
         ):
-            entry[name] = _median(r[name] for r in ok)
+            entry[name] = _median(r[name] for r in used)
         entry["bottleneck"] = (
-            bottleneck(entry["pooler_cores_busy"], entry["load_cores_busy"]) if ok else None
+            bottleneck(entry["pooler_cores_busy"], entry["load_cores_busy"]) if used else None
         )
-        entry["disturbed"] = bool(ok) and (
-            max(entry["pooler_cores_other"], entry["load_cores_other"]) > DISTURBED
-        )
+        entry["disturbed"] = bool(ok) and not clean
         out.append(entry)
     return out
 
@@ -357,6 +383,7 @@ def format_scaling(results: dict[str, Any]) -> str:
         "layout",
         "scenario",
         "target",
+        "runs",
         "tps",
         "pooler CPU s/1k tx",
         "pooler util",
@@ -373,6 +400,7 @@ def format_scaling(results: dict[str, Any]) -> str:
             f"load CPU {_cpu_list(s['load_cpus'])}",
             s["scenario"],
             s["target"],
+            f"{s['runs_used']}/{len(s['tps_runs'])}",
             _fmt(s["tps"], ",.0f"),
             _fmt(s["cpu_s_per_1k_tx"], ".4f"),
             _fmt(s["pooler_util"], ".0%"),
@@ -386,14 +414,19 @@ def format_scaling(results: dict[str, Any]) -> str:
         for s in results["summary"]
     ]
     lines = [_table(headers, rows, left=3)] if rows else ["(no runs)"]
+    lines.append(
+        "- runs: the undisturbed runs the medians are over / runs; where none was undisturbed, "
+        "all are used and the row says so"
+    )
     strays_seen = sorted({x for s in results["summary"] for x in s["affinity_stray"]})
     if strays_seen:
         lines.append("NOT PINNED: " + "; ".join(strays_seen))
     lines += [f"- {n}" for n in results["notes"]]
     if any(s["disturbed"] for s in results["summary"]):
         lines.append(
-            f"- disturbed: other work took more than {DISTURBED:.0%} of the pooler's or the "
-            "load's CPUs (a shared machine); CPU per transaction is the figure least moved by it"
+            f"- disturbed: in every run other work took more than {DISTURBED:.0%} of the "
+            "pooler's or the load's CPUs (a shared machine); CPU per transaction is the figure "
+            "least moved by it"
         )
     load = results["load_average"]
     lines.append(
@@ -516,7 +549,7 @@ def _run_layout(
             log=log,
             # One pgbench thread per load CPU: more would only time-slice on them.
             threads=max(1, min(len(layout.load_cpus), *opts.client_counts)),
-            probe=layout_probe(layout, postmaster),
+            probe=layout_probe(layout, postmaster, opts.quiet_wait_s),
         )
         for note in notes:
             log("  " + note)
@@ -570,6 +603,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPUs for pgbench and PostgreSQL per proxy worker (default 1)",
     )
     p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before each run wait up to this many seconds for other work on the CPUs to pass "
+        "(default 20; 0 = never)",
+    )
+    p.add_argument(
         "--no-install", action="store_true", help="do not apt-get install a missing PgBouncer"
     )
     p.add_argument("--out-dir", type=Path, help="where scaling.json goes (default bench/results)")
@@ -602,6 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets=args.targets,
         cpus=args.cpus,
         load_cores_per_worker=args.load_cores_per_worker,
+        quiet_wait_s=args.quiet_wait,
         install_pgbouncer=not args.no_install,
         command=" ".join(["python -m bench.scaling", *(shlex.quote(a) for a in argv)]),
     )

@@ -200,8 +200,10 @@ def run_matrix(
         metrics_port = int(getattr(target, "metrics_port", 0))
         lag_before = looplag.scrape(target.host, metrics_port) if metrics_port else None
         with contextlib.ExitStack() as stack:
-            sampler = stack.enter_context(CpuSampler(pid)) if pid is not None else None
+            # The probe first: it may wait before the run starts (bench.scaling waits for other
+            # work on its CPUs to pass), and the pooler's CPU is counted from the run's start.
             probed = stack.enter_context(probe(target)) if probe is not None else {}
+            sampler = stack.enter_context(CpuSampler(pid)) if pid is not None else None
             result = run_pgbench(
                 pgbench,
                 target.host,

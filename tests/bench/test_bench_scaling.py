@@ -89,6 +89,7 @@ def test_scaling_smoke(tmp_path: Path) -> None:
         targets=["proxy"],
         install_pgbouncer=False,
         warm_up=False,
+        quiet_wait_s=0.5,
         out_dir=tmp_path,
         command="python -m bench.scaling (smoke)",
     )
@@ -113,5 +114,7 @@ def test_scaling_smoke(tmp_path: Path) -> None:
         assert run["pgbench_cpu_s"] > 0 and run["load_cpu_s_per_1k_tx"] > 0
         assert run["bottleneck"] in ("pooler", "pgbench+PostgreSQL", "both", "neither")
         assert run["pooler_cores_other"] >= 0 and run["load_cores_other"] >= 0
+        assert 0.5 <= run["quiet_wait_s"] < 5 and isinstance(run["disturbed"], bool)
     assert [s["tps"] > 0 for s in data["summary"]] == [True, True]
+    assert all(s["runs_used"] == 1 for s in data["summary"])
     assert any("tps/pooler core" in line for line in lines)
