@@ -354,6 +354,7 @@ def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "target": target,
             "tps_runs": [r["tps"] for r in mine],
             "runs_used": len(used),
+            "runs_clean": len(clean),
             "errors": sorted({r["error"] for r in mine if r["error"]}),
             "affinity_stray": sorted({s for r in mine for s in r["affinity_stray"]}),
         }
@@ -383,7 +384,7 @@ def format_scaling(results: dict[str, Any]) -> str:
         "layout",
         "scenario",
         "target",
-        "runs",
+        "clean runs",
         "tps",
         "pooler CPU s/1k tx",
         "pooler util",
@@ -400,7 +401,7 @@ def format_scaling(results: dict[str, Any]) -> str:
             f"load CPU {_cpu_list(s['load_cpus'])}",
             s["scenario"],
             s["target"],
-            f"{s['runs_used']}/{len(s['tps_runs'])}",
+            f"{s['runs_clean']}/{len(s['tps_runs'])}",
             _fmt(s["tps"], ",.0f"),
             _fmt(s["cpu_s_per_1k_tx"], ".4f"),
             _fmt(s["pooler_util"], ".0%"),
@@ -415,8 +416,8 @@ def format_scaling(results: dict[str, Any]) -> str:
     ]
     lines = [_table(headers, rows, left=3)] if rows else ["(no runs)"]
     lines.append(
-        "- runs: the undisturbed runs the medians are over / runs; where none was undisturbed, "
-        "all are used and the row says so"
+        "- medians over the clean (undisturbed) runs; where there is none, over all the runs, "
+        "and the row says disturbed"
     )
     strays_seen = sorted({x for s in results["summary"] for x in s["affinity_stray"]})
     if strays_seen:
