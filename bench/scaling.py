@@ -262,6 +262,8 @@ def derive(run: dict[str, Any]) -> dict[str, Any]:
         "load_cores_busy": round(load_busy, 3),
         "load_cores_other": round(max(0.0, load_busy - load_util), 3),
         "load_cpu_s_per_1k_tx": round(load_cpu / tx * 1000, 4) if tx else None,
+        # PostgreSQL's part alone: what a server needs per transaction when clients live elsewhere.
+        "postgres_cpu_s_per_1k_tx": round(run["postgres_cpu_s"] / tx * 1000, 4) if tx else None,
         # What the pooler would do with each of its cores saturated, at this CPU per transaction.
         "tps_per_pooler_core": round(1000 / per_1k) if per_1k else None,
         "bottleneck": bottleneck(pooler_busy, load_busy),
@@ -368,6 +370,7 @@ def summarize_scaling(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "load_cores_busy",
             "load_cores_other",
             "load_cpu_s_per_1k_tx",
+            "postgres_cpu_s_per_1k_tx",
             "tps_per_pooler_core",
         ):
             entry[name] = _median(r[name] for r in used)
@@ -393,6 +396,7 @@ def format_scaling(results: dict[str, Any]) -> str:
         "load CPU busy",
         "other work (pooler/load CPU)",
         "load CPU s/1k tx",
+        "of it PostgreSQL",
         "saturated",
     ]
     rows = [
@@ -410,6 +414,7 @@ def format_scaling(results: dict[str, Any]) -> str:
             _fmt(s["load_cores_busy"], ".0%"),
             f"{_fmt(s['pooler_cores_other'], '.0%')} / {_fmt(s['load_cores_other'], '.0%')}",
             _fmt(s["load_cpu_s_per_1k_tx"], ".4f"),
+            _fmt(s["postgres_cpu_s_per_1k_tx"], ".4f"),
             (s["bottleneck"] or "-") + (" (disturbed)" if s["disturbed"] else ""),
         ]
         for s in results["summary"]
