@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,12 @@ def build_scenarios(
     if latency:
         scenarios.append(Scenario("latency", 1))
     return scenarios
+
+
+# Figures a caller measures around each run beside the pooler's CPU (bench.scaling: per-core busy
+# time, PostgreSQL's and pgbench's CPU). The dict is filled when the context exits and is merged
+# into the run's record.
+RunProbe = Callable[[Target], AbstractContextManager[dict[str, Any]]]
 
 
 def direct_client_limit(db: Database, pool_size: int, poolers: int) -> int:
@@ -157,8 +164,13 @@ def run_matrix(
     duration_s: float,
     direct_max_clients: int,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
+    probe: RunProbe | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every scenario `rounds` times over the targets; returns (run records, notes)."""
+    """Run every scenario `rounds` times over the targets; returns (run records, notes).
+
+    `threads` is pgbench's -j (default pgbench.threads_for); `probe` adds figures to each record.
+    """
     runs: list[dict[str, Any]] = []
     notes: list[str] = []
     plan = [
@@ -188,6 +200,9 @@ def run_matrix(
         metrics_port = int(getattr(target, "metrics_port", 0))
         lag_before = looplag.scrape(target.host, metrics_port) if metrics_port else None
         with contextlib.ExitStack() as stack:
+            # The probe first: it may wait before the run starts (bench.scaling waits for other
+            # work on its CPUs to pass), and the pooler's CPU is counted from the run's start.
+            probed = stack.enter_context(probe(target)) if probe is not None else {}
             sampler = stack.enter_context(CpuSampler(pid)) if pid is not None else None
             result = run_pgbench(
                 pgbench,
@@ -200,6 +215,7 @@ def run_matrix(
                 protocol=spec.protocol,
                 connect_each=spec.connect_each,
                 latency_log=spec.latency_log,
+                threads=threads,
             )
         lag = None
         if lag_before is not None:
@@ -228,6 +244,7 @@ def run_matrix(
             ),
             "target_alive_after": target.alive(),
             "loop_lag": lag,
+            **probed,
         }
         if not record["target_alive_after"]:
             record["error"] = (record["error"] + "; " if record["error"] else "") + (

@@ -256,6 +256,14 @@ class _ProcessTarget(Target):
         self.proc: subprocess.Popen[bytes] | None = None
         self.work_dir: Path | None = None
         self._log: IO[bytes] | None = None
+        # The CPUs the pooler may run on (bench.scaling); None leaves it the caller's. Set before
+        # exec, so every process the pooler forks (the proxy's workers) inherits it.
+        self.cpus: frozenset[int] | None = None
+
+    def _preexec(self) -> None:
+        preexec_child()
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self.cpus)
 
     @property
     def pid(self) -> int | None:
@@ -304,7 +312,7 @@ class _ProcessTarget(Target):
                 cwd=self.work_dir,
                 env=self.env(),
                 start_new_session=True,
-                preexec_fn=preexec_child,
+                preexec_fn=self._preexec,
                 **extra,
             )
             deadline = time.monotonic() + _START_TIMEOUT_S
