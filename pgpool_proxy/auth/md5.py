@@ -17,6 +17,12 @@ __all__ = ["is_md5_hash", "md5_hash", "md5_response", "verify_md5_response"]
 _MD5_HASH_RE = re.compile(r"md5[0-9a-f]{32}", re.ASCII)
 _SALT_LEN = 4
 
+# (secret, user) -> the stored hash's hex digits as bytes: each login under churn otherwise
+# hashes the same password and matches the same pattern again. Bounded: secrets come from the
+# configuration and auth_query, never from the client.
+_inner_cache: dict[tuple[str, str], bytes] = {}
+_INNER_CACHE_MAX = 4096
+
 
 def _to_bytes(text: str) -> bytes:
     # PostgreSQL hashes the raw bytes; surrogateescape restores non-UTF-8 wire input verbatim.
@@ -45,8 +51,15 @@ def md5_response(secret: str, user: str, salt: bytes) -> str:
     """
     if len(salt) != _SALT_LEN:
         raise ValueError("md5 salt must be 4 bytes")
-    stored = secret if is_md5_hash(secret) else md5_hash(secret, user)
-    return "md5" + hashlib.md5(stored[3:].encode("ascii") + salt).hexdigest()
+    key = (secret, user)
+    inner = _inner_cache.get(key)
+    if inner is None:
+        stored = secret if is_md5_hash(secret) else md5_hash(secret, user)
+        inner = stored[3:].encode("ascii")
+        if len(_inner_cache) >= _INNER_CACHE_MAX:
+            _inner_cache.clear()
+        _inner_cache[key] = inner
+    return "md5" + hashlib.md5(inner + salt).hexdigest()
 
 
 def verify_md5_response(response: str, secret: str, user: str, salt: bytes) -> bool:

@@ -26,6 +26,8 @@ import threading
 import unicodedata
 from dataclasses import dataclass, field
 
+from . import entropy
+
 __all__ = [
     "DEFAULT_ITERATIONS",
     "DEFAULT_MAX_SERVER_ITERATIONS",
@@ -242,7 +244,7 @@ def encodable(text: str) -> bool:
 
 
 def new_nonce() -> str:
-    return b64(secrets.token_bytes(_RAW_NONCE_LEN))
+    return b64(entropy.token_bytes(_RAW_NONCE_LEN))
 
 
 def decode_message(data: bytes, what: str) -> str:

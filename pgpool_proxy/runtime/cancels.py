@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..auth import entropy
 from ..counters import (
     CANCEL_FORWARDED,
     CANCEL_IDLE,
@@ -41,8 +41,7 @@ def register_cancel_key(server: ProxyServer, client: ClientConnection) -> tuple[
     """A pid and secret for the client's BackendKeyData, unique in this worker."""
     prefix = server.identity.index << WORKER_SHIFT
     while True:
-        # One urandom call per key: logins under churn are counted in syscalls.
-        raw = int.from_bytes(os.urandom(7), "big")
+        raw = int.from_bytes(entropy.token_bytes(7), "big")
         pid = prefix | (raw & ((1 << WORKER_SHIFT) - 1))
         # Never a pid a server process can have (Linux caps pids at 2**22): a client compares
         # a notification's pid with its own to tell its own notifications from others', and

@@ -8,9 +8,9 @@ admission and the pool after).
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING
 
+from ..auth import entropy
 from ..auth.iam import IamError
 from ..auth.md5 import is_md5_hash, verify_md5_response
 from ..auth.scram import MECHANISM, ScramError
@@ -195,7 +195,7 @@ async def _authenticate(
         or (secret is not None and not secret.startswith("SCRAM-SHA-256$"))
     )
     if md5_exchange:
-        salt = secrets.token_bytes(4)
+        salt = entropy.token_bytes(4)
         send(client, m.auth_md5(salt))
         response = m.parse_password(await read_password_message(client))
         if secret is None or not verify_md5_response(response, secret, user, salt):
