@@ -17,10 +17,14 @@ import asyncpg
 import pytest
 
 from pgpool_proxy.auth.md5 import md5_response
+from pgpool_proxy.auth.scram_client import ScramClient
+from pgpool_proxy.errors import DisconnectReason
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
 from tests.support.rawpg import RawClient
+from tests.support.robustness import backends, proxy_client_count
+from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
 
 INT = struct.Struct("!I")
@@ -197,3 +201,415 @@ async def test_shutdown_while_the_login_waits_on_the_settings_check(
     finally:
         await relay.close()
     assert loop_complaints(caplog) == []
+
+
+# --- bytes pipelined where the login does not wait for them --------------------------------------
+
+BIG = 2 << 20
+
+
+def pipelined_after_login() -> bytes:
+    """Two queries, one far larger than a receive buffer. (No Terminate behind them: the proxy
+    closes a client at its Terminate without the answers to what it pipelined before, as
+    PgBouncer does; PostgreSQL answers first.)"""
+    return m.query("select 41 + 1") + m.query("select length('" + "x" * BIG + "')")
+
+
+async def answers_after_login(client: RawClient, readies: int = 99) -> list[tuple[bytes, bytes]]:
+    """The messages up to the `readies`th ReadyForQuery or the peer's close, ParameterStatus
+    and BackendKeyData left out (their number and values differ between the proxy and
+    PostgreSQL), an error by its SQLSTATE alone."""
+    got: list[tuple[bytes, bytes]] = []
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionResetError):
+        while readies:
+            t, body = await client.read_message()
+            if t == b"E":
+                body = m.parse_error_fields(body)["C"].encode()
+            if t not in (b"S", b"K"):
+                got.append((t, body))
+            if t == b"Z":
+                readies -= 1
+    return got
+
+
+async def test_queries_pipelined_after_the_password_while_the_first_server_connection_is_made(
+    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str]
+) -> None:
+    """The password and what follows it arrive in one go while the login waits on the pool's
+    first server connection (frozen): reading stops at a full buffer, resumes after the
+    welcome, and the queries are answered as PostgreSQL answers them."""
+    direct = await connect(pg)
+    direct.send(password("bob", await md5_challenge(direct, "bob")) + pipelined_after_login())
+    want = await answers_after_login(direct, 3)
+    await direct.close()
+    assert [t for t, _ in want] == [b"R", b"Z", b"T", b"D", b"C", b"Z", b"T", b"D", b"C", b"Z"]
+
+    relay = await FreezableRelay((pg.host, pg.port)).start()
+    try:
+        proxy = start_proxy(
+            auth={"type": "md5"},
+            databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
+        )
+        client = await connect(proxy)
+        salt = await md5_challenge(client, "bob")
+        relay.flowing.clear()
+        client.send(password("bob", salt) + pipelined_after_login())
+
+        def paused() -> bool:
+            assert proxy.server is not None
+            return any(c.reading_paused for c in proxy.server.all_clients())
+
+        await wait_for(lambda: proxy.call(paused), what="the login to stop reading")
+        relay.flowing.set()
+        assert await answers_after_login(client, 3) == want
+        await client.close()
+        assert await proxy_client_count(proxy, 0) == 0
+        await settled_pool(proxy, "bob")
+    finally:
+        await relay.close()
+
+
+async def test_startup_and_queries_in_one_write(
+    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str]
+) -> None:
+    """Under trust, the startup packet and the queries behind it in one write: the login
+    completes inside the read that brought them (buffer_updated), then the queries run."""
+    payload = m.startup_message({"user": "carol", "database": "app"}) + pipelined_after_login()
+    direct = await connect(pg)
+    direct.send(payload)
+    want = await answers_after_login(direct, 3)
+    await direct.close()
+    proxy = start_proxy(auth={"type": "trust"})
+    for _ in range(2):  # the pool's first server connection, then an idle one
+        client = await connect(proxy)
+        client.send(payload)
+        assert await answers_after_login(client, 3) == want
+        await client.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    await settled_pool(proxy, "carol")
+
+
+# PostgreSQL closes silently on an invalid length (COMMERROR: logged, not sent); the proxy
+# says why first, as it does for the same bytes after any ReadyForQuery: 54000 for a length
+# above max_message_size_bytes, 08P01 for one that cannot be.
+TOO_LONG = [(b"E", b"54000")]
+SAID_WHY = [(b"E", b"08P01")]
+
+
+@pytest.mark.parametrize(
+    ("after", "extra"),
+    [
+        pytest.param(b"Q" + INT.pack(0x7FFFFFFF), TOO_LONG, id="huge_length"),
+        pytest.param(b"Q" + INT.pack(2) + b"xx", SAID_WHY, id="length_below_4"),
+        pytest.param(m.TERMINATE, [], id="terminate"),
+        pytest.param(m.TERMINATE + m.query("select 1"), [], id="terminate_then_query"),
+    ],
+)
+async def test_hostile_bytes_pipelined_after_the_password(
+    pg: LocalPostgres,
+    start_proxy: StartProxy,
+    complaints: list[str],
+    after: bytes,
+    extra: list[tuple[bytes, bytes]],
+) -> None:
+    """What follows the password is judged after the welcome, as PostgreSQL judges it after
+    ReadyForQuery; the login ends cleanly whatever it is."""
+    direct = await connect(pg)
+    direct.send(password("bob", await md5_challenge(direct, "bob")) + after)
+    want = await answers_after_login(direct)
+    await direct.close()
+    proxy = start_proxy(auth={"type": "md5"})
+    for _ in range(2):
+        client = await connect(proxy)
+        client.send(password("bob", await md5_challenge(client, "bob")) + after)
+        assert await answers_after_login(client) == want + extra
+        await client.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    stats = await settled_pool(proxy, "bob")
+    assert stats["clients"] == 0
+
+
+# --- clients leaving at every step ------------------------------------------------------------
+
+
+async def scram_first(client: RawClient, user: str = "alice") -> bytes:
+    """Startup and SASLInitialResponse; SASLContinue read: the client's final message."""
+    client.send(m.startup_message({"user": user, "database": "app"}))
+    t, body = await client.read_message()
+    assert t == b"R" and INT.unpack(body[:4])[0] == 10, (t, body)
+    scram = ScramClient(PASSWORDS[user])
+    client.send(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
+    t, body = await client.read_message()
+    assert t == b"R" and INT.unpack(body[:4])[0] == 11, (t, body)
+    return scram.handle_server_first(body[4:])
+
+
+async def leave_silent(proxy: ProxyThread, relay: FreezableRelay) -> None:
+    client = await connect(proxy)
+    await client.close()
+
+
+async def leave_mid_startup(proxy: ProxyThread, relay: FreezableRelay) -> None:
+    client = await connect(proxy)
+    client.send(m.startup_message({"user": "alice", "database": "app"})[:7])
+    await client.close()
+
+
+async def leave_after_ssl_declined(proxy: ProxyThread, relay: FreezableRelay) -> None:
+    client = await connect(proxy)
+    client.send(SSL_REQUEST)
+    assert await asyncio.wait_for(client.reader.readexactly(1), 5) == b"N"
+    await client.close()
+
+
+async def leave_at_sasl_request(proxy: ProxyThread, relay: FreezableRelay) -> None:
+    client = await connect(proxy)
+    client.send(m.startup_message({"user": "alice", "database": "app"}))
+    await client.read_message()
+    await client.close()
+
+
+async def leave_mid_scram(proxy: ProxyThread, relay: FreezableRelay) -> None:
+    client = await connect(proxy)
+    await scram_first(client)
+    await client.close()
+
+
+async def leave_with_half_a_scram_final(proxy: ProxyThread, relay: FreezableRelay) -> None:
+    client = await connect(proxy)
+    final = await scram_first(client)
+    client.send(m.sasl_response(final)[:9])
+    await client.close()
+
+
+async def leave_while_the_first_server_connection_is_made(
+    proxy: ProxyThread, relay: FreezableRelay
+) -> None:
+    """Authenticated; the pool's first server connection stalls (frozen), the client leaves."""
+    relay.flowing.clear()
+    client = await connect(proxy)
+    final = await scram_first(client)
+    client.send(m.sasl_response(final))
+    t, _ = await client.read_message()
+    assert t == b"R"  # SASLFinal: authenticated, now waiting on the pool
+    await wait_for(lambda: proxy.pool_stats()["connecting"] == 1, what="a server connection")
+    await client.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    relay.flowing.set()
+
+
+LEAVERS = [
+    leave_silent,
+    leave_mid_startup,
+    leave_after_ssl_declined,
+    leave_at_sasl_request,
+    leave_mid_scram,
+    leave_with_half_a_scram_final,
+    leave_while_the_first_server_connection_is_made,
+]
+
+
+async def test_clients_leaving_at_every_step_leave_nothing_behind(
+    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str]
+) -> None:
+    relay = await FreezableRelay((pg.host, pg.port)).start()
+    direct = await asyncpg.connect(pg.dsn(dbname="app"))
+    try:
+        proxy = start_proxy(
+            proxy={"client_login_timeout_s": 30},
+            databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
+        )
+        for leave in LEAVERS:
+            await leave(proxy, relay)
+            assert await proxy_client_count(proxy, 0) == 0, leave.__name__
+        for leave in LEAVERS[:-1]:  # many at once
+            await asyncio.gather(*(leave(proxy, relay) for _ in range(20)))
+        assert await proxy_client_count(proxy, 0) == 0
+        # The server connection made for the client that left is pooled, not leaked.
+        stats = await settled_pool(proxy)
+        assert stats["clients"] == 0 and stats["waiting"] == 0
+        assert stats["total"] == await backends(direct, "alice")
+        ok = await asyncpg.connect(proxy.dsn())
+        assert await ok.fetchval("select 'still serving'") == "still serving"
+        await ok.close()
+    finally:
+        await direct.close()
+        await relay.close()
+
+
+# --- the login timeout at every kind of wait ------------------------------------------------------
+
+TIMEOUT_S = 1
+
+
+async def scram_to_final(client: RawClient, user: str, **params: str) -> None:
+    """A whole SCRAM exchange, up to the server's SASLFinal (authenticated)."""
+    client.send(m.startup_message({"user": user, "database": "app", **params}))
+    t, body = await client.read_message()
+    assert t == b"R" and INT.unpack(body[:4])[0] == 10, (t, body)
+    scram = ScramClient(PASSWORDS[user])
+    client.send(m.sasl_initial_response("SCRAM-SHA-256", scram.client_first()))
+    t, body = await client.read_message()
+    client.send(m.sasl_response(scram.handle_server_first(body[4:])))
+    t, body = await client.read_message()
+    assert t == b"R" and INT.unpack(body[:4])[0] == 12, (t, body)
+
+
+async def stall_mid_startup(proxy: ProxyThread, held: list[RawClient]) -> RawClient:
+    client = await connect(proxy)
+    client.send(m.startup_message({"user": "alice", "database": "app"})[:7])
+    return client
+
+
+async def stall_mid_scram(proxy: ProxyThread, held: list[RawClient]) -> RawClient:
+    client = await connect(proxy)
+    await scram_first(client)
+    return client
+
+
+async def stall_after_ssl_declined(proxy: ProxyThread, held: list[RawClient]) -> RawClient:
+    client = await connect(proxy)
+    client.send(SSL_REQUEST)
+    assert await asyncio.wait_for(client.reader.readexactly(1), 5) == b"N"
+    return client
+
+
+async def stall_on_an_auth_query_look_up(proxy: ProxyThread, held: list[RawClient]) -> RawClient:
+    client = await connect(proxy)
+    client.send(m.startup_message({"user": "nobody_here", "database": "app"}))
+    await wait_for(
+        lambda: proxy.call(lambda: bool(proxy.server and proxy.server.auth_lookups.pending())),
+        what="the look-up to be under way",
+    )
+    return client
+
+
+async def stall_on_the_settings_check(proxy: ProxyThread, held: list[RawClient]) -> RawClient:
+    # A first login leaves an idle server connection for the check to be asked on; then the
+    # server stalls (frozen relay).
+    first = await asyncpg.connect(proxy.dsn())
+    await first.close()
+    await settled_pool(proxy)
+    relay = proxy.relay  # type: ignore[attr-defined]
+    relay.flowing.clear()
+    client = await connect(proxy)
+    await scram_to_final(client, "alice", work_mem="3MB")
+    await wait_for(lambda: proxy.pool_stats()["active"] == 1, what="the settings check")
+    return client
+
+
+async def stall_on_a_paused_pool(proxy: ProxyThread, held: list[RawClient]) -> RawClient:
+    console = await connect(proxy)
+    await console.login("alice", PASSWORDS["alice"], "pgbouncer")
+    await console.simple_query("PAUSE")
+    held.append(console)
+    client = await connect(proxy)
+    await scram_to_final(client, "bob")
+    return client
+
+
+STALLS = [
+    stall_mid_startup,
+    stall_mid_scram,
+    stall_after_ssl_declined,
+    stall_on_an_auth_query_look_up,
+    stall_on_the_settings_check,
+    stall_on_a_paused_pool,
+]
+
+
+@pytest.mark.parametrize("stall", STALLS, ids=[f.__name__ for f in STALLS])
+async def test_the_login_timeout_at_every_kind_of_wait(
+    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str], stall: object
+) -> None:
+    relay = await FreezableRelay((pg.host, pg.port)).start()
+    held: list[RawClient] = []
+    try:
+        proxy = start_proxy(
+            proxy={"client_login_timeout_s": TIMEOUT_S},
+            pool={"server_check_timeout_s": 30, "query_wait_timeout_s": 30},
+            auth={
+                "type": "scram-sha-256",
+                "auth_user": "alice",
+                "auth_query": "SELECT usename, passwd FROM pg_catalog.pg_user, pg_sleep(3) "
+                "WHERE usename=$1",
+                "auth_query_timeout_s": 10,
+            },
+            admin={"admin_users": ["alice"]},
+            databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
+        )
+        proxy.relay = relay  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        client = await stall(proxy, held)  # type: ignore[operator]
+        began = loop.time()
+        err = await client.read_error(TIMEOUT_S + 5)
+        assert err["C"] == "08P01" and "client_login_timeout_s" in err["M"], err
+        assert await client.closed(5)
+        assert loop.time() - began < TIMEOUT_S + 2
+        await client.close()
+        for c in held:
+            await c.simple_query("RESUME")
+            await c.close()
+        relay.flowing.set()
+        assert await proxy_client_count(proxy, 0) == 0
+        ok = await asyncpg.connect(proxy.dsn())
+        assert await ok.fetchval("select 'still serving'") == "still serving"
+        await ok.close()
+        await settled_pool(proxy)
+    finally:
+        await relay.close()
+
+
+# --- TLS negotiation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_cert() -> Iterator[tuple[str, str, str]]:
+    """(cert file, key file, CA file) for 127.0.0.1."""
+    tls_dir = TlsDir()
+    try:
+        cert = tls_dir.issue("proxy", ["127.0.0.1"])
+        yield str(cert.cert_file), str(cert.key_file), str(cert.ca_file)
+    finally:
+        tls_dir.remove()
+
+
+def tls_proxy(
+    start_proxy: StartProxy, cert: tuple[str, str, str], **sections: object
+) -> ProxyThread:
+    return start_proxy(
+        client_tls={"mode": "allow", "cert_file": cert[0], "key_file": cert[1]}, **sections
+    )
+
+
+async def ssl_accepted(proxy: ProxyThread, first: bytes = b"") -> RawClient:
+    """A client whose SSLRequest was accepted ('S'), the TLS handshake not begun."""
+    client = await connect(proxy)
+    if first:
+        client.send(first)
+        assert await asyncio.wait_for(client.reader.readexactly(1), 5) == b"N"
+    client.send(SSL_REQUEST)
+    assert await asyncio.wait_for(client.reader.readexactly(1), 5) == b"S"
+    return client
+
+
+async def test_tls_handshake_stalled_past_the_login_timeout(
+    start_proxy: StartProxy, tls_cert: tuple[str, str, str], complaints: list[str]
+) -> None:
+    """Mid-handshake the client expects a TLS record: the timeout closes the connection without
+    a word, as PostgreSQL's does (a plaintext ErrorResponse there reads as a broken record)."""
+    proxy = tls_proxy(start_proxy, tls_cert, proxy={"client_login_timeout_s": TIMEOUT_S})
+    loop = asyncio.get_running_loop()
+    # Nothing sent, and the first bytes of a ClientHello whose length promises more.
+    for partial in (b"", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+        client = await ssl_accepted(proxy)
+        client.send(partial)
+        began = loop.time()
+        assert await asyncio.wait_for(client.reader.read(), TIMEOUT_S + 5) == b""
+        assert loop.time() - began < TIMEOUT_S + 2
+        await client.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    assert (
+        proxy.call(lambda: proxy.server.counters.client_disconnects[DisconnectReason.LOGIN_TIMEOUT])
+        == 2
+    )
