@@ -501,12 +501,6 @@ async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
         log.info("TLS handshake with %s failed: %s", client.addr, exc)
         client.close(DisconnectReason.PROTOCOL_ERROR)
         raise EndpointClosed from None
-    except LoginTimeout:
-        # Mid-handshake the client reads TLS records: the timeout's plaintext ErrorResponse
-        # would reach it as a broken record, so close without one (as PostgreSQL does).
-        log.info("TLS handshake with %s did not complete in time", client.addr)
-        client.close(DisconnectReason.LOGIN_TIMEOUT)
-        raise
     if upgraded is None or client.is_closed():
         raise EndpointClosed
     # uvloop's transports do not subclass asyncio.Transport (see Endpoint.connection_made).

@@ -10,8 +10,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
+import ssl
 import struct
 from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
 
 import asyncpg
 import pytest
@@ -22,8 +26,9 @@ from pgpool_proxy.errors import DisconnectReason
 from pgpool_proxy.protocol import messages as m
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
+from tests.support.proxyproc import ProxyProcess, write_config
 from tests.support.rawpg import RawClient
-from tests.support.robustness import backends, proxy_client_count
+from tests.support.robustness import backends, one_value, proxy_client_count, raw_cancel
 from tests.support.tlsfiles import TlsDir
 from tests.support.waits import wait_for
 
@@ -71,7 +76,14 @@ def loop_complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-async def connect(proxy: ProxyThread | LocalPostgres) -> RawClient:
+class HostPort(NamedTuple):
+    """Where a proxy process listens (what `connect` needs of a ProxyThread)."""
+
+    host: str
+    port: int
+
+
+async def connect(proxy: ProxyThread | LocalPostgres | HostPort) -> RawClient:
     return await RawClient.connect(proxy.host, proxy.port)
 
 
@@ -613,3 +625,278 @@ async def test_tls_handshake_stalled_past_the_login_timeout(
         proxy.call(lambda: proxy.server.counters.client_disconnects[DisconnectReason.LOGIN_TIMEOUT])
         == 2
     )
+
+
+async def tls_up(client: RawClient, ca_file: str) -> None:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    await client.writer.start_tls(ctx, server_hostname="127.0.0.1")
+
+
+async def test_tls_negotiation_sequences_and_departures(
+    start_proxy: StartProxy, tls_cert: tuple[str, str, str], complaints: list[str]
+) -> None:
+    proxy = tls_proxy(start_proxy, tls_cert, auth={"type": "md5"})
+    # GSSENCRequest declined, then SSLRequest accepted (as libpq's gssencmode=prefer does),
+    # then the password and a query in one TLS record.
+    client = await ssl_accepted(proxy, first=GSSENC_REQUEST)
+    await tls_up(client, tls_cert[2])
+    salt = await md5_challenge(client, "bob")
+    client.send(password("bob", salt) + m.query("select 'over tls'"))
+    got = await answers_after_login(client, 2)
+    assert (b"D", b"\x00\x01\x00\x00\x00\x08over tls") in got, got
+    # An SSLRequest inside TLS is refused.
+    client2 = await ssl_accepted(proxy)
+    await tls_up(client2, tls_cert[2])
+    client2.send(SSL_REQUEST)
+    err = await client2.read_error()
+    assert err["C"] == "08P01", err
+    # Departures: right after 'S', mid-handshake, right after the handshake.
+    gone = await ssl_accepted(proxy)
+    await gone.close()
+    gone = await ssl_accepted(proxy)
+    gone.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    await gone.close()
+    gone = await ssl_accepted(proxy)
+    await tls_up(gone, tls_cert[2])
+    await gone.close()
+    for c in (client, client2):
+        await c.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    await settled_pool(proxy, "bob")
+
+
+async def test_shutdown_with_logins_at_every_step(
+    pg: LocalPostgres,
+    start_proxy: StartProxy,
+    tls_cert: tuple[str, str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """server.close with a login at each kind of wait (bytes, a TLS handshake, SCRAM, the
+    settings check, the pool's first server connection): every client is closed, nothing is
+    left pending on the loop, the loop logs no complaint."""
+    caplog.set_level(logging.INFO)
+    relay = await FreezableRelay((pg.host, pg.port)).start()
+    clients: list[RawClient] = []
+    try:
+        proxy = tls_proxy(
+            start_proxy,
+            tls_cert,
+            proxy={"client_login_timeout_s": 30},
+            pool={"server_check_timeout_s": 30},
+            databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
+        )
+        first = await asyncpg.connect(proxy.dsn())
+        await first.close()
+        await settled_pool(proxy)
+        relay.flowing.clear()
+        clients.append(await connect(proxy))  # nothing sent
+        clients.append(await stall_mid_startup(proxy, []))
+        clients.append(await ssl_accepted(proxy))  # handshake not begun
+        half = await ssl_accepted(proxy)
+        half.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        clients.append(half)
+        clients.append(await stall_mid_scram(proxy, []))
+        checking = await connect(proxy)
+        await scram_to_final(checking, "alice", work_mem="5MB")  # the check on a frozen server
+        clients.append(checking)
+        connecting = await connect(proxy)
+        await scram_to_final(connecting, "bob")  # bob's first server connection, frozen
+        clients.append(connecting)
+        await wait_for(
+            lambda: proxy.pool_stats("app", "bob").get("connecting") == 1,
+            what="bob's first server connection",
+        )
+        assert await proxy_client_count(proxy, len(clients)) == len(clients)
+        proxy.stop()
+        assert proxy.loop is not None
+        assert asyncio.all_tasks(proxy.loop) == set()
+        for c in clients:
+            assert await c.closed(5)
+            await c.close()
+    finally:
+        await relay.close()
+    assert loop_complaints(caplog) == []
+
+
+# --- cancel connections ---------------------------------------------------------------------------
+
+
+async def test_cancel_connections_hostile_and_plain(
+    start_proxy: StartProxy, tls_cert: tuple[str, str, str], complaints: list[str]
+) -> None:
+    """A valid key cancels and its connection closes once signalled; an unknown key, trailing
+    bytes, a sender that leaves first and a cancel over TLS all end with nothing held."""
+    proxy = tls_proxy(start_proxy, tls_cert, auth={"type": "md5"})
+    loop = asyncio.get_running_loop()
+    victim = await connect(proxy)
+    await victim.login("bob", PASSWORDS["bob"], "app")
+    victim.send(m.query("select pg_sleep(30)"))
+    await wait_for(lambda: proxy.pool_stats("app", "bob")["active"] == 1, what="the query")
+    began = loop.time()
+    await raw_cancel(proxy.host, proxy.port, victim.pid, victim.secret)
+    err = await victim.read_error(10)
+    assert err["C"] == "57014", err
+    assert loop.time() - began < 5
+    assert await victim.read_until_ready() == ord("I")
+
+    # Unknown key: closed at once, no reply.
+    began = loop.time()
+    await raw_cancel(proxy.host, proxy.port, victim.pid ^ 1, victim.secret)
+    assert loop.time() - began < 2
+    # Trailing bytes after the request, and a sender that leaves before the close.
+    for trailing in (b"garbage", m.startup_message({"user": "bob", "database": "app"})):
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        writer.write(m.cancel_request(victim.pid, victim.secret) + trailing)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(m.cancel_request(victim.pid, victim.secret))
+    writer.close()
+    # Over TLS, as libpq sends it when the connection used TLS.
+    over_tls = await ssl_accepted(proxy)
+    await tls_up(over_tls, tls_cert[2])
+    victim.send(m.query("select pg_sleep(30)"))
+    await wait_for(lambda: proxy.pool_stats("app", "bob")["active"] == 1, what="the query")
+    over_tls.send(m.cancel_request(victim.pid, victim.secret))
+    err = await victim.read_error(10)
+    assert err["C"] == "57014", err
+    assert await over_tls.closed(5)
+    await over_tls.close()
+    await victim.read_until_ready()
+    assert await one_value(victim, "select 'after the cancels'") == "after the cancels"
+    await victim.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    await settled_pool(proxy, "bob")
+
+
+# --- the admin console hands over to a task after the stepped login --------------------------
+
+
+async def test_admin_console_login_then_its_task_reads(
+    start_proxy: StartProxy, complaints: list[str]
+) -> None:
+    proxy = start_proxy(auth={"type": "md5"}, admin={"admin_users": ["bob"]})
+    # The password and two commands in one write: the login ends inside that read, the
+    # console's task reads on from the same buffer.
+    console = await connect(proxy)
+    client_salt = await md5_challenge_db(console, "bob", "pgbouncer")
+    console.send(password("bob", client_salt) + m.query("SHOW VERSION") + m.query("SHOW CLIENTS"))
+    got = await answers_after_login(console, 3)
+    assert [t for t, _ in got].count(b"Z") == 3 and b"E" not in [t for t, _ in got], got
+    assert await one_value(console, "SHOW VERSION")
+    await console.close()
+    # A user not allowed there is refused after authenticating, as before.
+    refused = await connect(proxy)
+    salt = await md5_challenge_db(refused, "alice", "pgbouncer")
+    refused.send(password("alice", salt))
+    err = await refused.read_error()
+    assert err["C"] == "42501", err
+    await refused.close()
+    # asyncpg through the whole exchange (SCRAM-free md5 here), then a pooled login still works.
+    conn = await asyncpg.connect(proxy.dsn("bob", dbname="pgbouncer"), statement_cache_size=0)
+    await conn.close()
+    assert await proxy_client_count(proxy, 0) == 0
+
+
+async def md5_challenge_db(client: RawClient, user: str, database: str) -> bytes:
+    client.send(m.startup_message({"user": user, "database": database}))
+    t, body = await client.read_message()
+    assert t == b"R" and INT.unpack(body[:4])[0] == 5, (t, body)
+    return body[4:8]
+
+
+# --- floods of half-open logins -------------------------------------------------------------------
+
+
+async def test_flood_of_half_open_logins(start_proxy: StartProxy, complaints: list[str]) -> None:
+    """1500 connections that stop mid-startup, past max_client_conn: a real login meanwhile is
+    refused with 53300 as PostgreSQL refuses one past max_connections; the login timeout ends
+    every one of them with no task per client, and then logins are served again."""
+    proxy = start_proxy(proxy={"client_login_timeout_s": 2, "max_client_conn": 100})
+    loop = proxy.loop
+    assert loop is not None
+    half = m.startup_message({"user": "alice", "database": "app"})[:9]
+    flood: list[RawClient] = []
+    try:
+        for _ in range(1500):
+            c = await connect(proxy)
+            c.send(half)
+            flood.append(c)
+        await wait_for(
+            lambda: proxy.call(lambda: proxy.server.client_count if proxy.server else 0) >= 1500,
+            what="the flood to be accepted",
+        )
+        assert proxy.call(lambda: len(asyncio.all_tasks(loop))) < 10
+        with pytest.raises(asyncpg.TooManyConnectionsError):
+            await asyncpg.connect(proxy.dsn())
+        # Each is closed by the proxy, after its 08P01.
+        results = await asyncio.gather(*(c.read_error(15) for c in flood))
+        assert {r["C"] for r in results} == {"08P01"}
+    finally:
+        for c in flood:
+            c.writer.close()
+    assert await proxy_client_count(proxy, 0, timeout=15) == 0
+    ok = await asyncpg.connect(proxy.dsn())
+    assert await ok.fetchval("select 1") == 1
+    await ok.close()
+
+
+# --- SIGTERM of a proxy process with logins mid-flight -------------------------------------------
+
+
+async def test_sigterm_with_logins_mid_flight(
+    pg: LocalPostgres, tmp_path: Path, tls_cert: tuple[str, str, str]
+) -> None:
+    """The drain waits for logins as for transactions, refuses a login that completes
+    meanwhile (57P03, as PostgreSQL refuses one while it shuts down), closes the rest when
+    shutdown_timeout_s runs out; the process exits cleanly, its log free of the loop's
+    complaints."""
+    cfg = tmp_path / "proxy.toml"
+    write_config(
+        cfg,
+        pg,
+        0,
+        proxy="client_login_timeout_s = 30\nshutdown_timeout_s = 2",
+        sections=(
+            f'[client_tls]\nmode = "allow"\ncert_file = "{tls_cert[0]}"\n'
+            f'key_file = "{tls_cert[1]}"\n'
+        ),
+    )
+    proc = ProxyProcess(cfg, 0, tmp_path / "proxy.log")
+    try:
+        (found,) = proc.wait_for(r"listening on 127\.0\.0\.1:(\d+)")
+        proc.port = int(found.group(1))
+        target = HostPort("127.0.0.1", proc.port)
+        clients = [await connect(target)]  # type: ignore[arg-type]
+        clients.append(await stall_mid_startup(target, []))  # type: ignore[arg-type]
+        gss = await connect(target)  # type: ignore[arg-type]
+        gss.send(GSSENC_REQUEST)
+        assert await asyncio.wait_for(gss.reader.readexactly(1), 5) == b"N"
+        clients.append(gss)
+        handshaking = await ssl_accepted(target)  # type: ignore[arg-type]
+        handshaking.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        scram = await connect(target)  # type: ignore[arg-type]
+        final = await scram_first(scram)
+        clients.append(scram)
+        late = await connect(target)  # type: ignore[arg-type]
+        late_final = await scram_first(late)
+        proc.signal(signal.SIGTERM)
+        proc.wait_for("draining")
+        # Authenticated during the drain: refused as a server that shuts down refuses.
+        late.send(m.sasl_response(late_final))
+        t, _ = await late.read_message()
+        assert t == b"R"
+        err = await late.read_error()
+        assert err["C"] == "57P03", err
+        scram.send(m.sasl_response(final)[:10])
+        assert proc.wait(15) == 0
+        # Mid-handshake the client reads TLS records: closed without a plaintext word.
+        assert await asyncio.wait_for(handshaking.reader.read(), 5) == b""
+        await handshaking.close()
+        for c in [*clients, late]:
+            assert await c.closed(5)
+            await c.close()
+    finally:
+        proc.stop()
+    log = proc.log()
+    assert not [c for c in LOOP_COMPLAINTS if c in log], log
