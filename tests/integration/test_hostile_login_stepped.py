@@ -24,9 +24,10 @@ from pgpool_proxy.auth.md5 import md5_response
 from pgpool_proxy.auth.scram_client import ScramClient
 from pgpool_proxy.errors import DisconnectReason
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.runtime.workers import MIN_CLIENT_PID, WORKER_SHIFT
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
-from tests.support.proxyproc import ProxyProcess, write_config
+from tests.support.proxyproc import ProxyProcess, start_workers, write_config
 from tests.support.rawpg import RawClient
 from tests.support.robustness import backends, one_value, proxy_client_count, raw_cancel
 from tests.support.tlsfiles import TlsDir
@@ -721,8 +722,26 @@ async def test_shutdown_with_logins_at_every_step(
 # --- cancel connections ---------------------------------------------------------------------------
 
 
+async def sleeping(admin: asyncpg.Connection, tag: str, n: int = 1) -> None:
+    """Until `n` queries tagged `tag` run on the server (a cancel before that is lost, with
+    PostgreSQL itself too)."""
+
+    async def running() -> bool:
+        found = await admin.fetchval(
+            "select count(*) from pg_stat_activity where state = 'active' "
+            "and query like $1 and pid <> pg_backend_pid()",
+            f"%{tag} */",
+        )
+        return bool(found == n)
+
+    await wait_for(running, what=f"{n} queries {tag} running on the server")
+
+
 async def test_cancel_connections_hostile_and_plain(
-    start_proxy: StartProxy, tls_cert: tuple[str, str, str], complaints: list[str]
+    start_proxy: StartProxy,
+    tls_cert: tuple[str, str, str],
+    admin: asyncpg.Connection,
+    complaints: list[str],
 ) -> None:
     """A valid key cancels and its connection closes once signalled; an unknown key, trailing
     bytes, a sender that leaves first and a cancel over TLS all end with nothing held."""
@@ -730,8 +749,8 @@ async def test_cancel_connections_hostile_and_plain(
     loop = asyncio.get_running_loop()
     victim = await connect(proxy)
     await victim.login("bob", PASSWORDS["bob"], "app")
-    victim.send(m.query("select pg_sleep(30)"))
-    await wait_for(lambda: proxy.pool_stats("app", "bob")["active"] == 1, what="the query")
+    victim.send(m.query("select pg_sleep(30) /* plain */"))
+    await sleeping(admin, "plain")
     began = loop.time()
     await raw_cancel(proxy.host, proxy.port, victim.pid, victim.secret)
     err = await victim.read_error(10)
@@ -755,8 +774,8 @@ async def test_cancel_connections_hostile_and_plain(
     # Over TLS, as libpq sends it when the connection used TLS.
     over_tls = await ssl_accepted(proxy)
     await tls_up(over_tls, tls_cert[2])
-    victim.send(m.query("select pg_sleep(30)"))
-    await wait_for(lambda: proxy.pool_stats("app", "bob")["active"] == 1, what="the query")
+    victim.send(m.query("select pg_sleep(30) /* over-tls */"))
+    await sleeping(admin, "over-tls")
     over_tls.send(m.cancel_request(victim.pid, victim.secret))
     err = await victim.read_error(10)
     assert err["C"] == "57014", err
@@ -898,5 +917,89 @@ async def test_sigterm_with_logins_mid_flight(
             await c.close()
     finally:
         proc.stop()
+    log = proc.log()
+    assert not [c for c in LOOP_COMPLAINTS if c in log], log
+
+
+# --- bytes sent blind while the login waits on an auth_query look-up ----------------------------
+
+JUNK_FRAME = b"p" + INT.pack(4 + 1000) + b"\x00" * 1000
+
+
+@pytest.mark.parametrize(
+    "blind",
+    [
+        pytest.param(JUNK_FRAME * 4000, id="4mb_of_frames"),
+        pytest.param(b"p" + INT.pack(0x7FFFFFFF) + b"x" * (1 << 20), id="huge_length"),
+    ],
+)
+async def test_bytes_sent_blind_while_the_login_waits_on_a_look_up(
+    start_proxy: StartProxy, complaints: list[str], blind: bytes
+) -> None:
+    """The client does not wait for the challenge: what it sends while the login waits on the
+    auth_query look-up is held (one buffer: reading stops), then judged as the answer to the
+    challenge, refused with an ErrorResponse that reaches the client."""
+    proxy = start_proxy(
+        auth={
+            "type": "scram-sha-256",
+            "auth_user": "alice",
+            "auth_query": "SELECT usename, passwd FROM pg_catalog.pg_user, pg_sleep(1) "
+            "WHERE usename=$1",
+        },
+    )
+    client = await connect(proxy)
+    client.send(m.startup_message({"user": "nobody_here", "database": "app"}) + blind)
+
+    def held() -> int:
+        """The size of the paused login's buffer (0 while none has paused)."""
+        assert proxy.server is not None
+        return max(
+            (len(c.rbuf.buf) for c in proxy.server.all_clients() if c.reading_paused), default=0
+        )
+
+    assert await wait_for(lambda: proxy.call(held), what="the login to stop reading") <= 64 * 1024
+    t, body = await client.read_message()
+    assert t == b"R" and INT.unpack(body[:4])[0] == 10, (t, body)  # the (mock) SASL challenge
+    err = await client.read_error()
+    assert err["C"] in ("08P01", "28P01"), err
+    assert await client.closed(10)
+    await client.close()
+    assert await proxy_client_count(proxy, 0) == 0
+
+
+async def test_cancel_connections_across_two_workers(
+    pg: LocalPostgres, tmp_path: Path, admin: asyncpg.Connection
+) -> None:
+    """With workers = 2 a cancel connection may land on the worker that does not own the key
+    and be relayed: forged keys of either worker, senders that leave at once and trailing bytes
+    leave both workers serving and their log free of the loop's complaints; a real key still
+    cancels from whichever worker takes the connection."""
+    proc = start_workers(pg, tmp_path, 2, pool_size=4)
+    try:
+        port = proc.port
+        victims = [await RawClient.connect("127.0.0.1", port) for _ in range(6)]
+        for v in victims:
+            await v.login("alice", PASSWORDS["alice"], "app")
+        assert len({v.pid >> WORKER_SHIFT for v in victims}) == 2
+        for worker in (0, 1):
+            for n in range(10):
+                forged = (worker << WORKER_SHIFT) | MIN_CLIENT_PID | n
+                await raw_cancel("127.0.0.1", port, forged, 12345 + n)
+        for _ in range(10):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(m.cancel_request(victims[0].pid, victims[0].secret ^ 1) + b"junk")
+            writer.close()
+        for v in victims[:4]:
+            v.send(m.query("select pg_sleep(20) /* two-workers */"))
+        await sleeping(admin, "two-workers", 4)
+        await asyncio.gather(*(v.cancel("127.0.0.1", port) for v in victims[:4]))
+        assert [(await v.read_error(15))["C"] for v in victims[:4]] == ["57014"] * 4
+        for v in victims:
+            if v in victims[:4]:
+                await v.read_until_ready()
+            assert await one_value(v, "select 'served'") == "served"
+            await v.close()
+    finally:
+        proc.stop(signal.SIGTERM)
     log = proc.log()
     assert not [c for c in LOOP_COMPLAINTS if c in log], log
