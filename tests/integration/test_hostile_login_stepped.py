@@ -282,8 +282,9 @@ async def test_queries_pipelined_after_the_password_while_the_first_server_conne
         await relay.close()
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
 async def test_startup_and_queries_in_one_write(
-    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str]
+    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str], mode: str
 ) -> None:
     """Under trust, the startup packet and the queries behind it in one write: the login
     completes inside the read that brought them (buffer_updated), then the queries run."""
@@ -292,7 +293,7 @@ async def test_startup_and_queries_in_one_write(
     direct.send(payload)
     want = await answers_after_login(direct, 3)
     await direct.close()
-    proxy = start_proxy(auth={"type": "trust"})
+    proxy = start_proxy(auth={"type": "trust"}, proxy={"pool_mode": mode})
     for _ in range(2):  # the pool's first server connection, then an idle one
         client = await connect(proxy)
         client.send(payload)
@@ -1003,3 +1004,40 @@ async def test_cancel_connections_across_two_workers(
         proc.stop(signal.SIGTERM)
     log = proc.log()
     assert not [c for c in LOOP_COMPLAINTS if c in log], log
+
+
+async def test_a_herd_on_the_first_server_connection_half_of_which_leaves(
+    pg: LocalPostgres, start_proxy: StartProxy, complaints: list[str]
+) -> None:
+    """Sixty logins wait on one pool's first server connection (frozen); half leave before it
+    is made. The other half are welcomed once it is, and the pool holds only what they use."""
+    relay = await FreezableRelay((pg.host, pg.port)).start()
+    try:
+        proxy = start_proxy(
+            auth={"type": "md5"},
+            proxy={"client_login_timeout_s": 30},
+            databases=[{"name": "app", "host": "127.0.0.1", "port": relay.port}],
+        )
+        relay.flowing.clear()
+        herd = [await connect(proxy) for _ in range(60)]
+        salts = await asyncio.gather(*(md5_challenge(c, "bob") for c in herd))
+        for c, salt in zip(herd, salts, strict=True):
+            c.send(password("bob", salt) + m.query("select 'welcomed'"))
+        await wait_for(
+            lambda: proxy.pool_stats("app", "bob").get("connecting", 0) >= 1,
+            what="the first server connection",
+        )
+        leaving, staying = herd[::2], herd[1::2]
+        for c in leaving:
+            await c.close()
+        assert await proxy_client_count(proxy, len(staying)) == len(staying)
+        relay.flowing.set()
+        for c in staying:
+            got = await answers_after_login(c, 2)
+            assert (b"D", b"\x00\x01\x00\x00\x00\x08welcomed") in got, got
+            await c.close()
+        assert await proxy_client_count(proxy, 0) == 0
+        stats = await settled_pool(proxy, "bob")
+        assert stats["clients"] == 0 and stats["total"] <= 5
+    finally:
+        await relay.close()
