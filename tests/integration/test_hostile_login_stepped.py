@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import ssl
 import struct
 from collections.abc import Iterator
@@ -1041,3 +1042,76 @@ async def test_a_herd_on_the_first_server_connection_half_of_which_leaves(
         assert stats["clients"] == 0 and stats["total"] <= 5
     finally:
         await relay.close()
+
+
+async def test_shutdown_while_an_iam_login_waits_on_sts(
+    start_proxy: StartProxy, tls_cert: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """IAM verification runs as a Task of its own (session.stepped.external): a shutdown while
+    it waits on an STS that never answers ends it with the client."""
+    from botocore.credentials import Credentials
+
+    from pgpool_proxy.aws.sigv4 import make_sts_token
+
+    caplog.set_level(logging.INFO)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    sts_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        proxy = tls_proxy(
+            start_proxy,
+            tls_cert,
+            proxy={"client_login_timeout_s": 30},
+            users=[
+                {"name": "alice", "password": PASSWORDS["alice"], "iam": True},
+                {"name": "bob", "password": PASSWORDS["bob"]},
+            ],
+            iam={
+                "endpoint": "db-proxy.example.com:5432",
+                "region": "us-east-1",
+                "sts_endpoints": [sts_url],
+            },
+            iam_rules=[{"arn": "arn:aws:sts::123456789012:assumed-role/app-*", "users": ["alice"]}],
+        )
+        token = make_sts_token(
+            host="db-proxy.example.com",
+            port=5432,
+            user="alice",
+            region="us-east-1",
+            credentials=Credentials("AKIAAPPLAMBDA0000001", "lambda-secret"),
+            sts_url=sts_url,
+        )
+        client = await ssl_accepted(proxy)
+        await tls_up(client, tls_cert[2])
+        client.send(m.startup_message({"user": "alice", "database": "app"}))
+        t, body = await client.read_message()
+        assert t == b"R" and INT.unpack(body[:4])[0] == 3, (t, body)  # cleartext: the token
+        client.send(m.password_message(token))
+        assert proxy.loop is not None
+        loop = proxy.loop
+
+        def sts_called() -> bool:
+            try:
+                conn, _ = silent.accept()
+            except BlockingIOError:
+                return False
+            held.append(conn)  # open, never answered
+            return True
+
+        silent.setblocking(False)
+        held: list[socket.socket] = []
+        await wait_for(sts_called, what="the STS call under way")
+        await wait_for(
+            lambda: proxy.call(lambda: len(asyncio.all_tasks(loop))) >= 3,
+            what="the verification's task",
+        )
+        proxy.stop()
+        for conn in held:
+            conn.close()
+        assert asyncio.all_tasks(loop) == set()
+        assert await client.closed(5)
+        await client.close()
+    finally:
+        silent.close()
+    assert loop_complaints(caplog) == []
