@@ -1115,3 +1115,30 @@ async def test_shutdown_while_an_iam_login_waits_on_sts(
     finally:
         silent.close()
     assert loop_complaints(caplog) == []
+
+
+async def test_flood_of_stalled_tls_handshakes(
+    start_proxy: StartProxy, tls_cert: tuple[str, str, str], complaints: list[str]
+) -> None:
+    """300 clients whose SSLRequest was accepted and who then say nothing (each handshake a
+    task of its own): the login timeout ends every one, silently, and cancels its task."""
+    proxy = tls_proxy(start_proxy, tls_cert, proxy={"client_login_timeout_s": TIMEOUT_S})
+    loop = proxy.loop
+    assert loop is not None
+    flood = [await ssl_accepted(proxy) for _ in range(300)]
+    try:
+        leftovers = await asyncio.gather(
+            *(asyncio.wait_for(c.reader.read(), TIMEOUT_S + 10) for c in flood)
+        )
+        assert set(leftovers) == {b""}
+    finally:
+        for c in flood:
+            c.writer.close()
+    assert await proxy_client_count(proxy, 0) == 0
+    await wait_for(
+        lambda: proxy.call(lambda: len(asyncio.all_tasks(loop))) <= 2,
+        what="no handshake task left",
+    )
+    ok = await connect(proxy)
+    await ok.login("alice", PASSWORDS["alice"], "app")
+    await ok.close()
