@@ -1142,3 +1142,29 @@ async def test_flood_of_stalled_tls_handshakes(
     ok = await connect(proxy)
     await ok.login("alice", PASSWORDS["alice"], "app")
     await ok.close()
+
+
+async def test_a_burst_of_tls_logins_whose_client_hello_follows_the_s_at_once(
+    start_proxy: StartProxy, tls_cert: tuple[str, str, str], complaints: list[str]
+) -> None:
+    """The handshake is a task of its own, started one loop round after the 'S' is written:
+    a ClientHello sent the moment the 'S' arrives must still reach the TLS layer, under a
+    burst of such clients."""
+    proxy = tls_proxy(start_proxy, tls_cert, auth={"type": "md5"})
+    ctx = ssl.create_default_context(cafile=tls_cert[2])
+
+    async def one() -> str | None:
+        reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+        writer.write(SSL_REQUEST)
+        assert await reader.readexactly(1) == b"S"
+        await writer.start_tls(ctx, server_hostname="127.0.0.1")
+        client = RawClient(reader, writer)
+        await client.login("bob", PASSWORDS["bob"], "app")
+        try:
+            return await one_value(client, "select 'tls burst'")
+        finally:
+            await client.close()
+
+    got = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(100))), 60)
+    assert set(got) == {"tls burst"}
+    assert await proxy_client_count(proxy, 0) == 0
