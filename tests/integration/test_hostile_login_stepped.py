@@ -1168,3 +1168,48 @@ async def test_a_burst_of_tls_logins_whose_client_hello_follows_the_s_at_once(
     got = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(100))), 60)
     assert set(got) == {"tls burst"}
     assert await proxy_client_count(proxy, 0) == 0
+
+
+# --- a bug inside the stepped login -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["from_a_future_callback", "inside_a_read"])
+async def test_a_bug_in_the_welcome_fails_that_client_alone(
+    start_proxy: StartProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    complaints: list[str],
+    warm: bool,
+) -> None:
+    """An exception where the login welcomes the client (fault injection): resumed from the
+    pool's first server connection (a future's callback) or, with the pool warm, inside the
+    read that brought the password. The client gets XX000, the proxy's counts return to
+    zero, and other clients are served."""
+    import pgpool_proxy.session.login as login_module
+
+    proxy = start_proxy(auth={"type": "md5"})
+    if warm:
+        first = await asyncpg.connect(proxy.dsn("bob"))
+        await first.close()
+        await settled_pool(proxy, "bob")
+
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(login_module, "_parameter_statuses", broken)
+    client = await connect(proxy)
+    client.send(password("bob", await md5_challenge(client, "bob")))
+    err = await client.read_error()
+    assert err["C"] == "XX000", err
+    assert await client.closed(5)
+    await client.close()
+    monkeypatch.undo()
+    assert await proxy_client_count(proxy, 0) == 0
+    stats = await settled_pool(proxy, "bob")
+    assert stats["clients"] == 0, stats
+    ok = await asyncpg.connect(proxy.dsn("bob"))
+    assert await ok.fetchval("select 1") == 1
+    await ok.close()
+    # The injected fault was logged as the internal error it is; nothing else was.
+    assert [c for c in loop_complaints(caplog) if "internal error" not in c] == []
+    caplog.clear()
