@@ -316,7 +316,15 @@ class ProxyServer:
         self.peering.stop()
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.close()
+        # A login waiting on a future is not a task that the loop would cancel: what it waits
+        # on (a TLS handshake, the settings check, IAM run as tasks of their own) is cancelled
+        # here, or it is left pending on a closed loop.
+        logins: list[asyncio.Future[Any]] = []
         for client in list(self._all_clients):
+            login = client.login
+            waited = login.cancel() if login is not None else None
+            if waited is not None:
+                logins.append(waited)
             client.close(DisconnectReason.SHUTDOWN)
         for pool in self.pools.values():
             pool.close()
@@ -325,6 +333,7 @@ class ProxyServer:
         # Verifier derivations outlive the logins that started them (shared, see scram_verifier):
         # they end here too, or the loop is closed under them.
         tasks: list[asyncio.Future[Any]] = [
+            *logins,
             *self._tasks,
             *self.verifiers.deriving.values(),
             *self.auth_lookups.pending(),

@@ -41,8 +41,11 @@ MAX_AUTH_MESSAGE = 16 * 1024
 
 def send(client: ClientConnection, data: bytes) -> None:
     transport = client.transport
-    if transport is None:
-        raise EndpointClosed  # the client left while the login task was suspended
+    # The client left, or the proxy closed it (a drain, a KILL), while the login waited: a
+    # closed client may keep a half-closed transport while it lingers (close_transport), and
+    # writing there raises.
+    if transport is None or client.is_closed():
+        raise EndpointClosed
     transport.write(data)
 
 

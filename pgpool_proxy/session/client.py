@@ -431,8 +431,12 @@ class ClientConnection(Endpoint):
                     end.transport.abort()
 
     def send_error(self, err: ProxyError) -> None:
-        if self.transport is not None:
-            self.transport.write(
+        transport = self.transport
+        # Mid TLS handshake (session.login._start_tls) the socket's bytes belong to the TLS
+        # layer, its protocol, and the client reads TLS records: a plaintext ErrorResponse would
+        # reach it as a broken record. Nothing is said there, as PostgreSQL says nothing.
+        if transport is not None and transport.get_protocol() is self:
+            transport.write(
                 m.error_response(
                     err.severity, err.sqlstate, err.message, detail=err.detail, hint=err.hint
                 )

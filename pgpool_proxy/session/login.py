@@ -428,7 +428,6 @@ def _welcome(client: ClientConnection, pool: Pool, server_params: dict[str, str]
     """AuthenticationOk through ReadyForQuery; from here on the hot path reads."""
     server = client.server
     user, database = client.user, client.database
-    pool.clients += 1
     client.key_pid, client.key_secret = server.register_cancel_key(client)
     send(
         client,
@@ -441,6 +440,9 @@ def _welcome(client: ClientConnection, pool: Pool, server_params: dict[str, str]
             )
         ),
     )
+    # Counted with the state change: a client closed while still in LOGIN is not uncounted
+    # (server.client_closed), so one that failed above must not have been counted.
+    pool.clients += 1
     client.to(ClientState.IDLE)
     # Reading may have stopped while login held a full buffer; from now on the hot path reads.
     client.resume_reading()

@@ -75,6 +75,16 @@ class Stepper:
         if self._waiting is NEED_BYTES:
             self._step(None)
 
+    def cancel(self) -> asyncio.Future[Any] | None:
+        """The proxy is closing: cancel the future the coroutine waits on, as cancelling a
+        Task would (its done callback resumes the coroutine with CancelledError). Returns that
+        future, for the caller to await; None when the coroutine waits for no future."""
+        waiting = self._waiting
+        if not isinstance(waiting, asyncio.Future):
+            return None
+        waiting.cancel()
+        return waiting
+
     def disarm(self) -> None:
         """No timeout from here on (what remains is bounded by its own timer)."""
         if self._timer is not None:

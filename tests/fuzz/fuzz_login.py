@@ -141,6 +141,7 @@ class _Transport:
         self.out = bytearray()
         self.closed = False
         self.tls = tls
+        self.protocol: object = None
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -148,6 +149,9 @@ class _Transport:
 
     def close(self) -> None:
         self.closed = True
+
+    def get_protocol(self) -> object:
+        return self.protocol
 
     def can_write_eof(self) -> bool:
         # As over TLS: a closing endpoint closes at once instead of lingering on a timer.
@@ -184,6 +188,7 @@ async def _run(data: bytes, config: Any) -> bytes:
     client = ClientConnection(_Server(config))  # type: ignore[arg-type]
     transport = _Transport(tls=config is _IAM_CONFIG)
     client.transport = transport  # type: ignore[assignment]
+    transport.protocol = client
     client.addr = "fuzz"
     view = client.rbuf.get_buffer()
     pos = 0

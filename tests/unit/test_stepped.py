@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import pytest
@@ -163,3 +164,58 @@ async def test_external_gives_a_coroutine_that_needs_a_task_its_own() -> None:
     Stepper(login(), 5, lambda: ended.set_result(None)).start()
     await ended
     assert seen == [42]
+
+
+async def test_a_future_that_failed_as_the_timeout_fired_is_not_left_unretrieved() -> None:
+    """The timer and the future's failure in one loop round: the coroutine gets LoginTimeout,
+    and the future's exception, which nobody will read now, is not reported as never
+    retrieved when the future is collected."""
+    loop = asyncio.get_running_loop()
+    complaints: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: complaints.append(ctx["message"]))
+    try:
+        held: list[asyncio.Future[None]] = [loop.create_future()]
+        caught: list[type[BaseException]] = []
+
+        async def login() -> None:
+            try:
+                await held[0]
+            except BaseException as exc:
+                caught.append(type(exc))
+
+        stepper = Stepper(login(), 5, None)
+        stepper.start()
+        held[0].set_exception(ValueError("the look-up failed"))
+        stepper._timed_out()  # before the future's callback runs
+        assert caught == [LoginTimeout]
+        await asyncio.sleep(0)
+        held.clear()
+        gc.collect()
+        assert complaints == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_cancel_ends_a_wait_on_a_future_with_cancelled_error() -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    trace = Trace()
+
+    async def login() -> None:
+        try:
+            await fut
+        except asyncio.CancelledError:
+            trace.events.append("cancelled")
+
+    stepper = Stepper(login(), 5, trace.ended)
+    stepper.start()
+    assert stepper.cancel() is fut and fut.cancelled()
+    await asyncio.sleep(0)
+    assert trace.events == ["cancelled"] and trace.done == 1
+    waiting = Stepper(_bytes_wait(), 5, None)
+    waiting.start()
+    assert waiting.cancel() is None  # a wait for bytes ends when the connection closes
+
+
+async def _bytes_wait() -> None:
+    await NEED_BYTES
