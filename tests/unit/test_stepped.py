@@ -215,6 +215,7 @@ async def test_cancel_ends_a_wait_on_a_future_with_cancelled_error() -> None:
     waiting = Stepper(_bytes_wait(), 5, None)
     waiting.start()
     assert waiting.cancel() is None  # a wait for bytes ends when the connection closes
+    waiting.disarm()  # the loop is shared by the session's tests: no timer left behind
 
 
 async def _bytes_wait() -> None:
