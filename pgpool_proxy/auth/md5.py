@@ -18,8 +18,8 @@ _MD5_HASH_RE = re.compile(r"md5[0-9a-f]{32}", re.ASCII)
 _SALT_LEN = 4
 
 # (secret, user) -> the stored hash's hex digits as bytes: each login under churn otherwise
-# hashes the same password and matches the same pattern again. Bounded: secrets come from the
-# configuration and auth_query, never from the client.
+# hashes the same password and matches the same pattern again. Only names with a stored secret
+# (configured, or found by auth_query) reach it, and it is bounded all the same.
 _inner_cache: dict[tuple[str, str], bytes] = {}
 _INNER_CACHE_MAX = 4096
 
