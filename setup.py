@@ -33,6 +33,16 @@ def _pure_requested() -> bool:
     return os.environ.get("PGPOOL_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _source_digest(source: Path) -> str:
+    """pgpool_proxy.speedups.source_digest (not importable before the install): the source's
+    SHA-256, and its augmenting .pxd's when it has one."""
+    digest = hashlib.sha256(source.read_bytes())
+    pxd = source.with_suffix(".pxd")
+    if pxd.is_file():
+        digest.update(b"\0pxd\0" + pxd.read_bytes())
+    return digest.hexdigest()
+
+
 def _say(message: str) -> None:
     print(f"pgpool-proxy: {message}", file=sys.stderr)
 
@@ -61,7 +71,7 @@ class OptionalBuildExt(build_ext):
         # What pgpool_proxy.speedups checks before it loads the extension: the source's hash,
         # so that a module edited after the build runs from its source, not stale.
         source = ROOT.joinpath(*ext.name.split(".")).with_suffix(".py")
-        self._digests[ext.name] = hashlib.sha256(source.read_bytes()).hexdigest() + "\n"
+        self._digests[ext.name] = _source_digest(source) + "\n"
         built = Path(self.get_ext_fullpath(ext.name)).parent / (source.name + ".sha256")
         built.write_text(self._digests[ext.name])
 
@@ -113,7 +123,8 @@ def _extensions() -> list[object]:
                 compiler_directives={
                     "language_level": "3",
                     # The .py files are the reference: annotations stay hints, never C types or
-                    # runtime checks.
+                    # runtime checks. The only C types are those an augmenting .pxd beside a
+                    # module declares (its extension types, typed locals, C constants).
                     "annotation_typing": False,
                     "binding": False,
                     "embedsignature": False,

@@ -70,8 +70,13 @@ def _source_of(fullname: str) -> Path:
 
 
 def source_digest(source: Path) -> str:
-    """What setup.py records beside an extension: the SHA-256 of the source it compiled."""
-    return hashlib.sha256(source.read_bytes()).hexdigest()
+    """What setup.py records beside an extension: the SHA-256 of the source it compiled, and of
+    the augmenting ``.pxd`` beside it (the C types of the twin) when there is one."""
+    digest = hashlib.sha256(source.read_bytes())
+    pxd = source.with_suffix(".pxd")
+    if pxd.is_file():
+        digest.update(b"\0pxd\0" + pxd.read_bytes())
+    return digest.hexdigest()
 
 
 def _built_from(source: Path) -> Path:

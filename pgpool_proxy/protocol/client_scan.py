@@ -24,7 +24,6 @@ from .constants import (
     F_QUERY,
     F_SYNC,
     F_TERMINATE,
-    INT32,
 )
 from .framing import FrameError
 from .sqlscan import classify, setting_names
@@ -41,8 +40,6 @@ from .units import (
     U_UPARSE,
     U_Z,
 )
-
-_unpack_len = INT32.unpack_from
 
 # How much of a client message is buffered to look into it (query text, statement names); a
 # longer Query is classified by its first part only.
@@ -176,7 +173,11 @@ class ClientScanner:
         units = self.units
         while end - pos >= 5:
             t = buf[pos]
-            length: int = _unpack_len(buf, pos + 1)[0]
+            # The header's big-endian length, byte by byte: as fast as struct's unpack in the
+            # interpreter, and plain C in the compiled twin (no call, no tuple). The first
+            # byte goes through `length` so that the twin shifts it as a 64-bit integer.
+            length: int = buf[pos + 1]
+            length = (length << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
             if length < 4 or length > max_len:
                 raise FrameError(t, length, max_len)
             n = length + 1

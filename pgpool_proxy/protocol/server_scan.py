@@ -16,12 +16,9 @@ from .constants import (
     B_NOTIFICATION,
     B_PARAMETER_STATUS,
     B_READY_FOR_QUERY,
-    INT32,
 )
 from .framing import FrameError
 from .units import TERMINATES, UNIT_STOP
-
-_unpack_len = INT32.unpack_from
 
 # A backend frame longer than this means the stream is corrupt (PostgreSQL caps messages at 1 GB).
 MAX_BACKEND_FRAME = 0x40000000
@@ -107,7 +104,11 @@ class BackendScanner:
         units = self.units
         while end - pos >= 5:
             t = buf[pos]
-            length: int = _unpack_len(buf, pos + 1)[0]
+            # The header's big-endian length, byte by byte: as fast as struct's unpack in the
+            # interpreter, and plain C in the compiled twin (no call, no tuple). The first
+            # byte goes through `length` so that the twin shifts it as a 64-bit integer.
+            length: int = buf[pos + 1]
+            length = (length << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
             if length < 4 or length > MAX_BACKEND_FRAME:
                 raise FrameError(t, length, MAX_BACKEND_FRAME)
             n = length + 1

@@ -186,13 +186,20 @@ class HostileServer:
 
 def record_capacity_requests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every size a receive buffer is asked to make room for from now on (to show that a
-    header's claim alone sizes no buffer)."""
+    header's claim alone sizes no buffer).
+
+    The connections made from now on get a recording subclass: the compiled RecvBuffer is an
+    extension type, whose methods cannot be patched on the class."""
+    from pgpool_proxy.pool import backend
+    from pgpool_proxy.session import client
+
     asked: list[int] = []
-    ensure = RecvBuffer.ensure_capacity
 
-    def recording(self: RecvBuffer, nbytes: int) -> None:
-        asked.append(nbytes)
-        ensure(self, nbytes)
+    class Recording(RecvBuffer):
+        def ensure_capacity(self, nbytes: int) -> None:
+            asked.append(nbytes)
+            super().ensure_capacity(nbytes)
 
-    monkeypatch.setattr(RecvBuffer, "ensure_capacity", recording)
+    for module in (backend, client):
+        monkeypatch.setattr(module, "RecvBuffer", Recording)
     return asked
