@@ -116,14 +116,19 @@ _NAME_ARG = re.compile(_W + rb"*+('[^'\\]*+(?:''[^'\\]*+)*+')" + _W + rb"*+,")
 
 
 # The common case at C speed: one statement that starts harmlessly and has no string, comment,
-# quoted name, dollar quote, call, INTO or TEMP in it.
+# quoted name, dollar quote, call, INTO or TEMP in it. Only the keyword folds case: the body
+# spells both cases out, because a case-folding class costs a fold per byte (about half the
+# match on a pgbench statement). Frequent keywords first: the alternation is tried in order.
+_FAST_FIRST = (b"select", b"update", b"insert", b"delete", b"begin", b"commit", b"end")
 _FAST = re.compile(
-    rb"[ \t\n\r\f\v]*+(?:"
-    + b"|".join(sorted(SAFE_FIRST - {b"explain"}))
+    rb"[ \t\n\r\f\v]*+(?i:"
+    + b"|".join(
+        [k for k in _FAST_FIRST if k in SAFE_FIRST]
+        + sorted(SAFE_FIRST - {b"explain"} - set(_FAST_FIRST))
+    )
     + rb")(?![A-Za-z0-9_$\x80-\xff])"
     rb"(?:[^('\"\\$/;\-iItT]++|-(?!-)|/(?!\*)|\$[0-9]|[iI](?![nN][tT][oO])|[tT](?![eE][mM][pP]))*+"
-    rb"(?:;[ \t\n\r\f\v]*+)?",
-    re.IGNORECASE,
+    rb"(?:;[ \t\n\r\f\v]*+)?"
 )
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgpool_proxy.protocol import sqlscan
 from pgpool_proxy.protocol.deallocate import drops_all_statements, parse_deallocate
 from pgpool_proxy.protocol.sqlscan import classify, setting_names
 from pgpool_proxy.protocol.sqltables import (
@@ -391,6 +392,64 @@ def test_classify_never_misses_a_statement_after_a_semicolon(parts: list[str]) -
     assert flags & SQL_SESSION
     if not flags & SQL_OPAQUE:
         assert "app.tenant" in setting_names(text, 0, len(text))
+
+
+_FAST_TOKENS = [
+    b"SELECT",
+    b"select",
+    b"SeLeCt",
+    b"UPDATE",
+    b"with",
+    b"Values",
+    b"End",
+    b"endx",
+    b"EXPLAIN",
+    b"Into",
+    b"INTO",
+    b"inTo",
+    b"iNt",
+    b"tEmP",
+    b"TEMP",
+    b"TEM",
+    b"tE",
+    b"pg_temp",
+    b"t",
+    b"i",
+    b"T",
+    b"I",
+    b"x",
+    b"1",
+    b"$1",
+    b"$",
+    b"$a$",
+    b"-",
+    b"--",
+    b"/",
+    b"/*",
+    b"*/",
+    b";",
+    b"'",
+    b'"',
+    b"(",
+    b"f(",
+    b"\\",
+    b"\xc3\xa9",
+    b"set",
+    b"SET x = 1",
+    b" ",
+    b"\n",
+    b"\t",
+]
+
+
+@given(st.lists(st.sampled_from(_FAST_TOKENS), min_size=1, max_size=12))
+@settings(max_examples=1500, deadline=None)
+def test_fast_pattern_never_hides_what_the_full_pass_flags(parts: list[bytes]) -> None:
+    """The C-speed pattern only settles texts the full pass would also find harmless: it may
+    send a harmless text to the full pass, never a flagged one past it."""
+    text = b"".join(parts)
+    if sqlscan._FAST.fullmatch(text) is not None:
+        assert sqlscan._scan(text, 0, len(text), None) == 0
 
 
 # --- parse_deallocate ------------------------------------------------------------------------
