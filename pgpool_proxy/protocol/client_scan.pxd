@@ -39,3 +39,4 @@ cdef class ClientScanner:
         avail=Py_ssize_t, stop=Py_ssize_t, first=bint,
     )
     cpdef Py_ssize_t scan(self, bytearray buf, Py_ssize_t pos, Py_ssize_t end) except -1
+    cdef bint _repeat_unnamed(self, bytearray buf, Py_ssize_t pos, Py_ssize_t n) except -1

@@ -206,8 +206,13 @@ class ClientScanner:
                     # First in its batch: no earlier error can make the server skip it.
                     first = not self.unsynced
                     self.unsynced = True
-                    if self.rename and n > 5 and buf[pos + 5]:
-                        return self._named_parse(pos, n, avail)
+                    if self.rename:
+                        if n > 5 and buf[pos + 5]:
+                            return self._named_parse(pos, n, avail)
+                        if avail >= n and self._repeat_unnamed(buf, pos, n):
+                            units.append(U_UPARSE)
+                            pos += n
+                            continue
                     stop = min(pos + n, end)
                     q = buf.find(0, pos + 5, stop) + 1  # the query text follows the name
                     qend = buf.find(0, q, stop) if q else -1
@@ -440,6 +445,23 @@ class ClientScanner:
             flags |= old[0]
             names = _merged(old[1], names or [])
         kept[name] = (flags, names or [])
+
+    def _repeat_unnamed(self, buf: bytearray, pos: int, n: int) -> bool:
+        """The common case of the extended protocol: an unnamed Parse of the same harmless text
+        as the one before it (drivers send one text again and again). Its flags are those of the
+        text, known to be none, so it is recorded as sent without classifying it again."""
+        fifo = self.unnamed_fifo
+        last = fifo[-1] if fifo else self.unnamed
+        if last is None or last[1]:
+            return False
+        frame = last[0]
+        if frame is None or len(frame) != n or not buf.startswith(frame, pos):
+            return False
+        if fifo is None:
+            fifo = self.unnamed_fifo = deque()
+        fifo.append((frame, 0, [], self.unnamed_drops))
+        self.unnamed_here = True
+        return True
 
     def _unnamed_sent(
         self, buf: bytearray, pos: int, n: int, avail: int, flags: int, q: int, qend: int

@@ -1245,3 +1245,39 @@ def test_client_unnamed_parse_too_long_to_keep_still_marks_its_binds() -> None:
     sc.settle_unnamed()
     assert sc.unnamed is not None and sc.unnamed[0] is None
     assert sc.unnamed_flags == SQL_ALL
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_client_repeated_unnamed_parse_is_judged_as_its_text(chunk: int) -> None:
+    """A driver's unnamed Parse of the text it sent last is recorded without classifying it
+    again only when that text is harmless: a repeated SET still marks every time, and a text of
+    the same length that differs is classified afresh."""
+    harmless, setter, other = b"select $1::int", b"SET a.b = '1'", b"select f(1)"
+    assert len(harmless) != len(setter)
+    same_len = b"SET a.b TO '1'"[: len(harmless)]
+    assert len(same_len) == len(harmless) and same_len != harmless
+    batch = parse(b"", harmless) + bind(b"", b"", b"1") + execute() + SYNC
+    sc, _, _ = run_client(batch + batch + batch, chunk, rename=True)
+    assert sc.dirty == 0
+    assert sc.unnamed_fifo is not None and [r[1] for r in sc.unnamed_fifo] == [0, 0, 0]
+    frames = {id(r[0]) for r in sc.unnamed_fifo}
+    assert len(frames) == 1  # one copy of the text for all three
+    sc.units.clear()
+    sc.settle_unnamed()
+    assert sc.unnamed is not None and sc.unnamed[1] == 0
+
+    # Settled harmless text, then a different text of the same length: classified.
+    sc, _, _ = run_client(parse(b"", same_len) + SYNC, chunk, sc)
+    assert sc.dirty & SQL_SESSION
+    assert sc.unnamed_fifo[-1][1] != 0
+
+    for text in (setter, other):
+        sc = ClientScanner(LIMIT)
+        sc.rename = True
+        for _ in range(3):
+            sc.dirty = 0
+            sc, _, _ = run_client(parse(b"", text) + SYNC, chunk, sc)
+            sc.units.clear()
+            sc.settle_unnamed()
+            assert sc.dirty & SQL_SESSION, text
+            assert sc.unnamed is not None and sc.unnamed[1] != 0
