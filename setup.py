@@ -130,6 +130,9 @@ def _extensions() -> list[object]:
                     "embedsignature": False,
                 },
                 quiet=True,
+                # The .pxd files cimport one another by package path (client.pxd cimports
+                # pgpool_proxy.net.endpoint): resolve those from the checkout whatever the cwd.
+                include_path=[str(ROOT)],
             )
         )
     except Exception as exc:

@@ -11,7 +11,8 @@ module is imported; this module imports nothing from the package) loads a module
 instead of its compiled twin when ``PGPOOL_PURE_PYTHON=1`` is set (this process and the
 workers it forks), and when the twin is stale: setup.py records the SHA-256 of the source each
 extension was built from (``<module>.py.sha256`` beside it), and a source edited since, as in
-an editable install under development, runs as written rather than as last compiled.
+an editable install under development, runs as written rather than as last compiled; so do the
+modules whose twins cimport its extension types (see cimported).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -83,8 +85,21 @@ def _built_from(source: Path) -> Path:
     return source.with_name(source.name + ".sha256")
 
 
-def is_current(fullname: str) -> bool:
-    """Whether the module's compiled twin exists and was built from its source as it is now."""
+def cimported(fullname: str) -> tuple[str, ...]:
+    """The modules of COMPILED whose extension types the module's twin was built against (its
+    augmenting ``.pxd`` cimports them). The twin is usable only with theirs: against the pure
+    class of the same name its import fails."""
+    try:
+        text = _source_of(fullname).with_suffix(".pxd").read_text()
+    except OSError:
+        return ()
+    found = re.findall(r"^from\s+([\w.]+)\s+cimport\b", text, re.MULTILINE)
+    return tuple(name for name in found if name in COMPILED)
+
+
+def is_current(fullname: str, _seen: frozenset[str] = frozenset()) -> bool:
+    """Whether the module's compiled twin exists and was built from its source as it is now, and
+    so were those of the modules it cimports."""
     source = _source_of(fullname)
     if _extension_of(fullname) is None or not source.is_file():
         return False
@@ -92,7 +107,10 @@ def is_current(fullname: str) -> bool:
         recorded = _built_from(source).read_text().strip()
     except OSError:
         return False
-    return recorded == source_digest(source)
+    if recorded != source_digest(source):
+        return False
+    seen = _seen | {fullname}
+    return all(dep not in seen and is_current(dep, seen) for dep in cimported(fullname))
 
 
 _pure = False

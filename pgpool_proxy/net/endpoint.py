@@ -25,9 +25,14 @@ class Peer(Protocol):
     def resume_reading(self) -> None: ...
 
 
-class Endpoint(asyncio.BufferedProtocol):
+class Endpoint:
     """One side of a link. Backpressure crosses the link: when this side's transport cannot
-    send, the peer stops reading, and resumes when the transport has drained."""
+    send, the peer stops reading, and resumes when the transport has drained.
+
+    A buffered protocol by its methods (what uvloop looks for). The connection classes the
+    loop is given add asyncio.BufferedProtocol as a base, which the asyncio loop looks for:
+    not here, because in the compiled twin this is an extension type (endpoint.pxd), and an
+    extension type cannot have a Python class as its base."""
 
     __slots__ = (
         "_wakeup",

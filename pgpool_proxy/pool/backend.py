@@ -575,3 +575,12 @@ class BackendConnection(Endpoint):
         self.idle_since = self.loop.time()
         # An idle server connection reads, to notice the server saying goodbye.
         self.resume_reading()
+
+
+class BackendProtocol(BackendConnection, asyncio.BufferedProtocol):
+    """A server connection as the event loop is given it. asyncio's own loop drives a buffered
+    protocol only when it is an asyncio.BufferedProtocol, and BackendConnection cannot be one:
+    in the compiled twin it is an extension type (backend.pxd), whose base cannot be a Python
+    class."""
+
+    __slots__ = ()

@@ -20,7 +20,7 @@ from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.connect import open_server_transport
 from ..protocol.constants import TX_IDLE
 from . import server_connect
-from .backend import BackendConnection, InternalDone
+from .backend import BackendConnection, BackendProtocol, InternalDone
 from .backend_state import BackendState
 from .ends import PoolClient
 from .spec import PoolState
@@ -194,7 +194,7 @@ def free_slot(pool: Pool) -> None:
 async def attempt(pool: Pool, user: str, secret: str | None) -> BackendConnection:
     """Connect and log in one backend; on failure it is closed (the slot stays connect's)."""
     spec = pool.spec
-    backend = BackendConnection(pool, pool.generation)
+    backend = BackendProtocol(pool, pool.generation)
     if pool.topology is not None:
         address = pool.pick_address()
         if address is None:

@@ -22,7 +22,7 @@ from ..config import TopologySettings
 from ..errors import DisconnectReason, ProxyError, SqlState
 from ..net.connect import ServerTls, open_server_transport
 from . import server_connect
-from .backend import BackendConnection
+from .backend import BackendConnection, BackendProtocol
 from .backend_state import BackendState
 from .topology import DOWN, HostState, ProbeResult, Topology
 
@@ -137,7 +137,7 @@ class ProbeConnection:
             return
 
     async def _connect_as(self, tls: ServerTls, dbname: str, user: str, secret: str | None) -> None:
-        backend = BackendConnection(self, 0)  # type: ignore[arg-type]
+        backend = BackendProtocol(self, 0)  # type: ignore[arg-type]
         backend.address = self.backend_address
         self.backend = backend
         host, port = self.backend_address

@@ -25,7 +25,7 @@ from ..pool.budget import ServerBudget
 from ..pool.pool import Pool
 from ..pool.spec import PoolSpec
 from ..protocol.constants import TRACKED_PARAMS
-from ..session.client import ClientConnection
+from ..session.client import ClientConnection, ClientProtocol
 from ..session.client_state import ClientState
 from ..session.idle import sweep_idle_clients
 from ..session.login import start_login
@@ -180,7 +180,7 @@ class ProxyServer:
         listen_port = self.config.proxy.listen_port if port is None else port
         try:
             self._server = await loop.create_server(
-                lambda: ClientConnection(self),
+                lambda: ClientProtocol(self),
                 host,
                 listen_port,
                 reuse_address=True,
@@ -195,7 +195,7 @@ class ProxyServer:
         if ident.count > 1:
             # Sibling workers relay cancel requests for this worker's clients here.
             self._peer_server = await loop.create_unix_server(
-                lambda: ClientConnection(self, peer_channel=True),
+                lambda: ClientProtocol(self, peer_channel=True),
                 ident.peer_socket(ident.index),
             )
         sock = self._server.sockets[0]
@@ -239,7 +239,7 @@ class ProxyServer:
                 raise OSError(0, str(exc)) from None
             self._unix_path = path
         self._unix_server = await loop.create_unix_server(
-            lambda: ClientConnection(self), sock=listener, backlog=4096
+            lambda: ClientProtocol(self), sock=listener, backlog=4096
         )
         self.unix_socket = path
 

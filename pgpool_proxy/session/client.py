@@ -435,7 +435,8 @@ class ClientConnection(Endpoint):
         # Mid TLS handshake (session.login._start_tls) the socket's bytes belong to the TLS
         # layer, its protocol, and the client reads TLS records: a plaintext ErrorResponse would
         # reach it as a broken record. Nothing is said there, as PostgreSQL says nothing.
-        if transport is not None and transport.get_protocol() is self:
+        protocol: object = transport.get_protocol() if transport is not None else None
+        if transport is not None and protocol is self:
             transport.write(
                 m.error_response(
                     err.severity, err.sqlstate, err.message, detail=err.detail, hint=err.hint
@@ -539,6 +540,15 @@ class ClientConnection(Endpoint):
             # at once would otherwise recurse one frame deeper per client.
             backend.hold()
             pool.loop.call_soon(_release_later, backend)
+
+
+class ClientProtocol(ClientConnection, asyncio.BufferedProtocol):
+    """A client connection as the event loop is given it. asyncio's own loop drives a buffered
+    protocol only when it is an asyncio.BufferedProtocol, and ClientConnection cannot be one:
+    in the compiled twin it is an extension type (client.pxd), whose base cannot be a Python
+    class."""
+
+    __slots__ = ()
 
 
 def _release_later(backend: BackendConnection) -> None:

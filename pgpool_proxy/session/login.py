@@ -7,7 +7,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..config import (
     REJECT,
@@ -515,7 +515,13 @@ async def _start_tls(client: ClientConnection, context: ssl.SSLContext) -> None:
         raise EndpointClosed
     try:
         upgraded = await external(
-            asyncio.get_running_loop().start_tls(transport, client, context, server_side=True)
+            asyncio.get_running_loop().start_tls(
+                transport,
+                # The listener made it: a ClientProtocol, so an asyncio.BufferedProtocol.
+                cast(asyncio.BufferedProtocol, client),
+                context,
+                server_side=True,
+            )
         )
     except (OSError, ssl.SSLError) as exc:
         log.info("TLS handshake with %s failed: %s", client.addr, exc)

@@ -31,6 +31,7 @@ SLICE = [
     "tests/integration/test_psycopg.py",
     "tests/integration/test_psql_pgbench.py",
     "tests/integration/test_hostile.py",
+    "tests/integration/test_asyncio_loop.py",
 ]
 
 

@@ -46,9 +46,15 @@ def make_config(pg: LocalPostgres, **sections: dict[str, Any]) -> Config:
 class ProxyThread:
     """A ProxyServer serving in a daemon thread; `stop()` closes it and joins the thread."""
 
-    def __init__(self, config: Config, server_class: type[ProxyServer] = ProxyServer) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_class: type[ProxyServer] = ProxyServer,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop,
+    ) -> None:
         self.config = config
         self.server_class = server_class
+        self.loop_factory = loop_factory
         self.server: ProxyServer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -64,7 +70,7 @@ class ProxyThread:
         return self
 
     def _run(self) -> None:
-        loop = uvloop.new_event_loop()
+        loop = self.loop_factory()
         self.loop = loop
         asyncio.set_event_loop(loop)
         try:

@@ -86,6 +86,47 @@ def test_pure_python_env_loads_the_sources() -> None:
     assert files and all(f.endswith(".py") for f in files)
 
 
+def test_a_twin_built_against_a_stale_twin_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A twin that cimports another module's extension types cannot load beside that module's
+    source (its import fails): when that one is stale, it runs from its source too."""
+    monkeypatch.setattr(speedups, "_PACKAGE_DIR", tmp_path)
+    mods = {
+        "pgpool_proxy.protocol.buffer": ("protocol", "buffer", ""),
+        "pgpool_proxy.net.endpoint": (
+            "net",
+            "endpoint",
+            "from pgpool_proxy.protocol.buffer cimport RecvBuffer as _R\ncdef class Endpoint:\n",
+        ),
+    }
+    for package, leaf, pxd in mods.values():
+        src = tmp_path / package / f"{leaf}.py"
+        src.parent.mkdir(exist_ok=True)
+        src.write_text(f"X = '{leaf}'\n")
+        if pxd:
+            src.with_suffix(".pxd").write_text(pxd)
+        src.with_name(leaf + importlib.machinery.EXTENSION_SUFFIXES[0]).write_bytes(b"")
+        src.with_name(f"{leaf}.py.sha256").write_text(speedups.source_digest(src) + "\n")
+    assert speedups.cimported("pgpool_proxy.net.endpoint") == ("pgpool_proxy.protocol.buffer",)
+    assert speedups.is_current("pgpool_proxy.net.endpoint")
+    (tmp_path / "protocol" / "buffer.py").write_text("X = 'edited'\n")
+    assert not speedups.is_current("pgpool_proxy.protocol.buffer")
+    assert not speedups.is_current("pgpool_proxy.net.endpoint")
+    spec = speedups._SourceFirst.find_spec("pgpool_proxy.net.endpoint")
+    assert spec is not None and spec.origin == str(tmp_path / "net" / "endpoint.py")
+
+
+def test_every_cimport_is_of_a_compiled_module() -> None:
+    """What the twins cimport from the package is itself compiled, so staleness can follow it."""
+    for name in speedups.COMPILED:
+        pxd = ROOT.joinpath(*name.split(".")).with_suffix(".pxd")
+        if pxd.is_file():
+            for line in pxd.read_text().splitlines():
+                if line.startswith("from pgpool_proxy.") and " cimport " in line:
+                    assert line.split()[1] in speedups.cimported(name), (name, line)
+
+
 @needs_twin
 def test_without_the_env_the_twin_is_loaded() -> None:
     env = {k: v for k, v in os.environ.items() if k != speedups.PURE_ENV}

@@ -28,7 +28,7 @@ def _guard(cls: type, method: str) -> Callable[[Any, Any], None]:
     """Call cls.<method> on a bare object in state `old` (the guard reads only .state)."""
 
     def move(old: Any, new: Any) -> None:
-        obj = object.__new__(cls)
+        obj = cls.__new__(cls)  # not object.__new__: the compiled twin's are extension types
         obj.state = old
         getattr(cls, method)(obj, new)
         assert obj.state is new
