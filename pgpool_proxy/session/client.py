@@ -45,6 +45,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgpool_proxy.client")
 
+# The members the hot path reads, as module names: on Python 3.11 each `ClientState.X` goes
+# through EnumType's __getattr__ hook (about 100 ns, several per transaction), a module
+# name is a dict probe (pool.py's _OPEN likewise).
+_LOGIN = ClientState.LOGIN
+_IDLE = ClientState.IDLE
+_WAITING = ClientState.WAITING
+_REPLAYING = ClientState.REPLAYING
+_ACTIVE = ClientState.ACTIVE
+_CHECKING = ClientState.CHECKING
+_CLOSED = ClientState.CLOSED
+
 # Small: most clients sit idle, and memory per idle client is what limits how many we hold.
 CLIENT_BUFFER = 4096
 
@@ -102,7 +113,7 @@ class ClientConnection(Endpoint):
         self.server = server
         # A connection from a sibling worker, allowed to deliver cancel requests only.
         self.peer_channel = peer_channel
-        self.state = ClientState.LOGIN
+        self.state = _LOGIN
         # The login's Stepper until the login has ended (session.login.start_login).
         self.login: Stepper | None = None
         self.scanner = ClientScanner(server.config.proxy.max_message_size_bytes)
@@ -152,14 +163,14 @@ class ClientConnection(Endpoint):
         self.state = new
 
     def is_open(self) -> bool:
-        return self.state != ClientState.CLOSED and self.transport is not None
+        return self.state != _CLOSED and self.transport is not None
 
     def is_waiting(self) -> bool:
-        return self.state == ClientState.WAITING
+        return self.state == _WAITING
 
     def is_checking(self) -> bool:
         """The server owes the proxy's check (see _prepare), the client's Sync held behind it."""
-        return self.state == ClientState.CHECKING
+        return self.state == _CHECKING
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
@@ -167,7 +178,7 @@ class ClientConnection(Endpoint):
         return self.backend
 
     def is_closed(self) -> bool:
-        return self.state == ClientState.CLOSED
+        return self.state == _CLOSED
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -179,11 +190,11 @@ class ClientConnection(Endpoint):
         self.rbuf.end += nbytes
         state = self.state
         try:
-            if state == ClientState.ACTIVE:
+            if state == _ACTIVE:
                 self._pump()
-            elif state == ClientState.IDLE:
+            elif state == _IDLE:
                 self._on_idle_data()
-            elif state == ClientState.LOGIN:
+            elif state == _LOGIN:
                 login = self.login
                 if login is None:
                     self.slow_path_data()  # the admin console's task reads
@@ -193,7 +204,7 @@ class ClientConnection(Endpoint):
                     # up to one buffer.
                     if self.login is not None and not login.wants_bytes() and self.rbuf.is_full():
                         self.pause_reading()
-            elif state == ClientState.CLOSED:
+            elif state == _CLOSED:
                 self.rbuf.consumed(self.rbuf.end)  # lingering after an error (close_transport)
             elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
                 # WAITING or REPLAYING: keep reading (so a departure is noticed) up to a bound.
@@ -213,7 +224,7 @@ class ClientConnection(Endpoint):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.wake()
-        if self.state != ClientState.CLOSED:
+        if self.state != _CLOSED:
             reason = DisconnectReason.CLIENT_ERROR if exc else DisconnectReason.CLIENT_EOF
             self.close(reason)
 
@@ -237,7 +248,7 @@ class ClientConnection(Endpoint):
             return
         backend = pool.acquire(self)
         if backend is None:
-            self.to(ClientState.WAITING)
+            self.to(_WAITING)
             return
         self._link(backend)
 
@@ -273,7 +284,7 @@ class ClientConnection(Endpoint):
         if sql:
             # Nothing of the client's goes out before the server has accepted its settings: a
             # statement must never run under another client's search_path or timeouts.
-            self.to(ClientState.REPLAYING)
+            self.to(_REPLAYING)
             self.replay = (set_extra, stale, bool(reset), reported)
             backend.run_own([UNTIMED + sql], partial(sync.replay_done, self))
             return
@@ -298,7 +309,7 @@ class ClientConnection(Endpoint):
         backend.last_user = self.user
         # Reading may have been paused while the settings replay held the client's bytes.
         self._sync_flow(backend)
-        self.to(ClientState.ACTIVE)
+        self.to(_ACTIVE)
         try:
             self._pump()
         except FrameError as exc:
@@ -327,8 +338,8 @@ class ClientConnection(Endpoint):
             if pos > run:
                 out.append(rb.view[run:pos])
             pos, run = inspect_message(self, buf, pos, end, out, backend)
-            if self.state != ClientState.ACTIVE:
-                if self.state != ClientState.CHECKING:
+            if self.state != _ACTIVE:
+                if self.state != _CHECKING:
                     return
                 break  # what precedes the held message goes out now
         if pos > run:
@@ -369,7 +380,7 @@ class ClientConnection(Endpoint):
     def backend_released(self, backend: BackendConnection | None) -> None:
         """The linked backend finished the transaction (transaction mode)."""
         self.backend = None
-        self.to(ClientState.IDLE)
+        self.to(_IDLE)
         self.idle_since = 0.0
         if backend is not None:
             self.scanner.settle_unnamed()  # released at a boundary: every Parse has its answer
@@ -384,7 +395,7 @@ class ClientConnection(Endpoint):
         self.resume_reading()
         rb = self.rbuf
         if rb.end > rb.start:
-            if self.state == ClientState.IDLE:
+            if self.state == _IDLE:
                 # The next transaction's first bytes arrived while the last one finished.
                 try:
                     self._on_idle_data()
@@ -445,7 +456,7 @@ class ClientConnection(Endpoint):
 
     def fail(self, err: ProxyError, reason: DisconnectReason) -> None:
         """Send one ErrorResponse and close."""
-        if self.state == ClientState.CLOSED:
+        if self.state == _CLOSED:
             return
         self.send_error(err)
         self.linger = True
@@ -476,15 +487,15 @@ class ClientConnection(Endpoint):
         self.close(DisconnectReason.BACKEND_FAILED)
 
     def close(self, reason: DisconnectReason) -> None:
-        if self.state == ClientState.CLOSED:
+        if self.state == _CLOSED:
             return
         prev = self.state
-        self.to(ClientState.CLOSED)
+        self.to(_CLOSED)
         self.close_reason = reason
         backend = self.backend
         self.backend = None
         pool = self.pool
-        if prev == ClientState.WAITING and pool is not None:
+        if prev == _WAITING and pool is not None:
             pool.forget_waiter(self)
         was_pinned = self.pinned
         if was_pinned and pool is not None:
