@@ -30,6 +30,7 @@ cdef class BackendConnection(Endpoint):
     cdef public object last_user
     cdef public object leaving
     cdef public object linked_at
+    cdef public bint mid_message
     cdef public object login_user
     cdef public object loop
     cdef public object on_internal_done

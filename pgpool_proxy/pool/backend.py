@@ -95,6 +95,7 @@ class BackendConnection(Endpoint):
         "linked_at",
         "login_user",
         "loop",
+        "mid_message",
         "on_internal_done",
         "params",
         "parked",
@@ -145,6 +146,9 @@ class BackendConnection(Endpoint):
         self.loop = loop
         self.created_at = loop.time()
         self.linked_at = self.created_at  # when a client last took it (transaction time)
+        # The linked client was sent part of a server message and not yet the rest: nothing of
+        # the proxy's own may go to it before the rest (see ClientConnection._cut_mid_message).
+        self.mid_message = False
         self.idle_since = self.created_at
         self.tx_status = TX_IDLE
         # Proxy-issued queries (SET replay, reset) whose replies must not reach a client.
@@ -263,8 +267,7 @@ class BackendConnection(Endpoint):
         try:
             self.close(DisconnectReason.INTERNAL_ERROR)
             if client is not None:
-                client.backend = None
-                client.fail(err, DisconnectReason.INTERNAL_ERROR)
+                client.backend_failed(err, DisconnectReason.INTERNAL_ERROR)
         except Exception:
             log.exception("internal error closing backend %s", self.pid)
             for end in (self, client):
@@ -486,10 +489,12 @@ class BackendConnection(Endpoint):
         return False
 
     def _write(self, start: int, pos: int) -> None:
-        """Forward buf[start:pos] to the linked client without consuming it (see _flush)."""
+        """Forward buf[start:pos] to the linked client without consuming it (see _flush); it
+        ends where a message ends."""
         client = self.client
         if pos > start and client is not None and client.transport is not None:
             client.transport.write(self.rbuf.view[start:pos])
+            self.mid_message = False
 
     def _flush(self, start: int, pos: int) -> None:
         """Forward buf[start:pos] to the linked client in one write and consume up to pos."""
@@ -499,6 +504,8 @@ class BackendConnection(Endpoint):
         if t is not None:
             if pos > start:
                 t.write(rb.view[start:pos])
+                # Only a scan that ends inside a message leaves bytes of it to skip.
+                self.mid_message = self.scanner.skip != 0
             rb.consumed(pos)
             if t.get_write_buffer_size():
                 # The client transport keeps views of these bytes until it has sent them.

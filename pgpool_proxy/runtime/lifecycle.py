@@ -101,7 +101,11 @@ def reload_logged(server: ProxyServer) -> None:
     try:
         notes = reload_config(server)
     except ConfigError as exc:
-        log.error("reload failed; the old configuration stays in effect:\n%s", exc)
+        # One line per problem reads well in a terminal but a log line keeps its newlines
+        # escaped (one record per line): "; " between them.
+        log.error(
+            "reload failed; the old configuration stays in effect: %s", "; ".join(exc.problems)
+        )
         return
     for note in notes:
         log.warning("reload: %s", note)

@@ -456,28 +456,44 @@ class ClientConnection(Endpoint):
 
     def fail(self, err: ProxyError, reason: DisconnectReason) -> None:
         """Send one ErrorResponse and close."""
+        self._fail(err, reason, self._cut_mid_message())
+
+    def _fail(self, err: ProxyError, reason: DisconnectReason, cut: bool) -> None:
         if self.state == _CLOSED:
             return
-        self.send_error(err)
+        if not cut:
+            self.send_error(err)
         self.linger = True
         log.info(
-            "client error: %s user=%s db=%s %s %s",
+            "client error: %s user=%s db=%s %s %s%s",
             self.addr,
             self.user,
             self.database,
             err.sqlstate,
             err.message,
+            " (closed without it: a server message to the client was cut short)" if cut else "",
         )
         self.close(reason)
+
+    def _cut_mid_message(self) -> bool:
+        """Part of a server message has gone to this client and the rest never will. Whatever
+        the proxy wrote next would be read as the rest of that message (a row's bytes), so the
+        client is closed without an ErrorResponse: what a client sees of a server that dies
+        mid-message."""
+        backend = self.backend
+        return backend is not None and backend.mid_message
 
     def pool_failed(self, err: ProxyError, reason: DisconnectReason | None = None) -> None:
         """No backend could be had (timeout or the server refuses logins)."""
         self.fail(err, reason or DisconnectReason.BACKEND_CONNECT_FAILED)
 
-    def backend_failed(self, err: ProxyError) -> None:
+    def backend_failed(
+        self, err: ProxyError, reason: DisconnectReason = DisconnectReason.BACKEND_FAILED
+    ) -> None:
         """The linked backend died; the backend already discarded itself."""
+        cut = self._cut_mid_message()
         self.backend = None
-        self.fail(err, DisconnectReason.BACKEND_FAILED)
+        self._fail(err, reason, cut)
 
     def backend_ended(self) -> None:
         """The linked backend relayed the server's FATAL to this client and is gone: the client

@@ -579,3 +579,65 @@ async def test_trickled_frame_grows_the_buffer_with_what_arrives(
         assert err.value.fields["C"] == "08006", err.value.fields
         await client.close()
     assert asked and max(asked) <= 256 * 1024, max(asked)
+
+
+@pytest.mark.parametrize("how", ["close", "garbage"])
+async def test_server_gone_mid_message_closes_the_client_without_more_bytes(
+    start_proxy: StartProxy, pg: LocalPostgres, how: str
+) -> None:
+    """The server goes away, or breaks the protocol, after part of a DataRow went to the client:
+    an ErrorResponse written after it would be read as the rest of the row, so the client gets
+    exactly the bytes the server sent and then EOF, as from a server that dies mid-message. The
+    next client gets a fresh server connection."""
+    rowdesc = msg(b"T", struct.pack("!H", 1) + b"v\0" + struct.pack("!IhIhih", 0, 0, 25, -1, -1, 0))
+    value = b"x" * 1000
+    row = msg(b"D", struct.pack("!Hi", 1, len(value)) + value)
+    sent = rowdesc + row[:500]
+    conns = 0
+
+    async def script(conn: HostileConn) -> None:
+        nonlocal conns
+        conns += 1
+        await conn.normal_login()
+        if conns > 1:
+            await conn.serve_queries(lambda sql: one_row("ok"))
+            return
+        t, _ = await conn.read_message()
+        assert t == b"Q"
+        await conn.send(sent)
+        if how == "garbage":
+            # The rest of the row, then a frame no server sends (a 2-byte length).
+            await conn.send(row[500:] + b"D" + struct.pack("!I", 2))
+            await conn.read_message()  # until the proxy closes
+
+    async with hostile(start_proxy, pg, script) as (proxy, server), Canary(proxy):
+        client = await RawClient.connect(proxy.host, proxy.port)
+        await client.login("alice", PASSWORDS["alice"], "evil")
+        client.send(m.query("select 1"))
+        got = b""
+        async with asyncio.timeout(10):
+            while chunk := await client.reader.read(65536):
+                got += chunk
+        if how == "close":
+            assert got == sent
+        else:
+            # Depending on how the server's bytes arrived: part of the row went on and the
+            # client is closed after the server's bytes alone, or the proxy had not forwarded
+            # any of it when it met the bad frame and says 08006 at a message boundary.
+            pos = 0
+            while (
+                len(got) - pos >= 5
+                and len(got) - pos >= struct.unpack_from("!I", got, pos + 1)[0] + 1
+            ):
+                last = pos
+                pos += struct.unpack_from("!I", got, pos + 1)[0] + 1
+            if pos == len(got):
+                assert got[last : last + 1] == b"E" and b"C08006\0" in got[last:], got
+            else:
+                assert (rowdesc + row).startswith(got), got
+        await client.close()
+        again = await RawClient.connect(proxy.host, proxy.port)
+        await again.login("alice", PASSWORDS["alice"], "evil")
+        assert await again.simple_query("select 1") == [["ok"]]
+        await again.close()
+        assert server.accepted == 2
