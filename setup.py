@@ -61,12 +61,14 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:
             _say(f"compiled hot path not built ({exc}); the pure-Python one will run")
+            _forget_old_twins()
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
         except Exception as exc:
             _say(f"{ext.name} not compiled ({exc}); its pure-Python module will run")
+            _forget_twin(ext.name)
             return
         # What pgpool_proxy.speedups checks before it loads the extension: the source's hash,
         # so that a module edited after the build runs from its source, not stale.
@@ -90,14 +92,19 @@ class OptionalBuildExt(build_ext):
             source.with_name(source.name + ".sha256").write_text(digest)
 
 
+def _forget_twin(name: str) -> None:
+    """Remove the compiled module a previous in-place build left beside the source, so that an
+    install that does not compile it (PGPOOL_PURE_PYTHON, no Cython, no compiler) runs the
+    source, not an old build (one made by another environment sharing this checkout)."""
+    source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
+    for old in source.parent.glob(source.stem + ".*.so"):
+        old.unlink()
+    source.with_name(source.name + ".sha256").unlink(missing_ok=True)
+
+
 def _forget_old_twins() -> None:
-    """Remove compiled modules a previous in-place build left beside the sources, so that an
-    install that does not compile (PGPOOL_PURE_PYTHON, no Cython) is pure, not half old."""
     for name in _compiled_names():
-        source = ROOT.joinpath(*name.split(".")).with_suffix(".py")
-        for old in source.parent.glob(source.stem + ".*.so"):
-            old.unlink()
-        source.with_name(source.name + ".sha256").unlink(missing_ok=True)
+        _forget_twin(name)
 
 
 def _extensions() -> list[object]:
