@@ -22,7 +22,12 @@ from ..counters import AUTH_CLIENT_RULES, AUTH_PASSWORD, AUTH_TLS_REQUIRED
 from ..errors import DisconnectReason, ProxyError, SqlState, internal_error
 from ..net.endpoint import EndpointClosed
 from ..protocol import messages as m
-from ..protocol.constants import INT32, MAX_STARTUP_PACKET, SSL_REQUEST_CODE
+from ..protocol.constants import (
+    GSSENC_REQUEST_CODE,
+    INT32,
+    MAX_STARTUP_PACKET,
+    SSL_REQUEST_CODE,
+)
 from . import canon
 from .authenticate import Refusal, authenticate_user, is_tls, send
 from .client import ClientConnection
@@ -203,21 +208,26 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | m.CancelReque
     """The startup packet or a cancel request, after any TLS negotiation; None when it was a
     peer's question (answered here)."""
     server = client.server
-    # An SSLRequest is answered once, as PostgreSQL answers it: a second one (after N) is
+    # Each request is answered at most once, and a GSSENCRequest not after TLS was set up, as
+    # PostgreSQL's ProcessStartupPacket does (a client may ask in either order): any other is
     # refused as the unknown protocol version its code is.
-    ssl_asked = False
+    ssl_done = gss_done = False
     while True:
         packet = m.parse_startup_packet(await read_startup_packet(client))
         if isinstance(packet, m.SSLRequest | m.GSSENCRequest):
-            if isinstance(packet, m.SSLRequest) and not is_tls(client):
-                if ssl_asked:
-                    raise Refusal(
-                        SqlState.FEATURE_NOT_SUPPORTED,
-                        f"unsupported frontend protocol {SSL_REQUEST_CODE >> 16}."
-                        f"{SSL_REQUEST_CODE & 0xFFFF}: server supports 3.0 to 3.0",
-                        DisconnectReason.UNSUPPORTED,
-                    )
-                ssl_asked = True
+            ssl = isinstance(packet, m.SSLRequest)
+            if ssl_done if ssl else gss_done:
+                code = SSL_REQUEST_CODE if ssl else GSSENC_REQUEST_CODE
+                raise Refusal(
+                    SqlState.FEATURE_NOT_SUPPORTED,
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+                    "server supports 3.0 to 3.0",
+                    DisconnectReason.UNSUPPORTED,
+                )
+            if ssl:
+                ssl_done = True
+            else:
+                gss_done = True
             # Bytes pipelined behind the request were sent before our answer, so they were not
             # encrypted whatever we answer: refuse them (CVE-2021-23214 / CVE-2021-3935 class).
             if client.rbuf.pending():
@@ -227,11 +237,8 @@ async def _startup(client: ClientConnection) -> m.StartupMessage | m.CancelReque
                 )
             tls = server.services.client_tls
             # Like PostgreSQL, no TLS over a Unix socket: the peer is on this host.
-            if isinstance(packet, m.SSLRequest) and tls is not None and not is_unix(client):
-                if is_tls(client):
-                    raise ProxyError(
-                        SqlState.PROTOCOL_VIOLATION, "SSLRequest on an already encrypted connection"
-                    )
+            if ssl and tls is not None and not is_unix(client):
+                gss_done = True
                 send(client, b"S")
                 await _start_tls(client, tls)
                 continue

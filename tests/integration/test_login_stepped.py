@@ -99,6 +99,7 @@ async def test_login_timeout_while_waiting_on_the_first_server_connection(
 
 
 SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+GSS_REQUEST = (8).to_bytes(4, "big") + (80877104).to_bytes(4, "big")
 
 
 async def _negotiate(host: str, port: int, requests: list[bytes]) -> list[object]:
@@ -141,3 +142,42 @@ async def test_an_ssl_request_is_answered_once_as_postgresql_does(
     through = await _negotiate(proxy.host, proxy.port, requests)
     assert through == direct
     assert direct[-4:] == ["FATAL", "0A000", direct[-2], True]
+
+
+def _refused(code: int) -> list[object]:
+    version = f"{code >> 16}.{code & 0xFFFF}"
+    message = f"unsupported frontend protocol {version}: server supports 3.0 to 3.0"
+    return ["FATAL", "0A000", message, True]
+
+
+@pytest.mark.parametrize(
+    ("requests", "expected"),
+    [
+        pytest.param([GSS_REQUEST, GSS_REQUEST], [b"N", *_refused(80877104)], id="gss_twice"),
+        pytest.param(
+            [GSS_REQUEST, SSL_REQUEST, SSL_REQUEST],
+            [b"N", b"N", *_refused(80877103)],
+            id="gss_ssl_ssl",
+        ),
+        pytest.param(
+            [SSL_REQUEST, GSS_REQUEST, GSS_REQUEST],
+            [b"N", b"N", *_refused(80877104)],
+            id="ssl_gss_gss",
+        ),
+        pytest.param(
+            [SSL_REQUEST, GSS_REQUEST, SSL_REQUEST],
+            [b"N", b"N", *_refused(80877103)],
+            id="ssl_gss_ssl",
+        ),
+    ],
+)
+async def test_each_encryption_request_is_answered_once(
+    start_proxy: StartProxy, requests: list[bytes], expected: list[object]
+) -> None:
+    """PostgreSQL's rule (ProcessStartupPacket): an SSLRequest and a GSSENCRequest are each
+    answered at most once, in either order, and any further one is refused as the unknown
+    protocol version its code is. Not compared with the test server here: it is built with
+    GSSAPI and answers a GSSENCRequest with G, where the proxy, which offers no GSS encryption,
+    answers N."""
+    proxy = start_proxy()
+    assert await _negotiate(proxy.host, proxy.port, requests) == expected

@@ -145,19 +145,43 @@ async def test_plaintext_instead_of_handshake(
     assert await proxy_client_count(proxy, 0) == 0
 
 
-async def test_second_sslrequest_inside_tls(start_proxy: StartProxy, proxy_cert: CertFiles) -> None:
+async def _second_request_inside_tls(
+    host: str, port: int, ca_file: str, request: bytes
+) -> dict[str, str]:
+    """SSLRequest, the TLS handshake, then `request` inside TLS: the ErrorResponse's fields."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(SSL_REQUEST)
+        assert await asyncio.wait_for(reader.readexactly(1), 10) == b"S"
+        ctx = ssl.create_default_context(cafile=ca_file)
+        await writer.start_tls(ctx, server_hostname="127.0.0.1")
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readexactly(5), 10)
+        body = await reader.readexactly(struct.unpack("!I", head[1:])[0] - 4)
+        assert head[:1] == b"E"
+        return m.parse_error_fields(body)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("request_code", [80877103, 80877104], ids=["ssl", "gss"])
+async def test_encryption_request_inside_tls_as_postgresql(
+    start_proxy: StartProxy,
+    proxy_cert: CertFiles,
+    ssl_pg: tuple[LocalPostgres, CertFiles],
+    request_code: int,
+) -> None:
+    """Differential: an SSLRequest or a GSSENCRequest once TLS is up is refused by PostgreSQL
+    (ssl = on) as an unknown protocol version, FATAL 0A000; the proxy refuses it the same."""
+    request = struct.pack("!II", 8, request_code)
+    server, files = ssl_pg
+    direct = await _second_request_inside_tls(server.host, server.port, str(files.ca_file), request)
     proxy = start_proxy(client_tls=client_tls("allow", proxy_cert))
-    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
-    writer.write(SSL_REQUEST)
-    assert await asyncio.wait_for(reader.readexactly(1), 10) == b"S"
-    ctx = ssl.create_default_context(cafile=str(proxy_cert.ca_file))
-    await writer.start_tls(ctx, server_hostname="127.0.0.1")
-    writer.write(SSL_REQUEST)
-    head = await asyncio.wait_for(reader.readexactly(5), 10)
-    body = await reader.readexactly(struct.unpack("!I", head[1:])[0] - 4)
-    assert head[:1] == b"E"
-    assert m.parse_error_fields(body)["C"] == "08P01"
-    writer.close()
+    through = await _second_request_inside_tls(
+        proxy.host, proxy.port, str(proxy_cert.ca_file), request
+    )
+    assert direct["C"] == "0A000", direct
+    assert {k: through[k] for k in "SCM"} == {k: direct[k] for k in "SCM"}
 
 
 # --------------------------------------------------------------------------------------------
