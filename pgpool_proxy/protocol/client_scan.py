@@ -8,6 +8,7 @@ few it must act on (named statements when renaming, DEALLOCATE/DISCARD, Terminat
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from .constants import (
@@ -52,6 +53,40 @@ CEV_NONE = 0  # consumed everything available (possibly mid-frame)
 CEV_INSPECT = 1  # stopped at a frame the caller must handle (rename, answer locally)
 CEV_NEED = 2  # stopped at a frame that must be looked into and is incomplete; `need` is its size
 _S = ord("S")
+
+
+class _NoUnits(deque[Any]):
+    """The reply-unit queue of a client that owes nothing and has no server connection: empty,
+    shared, and refusing to hold anything, so that a unit appended while idle is an error
+    rather than one client's unit left in every idle client's queue."""
+
+    def append(self, x: Any) -> None:
+        _refuse()
+
+    def appendleft(self, x: Any) -> None:
+        _refuse()
+
+    def extend(self, iterable: Iterable[Any]) -> None:
+        _refuse()
+
+    def extendleft(self, iterable: Iterable[Any]) -> None:
+        _refuse()
+
+    def insert(self, i: int, x: Any) -> None:
+        _refuse()
+
+    def __iadd__(self, value: Iterable[Any]) -> _NoUnits:
+        _refuse()
+        return self
+
+
+def _refuse() -> None:
+    raise RuntimeError("a reply unit for a client with no server connection")
+
+
+# What an idle client holds instead of a queue (an empty deque is 760 bytes): see
+# session.client, which gives the scanner a queue of its own for each transaction.
+NO_UNITS: deque[Any] = _NoUnits()
 
 
 class ClientScanner:

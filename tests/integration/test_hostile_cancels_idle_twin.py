@@ -23,7 +23,9 @@ import pytest
 from pgpool_proxy import speedups
 from pgpool_proxy.counters import CANCEL_SENT
 from pgpool_proxy.protocol import messages as m
+from pgpool_proxy.protocol.client_scan import NO_UNITS
 from pgpool_proxy.protocol.constants import CANCEL_REQUEST_CODE
+from pgpool_proxy.session.client_state import ClientState
 from tests.support import extproto as x
 from tests.support.pg import LocalPostgres
 from tests.support.proxy import PASSWORDS, ProxyThread, StartProxy
@@ -479,9 +481,25 @@ async def test_pipelined_transactions_match_postgres(
             )
             assert got_a == want, split
             assert got_b == want, split
+            # Idle again (once the proxy's check of what the call left is done), each holds
+            # the shared empty queue, not one of its own (memory per idle client), and nothing
+            # was left in it.
+            await wait_for(
+                lambda: proxy.call(lambda: _idle_queues(proxy)) == (2, 2, 0),
+                what=lambda: (
+                    f"both idle on the shared queue: {proxy.call(lambda: _idle_queues(proxy))}"
+                ),
+            )
     finally:
         for c in (direct, a, b):
             await c.close()
+
+
+def _idle_queues(proxy: ProxyThread) -> tuple[int, int, int]:
+    """On the proxy's loop: (idle clients, those holding NO_UNITS, units in NO_UNITS)."""
+    assert proxy.server is not None
+    idle = [c for c in proxy.server.all_clients() if c.state == ClientState.IDLE]
+    return len(idle), sum(c.scanner.units is NO_UNITS for c in idle), len(NO_UNITS)
 
 
 async def test_large_message_first_after_idle(pg: LocalPostgres, start_proxy: StartProxy) -> None:
