@@ -188,6 +188,7 @@ class BackendConnection(Endpoint):
         """Serve `client` (handed over by the pool, or kept between a session's transactions)."""
         self._to(_ACTIVE)
         self.client = client
+        self.mid_message = False  # nothing of this server's has gone to this client yet
         self.last_key_pid = client.key_pid
         self.linked_at = self.loop.time()
         self.scanner.units = client.scanner.units
