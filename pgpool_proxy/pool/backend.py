@@ -36,7 +36,17 @@ from ..protocol.server_scan import (
 )
 from ..protocol.sqltables import SQL_SCHEMA, SQL_TRANSIENT
 from . import cancel, notify, own_statements
-from .backend_state import BACKEND_TRANSITIONS, BackendState
+from .backend_state import (
+    BACKEND_ACTIVE,
+    BACKEND_CANCELLING,
+    BACKEND_CLOSED,
+    BACKEND_CONNECTING,
+    BACKEND_IDLE,
+    BACKEND_LOGIN,
+    BACKEND_RESETTING,
+    BACKEND_TRANSITIONS,
+    BackendState,
+)
 
 if TYPE_CHECKING:
     from ..auth.server_login import ServerLogin
@@ -44,17 +54,6 @@ if TYPE_CHECKING:
     from .pool import Pool
 
 log = logging.getLogger("pgpool_proxy.backend")
-
-# The members the hot path reads, as module names: on Python 3.11 each `BackendState.X` goes
-# through EnumType's __getattr__ hook (about 100 ns, several per transaction), a module
-# name is a dict probe (pool.py's _OPEN likewise).
-_CONNECTING = BackendState.CONNECTING
-_LOGIN = BackendState.LOGIN
-_IDLE = BackendState.IDLE
-_ACTIVE = BackendState.ACTIVE
-_RESETTING = BackendState.RESETTING
-_CLOSED = BackendState.CLOSED
-_CANCELLING = BackendState.CANCELLING
 
 BACKEND_BUFFER = 64 * 1024
 # How long a connection closed with wait_exit keeps its slot waiting for the server to go.
@@ -118,7 +117,7 @@ class BackendConnection(Endpoint):
         self.generation = generation
         # The server this connection goes to (pools with several hosts choose per connection).
         self.address: tuple[str, int] = pool.backend_address
-        self.state = _CONNECTING
+        self.state = BACKEND_CONNECTING
         self.scanner = BackendScanner()
         self.client: PoolClient | None = None
         self.params: dict[str, str] = {}
@@ -186,7 +185,7 @@ class BackendConnection(Endpoint):
 
     def link(self, client: PoolClient) -> None:
         """Serve `client` (handed over by the pool, or kept between a session's transactions)."""
-        self._to(_ACTIVE)
+        self._to(BACKEND_ACTIVE)
         self.client = client
         self.mid_message = False  # nothing of this server's has gone to this client yet
         self.last_key_pid = client.key_pid
@@ -195,15 +194,15 @@ class BackendConnection(Endpoint):
 
     def hold(self) -> None:
         """Out of the pool and serving no client, until the pool takes it back (to_idle)."""
-        self._to(_RESETTING)
+        self._to(BACKEND_RESETTING)
 
     def await_cancel(self) -> None:
         """Released while a cancel is in flight: out of use until it lands (see _cancel)."""
-        self._to(_CANCELLING)
+        self._to(BACKEND_CANCELLING)
 
     def to_idle(self) -> None:
         """Free for the next client: the pool (or the topology monitor) has it back."""
-        self._to(_IDLE)
+        self._to(BACKEND_IDLE)
 
     def run_own(
         self, statements: Sequence[str], done: InternalDone | None, *, batch: bool = False
@@ -226,14 +225,14 @@ class BackendConnection(Endpoint):
         return self.client
 
     def is_closed(self) -> bool:
-        return self.state == _CLOSED
+        return self.state == BACKEND_CLOSED
 
     def buffer_updated(self, nbytes: int) -> None:
         rb = self.rbuf
         rb.end += nbytes
         self.rx_bytes += nbytes
         state = self.state
-        if state == _ACTIVE or state == _RESETTING:
+        if state == BACKEND_ACTIVE or state == BACKEND_RESETTING:
             try:
                 self._pump()
             except (FrameError, m.ProtocolViolation) as exc:
@@ -244,18 +243,18 @@ class BackendConnection(Endpoint):
                 # Never into the event loop's fatal-error path: that would leave the client
                 # linked to a backend in an unknown state.
                 self.fail_internal()
-        elif state == _LOGIN:
+        elif state == BACKEND_LOGIN:
             self.slow_path_data()
-        elif state == _IDLE or state == _CANCELLING:
+        elif state == BACKEND_IDLE or state == BACKEND_CANCELLING:
             # An idle server speaks only to say goodbye (FATAL on shutdown, idle_session_timeout).
             self.close(DisconnectReason.BACKEND_FAILED)
-        elif state == _CLOSED:
+        elif state == BACKEND_CLOSED:
             rb.consumed(rb.end)  # waiting for the server to go (close with wait_exit)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.wake()
-        if self.state != _CLOSED:
+        if self.state != BACKEND_CLOSED:
             self.fail(DisconnectReason.BACKEND_FAILED, "server closed the connection unexpectedly")
         elif self.leaving is not None:
             self._gone()
@@ -308,7 +307,7 @@ class BackendConnection(Endpoint):
                     self.internal_pending -= 1
                     if not self.internal_pending:
                         own_statements.finished(self)
-                        if self.state != _ACTIVE:
+                        if self.state != BACKEND_ACTIVE:
                             rb.consumed(pos)
                             if pos != end:
                                 self.close(DisconnectReason.BACKEND_FAILED)
@@ -536,21 +535,21 @@ class BackendConnection(Endpoint):
         """Close; with ``wait_exit`` (an idle connection), keep its pool slot until the server
         has closed its end after the Terminate, so a cap on server connections holds as the
         server counts them (pg_stat_activity, max_connections), not only as sockets here."""
-        if self.state == _CLOSED:
+        if self.state == BACKEND_CLOSED:
             return
         prev = self.state
         # The proxy's own statements with no client attached (a login's settings check, a reset,
         # the idle check) get no answer now: whoever waits on them learns it here, not after
         # server_check_timeout_s. A linked client hears of the loss from fail().
         lost = self.on_internal_done if self.internal_pending and self.client is None else None
-        self._to(_CLOSED)
+        self._to(BACKEND_CLOSED)
         self.close_reason = reason
         self.client = None
         transport = self.transport
         if transport is not None:
-            if prev not in (_CONNECTING, _LOGIN):
+            if prev not in (BACKEND_CONNECTING, BACKEND_LOGIN):
                 transport.write(m.TERMINATE)
-            if wait_exit and prev == _IDLE:
+            if wait_exit and prev == BACKEND_IDLE:
                 # PostgreSQL leaves pg_stat_activity and frees its slot before its socket closes:
                 # EOF here means the server process is gone. A server that does not go in time
                 # is cut off.
@@ -582,7 +581,7 @@ class BackendConnection(Endpoint):
 
     def logging_in(self) -> None:
         """The startup exchange begins (pool.server_connect)."""
-        self._to(_LOGIN)
+        self._to(BACKEND_LOGIN)
 
     def logged_in(self, login: ServerLogin) -> None:
         """The server said ReadyForQuery to `login`: ready for queries, idle until used."""
@@ -590,7 +589,7 @@ class BackendConnection(Endpoint):
         self.pid, self.secret = login.pid, login.cancel_secret
         self.tx_status = login.tx_status
         self.login_user = self.params.get("session_authorization", "")
-        self._to(_IDLE)
+        self._to(BACKEND_IDLE)
         self.idle_since = self.loop.time()
         # An idle server connection reads, to notice the server saying goodbye.
         self.resume_reading()

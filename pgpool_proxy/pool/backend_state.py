@@ -17,6 +17,18 @@ class BackendState(enum.IntEnum):
     CANCELLING = 6
 
 
+# The members as module names, for the hot path: on Python 3.11 each `BackendState.X` read goes
+# through EnumType's __getattr__ hook (about 100 ns, several per transaction); a module name
+# is a dict probe.
+BACKEND_CONNECTING = BackendState.CONNECTING
+BACKEND_LOGIN = BackendState.LOGIN
+BACKEND_IDLE = BackendState.IDLE
+BACKEND_ACTIVE = BackendState.ACTIVE
+BACKEND_RESETTING = BackendState.RESETTING
+BACKEND_CLOSED = BackendState.CLOSED
+BACKEND_CANCELLING = BackendState.CANCELLING
+
+
 # Which state may follow which (BackendConnection._to); tests/unit/test_transitions.py checks it.
 BACKEND_TRANSITIONS: dict[BackendState, frozenset[BackendState]] = {
     BackendState.CONNECTING: frozenset({BackendState.LOGIN, BackendState.CLOSED}),

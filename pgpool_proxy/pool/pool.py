@@ -15,7 +15,12 @@ from ..errors import DisconnectReason, ProxyError
 from ..link.prepared import StatementRegistry
 from . import connecting, health
 from .backend import BackendConnection
-from .backend_state import BackendState
+from .backend_state import (
+    BACKEND_CANCELLING,
+    BACKEND_CLOSED,
+    BACKEND_IDLE,
+    BackendState,
+)
 from .ends import PoolClient
 from .spec import POOL_TRANSITIONS, PoolSpec, PoolState
 
@@ -25,11 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pgpool_proxy.pool")
 _OPEN = PoolState.OPEN
-# Read per transaction: module names, not `BackendState.X` (EnumType's __getattr__ hook costs
-# about 100 ns a read on Python 3.11).
-_BACKEND_IDLE = BackendState.IDLE
-_BACKEND_CLOSED = BackendState.CLOSED
-_BACKEND_CANCELLING = BackendState.CANCELLING
 
 
 class Pool:
@@ -112,18 +112,18 @@ class Pool:
 
     def release(self, backend: BackendConnection) -> None:
         """Take a backend back; the oldest live waiter gets it immediately."""
-        if backend.state == _BACKEND_CLOSED:
+        if backend.state == BACKEND_CLOSED:
             return
         # Texts of statements the registry forgot are let go here, not when next used.
         if backend.stmts.swept != self.registry.evictions:
             backend.stmts.sweep(self.registry)
         if backend.cancelling:
             # Reuse only after the cancel has reached the server, so it cannot hit the next client.
-            if backend.state != _BACKEND_CANCELLING:
+            if backend.state != BACKEND_CANCELLING:
                 backend.await_cancel()
             return
         now = self.loop.time()
-        if backend.state != _BACKEND_IDLE:
+        if backend.state != BACKEND_IDLE:
             # A client's transaction (or session) ends here; a fresh connection is no transaction.
             self.total_xacts += 1
             self.total_xact_s += now - backend.linked_at
@@ -136,7 +136,7 @@ class Pool:
         if lifetime and now - backend.created_at > lifetime:
             backend.close(DisconnectReason.LIFETIME)
             return
-        if backend.state != _BACKEND_IDLE:
+        if backend.state != BACKEND_IDLE:
             backend.to_idle()
         waiters = self.waiters
         while waiters:

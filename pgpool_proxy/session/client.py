@@ -31,7 +31,17 @@ from ..protocol.sqltables import (
     SQL_TRANSIENT,
 )
 from . import statements, sync
-from .client_state import CLIENT_TRANSITIONS, ClientState
+from .client_state import (
+    CLIENT_ACTIVE,
+    CLIENT_CHECKING,
+    CLIENT_CLOSED,
+    CLIENT_IDLE,
+    CLIENT_LOGIN,
+    CLIENT_REPLAYING,
+    CLIENT_TRANSITIONS,
+    CLIENT_WAITING,
+    ClientState,
+)
 from .state import (
     UNTIMED,
     reset_identity_sql,
@@ -45,17 +55,6 @@ if TYPE_CHECKING:
     from .stepped import Stepper
 
 log = logging.getLogger("pgpool_proxy.client")
-
-# The members the hot path reads, as module names: on Python 3.11 each `ClientState.X` goes
-# through EnumType's __getattr__ hook (about 100 ns, several per transaction), a module
-# name is a dict probe (pool.py's _OPEN likewise).
-_LOGIN = ClientState.LOGIN
-_IDLE = ClientState.IDLE
-_WAITING = ClientState.WAITING
-_REPLAYING = ClientState.REPLAYING
-_ACTIVE = ClientState.ACTIVE
-_CHECKING = ClientState.CHECKING
-_CLOSED = ClientState.CLOSED
 
 # Small: most clients sit idle, and memory per idle client is what limits how many we hold.
 CLIENT_BUFFER = 4096
@@ -114,7 +113,7 @@ class ClientConnection(Endpoint):
         self.server = server
         # A connection from a sibling worker, allowed to deliver cancel requests only.
         self.peer_channel = peer_channel
-        self.state = _LOGIN
+        self.state = CLIENT_LOGIN
         # The login's Stepper until the login has ended (session.login.start_login).
         self.login: Stepper | None = None
         self.scanner = ClientScanner(server.config.proxy.max_message_size_bytes)
@@ -167,14 +166,14 @@ class ClientConnection(Endpoint):
         self.state = new
 
     def is_open(self) -> bool:
-        return self.state != _CLOSED and self.transport is not None
+        return self.state != CLIENT_CLOSED and self.transport is not None
 
     def is_waiting(self) -> bool:
-        return self.state == _WAITING
+        return self.state == CLIENT_WAITING
 
     def is_checking(self) -> bool:
         """The server owes the proxy's check (see _prepare), the client's Sync held behind it."""
-        return self.state == _CHECKING
+        return self.state == CLIENT_CHECKING
 
     # --- asyncio callbacks -----------------------------------------------------------------
 
@@ -182,7 +181,7 @@ class ClientConnection(Endpoint):
         return self.backend
 
     def is_closed(self) -> bool:
-        return self.state == _CLOSED
+        return self.state == CLIENT_CLOSED
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -194,11 +193,11 @@ class ClientConnection(Endpoint):
         self.rbuf.end += nbytes
         state = self.state
         try:
-            if state == _ACTIVE:
+            if state == CLIENT_ACTIVE:
                 self._pump()
-            elif state == _IDLE:
+            elif state == CLIENT_IDLE:
                 self._on_idle_data()
-            elif state == _LOGIN:
+            elif state == CLIENT_LOGIN:
                 login = self.login
                 if login is None:
                     self.slow_path_data()  # the admin console's task reads
@@ -208,7 +207,7 @@ class ClientConnection(Endpoint):
                     # up to one buffer.
                     if self.login is not None and not login.wants_bytes() and self.rbuf.is_full():
                         self.pause_reading()
-            elif state == _CLOSED:
+            elif state == CLIENT_CLOSED:
                 self.rbuf.consumed(self.rbuf.end)  # lingering after an error (close_transport)
             elif self.rbuf.pending() > WAIT_BUFFER_LIMIT:
                 # WAITING or REPLAYING: keep reading (so a departure is noticed) up to a bound.
@@ -228,7 +227,7 @@ class ClientConnection(Endpoint):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.wake()
-        if self.state != _CLOSED:
+        if self.state != CLIENT_CLOSED:
             reason = DisconnectReason.CLIENT_ERROR if exc else DisconnectReason.CLIENT_EOF
             self.close(reason)
 
@@ -252,7 +251,7 @@ class ClientConnection(Endpoint):
             return
         backend = pool.acquire(self)
         if backend is None:
-            self.to(_WAITING)
+            self.to(CLIENT_WAITING)
             return
         self._link(backend)
 
@@ -290,7 +289,7 @@ class ClientConnection(Endpoint):
         if sql:
             # Nothing of the client's goes out before the server has accepted its settings: a
             # statement must never run under another client's search_path or timeouts.
-            self.to(_REPLAYING)
+            self.to(CLIENT_REPLAYING)
             self.replay = (set_extra, stale, bool(reset), reported)
             backend.run_own([UNTIMED + sql], partial(sync.replay_done, self))
             return
@@ -315,7 +314,7 @@ class ClientConnection(Endpoint):
         backend.last_user = self.user
         # Reading may have been paused while the settings replay held the client's bytes.
         self._sync_flow(backend)
-        self.to(_ACTIVE)
+        self.to(CLIENT_ACTIVE)
         try:
             self._pump()
         except FrameError as exc:
@@ -344,8 +343,8 @@ class ClientConnection(Endpoint):
             if pos > run:
                 out.append(rb.view[run:pos])
             pos, run = inspect_message(self, buf, pos, end, out, backend)
-            if self.state != _ACTIVE:
-                if self.state != _CHECKING:
+            if self.state != CLIENT_ACTIVE:
+                if self.state != CLIENT_CHECKING:
                     return
                 break  # what precedes the held message goes out now
         if pos > run:
@@ -386,7 +385,7 @@ class ClientConnection(Endpoint):
     def backend_released(self, backend: BackendConnection | None) -> None:
         """The linked backend finished the transaction (transaction mode)."""
         self.backend = None
-        self.to(_IDLE)
+        self.to(CLIENT_IDLE)
         self.idle_since = 0.0
         if backend is not None:
             self.scanner.settle_unnamed()  # released at a boundary: every Parse has its answer
@@ -402,7 +401,7 @@ class ClientConnection(Endpoint):
         self.resume_reading()
         rb = self.rbuf
         if rb.end > rb.start:
-            if self.state == _IDLE:
+            if self.state == CLIENT_IDLE:
                 # The next transaction's first bytes arrived while the last one finished.
                 try:
                     self._on_idle_data()
@@ -466,7 +465,7 @@ class ClientConnection(Endpoint):
         self._fail(err, reason, self._cut_mid_message())
 
     def _fail(self, err: ProxyError, reason: DisconnectReason, cut: bool) -> None:
-        if self.state == _CLOSED:
+        if self.state == CLIENT_CLOSED:
             return
         if not cut:
             self.send_error(err)
@@ -510,15 +509,15 @@ class ClientConnection(Endpoint):
         self.close(DisconnectReason.BACKEND_FAILED)
 
     def close(self, reason: DisconnectReason) -> None:
-        if self.state == _CLOSED:
+        if self.state == CLIENT_CLOSED:
             return
         prev = self.state
-        self.to(_CLOSED)
+        self.to(CLIENT_CLOSED)
         self.close_reason = reason
         backend = self.backend
         self.backend = None
         pool = self.pool
-        if prev == _WAITING and pool is not None:
+        if prev == CLIENT_WAITING and pool is not None:
             pool.forget_waiter(self)
         was_pinned = self.pinned
         if was_pinned and pool is not None:

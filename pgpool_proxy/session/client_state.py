@@ -18,6 +18,18 @@ class ClientState(enum.IntEnum):
     CHECKING = 7
 
 
+# The members as module names, for the hot path: on Python 3.11 each `ClientState.X` read goes
+# through EnumType's __getattr__ hook (about 100 ns, several per transaction); a module name
+# is a dict probe.
+CLIENT_LOGIN = ClientState.LOGIN
+CLIENT_IDLE = ClientState.IDLE
+CLIENT_WAITING = ClientState.WAITING
+CLIENT_REPLAYING = ClientState.REPLAYING
+CLIENT_ACTIVE = ClientState.ACTIVE
+CLIENT_CHECKING = ClientState.CHECKING
+CLIENT_CLOSED = ClientState.CLOSED
+
+
 # Which state may follow which (ClientConnection.to); tests/unit/test_transitions.py checks it.
 CLIENT_TRANSITIONS: dict[ClientState, frozenset[ClientState]] = {
     ClientState.LOGIN: frozenset({ClientState.IDLE, ClientState.CLOSED}),
